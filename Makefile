@@ -1,0 +1,39 @@
+# The two commands of presence-ha (README): `make run` and `make test`.
+# Both create .venv with python3 -m venv and install the project into it when needed.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DATA_DIR ?= data
+BASE_PORT ?= 5222
+USERS ?= 10
+
+.PHONY: run test install unit integration bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[test,loadtest]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## run: a local pair of nodes on the embedded SQLite default, ready for clients
+run: $(STAMP)
+	$(BIN)/presence-ha up --data-dir $(DATA_DIR) --base-port $(BASE_PORT) --users $(USERS)
+
+## test: every test, on SQLite and on the real PostgreSQL
+test: $(STAMP)
+	./scripts/test-services.sh
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest -q tests/unit
+
+integration: $(STAMP)
+	./scripts/test-services.sh
+	$(BIN)/python -m pytest -q tests/integration
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis

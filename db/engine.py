@@ -1,0 +1,95 @@
+"""Build the async engine and session factory from a database URL.
+
+Rules of this module:
+- Accepts the URLs users type (`sqlite:///path`, `postgresql://...`) and picks the
+  async driver (aiosqlite, asyncpg) itself.
+- SQLite runs in WAL mode with a busy timeout and foreign keys on, so two node
+  processes can share one file.
+- Connection failures surface as `DatabaseUnavailable` (STYLE §6), raised by the
+  data-access functions through `translate_errors`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from sqlalchemy import event
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+ENV_DB_URL = "PRESENCE_HA_DB"
+SQLITE_BUSY_TIMEOUT_MS = 10_000
+
+
+class DatabaseUnavailable(Exception):
+    """The database cannot be reached or refused the operation for a transient reason."""
+
+
+def normalize_url(url: str) -> str:
+    """Return `url` with the async driver this project uses for its backend."""
+    parsed = make_url(url)
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        parsed = parsed.set(drivername="sqlite+aiosqlite")
+    elif backend == "postgresql":
+        parsed = parsed.set(drivername="postgresql+asyncpg")
+    else:
+        raise ValueError(f"unsupported database backend {backend!r}: use sqlite or postgresql")
+    return parsed.render_as_string(hide_password=False)
+
+
+def sqlite_url_for(data_dir: str | os.PathLike[str]) -> str:
+    """The embedded default: one SQLite file inside the data directory."""
+    path = Path(data_dir).resolve() / "presence-ha.sqlite3"
+    return f"sqlite:///{path}"
+
+
+def _sqlite_on_connect(dbapi_conn, _record) -> None:
+    cursor = dbapi_conn.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+def make_engine(url: str, *, pool_size: int = 5, echo: bool = False) -> AsyncEngine:
+    """Create the async engine for `url` (any accepted spelling)."""
+    full = normalize_url(url)
+    if full.startswith("sqlite"):
+        path = make_url(full).database
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_async_engine(full, echo=echo)
+        event.listen(engine.sync_engine, "connect", _sqlite_on_connect)
+        return engine
+    return create_async_engine(
+        full,
+        echo=echo,
+        pool_size=pool_size,
+        pool_pre_ping=True,
+        connect_args={"timeout": 5, "command_timeout": 10},
+    )
+
+
+def make_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    return async_sessionmaker(engine, expire_on_commit=False)
+
+
+@contextlib.asynccontextmanager
+async def translate_errors() -> AsyncIterator[None]:
+    """Turn driver-level connection failures into `DatabaseUnavailable`."""
+    try:
+        yield
+    except (OperationalError, InterfaceError) as exc:
+        raise DatabaseUnavailable(str(exc.orig or exc)) from exc
+    except DBAPIError as exc:
+        if exc.connection_invalidated:
+            raise DatabaseUnavailable(str(exc.orig or exc)) from exc
+        raise
+    except (OSError, ConnectionError) as exc:
+        raise DatabaseUnavailable(str(exc)) from exc

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Make sure what the tests talk to is there: the local PostgreSQL server, and Debian's
+# prosody (the reference server of the benchmark test). Installs or starts them when
+# missing and possible; with CI=true a PostgreSQL that cannot be reached is an error.
+set -u
+
+pg_up() { pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; }
+
+if ! pg_up && command -v pg_ctlcluster >/dev/null 2>&1; then
+  ver=$(ls /etc/postgresql 2>/dev/null | head -n1)
+  [ -n "$ver" ] && pg_ctlcluster --skip-systemctl-redirect "$ver" main start 2>/dev/null
+  for _ in $(seq 1 30); do pg_up && break; sleep 0.5; done
+fi
+if ! pg_up; then
+  if [ "${CI:-}" = "true" ]; then
+    echo "test-services: PostgreSQL is not reachable at 127.0.0.1:5432 (CI=true needs it)" >&2
+    exit 1
+  fi
+  echo "test-services: PostgreSQL not reachable; its tests will be skipped" >&2
+fi
+
+if ! command -v prosody >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "test-services: installing Debian's prosody (reference server for the benchmark test)" >&2
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prosody) >/dev/null 2>&1 \
+    || echo "test-services: could not install prosody" >&2
+  # The package may start a system instance; our tests run private instances on free ports.
+fi
+exit 0

@@ -1,0 +1,33 @@
+"""The `presence-ha` command: one group, with sub-commands contributed by each area.
+
+Each area module exposes click commands/groups; this module only assembles them, so
+`presence-ha --help` lists everything.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+
+import click
+
+# (module, attribute) of every top-level sub-command, in --help order.
+SUBCOMMANDS: list[tuple[str, str]] = [
+]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
+@click.version_option(package_name="presence-ha")
+def main(verbose: int) -> None:
+    """presence-ha: highly available XMPP presence servers.
+
+    Provision a cluster (cluster, node, group, user, param), run nodes (node run, up),
+    operate high availability (ha, service, dbreplication) and measure it (loadtest).
+    """
+    level = {0: logging.WARNING, 1: logging.INFO}.get(verbose, logging.DEBUG)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+for _module, _attr in SUBCOMMANDS:
+    main.add_command(getattr(importlib.import_module(_module), _attr))

@@ -1,0 +1,54 @@
+"""Options shared by every command: where the database is, and how errors look.
+
+Rules: every command finds the database through `--db URL`, the `PRESENCE_HA_DB`
+environment variable, or `--data-dir DIR` (the embedded SQLite file), in that order.
+A command fails with one clear line and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import click
+
+from db.engine import ENV_DB_URL, DatabaseUnavailable, sqlite_url_for
+
+DEFAULT_DATA_DIR = "data"
+T = TypeVar("T")
+
+
+def resolve_db_url(db: str | None, data_dir: str | None) -> str:
+    if db:
+        return db
+    env = os.environ.get(ENV_DB_URL)
+    if env:
+        return env
+    return sqlite_url_for(data_dir or DEFAULT_DATA_DIR)
+
+
+def db_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Add `--db` and `--data-dir`, and pass the resolved `db_url` instead."""
+
+    @click.option("--db", "db", metavar="URL", help=f"Database URL (else ${ENV_DB_URL}, else --data-dir).")
+    @click.option(
+        "--data-dir",
+        type=click.Path(file_okay=False),
+        help=f"Data directory holding the embedded SQLite database (default: ./{DEFAULT_DATA_DIR}).",
+    )
+    @functools.wraps(func)
+    def wrapper(*args: Any, db: str | None, data_dir: str | None, **kwargs: Any) -> Any:
+        return func(*args, db_url=resolve_db_url(db, data_dir), **kwargs)
+
+    return wrapper
+
+
+def run_async(coro: Awaitable[T]) -> T:
+    """Run a command's coroutine; turn known failures into a one-line error."""
+    try:
+        return asyncio.run(coro)  # type: ignore[arg-type]
+    except DatabaseUnavailable as exc:
+        raise click.ClickException(f"database unavailable: {exc}") from exc

@@ -1,0 +1,239 @@
+"""Route stanzas of bound sessions to feature handlers (Prosody moduleapi, aioxmpp style).
+
+Rules of this module:
+- Routes are typed keys, never free strings: IQ handlers by `(IqType, payload tag)`,
+  stanza handlers by `StanzaKind` and direction, observers by event class. A duplicate
+  route is an error at start-up (`DuplicateRoute`).
+- Outbound (from a local client): the router stamps `from` with the session's full JID
+  (RFC 6120 §8.1.2.1). IQs addressed to the server or to the sender's own bare JID
+  go to the IQ table; everything else addressed elsewhere is `deliver`ed.
+- Unrouted IQ get/set gets `service-unavailable` (RFC 6120 §8.4). A handler fails by
+  raising `StanzaError`; any other exception becomes `internal-server-error`, a log line
+  with the stanza id and a counter. The session and every other user carry on.
+- Features see the server only through `FeatureContext`.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import xml.etree.ElementTree as ET
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from server.sessions import Session
+from server.xmpp.errors import Condition, StanzaError, error_reply
+from server.xmpp.jid import JID, InvalidJid
+
+if TYPE_CHECKING:
+    from server.features.context import FeatureContext
+
+log = logging.getLogger(__name__)
+
+
+class StanzaKind(enum.Enum):
+    MESSAGE = "message"
+    PRESENCE = "presence"
+    IQ = "iq"
+
+
+class IqType(enum.Enum):
+    GET = "get"
+    SET = "set"
+    RESULT = "result"
+    ERROR = "error"
+
+
+class Direction(enum.Enum):
+    OUT = "out"  # sent by a local client, towards its `to`
+    IN = "in"  # to be delivered to a local account (bare or full JID)
+
+
+class DuplicateRoute(Exception):
+    pass
+
+
+# Observed facts (typed events for hooks; no string-named events).
+@dataclass(frozen=True)
+class SessionBound:
+    session: Session
+
+
+@dataclass(frozen=True)
+class SessionClosed:
+    session: Session
+    graceful: bool
+
+
+@dataclass(frozen=True)
+class MessageSent:
+    """A local client sent a message (after routing); carbons copy it (XEP-0280)."""
+
+    session: Session
+    stanza: ET.Element
+
+
+IqHandler = Callable[["FeatureContext", Session, ET.Element], Awaitable[ET.Element | None]]
+StanzaHandler = Callable[["FeatureContext", Session | None, ET.Element], Awaitable[None]]
+Observer = Callable[["FeatureContext", Any], Awaitable[None]]
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def stanza_kind(elem: ET.Element) -> StanzaKind | None:
+    try:
+        return StanzaKind(elem.tag)
+    except ValueError:
+        return None
+
+
+class Router:
+    def __init__(self) -> None:
+        self._iq: dict[tuple[IqType, str], IqHandler] = {}
+        self._stanza: dict[tuple[StanzaKind, Direction], StanzaHandler] = {}
+        self._observers: dict[type, list[Observer]] = {}
+        self.disco_features: set[str] = set()
+
+    # -- registration -------------------------------------------------------
+    def iq(self, type: IqType, payload_tag: str) -> Callable[[F], F]:
+        """Handle IQs of `type` whose payload is `payload_tag` (Clark notation).
+
+        The handler returns the result payload (or None for an empty result).
+        """
+
+        def register(func: F) -> F:
+            key = (type, payload_tag)
+            if key in self._iq:
+                raise DuplicateRoute(f"IQ route {type.value} {payload_tag} registered twice")
+            self._iq[key] = func
+            return func
+
+        return register
+
+    def stanza(self, kind: StanzaKind, direction: Direction) -> Callable[[F], F]:
+        def register(func: F) -> F:
+            key = (kind, direction)
+            if key in self._stanza:
+                raise DuplicateRoute(f"{kind.value} {direction.value} handler registered twice")
+            self._stanza[key] = func
+            return func
+
+        return register
+
+    def observe(self, event_type: type) -> Callable[[F], F]:
+        def register(func: F) -> F:
+            self._observers.setdefault(event_type, []).append(func)
+            return func
+
+        return register
+
+    def has_iq_route(self, type: IqType, payload_tag: str) -> bool:
+        return (type, payload_tag) in self._iq
+
+    # -- dispatch -----------------------------------------------------------
+    async def notify(self, ctx: FeatureContext, event: object) -> None:
+        for observer in self._observers.get(type(event), ()):
+            try:
+                await observer(ctx, event)
+            except Exception:  # an observer's bug must not take down the session
+                log.exception("observer %s failed on %s", getattr(observer, "__name__", observer), event)
+                ctx.metrics.handler_errors.inc()
+
+    async def dispatch(self, ctx: FeatureContext, session: Session, stanza: ET.Element) -> None:
+        """A stanza sent by a local bound client."""
+        kind = stanza_kind(stanza)
+        if kind is None:
+            return  # the stream core only yields stanzas; unknown kinds never get here
+        stanza.set("from", str(session.jid))
+        try:
+            to = JID.parse(stanza.get("to")) if stanza.get("to") else None
+        except InvalidJid as exc:
+            await self._answer_error(ctx, session, stanza, StanzaError(Condition.JID_MALFORMED, str(exc)))
+            return
+        if kind is StanzaKind.IQ and (to is None or to.is_domain and to.domain == ctx.domain or to == session.bare):
+            await self._handle_local_iq(ctx, session, stanza)
+            return
+        handler = self._stanza.get((kind, Direction.OUT))
+        if handler is None:
+            await self.deliver(ctx, stanza, sender=session)
+            return
+        await self._run(ctx, session, stanza, handler(ctx, session, stanza))
+
+    async def deliver(self, ctx: FeatureContext, stanza: ET.Element, sender: Session | None = None) -> None:
+        """Deliver a stanza towards its `to` (a local account, or the server itself)."""
+        to_text = stanza.get("to")
+        try:
+            to = JID.parse(to_text) if to_text else None
+        except InvalidJid as exc:
+            await self._answer_error(ctx, sender, stanza, StanzaError(Condition.JID_MALFORMED, str(exc)))
+            return
+        if to is None or to.domain != ctx.domain:
+            # No server-to-server federation in this product (RFC 6120 §10.4.2).
+            await self._answer_error(ctx, sender, stanza, StanzaError(Condition.REMOTE_SERVER_NOT_FOUND))
+            return
+        kind = stanza_kind(stanza)
+        if kind is StanzaKind.IQ and to.is_domain:
+            if sender is not None:
+                await self._handle_local_iq(ctx, sender, stanza)
+            return
+        handler = self._stanza.get((kind, Direction.IN)) if kind else None
+        if handler is None:
+            await self._deliver_default(ctx, stanza, to, sender)
+            return
+        await self._run(ctx, sender, stanza, handler(ctx, sender, stanza))
+
+    async def _deliver_default(self, ctx: FeatureContext, stanza: ET.Element, to: JID, sender: Session | None) -> None:
+        """IQ to a user: to a full JID goes to that resource (RFC 6120 §10.5.4)."""
+        target = ctx.sessions.get(to) if not to.is_bare else None
+        if target is not None:
+            target.send(stanza)
+            return
+        if stanza.get("type") in ("get", "set"):
+            await self._answer_error(ctx, sender, stanza, StanzaError(Condition.SERVICE_UNAVAILABLE))
+
+    async def _handle_local_iq(self, ctx: FeatureContext, session: Session, stanza: ET.Element) -> None:
+        try:
+            iq_type = IqType(stanza.get("type"))
+        except ValueError:
+            await self._answer_error(ctx, session, stanza, StanzaError(Condition.BAD_REQUEST, "invalid IQ type"))
+            return
+        if iq_type in (IqType.RESULT, IqType.ERROR):
+            return  # answers to server-sent IQs (e.g. ping); nothing awaits them here
+        payload = stanza[0] if len(stanza) == 1 else None
+        handler = self._iq.get((iq_type, payload.tag)) if payload is not None else None
+        if handler is None:
+            condition = Condition.SERVICE_UNAVAILABLE if payload is not None else Condition.BAD_REQUEST
+            await self._answer_error(ctx, session, stanza, StanzaError(condition))
+            return
+        await self._run(ctx, session, stanza, self._answer_iq(ctx, session, stanza, handler))
+
+    async def _answer_iq(self, ctx: FeatureContext, session: Session, stanza: ET.Element, handler: IqHandler) -> None:
+        payload = await handler(ctx, session, stanza)
+        result = ET.Element("iq", {"type": "result"})
+        if stanza.get("id") is not None:
+            result.set("id", stanza.get("id"))
+        result.set("to", str(session.jid))
+        if stanza.get("to"):
+            result.set("from", stanza.get("to"))
+        if payload is not None:
+            result.append(payload)
+        session.send(result)
+
+    async def _run(self, ctx: FeatureContext, session: Session | None, stanza: ET.Element, work: Awaitable[Any]) -> None:
+        try:
+            await work
+        except StanzaError as exc:
+            await self._answer_error(ctx, session, stanza, exc)
+        except Exception:
+            log.exception("handler failed on %s id=%s", stanza.tag, stanza.get("id"))
+            ctx.metrics.handler_errors.inc()
+            await self._answer_error(ctx, session, stanza, StanzaError(Condition.INTERNAL_SERVER_ERROR))
+
+    async def _answer_error(self, ctx: FeatureContext, session: Session | None, stanza: ET.Element, error: StanzaError) -> None:
+        if stanza.get("type") == "error":
+            return  # never answer an error with an error (RFC 6120 §8.3.1)
+        reply = error_reply(stanza, error)
+        if session is not None and (not stanza.get("from") or stanza.get("from") == str(session.jid)):
+            session.send(reply)
+        elif reply.get("to"):
+            await self.deliver(ctx, reply)

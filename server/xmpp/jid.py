@@ -1,0 +1,100 @@
+"""JIDs (RFC 7622): parse, validate, compare.
+
+Rules: a `JID` is immutable and always valid; `JID.parse` raises `InvalidJid` with the
+reason. Localpart and domain are case-folded (a practical subset of the PRECIS
+profiles: NFKC + casefold, forbidden characters rejected), the resource is kept as
+given (NFC). Each part is at most 1023 bytes (RFC 7622 §3.1).
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from dataclasses import dataclass
+
+MAX_PART_BYTES = 1023
+# RFC 7622 §3.3.1: characters a localpart may not contain.
+LOCALPART_FORBIDDEN = frozenset('"&\'/:<>@')
+
+
+class InvalidJid(ValueError):
+    """The text is not a valid JID; the message says why."""
+
+
+def _check_part(value: str, what: str) -> None:
+    if not value:
+        raise InvalidJid(f"empty {what}")
+    if len(value.encode("utf-8")) > MAX_PART_BYTES:
+        raise InvalidJid(f"{what} longer than {MAX_PART_BYTES} bytes")
+    for ch in value:
+        cat = unicodedata.category(ch)
+        if cat in ("Cc", "Cs", "Co", "Cn") or (cat == "Zs" and what != "resource"):
+            raise InvalidJid(f"{what} contains a forbidden character U+{ord(ch):04X}")
+
+
+def prep_localpart(value: str) -> str:
+    value = unicodedata.normalize("NFKC", value).casefold()
+    _check_part(value, "localpart")
+    bad = LOCALPART_FORBIDDEN.intersection(value)
+    if bad:
+        raise InvalidJid(f"localpart contains forbidden character {sorted(bad)[0]!r}")
+    return value
+
+
+def prep_domain(value: str) -> str:
+    value = unicodedata.normalize("NFKC", value).casefold().rstrip(".")
+    _check_part(value, "domain")
+    if any(ch in value for ch in "@/ ") or value.startswith(".") or ".." in value:
+        raise InvalidJid(f"invalid domain {value!r}")
+    return value
+
+
+def prep_resource(value: str) -> str:
+    value = unicodedata.normalize("NFC", value)
+    _check_part(value, "resource")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class JID:
+    local: str | None
+    domain: str
+    resource: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> JID:
+        if not isinstance(text, str) or not text:
+            raise InvalidJid("empty JID")
+        rest, slash, resource = text.partition("/")
+        if slash and not resource:
+            raise InvalidJid("empty resource")
+        local, at, domain = rest.rpartition("@")
+        if at and not local:
+            raise InvalidJid("empty localpart")
+        return cls.make(local or None, domain, resource or None)
+
+    @classmethod
+    def make(cls, local: str | None, domain: str, resource: str | None = None) -> JID:
+        return cls(
+            prep_localpart(local) if local is not None else None,
+            prep_domain(domain),
+            prep_resource(resource) if resource is not None else None,
+        )
+
+    @property
+    def bare(self) -> JID:
+        return self if self.resource is None else JID(self.local, self.domain)
+
+    @property
+    def is_bare(self) -> bool:
+        return self.resource is None
+
+    @property
+    def is_domain(self) -> bool:
+        return self.local is None and self.resource is None
+
+    def with_resource(self, resource: str) -> JID:
+        return JID(self.local, self.domain, prep_resource(resource))
+
+    def __str__(self) -> str:
+        text = self.domain if self.local is None else f"{self.local}@{self.domain}"
+        return text if self.resource is None else f"{text}/{self.resource}"

@@ -1,0 +1,109 @@
+"""The router as XML transcripts: typed routes, error stanzas, isolation of failures."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from types import SimpleNamespace
+
+import pytest
+
+from server.features.context import FeatureContext
+from server.router import DuplicateRoute, IqType, Router
+from server.sessions import Session, SessionRegistry
+from server.xmpp.errors import Condition, StanzaError
+from server.xmpp.jid import JID
+
+NS_STANZAS = "{urn:ietf:params:xml:ns:xmpp-stanzas}"
+
+
+class Counter:
+    def __init__(self) -> None:
+        self.value = 0
+
+    def inc(self, n: int = 1) -> None:
+        self.value += n
+
+
+def make_session(jid: str) -> tuple[Session, list[ET.Element]]:
+    sent: list[ET.Element] = []
+    return Session(jid=JID.parse(jid), send=sent.append), sent
+
+
+@pytest.fixture
+def world():
+    router = Router()
+    registry = SessionRegistry()
+    ctx = FeatureContext(
+        domain="example.test", node_name="n1", router=router, sessions=registry,
+        store=None, metrics=SimpleNamespace(handler_errors=Counter()), settings=None,
+    )
+    alice, alice_out = make_session("alice@example.test/phone")
+    bob, bob_out = make_session("bob@example.test/pc")
+    registry.add(alice)
+    registry.add(bob)
+    return SimpleNamespace(router=router, ctx=ctx, alice=alice, alice_out=alice_out, bob=bob, bob_out=bob_out)
+
+
+def xml(text: str) -> ET.Element:
+    return ET.fromstring(text)
+
+
+async def test_unrouted_iq_get_is_service_unavailable(world):
+    await world.router.dispatch(world.ctx, world.alice, xml('<iq type="get" id="1"><q xmlns="urn:x:unknown"/></iq>'))
+    (reply,) = world.alice_out
+    assert reply.get("type") == "error" and reply.get("id") == "1"
+    assert reply.find(f"error/{NS_STANZAS}service-unavailable") is not None
+    assert reply.get("to") == "alice@example.test/phone"
+
+
+async def test_routed_iq_returns_payload(world):
+    @world.router.iq(IqType.GET, "{urn:xmpp:ping}ping")
+    async def ping(ctx, session, stanza):
+        return None
+
+    await world.router.dispatch(world.ctx, world.alice, xml('<iq type="get" id="p1" to="example.test"><ping xmlns="urn:xmpp:ping"/></iq>'))
+    (reply,) = world.alice_out
+    assert (reply.get("type"), reply.get("id"), reply.get("from")) == ("result", "p1", "example.test")
+
+
+async def test_handler_stanza_error_and_crash_are_isolated(world):
+    @world.router.iq(IqType.SET, "{urn:x:a}a")
+    async def refuses(ctx, session, stanza):
+        raise StanzaError(Condition.NOT_ALLOWED, "no")
+
+    @world.router.iq(IqType.SET, "{urn:x:b}b")
+    async def crashes(ctx, session, stanza):
+        raise RuntimeError("bug")
+
+    await world.router.dispatch(world.ctx, world.alice, xml('<iq type="set" id="a"><a xmlns="urn:x:a"/></iq>'))
+    await world.router.dispatch(world.ctx, world.alice, xml('<iq type="set" id="b"><b xmlns="urn:x:b"/></iq>'))
+    first, second = world.alice_out
+    assert first.find(f"error/{NS_STANZAS}not-allowed") is not None
+    assert second.find(f"error/{NS_STANZAS}internal-server-error") is not None
+    assert world.ctx.metrics.handler_errors.value == 1
+    assert world.bob_out == []
+
+
+async def test_iq_to_full_jid_is_delivered_and_from_is_stamped(world):
+    await world.router.dispatch(world.ctx, world.alice, xml('<iq type="get" id="v" to="bob@example.test/pc" from="mallory@evil"><q xmlns="jabber:iq:version"/></iq>'))
+    (got,) = world.bob_out
+    assert got.get("from") == "alice@example.test/phone"
+
+
+async def test_iq_to_offline_full_jid_and_bad_jid(world):
+    await world.router.dispatch(world.ctx, world.alice, xml('<iq type="get" id="x" to="carol@example.test/r"><q xmlns="jabber:iq:version"/></iq>'))
+    await world.router.dispatch(world.ctx, world.alice, xml('<iq type="get" id="y" to="a@b@c"><q xmlns="jabber:iq:version"/></iq>'))
+    await world.router.dispatch(world.ctx, world.alice, xml('<message to="bob@other.test"><body>hi</body></message>'))
+    conds = [r.find("error")[0].tag.split("}")[1] for r in world.alice_out]
+    assert conds == ["service-unavailable", "jid-malformed", "remote-server-not-found"]
+
+
+def test_duplicate_route_is_refused():
+    router = Router()
+
+    @router.iq(IqType.GET, "{urn:xmpp:ping}ping")
+    async def one(ctx, session, stanza):
+        return None
+
+    with pytest.raises(DuplicateRoute):
+        router.iq(IqType.GET, "{urn:xmpp:ping}ping")(one)
