@@ -1,0 +1,9 @@
+"""Server Recovery Manager (SPEC §5-7).
+
+- `table`: states, reasons and every transition rule, as data.
+- `machine`: `SrmMachine`, the pure core (`handle(event) -> list[Action]`).
+- `events` / `actions`: the vocabulary between the core and its runner.
+
+Nothing here does I/O; the asyncio runner feeds events and executes actions in order.
+The package imports nothing eagerly, so `python -m server.srm.table` runs cleanly.
+"""
