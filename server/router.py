@@ -2,7 +2,9 @@
 
 Rules of this module:
 - Routes are typed keys, never free strings: IQ handlers by `(IqType, payload tag)`,
-  stanza handlers by `StanzaKind` and direction, observers by event class. A duplicate
+  stanza handlers by `StanzaKind`, direction and optionally the stanza `type` values
+  they take (a route for given types wins over the kind's catch-all route), observers
+  by event class. A duplicate
   route is an error at start-up (`DuplicateRoute`).
 - Outbound (from a local client): the router stamps `from` with the session's full JID
   (RFC 6120 §8.1.2.1). IQs addressed to the server or to the sender's own bare JID
@@ -74,10 +76,34 @@ class MessageSent:
     stanza: ET.Element
 
 
+@dataclass(frozen=True)
+class MessageDelivered:
+    """A message was handed to these local sessions of its recipient (XEP-0280 §6)."""
+
+    stanza: ET.Element
+    recipients: tuple[Session, ...]
+
+
+@dataclass(frozen=True)
+class SessionAvailable:
+    """A session sent its initial presence (RFC 6121 §4.2): queued traffic may flow."""
+
+    session: Session
+
+
+@dataclass(frozen=True)
+class RosterItemChanged:
+    """The roster item of `contact` in `user`'s roster changed or went (RFC 6121 §2.1.6)."""
+
+    user: JID
+    contact: JID
+
+
 IqHandler = Callable[["FeatureContext", Session, ET.Element], Awaitable[ET.Element | None]]
 StanzaHandler = Callable[["FeatureContext", Session | None, ET.Element], Awaitable[None]]
 Observer = Callable[["FeatureContext", Any], Awaitable[None]]
 F = TypeVar("F", bound=Callable[..., Any])
+ANY_TYPE = "*"  # the route key of a stanza handler registered without `types`
 
 
 def stanza_kind(elem: ET.Element) -> StanzaKind | None:
@@ -90,7 +116,7 @@ def stanza_kind(elem: ET.Element) -> StanzaKind | None:
 class Router:
     def __init__(self) -> None:
         self._iq: dict[tuple[IqType, str], IqHandler] = {}
-        self._stanza: dict[tuple[StanzaKind, Direction], StanzaHandler] = {}
+        self._stanza: dict[tuple[StanzaKind, Direction, str | None], StanzaHandler] = {}
         self._observers: dict[type, list[Observer]] = {}
         self.disco_features: set[str] = set()
 
@@ -110,15 +136,25 @@ class Router:
 
         return register
 
-    def stanza(self, kind: StanzaKind, direction: Direction) -> Callable[[F], F]:
+    def stanza(
+        self, kind: StanzaKind, direction: Direction, types: tuple[str | None, ...] | None = None
+    ) -> Callable[[F], F]:
+        """Handle `kind` stanzas in `direction`; only those whose `type` is in `types`
+        (None = no type attribute) when given, else every one without a typed route."""
+
         def register(func: F) -> F:
-            key = (kind, direction)
-            if key in self._stanza:
-                raise DuplicateRoute(f"{kind.value} {direction.value} handler registered twice")
-            self._stanza[key] = func
+            for stanza_type in types if types is not None else (ANY_TYPE,):
+                key = (kind, direction, stanza_type)
+                if key in self._stanza:
+                    raise DuplicateRoute(f"{kind.value} {direction.value} {stanza_type} handler registered twice")
+                self._stanza[key] = func
             return func
 
         return register
+
+    def _stanza_handler(self, kind: StanzaKind, direction: Direction, stanza: ET.Element) -> StanzaHandler | None:
+        handler = self._stanza.get((kind, direction, stanza.get("type")))
+        return handler if handler is not None else self._stanza.get((kind, direction, ANY_TYPE))
 
     def observe(self, event_type: type) -> Callable[[F], F]:
         def register(func: F) -> F:
@@ -153,7 +189,7 @@ class Router:
         if kind is StanzaKind.IQ and (to is None or to.is_domain and to.domain == ctx.domain or to == session.bare):
             await self._handle_local_iq(ctx, session, stanza)
             return
-        handler = self._stanza.get((kind, Direction.OUT))
+        handler = self._stanza_handler(kind, Direction.OUT, stanza)
         if handler is None:
             await self.deliver(ctx, stanza, sender=session)
             return
@@ -176,7 +212,7 @@ class Router:
             if sender is not None:
                 await self._handle_local_iq(ctx, sender, stanza)
             return
-        handler = self._stanza.get((kind, Direction.IN)) if kind else None
+        handler = self._stanza_handler(kind, Direction.IN, stanza) if kind else None
         if handler is None:
             await self._deliver_default(ctx, stanza, to, sender)
             return

@@ -13,6 +13,14 @@ import click
 
 # (module, attribute) of every top-level sub-command, in --help order.
 SUBCOMMANDS: list[tuple[str, str]] = [
+    ("server.cli.provision", "db_group"),
+    ("server.cli.provision", "cluster_group"),
+    ("server.cli.provision", "node_group"),
+    ("server.cli.provision", "group_group"),
+    ("server.cli.users", "user_group"),
+    ("server.cli.params", "param_group"),
+    ("server.cli.dbreplication", "dbreplication_group"),
+    ("server.cli.run", "up_command"),  # also adds `node run` and `node metrics`
 ]
 
 

@@ -1,0 +1,87 @@
+"""The cluster aggregate: one cluster per availability database (SPEC §1).
+
+Rules of this module:
+- A database holds exactly one cluster, because all nodes of a cluster share one
+  logical database and nothing else does. `create_cluster` refuses a second one, so
+  "both nodes in the same cluster" (SPEC §3) holds by construction for nodes created
+  here; `db.groups` still checks it.
+- The cluster secret is random (`secrets.token_urlsafe`) and never printed by `show`.
+- Write functions commit; read functions do not.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import secrets
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from db.engine import translate_errors
+from db.errors import AlreadyExists, InvalidValue, NotFound
+from db.models import Cluster
+from server.xmpp.jid import InvalidJid, prep_domain
+
+CLUSTER_NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,128}")
+
+
+@dataclass(frozen=True)
+class ClusterInfo:
+    id: int
+    name: str
+    domain: str
+    created_at: dt.datetime | None
+
+
+def _info(row: Cluster) -> ClusterInfo:
+    return ClusterInfo(row.id, row.name, row.domain, row.created_at)
+
+
+def validate_cluster_name(name: str) -> str:
+    if not CLUSTER_NAME_RE.fullmatch(name):
+        raise InvalidValue("cluster name", "1-128 characters of A-Z a-z 0-9 _ . -")
+    return name
+
+
+async def create_cluster(session: AsyncSession, name: str, domain: str) -> ClusterInfo:
+    """Create the database's cluster with a fresh random secret."""
+    validate_cluster_name(name)
+    try:
+        domain = prep_domain(domain)
+    except InvalidJid as exc:
+        raise InvalidValue("domain", str(exc)) from exc
+    async with translate_errors():
+        existing = (await session.execute(select(Cluster))).scalars().first()
+        if existing is not None:
+            raise AlreadyExists(
+                f"cluster {existing.name!r} already exists in this database "
+                "(one cluster per database); nothing changed"
+            )
+        row = Cluster(name=name, domain=domain, secret=secrets.token_urlsafe(32))
+        session.add(row)
+        await session.commit()
+        await session.refresh(row)
+        return _info(row)
+
+
+async def find_cluster(session: AsyncSession) -> ClusterInfo | None:
+    async with translate_errors():
+        row = (await session.execute(select(Cluster).order_by(Cluster.id))).scalars().first()
+    return _info(row) if row else None
+
+
+async def get_cluster(session: AsyncSession) -> ClusterInfo:
+    """The database's cluster; `NotFound` with the remedy if there is none yet."""
+    info = await find_cluster(session)
+    if info is None:
+        raise NotFound("no cluster in this database: run `presence-ha cluster init` first")
+    return info
+
+
+async def cluster_secret(session: AsyncSession) -> str:
+    """The shared secret of the SRM and node-to-node links (for node processes)."""
+    cluster = await get_cluster(session)
+    async with translate_errors():
+        return (await session.execute(select(Cluster.secret).where(Cluster.id == cluster.id))).scalar_one()

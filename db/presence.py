@@ -1,0 +1,73 @@
+"""Shared presence records: the last available presence of each resource.
+
+Rules of this module:
+- One row per (user, resource), written on every presence broadcast and deleted when
+  the resource becomes unavailable, so any node can answer a probe for a user served
+  elsewhere (RFC 6121 §4.3.2).
+- `node_id` tells which node wrote the row; `delete_for_node` clears the rows of a
+  node that restarts (its sessions are gone).
+- Functions take an `AsyncSession` and return plain values; the caller owns the
+  transaction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from db.models import Node, PresenceRecord
+
+
+@dataclass(frozen=True)
+class PresenceRow:
+    resource: str
+    priority: int
+    stanza: str
+
+
+async def _node_id(session: AsyncSession, node_name: str | None) -> int | None:
+    if node_name is None:
+        return None
+    return (await session.execute(select(Node.id).where(Node.name == node_name))).scalar_one_or_none()
+
+
+async def upsert(
+    session: AsyncSession, uid: int, resource: str, priority: int, stanza: str, node_name: str | None
+) -> None:
+    node_id = await _node_id(session, node_name)
+    stmt = select(PresenceRecord).where(PresenceRecord.user_id == uid, PresenceRecord.resource == resource)
+    row = (await session.scalars(stmt.with_for_update())).one_or_none()
+    if row is None:
+        row = PresenceRecord(user_id=uid, resource=resource)
+        session.add(row)
+    row.node_id = node_id
+    row.priority = priority
+    row.stanza = stanza
+    row.updated_at = func.now()
+    await session.flush()
+
+
+async def delete_one(session: AsyncSession, uid: int, resource: str) -> bool:
+    result = await session.execute(
+        delete(PresenceRecord).where(PresenceRecord.user_id == uid, PresenceRecord.resource == resource)
+    )
+    return result.rowcount > 0
+
+
+async def list_for(session: AsyncSession, uid: int) -> list[PresenceRow]:
+    stmt = (
+        select(PresenceRecord.resource, PresenceRecord.priority, PresenceRecord.stanza)
+        .where(PresenceRecord.user_id == uid)
+        .order_by(PresenceRecord.resource)
+    )
+    return [PresenceRow(r.resource, r.priority, r.stanza) for r in (await session.execute(stmt)).all()]
+
+
+async def delete_for_node(session: AsyncSession, node_name: str) -> int:
+    node_id = await _node_id(session, node_name)
+    if node_id is None:
+        return 0
+    result = await session.execute(delete(PresenceRecord).where(PresenceRecord.node_id == node_id))
+    return result.rowcount

@@ -1,0 +1,135 @@
+"""Rosters, subscription state and pending inbound requests (RFC 6121 §2, §3).
+
+Rules of this module:
+- Every function takes an `AsyncSession` and returns plain values (`RosterRow`,
+  strings, ints), never ORM objects. The caller owns the transaction.
+- A user is found by localpart within the cluster serving `domain` (`user_id`).
+- Contacts are bare JIDs in their prepared text form.
+- A roster row exists when the user put the contact on the roster, or when the
+  subscription state needs one (subscription other than none, a pending outbound
+  request, a pre-approval). An inbound request alone adds no roster item
+  (RFC 6121 §3.1.3); it lives in `pending_subscriptions` with the stanza to redeliver.
+- `lock=True` takes a row lock (`SELECT ... FOR UPDATE`; a no-op on SQLite, whose
+  writers are serialized anyway) so that two nodes updating the same subscription
+  serialize instead of losing an update.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Collection
+from dataclasses import dataclass
+
+from sqlalchemy import delete, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from db.models import Cluster, PendingSubscription, RosterItem, User
+
+
+@dataclass(frozen=True)
+class RosterRow:
+    contact: str
+    name: str | None = None
+    subscription: str = "none"  # none | to | from | both
+    ask: bool = False  # pending outbound request (ask='subscribe')
+    approved: bool = False  # pre-approved inbound request (RFC 6121 §3.4)
+    groups: tuple[str, ...] = ()
+
+
+def _row(item: RosterItem) -> RosterRow:
+    return RosterRow(
+        contact=item.contact_jid,
+        name=item.name,
+        subscription=item.subscription,
+        ask=item.ask_subscribe,
+        approved=item.approved,
+        groups=tuple(json.loads(item.groups or "[]")),
+    )
+
+
+async def user_id(session: AsyncSession, domain: str, username: str) -> int | None:
+    stmt = (
+        select(User.id)
+        .join(Cluster, Cluster.id == User.cluster_id)
+        .where(Cluster.domain == domain, User.username == username)
+    )
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
+async def list_items(session: AsyncSession, uid: int) -> list[RosterRow]:
+    rows = await session.scalars(select(RosterItem).where(RosterItem.user_id == uid).order_by(RosterItem.id))
+    return [_row(item) for item in rows]
+
+
+async def _item(session: AsyncSession, uid: int, contact: str, lock: bool) -> RosterItem | None:
+    stmt = select(RosterItem).where(RosterItem.user_id == uid, RosterItem.contact_jid == contact)
+    if lock:
+        stmt = stmt.with_for_update()
+    return (await session.scalars(stmt)).one_or_none()
+
+
+async def get_item(session: AsyncSession, uid: int, contact: str, *, lock: bool = False) -> RosterRow | None:
+    item = await _item(session, uid, contact, lock)
+    return _row(item) if item is not None else None
+
+
+async def put_item(session: AsyncSession, uid: int, row: RosterRow) -> None:
+    """Insert or replace the roster row of `row.contact`."""
+    item = await _item(session, uid, row.contact, lock=False)
+    if item is None:
+        item = RosterItem(user_id=uid, contact_jid=row.contact)
+        session.add(item)
+    item.name = row.name
+    item.subscription = row.subscription
+    item.ask_subscribe = row.ask
+    item.approved = row.approved
+    item.groups = json.dumps(list(row.groups))
+    await session.flush()
+
+
+async def delete_item(session: AsyncSession, uid: int, contact: str) -> bool:
+    result = await session.execute(
+        delete(RosterItem).where(RosterItem.user_id == uid, RosterItem.contact_jid == contact)
+    )
+    return result.rowcount > 0
+
+
+async def contacts_with(session: AsyncSession, uid: int, subscriptions: Collection[str]) -> list[str]:
+    stmt = select(RosterItem.contact_jid).where(
+        RosterItem.user_id == uid, RosterItem.subscription.in_(list(subscriptions))
+    )
+    return list(await session.scalars(stmt.order_by(RosterItem.id)))
+
+
+async def has_pending(session: AsyncSession, uid: int, contact: str) -> bool:
+    stmt = select(PendingSubscription.id).where(
+        PendingSubscription.user_id == uid, PendingSubscription.from_jid == contact
+    )
+    return (await session.execute(stmt)).first() is not None
+
+
+async def list_pending(session: AsyncSession, uid: int) -> list[str]:
+    """The stored inbound request stanzas of `uid`, oldest first."""
+    stmt = select(PendingSubscription.stanza).where(PendingSubscription.user_id == uid)
+    return list(await session.scalars(stmt.order_by(PendingSubscription.id)))
+
+
+async def put_pending(session: AsyncSession, uid: int, contact: str, stanza: str) -> None:
+    stmt = select(PendingSubscription).where(
+        PendingSubscription.user_id == uid, PendingSubscription.from_jid == contact
+    )
+    row = (await session.scalars(stmt)).one_or_none()
+    if row is None:
+        session.add(PendingSubscription(user_id=uid, from_jid=contact, stanza=stanza))
+    else:
+        row.stanza = stanza
+    await session.flush()
+
+
+async def delete_pending(session: AsyncSession, uid: int, contact: str) -> bool:
+    result = await session.execute(
+        delete(PendingSubscription).where(
+            PendingSubscription.user_id == uid, PendingSubscription.from_jid == contact
+        )
+    )
+    return result.rowcount > 0

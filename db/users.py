@@ -1,0 +1,220 @@
+"""The user aggregate: accounts, SCRAM credentials, assigned and active node (SPEC §2).
+
+Rules of this module:
+- A username is a JID localpart, stored in its prepared form (`prep_localpart`).
+- Passwords are never stored, only SCRAM keys for SCRAM-SHA-1 and SCRAM-SHA-256
+  at 4096 iterations (`db.credentials`).
+- Adding users (one or in bulk) is refused while any node is failed over (SPEC §2);
+  a new user's assigned node comes from the Sync Agent (`server.assignment`) and its
+  active node equals the assigned node.
+- `bulk_import` validates every row before deriving any key, so a bad row costs no
+  CPU and nothing is written; it inserts in batches in one transaction.
+- Write functions commit; read functions do not.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+
+from sqlalchemy import delete, insert, select
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
+
+from db.assignments import mode_and_topology, node_loads, refuse_during_failover
+from db.clusters import get_cluster
+from db.credentials import DEFAULT_ITERATIONS, MECHANISMS, ScramCredentials, derive_many
+from db.engine import translate_errors
+from db.errors import AlreadyExists, InvalidValue, NotFound
+from db.models import Node, User, UserCredential
+from server.assignment import choose_node
+from server.xmpp.jid import InvalidJid, prep_localpart
+
+__all__ = [
+    "ImportReport", "ScramCredentials", "UserInfo", "add_user", "bulk_import", "get_credentials",
+    "list_users", "remove_user", "user_location", "usernames_active_on", "validate_username",
+]
+
+INSERT_BATCH = 1000
+MAX_PASSWORD_CHARS = 1024
+
+
+@dataclass(frozen=True)
+class UserInfo:
+    username: str
+    assigned_node: str | None
+    active_node: str | None
+
+
+@dataclass(frozen=True)
+class ImportReport:
+    imported: int
+    seconds: float
+
+
+def validate_username(username: str) -> str:
+    """The prepared localpart, or `InvalidValue('username', why)`."""
+    try:
+        return prep_localpart(username)
+    except InvalidJid as exc:
+        raise InvalidValue("username", f"{username!r}: {exc}") from None
+
+
+def validate_password(password: str) -> None:
+    if not password:
+        raise InvalidValue("password", "must not be empty")
+    if len(password) > MAX_PASSWORD_CHARS:
+        raise InvalidValue("password", f"longer than {MAX_PASSWORD_CHARS} characters")
+
+
+def _validate_rows(rows: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    result, seen = [], set()
+    for line, (username, password) in enumerate(rows, start=1):
+        try:
+            name = validate_username(username)
+            validate_password(password)
+        except InvalidValue as exc:
+            raise InvalidValue(f"row {line} {exc.key}", exc.reason) from None
+        if name in seen:
+            raise InvalidValue(f"row {line} username", f"{name!r} appears twice")
+        seen.add(name)
+        result.append((name, password))
+    return result
+
+
+async def _existing(session: AsyncSession, names: list[str]) -> set[str]:
+    found: set[str] = set()
+    for i in range(0, len(names), INSERT_BATCH):
+        query = select(User.username).where(User.username.in_(names[i : i + INSERT_BATCH]))
+        found.update((await session.execute(query)).scalars().all())
+    return found
+
+
+async def _insert(session: AsyncSession, cluster_id: int, rows: list[tuple[str, str]], iterations: int) -> None:
+    """Assign, derive keys and insert `rows` (validated, new); the caller commits."""
+    mode, groups, ids = await mode_and_topology(session)
+    load = await node_loads(session)
+    keys = await derive_many([password for _, password in rows], iterations)
+    for start in range(0, len(rows), INSERT_BATCH):
+        batch = rows[start : start + INSERT_BATCH]
+        values = []
+        for name, _ in batch:
+            node = choose_node(mode, groups, load)
+            if node is not None:
+                load[node] += 1
+            node_id = ids[node] if node is not None else None
+            values.append({"cluster_id": cluster_id, "username": name, "assigned_node_id": node_id, "active_node_id": node_id})
+        await session.execute(insert(User), values)
+        user_ids = dict((await session.execute(
+            select(User.username, User.id).where(User.username.in_([name for name, _ in batch]))
+        )).all())
+        creds = [
+            {"user_id": user_ids[name], "mechanism": mech, **asdict(keys[start + i][mech])}
+            for i, (name, _) in enumerate(batch)
+            for mech in MECHANISMS
+        ]
+        await session.execute(insert(UserCredential), creds)
+
+
+async def bulk_import(
+    session: AsyncSession, rows: Iterable[tuple[str, str]], *, iterations: int = DEFAULT_ITERATIONS
+) -> ImportReport:
+    """Add many (username, password) users in one transaction; all or nothing; commit."""
+    started = time.perf_counter()
+    valid = _validate_rows(rows)
+    cluster = await get_cluster(session)
+    await refuse_during_failover(session, "adding users")
+    async with translate_errors():
+        taken = await _existing(session, [name for name, _ in valid])
+        if taken:
+            more = f" ({len(taken)} of the {len(valid)} users do)" if len(valid) > 1 else ""
+            raise AlreadyExists(f"user {sorted(taken)[0]!r} already exists{more}")
+        try:
+            await _insert(session, cluster.id, valid, iterations)
+            await session.commit()
+        except BaseException:
+            await session.rollback()
+            raise
+    return ImportReport(len(valid), time.perf_counter() - started)
+
+
+async def add_user(
+    session: AsyncSession, username: str, password: str, *, iterations: int = DEFAULT_ITERATIONS
+) -> UserInfo:
+    """Add one user with SCRAM keys, assigned per the assignment mode; commit."""
+    validate_username(username)
+    validate_password(password)
+    await bulk_import(session, [(username, password)], iterations=iterations)
+    info = await find_user(session, validate_username(username))
+    assert info is not None  # just committed
+    return info
+
+
+async def remove_user(session: AsyncSession, username: str) -> None:
+    """Delete a user and everything it owns (credentials, roster, ...); commit."""
+    name = validate_username(username)
+    async with translate_errors():
+        result = await session.execute(delete(User).where(User.username == name))
+        await session.commit()
+    if result.rowcount == 0:
+        raise NotFound(f"user {name!r} does not exist")
+
+
+def _located():
+    assigned, active = aliased(Node), aliased(Node)
+    return (
+        select(User.username, assigned.name, active.name)
+        .outerjoin(assigned, assigned.id == User.assigned_node_id)
+        .outerjoin(active, active.id == User.active_node_id)
+    )
+
+
+async def list_users(session: AsyncSession, node_name: str | None = None) -> list[UserInfo]:
+    """Every user (or those assigned to `node_name`), by username."""
+    query = _located().order_by(User.username)
+    if node_name:
+        query = query.where(User.assigned_node_id == select(Node.id).where(Node.name == node_name).scalar_subquery())
+    async with translate_errors():
+        return [UserInfo(*row) for row in (await session.execute(query)).all()]
+
+
+async def find_user(session: AsyncSession, username: str) -> UserInfo | None:
+    async with translate_errors():
+        row = (await session.execute(_located().where(User.username == username))).first()
+    return UserInfo(*row) if row else None
+
+
+async def user_location(session: AsyncSession, username: str) -> tuple[str | None, str | None] | None:
+    """(assigned node name, active node name) of `username`, or None if no such user."""
+    try:
+        name = prep_localpart(username)
+    except InvalidJid:
+        return None
+    info = await find_user(session, name)
+    return (info.assigned_node, info.active_node) if info else None
+
+
+async def usernames_active_on(session: AsyncSession, node_name: str) -> set[str]:
+    """The usernames that `node_name` serves right now."""
+    query = select(User.username).join(Node, Node.id == User.active_node_id).where(Node.name == node_name)
+    async with translate_errors():
+        return set((await session.execute(query)).scalars().all())
+
+
+async def get_credentials(session: AsyncSession, username: str, mechanism: str) -> ScramCredentials | None:
+    """The SCRAM keys of `username` for `mechanism`, or None (unknown user or mechanism)."""
+    if mechanism not in MECHANISMS:
+        return None
+    try:
+        name = prep_localpart(username)
+    except InvalidJid:
+        return None
+    query = (
+        select(UserCredential)
+        .join(User, User.id == UserCredential.user_id)
+        .where(User.username == name, UserCredential.mechanism == mechanism)
+    )
+    async with translate_errors():
+        row = (await session.execute(query)).scalars().first()
+    return ScramCredentials(row.salt, row.iterations, row.stored_key, row.server_key) if row else None

@@ -1,0 +1,91 @@
+"""What the client port asks the availability database: keys, who serves a user, sign-up.
+
+Rules of this module:
+- An adapter helper (it calls `db/`); the stream core never does. Answers are the
+  core's own types: stored keys, a login refusal (`StreamError` / `SaslFailure`), a
+  registration error (`StanzaError`).
+- A node serves exactly the users whose active node it is (SPEC §2, §9). Someone
+  else's user is redirected with `see-other-host` to that node's client address when
+  the cluster parameter `see_other_host_redirect` is on, else refused with
+  `temporary-auth-failure` naming the node; a user no node serves (moving during a
+  failover) is refused with `temporary-auth-failure`.
+- Cluster parameters are cached for `PARAMETER_CACHE_S`, so a burst of logins costs
+  one query.
+- `DatabaseUnavailable` propagates; the adapter answers with a temporary failure.
+"""
+
+from __future__ import annotations
+
+import time
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from db import nodes, parameters, users
+from db.errors import AlreadyExists, FailoverInProgress, InvalidValue
+from server.xmpp.errors import Condition, StanzaError, StreamCondition, StreamError
+from server.xmpp.negotiation import SaslFailure
+from server.xmpp.sasl import SaslCondition, StoredKeys
+
+PARAMETER_CACHE_S = 5.0
+
+
+def host_port(host: str, port: int) -> str:
+    """`host:port`, with brackets around an IPv6 literal (RFC 6120 §4.9.3.19)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class Accounts:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], node_name: str) -> None:
+        self._sessions = sessions
+        self.node_name = node_name
+        self._params: dict[str, parameters.Value] = {}
+        self._params_at = float("-inf")
+
+    async def keys(self, username: str, mechanism: str) -> StoredKeys | None:
+        async with self._sessions() as session:
+            return await users.get_credentials(session, username, mechanism)
+
+    async def parameters(self) -> dict[str, parameters.Value]:
+        if time.monotonic() - self._params_at > PARAMETER_CACHE_S:
+            async with self._sessions() as session:
+                self._params = await parameters.effective_parameters(session, self.node_name)
+            self._params_at = time.monotonic()
+        return self._params
+
+    async def registration_enabled(self) -> bool:
+        return bool((await self.parameters()).get("inband_registration", False))
+
+    async def login_refusal(self, username: str) -> StreamError | SaslFailure | None:
+        """None if this node serves `username` now; otherwise how to refuse the login."""
+        async with self._sessions() as session:
+            location = await users.user_location(session, username)
+            active = location[1] if location else None
+            if active == self.node_name:
+                return None
+            if active is None:
+                return SaslFailure(
+                    SaslCondition.TEMPORARY_AUTH_FAILURE, f"no node serves {username} right now; retry later"
+                )
+            if (await self.parameters()).get("see_other_host_redirect", False):
+                node = await nodes.get_node(session, active)
+                return StreamError(
+                    StreamCondition.SEE_OTHER_HOST,
+                    f"{username} is served by node {active}",
+                    other_host=host_port(node.host, node.ports.client_port),
+                )
+        return SaslFailure(SaslCondition.TEMPORARY_AUTH_FAILURE, f"{username} is served by node {active}, not here")
+
+    async def register(self, username: str, password: str) -> StanzaError | None:
+        """XEP-0077 §3.1: create the account with the same rules as `user add`."""
+        if not await self.registration_enabled():
+            return StanzaError(Condition.SERVICE_UNAVAILABLE, "in-band registration is off")
+        try:
+            async with self._sessions() as session:
+                await users.add_user(session, username, password)
+        except AlreadyExists:
+            return StanzaError(Condition.CONFLICT, "username taken")
+        except InvalidValue as exc:
+            return StanzaError(Condition.NOT_ACCEPTABLE, str(exc))
+        except FailoverInProgress as exc:
+            return StanzaError(Condition.RESOURCE_CONSTRAINT, str(exc))
+        return None

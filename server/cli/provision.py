@@ -1,0 +1,220 @@
+"""Provisioning commands: `db`, `cluster`, `node` and `group` (SPEC §1, §3, §5).
+
+Rules of this module:
+- Commands are thin: parse options, call one `db/` function, print the result. Every
+  rule lives in `db/` and comes back as a `ProvisioningError`, printed as one line
+  with a non-zero exit (see `server.cli.database.run`).
+- Adding a group re-runs the Sync Agent (users rebalanced over the new nodes,
+  SPEC §2) unless a node is failed over; then it says so and leaves users alone.
+- `group edit --ha on` stores the switch after checking the pair and the database
+  replication; whether the critical services run is checked at runtime by the SRM.
+"""
+
+from __future__ import annotations
+
+import click
+
+from db import assignments, clusters, groups, nodes, parameters, schema, srm_state
+from db.errors import FailoverInProgress
+from server.cli.common import db_options
+from server.cli.database import echo_table, on_off, open_session, run
+
+PORT_OPTIONS = (
+    ("--client-port", "client_port", "XMPP client-to-server port"),
+    ("--srm-port", "srm_port", "SRM peer-to-peer (heartbeat) port"),
+    ("--admin-port", "admin_port", "admin RPC port"),
+    ("--link-port", "link_port", "node-to-node routing link port"),
+    ("--metrics-port", "metrics_port", "Prometheus metrics port"),
+)
+
+
+@click.group("db")
+def db_group() -> None:
+    """Create or upgrade the availability database schema."""
+
+
+@db_group.command("upgrade")
+@click.option("--revision", default="head", show_default=True, help="Target Alembic revision.")
+@db_options
+def db_upgrade(db_url: str, revision: str) -> None:
+    """Bring the database to the latest schema (safe to run from two nodes at once)."""
+    reached = run(schema.upgrade(db_url, revision))
+    click.echo(f"database schema at revision {reached}")
+
+
+@db_group.command("revision")
+@db_options
+def db_revision(db_url: str) -> None:
+    """Show the database's schema revision and the head revision of this software."""
+    current = run(schema.current_revision(db_url))
+    click.echo(f"current: {current or 'none (empty database)'}\nhead:    {schema.head_revision()}")
+
+
+@click.group("cluster")
+def cluster_group() -> None:
+    """Create and show the cluster (one per database)."""
+
+
+@cluster_group.command("init")
+@click.option("--name", required=True, help="Cluster name, 1-128 of A-Z a-z 0-9 _ . -")
+@click.option("--domain", required=True, help="XMPP domain served by every node (e.g. example.com).")
+@db_options
+def cluster_init(db_url: str, name: str, domain: str) -> None:
+    """Create the cluster with a fresh random shared secret; refuses if one exists."""
+
+    async def go() -> clusters.ClusterInfo:
+        async with open_session(db_url) as session:
+            return await clusters.create_cluster(session, name, domain)
+
+    info = run(go())
+    click.echo(f"cluster {info.name!r} created for domain {info.domain}")
+
+
+@cluster_group.command("show")
+@db_options
+def cluster_show(db_url: str) -> None:
+    """Show the cluster, its groups and nodes and the user count per node."""
+
+    async def go() -> None:
+        async with open_session(db_url) as session:
+            info = await clusters.get_cluster(session)
+            mode = await parameters.assignment_mode(session)
+            loads = await assignments.node_loads(session)
+            all_nodes = await nodes.list_nodes(session)
+            all_groups = await groups.list_groups(session)
+        click.echo(f"cluster: {info.name}\ndomain:  {info.domain}\nuser assignment mode: {mode.value}")
+        click.echo(f"groups: {len(all_groups)}  nodes: {len(all_nodes)}  assigned users: {sum(loads.values())}")
+        echo_table(
+            ("node", "group", "position", "users"),
+            [(n.name, n.group, n.group_position, loads.get(n.name, 0)) for n in all_nodes],
+        )
+
+    run(go())
+
+
+@click.group("node")
+def node_group() -> None:
+    """Register and list nodes (node processes and their addresses)."""
+
+
+def _port_options(func):
+    for flag, dest, text in reversed(PORT_OPTIONS):
+        func = click.option(flag, dest, type=int, help=f"{text} (default: from the base port).")(func)
+    return func
+
+
+@node_group.command("add")
+@click.argument("name")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address the node listens on.")
+@click.option(
+    "--base-port", type=int,
+    help="Port scheme: client=B, srm=B+1, admin=B+2, link=B+3, metrics=B+4 "
+    f"(default: first free block from {nodes.DEFAULT_BASE_PORT} in steps of {nodes.PORT_STRIDE}).",
+)
+@_port_options
+@click.option("--version", "software_version", help="Software version (default: the installed one).")
+@db_options
+def node_add(db_url: str, name: str, host: str, base_port: int | None, software_version: str | None, **ports) -> None:
+    """Register node NAME; its five ports must be distinct from other nodes on HOST."""
+    given = {key: value for key, value in ports.items() if value is not None}
+
+    async def go() -> nodes.NodeInfo:
+        async with open_session(db_url) as session:
+            return await nodes.add_node(
+                session, name, host=host, base_port=base_port, ports=given, software_version=software_version
+            )
+
+    info = run(go())
+    p = info.ports
+    click.echo(
+        f"node {info.name!r} added on {info.host}: client {p.client_port}, srm {p.srm_port}, "
+        f"admin {p.admin_port}, link {p.link_port}, metrics {p.metrics_port}, version {info.software_version}"
+    )
+
+
+@node_group.command("list")
+@db_options
+def node_list(db_url: str) -> None:
+    """List nodes with group, addresses, version and stored HA state."""
+
+    async def go() -> None:
+        async with open_session(db_url) as session:
+            rows = []
+            for n in await nodes.list_nodes(session):
+                state = await srm_state.read_state(session, n.name)
+                p = n.ports
+                rows.append((
+                    n.name, n.group, n.group_position, n.host, p.client_port, p.srm_port, p.admin_port,
+                    p.link_port, p.metrics_port, n.software_version,
+                    f"{state.state} / {state.reason}" if state else "never started",
+                ))
+        echo_table(("node", "group", "pos", "host", "client", "srm", "admin", "link", "metrics", "version", "HA state"), rows)
+
+    run(go())
+
+
+@click.group("group")
+def group_group() -> None:
+    """Presence redundancy groups: one node or a pair (SPEC §3)."""
+
+
+async def _rebalance_after_change(session) -> str:
+    try:
+        moved = await assignments.rebalance(session)
+    except FailoverInProgress as exc:
+        return f"users not rebalanced: {exc}"
+    return f"users rebalanced: {moved} moved"
+
+
+@group_group.command("add")
+@click.argument("name")
+@click.option("--description", default="", help='At most 128 characters, none of " % & \\ < >.')
+@click.option("--node", "node_names", multiple=True, required=True, help="A member node; give one or two (first = primary).")
+@db_options
+def group_add(db_url: str, name: str, description: str, node_names: tuple[str, ...]) -> None:
+    """Create group NAME of one node or a pair, with HA off; rebalance users."""
+
+    async def go() -> tuple[groups.GroupInfo, str]:
+        async with open_session(db_url) as session:
+            info = await groups.add_group(session, name, node_names, description=description)
+            return info, await _rebalance_after_change(session)
+
+    info, note = run(go())
+    click.echo(f"group {info.name!r} created with {', '.join(info.nodes)} (HA off); {note}")
+
+
+@group_group.command("edit")
+@click.argument("name")
+@click.option("--description", help='New description (at most 128 characters, none of " % & \\ < >).')
+@click.option(
+    "--ha", type=click.Choice(["on", "off"]),
+    help="High availability. 'on' needs a pair and healthy database replication; "
+    "the SRM then checks the critical services at runtime (SPEC §3).",
+)
+@db_options
+def group_edit(db_url: str, name: str, description: str | None, ha: str | None) -> None:
+    """Change group NAME's description or HA switch."""
+    if description is None and ha is None:
+        raise click.UsageError("nothing to change: give --description and/or --ha")
+
+    async def go() -> groups.GroupInfo:
+        async with open_session(db_url) as session:
+            return await groups.edit_group(
+                session, name, description=description, ha_enabled=None if ha is None else ha == "on"
+            )
+
+    info = run(go())
+    click.echo(f"group {info.name!r}: HA {on_off(info.ha_enabled)}, description {info.description!r}")
+
+
+@group_group.command("list")
+@db_options
+def group_list(db_url: str) -> None:
+    """List groups with their nodes, HA switch and fencing epoch."""
+
+    async def go() -> list[groups.GroupInfo]:
+        async with open_session(db_url) as session:
+            return await groups.list_groups(session)
+
+    rows = [(g.name, " ".join(g.nodes), on_off(g.ha_enabled), g.epoch, g.description) for g in run(go())]
+    echo_table(("group", "nodes", "HA", "epoch", "description"), rows)

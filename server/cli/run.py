@@ -1,0 +1,222 @@
+"""Run nodes: `node run`, `node metrics`, and `up` (a local two-node cluster in one command).
+
+Rules of this module:
+- `node run` and `node metrics` attach to the provisioning `node` group
+  (`server.cli.provision.node_group`); `up` is a top-level command (in SUBCOMMANDS).
+- `node run` builds the config with `server.config.load_config` (TOML file < env <
+  flags < `--set`), checks the schema is at head, and runs `server.node.run_node`
+  until SIGTERM/SIGINT. It prints `node NAME ready` once it accepts clients.
+- `up` provisions an empty database (embedded SQLite by default) with one group of two
+  nodes (HA on) and N demo users, starts each node as a real `presence-ha node run`
+  subprocess, waits (with a deadline) until every client port accepts, writes
+  `DIR/cluster.json`, and stops the nodes with SIGTERM (then SIGKILL) on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import click
+
+from db import clusters, groups, nodes, parameters, schema, users
+from db.engine import sqlite_url_for
+from server.cli.common import db_options
+from server.cli.database import open_session, run
+from server.cli.provision import node_group
+from server.config import ConfigError, load_config
+from server.node import NodeStartError, run_node
+
+START_DEADLINE_S = 30.0
+STOP_DEADLINE_S = 15.0
+
+
+def node_command(*args: str) -> list[str]:
+    """The argv that runs `presence-ha ARGS...` with this interpreter."""
+    script = Path(sys.executable).with_name("presence-ha")
+    if script.exists():
+        return [str(script), *args]
+    return [sys.executable, "-c", "from server.cli import main; main()", *args]
+
+
+@node_group.command("run")
+@click.option("--name", "node_name", help="Node name (else $PRESENCE_HA_NODE or the config file).")
+@click.option("--db", "db_url", metavar="URL", help="Database URL (else $PRESENCE_HA_DB, config, --data-dir).")
+@click.option("--data-dir", type=click.Path(file_okay=False), help="Data directory (SQLite file, TLS files).")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False, exists=True), help="TOML config file.")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a config key, e.g. limits.auth_timeout_s=5.")
+def node_run(node_name: str | None, db_url: str | None, data_dir: str | None, config_file: str | None, sets: tuple[str, ...]) -> None:
+    """Run node NAME: serve XMPP clients until SIGTERM/SIGINT, then shut down gracefully."""
+    flags = {"node_name": node_name, "db_url": db_url, "data_dir": data_dir}
+    try:
+        config = load_config(config_file, os.environ, flags, sets)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
+    current = run(schema.current_revision(config.db_url))
+    if current != schema.head_revision():
+        raise click.ClickException(f"database schema is at {current or 'nothing'}: run `presence-ha db upgrade` first")
+    try:
+        run(run_node(config))
+    except NodeStartError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@node_group.command("metrics")
+@click.argument("name")
+@db_options
+def node_metrics(db_url: str, name: str) -> None:
+    """Print node NAME's Prometheus metrics (from its metrics port)."""
+
+    async def go() -> nodes.NodeInfo:
+        async with open_session(db_url) as session:
+            return await nodes.get_node(session, name)
+
+    info = run(go())
+    url = f"http://{info.host}:{info.ports.metrics_port}/metrics"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            click.echo(response.read().decode("utf-8"), nl=False)
+    except OSError as exc:
+        raise click.ClickException(f"node {name} metrics unreachable at {url}: {exc}") from exc
+
+
+async def provision_demo(db_url: str, domain: str, base_port: int, node_names: list[str], user_count: int) -> dict[str, str]:
+    """Create the schema, cluster, nodes, one group (HA on when a pair) and demo users."""
+    await schema.upgrade(db_url)
+    async with open_session(db_url) as session:
+        if await clusters.find_cluster(session) is not None:
+            return {}
+        await clusters.create_cluster(session, "demo", domain)
+        for index, name in enumerate(node_names):
+            await nodes.add_node(session, name, base_port=base_port + index * nodes.PORT_STRIDE)
+        await groups.add_group(session, "group1", node_names, description="presence-ha up")
+        if len(node_names) == 2:
+            await groups.edit_group(session, "group1", ha_enabled=True)
+        # A client may connect to either node: send it to the one serving its user.
+        await parameters.set_parameter(session, "see_other_host_redirect", True)
+        passwords = {f"user{i}": secrets.token_urlsafe(9) for i in range(1, user_count + 1)}
+        await users.bulk_import(session, list(passwords.items()))
+    return passwords
+
+
+async def cluster_layout(db_url: str) -> tuple[str, list[nodes.NodeInfo]]:
+    async with open_session(db_url) as session:
+        return (await clusters.get_cluster(session)).domain, await nodes.list_nodes(session)
+
+
+def wait_for_port(host: str, port: int, process: subprocess.Popen, deadline: float) -> None:
+    """Poll until `host:port` accepts a TCP connection; fail if the process exits first."""
+    import socket
+
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise click.ClickException(f"node process exited with {process.returncode} before accepting clients")
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise click.ClickException(f"nothing listens on {host}:{port} after {START_DEADLINE_S}s")
+
+
+def stop_processes(processes: list[subprocess.Popen]) -> None:
+    """SIGTERM every node (graceful shutdown), SIGKILL what is left after the deadline."""
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + STOP_DEADLINE_S
+    for process in processes:
+        try:
+            process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@click.command("up")
+@click.option("--data-dir", required=True, type=click.Path(file_okay=False), help="Where the database, TLS files and logs go.")
+@click.option("--db", "db_url", metavar="URL", help="Use this database instead of DIR's SQLite file.")
+@click.option("--base-port", type=int, default=nodes.DEFAULT_BASE_PORT, show_default=True, help="First node's client port.")
+@click.option("--users", "user_count", type=click.IntRange(0, 100_000), default=10, show_default=True)
+@click.option("--domain", default="localhost", show_default=True, help="XMPP domain of the cluster.")
+@click.option("--nodes", "node_count", type=click.IntRange(1, 2), default=2, show_default=True)
+def up_command(data_dir: str, db_url: str | None, base_port: int, user_count: int, domain: str, node_count: int) -> None:
+    """Provision (if empty) and run a local cluster of one group, until Ctrl-C."""
+    directory = Path(data_dir).resolve()
+    directory.mkdir(parents=True, exist_ok=True)
+    url = db_url or sqlite_url_for(directory)
+    names = [f"node{i}" for i in range(1, node_count + 1)]
+    passwords = run(provision_demo(url, domain, base_port, names, user_count))
+    domain, infos = run(cluster_layout(url))
+    old = _read_previous_users(directory / "cluster.json")
+    passwords = passwords or old
+    processes = _start_nodes(directory, url, infos)
+    try:
+        _write_cluster_json(directory / "cluster.json", domain, url, infos, passwords)
+        _print_welcome(domain, infos, passwords, directory)
+        while all(p.poll() is None for p in processes):
+            time.sleep(0.5)
+        click.echo("a node process exited; stopping the cluster", err=True)
+    except KeyboardInterrupt:
+        click.echo("\nstopping nodes...")
+    finally:
+        stop_processes(processes)
+
+
+def _start_nodes(directory: Path, url: str, infos: list[nodes.NodeInfo]) -> list[subprocess.Popen]:
+    processes: list[subprocess.Popen] = []
+    try:
+        for info in infos:
+            log = open(directory / f"{info.name}.log", "ab")  # noqa: SIM115 - owned by the child
+            processes.append(subprocess.Popen(
+                node_command("-v", "node", "run", "--name", info.name, "--db", url, "--data-dir", str(directory)),
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            ))
+        deadline = time.monotonic() + START_DEADLINE_S
+        for info, process in zip(infos, processes, strict=True):
+            wait_for_port(info.host, info.ports.client_port, process, deadline)
+    except BaseException:
+        stop_processes(processes)
+        raise
+    return processes
+
+
+def _read_previous_users(path: Path) -> dict[str, str]:
+    try:
+        return {u["username"]: u["password"] for u in json.loads(path.read_text())["users"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
+def _write_cluster_json(path: Path, domain: str, url: str, infos: list[nodes.NodeInfo], passwords: dict[str, str]) -> None:
+    data = {
+        "domain": domain,
+        "database_url": url,
+        "nodes": [
+            {"name": n.name, "host": n.host, "client_port": n.ports.client_port, "metrics_port": n.ports.metrics_port}
+            for n in infos
+        ],
+        "users": [{"username": u, "jid": f"{u}@{domain}", "password": p} for u, p in sorted(passwords.items())],
+    }
+    path.write_text(json.dumps(data, indent=2) + "\n")
+    path.chmod(0o600)
+
+
+def _print_welcome(domain: str, infos: list[nodes.NodeInfo], passwords: dict[str, str], directory: Path) -> None:
+    for info in infos:
+        click.echo(f"node {info.name}: client {info.host}:{info.ports.client_port}, metrics :{info.ports.metrics_port}")
+    for username, password in list(sorted(passwords.items()))[:5]:
+        click.echo(f"  {username}@{domain}  password {password}")
+    if len(passwords) > 5:
+        click.echo(f"  ... {len(passwords) - 5} more in {directory / 'cluster.json'}")
+    click.echo(
+        f"Connect any XMPP client to {infos[0].host}:{infos[0].ports.client_port} (STARTTLS, self-signed certificate "
+        f"in {directory / 'tls'}); each user logs in on the node that serves it. Ctrl-C stops the cluster."
+    )

@@ -1,0 +1,192 @@
+"""The node process configuration: one tree of frozen dataclasses, validated once.
+
+Rules of this module:
+- Precedence (hypercorn's): dataclass defaults, then one TOML file, then environment
+  variables (`PRESENCE_HA_DB`, `PRESENCE_HA_NODE`, `PRESENCE_HA_DATA_DIR`), then CLI
+  flags, then generic `--set section.key=value` overrides.
+- Keys are the dataclass field names (`limits.max_stanza_bytes`). An unknown key or a
+  bad value is `ConfigError(key, reason)` naming the key; nothing is silently ignored.
+- Units are in the names (`auth_timeout_s`, `max_stanza_bytes`). Every timer is a field
+  so tests can run in seconds.
+- This file holds what a node needs before it can read the database. Addresses, ports
+  and cluster timers come from the database (nodes table, parameters), not from here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from db.engine import ENV_DB_URL, sqlite_url_for
+
+ENV_NODE = "PRESENCE_HA_NODE"
+ENV_DATA_DIR = "PRESENCE_HA_DATA_DIR"
+DEFAULT_DATA_DIR = "data"
+
+
+class ConfigError(ValueError):
+    def __init__(self, key: str, reason: str) -> None:
+        super().__init__(f"config {key}: {reason}")
+        self.key = key
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    cert_path: str | None = None  # PEM certificate chain; None: self-signed in data_dir
+    key_path: str | None = None
+    required: bool = True  # RFC 6120 §5.3.1: STARTTLS mandatory before SASL
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    max_stanza_bytes: int = 256 * 1024  # over it: policy-violation (RFC 6120 §13.12)
+    auth_timeout_s: float = 30.0  # unauthenticated connections are closed after this
+    rate_bytes_per_s: int = 256 * 1024  # per-connection token bucket refill
+    rate_burst_bytes: int = 1024 * 1024  # bucket size; an empty bucket is policy-violation
+    max_write_buffer_bytes: int = 2 * 1024 * 1024  # a client that does not read is dropped
+    max_auth_failures: int = 3  # per stream, then policy-violation (RFC 6120 §6.4.5)
+    auth_throttle_base_s: float = 1.0  # delay after the 2nd failure of an IP or user...
+    auth_throttle_max_s: float = 30.0  # ...doubling per failure up to this
+    auth_throttle_window_s: float = 300.0  # failures older than this are forgotten
+    sm_resume_timeout_s: int = 300  # XEP-0198 resumption window
+    shutdown_timeout_s: float = 10.0  # graceful shutdown budget
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    node_name: str
+    db_url: str
+    data_dir: str = DEFAULT_DATA_DIR
+    listen_host: str | None = None  # override the node's host from the database (e.g. 0.0.0.0)
+    tls: TlsConfig = field(default_factory=TlsConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir)
+
+
+_POSITIVE = {
+    "limits.max_stanza_bytes", "limits.auth_timeout_s", "limits.rate_bytes_per_s", "limits.rate_burst_bytes",
+    "limits.max_write_buffer_bytes", "limits.max_auth_failures", "limits.sm_resume_timeout_s",
+    "limits.shutdown_timeout_s", "limits.auth_throttle_window_s",
+}
+
+
+def _convert(key: str, hint: Any, raw: Any) -> Any:
+    """`raw` (TOML value or text from env/--set) as the field's type."""
+    args = typing.get_args(hint)
+    if isinstance(hint, types.UnionType) and type(None) in args:
+        if raw is None or (isinstance(raw, str) and raw.lower() in ("", "none")):
+            return None
+        hint = next(a for a in args if a is not type(None))
+    if hint is bool:
+        if isinstance(raw, bool):
+            return raw
+        word = str(raw).strip().lower()
+        if word in ("true", "yes", "on", "1", "false", "no", "off", "0"):
+            return word in ("true", "yes", "on", "1")
+        raise ConfigError(key, f"{raw!r} is not a boolean")
+    if hint in (int, float):
+        if isinstance(raw, bool):
+            raise ConfigError(key, f"{raw!r} is not a number")
+        try:
+            return hint(raw)
+        except (TypeError, ValueError):
+            raise ConfigError(key, f"{raw!r} is not {'an integer' if hint is int else 'a number'}") from None
+    if hint is str:
+        if not isinstance(raw, (str, int, float)) or isinstance(raw, bool):
+            raise ConfigError(key, f"{raw!r} is not text")
+        return str(raw)
+    raise ConfigError(key, f"unsupported type {hint}")
+
+
+def _build(cls: type, values: Mapping[str, Any], prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    for key in values:
+        if key not in known:
+            raise ConfigError(prefix + key, "unknown key")
+    kwargs: dict[str, Any] = {}
+    for name, f in known.items():
+        key, hint = prefix + name, hints[name]
+        if dataclasses.is_dataclass(hint):
+            sub = values.get(name, {})
+            if not isinstance(sub, Mapping):
+                raise ConfigError(key, "must be a table/section")
+            kwargs[name] = _build(hint, sub, key + ".")
+        elif name in values:
+            kwargs[name] = _convert(key, hint, values[name])
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(key, "required")
+    return cls(**kwargs)
+
+
+def _set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(dotted, f"{part} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_set(item: str) -> tuple[str, str]:
+    key, sep, value = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(item, "expected key=value")
+    return key.strip(), value.strip()
+
+
+def validate(config: NodeConfig) -> NodeConfig:
+    if not config.node_name:
+        raise ConfigError("node_name", "required (--name or $PRESENCE_HA_NODE)")
+    for key in _POSITIVE:
+        section, name = key.split(".")
+        if getattr(getattr(config, section), name) <= 0:
+            raise ConfigError(key, "must be positive")
+    limits = config.limits
+    if limits.auth_throttle_base_s < 0 or limits.auth_throttle_max_s < limits.auth_throttle_base_s:
+        raise ConfigError("limits.auth_throttle_max_s", "must be >= auth_throttle_base_s >= 0")
+    if limits.rate_burst_bytes < limits.max_stanza_bytes:
+        raise ConfigError("limits.rate_burst_bytes", "must be >= limits.max_stanza_bytes")
+    if (config.tls.cert_path is None) != (config.tls.key_path is None):
+        raise ConfigError("tls.key_path", "give both tls.cert_path and tls.key_path, or neither")
+    return config
+
+
+def load_config(
+    file: str | Path | None = None,
+    env: Mapping[str, str] | None = None,
+    flags: Mapping[str, Any] | None = None,
+    sets: list[str] | tuple[str, ...] = (),
+) -> NodeConfig:
+    """Merge defaults < TOML `file` < `env` < `flags` (dotted keys) < `sets`; validate."""
+    tree: dict[str, Any] = {}
+    if file is not None:
+        try:
+            tree = tomllib.loads(Path(file).read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(str(file), f"cannot read: {exc}") from None
+    env = env or {}
+    for var, key in ((ENV_DB_URL, "db_url"), (ENV_NODE, "node_name"), (ENV_DATA_DIR, "data_dir")):
+        if env.get(var):
+            tree[key] = env[var]
+    for key, value in (flags or {}).items():
+        if value is not None:
+            _set_path(tree, key, value)
+    for item in sets:
+        _set_path(tree, *parse_set(item))
+    tree.setdefault("node_name", "")
+    if not tree.get("db_url"):
+        tree["db_url"] = sqlite_url_for(tree.get("data_dir") or DEFAULT_DATA_DIR)
+    return validate(_build(NodeConfig, tree, ""))

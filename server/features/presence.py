@@ -1,0 +1,179 @@
+"""Presence (RFC 6121 §4): broadcasts, probes, directed presence, disconnects.
+
+Rules of this module:
+- Sessions of kind INACTIVE show no presence and get none (SPEC §8): their presence
+  stanzas are dropped, and delivery only ever targets active sessions.
+- Presence without 'to' is a broadcast: the first one after binding is initial presence
+  (§4.2): it makes the session available, goes to contacts with subscription from/both
+  and to the user's own available resources, probes contacts with to/both, shows the
+  new resource its siblings, and then announces `SessionAvailable` (pending
+  subscription requests and offline messages follow it). Later ones are updates (§4.4).
+- Every broadcast of available presence is written to the shared presence records
+  before it is sent, and unavailable presence deletes the record, so any node can
+  answer a probe for this user (§4.3.2) and a backup node can take over.
+- Probes are answered with the last presence of each available resource (local
+  sessions, else the shared records) if the prober is allowed to see it (subscription
+  from/both or the user itself); a prober without a subscription gets "unsubscribed";
+  a user with no available resource gets no answer (§4.3.2 allows silence).
+- Directed presence (§4.6) to an entity without a 'from' subscription is remembered on
+  the session, so it gets unavailable presence on the next broadcast of unavailable
+  or when the session ends (`SessionClosed`).
+- Delivery to an account (§8.5): to a full JID that resource if it is an active
+  session, else dropped; to a bare JID every available resource (errors too: they
+  answer subscription stanzas the server stamped with the bare JID).
+- <priority/> must be an integer in -128..127 (RFC 6121 §4.7.2.3), else bad-request.
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+
+from server.router import Direction, Router, SessionAvailable, SessionClosed, StanzaKind
+from server.sessions import Session, SessionKind
+from server.xmpp.errors import Condition, StanzaError
+from server.xmpp.jid import JID
+
+SEE_ME = ("from", "both")  # contacts subscribed to the user's presence
+I_SEE = ("to", "both")  # contacts whose presence the user subscribed to
+
+
+def _copy(stanza: ET.Element, to: JID | str, sender: JID | str | None = None) -> ET.Element:
+    copy = ET.Element(stanza.tag, dict(stanza.attrib))
+    copy.extend(list(stanza))
+    copy.set("to", str(to))
+    if sender is not None:
+        copy.set("from", str(sender))
+    return copy
+
+
+def _priority(stanza: ET.Element) -> int:
+    text = stanza.findtext("priority")
+    if text is None:
+        return 0
+    try:
+        value = int(text.strip())
+    except ValueError:
+        value = None
+    if value is None or not -128 <= value <= 127:
+        raise StanzaError(Condition.BAD_REQUEST, "priority must be an integer from -128 to 127")
+    return value
+
+
+async def _to_contacts(ctx, session: Session, stanza: ET.Element, extra: set[str] = frozenset()) -> None:
+    """`stanza` to the subscribers, to `extra` targets and to the user's other resources."""
+    targets = [str(jid) for jid in await ctx.store.contacts(session.bare, SEE_ME)]
+    for target in targets + sorted(extra - set(targets)):
+        await ctx.deliver(_copy(stanza, target))
+    for sibling in ctx.sessions.available(session.bare):
+        if sibling is not session or stanza.get("type") is None:
+            sibling.send(_copy(stanza, sibling.jid))
+
+
+async def _initial(ctx, session: Session) -> None:
+    """§4.2.2: probes, the siblings' presence, then queued traffic."""
+    for contact in await ctx.store.contacts(session.bare, I_SEE):
+        await ctx.deliver(ET.Element("presence", {"type": "probe", "from": str(session.jid), "to": str(contact)}))
+    for sibling in ctx.sessions.available(session.bare):
+        if sibling is not session and sibling.presence is not None:
+            session.send(_copy(sibling.presence, session.jid, sibling.jid))
+    await ctx.notify(SessionAvailable(session))
+
+
+async def _available(ctx, session: Session, stanza: ET.Element) -> None:
+    priority = _priority(stanza)
+    initial = not session.available
+    await ctx.store.put_presence(session.jid, priority, stanza)
+    session.available, session.priority, session.presence = True, priority, stanza
+    await _to_contacts(ctx, session, stanza)
+    if initial:
+        await _initial(ctx, session)
+
+
+async def _unavailable(ctx, session: Session, stanza: ET.Element) -> None:
+    """§4.5: to subscribers (if it was available), directed targets and siblings."""
+    was_available = session.available
+    targets, session.directed_to = set(session.directed_to), set()
+    session.available, session.presence = False, None
+    if was_available:
+        await ctx.store.delete_presence(session.jid)
+        await _to_contacts(ctx, session, stanza, targets)
+        return
+    for target in sorted(targets):
+        await ctx.deliver(_copy(stanza, target))
+
+
+async def _directed(ctx, session: Session, stanza: ET.Element) -> None:
+    """§4.6: deliver; remember targets that are not subscribers."""
+    target = JID.parse(stanza.get("to"))
+    if stanza.get("type") == "unavailable":
+        session.directed_to.discard(str(target))
+    elif target.bare != session.bare:
+        state = await ctx.store.subscription(session.bare, target.bare)
+        if state.subscription not in SEE_ME:
+            session.directed_to.add(str(target))
+    await ctx.deliver(stanza, sender=session)
+
+
+async def outbound(ctx, session: Session, stanza: ET.Element) -> None:
+    """Available or unavailable presence sent by a local client."""
+    if session.kind is SessionKind.INACTIVE:
+        return
+    if stanza.get("to"):
+        await _directed(ctx, session, stanza)
+    elif stanza.get("type") == "unavailable":
+        await _unavailable(ctx, session, stanza)
+    else:
+        await _available(ctx, session, stanza)
+
+
+async def inbound(ctx, sender: Session | None, stanza: ET.Element) -> None:
+    """Available, unavailable or error presence for an account of our domain."""
+    to = JID.parse(stanza.get("to"))
+    if not to.is_bare:
+        target = ctx.sessions.get(to)
+        if target is not None and target.kind is SessionKind.ACTIVE:
+            target.send(stanza)
+        return
+    for session in ctx.sessions.available(to):
+        session.send(stanza)
+
+
+async def _current(ctx, user: JID) -> list[ET.Element]:
+    """The last presence of each available resource of `user`, on any node."""
+    local = [s for s in ctx.sessions.available(user) if s.presence is not None]
+    if local:
+        return [_copy(s.presence, "", s.jid) for s in local]
+    return [_copy(r.stanza, "", user.with_resource(r.resource)) for r in await ctx.store.presences(user)]
+
+
+async def probe(ctx, sender: Session | None, stanza: ET.Element) -> None:
+    """§4.3.2: answer a probe on behalf of the probed account."""
+    if not stanza.get("from"):
+        return
+    user, prober = JID.parse(stanza.get("to")).bare, JID.parse(stanza.get("from"))
+    if prober.bare != user:
+        allowed = await ctx.store.user_exists(user)
+        if allowed:
+            allowed = (await ctx.store.subscription(user, prober.bare)).subscription in SEE_ME
+        if not allowed:
+            refusal = ET.Element("presence", {"type": "unsubscribed", "from": str(user), "to": str(prober.bare)})
+            await ctx.deliver(refusal)
+            return
+    for presence in await _current(ctx, user):
+        presence.set("to", str(prober))
+        await ctx.deliver(presence)
+
+
+async def closed(ctx, event: SessionClosed) -> None:
+    """The session ended: unavailable presence as if the client had sent it (§4.5.2)."""
+    session = event.session
+    if session.kind is SessionKind.INACTIVE or not (session.available or session.directed_to):
+        return
+    await _unavailable(ctx, session, ET.Element("presence", {"type": "unavailable", "from": str(session.jid)}))
+
+
+def register(router: Router) -> None:
+    router.stanza(StanzaKind.PRESENCE, Direction.OUT, (None, "unavailable"))(outbound)
+    router.stanza(StanzaKind.PRESENCE, Direction.IN, (None, "unavailable", "error"))(inbound)
+    router.stanza(StanzaKind.PRESENCE, Direction.IN, ("probe",))(probe)
+    router.observe(SessionClosed)(closed)

@@ -1,0 +1,145 @@
+"""Roster management (RFC 6121 §2): get, set, remove, and roster pushes.
+
+Rules of this module:
+- A roster get marks the session "interested" (§2.2); every roster change, made here
+  or by the subscription machine, is a `RosterItemChanged` fact, and this module pushes
+  the item as it now is to every interested active resource of the user (§2.1.6).
+- A roster set carries exactly one item (bad-request otherwise), the item's JID must
+  be a valid bare JID, groups must be non-empty (not-acceptable), unique (bad-request)
+  and within `MAX_TEXT` characters like the name (not-acceptable) (§2.3.3). A
+  `subscription` other than "remove" and any `ask` are ignored: subscription state
+  changes only through presence stanzas (§2.1.2.5).
+- Only the user's own roster is reachable: a roster IQ addressed to another account is
+  `forbidden` (§2.1.5).
+- Removing an item cancels the subscriptions both ways (§2.5.2): "unsubscribe" if the
+  user had or asked for one, "unsubscribed" (after unavailable presence) if the
+  contact had or asked for one. The contact's side runs through normal delivery.
+- Roster versioning (§2.6) is not offered.
+"""
+
+from __future__ import annotations
+
+import uuid
+import xml.etree.ElementTree as ET
+
+from server.router import IqType, RosterItemChanged, Router
+from server.sessions import Session
+from server.xmpp.errors import Condition, StanzaError
+from server.xmpp.jid import JID, InvalidJid
+
+NS_ROSTER = "jabber:iq:roster"
+QUERY = f"{{{NS_ROSTER}}}query"
+ITEM = f"{{{NS_ROSTER}}}item"
+GROUP = f"{{{NS_ROSTER}}}group"
+MAX_TEXT = 1023  # longest item name or group name accepted (characters)
+
+
+def item_element(contact: str, row: object | None) -> ET.Element:
+    """The <item/> for a store roster row, or a removal item when `row` is None."""
+    if row is None:
+        return ET.Element(ITEM, {"jid": contact, "subscription": "remove"})
+    item = ET.Element(ITEM, {"jid": row.contact, "subscription": row.subscription})
+    if row.name:
+        item.set("name", row.name)
+    if row.ask:
+        item.set("ask", "subscribe")
+    if row.approved:
+        item.set("approved", "true")
+    for name in row.groups:
+        ET.SubElement(item, GROUP).text = name
+    return item
+
+
+def _check_own(session: Session, iq: ET.Element) -> None:
+    to = iq.get("to")
+    if to and JID.parse(to) not in (session.bare, JID(None, session.jid.domain)):
+        raise StanzaError(Condition.FORBIDDEN, "only your own roster can be read or changed")
+
+
+def _single_item(query: ET.Element) -> ET.Element:
+    items = query.findall(ITEM)
+    if len(items) != 1 or len(query) != 1:
+        raise StanzaError(Condition.BAD_REQUEST, "a roster set carries exactly one item")
+    return items[0]
+
+
+def _contact(item: ET.Element) -> JID:
+    text = item.get("jid")
+    if not text:
+        raise StanzaError(Condition.BAD_REQUEST, "the item has no jid")
+    try:
+        contact = JID.parse(text)
+    except InvalidJid as exc:
+        raise StanzaError(Condition.JID_MALFORMED, str(exc)) from exc
+    if not contact.is_bare:
+        raise StanzaError(Condition.BAD_REQUEST, "roster items are bare JIDs")
+    return contact
+
+
+def _name_and_groups(item: ET.Element) -> tuple[str | None, list[str]]:
+    name = item.get("name") or None
+    if name is not None and len(name) > MAX_TEXT:
+        raise StanzaError(Condition.NOT_ACCEPTABLE, "the item name is too long")
+    groups = [(group.text or "") for group in item.findall(GROUP)]
+    if any(not g or len(g) > MAX_TEXT for g in groups):
+        raise StanzaError(Condition.NOT_ACCEPTABLE, "a group name is empty or too long")
+    if len({g.casefold() for g in groups}) != len(groups):
+        raise StanzaError(Condition.BAD_REQUEST, "the item lists a group twice")
+    return name, groups
+
+
+def _presence(type_: str, sender: JID, to: JID) -> ET.Element:
+    return ET.Element("presence", {"type": type_, "from": str(sender), "to": str(to)})
+
+
+async def _remove(ctx, session: Session, contact: JID) -> None:
+    old = await ctx.store.remove_roster_item(session.bare, contact)
+    if old is None:
+        raise StanzaError(Condition.ITEM_NOT_FOUND, f"{contact} is not on the roster")
+    await ctx.notify(RosterItemChanged(session.bare, contact))
+    if old.subscription in ("to", "both") or old.pending_out:
+        await ctx.deliver(_presence("unsubscribe", session.bare, contact))
+    if old.subscription in ("from", "both") or old.pending_in:
+        if old.subscription in ("from", "both"):  # §3.2.2: the contact sees us go
+            for resource in ctx.sessions.available(session.bare):
+                await ctx.deliver(_presence("unavailable", resource.jid, contact))
+        await ctx.deliver(_presence("unsubscribed", session.bare, contact))
+
+
+async def roster_get(ctx, session: Session, iq: ET.Element) -> ET.Element:
+    _check_own(session, iq)
+    query = ET.Element(QUERY)
+    for row in await ctx.store.roster(session.bare):
+        query.append(item_element(row.contact, row))
+    session.interested = True
+    return query
+
+
+async def roster_set(ctx, session: Session, iq: ET.Element) -> None:
+    _check_own(session, iq)
+    item = _single_item(iq[0])
+    contact = _contact(item)
+    if item.get("subscription") == "remove":
+        await _remove(ctx, session, contact)
+        return None
+    name, groups = _name_and_groups(item)
+    await ctx.store.set_roster_item(session.bare, contact, name, groups)
+    await ctx.notify(RosterItemChanged(session.bare, contact))
+    return None
+
+
+async def push_item(ctx, event: RosterItemChanged) -> None:
+    """Send the item as stored now to each interested resource (§2.1.6)."""
+    row = await ctx.store.roster_item(event.user, event.contact)
+    for session in ctx.sessions.active(event.user):
+        if not session.interested:
+            continue
+        push = ET.Element("iq", {"type": "set", "id": f"push-{uuid.uuid4().hex[:12]}", "to": str(session.jid)})
+        ET.SubElement(push, QUERY).append(item_element(str(event.contact), row))
+        session.send(push)
+
+
+def register(router: Router) -> None:
+    router.iq(IqType.GET, QUERY)(roster_get)
+    router.iq(IqType.SET, QUERY)(roster_set)
+    router.observe(RosterItemChanged)(push_item)

@@ -1,0 +1,396 @@
+"""Sans-IO core of the authenticated, reliable node-to-node link.
+
+Rules of this module:
+- No I/O, clock or randomness: nonces come in as arguments; bytes and events go out
+  (`receive_data`, `events`, `data_to_send`, `send(msg) -> bytes`). A peer's fault is
+  an output (`ProtocolFailed` plus an ERROR frame to the peer), never an exception;
+  local misuse raises `LocalProtocolError`.
+- `PeerLinks` holds one `PeerLink` per peer: what must survive reconnects (sequence
+  numbers, the unacked buffer, what we received from which peer session). A
+  `LinkConnection` lives as long as one transport connection.
+- Handshake (I = initiator, R = responder, K = cluster secret, never sent):
+      I -> R  HELLO      version nonce_i session_i first_unacked_i name_i
+      R -> I  CHALLENGE  version nonce_r session_r first_unacked_r recv_r name_r
+                         proof_r = HMAC(K, "responder" | HELLO | CHALLENGE w/o proof)
+      I -> R  AUTH       recv_i, proof_i = HMAC(K, "initiator" | HELLO | CHALLENGE |
+                         AUTH w/o proof)
+  Both nonces are fresh, so a replayed or spliced handshake fails a proof. Per-direction
+  keys are derived from K and the whole transcript; after the handshake every frame but
+  ERROR carries a 16-byte HMAC-SHA256 tag over (counter | body), so injected, altered,
+  replayed or reordered frames end the link.
+- Resume: `recv_x` is how far x has delivered the other side's stream. A receiver that
+  does not know the sender's session id (first contact, or the sender restarted)
+  adopts it and expects `first_unacked` next; otherwise it continues and drops
+  duplicates. The sender forgets frames up to `recv_x` and retransmits the rest in
+  order, so delivery is exactly-once and in order per pair of sessions. Across a peer
+  restart the unacked frames are retransmitted to the new process (at-least-once
+  across processes; `HandshakeComplete.restarted` tells the upper layer).
+- A side commits the handshake only after verifying the peer's proof, and only if its
+  `PeerLink` did not change meanwhile. The newest committed connection owns the
+  `PeerLink`; an older one fails with "superseded" when it is next used.
+"""
+
+from __future__ import annotations
+
+import enum
+import hmac
+from dataclasses import dataclass
+
+from server.link import frames as f
+from server.link.frames import FrameError, FrameType, Kind
+from server.link.state import TAG_LEN, LocalProtocolError, PeerLink, PeerLinks
+
+_LABEL = b"presence-ha/link/1 "
+
+
+# Messages this side sends (`LinkConnection.send`).
+@dataclass(frozen=True, slots=True)
+class Message:
+    kind: Kind
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Keepalive:
+    """A standalone cumulative ack; the adapter sends one per heartbeat interval."""
+
+
+# Events out (`LinkConnection.events`).
+@dataclass(frozen=True, slots=True)
+class HandshakeComplete:
+    peer_name: str
+    peer_session_id: bytes
+    restarted: bool  # we knew an older session of this peer: its process restarted
+
+
+@dataclass(frozen=True, slots=True)
+class FrameReceived:
+    kind: Kind
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class AckReceived:
+    seq: int  # every message up to seq is delivered; buffer space is free again
+
+
+@dataclass(frozen=True, slots=True)
+class ProtocolFailed:
+    reason: str
+
+
+Event = HandshakeComplete | FrameReceived | AckReceived | ProtocolFailed
+
+
+class Role(enum.Enum):
+    INITIATOR = "initiator"
+    RESPONDER = "responder"
+
+
+class ConnState(enum.Enum):
+    AWAITING_HELLO = "awaiting hello"
+    AWAITING_CHALLENGE = "awaiting challenge"
+    AWAITING_AUTH = "awaiting auth"
+    ESTABLISHED = "established"
+    FAILED = "failed"
+
+
+# Frame types each state accepts; anything else is a protocol error.
+_ACCEPTS: dict[ConnState, frozenset[FrameType]] = {
+    ConnState.AWAITING_HELLO: frozenset({FrameType.HELLO, FrameType.ERROR}),
+    ConnState.AWAITING_CHALLENGE: frozenset({FrameType.CHALLENGE, FrameType.ERROR}),
+    ConnState.AWAITING_AUTH: frozenset({FrameType.AUTH, FrameType.ERROR}),
+    ConnState.ESTABLISHED: frozenset({FrameType.DATA, FrameType.ACK, FrameType.ERROR}),
+    ConnState.FAILED: frozenset(),
+}
+
+
+def _mac(key: bytes, *parts: bytes) -> bytes:
+    return hmac.digest(key, b"".join(parts), "sha256")
+
+
+class _Refused(Exception):
+    """Internal: the handshake must fail with this reason."""
+
+
+class LinkConnection:
+    """One transport connection of the link, from handshake to failure."""
+
+    def __init__(
+        self, role: Role, links: PeerLinks, nonce: bytes, expected_peer: str | None = None
+    ) -> None:
+        if len(nonce) != f.NONCE_LEN:
+            raise LocalProtocolError(f"nonce must be {f.NONCE_LEN} fresh random bytes")
+        if role is Role.INITIATOR and expected_peer is None:
+            raise LocalProtocolError("an initiator must name the peer it dials")
+        self._role, self._links, self._cfg = role, links, links.config
+        self._nonce, self._expected = nonce, expected_peer
+        self._reader = f.FrameReader(self._cfg.max_frame_size)
+        self._events: list[Event] = []
+        self._out = bytearray()
+        self._peer: PeerLink | None = None
+        self._epoch = -1
+        self._snapshot: tuple[bytes | None, int] = (None, 0)
+        self._peer_hello: f.Hello | None = None
+        self._restarted = False
+        self._their_recv = 0
+        self._hello = self._challenge = b""
+        self._send_key = self._recv_key = b""
+        self._send_ctr = self._recv_ctr = 0
+        self._ack_due = False
+        self._sent_upto = 0  # last sequence number sealed on this connection
+        self._state = ConnState.AWAITING_HELLO
+        if role is Role.INITIATOR:
+            self._start_initiator(expected_peer)
+
+    # -- readable state -------------------------------------------------------------
+    @property
+    def state(self) -> ConnState:
+        return self._state
+
+    @property
+    def peer_name(self) -> str | None:
+        """The name the peer claimed (proven once the state is ESTABLISHED)."""
+        return self._peer.name if self._peer else None
+
+    # -- API ------------------------------------------------------------------------
+    def receive_data(self, data: bytes) -> None:
+        if self._state is ConnState.FAILED:
+            return
+        self._reader.feed(data)
+        while self._state is not ConnState.FAILED:
+            try:
+                body = self._reader.next_body()
+                if body is None:
+                    break
+                self._handle(body)
+            except (FrameError, _Refused) as exc:
+                self._fail(str(exc))
+        if self._is_current():
+            self._out += self._flush_new()
+            if self._ack_due:
+                self._out += self._seal(f.encode_ack(self._peer.recv_seq))
+                self._ack_due = False
+
+    def events(self) -> list[Event]:
+        out, self._events = self._events, []
+        return out
+
+    def data_to_send(self) -> bytes:
+        out, self._out = bytes(self._out), bytearray()
+        return out
+
+    def send(self, msg: Message | Keepalive) -> bytes:
+        """Bytes to write now. Reliable messages are buffered in `PeerLinks` even when
+        b"" is returned (link not up): they go out after the next handshake, or with
+        the next output of the current connection. A HEARTBEAT or Keepalive on a link
+        that is not up is not sent at all (b"")."""
+        if isinstance(msg, Message) and msg.kind is not Kind.HEARTBEAT:
+            name = self._peer.name if self._peer else self._expected
+            if name is None:
+                raise LocalProtocolError("no peer yet: queue through PeerLinks.queue")
+            self._links.queue(name, msg.kind, msg.payload)
+            return self._flush_new() if self._is_current() else b""
+        if not self._is_current():
+            return b""
+        if isinstance(msg, Keepalive):
+            return self._flush_new() + self._seal(f.encode_ack(self._peer.recv_seq))
+        if len(msg.payload) > self._cfg.max_payload:
+            raise LocalProtocolError("heartbeat payload too large")
+        return self._seal(f.encode_data(0, self._peer.recv_seq, msg.kind, msg.payload))
+
+    # -- handshake --------------------------------------------------------------------
+    def _start_initiator(self, peer_name: str) -> None:
+        self._peer = self._links.ensure(peer_name)
+        self._snapshot = (self._peer.peer_session_id, self._peer.first_unacked)
+        hello = f.Hello(self._nonce, self._cfg.session_id, self._peer.first_unacked,
+                        self._cfg.local_name)
+        self._hello = f.encode_hello(hello)
+        self._out += f.frame(self._hello)
+        self._state = ConnState.AWAITING_CHALLENGE
+
+    def _on_hello(self, body: bytes) -> None:
+        hello = f.decode_hello(body)
+        self._check_peer(hello.version, hello.name)
+        peer = self._peer = self._links.get(hello.name)
+        self._snapshot = (peer.peer_session_id, peer.first_unacked)
+        recv = self._recv_after_adopt(hello.session_id, hello.first_unacked)
+        unproven = f.encode_challenge_unproven(f.Challenge(
+            self._nonce, self._cfg.session_id, peer.first_unacked, recv,
+            self._cfg.local_name, b""))
+        proof = _mac(self._cfg.secret, _LABEL, b"responder", body, unproven)
+        self._hello, self._challenge = body, unproven + proof
+        self._out += f.frame(self._challenge)
+        self._state = ConnState.AWAITING_AUTH
+        self._peer_hello = hello
+
+    def _on_challenge(self, body: bytes) -> None:
+        ch = f.decode_challenge(body)
+        self._check_peer(ch.version, ch.name)
+        expected = _mac(self._cfg.secret, _LABEL, b"responder", self._hello, body[: -f.PROOF_LEN])
+        if not hmac.compare_digest(expected, ch.proof):
+            raise _Refused("peer failed authentication (wrong cluster secret?)")
+        self._challenge = body
+        recv = self._recv_after_adopt(ch.session_id, ch.first_unacked)
+        unproven = f.encode_auth_unproven(recv)
+        proof = _mac(self._cfg.secret, _LABEL, b"initiator", self._hello, body, unproven)
+        self._commit(ch.session_id, ch.first_unacked, ch.recv_seq)
+        self._out += f.frame(unproven + proof)
+        self._establish(unproven + proof, ch.session_id)
+
+    def _on_auth(self, body: bytes) -> None:
+        auth = f.decode_auth(body)
+        expected = _mac(self._cfg.secret, _LABEL, b"initiator", self._hello, self._challenge,
+                        body[: -f.PROOF_LEN])
+        if not hmac.compare_digest(expected, auth.proof):
+            raise _Refused("peer failed authentication (wrong cluster secret?)")
+        hello = self._peer_hello
+        self._commit(hello.session_id, hello.first_unacked, auth.recv_seq)
+        self._establish(body, hello.session_id)
+
+    def _check_peer(self, version: int, name: str) -> None:
+        if version != f.PROTOCOL_VERSION:
+            raise _Refused(f"unsupported link protocol version {version}")
+        if name == self._cfg.local_name:
+            raise _Refused(f"peer claims our own name {name!r}")
+        if self._expected is not None and name != self._expected:
+            raise _Refused(f"expected peer {self._expected!r}, got {name!r}")
+        allowed = self._cfg.allowed_peers
+        if allowed is not None and name not in allowed:
+            raise _Refused(f"peer {name!r} is not an allowed cluster node")
+
+    def _recv_after_adopt(self, peer_session: bytes, peer_first_unacked: int) -> int:
+        peer = self._peer
+        if peer.peer_session_id == peer_session:
+            return peer.recv_seq
+        return peer_first_unacked - 1
+
+    def _commit(self, peer_session: bytes, peer_first_unacked: int, their_recv: int) -> None:
+        """Adopt the peer's session and its report of our stream; checks come first."""
+        peer = self._peer = self._links.get(self._peer.name)  # may be registered by now
+        if (peer.peer_session_id, peer.first_unacked) != self._snapshot:
+            raise _Refused("link state changed during the handshake; retry")
+        if not peer.first_unacked - 1 <= their_recv <= peer.last_seq:
+            raise _Refused(f"peer reports seq {their_recv} outside "
+                           f"[{peer.first_unacked - 1}, {peer.last_seq}]")
+        continuing = peer.peer_session_id == peer_session
+        if continuing and peer_first_unacked > peer.recv_seq + 1:
+            raise _Refused(f"peer dropped seq {peer.recv_seq + 1}..{peer_first_unacked - 1}")
+        self._restarted = peer.peer_session_id is not None and not continuing
+        if not continuing:
+            peer.peer_session_id, peer.recv_seq = peer_session, peer_first_unacked - 1
+        self._links.register(peer)
+        peer.epoch += 1
+        self._epoch = peer.epoch
+        self._their_recv = their_recv
+
+    def _establish(self, auth_body: bytes, peer_session: bytes) -> None:
+        key = _mac(self._cfg.secret, _LABEL, b"keys", self._hello, self._challenge, auth_body)
+        i2r, r2i = _mac(key, b"i2r"), _mac(key, b"r2i")
+        initiator = self._role is Role.INITIATOR
+        self._send_key, self._recv_key = (i2r, r2i) if initiator else (r2i, i2r)
+        self._state = ConnState.ESTABLISHED
+        peer = self._peer
+        self._events.append(HandshakeComplete(peer.name, peer_session, self._restarted))
+        self._apply_ack(self._their_recv)
+        self._sent_upto = peer.first_unacked - 1
+        self._out += self._flush_new()  # retransmit every unacked message, in order
+
+    # -- established --------------------------------------------------------------------
+    def _on_data(self, body: bytes) -> None:
+        d = f.decode_data(body)
+        self._require_current()
+        self._apply_ack(d.ack)
+        peer = self._peer
+        if (d.seq == 0) != (d.kind is Kind.HEARTBEAT):
+            raise FrameError("HEARTBEAT frames, and only they, have seq 0")
+        if d.kind is Kind.HEARTBEAT:
+            self._events.append(FrameReceived(d.kind, d.payload))
+        elif d.seq == peer.recv_seq + 1:
+            peer.recv_seq = d.seq
+            self._events.append(FrameReceived(d.kind, d.payload))
+            self._ack_due = True
+        elif d.seq > peer.recv_seq + 1:
+            raise FrameError(f"sequence gap: got {d.seq}, expected {peer.recv_seq + 1}")
+        else:
+            self._ack_due = True  # a retransmitted duplicate: drop, but re-ack
+
+    def _on_ack(self, body: bytes) -> None:
+        ack = f.decode_ack(body)
+        self._require_current()
+        self._apply_ack(ack)
+
+    def _on_error(self, body: bytes) -> None:
+        self._fail(f"peer reported: {f.decode_error(body)}", notify=False)
+
+    def _apply_ack(self, ack: int) -> None:
+        peer = self._peer
+        if ack > peer.last_seq:
+            raise FrameError(f"ack {ack} for a message never sent (last {peer.last_seq})")
+        if peer.unacked and peer.unacked[0][0] <= ack:
+            while peer.unacked and peer.unacked[0][0] <= ack:
+                peer.unacked.popleft()
+            self._events.append(AckReceived(ack))
+
+    # -- plumbing -----------------------------------------------------------------------
+    def _handle(self, body: bytes) -> None:
+        try:
+            ftype = FrameType(body[0])
+        except ValueError:
+            raise FrameError(f"unknown frame type {body[0]}") from None
+        if ftype is not FrameType.ERROR and self._state is ConnState.ESTABLISHED:
+            body = self._unseal(body)
+        if ftype not in _ACCEPTS[self._state]:
+            raise FrameError(f"unexpected {ftype.name} frame while {self._state.value}")
+        _HANDLERS[ftype](self, body)
+
+    def _flush_new(self) -> bytes:
+        """Seal every buffered message not yet sent on this connection, in order."""
+        peer = self._peer
+        if self._sent_upto >= peer.last_seq:
+            return b""
+        fresh = []
+        for item in reversed(peer.unacked):  # new messages are at the right end
+            if item[0] <= self._sent_upto:
+                break
+            fresh.append(item)
+        self._sent_upto = peer.last_seq
+        self._ack_due = False  # each data frame carries the cumulative ack
+        return b"".join(self._seal(f.encode_data(seq, peer.recv_seq, kind, payload))
+                        for seq, kind, payload in reversed(fresh))
+
+    def _is_current(self) -> bool:
+        return self._state is ConnState.ESTABLISHED and self._peer.epoch == self._epoch
+
+    def _require_current(self) -> None:
+        if self._peer.epoch != self._epoch:
+            raise _Refused("superseded by a newer connection from the same peer")
+
+    def _seal(self, body: bytes) -> bytes:
+        tag = _mac(self._send_key, self._send_ctr.to_bytes(8, "big"), body)[:TAG_LEN]
+        self._send_ctr += 1
+        return f.frame(body + tag)
+
+    def _unseal(self, body: bytes) -> bytes:
+        msg, tag = body[:-TAG_LEN], body[-TAG_LEN:]
+        expected = _mac(self._recv_key, self._recv_ctr.to_bytes(8, "big"), msg)[:TAG_LEN]
+        if len(body) <= TAG_LEN or not hmac.compare_digest(expected, tag):
+            raise FrameError("bad frame authentication tag (altered, injected or replayed)")
+        self._recv_ctr += 1
+        return msg
+
+    def _fail(self, reason: str, notify: bool = True) -> None:
+        if notify:
+            self._out += f.frame(f.encode_error(reason))
+        self._state = ConnState.FAILED
+        self._events.append(ProtocolFailed(reason))
+
+
+_HANDLERS = {
+    FrameType.HELLO: LinkConnection._on_hello,
+    FrameType.CHALLENGE: LinkConnection._on_challenge,
+    FrameType.AUTH: LinkConnection._on_auth,
+    FrameType.DATA: LinkConnection._on_data,
+    FrameType.ACK: LinkConnection._on_ack,
+    FrameType.ERROR: LinkConnection._on_error,
+}

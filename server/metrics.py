@@ -1,0 +1,68 @@
+"""Every metric of a node, declared once (STYLE §7), in one registry per node.
+
+Rules of this module:
+- Names are snake_case; the help text names the SPEC counter (`JsmSessionsClient`...).
+  Session counts are gauges computed from the session registry when scraped;
+  counters are monotonic and exported with the `_total` suffix.
+- Adapters update metrics from events; cores never import this module.
+- `render()` is the Prometheus text exposition, served by `server.net.metrics_http`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from server.sessions import SessionKind, SessionRegistry
+
+__all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
+
+disable_created_metrics()  # the *_created series only add noise to a scrape
+
+
+class Metrics:
+    def __init__(self, node_name: str) -> None:
+        self.node_name = node_name
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.jsm_sessions_client = Gauge("jsm_sessions_client", "JsmSessionsClient: active client sessions", registry=r)
+        self.jsm_sessions_client_inactive = Gauge(
+            "jsm_sessions_client_inactive", "JsmSessionsClientInactive: inactive (backup) client sessions", registry=r
+        )
+        self.active_jsm_sessions = Gauge(
+            "active_jsm_sessions", "ActiveJsmSessions: users with an active session on this node", registry=r
+        )
+        self.inactive_jsm_sessions = Gauge(
+            "inactive_jsm_sessions", "InactiveJsmSessions: users with only inactive sessions on this node", registry=r
+        )
+        self.jsm_sessions_composed = Gauge(
+            "jsm_sessions_composed",
+            "JsmSessionsComposed: sessions kept without a live client connection (XEP-0198 detached)",
+            registry=r,
+        )
+        self.connections = Counter("connections", "Client TCP connections accepted", registry=r)
+        self.stanzas_in = Counter("stanzas_in", "Stanzas received from bound clients", registry=r)
+        self.stanzas_out = Counter("stanzas_out", "Stanzas sent to bound clients", registry=r)
+        self.auth_failures = Counter("auth_failures", "Failed SASL authentication attempts", registry=r)
+        self.handler_errors = Counter("handler_errors", "Feature handler exceptions (internal-server-error)", registry=r)
+        self.stream_errors = Counter("stream_errors", "Stream errors sent, by condition", ["condition"], registry=r)
+
+    def watch_sessions(self, sessions: SessionRegistry, detached: Callable[[], int]) -> None:
+        """Compute the session gauges from `sessions` whenever they are scraped."""
+
+        def users(kind: SessionKind, only: bool) -> int:
+            names = {s.bare for s in sessions if s.kind is kind}
+            if only:
+                names -= {s.bare for s in sessions if s.kind is not kind}
+            return len(names)
+
+        self.jsm_sessions_client.set_function(lambda: sessions.count(SessionKind.ACTIVE))
+        self.jsm_sessions_client_inactive.set_function(lambda: sessions.count(SessionKind.INACTIVE))
+        self.active_jsm_sessions.set_function(lambda: users(SessionKind.ACTIVE, False))
+        self.inactive_jsm_sessions.set_function(lambda: users(SessionKind.INACTIVE, True))
+        self.jsm_sessions_composed.set_function(detached)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

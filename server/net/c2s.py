@@ -1,0 +1,252 @@
+"""The asyncio adapter of one client connection around the sans-IO `XmppStream`.
+
+Rules of this module:
+- It moves bytes, runs timers and executes the core's events in order; protocol
+  decisions live in `server.xmpp.stream`. Events are handled one at a time under a
+  per-connection lock, whether they come from the socket, a timer or another
+  connection (a `conflict` kick).
+- Limits: a token bucket on inbound bytes (empty -> `policy-violation`), a growing
+  delay before answering repeated failed logins (per IP and per user), an auth timer
+  (the core decides whether it still matters), and a bounded write buffer (a client
+  that stops reading is dropped).
+- After bind the connection registers a `Session` through the `ClientPort`, feeds
+  stanzas to `router.dispatch` in arrival order (RFC 6120 §10.1), and on the way out
+  either detaches the session for XEP-0198 resumption (connection lost with
+  resumption on) or ends it (`SessionClosed`, graceful when the stream was closed
+  cleanly).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import xml.etree.ElementTree as ET
+from typing import TYPE_CHECKING
+
+from db.engine import DatabaseUnavailable
+from server.net.limits import TokenBucket
+from server.router import SessionBound
+from server.sessions import Session
+from server.xmpp import events as ev
+from server.xmpp.errors import Condition, StanzaError, StreamCondition, StreamError
+from server.xmpp.negotiation import SaslFailure
+from server.xmpp.sasl import SaslCondition
+from server.xmpp.stream import StreamSettings, Timer, XmppStream
+
+if TYPE_CHECKING:
+    from server.net.clients import ClientPort
+
+log = logging.getLogger(__name__)
+READ_SIZE = 64 * 1024
+
+
+class Connection:
+    def __init__(self, port: ClientPort, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, settings: StreamSettings) -> None:
+        self.port = port
+        self.reader = reader
+        self.writer = writer
+        peer = writer.get_extra_info("peername")
+        self.ip = str(peer[0]) if peer else "unknown"
+        self.stream = XmppStream(settings, port.rng, port.secret)
+        self.session: Session | None = None
+        self.closing = False  # the stream is over (StreamClosed seen)
+        self.graceful = False  # ...and it ended cleanly
+        self.notified_close = False  # SessionClosed already sent (node shutdown)
+        self._lock = asyncio.Lock()
+        self._bucket = TokenBucket(port.limits.rate_bytes_per_s, port.limits.rate_burst_bytes, port.now())
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._handlers = {
+            ev.Outgoing: self._on_outgoing,
+            ev.TlsRequested: self._on_tls_requested,
+            ev.CredentialsRequested: self._on_credentials_requested,
+            ev.PasswordVerified: self._on_password_verified,
+            ev.AuthFailed: self._on_auth_failed,
+            ev.RegistrationRequested: self._on_registration_requested,
+            ev.ResourceBound: self._on_resource_bound,
+            ev.ResumeRequested: self._on_resume_requested,
+            ev.SessionResumed: self._on_session_resumed,
+            ev.StreamManagementEnabled: self._on_sm_enabled,
+            ev.ClientStateChanged: self._on_client_state,
+            ev.StanzaReceived: self._on_stanza,
+            ev.StreamClosed: self._on_stream_closed,
+        }
+
+    # -- lifecycle ----------------------------------------------------------------
+    async def run(self) -> None:
+        timer = asyncio.get_running_loop().call_later(
+            self.port.limits.auth_timeout_s, lambda: self._spawn(self._fire_auth_timer())
+        )
+        try:
+            await self._read_loop()
+        except (ConnectionError, ssl.SSLError, OSError) as exc:
+            log.debug("connection from %s lost: %s", self.ip, exc)
+        finally:
+            timer.cancel()
+            await self.port.connection_finished(self)
+            await self._close_transport()
+
+    async def _read_loop(self) -> None:
+        while not self.closing:
+            data = await self.reader.read(READ_SIZE)
+            if not data:
+                return
+            async with self._lock:
+                if self._bucket.take(len(data), self.port.now()):
+                    self.stream.receive_data(data)
+                else:
+                    self.stream.close(StreamError(StreamCondition.POLICY_VIOLATION, "rate limit exceeded"))
+                await self._run_events()
+            await self.writer.drain()
+
+    async def _run_events(self) -> None:
+        while events := self.stream.events():
+            for event in events:
+                await self._handlers[type(event)](event)
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _fire_auth_timer(self) -> None:
+        async with self._lock:
+            self.stream.timer_fired(Timer.AUTH)
+            await self._run_events()
+
+    async def kick(self, error: StreamError | None) -> None:
+        """End the stream from outside (conflict, shutdown, the SRM moving users)."""
+        async with self._lock:
+            self.stream.close(error)
+            await self._run_events()
+
+    def kick_soon(self, error: StreamError | None) -> None:
+        self._spawn(self.kick(error))
+
+    async def _close_transport(self) -> None:
+        if not self.writer.is_closing():
+            self.writer.close()
+        try:
+            await asyncio.wait_for(self.writer.wait_closed(), timeout=2)
+        except (TimeoutError, ConnectionError, ssl.SSLError, OSError):
+            self.writer.transport.abort()
+
+    # -- writing ---------------------------------------------------------------------
+    def write(self, data: bytes) -> None:
+        if not data or self.writer.is_closing():
+            return
+        self.writer.write(data)
+        if self.writer.transport.get_write_buffer_size() > self.port.limits.max_write_buffer_bytes:
+            log.warning("%s does not read its stream; dropping the connection", self.session.jid if self.session else self.ip)
+            self.writer.transport.abort()
+
+    def send_stanza(self, stanza: ET.Element) -> None:
+        """`Session.send` while this connection owns the session."""
+        data = self.stream.send_stanza(stanza)
+        if data:
+            self.port.metrics.stanzas_out.inc()
+            self.write(data)
+
+    # -- event handlers -------------------------------------------------------------
+    async def _on_outgoing(self, event: ev.Outgoing) -> None:
+        self.write(event.data)
+
+    async def _on_tls_requested(self, _event: ev.TlsRequested) -> None:
+        await self.writer.drain()
+        try:
+            await self.writer.start_tls(self.port.ssl_context, ssl_handshake_timeout=self.port.limits.auth_timeout_s)
+        except (ssl.SSLError, ConnectionError, OSError, TimeoutError) as exc:
+            log.info("TLS handshake with %s failed: %s", self.ip, exc)
+            self.writer.transport.abort()
+            self.closing = True
+            return
+        self.stream.tls_established()
+
+    async def _on_credentials_requested(self, event: ev.CredentialsRequested) -> None:
+        try:
+            keys = await self.port.accounts.keys(event.username, event.mechanism)
+        except DatabaseUnavailable as exc:
+            log.warning("cannot read credentials of %s: %s", event.username, exc)
+            self.stream.credentials_unavailable("database unavailable, retry later")
+            return
+        self.stream.credentials_found(keys)
+
+    async def _on_password_verified(self, event: ev.PasswordVerified) -> None:
+        try:
+            refusal = await self.port.accounts.login_refusal(event.username)
+        except DatabaseUnavailable as exc:
+            log.warning("cannot locate %s: %s", event.username, exc)
+            refusal = SaslFailure(SaslCondition.TEMPORARY_AUTH_FAILURE, "database unavailable, retry later")
+        if refusal is None:
+            self.port.throttle.success(f"user:{event.username}")
+            self.stream.accept_login()
+        else:
+            log.info("login of %s refused here: %s", event.username, refusal)
+            self.stream.refuse_login(refusal)
+
+    async def _on_auth_failed(self, event: ev.AuthFailed) -> None:
+        self.port.metrics.auth_failures.inc()
+        if event.condition in (SaslCondition.ABORTED, SaslCondition.TEMPORARY_AUTH_FAILURE):
+            return
+        keys = [f"ip:{self.ip}"] + ([f"user:{event.username}"] if event.username else [])
+        delay = self.port.throttle.failure(keys, self.port.now())
+        log.info("failed login from %s as %s (%s); next answer in %.1fs", self.ip, event.username, event.condition.value, delay)
+        if delay:
+            await asyncio.sleep(delay)  # throttle: the failure element waits (RFC 6120 §13.10)
+
+    async def _on_registration_requested(self, event: ev.RegistrationRequested) -> None:
+        try:
+            error = await self.port.accounts.register(event.username, event.password)
+        except DatabaseUnavailable:
+            error = StanzaError(Condition.INTERNAL_SERVER_ERROR, "database unavailable")
+        self.stream.registration_done(error)
+
+    async def _on_resource_bound(self, event: ev.ResourceBound) -> None:
+        session = Session(jid=event.jid, send=self.send_stanza, close=self._close_session)
+        session.client_active = self.stream.client_active
+        self.session = session
+        await self.port.bind(session, self)
+        await self.port.ctx.notify(SessionBound(session))
+
+    def _close_session(self) -> None:
+        self.kick_soon(StreamError(StreamCondition.SYSTEM_SHUTDOWN, "session closed by the server"))
+
+    async def _on_resume_requested(self, event: ev.ResumeRequested) -> None:
+        found = self.port.take_over(event.previd, self.stream.jid, self)
+        if found is None:
+            self.stream.resume_refused()
+            return
+        self.session = found.session
+        self.stream.resume_accepted(found.session.jid, found.sm, event.h)
+
+    async def _on_session_resumed(self, event: ev.SessionResumed) -> None:
+        assert self.session is not None
+        self.session.send = self.send_stanza
+        self.session.close = self._close_session
+        log.info("%s resumed its session", event.jid)
+
+    async def _on_sm_enabled(self, event: ev.StreamManagementEnabled) -> None:
+        if event.resume_id is not None and self.session is not None and self.stream.sm is not None:
+            self.port.remember_resumable(event.resume_id, self.session, self.stream.sm, self)
+
+    async def _on_client_state(self, event: ev.ClientStateChanged) -> None:
+        if self.session is not None:
+            self.session.client_active = event.active
+
+    async def _on_stanza(self, event: ev.StanzaReceived) -> None:
+        assert self.session is not None
+        self.port.metrics.stanzas_in.inc()
+        try:
+            await self.port.ctx.router.dispatch(self.port.ctx, self.session, event.stanza)
+        except DatabaseUnavailable as exc:  # the router answers handler faults; this is below it
+            log.warning("database unavailable while routing from %s: %s", self.session.jid, exc)
+
+    async def _on_stream_closed(self, event: ev.StreamClosed) -> None:
+        if event.error is not None:
+            self.port.metrics.stream_errors.labels(event.error.condition.value).inc()
+            log.info("stream error to %s: %s", self.session.jid if self.session else self.ip, event.error)
+        self.closing = True
+        self.graceful = event.by_peer or event.error is None
+        await self.writer.drain()
+        if not self.writer.is_closing():
+            self.writer.close()

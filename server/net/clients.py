@@ -1,0 +1,214 @@
+"""The node's client port: the listener, its connections, and sessions awaiting resumption.
+
+Rules of this module:
+- One `ClientPort` per node. It owns the map session -> connection and registers
+  sessions in the `SessionRegistry` (the only writer besides nobody).
+- Binding a full JID that is already bound replaces the old session: the old stream
+  ends with `conflict` (RFC 6120 §7.7.2.1, "the new session replaces the old").
+- XEP-0198: a session whose connection was lost with resumption enabled stays bound
+  ("detached") for `limits.sm_resume_timeout_s`; stanzas for it are queued as unacked
+  and re-sent on `<resume/>`. When it finally ends, `SessionClosed(graceful=False)`
+  is notified and its unacknowledged messages are routed again (to another resource
+  or offline storage), so an unacknowledged message is not lost.
+- Graceful shutdown (`shutdown`): stop accepting, notify `SessionClosed(graceful=True)`
+  for every session while all connections still work (contacts get unavailable
+  presence), then end every stream with `system-shutdown`, then wait (bounded).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import ssl
+import time
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+from db.engine import DatabaseUnavailable
+from server.auth import Accounts
+from server.config import LimitsConfig, NodeConfig
+from server.features.context import FeatureContext
+from server.metrics import Metrics
+from server.net.c2s import Connection
+from server.net.limits import AuthThrottle
+from server.router import SessionClosed
+from server.sessions import Session
+from server.xmpp.errors import StreamCondition, StreamError
+from server.xmpp.jid import JID
+from server.xmpp.sm import StreamManagement
+from server.xmpp.stream import StreamSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class Resumable:
+    session: Session
+    sm: StreamManagement
+    connection: Connection | None  # None while detached
+    expiry: asyncio.TimerHandle | None = None
+
+
+class ClientPort:
+    def __init__(
+        self, ctx: FeatureContext, accounts: Accounts, config: NodeConfig, ssl_context: ssl.SSLContext,
+        metrics: Metrics, secret: bytes,
+    ) -> None:
+        self.ctx = ctx
+        self.accounts = accounts
+        self.config = config
+        self.limits: LimitsConfig = config.limits
+        self.ssl_context = ssl_context
+        self.metrics = metrics
+        self.secret = secret
+        self.rng = random.SystemRandom()
+        self.throttle = AuthThrottle(self.limits.auth_throttle_base_s, self.limits.auth_throttle_max_s, self.limits.auth_throttle_window_s)
+        self.connections: set[Connection] = set()
+        self._owner: dict[Session, Connection] = {}
+        self._resumable: dict[str, Resumable] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._server: asyncio.Server | None = None
+
+    @staticmethod
+    def now() -> float:
+        return time.monotonic()
+
+    def detached_count(self) -> int:
+        return sum(1 for r in self._resumable.values() if r.connection is None)
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- listening ----------------------------------------------------------------
+    async def start(self, host: str, port: int) -> None:
+        self._server = await asyncio.start_server(self._accept, host, port, reuse_address=True)
+        log.info("client port listening on %s:%d", host, port)
+
+    async def _settings(self) -> StreamSettings:
+        try:
+            registration = await self.accounts.registration_enabled()
+        except DatabaseUnavailable:
+            registration = False
+        return StreamSettings(
+            domain=self.ctx.domain,
+            tls_required=self.config.tls.required,
+            max_stanza_bytes=self.limits.max_stanza_bytes,
+            registration_enabled=registration,
+            max_auth_failures=self.limits.max_auth_failures,
+            sm_max_resume_s=self.limits.sm_resume_timeout_s,
+        )
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.metrics.connections.inc()
+        connection = Connection(self, reader, writer, await self._settings())
+        self.connections.add(connection)
+        try:
+            await connection.run()
+        finally:
+            self.connections.discard(connection)
+
+    # -- sessions -------------------------------------------------------------------
+    async def bind(self, session: Session, connection: Connection) -> None:
+        old = self.ctx.sessions.add(session)
+        self._owner[session] = connection
+        if old is not None:
+            await self._replace(old)
+
+    async def _replace(self, old: Session) -> None:
+        connection = self._owner.pop(old, None)
+        for resume_id, record in list(self._resumable.items()):
+            if record.session is old:
+                del self._resumable[resume_id]
+                if record.expiry is not None:
+                    record.expiry.cancel()
+                if connection is None:
+                    await self.end_session(old, graceful=False, sm=record.sm)
+        if connection is not None:
+            connection.session = None  # the stream ends; the session was replaced, not closed
+            connection.kick_soon(StreamError(StreamCondition.CONFLICT, "replaced by a new connection for this resource"))
+            await self.ctx.notify(SessionClosed(old, graceful=False))
+            await self._reroute(connection.stream.sm)
+
+    def remember_resumable(self, resume_id: str, session: Session, sm: StreamManagement, connection: Connection) -> None:
+        self._resumable[resume_id] = Resumable(session, sm, connection)
+
+    def take_over(self, previd: str, jid: JID | None, connection: Connection) -> Resumable | None:
+        """The session `previd` for `connection` (authenticated as `jid`), or None."""
+        record = self._resumable.get(previd)
+        if record is None or jid is None or record.session.bare != jid.bare:
+            return None
+        if record.expiry is not None:
+            record.expiry.cancel()
+            record.expiry = None
+        old = record.connection
+        if old is not None and old is not connection:
+            old.session = None
+            old.kick_soon(StreamError(StreamCondition.CONFLICT, "this session was resumed on another connection"))
+        record.connection = connection
+        self._owner[record.session] = connection
+        return record
+
+    async def connection_finished(self, connection: Connection) -> None:
+        session = connection.session
+        if session is None or self._owner.get(session) is not connection:
+            return
+        del self._owner[session]
+        sm = connection.stream.sm
+        record = self._resumable.get(sm.resume_id) if sm is not None and sm.resume_id else None
+        if record is not None and not connection.closing:
+            self._detach(record)
+            return
+        await self.end_session(session, graceful=connection.graceful, sm=sm, notify=not connection.notified_close)
+
+    def _detach(self, record: Resumable) -> None:
+        record.connection = None
+        record.session.send = record.sm.record_outbound  # queued until resumed (XEP-0198 §5)
+        record.session.close = lambda: self._spawn(self._expire(record))
+        record.expiry = asyncio.get_running_loop().call_later(
+            self.limits.sm_resume_timeout_s, lambda: self._spawn(self._expire(record))
+        )
+        log.info("%s detached; resumable for %ss", record.session.jid, self.limits.sm_resume_timeout_s)
+
+    async def _expire(self, record: Resumable) -> None:
+        if record.connection is None and self._resumable.get(record.sm.resume_id or "") is record:
+            await self.end_session(record.session, graceful=False, sm=record.sm)
+
+    async def end_session(self, session: Session, *, graceful: bool, sm: StreamManagement | None, notify: bool = True) -> None:
+        self.ctx.sessions.remove(session)
+        if sm is not None and sm.resume_id:
+            record = self._resumable.pop(sm.resume_id, None)
+            if record is not None and record.expiry is not None:
+                record.expiry.cancel()
+        if notify:
+            await self.ctx.notify(SessionClosed(session, graceful))
+        await self._reroute(sm)
+
+    async def _reroute(self, sm: StreamManagement | None) -> None:
+        """XEP-0198 §5: an unacknowledged message was not delivered; route it again."""
+        for stanza in sm.take_unacked() if sm is not None else ():
+            if stanza.tag == "message" and stanza.get("type") not in ("error", "groupchat"):
+                await self.ctx.deliver(stanza)
+
+    # -- shutdown ---------------------------------------------------------------------
+    async def shutdown(self, timeout_s: float) -> None:
+        if self._server is not None:
+            self._server.close()
+        for session, connection in list(self._owner.items()):
+            connection.notified_close = True
+            await self.ctx.notify(SessionClosed(session, graceful=True))
+        for record in list(self._resumable.values()):
+            if record.connection is None:
+                await self.end_session(record.session, graceful=True, sm=record.sm)
+        for connection in list(self.connections):
+            connection.kick_soon(StreamError(StreamCondition.SYSTEM_SHUTDOWN, "the node is shutting down"))
+        deadline = self.now() + timeout_s
+        while self.connections and self.now() < deadline:
+            await asyncio.sleep(0.05)
+        for connection in list(self.connections):
+            connection.writer.transport.abort()
+        if self._server is not None:
+            await self._server.wait_closed()

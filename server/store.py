@@ -1,0 +1,207 @@
+"""The data-access facade features reach as `ctx.store` (STYLE §4, §6).
+
+Rules of this module:
+- Features speak JIDs and stanza Elements; this facade turns them into rows of
+  `db.roster`, `db.offline` and `db.presence` and back. Features never see SQLAlchemy.
+- Every public method is one transaction, wrapped in `translate_errors`, so a lost
+  database surfaces as `DatabaseUnavailable`.
+- A user is an account of the cluster's domain; a method asked about a JID that is not
+  one raises `UnknownUser` (features check `user_exists` where the RFC asks them to).
+- Subscription changes are read-modify-write under a row lock in one transaction: the
+  caller passes a pure `change(old) -> new` (the RFC 6121 Appendix A table) and gets
+  both states back, so concurrent nodes never lose an update.
+- Stored stanzas are serialized with `server.xmpp.stanzas.serialize` (no `ns0:`
+  prefixes) and parsed back with the same Clark-notation conventions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import xml.etree.ElementTree as ET
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from db import offline, presence, roster
+from db.engine import translate_errors
+from db.roster import RosterRow
+from server.xmpp.jid import JID
+from server.xmpp.stanzas import serialize
+
+__all__ = ["RosterRow", "Store", "StoredPresence", "SubscriptionState", "SubscriptionUpdate", "UnknownUser"]
+
+
+class UnknownUser(LookupError):
+    """The JID is not an account of this cluster."""
+
+
+@dataclass(frozen=True)
+class SubscriptionState:
+    """The user's side of one subscription (RFC 6121 Appendix A.1) plus pre-approval."""
+
+    subscription: str = "none"  # none | to | from | both
+    pending_out: bool = False
+    pending_in: bool = False
+    approved: bool = False
+
+
+@dataclass(frozen=True)
+class SubscriptionUpdate:
+    old: SubscriptionState
+    new: SubscriptionState
+    item: RosterRow | None  # the roster item after the change, if the user has one
+
+
+@dataclass(frozen=True)
+class StoredPresence:
+    resource: str
+    priority: int
+    stanza: ET.Element
+
+
+def _needs_row(state: SubscriptionState) -> bool:
+    return state.subscription != "none" or state.pending_out or state.approved
+
+
+class Store:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], domain: str, node_name: str | None = None) -> None:
+        self._sessions = sessions
+        self.domain = domain
+        self.node_name = node_name  # recorded on presence rows this node writes
+
+    @contextlib.asynccontextmanager
+    async def _tx(self) -> AsyncIterator[AsyncSession]:
+        async with translate_errors():
+            async with self._sessions() as session, session.begin():
+                yield session
+
+    async def _uid(self, session: AsyncSession, user: JID) -> int:
+        uid = None
+        if user.local is not None and user.domain == self.domain:
+            uid = await roster.user_id(session, self.domain, user.local)
+        if uid is None:
+            raise UnknownUser(str(user.bare))
+        return uid
+
+    async def user_exists(self, user: JID) -> bool:
+        try:
+            async with self._tx() as s:
+                await self._uid(s, user)
+        except UnknownUser:
+            return False
+        return True
+
+    # -- roster (RFC 6121 §2) ------------------------------------------------
+    async def roster(self, user: JID) -> list[RosterRow]:
+        async with self._tx() as s:
+            return await roster.list_items(s, await self._uid(s, user))
+
+    async def roster_item(self, user: JID, contact: JID) -> RosterRow | None:
+        async with self._tx() as s:
+            return await roster.get_item(s, await self._uid(s, user), str(contact.bare))
+
+    async def set_roster_item(self, user: JID, contact: JID, name: str | None, groups: Iterable[str]) -> RosterRow:
+        """Create or update the item's name and groups; its subscription is kept."""
+        async with self._tx() as s:
+            uid = await self._uid(s, user)
+            old = await roster.get_item(s, uid, str(contact.bare), lock=True) or RosterRow(str(contact.bare))
+            row = dataclasses.replace(old, name=name, groups=tuple(groups))
+            await roster.put_item(s, uid, row)
+            return row
+
+    async def remove_roster_item(self, user: JID, contact: JID) -> SubscriptionState | None:
+        """Delete the item and any pending request from the contact (RFC 6121 §2.5).
+
+        Returns the state before removal, or None (and changes nothing) without an item.
+        """
+        async with self._tx() as s:
+            uid = await self._uid(s, user)
+            row = await roster.get_item(s, uid, str(contact.bare), lock=True)
+            if row is None:
+                return None
+            pending_in = await roster.delete_pending(s, uid, str(contact.bare))
+            await roster.delete_item(s, uid, str(contact.bare))
+            return SubscriptionState(row.subscription, row.ask, pending_in, row.approved)
+
+    async def contacts(self, user: JID, subscriptions: Iterable[str]) -> list[JID]:
+        async with self._tx() as s:
+            texts = await roster.contacts_with(s, await self._uid(s, user), list(subscriptions))
+        return [JID.parse(text) for text in texts]
+
+    # -- subscriptions (RFC 6121 §3) -----------------------------------------
+    async def subscription(self, user: JID, contact: JID) -> SubscriptionState:
+        return (await self.update_subscription(user, contact, lambda old: old)).old
+
+    async def update_subscription(
+        self,
+        user: JID,
+        contact: JID,
+        change: Callable[[SubscriptionState], SubscriptionState],
+        request: ET.Element | None = None,
+    ) -> SubscriptionUpdate:
+        """Apply `change` to the user's state for `contact` atomically.
+
+        `request` is the inbound subscription request kept while `pending_in` is set
+        (RFC 6121 §3.1.3: redelivered at each login until answered).
+        """
+        peer = str(contact.bare)
+        async with self._tx() as s:
+            uid = await self._uid(s, user)
+            row = await roster.get_item(s, uid, peer, lock=True)
+            pending = await roster.has_pending(s, uid, peer)
+            base = row or RosterRow(peer)
+            old = SubscriptionState(base.subscription, base.ask, pending, base.approved)
+            new = change(old)
+            if new.pending_in and not old.pending_in:
+                stanza = request if request is not None else ET.Element("presence", {"from": peer, "type": "subscribe"})
+                await roster.put_pending(s, uid, peer, serialize(stanza))
+            elif old.pending_in and not new.pending_in:
+                await roster.delete_pending(s, uid, peer)
+            if new != old and (row is not None or _needs_row(new)):
+                row = dataclasses.replace(base, subscription=new.subscription, ask=new.pending_out, approved=new.approved)
+                await roster.put_item(s, uid, row)
+            return SubscriptionUpdate(old, new, row)
+
+    async def pending_requests(self, user: JID) -> list[ET.Element]:
+        async with self._tx() as s:
+            texts = await roster.list_pending(s, await self._uid(s, user))
+        return [ET.fromstring(text) for text in texts]
+
+    # -- offline messages (RFC 6121 §8.5.2.2) --------------------------------
+    async def store_offline(self, user: JID, stanza: ET.Element, limit: int) -> bool:
+        """Keep `stanza` for `user`; False (nothing stored) when `limit` are stored."""
+        async with self._tx() as s:
+            uid = await self._uid(s, user)
+            if await offline.count(s, uid) >= limit:
+                return False
+            await offline.add(s, uid, serialize(stanza))
+            return True
+
+    async def pop_offline(self, user: JID) -> list[ET.Element]:
+        async with self._tx() as s:
+            texts = await offline.pop_all(s, await self._uid(s, user))
+        return [ET.fromstring(text) for text in texts]
+
+    # -- presence records (shared by all nodes) ------------------------------
+    async def put_presence(self, full: JID, priority: int, stanza: ET.Element) -> None:
+        async with self._tx() as s:
+            uid = await self._uid(s, full)
+            await presence.upsert(s, uid, full.resource or "", priority, serialize(stanza), self.node_name)
+
+    async def delete_presence(self, full: JID) -> None:
+        async with self._tx() as s:
+            await presence.delete_one(s, await self._uid(s, full), full.resource or "")
+
+    async def presences(self, user: JID) -> list[StoredPresence]:
+        async with self._tx() as s:
+            rows = await presence.list_for(s, await self._uid(s, user))
+        return [StoredPresence(r.resource, r.priority, ET.fromstring(r.stanza)) for r in rows]
+
+    async def clear_node_presences(self) -> int:
+        """Forget the records this node wrote (call at start-up: its sessions are gone)."""
+        if self.node_name is None:
+            return 0
+        async with self._tx() as s:
+            return await presence.delete_for_node(s, self.node_name)

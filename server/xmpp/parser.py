@@ -1,0 +1,209 @@
+"""Incremental parser of one inbound XMPP stream, restricted as RFC 6120 §11.1 demands.
+
+Rules of this module:
+- Pure and incremental: `feed(bytes)` returns the parse events completed so far
+  (`HeaderParsed`, `ElementParsed`, `FooterParsed`); the first fault ends the list with
+  `ParseFault(StreamError)` and the parser is dead afterwards.
+- Restricted XML (§11.1): a DTD, an entity declaration, a reference to any entity other
+  than the five predefined ones, a processing instruction or a comment is
+  `restricted-xml`. Anything expat finds malformed is `not-well-formed`; a declared
+  encoding other than UTF-8 is `unsupported-encoding` (§11.6).
+- A top-level element bigger than `max_element_bytes` is `policy-violation`, detected
+  while it arrives (not after it was buffered whole); nesting deeper than `MAX_DEPTH`
+  is `policy-violation` too. Non-whitespace text between stanzas is `bad-format`;
+  whitespace keepalives vanish.
+- Names come out in Clark notation, `jabber:client` unqualified (see `stanzas`).
+- A stream restart (after STARTTLS or SASL) uses a fresh parser: the stream core makes
+  a new `StreamParser`; bytes the old one had not seen yet are dropped by design
+  (RFC 6120 §5.4.3.3: nothing sent before the TLS handshake may be acted upon).
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+import xml.parsers.expat as expat
+from dataclasses import dataclass, field
+
+from server.xmpp.errors import StreamCondition, StreamError
+from server.xmpp.stanzas import MAX_DEPTH, NS_CLIENT, NS_STREAM
+
+SEPARATOR = " "  # cannot occur in a namespace name (a URI) or a local name
+FEED_SLICE = 16 * 1024  # the size limit is checked at least every slice
+
+_RESTRICTED_CODES = {
+    expat.errors.codes[expat.errors.XML_ERROR_UNDEFINED_ENTITY],
+    expat.errors.codes[expat.errors.XML_ERROR_RECURSIVE_ENTITY_REF],
+    expat.errors.codes[expat.errors.XML_ERROR_EXTERNAL_ENTITY_HANDLING],
+    expat.errors.codes[expat.errors.XML_ERROR_ENTITY_DECLARED_IN_PE],
+}
+_ENCODING_CODES = {
+    expat.errors.codes[expat.errors.XML_ERROR_UNKNOWN_ENCODING],
+    expat.errors.codes[expat.errors.XML_ERROR_INCORRECT_ENCODING],
+}
+
+
+@dataclass(frozen=True)
+class HeaderParsed:
+    """The peer's `<stream:stream>` open tag."""
+
+    name: str  # Clark name of the root element (should be {streams}stream)
+    attrs: dict[str, str]
+    default_ns: str | None  # the default namespace declared on the header
+
+
+@dataclass(frozen=True)
+class ElementParsed:
+    """A complete top-level element (stanza or nonza)."""
+
+    element: ET.Element = field(compare=False)
+
+
+@dataclass(frozen=True)
+class FooterParsed:
+    """The peer closed its stream with `</stream:stream>`."""
+
+
+@dataclass(frozen=True)
+class ParseFault:
+    error: StreamError
+
+
+ParseEvent = HeaderParsed | ElementParsed | FooterParsed | ParseFault
+
+
+def _restricted(what: str) -> StreamError:
+    return StreamError(StreamCondition.RESTRICTED_XML, f"{what} not allowed in XMPP (RFC 6120 §11.1)")
+
+
+def clark(name: str) -> str:
+    """Expat's `uri local` name as Clark notation; `jabber:client` unqualified."""
+    uri, sep, local = name.rpartition(SEPARATOR)
+    if not sep or uri == NS_CLIENT:
+        return local
+    return f"{{{uri}}}{local}"
+
+
+class StreamParser:
+    def __init__(self, max_element_bytes: int) -> None:
+        self.max_element_bytes = max_element_bytes
+        self._events: list[ParseEvent] = []
+        self._depth = 0
+        self._builder: ET.TreeBuilder | None = None
+        self._element_start = 0
+        self._fed = 0
+        self._dead = False
+        self._pending_default_ns: str | None = None
+        self._parser = self._make_expat()
+
+    def _make_expat(self) -> expat.XMLParserType:
+        p = expat.ParserCreate("UTF-8", SEPARATOR)
+        p.buffer_text = True
+        p.SetParamEntityParsing(expat.XML_PARAM_ENTITY_PARSING_NEVER)
+        p.StartElementHandler = self._on_start
+        p.EndElementHandler = self._on_end
+        p.CharacterDataHandler = self._on_text
+        p.StartNamespaceDeclHandler = self._on_ns_decl
+        p.XmlDeclHandler = self._on_xml_decl
+        p.StartDoctypeDeclHandler = lambda *a: self._fail(_restricted("a DTD"))
+        p.EntityDeclHandler = lambda *a: self._fail(_restricted("an entity declaration"))
+        p.UnparsedEntityDeclHandler = lambda *a: self._fail(_restricted("an entity declaration"))
+        p.NotationDeclHandler = lambda *a: self._fail(_restricted("a notation declaration"))
+        p.ProcessingInstructionHandler = lambda *a: self._fail(_restricted("a processing instruction"))
+        p.CommentHandler = lambda *a: self._fail(_restricted("a comment"))
+        p.ExternalEntityRefHandler = lambda *a: self._fail(_restricted("an external entity"))
+        p.SkippedEntityHandler = lambda *a: self._fail(_restricted("an entity reference"))
+        return p
+
+    @property
+    def dead(self) -> bool:
+        return self._dead
+
+    def feed(self, data: bytes) -> list[ParseEvent]:
+        """Parse `data`; return every event completed so far."""
+        for start in range(0, len(data), FEED_SLICE):
+            if self._dead:
+                break
+            self._feed_slice(data[start : start + FEED_SLICE])
+        events, self._events = self._events, []
+        return events
+
+    def _feed_slice(self, chunk: bytes) -> None:
+        try:
+            self._parser.Parse(chunk, False)
+        except StreamError as exc:
+            self._record_fault(exc)
+            return
+        except expat.ExpatError as exc:
+            self._record_fault(self._translate(exc))
+            return
+        self._fed += len(chunk)
+        if self._builder is not None and self._fed - self._element_start > self.max_element_bytes:
+            self._record_fault(self._too_big())
+
+    def _translate(self, exc: expat.ExpatError) -> StreamError:
+        message = expat.errors.messages.get(exc.code, str(exc))
+        if exc.code in _RESTRICTED_CODES:
+            return _restricted("an entity reference")
+        if exc.code in _ENCODING_CODES:
+            return StreamError(StreamCondition.UNSUPPORTED_ENCODING, "XMPP streams are UTF-8 (RFC 6120 §11.6)")
+        return StreamError(StreamCondition.NOT_WELL_FORMED, f"{message} at line {exc.lineno}, column {exc.offset}")
+
+    def _too_big(self) -> StreamError:
+        return StreamError(
+            StreamCondition.POLICY_VIOLATION, f"stanza larger than {self.max_element_bytes} bytes"
+        )
+
+    def _record_fault(self, error: StreamError) -> None:
+        if not self._dead:
+            self._dead = True
+            self._events.append(ParseFault(error))
+
+    def _fail(self, error: StreamError) -> None:
+        raise error  # propagates out of expat's Parse() into _feed_slice
+
+    # -- expat callbacks ------------------------------------------------------
+    def _on_xml_decl(self, version: str | None, encoding: str | None, standalone: int) -> None:
+        if encoding is not None and encoding.replace("_", "-").lower() not in ("utf-8", "utf8"):
+            self._fail(StreamError(StreamCondition.UNSUPPORTED_ENCODING, f"encoding {encoding!r}; use UTF-8"))
+
+    def _on_ns_decl(self, prefix: str | None, uri: str | None) -> None:
+        if self._depth == 0 and prefix is None:
+            self._pending_default_ns = uri or ""
+
+    def _on_start(self, name: str, attrs: dict[str, str]) -> None:
+        self._depth += 1
+        attrib = {clark(k): v for k, v in attrs.items()}
+        if self._depth == 1:
+            self._events.append(HeaderParsed(clark(name), attrib, self._pending_default_ns))
+            return
+        if self._depth > MAX_DEPTH:
+            self._fail(StreamError(StreamCondition.POLICY_VIOLATION, f"elements nested deeper than {MAX_DEPTH}"))
+        if self._depth == 2:
+            self._builder = ET.TreeBuilder()
+            self._element_start = self._parser.CurrentByteIndex
+        assert self._builder is not None
+        self._builder.start(clark(name), attrib)
+
+    def _on_end(self, name: str) -> None:
+        self._depth -= 1
+        if self._depth == 0:
+            self._events.append(FooterParsed())
+            return
+        assert self._builder is not None
+        self._builder.end(clark(name))
+        if self._depth == 1:
+            size = self._parser.CurrentByteIndex - self._element_start
+            if size > self.max_element_bytes:
+                self._fail(self._too_big())
+            self._events.append(ElementParsed(self._builder.close()))
+            self._builder = None
+
+    def _on_text(self, text: str) -> None:
+        if self._builder is not None:
+            self._builder.data(text)
+        elif self._depth == 1 and text.strip():
+            self._fail(StreamError(StreamCondition.BAD_FORMAT, "text between stanzas"))
+
+
+def is_stream_header(event: HeaderParsed) -> bool:
+    return event.name == f"{{{NS_STREAM}}}stream"

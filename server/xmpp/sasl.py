@@ -1,0 +1,272 @@
+"""Server side of one SASL exchange (RFC 6120 §6, RFC 5802/7677 SCRAM, RFC 4616 PLAIN).
+
+Rules of this module:
+- Sans-IO: a `SaslExchange` takes the decoded payloads of `<auth/>`/`<response/>` and
+  stored keys, and returns one `Step` (`Challenge`, `NeedCredentials`, `Verified`,
+  `Failed`). The host fetches the keys (`NeedCredentials`) and calls `credentials()`.
+- Only salted SCRAM keys exist (RFC 5802 §3): SCRAM runs on `scramp` with the stored
+  keys; PLAIN (offered over TLS only) is checked against the SCRAM-SHA-256 keys by
+  deriving SaltedPassword from the given password. Plaintext is never stored.
+- An unknown user runs the same SCRAM exchange against keys derived from a secret,
+  so the failure looks the same as a wrong password (no user enumeration).
+- Failures use the RFC 6120 §6.5 conditions: garbage base64 -> `incorrect-encoding`,
+  unparsable payloads -> `malformed-request`, wrong password -> `not-authorized`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import enum
+import hashlib
+import hmac
+from dataclasses import dataclass
+from typing import Protocol
+
+from scramp import ScramException, ScramMechanism
+from scramp.utils import ServerError, saslprep
+
+from server.xmpp.jid import InvalidJid, prep_localpart
+
+SCRAM_MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-1")
+PLAIN = "PLAIN"
+PLAIN_KEYS_MECHANISM = "SCRAM-SHA-256"  # PLAIN is verified against these keys
+_HASHES = {"SCRAM-SHA-256": hashlib.sha256, "SCRAM-SHA-1": hashlib.sha1}
+
+
+class SaslCondition(enum.Enum):
+    """RFC 6120 §6.5 SASL failure conditions."""
+
+    ABORTED = "aborted"
+    ACCOUNT_DISABLED = "account-disabled"
+    CREDENTIALS_EXPIRED = "credentials-expired"
+    ENCRYPTION_REQUIRED = "encryption-required"
+    INCORRECT_ENCODING = "incorrect-encoding"
+    INVALID_AUTHZID = "invalid-authzid"
+    INVALID_MECHANISM = "invalid-mechanism"
+    MALFORMED_REQUEST = "malformed-request"
+    MECHANISM_TOO_WEAK = "mechanism-too-weak"
+    NOT_AUTHORIZED = "not-authorized"
+    TEMPORARY_AUTH_FAILURE = "temporary-auth-failure"
+
+
+class _Stage(enum.Enum):
+    START = "start"
+    AWAIT_FIRST = "await-first"  # sent an empty challenge; the client-first comes next
+    AWAIT_KEYS = "await-keys"  # the host is fetching the stored keys
+    CHALLENGED = "challenged"  # sent server-first; the client-final comes next
+    DONE = "done"
+
+
+class StoredKeys(Protocol):
+    """What the database keeps per user and hash (db.users.ScramCredentials)."""
+
+    salt: bytes
+    iterations: int
+    stored_key: bytes
+    server_key: bytes
+
+
+@dataclass(frozen=True)
+class Challenge:
+    data: bytes
+
+
+@dataclass(frozen=True)
+class NeedCredentials:
+    username: str
+    mechanism: str  # whose keys to fetch: SCRAM-SHA-256 or SCRAM-SHA-1
+
+
+@dataclass(frozen=True)
+class Verified:
+    username: str
+    additional: bytes | None  # SCRAM server-final message, sent in <success/>
+
+
+@dataclass(frozen=True)
+class Failed:
+    condition: SaslCondition
+    text: str | None = None
+    username: str | None = None
+
+
+Step = Challenge | NeedCredentials | Verified | Failed
+
+
+def decode_payload(text: str | None) -> bytes | None:
+    """The bytes of a SASL element's base64 text (RFC 6120 §6.4.2); '=' is empty.
+
+    Raises ValueError for bad base64 (the caller answers `incorrect-encoding`).
+    """
+    if text is None or not text.strip():
+        return None
+    text = "".join(text.split())
+    if text == "=":
+        return b""
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ValueError(str(exc)) from exc
+
+
+def encode_payload(data: bytes | None) -> str | None:
+    if data is None:
+        return None
+    return base64.b64encode(data).decode("ascii") if data else "="
+
+
+def _saslname(value: str) -> str:
+    """RFC 5802 §5.1 saslname: '=2C' is ',' and '=3D' is '='; any other '=' is invalid."""
+    out, i = [], 0
+    while i < len(value):
+        if value[i] == "=":
+            code = value[i + 1 : i + 3]
+            if code not in ("2C", "3D"):
+                raise ValueError("bad '=' escape in saslname")
+            out.append("," if code == "2C" else "=")
+            i += 3
+        else:
+            out.append(value[i])
+            i += 1
+    return "".join(out)
+
+
+def scram_username(client_first: str) -> tuple[str, str | None]:
+    """`(username, authzid)` of a SCRAM client-first message; ValueError if malformed."""
+    parts = client_first.split(",")
+    if len(parts) < 4 or not (parts[0] in ("n", "y") or parts[0].startswith("p=")):
+        raise ValueError("malformed client-first message")
+    authzid = None
+    if parts[1]:
+        if not parts[1].startswith("a="):
+            raise ValueError("malformed authzid")
+        authzid = _saslname(parts[1][2:])
+    if not parts[2].startswith("n="):
+        raise ValueError("missing username")
+    return _saslname(parts[2][2:]), authzid
+
+
+def dummy_keys(secret: bytes, username: str, mechanism: str) -> _Keys:
+    """Keys no password matches, stable per username (hides which users exist)."""
+    hf = _HASHES[mechanism]
+    seed = hmac.new(secret, f"{mechanism}:{username}".encode(), hashlib.sha256).digest()
+    return _Keys(seed[:16], 4096, hf(seed + b"s").digest(), hf(seed + b"k").digest())
+
+
+@dataclass(frozen=True)
+class _Keys:
+    salt: bytes
+    iterations: int
+    stored_key: bytes
+    server_key: bytes
+
+
+def plain_matches(password: str, keys: StoredKeys) -> bool:
+    """Does `password` derive `keys` (SCRAM-SHA-256: SaltedPassword -> StoredKey)?"""
+    try:
+        prepared = saslprep(password)
+    except ScramException:
+        return False
+    salted = hashlib.pbkdf2_hmac("sha256", prepared.encode("utf-8"), keys.salt, keys.iterations)
+    client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
+    return hmac.compare_digest(hashlib.sha256(client_key).digest(), keys.stored_key)
+
+
+class SaslExchange:
+    """One `<auth/>` attempt with one mechanism."""
+
+    def __init__(self, mechanism: str, *, domain: str, nonce: str, secret: bytes) -> None:
+        if mechanism not in SCRAM_MECHANISMS and mechanism != PLAIN:
+            raise ValueError(f"unsupported mechanism {mechanism}")
+        self.mechanism = mechanism
+        self._domain = domain
+        self._nonce = nonce
+        self._secret = secret
+        self._username: str | None = None
+        self._known_user = False
+        self._payload = b""  # client-first (SCRAM) or the PLAIN message
+        self._server = None
+        self._stage = _Stage.START
+
+    def start(self, initial: bytes | None) -> Step:
+        if initial is None:
+            self._stage = _Stage.AWAIT_FIRST
+            return Challenge(b"")  # RFC 6120 §6.4.2: empty challenge, client sends data
+        return self._first(initial)
+
+    def respond(self, data: bytes | None) -> Step:
+        if self._stage == _Stage.AWAIT_FIRST:
+            return self._first(data or b"")
+        if self._stage == _Stage.CHALLENGED:
+            return self._final(data or b"")
+        return Failed(SaslCondition.MALFORMED_REQUEST, "unexpected response")
+
+    def _first(self, data: bytes) -> Step:
+        try:
+            text = data.decode("utf-8")
+            if self.mechanism == PLAIN:
+                authzid, username = self._parse_plain(text)
+            else:
+                username, authzid = scram_username(text)
+        except (UnicodeDecodeError, ValueError) as exc:
+            return Failed(SaslCondition.MALFORMED_REQUEST, str(exc))
+        try:
+            username = prep_localpart(username)
+        except InvalidJid:
+            username = username.casefold()  # unknown anyway: fails like a wrong password
+        if authzid and authzid not in (username, f"{username}@{self._domain}"):
+            return Failed(SaslCondition.INVALID_AUTHZID, "authzid must be your own JID", username)
+        self._username, self._payload, self._stage = username, data, _Stage.AWAIT_KEYS
+        keys_of = PLAIN_KEYS_MECHANISM if self.mechanism == PLAIN else self.mechanism
+        return NeedCredentials(username, keys_of)
+
+    @staticmethod
+    def _parse_plain(text: str) -> tuple[str, str]:
+        parts = text.split("\x00")
+        if len(parts) != 3 or not parts[1]:
+            raise ValueError("PLAIN message must be authzid NUL authcid NUL password")
+        return parts[0], parts[1]
+
+    def credentials(self, keys: StoredKeys | None) -> Step:
+        """The stored keys of the user named in `NeedCredentials` (None: no such user)."""
+        assert self._stage == _Stage.AWAIT_KEYS and self._username is not None
+        self._known_user = keys is not None
+        if self.mechanism == PLAIN:
+            self._stage = _Stage.DONE
+            password = self._payload.decode("utf-8").split("\x00")[2]
+            if keys is not None and plain_matches(password, keys):
+                return Verified(self._username, None)
+            return Failed(SaslCondition.NOT_AUTHORIZED, None, self._username)
+        use = keys if keys is not None else dummy_keys(self._secret, self._username, self.mechanism)
+        return self._scram_first(use)
+
+    def _scram_first(self, keys: StoredKeys) -> Step:
+        def auth_fn(_username: str) -> tuple[bytes, bytes, bytes, int]:
+            return keys.salt, keys.stored_key, keys.server_key, keys.iterations
+
+        self._server = ScramMechanism(self.mechanism).make_server(auth_fn, s_nonce=self._nonce)
+        try:
+            self._server.set_client_first(self._payload.decode("utf-8"))
+            server_first = self._server.get_server_first()
+        except ScramException as exc:
+            self._stage = _Stage.DONE
+            return Failed(SaslCondition.MALFORMED_REQUEST, str(exc), self._username)
+        self._stage = _Stage.CHALLENGED
+        return Challenge(server_first.encode("utf-8"))
+
+    def _final(self, data: bytes) -> Step:
+        self._stage = _Stage.DONE
+        assert self._server is not None and self._username is not None
+        try:
+            self._server.set_client_final(data.decode("utf-8"))
+            server_final = self._server.get_server_final()
+        except UnicodeDecodeError:
+            return Failed(SaslCondition.MALFORMED_REQUEST, "not UTF-8", self._username)
+        except ScramException as exc:
+            if exc.server_error is ServerError.INVALID_PROOF or not self._known_user:
+                return Failed(SaslCondition.NOT_AUTHORIZED, None, self._username)
+            return Failed(SaslCondition.MALFORMED_REQUEST, str(exc), self._username)
+        if not self._known_user:
+            return Failed(SaslCondition.NOT_AUTHORIZED, None, self._username)
+        return Verified(self._username, server_final.encode("utf-8"))

@@ -1,0 +1,47 @@
+"""Node config: precedence file < env < flags < --set, unknown keys and bad values named."""
+
+from __future__ import annotations
+
+import pytest
+
+from server.config import ConfigError, load_config
+
+
+def test_precedence(tmp_path):
+    path = tmp_path / "node.toml"
+    path.write_text('node_name = "from-file"\ndb_url = "sqlite:///f.db"\n[limits]\nauth_timeout_s = 7\nmax_stanza_bytes = 1000\n')
+    env = {"PRESENCE_HA_NODE": "from-env", "PRESENCE_HA_DB": "sqlite:///e.db"}
+    config = load_config(path, env, {"node_name": "from-flag"}, ["limits.auth_timeout_s=2.5", "tls.required=false"])
+    assert config.node_name == "from-flag" and config.db_url == "sqlite:///e.db"
+    assert config.limits.auth_timeout_s == 2.5 and config.limits.max_stanza_bytes == 1000
+    assert config.tls.required is False and config.limits.rate_bytes_per_s == 256 * 1024
+
+
+def test_db_url_defaults_to_the_data_dir(tmp_path):
+    config = load_config(None, {}, {"node_name": "n1", "data_dir": str(tmp_path)})
+    assert config.db_url == f"sqlite:///{tmp_path.resolve() / 'presence-ha.sqlite3'}"
+
+
+@pytest.mark.parametrize(
+    ("sets", "key"),
+    [
+        (["limits.nope=1"], "limits.nope"),
+        (["colour=blue"], "colour"),
+        (["limits.max_stanza_bytes=big"], "limits.max_stanza_bytes"),
+        (["limits.auth_timeout_s=0"], "limits.auth_timeout_s"),
+        (["tls.required=maybe"], "tls.required"),
+        (["tls.cert_path=/x.pem"], "tls.key_path"),
+        (["limits=3"], "limits"),
+        (["novalue"], "novalue"),
+    ],
+)
+def test_bad_keys_and_values_are_named(sets, key):
+    with pytest.raises(ConfigError) as info:
+        load_config(None, {}, {"node_name": "n1"}, sets)
+    assert info.value.key == key
+
+
+def test_node_name_is_required():
+    with pytest.raises(ConfigError) as info:
+        load_config(None, {}, {})
+    assert info.value.key == "node_name"
