@@ -290,13 +290,13 @@ def run_workers(scenarios: list[Scenario], pid: int | None = None,
         pipes.append(parent)
         procs.append(proc)
     try:
-        infos = [_receive(p, timeout_s) for p in pipes]
+        infos = [_receive(p, proc, timeout_s) for p, proc in zip(pipes, procs)]
         extra = on_ready() if on_ready else {}
         cpu0 = read_cpu_s(pid)
         start_at = time.monotonic() + 0.2
         for p in pipes:
             p.send(start_at)
-        results = [_receive(p, timeout_s) for p in pipes]
+        results = [_receive(p, proc, timeout_s) for p, proc in zip(pipes, procs)]
         cpu1 = read_cpu_s(pid)
         extra.update(start_at=start_at, cpu_s=None if cpu0 is None else cpu1 - cpu0)
         for p in pipes:
@@ -309,9 +309,14 @@ def run_workers(scenarios: list[Scenario], pid: int | None = None,
     return infos, results, extra
 
 
-def _receive(pipe, timeout_s: float) -> dict:
-    if not pipe.poll(timeout_s):
-        raise TimeoutError("load generator did not answer in time")
+def _receive(pipe, proc, timeout_s: float) -> dict:
+    """The next report of one worker; fail fast if it died (its traceback is on stderr)."""
+    deadline = time.monotonic() + timeout_s
+    while not pipe.poll(0.2):
+        if not proc.is_alive():
+            raise RuntimeError(f"load generator {proc.pid} died (exit code {proc.exitcode})")
+        if time.monotonic() > deadline:
+            raise TimeoutError("load generator did not answer in time")
     return pipe.recv()[1]
 
 
@@ -392,9 +397,14 @@ class PresenceScenario(Scenario):
 
     async def setup(self) -> dict:
         info = await super().setup()
-        info["subscriptions_requested"] = await self._ensure_rosters()
+        # Subscription requests reach available resources only (RFC 6121 §3.1.3): be
+        # available first, then broadcast again once the rosters are complete.
         for client in self.clients.values():
             client.send_presence()
+        info["subscriptions_requested"] = await self._ensure_rosters()
+        if info["subscriptions_requested"]:
+            for client in self.clients.values():
+                client.send_presence()
         contacts = len(self.groups[0]) - 1 if self.groups else 0
         ready = await wait_for(lambda: all(len(self.seen[i]) >= contacts for i in self.clients), 60)
         info["all_contacts_online"] = ready

@@ -48,6 +48,16 @@ class Metrics:
         self.auth_failures = Counter("auth_failures", "Failed SASL authentication attempts", registry=r)
         self.handler_errors = Counter("handler_errors", "Feature handler exceptions (internal-server-error)", registry=r)
         self.stream_errors = Counter("stream_errors", "Stream errors sent, by condition", ["condition"], registry=r)
+        # Server Recovery Manager (server.srm.runner): SPEC §6 transitions and faults.
+        self.srm_transitions = Counter(
+            "srm_transitions", "SRM node state transitions (SPEC §6)", ["from", "to", "reason"], registry=r
+        )
+        self.srm_invalid_transitions = Counter(
+            "srm_invalid_transitions", "SRM events with no transition (fed back as an internal error)", registry=r
+        )
+        self.srm_peer_protocol_errors = Counter(
+            "srm_peer_protocol_errors", "Malformed or unknown SRM peer messages received", registry=r
+        )
 
     def watch_sessions(self, sessions: SessionRegistry, detached: Callable[[], int]) -> None:
         """Compute the session gauges from `sessions` whenever they are scraped."""

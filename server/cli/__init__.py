@@ -21,6 +21,8 @@ SUBCOMMANDS: list[tuple[str, str]] = [
     ("server.cli.params", "param_group"),
     ("server.cli.dbreplication", "dbreplication_group"),
     ("server.cli.run", "up_command"),  # also adds `node run` and `node metrics`
+    ("server.cli.ha", "ha_group"),
+    ("server.cli.ha", "service_group"),
 ]
 
 

@@ -157,6 +157,7 @@ def up_command(data_dir: str, db_url: str | None, base_port: int, user_count: in
     domain, infos = run(cluster_layout(url))
     old = _read_previous_users(directory / "cluster.json")
     passwords = passwords or old
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops the nodes as Ctrl-C does
     processes = _start_nodes(directory, url, infos)
     try:
         _write_cluster_json(directory / "cluster.json", domain, url, infos, passwords)
@@ -167,7 +168,13 @@ def up_command(data_dir: str, db_url: str | None, base_port: int, user_count: in
     except KeyboardInterrupt:
         click.echo("\nstopping nodes...")
     finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C must not orphan a node
+            signal.signal(sig, signal.SIG_IGN)
         stop_processes(processes)
+
+
+def _interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _start_nodes(directory: Path, url: str, infos: list[nodes.NodeInfo]) -> list[subprocess.Popen]:

@@ -1,16 +1,14 @@
-"""asyncio adapter of the node-to-node link: sockets, timers and a bounded send window.
+"""asyncio adapter of the node-to-node link: `LinkServer` and `LinkClient`.
 
 Rules of this module:
-- It moves bytes, runs timers and calls callbacks; every protocol decision is made by
-  `LinkConnection` (protocol.py). Nonces come from `os.urandom`.
-- One current connection per peer: a newer authenticated one replaces the older.
-- Memory is bounded: at most `LinkOptions.window` unacknowledged messages per peer.
-  `send` waits for room (back-pressure), `try_send` returns False; nothing is dropped
-  silently. Heartbeats are never queued (`send_heartbeat` returns False when down).
-- Liveness: a keepalive every `heartbeat_interval_s`; a connection with no bytes for
-  `dead_after_s` is `PeerSilent`; a refused dial is `PeerRefused` (status.py).
-- Callbacks are plain functions called on the loop; they should not raise (if one
-  does, it is logged and the connection is reset; that frame counts as delivered).
+- Sockets and the dial loop only; serving a connection is `endpoint.Endpoint`'s job and
+  every protocol decision is `protocol.LinkConnection`'s. Nonces come from `os.urandom`,
+  backoff jitter from the injected `random.Random`.
+- Why a link went down is typed (status.py): a refused dial is `PeerRefused` (the peer
+  process is gone: the SRM takes over at once, SPEC §9), silence is `PeerSilent` (the
+  SRM waits for its heartbeat timeout).
+- Optional TLS: pass an `ssl.SSLContext`; the link's own authentication still runs
+  inside it.
 """
 
 from __future__ import annotations
@@ -20,189 +18,20 @@ import logging
 import os
 import random
 import ssl as ssl_lib
-from collections.abc import Callable
-from dataclasses import dataclass
 
 from server.link import status as st
 from server.link.backoff import backoff_delay
+from server.link.endpoint import Conn, Endpoint, LinkClosed, LinkOptions, OnDown, OnFrame, OnUp
 from server.link.frames import Kind
-from server.link.protocol import (AckReceived, FrameReceived, HandshakeComplete, Keepalive,
-                                  LinkConnection, Message, ProtocolFailed, Role)
-from server.link.state import LinkConfig, PeerLinks
+from server.link.protocol import LinkConnection, Role
+from server.link.state import LinkConfig
+
+__all__ = ["LinkClient", "LinkClosed", "LinkOptions", "LinkServer"]
 
 log = logging.getLogger(__name__)
 
-OnFrame = Callable[[str, Kind, bytes], None]
-OnUp = Callable[[st.LinkStatus], None]
-OnDown = Callable[[st.LinkDown], None]
 
-
-def _ignore(_status: object) -> None:
-    return None
-
-
-class LinkClosed(Exception):
-    """The endpoint was closed; nothing more can be sent through it."""
-
-
-@dataclass(frozen=True, slots=True)
-class LinkOptions:
-    window: int = 1024  # max unacknowledged messages per peer
-    heartbeat_interval_s: float = 1.0
-    dead_after_s: float = 5.0
-    handshake_timeout_s: float = 5.0
-    connect_timeout_s: float = 5.0
-    backoff_initial_s: float = 0.05
-    backoff_max_s: float = 5.0
-
-
-class _Conn:
-    __slots__ = ("reader", "writer", "core", "peer", "up", "replaced")
-
-    def __init__(self, reader, writer, core: LinkConnection, peer: str | None) -> None:
-        self.reader, self.writer, self.core, self.peer = reader, writer, core, peer
-        self.up = self.replaced = False
-
-
-class _Endpoint:
-    """What server and client share: peers' state, sending, serving one connection."""
-
-    def __init__(self, config: LinkConfig, on_frame: OnFrame, on_up: OnUp | None,
-                 on_down: OnDown | None, options: LinkOptions) -> None:
-        self._links = PeerLinks(config)
-        self._on_frame, self._opt = on_frame, options
-        self._on_up, self._on_down = on_up or _ignore, on_down or _ignore
-        self._current: dict[str, _Conn] = {}
-        self._conns: set[_Conn] = set()
-        self._room: dict[str, asyncio.Event] = {}
-        self._closed = False
-
-    def _in_flight(self, peer: str) -> int:
-        return self._links.in_flight(peer)
-
-    async def _send(self, peer: str, kind: Kind, payload: bytes) -> None:
-        while not self._closed and self._links.in_flight(peer) >= self._opt.window:
-            room = self._room.setdefault(peer, asyncio.Event())
-            room.clear()
-            await room.wait()
-        self._push(peer, kind, payload)
-
-    def _try_send(self, peer: str, kind: Kind, payload: bytes) -> bool:
-        if self._links.in_flight(peer) >= self._opt.window:
-            return False
-        self._push(peer, kind, payload)
-        return True
-
-    def _push(self, peer: str, kind: Kind, payload: bytes) -> None:
-        if self._closed:
-            raise LinkClosed(f"link endpoint {self._links.config.local_name} is closed")
-        if kind is Kind.HEARTBEAT:
-            raise ValueError("heartbeats are unreliable: use send_heartbeat")
-        conn = self._current.get(peer)
-        if conn is None:
-            self._links.queue(peer, kind, payload)
-        else:
-            conn.writer.write(conn.core.send(Message(kind, payload)))
-
-    def _heartbeat(self, peer: str, payload: bytes) -> bool:
-        conn = self._current.get(peer)
-        data = conn.core.send(Message(Kind.HEARTBEAT, payload)) if conn else b""
-        if data:
-            conn.writer.write(data)
-        return bool(data)
-
-    async def _serve(self, conn: _Conn) -> st.LinkDown:
-        self._conns.add(conn)
-        conn.writer.write(conn.core.data_to_send())
-        beat = asyncio.create_task(self._beat(conn))
-        try:
-            return await self._pump(conn)
-        except Exception as exc:  # a callback raised: log it, reset this connection
-            log.exception("link %s: callback failed, resetting the connection", conn.peer)
-            return st.LinkCrashed(conn.peer, repr(exc))
-        finally:
-            beat.cancel()
-            self._conns.discard(conn)
-            if self._current.get(conn.peer) is conn:
-                del self._current[conn.peer]
-            conn.writer.close()  # flushes a final ERROR frame, if any
-
-    async def _pump(self, conn: _Conn) -> st.LinkDown:
-        loop = asyncio.get_running_loop()
-        handshake_deadline = loop.time() + self._opt.handshake_timeout_s
-        while True:
-            up = conn.up
-            deadline = loop.time() + self._opt.dead_after_s if up else handshake_deadline
-            peer = conn.peer or conn.core.peer_name
-            try:
-                async with asyncio.timeout_at(deadline):
-                    data = await conn.reader.read(1 << 16)
-            except TimeoutError:
-                what = "no bytes" if up else "no handshake"
-                return st.PeerSilent(peer, f"{what} within the timeout")
-            except OSError as exc:  # includes ssl.SSLError and resets
-                return st.PeerClosed(peer, repr(exc))
-            if not data:
-                return st.PeerClosed(peer, "end of stream")
-            conn.core.receive_data(data)
-            down = self._dispatch(conn)
-            conn.writer.write(conn.core.data_to_send())
-            if down is not None:
-                return down
-
-    def _dispatch(self, conn: _Conn) -> st.LinkDown | None:
-        for event in conn.core.events():
-            if isinstance(event, FrameReceived):
-                self._on_frame(conn.peer, event.kind, event.payload)
-            elif isinstance(event, AckReceived):
-                self._wake(conn.peer)
-            elif isinstance(event, HandshakeComplete):
-                self._link_up(conn, event)
-            elif isinstance(event, ProtocolFailed):
-                return st.LinkRejected(conn.peer or conn.core.peer_name, event.reason)
-        return None
-
-    def _link_up(self, conn: _Conn, event: HandshakeComplete) -> None:
-        conn.peer, conn.up = event.peer_name, True
-        old = self._current.get(event.peer_name)
-        if old is not None:
-            old.replaced = True
-            old.writer.transport.abort()
-        self._current[event.peer_name] = conn
-        self._wake(event.peer_name)
-        kind = st.PeerRestarted if event.restarted else st.LinkUp
-        log.info("link %s -> %s up (restarted=%s)", self._links.config.local_name,
-                 event.peer_name, event.restarted)
-        self._on_up(kind(event.peer_name, event.peer_session_id))
-
-    async def _beat(self, conn: _Conn) -> None:
-        while True:
-            await asyncio.sleep(self._opt.heartbeat_interval_s)
-            conn.writer.write(conn.core.send(Keepalive()))
-
-    def _wake(self, peer: str) -> None:
-        room = self._room.get(peer)
-        if room is not None and self._links.in_flight(peer) < self._opt.window:
-            room.set()
-
-    def _report_down(self, conn: _Conn | None, down: st.LinkDown) -> None:
-        if self._closed or (conn is not None and conn.replaced):
-            return
-        log.info("link %s: %s", self._links.config.local_name, down)
-        self._on_down(down)
-
-    async def _shutdown(self, tasks: set[asyncio.Task]) -> None:
-        self._closed = True
-        for room in self._room.values():
-            room.set()
-        for conn in list(self._conns):
-            conn.writer.transport.abort()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-
-class LinkServer(_Endpoint):
+class LinkServer(Endpoint):
     """Accepts authenticated peers on host:port; can also send to them."""
 
     def __init__(self, config: LinkConfig, host: str, port: int, *, on_frame: OnFrame,
@@ -242,7 +71,7 @@ class LinkServer(_Endpoint):
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
-        await self._shutdown(self._tasks)
+        await self._shutdown(set(self._tasks), cancel=False)
         if self._server is not None:
             await self._server.wait_closed()
 
@@ -251,13 +80,13 @@ class LinkServer(_Endpoint):
         self._tasks.add(task)
         try:
             core = LinkConnection(Role.RESPONDER, self._links, os.urandom(16))
-            conn = _Conn(reader, writer, core, None)
+            conn = Conn(reader, writer, core, None)
             self._report_down(conn, await self._serve(conn))
         finally:
             self._tasks.discard(task)
 
 
-class LinkClient(_Endpoint):
+class LinkClient(Endpoint):
     """Dials one named peer and keeps the link up, reconnecting with backoff."""
 
     def __init__(self, config: LinkConfig, peer_name: str, host: str, port: int, *,
@@ -292,7 +121,7 @@ class LinkClient(_Endpoint):
         return self._heartbeat(self._peer, payload)
 
     async def close(self) -> None:
-        await self._shutdown(self._tasks)
+        await self._shutdown(self._tasks, cancel=True)
 
     async def _dial_loop(self) -> None:
         attempt = 0
@@ -302,11 +131,12 @@ class LinkClient(_Endpoint):
                 attempt = 0  # a link that came up restarts the backoff
             self._report_down(conn, down)
             opt = self._opt
-            await asyncio.sleep(
-                backoff_delay(attempt, opt.backoff_initial_s, opt.backoff_max_s, self._rng))
+            delay = backoff_delay(attempt, opt.backoff_initial_s, opt.backoff_max_s, self._rng)
+            log.debug("link to %s down (%s); redial in %.2fs", self._peer, down, delay)
+            await asyncio.sleep(delay)
             attempt += 1
 
-    async def _attempt(self) -> tuple[_Conn | None, st.LinkDown]:
+    async def _attempt(self) -> tuple[Conn | None, st.LinkDown]:
         try:
             async with asyncio.timeout(self._opt.connect_timeout_s):
                 reader, writer = await asyncio.open_connection(
@@ -321,5 +151,5 @@ class LinkClient(_Endpoint):
         except OSError as exc:
             return None, st.PeerUnreachable(self._peer, repr(exc))
         core = LinkConnection(Role.INITIATOR, self._links, os.urandom(16), self._peer)
-        conn = _Conn(reader, writer, core, self._peer)
+        conn = Conn(reader, writer, core, self._peer)
         return conn, await self._serve(conn)

@@ -132,8 +132,7 @@ class LinkConnection:
         self._epoch = -1
         self._snapshot: tuple[bytes | None, int] = (None, 0)
         self._peer_hello: f.Hello | None = None
-        self._restarted = False
-        self._their_recv = 0
+        self._restarted, self._their_recv = False, 0  # set by _commit for _establish
         self._hello = self._challenge = b""
         self._send_key = self._recv_key = b""
         self._send_ctr = self._recv_ctr = 0
@@ -181,10 +180,15 @@ class LinkConnection:
         return out
 
     def send(self, msg: Message | Keepalive) -> bytes:
-        """Bytes to write now. Reliable messages are buffered in `PeerLinks` even when
-        b"" is returned (link not up): they go out after the next handshake, or with
-        the next output of the current connection. A HEARTBEAT or Keepalive on a link
-        that is not up is not sent at all (b"")."""
+        """Bytes to write now, including any output still pending from `receive_data`
+        (sealed frames must reach the wire in the order they were sealed). Reliable
+        messages are buffered in `PeerLinks` even when nothing is sent for them (link
+        not up): they go out after the next handshake, or with the next output of the
+        current connection. A HEARTBEAT or Keepalive on a link not up is not sent."""
+        data = self._encode(msg)
+        return self.data_to_send() + data if self._out else data
+
+    def _encode(self, msg: Message | Keepalive) -> bytes:
         if isinstance(msg, Message) and msg.kind is not Kind.HEARTBEAT:
             name = self._peer.name if self._peer else self._expected
             if name is None:

@@ -29,7 +29,7 @@ from server.net.limits import TokenBucket
 from server.router import SessionBound
 from server.sessions import Session
 from server.xmpp import events as ev
-from server.xmpp.errors import Condition, StanzaError, StreamCondition, StreamError
+from server.xmpp.errors import Condition, StanzaError, StreamCondition, StreamError, error_reply
 from server.xmpp.negotiation import SaslFailure
 from server.xmpp.sasl import SaslCondition
 from server.xmpp.stream import StreamSettings, Timer, XmppStream
@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 READ_SIZE = 64 * 1024
+CLOSE_FLUSH_S = 5.0  # how long the closing bytes may take to leave
 
 
 class Connection:
@@ -163,6 +164,9 @@ class Connection:
         self.stream.tls_established()
 
     async def _on_credentials_requested(self, event: ev.CredentialsRequested) -> None:
+        if not self.port.auth_on():  # SPEC §4: the authentication service is stopped
+            self.stream.credentials_unavailable("authentication service stopped, retry later")
+            return
         try:
             keys = await self.port.accounts.keys(event.username, event.mechanism)
         except DatabaseUnavailable as exc:
@@ -174,6 +178,8 @@ class Connection:
     async def _on_password_verified(self, event: ev.PasswordVerified) -> None:
         try:
             refusal = await self.port.accounts.login_refusal(event.username)
+            if refusal is None and self.port.admission is not None:  # the SRM's state (SPEC §6)
+                refusal = await self.port.admission(event.username)
         except DatabaseUnavailable as exc:
             log.warning("cannot locate %s: %s", event.username, exc)
             refusal = SaslFailure(SaslCondition.TEMPORARY_AUTH_FAILURE, "database unavailable, retry later")
@@ -236,10 +242,17 @@ class Connection:
     async def _on_stanza(self, event: ev.StanzaReceived) -> None:
         assert self.session is not None
         self.port.metrics.stanzas_in.inc()
+        if event.stanza.tag in ("message", "presence") and not self.port.presence_on():
+            self._presence_engine_stopped(event.stanza)  # SPEC §4/§6: no presence, no IM
+            return
         try:
             await self.port.ctx.router.dispatch(self.port.ctx, self.session, event.stanza)
         except DatabaseUnavailable as exc:  # the router answers handler faults; this is below it
             log.warning("database unavailable while routing from %s: %s", self.session.jid, exc)
+
+    def _presence_engine_stopped(self, stanza: ET.Element) -> None:
+        if stanza.tag == "message" and stanza.get("type") != "error":
+            self.send_stanza(error_reply(stanza, StanzaError(Condition.SERVICE_UNAVAILABLE, "presence engine stopped")))
 
     async def _on_stream_closed(self, event: ev.StreamClosed) -> None:
         if event.error is not None:
@@ -247,6 +260,9 @@ class Connection:
             log.info("stream error to %s: %s", self.session.jid if self.session else self.ip, event.error)
         self.closing = True
         self.graceful = event.by_peer or event.error is None
-        await self.writer.drain()
+        try:
+            await asyncio.wait_for(self.writer.drain(), timeout=CLOSE_FLUSH_S)
+        except (TimeoutError, ConnectionError, ssl.SSLError, OSError):
+            self.writer.transport.abort()  # a peer that does not read its last bytes
         if not self.writer.is_closing():
             self.writer.close()

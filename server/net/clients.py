@@ -22,7 +22,7 @@ import logging
 import random
 import ssl
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +37,7 @@ from server.router import SessionClosed
 from server.sessions import Session
 from server.xmpp.errors import StreamCondition, StreamError
 from server.xmpp.jid import JID
+from server.xmpp.negotiation import SaslFailure
 from server.xmpp.sm import StreamManagement
 from server.xmpp.stream import StreamSettings
 
@@ -70,6 +71,11 @@ class ClientPort:
         self._resumable: dict[str, Resumable] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._server: asyncio.Server | None = None
+        # Gates wired by the node to its critical services and SRM (server.services):
+        # presence engine up, authentication service up, and the SRM's login admission.
+        self.presence_on: Callable[[], bool] = lambda: True
+        self.auth_on: Callable[[], bool] = lambda: True
+        self.admission: Callable[[str], Coroutine[Any, Any, SaslFailure | None]] | None = None
 
     @staticmethod
     def now() -> float:
@@ -212,3 +218,48 @@ class ClientPort:
             connection.writer.transport.abort()
         if self._server is not None:
             await self._server.wait_closed()
+
+    # -- SRM and critical services (server.services, server.srm.runner) ---------------
+    # The router service stops and starts the listener; the SRM ends chosen sessions.
+    # Closing mirrors `shutdown`: SessionClosed(graceful) first, then the stream error.
+
+    @property
+    def listening(self) -> bool:
+        return self._server is not None and self._server.is_serving()
+
+    async def stop_listening(self, error: StreamError | None, timeout_s: float) -> None:
+        """Close the listener, then every connection (bound or not) with `error`."""
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        await self.close_sessions(lambda _session: True, lambda _username: error, timeout_s)
+        for connection in list(self.connections):
+            connection.kick_soon(error)
+        await self._wait_gone(set(self.connections), timeout_s)
+
+    async def close_sessions(
+        self, chosen: Callable[[Session], bool], error_for: Callable[[str], StreamError | None], timeout_s: float
+    ) -> int:
+        """End every chosen session (connected or detached); the stream error comes from
+        `error_for(username)`. Returns how many sessions were ended."""
+        ended = 0
+        for record in list(self._resumable.values()):
+            if record.connection is None and chosen(record.session):
+                await self.end_session(record.session, graceful=True, sm=record.sm)
+                ended += 1
+        closing: set[Connection] = set()
+        for session, connection in list(self._owner.items()):
+            if chosen(session):
+                connection.notified_close = True
+                await self.ctx.notify(SessionClosed(session, graceful=True))
+                connection.kick_soon(error_for(session.jid.local or ""))
+                closing.add(connection)
+        await self._wait_gone(closing, timeout_s)
+        return ended + len(closing)
+
+    async def _wait_gone(self, connections: set[Connection], timeout_s: float) -> None:
+        deadline = self.now() + timeout_s
+        while connections & self.connections and self.now() < deadline:
+            await asyncio.sleep(0.02)
+        for connection in connections & self.connections:
+            connection.writer.transport.abort()

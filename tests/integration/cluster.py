@@ -62,6 +62,15 @@ def poll_until(predicate: Callable[[], bool], deadline_s: float, what: str, inte
         time.sleep(interval_s)
 
 
+async def wait_until(predicate: Callable[[], bool], deadline_s: float, what: str, interval_s: float = 0.05) -> None:
+    """`poll_until` for async tests: the event loop keeps running between polls."""
+    deadline = time.monotonic() + deadline_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {deadline_s}s waiting for {what}")
+        await asyncio.sleep(interval_s)
+
+
 def cli(db_url: str, *args: str) -> str:
     """Run `presence-ha ARGS --db URL` in-process; return its output, fail loudly.
 

@@ -130,8 +130,27 @@ async def test_ten_thousand_frames_each_way_survive_three_cuts(endpoints, proxie
     assert crec.payloads() == to_a
     assert {peer for peer, _, _ in srec.frames} == {"a"}
     assert len(crec.ups) == 4 and all(isinstance(u, LinkUp) for u in crec.ups)
+    assert crec.downs_of(LinkRejected) == [] == srec.downs_of(LinkRejected)
     assert proxy.connections_accepted >= 4
     await wait_until(lambda: client.in_flight == 0 == server.in_flight("a"), "final acks")
+
+
+async def test_replies_sent_from_the_frame_callback_keep_the_link_up(endpoints):
+    replies: asyncio.Queue[bytes] = asyncio.Queue()
+    rec = Recorder()
+    server = LinkServer(config("b"), "127.0.0.1", 0, options=FAST, on_down=rec.downs.append,
+                        on_frame=lambda peer, kind, p: server.try_send(peer, kind, p + b"!"))
+    await server.start()
+    endpoints.append(server)
+    client = LinkClient(config("a"), "b", "127.0.0.1", server.port, options=FAST,
+                        rng=random.Random(1), on_up=rec.ups.append, on_down=rec.downs.append,
+                        on_frame=lambda _peer, _kind, p: replies.put_nowait(p))
+    client.start()
+    endpoints.append(client)
+    for i in range(300):
+        await client.send(Kind.CONTROL, b"q%d" % i)
+        assert await asyncio.wait_for(replies.get(), 10) == b"q%d!" % i
+    assert rec.downs == [] and len(rec.ups) == 1  # no reconnect was needed
 
 
 async def test_wrong_secret_is_rejected_on_both_sides(endpoints):

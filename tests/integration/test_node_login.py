@@ -7,12 +7,11 @@ the node's metrics count her session; she logs out and the session gauge drops.
 from __future__ import annotations
 
 import asyncio
-import ssl
 
 import aioxmpp
 import pytest
 
-from tests.integration.cluster import RawClient, cluster_factory, poll_until, slix_disconnect, slix_login  # noqa: F401
+from tests.integration.cluster import RawClient, cluster_factory, slix_disconnect, slix_login, wait_until  # noqa: F401
 
 
 @pytest.fixture
@@ -36,7 +35,7 @@ async def test_slixmpp_logs_in_pings_and_discovers(one_node, mechanism):
         assert one_node.node("n1").metrics()["jsm_sessions_client"] == 1
     finally:
         await slix_disconnect(alice)
-    poll_until(lambda: one_node.node("n1").metrics()["jsm_sessions_client"] == 0, 10, "session gauge back to 0")
+    await wait_until(lambda: one_node.node("n1").metrics()["jsm_sessions_client"] == 0, 10, "session gauge back to 0")
 
 
 async def test_wrong_password_fails_in_slixmpp(one_node):

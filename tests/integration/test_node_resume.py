@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.integration.cluster import FAST_LIMITS, RawClient, cluster_factory, poll_until  # noqa: F401
+from tests.integration.cluster import FAST_LIMITS, RawClient, cluster_factory, wait_until  # noqa: F401
 
 SM = "urn:xmpp:sm:3"
 
@@ -30,7 +30,7 @@ async def test_resume_delivers_what_arrived_while_detached(cluster):
     await bob.login("bob", "bob-pw")
     alice.close()  # the network drops: no </stream:stream>
     node = cluster.node("n1")
-    poll_until(lambda: node.metrics()["jsm_sessions_composed"] == 1, 10, "alice detached")
+    await wait_until(lambda: node.metrics()["jsm_sessions_composed"] == 1, 10, "alice detached")
     assert node.metrics()["jsm_sessions_client"] == 2  # still bound while resumable
 
     await bob.send("<iq type='get' id='to-alice' to='alice@example.test/phone'><ping xmlns='urn:xmpp:ping'/></iq>")
@@ -77,8 +77,8 @@ async def test_unresumed_session_ends_after_the_timeout(cluster):
     alice, _ = await alice_with_sm(cluster)
     node = cluster.node("n1")
     alice.close()
-    poll_until(lambda: node.metrics()["jsm_sessions_composed"] == 1, 10, "alice detached")
-    poll_until(lambda: node.metrics()["jsm_sessions_client"] == 0, 15, "the resumption window to close")
+    await wait_until(lambda: node.metrics()["jsm_sessions_composed"] == 1, 10, "alice detached")
+    await wait_until(lambda: node.metrics()["jsm_sessions_client"] == 0, 15, "the resumption window to close")
     assert node.metrics()["jsm_sessions_composed"] == 0
 
 
@@ -89,7 +89,7 @@ async def test_slixmpp_stream_management_resumes_after_a_dropped_connection(clus
 
     alice = await slix_login(cluster, "alice", resource="sm", plugins=("xep_0030", "xep_0199", "xep_0198"))
     sm = alice.plugin["xep_0198"]
-    poll_until(lambda: sm.enabled_out if hasattr(sm, "enabled_out") else bool(sm.sm_id), 0, "noop") if False else None
+    await wait_until(lambda: sm.enabled_out if hasattr(sm, "enabled_out") else bool(sm.sm_id), 0, "noop") if False else None
     deadline = asyncio.get_running_loop().time() + 10
     while not sm.sm_id and asyncio.get_running_loop().time() < deadline:
         await asyncio.sleep(0.05)

@@ -5,10 +5,9 @@ from hypothesis import strategies as st
 
 from server.link import frames as f
 from server.link.frames import Kind
-from server.link.protocol import (AckReceived, HandshakeComplete, Keepalive, LinkConnection,
-                                  Message, ProtocolFailed, Role)
+from server.link.protocol import AckReceived, HandshakeComplete, Keepalive, Message, ProtocolFailed
 
-from .helpers import Pair, node, nonce, session
+from .helpers import Pair, node, session
 
 
 def msgs(prefix: str, n: int, start: int = 1) -> list[bytes]:
@@ -133,6 +132,22 @@ def test_handshake_fails_if_the_state_changes_meanwhile():
     retry = Pair(a, b)
     retry.run()
     assert retry.established() and retry.failures() == []
+
+
+def test_send_right_after_receive_keeps_the_sealing_order():
+    # An echo sent from the frame callback, before the adapter wrote the ack that
+    # receive_data sealed, must not overtake that ack on the wire.
+    pair = Pair(node("a", 1), node("b", 2))
+    pair.run()
+    pair.send(pair.a, Kind.STANZA, b"ping")
+    pair.b.conn.receive_data(bytes(pair.a.pipe))
+    pair.a.pipe.clear()
+    echo = pair.b.conn.send(Message(Kind.STANZA, b"pong"))
+    pair.b.collect()  # the adapter writes data_to_send() after the callbacks
+    pair.b.pipe[:0] = echo
+    pair.run()
+    assert pair.a.received() == [b"pong"]
+    assert pair.failures() == []
 
 
 def test_heartbeats_are_unsequenced_and_never_queued():

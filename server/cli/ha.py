@@ -1,0 +1,224 @@
+"""High availability commands: `ha status|failover|fallback|recover|web` and `service` (SPEC §7).
+
+Rules of this module:
+- `ha status` reads the database, so it works while nodes are down, then asks each
+  node's admin RPC (1 s) for its live state, which wins when it answers (a node that
+  lost the database cannot store its state). `--json` prints
+  `{"groups": [{"name", "ha", "nodes": [{"name", "state", "reason", "alive"}]}]}`
+  with the SPEC §6 words.
+- Every other command talks to a node's admin RPC (`server.net.admin_rpc`): the node's
+  admin port comes from the database, the token is computed from the cluster secret
+  there. The admin RPC listens on loopback by default, so the commands connect to
+  `--admin-host` (default 127.0.0.1, or $PRESENCE_HA_ADMIN_HOST); each request names
+  its node, and a node refuses a request meant for another one.
+- Which SRM receives a request follows the SRM table: only a Normal node accepts
+  `AdminRequestedFailover` (it fails itself over) and only an Idle or Failed Over node
+  accepts `AdminRequestedFallback` (it takes its users back), so both go to the node
+  named. `ha recover GROUP` restarts the SRM of every node of the group.
+- A refused or failed request prints one line with the reason and exits non-zero.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from typing import Any
+
+import click
+
+from db import clusters, groups, nodes
+from server.cli.common import db_options
+from server.cli.database import echo_table, on_off, open_session, run
+from server.net.admin_page import GroupRow, overlay_live, overview_json, read_overview, rpc_probe
+from server.net.admin_rpc import AdminRpcError, admin_token, call_node
+
+ENV_ADMIN_HOST = "PRESENCE_HA_ADMIN_HOST"
+DEFAULT_ADMIN_HOST = "127.0.0.1"
+RPC_TIMEOUT_S = 20.0
+
+
+def admin_host_option(func):
+    return click.option(
+        "--admin-host", default=lambda: os.environ.get(ENV_ADMIN_HOST, DEFAULT_ADMIN_HOST),
+        show_default=DEFAULT_ADMIN_HOST, help=f"Where the node's admin RPC listens (else ${ENV_ADMIN_HOST}).",
+    )(func)
+
+
+async def _targets(db_url: str, names: list[str]) -> tuple[str, dict[str, int]]:
+    """(admin token, {node: admin port}) read from the database."""
+    async with open_session(db_url) as session:
+        secret = await clusters.cluster_secret(session)
+        ports = {name: (await nodes.get_node(session, name)).ports.admin_port for name in names}
+    return admin_token(secret), ports
+
+
+async def _call(db_url: str, host: str, node: str, payload: dict[str, Any]) -> dict[str, Any]:
+    token, ports = await _targets(db_url, [node])
+    return await call_node(host, ports[node], token, {**payload, "node": node}, RPC_TIMEOUT_S)
+
+
+def call_or_fail(db_url: str, host: str, node: str, payload: dict[str, Any], what: str) -> dict[str, Any]:
+    """One admin RPC call; a refusal or an unreachable node is a one-line error, exit 1."""
+    try:
+        return run(_call(db_url, host, node, payload))
+    except AdminRpcError as exc:
+        raise click.ClickException(f"{what} refused: {exc}") from exc
+
+
+@click.group("ha")
+def ha_group() -> None:
+    """High availability: status, manual failover/fallback, recovery, web page."""
+
+
+async def _overview(db_url: str, host: str, offline: bool) -> list[GroupRow]:
+    async with open_session(db_url) as session:
+        overview = await read_overview(session)
+        if offline:
+            return overview
+        secret = await clusters.cluster_secret(session)
+        ports = {n.name: n.ports.admin_port for n in await nodes.list_nodes(session)}
+    return await overlay_live(overview, rpc_probe(host, ports, admin_token(secret)))
+
+
+@ha_group.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--offline", is_flag=True, help="Database only: do not ask the nodes (alive = recent database liveness).")
+@admin_host_option
+@db_options
+def ha_status(db_url: str, as_json: bool, offline: bool, admin_host: str) -> None:
+    """Every group: HA on/off, each node's state and reason.
+
+    The states come from the database, so this works with every node down; a node
+    that answers its admin RPC (within 1 s) overrides its stored state with its live
+    one (a node that lost the database cannot store it). `alive` says whether it
+    answered (with --offline: whether its database liveness is recent).
+    """
+    overview = run(_overview(db_url, admin_host, offline))
+    if as_json:
+        click.echo(json.dumps(overview_json(overview)))
+        return
+    rows = [
+        (g.name, on_off(g.ha_enabled), n.name, n.state, n.reason, "" if n.alive else "unreachable")
+        for g in overview for n in g.nodes
+    ]
+    echo_table(("GROUP", "HA", "NODE", "STATE", "REASON", ""), rows)
+
+
+def _request(op: str, node: str, db_url: str, admin_host: str) -> None:
+    answer = call_or_fail(db_url, admin_host, node, {"op": op}, f"{op} of {node}")
+    click.echo(f"{op} of {node} accepted: {answer.get('message', 'done')}")
+
+
+@ha_group.command("failover")
+@click.argument("node")
+@admin_host_option
+@db_options
+def ha_failover(db_url: str, node: str, admin_host: str) -> None:
+    """Manual failover of NODE: its users move to its peer (only from Normal)."""
+    _request("failover", node, db_url, admin_host)
+
+
+@ha_group.command("fallback")
+@click.argument("node")
+@admin_host_option
+@db_options
+def ha_fallback(db_url: str, node: str, admin_host: str) -> None:
+    """Manual fallback to NODE: its users come home (only from Idle / Failed Over)."""
+    _request("fallback", node, db_url, admin_host)
+
+
+async def _recover(db_url: str, host: str, group_name: str) -> dict[str, str]:
+    async with open_session(db_url) as session:
+        members = list((await groups.get_group(session, group_name)).nodes)
+    token, ports = await _targets(db_url, members)
+
+    async def one(node: str) -> str:
+        try:
+            await call_node(host, ports[node], token, {"op": "recover", "node": node}, RPC_TIMEOUT_S)
+            return ""
+        except AdminRpcError as exc:
+            return str(exc)
+
+    return dict(zip(members, await asyncio.gather(*(one(n) for n in members)), strict=True))
+
+
+@ha_group.command("recover")
+@click.argument("group")
+@admin_host_option
+@db_options
+def ha_recover(db_url: str, group: str, admin_host: str) -> None:
+    """Recovery: restart the SRM on every node of GROUP (SPEC §7)."""
+    outcome = run(_recover(db_url, admin_host, group))
+    failed = {node: error for node, error in outcome.items() if error}
+    for node in outcome:
+        click.echo(f"SRM of {node}: {'restart failed: ' + failed[node] if node in failed else 'restarted'}")
+    if failed:
+        raise click.ClickException(f"recovery of {group} incomplete: {', '.join(sorted(failed))} not restarted")
+
+
+async def _web_link(db_url: str, host: str, node: str | None) -> str:
+    async with open_session(db_url) as session:
+        secret = await clusters.cluster_secret(session)
+        listed = await nodes.list_nodes(session)
+    if not listed:
+        raise click.ClickException("no nodes in this database")
+    info = next((n for n in listed if n.name == node), None) if node else listed[0]
+    if info is None:
+        raise click.ClickException(f"node {node!r} does not exist")
+    return f"http://{host}:{info.ports.admin_port}/?token={admin_token(secret)}"
+
+
+@ha_group.command("web")
+@click.argument("node", required=False)
+@admin_host_option
+@db_options
+def ha_web(db_url: str, node: str | None, admin_host: str) -> None:
+    """Print the admin web page link of NODE (default: the first node), with the token."""
+    click.echo(run(_web_link(db_url, admin_host, node)))
+
+
+@click.group("service")
+def service_group() -> None:
+    """A node's critical services (SPEC §4): list, stop, start."""
+
+
+@service_group.command("list")
+@click.argument("node")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@admin_host_option
+@db_options
+def service_list(db_url: str, node: str, admin_host: str, as_json: bool) -> None:
+    """List NODE's critical services and whether each runs."""
+    services = call_or_fail(db_url, admin_host, node, {"op": "service.list"}, f"service list on {node}")["services"]
+    if as_json:
+        click.echo(json.dumps(services))
+        return
+    rows = [
+        (s["name"], s["display_name"], "running" if s["running"] else "stopped",
+         "yes" if s["applicable"] else "not applicable", "yes" if s["monitored"] else "no")
+        for s in services
+    ]
+    echo_table(("SERVICE", "NAME", "STATUS", "APPLICABLE", "MONITORED"), rows)
+
+
+@service_group.command("stop")
+@click.argument("node")
+@click.argument("service")
+@admin_host_option
+@db_options
+def service_stop(db_url: str, node: str, service: str, admin_host: str) -> None:
+    """Stop SERVICE on NODE (a critical service down triggers a failover, SPEC §4)."""
+    call_or_fail(db_url, admin_host, node, {"op": "service.stop", "service": service}, f"stop {service} on {node}")
+    click.echo(f"{service} stopped on {node}")
+
+
+@service_group.command("start")
+@click.argument("node")
+@click.argument("service")
+@admin_host_option
+@db_options
+def service_start(db_url: str, node: str, service: str, admin_host: str) -> None:
+    """Start SERVICE on NODE."""
+    call_or_fail(db_url, admin_host, node, {"op": "service.start", "service": service}, f"start {service} on {node}")
+    click.echo(f"{service} started on {node}")

@@ -1,0 +1,95 @@
+"""`presence-ha ha status` and the admin commands against a real database, nodes down.
+
+Scenarios: the status is read from the database alone (no node runs) and prints the
+SPEC §6 words; every admin command that needs a node says in one line that the node
+cannot be reached, or that the name is unknown, and exits non-zero.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from db import srm_state
+from db.engine import make_engine, make_session_factory
+from server.cli import main as cli_main
+from tests.integration.cluster import cli, free_ports
+
+
+def provision(db_url: str) -> None:
+    cli(db_url, "db", "upgrade")
+    cli(db_url, "cluster", "init", "--name", "test", "--domain", "example.test")
+    for name in ("n1", "n2", "n3"):
+        ports = free_ports(5)
+        cli(db_url, "node", "add", name, "--client-port", str(ports[0]), "--srm-port", str(ports[1]),
+            "--admin-port", str(ports[2]), "--link-port", str(ports[3]), "--metrics-port", str(ports[4]))
+    cli(db_url, "group", "add", "g1", "--node", "n1", "--node", "n2")
+    cli(db_url, "group", "add", "solo", "--node", "n3")
+    cli(db_url, "group", "edit", "g1", "--ha", "on")
+
+
+async def write_states(db_url: str, states: dict[str, tuple[str, str]]) -> None:
+    engine = make_engine(db_url)
+    try:
+        async with make_session_factory(engine)() as session:
+            for node, (state, reason) in states.items():
+                await srm_state.write_state(session, node, state, reason, event="test")
+    finally:
+        await engine.dispose()
+
+
+def invoke(db_url: str, *args: str):
+    return CliRunner().invoke(cli_main, [*args, "--db", db_url])
+
+
+def test_status_json_reads_the_database_with_every_node_down(db_url: str) -> None:
+    provision(db_url)
+    asyncio.run(write_states(db_url, {"n1": ("Idle", "On Admin Request"), "n2": ("Running in Backup Mode", "On Admin Request")}))
+    probed = json.loads(cli(db_url, "ha", "status", "--json"))  # nobody answers: stored states, not alive
+    assert [n["alive"] for g in probed["groups"] for n in g["nodes"]] == [False, False, False]
+    data = json.loads(cli(db_url, "ha", "status", "--json", "--offline"))
+    assert data == {"groups": [
+        {"name": "g1", "ha": True, "nodes": [
+            {"name": "n1", "state": "Idle", "reason": "On Admin Request", "alive": True},
+            {"name": "n2", "state": "Running in Backup Mode", "reason": "On Admin Request", "alive": True},
+        ]},
+        {"name": "solo", "ha": False, "nodes": [
+            {"name": "n3", "state": "Initializing", "reason": "Initialization", "alive": False},
+        ]},
+    ]}
+    table = cli(db_url, "ha", "status", "--offline")
+    lines = [line.split() for line in table.splitlines()]
+    assert lines[1] == ["g1", "on", "n1", "Idle", "On", "Admin", "Request"]
+    assert lines[3] == ["solo", "off", "n3", "Initializing", "Initialization", "unreachable"]  # never started
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (("ha", "failover", "n1"), "failover of n1 refused: admin RPC unreachable at 127.0.0.1:"),
+        (("ha", "fallback", "n2"), "fallback of n2 refused: admin RPC unreachable"),
+        (("ha", "failover", "nosuch"), "node 'nosuch' does not exist"),
+        (("ha", "recover", "nosuch"), "group 'nosuch' does not exist"),
+        (("ha", "recover", "g1"), "recovery of g1 incomplete: n1, n2 not restarted"),
+        (("service", "list", "n1"), "service list on n1 refused: admin RPC unreachable"),
+        (("service", "stop", "n1", "xcp-router"), "refused: admin RPC unreachable"),
+        (("ha", "web", "nosuch"), "node 'nosuch' does not exist"),
+    ],
+)
+def test_admin_commands_fail_in_one_line_when_nodes_are_down(db_url: str, args: tuple[str, ...], words: str) -> None:
+    provision(db_url)
+    result = invoke(db_url, *args)
+    assert result.exit_code != 0, result.output
+    assert words in result.output
+    assert "Traceback" not in result.output and isinstance(result.exception, SystemExit)
+    assert result.output.strip().splitlines()[-1].startswith("Error:")
+
+
+def test_web_prints_a_link_with_the_token(db_url: str) -> None:
+    provision(db_url)
+    link = cli(db_url, "ha", "web", "n2").strip()
+    assert link.startswith("http://127.0.0.1:") and "/?token=" in link
+    assert len(link.split("token=")[1]) == 64
