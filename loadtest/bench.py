@@ -528,8 +528,14 @@ def bench_presence(target: Target, s: Settings, pid: int | None) -> dict:
             **_setup_summary(infos), **_usage(extra, results, broadcasts)}
 
 
-def bench_memory(target: Target, s: Settings, pid: int | None, sessions: int) -> dict:
-    """Server RSS delta per idle session, `sessions` sessions held by the workers."""
+def bench_memory(target: Target, s: Settings, pid: int | None, sessions: int,
+                 baseline_kb: int | None) -> dict:
+    """Server RSS growth per idle session, `sessions` sessions held by the workers.
+
+    The delta is taken from `baseline_kb`, the RSS before the first memory level: heap
+    freed by an earlier level stays in the process and is reused, so the RSS just before
+    a later level would hide part of its cost.
+    """
     parts = [IdleScenario(target, mine, s.setup_rate / s.workers)
              for mine in shard(range(sessions), s.workers)]
     before = read_rss_kb(pid)
@@ -541,9 +547,25 @@ def bench_memory(target: Target, s: Settings, pid: int | None, sessions: int) ->
     setup = _setup_summary(infos)
     held = setup["setup_logged_in"]
     after = extra["rss_kb"]
-    per = (after - before) / held if held and after is not None and before is not None else None
-    return {"sessions": sessions, "held": held, "rss_before_kb": before, "rss_after_kb": after,
+    base = baseline_kb if baseline_kb is not None else before
+    per = (after - base) / held if held and after is not None and base is not None else None
+    return {"sessions": sessions, "held": held, "rss_baseline_kb": base,
+            "rss_before_kb": before, "rss_after_kb": after,
             "kb_per_session": round(per, 2) if per is not None else None, **setup}
+
+
+def quiesce(pid: int | None, timeout_s: float = 60.0, busy: float = 0.1) -> float:
+    """Wait until the server uses under `busy` of a CPU (leftover work of the previous
+    scenario, e.g. timed-out logins still queued); return the seconds waited."""
+    start = time.monotonic()
+    last = read_cpu_s(pid)
+    while last is not None and time.monotonic() - start < timeout_s:
+        time.sleep(0.5)
+        now = read_cpu_s(pid)
+        if now - last < busy * 0.5:
+            break
+        last = now
+    return round(time.monotonic() - start, 1)
 
 
 def run_benchmark(target: Target, s: Settings, pid: int | None,
@@ -554,13 +576,16 @@ def run_benchmark(target: Target, s: Settings, pid: int | None,
                  # other work on the machine skews every figure: keep the context
                  "host": {"cpus": os.cpu_count(), "loadavg_start": os.getloadavg()}}
     runners = {"login": bench_login, "chat": bench_chat, "presence": bench_presence}
-    for name in SCENARIOS:
+    # Memory first: on a fresh server, before other scenarios leave freed heap behind.
+    for name in ("memory", "login", "chat", "presence"):
         if name not in s.scenarios:
             continue
         progress(name)
+        out["host"][f"quiesce_before_{name}_s"] = quiesce(pid)
         if name == "memory":
-            out["results"]["memory"] = [bench_memory(target, s, pid, n)
-                                        for n in s.memory_levels if n <= s.users]
+            baseline = read_rss_kb(pid)
+            out["results"]["memory"] = [bench_memory(target, s, pid, n, baseline)
+                                        for n in sorted(s.memory_levels) if n <= s.users]
         else:
             out["results"][name] = runners[name](target, s, pid)
     out["host"]["loadavg_end"] = os.getloadavg()

@@ -124,7 +124,7 @@ def render(result: dict) -> Table:
     for r in res.get("memory", []):
         table.add_row(f"memory {r['sessions']}", str(r["sessions"]), "-", _fmt(r["held"]),
                       _fmt(r["setup_failures"]), "-", "-", "-",
-                      f"{_fmt(r['kb_per_session'])} kB/session (RSS {_fmt(r['rss_before_kb'])}"
+                      f"{_fmt(r['kb_per_session'])} kB/session (RSS {_fmt(r['rss_baseline_kb'])}"
                       f" -> {_fmt(r['rss_after_kb'])} kB)")
     return table
 

@@ -46,6 +46,9 @@ storage = "internal"
 c2s_require_encryption = {require_tls}
 allow_unencrypted_plain_auth = true
 c2s_stanza_size_limit = 262144
+-- Debian's default listen backlog (128) resets connections in login bursts; the
+-- benchmark compares servers, not accept-queue defaults.
+network_settings = {{ tcp_backlog = {backlog} }}
 modules_enabled = {{ "roster", "saslauth", "tls", "disco", "ping", "presence", {extra} }}
 modules_disabled = {{ "s2s", "offline", "admin_socket" }}
 certificates = "{base}/certs"
@@ -133,6 +136,7 @@ class ProsodyInstance:
     require_tls: bool = False
     extra_modules: tuple[str, ...] = ("smacks",)
     log_level: str = "warn"
+    tcp_backlog: int = 1024
     port: int = field(default_factory=free_port)
     base: Path | None = None
     process: subprocess.Popen | None = None
@@ -157,6 +161,7 @@ class ProsodyInstance:
         extra = ", ".join(lua_str(m) for m in self.extra_modules)
         (self.base / "prosody.cfg.lua").write_text(CONFIG_TEMPLATE.format(
             base=self.base, port=self.port, domain=self.domain, log_level=self.log_level,
+            backlog=self.tcp_backlog,
             require_tls="true" if self.require_tls else "false", extra=extra,
         ))
         write_self_signed(self.base, self.domain)

@@ -6,27 +6,47 @@ Rules of this module:
   registration error (`StanzaError`).
 - A node serves exactly the users whose active node it is (SPEC §2, §9). Someone
   else's user is redirected with `see-other-host` to that node's client address when
-  the cluster parameter `see_other_host_redirect` is on, else refused with
-  `temporary-auth-failure` naming the node; a user no node serves (moving during a
-  failover) is refused with `temporary-auth-failure`.
+  the cluster parameter `see_other_host_redirect` is on, else its session is relayed
+  to that node (`RelayTo`, see `server.cluster.relay`; the redirect is its
+  `fallback`); a user no node serves (moving during a failover) is refused with
+  `temporary-auth-failure`.
 - Cluster parameters are cached for `PARAMETER_CACHE_S`, so a burst of logins costs
   one query.
 - `DatabaseUnavailable` propagates; the adapter answers with a temporary failure.
+- SPEC §8 inactive sessions: a node also admits a user it does not serve if it is that
+  user's backup node (`backs_up`: the user's active node is this node's peer in a
+  group with HA on). The connection then binds an INACTIVE session, which must send
+  `<hold/>` first; otherwise it ends with `backup_kick(refusal)`, the login refusal
+  it was spared, as a stream error (see docs/xep-presence-ha-backup.md §5).
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from db import nodes, parameters, users
+from db import groups, nodes, parameters, users
 from db.errors import AlreadyExists, FailoverInProgress, InvalidValue
 from server.xmpp.errors import Condition, StanzaError, StreamCondition, StreamError
 from server.xmpp.negotiation import SaslFailure
 from server.xmpp.sasl import SaslCondition, StoredKeys
 
 PARAMETER_CACHE_S = 5.0
+
+
+@dataclass(frozen=True)
+class RelayTo:
+    """Admit the login and relay its session to `node`, the user's active node.
+    `fallback` (see-other-host to that node) is for a connection that cannot be relayed."""
+
+    node: str
+    fallback: StreamError
+
+    @property
+    def text(self) -> str:
+        return self.fallback.text or f"served by node {self.node}"
 
 
 def host_port(host: str, port: int) -> str:
@@ -55,8 +75,8 @@ class Accounts:
     async def registration_enabled(self) -> bool:
         return bool((await self.parameters()).get("inband_registration", False))
 
-    async def login_refusal(self, username: str) -> StreamError | SaslFailure | None:
-        """None if this node serves `username` now; otherwise how to refuse the login."""
+    async def login_refusal(self, username: str) -> StreamError | SaslFailure | RelayTo | None:
+        """None if this node serves `username` now; otherwise how to refuse (or relay) the login."""
         async with self._sessions() as session:
             location = await users.user_location(session, username)
             active = location[1] if location else None
@@ -66,14 +86,15 @@ class Accounts:
                 return SaslFailure(
                     SaslCondition.TEMPORARY_AUTH_FAILURE, f"no node serves {username} right now; retry later"
                 )
-            if (await self.parameters()).get("see_other_host_redirect", False):
-                node = await nodes.get_node(session, active)
-                return StreamError(
-                    StreamCondition.SEE_OTHER_HOST,
-                    f"{username} is served by node {active}",
-                    other_host=host_port(node.host, node.ports.client_port),
-                )
-        return SaslFailure(SaslCondition.TEMPORARY_AUTH_FAILURE, f"{username} is served by node {active}, not here")
+            node = await nodes.get_node(session, active)
+        redirect = StreamError(
+            StreamCondition.SEE_OTHER_HOST,
+            f"{username} is served by node {active}",
+            other_host=host_port(node.host, node.ports.client_port),
+        )
+        if (await self.parameters()).get("see_other_host_redirect", False):
+            return redirect
+        return RelayTo(active, redirect)
 
     async def register(self, username: str, password: str) -> StanzaError | None:
         """XEP-0077 §3.1: create the account with the same rules as `user add`."""
@@ -89,3 +110,22 @@ class Accounts:
         except FailoverInProgress as exc:
             return StanzaError(Condition.RESOURCE_CONSTRAINT, str(exc))
         return None
+
+    # -- SPEC §8: inactive (backup) sessions ---------------------------------------
+    async def backs_up(self, username: str) -> bool:
+        """True if this node is the backup of `username`: its active node is our HA peer."""
+        async with self._sessions() as session:
+            location = await users.user_location(session, username)
+            active = location[1] if location else None
+            if active is None or active == self.node_name:
+                return False
+            group = await groups.group_of_node(session, self.node_name)
+        return bool(group and group.ha_enabled and active in group.nodes)
+
+
+def backup_kick(refusal: StreamError | SaslFailure) -> StreamError:
+    """The stream error ending a backup-admitted connection that did not send `<hold/>`:
+    the refusal itself when it is one (see-other-host), else `reset` (reconnect)."""
+    if isinstance(refusal, StreamError):
+        return refusal
+    return StreamError(StreamCondition.RESET, refusal.text or "not served here")

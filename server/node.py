@@ -22,18 +22,25 @@ import signal
 from dataclasses import dataclass
 from typing import Any
 
-from db import clusters, nodes, parameters
+from db import clusters, groups, nodes, parameters, users
 from db.engine import DatabaseUnavailable, make_engine, make_session_factory
 from db.errors import ProvisioningError
 from server.auth import Accounts
+from server.cluster import ClusterService
 from server.config import NodeConfig
 from server.features import FEATURE_MODULES
 from server.features.context import FeatureContext
 from server.metrics import Metrics
+from server.net.admin_page import build_admin_server
+from server.net.admin_rpc import DEFAULT_BIND_HOST as ADMIN_BIND_HOST
+from server.net.admin_rpc import AdminServer
 from server.net.clients import ClientPort
 from server.net.metrics_http import MetricsServer
 from server.router import Router
-from server.sessions import SessionRegistry
+from server.services import ClientProfile, ClientProfileAgent, CriticalServices, RouterComponent, Switch, SyncAgent
+from server.sessions import SessionKind, SessionRegistry
+from server.srm.events import CriticalServiceStartFailed
+from server.srm.runner import SrmRunner
 from server.store import Store
 from server.tls import ensure_self_signed, server_context
 
@@ -72,6 +79,10 @@ class Node:
         self.client_port: ClientPort | None = None
         self.metrics_server = MetricsServer(self.metrics)
         self._stop = asyncio.Event()
+        self.services: CriticalServices | None = None  # the admin layer drives these two
+        self.srm: SrmRunner | None = None
+        self.admin_server: AdminServer | None = None  # SPEC §7 admin RPC and web page
+        self.cluster: ClusterService | None = None  # links to the other nodes (server.cluster)
 
     async def _load(self) -> tuple[clusters.ClusterInfo, nodes.NodeInfo, dict[str, Any], str]:
         try:
@@ -99,12 +110,88 @@ class Node:
         accounts = Accounts(self.session_factory, info.name)
         self.client_port = ClientPort(self.ctx, accounts, self.config, server_context(cert, key), self.metrics, secret.encode())
         self.metrics.watch_sessions(self.sessions, self.client_port.detached_count)
+        await self._start_cluster(info, host, secret)
+        self._build_srm(info, host, params, secret)
+        await self._start_srm(host, info)
         try:
-            await self.client_port.start(host, info.ports.client_port)
             await self.metrics_server.start(host, info.ports.metrics_port)
         except OSError as exc:
             raise NodeStartError(f"cannot listen on {host}: {exc}") from exc
+        await self._start_admin(info, secret)
         log.info("node %s serving %s on %s:%d", info.name, cluster.domain, host, info.ports.client_port)
+
+    # --- cluster links: users on other nodes (server.cluster) --------------------------
+
+    async def _start_cluster(self, info: nodes.NodeInfo, host: str, secret: str) -> None:
+        assert self.ctx is not None
+        self.cluster = ClusterService(self.ctx, self.client_port, self.session_factory)
+        try:
+            await self.cluster.start(info, secret.encode(), host)
+        except OSError as exc:
+            raise NodeStartError(f"cannot listen on {host}:{info.ports.link_port} (node links): {exc}") from exc
+
+    # --- SRM and critical services (server.services, server.srm.runner) ----------------
+
+    def _build_srm(self, info: nodes.NodeInfo, host: str, params: dict[str, Any], secret: str) -> None:
+        port, name = self.client_port, info.name
+        assert port is not None
+        interval = float(params["heartbeat_interval_s"])
+        close_s = self.config.limits.shutdown_timeout_s
+
+        async def enforce_assignment() -> int:
+            async with self.session_factory() as session:
+                mine = await users.usernames_active_on(session, name)
+            error = self.srm.redirect()
+            chosen = lambda s: s.kind is SessionKind.ACTIVE and s.jid.local not in mine  # noqa: E731
+            return await port.close_sessions(chosen, lambda _u: error, close_s)
+
+        async def load_profile() -> ClientProfile:
+            async with self.session_factory() as session:
+                p = await parameters.effective_parameters(session, name)
+                group = await groups.group_of_node(session, name)
+                peer = await groups.peer_of(session, name)
+            ha = bool(group and group.ha_enabled)
+            return ClientProfile(int(p["relogin_lower_s"]), int(p["relogin_upper_s"]), peer if ha else None, ha)
+
+        presence, auth = Switch(), Switch()
+        self.services = CriticalServices({
+            "xcp-router": RouterComponent(port, host, info.ports.client_port, lambda cause: self.srm.redirect(cause), close_s),
+            "presence-engine": presence,
+            "sync-agent": SyncAgent(enforce_assignment, lambda: interval),
+            "client-profile-agent": ClientProfileAgent(load_profile, lambda: interval),
+            "xcp-auth": auth,
+        })
+        port.presence_on = lambda: presence.on
+        port.auth_on = lambda: auth.on
+        self.srm = SrmRunner(name, self.session_factory, self.services, port, self.sessions, self.metrics,
+                             secret.encode(), host, info.ports.srm_port)
+        port.admission = self.srm.login_refusal
+
+    async def _start_srm(self, host: str, info: nodes.NodeInfo) -> None:
+        """Start the services (a taken client port fails the start), then the SRM, whose
+        first actions decide what keeps running (SPEC §6: Initializing serves nobody)."""
+        assert self.services is not None and self.srm is not None
+        result = await self.services.start_all()
+        if isinstance(result, CriticalServiceStartFailed):
+            error = self.services.get(result.service).error
+            raise NodeStartError(f"cannot start {result.service} on {host}: {error}")
+        try:
+            await self.srm.start()
+        except OSError as exc:
+            raise NodeStartError(f"cannot listen on {host}:{info.ports.srm_port} (SRM): {exc}") from exc
+        except (DatabaseUnavailable, ProvisioningError) as exc:
+            raise NodeStartError(f"cannot start the SRM of {info.name}: {exc}") from exc
+
+    # --- admin RPC and web page (server.net.admin_rpc, admin_page; SPEC §7) ----------
+
+    async def _start_admin(self, info: nodes.NodeInfo, secret: str) -> None:
+        """Open the admin port, on loopback only: admins run the CLI on the node's machine."""
+        assert self.srm is not None and self.services is not None
+        self.admin_server = build_admin_server(info.name, secret, self.srm, self.services, self.session_factory)
+        try:
+            await self.admin_server.start(ADMIN_BIND_HOST, info.ports.admin_port)
+        except OSError as exc:
+            raise NodeStartError(f"cannot listen on {ADMIN_BIND_HOST}:{info.ports.admin_port} (admin RPC): {exc}") from exc
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -115,8 +202,14 @@ class Node:
 
     async def shutdown(self) -> None:
         log.info("node %s shutting down", self.config.node_name)
+        if self.admin_server is not None:
+            await self.admin_server.stop()  # no admin request races the shutdown
+        if self.srm is not None:
+            await self.srm.stop()  # SPEC §6 row 17: the peer takes over at once
         if self.client_port is not None:
             await self.client_port.shutdown(self.config.limits.shutdown_timeout_s)
+        if self.cluster is not None:
+            await self.cluster.stop()  # after the sessions' unavailable presence went out
         await self.metrics_server.stop()
         await self.engine.dispose()
 

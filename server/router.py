@@ -13,6 +13,10 @@ Rules of this module:
   raising `StanzaError`; any other exception becomes `internal-server-error`, a log line
   with the stanza id and a counter. The session and every other user carry on.
 - Features see the server only through `FeatureContext`.
+- Accounts served by another node of the cluster: `deliver` first offers the stanza
+  to the pluggable `remote` hook (`RemoteRoute`, provided by `server.cluster`); if
+  the hook takes it, delivery here is over. The router holds no link or socket code.
+  A stanza that came from another node is delivered with `route_remote=False`.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import logging
 import xml.etree.ElementTree as ET
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from server.sessions import Session
 from server.xmpp.errors import Condition, StanzaError, error_reply
@@ -106,6 +110,15 @@ F = TypeVar("F", bound=Callable[..., Any])
 ANY_TYPE = "*"  # the route key of a stanza handler registered without `types`
 
 
+class RemoteRoute(Protocol):
+    """Where stanzas for accounts served by another node go (server.cluster)."""
+
+    async def route(self, ctx: FeatureContext, stanza: ET.Element, to: JID, sender: Session | None) -> bool:
+        """True if the stanza was taken for another node; False: deliver it here.
+        May raise `StanzaError` (the router answers the sender)."""
+        ...
+
+
 def stanza_kind(elem: ET.Element) -> StanzaKind | None:
     try:
         return StanzaKind(elem.tag)
@@ -119,6 +132,7 @@ class Router:
         self._stanza: dict[tuple[StanzaKind, Direction, str | None], StanzaHandler] = {}
         self._observers: dict[type, list[Observer]] = {}
         self.disco_features: set[str] = set()
+        self.remote: RemoteRoute | None = None  # set by the cluster component
 
     # -- registration -------------------------------------------------------
     def iq(self, type: IqType, payload_tag: str) -> Callable[[F], F]:
@@ -195,8 +209,10 @@ class Router:
             return
         await self._run(ctx, session, stanza, handler(ctx, session, stanza))
 
-    async def deliver(self, ctx: FeatureContext, stanza: ET.Element, sender: Session | None = None) -> None:
-        """Deliver a stanza towards its `to` (a local account, or the server itself)."""
+    async def deliver(
+        self, ctx: FeatureContext, stanza: ET.Element, sender: Session | None = None, *, route_remote: bool = True
+    ) -> None:
+        """Deliver a stanza towards its `to` (an account of the cluster, or the server itself)."""
         to_text = stanza.get("to")
         try:
             to = JID.parse(to_text) if to_text else None
@@ -212,11 +228,20 @@ class Router:
             if sender is not None:
                 await self._handle_local_iq(ctx, sender, stanza)
             return
+        if route_remote and self.remote is not None and await self._routed_away(ctx, stanza, to, sender):
+            return
         handler = self._stanza_handler(kind, Direction.IN, stanza) if kind else None
         if handler is None:
             await self._deliver_default(ctx, stanza, to, sender)
             return
         await self._run(ctx, sender, stanza, handler(ctx, sender, stanza))
+
+    async def _routed_away(self, ctx: FeatureContext, stanza: ET.Element, to: JID, sender: Session | None) -> bool:
+        try:
+            return await self.remote.route(ctx, stanza, to, sender)
+        except StanzaError as exc:
+            await self._answer_error(ctx, sender, stanza, exc)
+            return True
 
     async def _deliver_default(self, ctx: FeatureContext, stanza: ET.Element, to: JID, sender: Session | None) -> None:
         """IQ to a user: to a full JID goes to that resource (RFC 6120 §10.5.4)."""

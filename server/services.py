@@ -135,7 +135,9 @@ class Service:
         self.name, self.component = name, component
         self.applicable = component is not None
         self.monitored = monitored and self.applicable
-        self.cause: StopCause | None = None if self.applicable else StopCause.SRM
+        # Not started yet: held down by the SRM (not a fault) until the node starts it.
+        self.cause: StopCause | None = StopCause.SRM
+        self.error = ""  # the last start failure, for the node's start error
 
     @property
     def running(self) -> bool:
@@ -244,9 +246,8 @@ class CriticalServices:
             await service.component.start()
         except Exception as exc:  # a start failure is reported to the SRM, not raised
             log.exception("service %s failed to start", service.name)
-            service.cause = StopCause.FAILED
+            service.cause, service.error = StopCause.FAILED, str(exc)
             await service.component.stop(StopCause.FAILED)
-            log.info("service %s: %r", service.name, exc)
             return False
         service.cause = None
         log.info("service %s running", service.name)

@@ -24,13 +24,13 @@ from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from db import offline, presence, roster
+from db import groups, nodes, offline, parameters, presence, roster, users
 from db.engine import translate_errors
 from db.roster import RosterRow
 from server.xmpp.jid import JID
 from server.xmpp.stanzas import serialize
 
-__all__ = ["RosterRow", "Store", "StoredPresence", "SubscriptionState", "SubscriptionUpdate", "UnknownUser"]
+__all__ = ["BackupProfile", "RosterRow", "Store", "StoredPresence", "SubscriptionState", "SubscriptionUpdate", "UnknownUser"]
 
 
 class UnknownUser(LookupError):
@@ -59,6 +59,18 @@ class StoredPresence:
     resource: str
     priority: int
     stanza: ET.Element
+
+
+@dataclass(frozen=True)
+class BackupProfile:
+    """What a client of this node needs for dual connections (SPEC §8)."""
+
+    ha_enabled: bool
+    backup_node: str | None  # the peer of this node in its group (None: single node)
+    backup_host: str | None
+    backup_client_port: int | None
+    relogin_lower_s: int
+    relogin_upper_s: int
 
 
 def _needs_row(state: SubscriptionState) -> bool:
@@ -205,3 +217,29 @@ class Store:
             return 0
         async with self._tx() as s:
             return await presence.delete_for_node(s, self.node_name)
+
+    # -- HA dual connections (SPEC §8; features ha_backup_info, inactive_session) --
+    async def active_node(self, user: JID) -> str | None:
+        """The node serving `user` now; None for no such user or nobody (moving)."""
+        if user.local is None or user.domain != self.domain:
+            return None
+        async with self._tx() as s:
+            location = await users.user_location(s, user.local)
+        return location[1] if location else None
+
+    async def usernames_active_on(self, node: str) -> set[str]:
+        async with self._tx() as s:
+            return await users.usernames_active_on(s, node)
+
+    async def backup_profile(self) -> BackupProfile:
+        """This node's backup node (its group peer), HA switch and re-login limits."""
+        assert self.node_name is not None
+        async with self._tx() as s:
+            group = await groups.group_of_node(s, self.node_name)
+            peer = await groups.peer_of(s, self.node_name)
+            info = await nodes.get_node(s, peer) if peer else None
+            p = await parameters.effective_parameters(s, self.node_name)
+        return BackupProfile(
+            bool(group and group.ha_enabled), peer, info.host if info else None,
+            info.ports.client_port if info else None, int(p["relogin_lower_s"]), int(p["relogin_upper_s"]),
+        )

@@ -23,6 +23,7 @@ SUBCOMMANDS: list[tuple[str, str]] = [
     ("server.cli.run", "up_command"),  # also adds `node run` and `node metrics`
     ("server.cli.ha", "ha_group"),
     ("server.cli.ha", "service_group"),
+    ("client.cli", "client_command"),  # SPEC §8 dual-connection client
 ]
 
 

@@ -15,4 +15,6 @@ FEATURE_MODULES: list[str] = [
     "server.features.presence",  # RFC 6121 §4
     "server.features.message",  # RFC 6121 §5, §8.5
     "server.features.carbons",  # XEP-0280
+    "server.features.inactive_session",  # SPEC §8 inactive sessions, activation
+    "server.features.ha_backup_info",  # SPEC §8 backup node for clients
 ]

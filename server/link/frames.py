@@ -142,8 +142,12 @@ def _read_name(body: bytes, offset: int, trailer: int) -> str:
         raise FrameError("node name is not UTF-8") from exc
 
 
+_SEQ_LIMIT = 1 << 62
+_KINDS = {k.value: k for k in Kind}  # dict lookup: Enum() is slow on the per-frame path
+
+
 def _check_seq(*values: int) -> None:
-    if any(v < 0 or v >= 1 << 62 for v in values):
+    if any(v < 0 or v >= _SEQ_LIMIT for v in values):
         raise FrameError("sequence number out of range")
 
 
@@ -202,12 +206,12 @@ def encode_data(seq: int, ack: int, kind: Kind, payload: bytes) -> bytes:
 def decode_data(body: bytes) -> Data:
     if len(body) < _DATA.size:
         raise FrameError("truncated DATA")
-    _, seq, ack, kind = _DATA.unpack_from(body)
-    try:
-        kind = Kind(kind)
-    except ValueError as exc:
-        raise FrameError(f"unknown frame kind {kind}") from exc
-    _check_seq(seq, ack)
+    _, seq, ack, raw_kind = _DATA.unpack_from(body)
+    kind = _KINDS.get(raw_kind)
+    if kind is None:
+        raise FrameError(f"unknown frame kind {raw_kind}")
+    if seq >= _SEQ_LIMIT or ack >= _SEQ_LIMIT:
+        raise FrameError("sequence number out of range")
     return Data(seq, ack, kind, body[_DATA.size :])
 
 

@@ -28,15 +28,20 @@ Rules of this module:
 - A side commits the handshake only after verifying the peer's proof, and only if its
   `PeerLink` did not change meanwhile. The newest committed connection owns the
   `PeerLink`; an older one fails with "superseded" when it is next used.
+- Sealed frames must hit the wire in sealing order: `send` returns any output pending
+  from `receive_data` first (a reply written from a frame callback cannot overtake it).
 """
 
 from __future__ import annotations
 
 import enum
 import hmac
+import itertools
 from dataclasses import dataclass
 
 from server.link import frames as f
+from server.link.crypto import FrameMac
+from server.link.crypto import mac as _mac
 from server.link.frames import FrameError, FrameType, Kind
 from server.link.state import TAG_LEN, LocalProtocolError, PeerLink, PeerLinks
 
@@ -95,6 +100,7 @@ class ConnState(enum.Enum):
     FAILED = "failed"
 
 
+_FRAME_TYPES = {t.value: t for t in FrameType}  # dict lookup: Enum() is slow per frame
 # Frame types each state accepts; anything else is a protocol error.
 _ACCEPTS: dict[ConnState, frozenset[FrameType]] = {
     ConnState.AWAITING_HELLO: frozenset({FrameType.HELLO, FrameType.ERROR}),
@@ -103,10 +109,6 @@ _ACCEPTS: dict[ConnState, frozenset[FrameType]] = {
     ConnState.ESTABLISHED: frozenset({FrameType.DATA, FrameType.ACK, FrameType.ERROR}),
     ConnState.FAILED: frozenset(),
 }
-
-
-def _mac(key: bytes, *parts: bytes) -> bytes:
-    return hmac.digest(key, b"".join(parts), "sha256")
 
 
 class _Refused(Exception):
@@ -134,7 +136,7 @@ class LinkConnection:
         self._peer_hello: f.Hello | None = None
         self._restarted, self._their_recv = False, 0  # set by _commit for _establish
         self._hello = self._challenge = b""
-        self._send_key = self._recv_key = b""
+        self._send_mac = self._recv_mac = FrameMac(b"")
         self._send_ctr = self._recv_ctr = 0
         self._ack_due = False
         self._sent_upto = 0  # last sequence number sealed on this connection
@@ -292,7 +294,8 @@ class LinkConnection:
         key = _mac(self._cfg.secret, _LABEL, b"keys", self._hello, self._challenge, auth_body)
         i2r, r2i = _mac(key, b"i2r"), _mac(key, b"r2i")
         initiator = self._role is Role.INITIATOR
-        self._send_key, self._recv_key = (i2r, r2i) if initiator else (r2i, i2r)
+        send, recv = (i2r, r2i) if initiator else (r2i, i2r)
+        self._send_mac, self._recv_mac = FrameMac(send), FrameMac(recv)
         self._state = ConnState.ESTABLISHED
         peer = self._peer
         self._events.append(HandshakeComplete(peer.name, peer_session, self._restarted))
@@ -338,10 +341,9 @@ class LinkConnection:
 
     # -- plumbing -----------------------------------------------------------------------
     def _handle(self, body: bytes) -> None:
-        try:
-            ftype = FrameType(body[0])
-        except ValueError:
-            raise FrameError(f"unknown frame type {body[0]}") from None
+        ftype = _FRAME_TYPES.get(body[0])
+        if ftype is None:
+            raise FrameError(f"unknown frame type {body[0]}")
         if ftype is not FrameType.ERROR and self._state is ConnState.ESTABLISHED:
             body = self._unseal(body)
         if ftype not in _ACCEPTS[self._state]:
@@ -350,18 +352,16 @@ class LinkConnection:
 
     def _flush_new(self) -> bytes:
         """Seal every buffered message not yet sent on this connection, in order."""
-        peer = self._peer
-        if self._sent_upto >= peer.last_seq:
+        peer, start = self._peer, self._sent_upto
+        if start >= peer.last_seq:
             return b""
-        fresh = []
-        for item in reversed(peer.unacked):  # new messages are at the right end
-            if item[0] <= self._sent_upto:
-                break
-            fresh.append(item)
         self._sent_upto = peer.last_seq
         self._ack_due = False  # each data frame carries the cumulative ack
-        return b"".join(self._seal(f.encode_data(seq, peer.recv_seq, kind, payload))
-                        for seq, kind, payload in reversed(fresh))
+        # unacked holds consecutive seqs, so the unsent ones are the last few
+        skip = max(0, len(peer.unacked) - (peer.last_seq - start))
+        fresh = itertools.islice(peer.unacked, skip, None)
+        return b"".join([self._seal(f.encode_data(seq, peer.recv_seq, kind, payload))
+                         for seq, kind, payload in fresh])
 
     def _is_current(self) -> bool:
         return self._state is ConnState.ESTABLISHED and self._peer.epoch == self._epoch
@@ -371,13 +371,13 @@ class LinkConnection:
             raise _Refused("superseded by a newer connection from the same peer")
 
     def _seal(self, body: bytes) -> bytes:
-        tag = _mac(self._send_key, self._send_ctr.to_bytes(8, "big"), body)[:TAG_LEN]
+        tag = self._send_mac.digest(self._send_ctr.to_bytes(8, "big"), body)[:TAG_LEN]
         self._send_ctr += 1
         return f.frame(body + tag)
 
     def _unseal(self, body: bytes) -> bytes:
         msg, tag = body[:-TAG_LEN], body[-TAG_LEN:]
-        expected = _mac(self._recv_key, self._recv_ctr.to_bytes(8, "big"), msg)[:TAG_LEN]
+        expected = self._recv_mac.digest(self._recv_ctr.to_bytes(8, "big"), msg)[:TAG_LEN]
         if len(body) <= TAG_LEN or not hmac.compare_digest(expected, tag):
             raise FrameError("bad frame authentication tag (altered, injected or replayed)")
         self._recv_ctr += 1

@@ -14,6 +14,14 @@ Rules of this module:
   either detaches the session for XEP-0198 resumption (connection lost with
   resumption on) or ends it (`SessionClosed`, graceful when the stream was closed
   cleanly).
+- SPEC §8 backup connections (small, separate: `_backup_*`): a user this node does not
+  serve but backs up is admitted; its session is bound INACTIVE and its first stanza
+  must be `<hold/>` within the auth timeout, else the stream ends with the refusal
+  the login was spared (`server.auth.backup_kick`).
+- Relayed connections (small, separate: `_relay_*`; SPEC §2 Balanced mode): a user
+  served by another node (`RelayTo`) is admitted when that node is reachable; after
+  bind its session is opened there (`port.relay`, `server.cluster.relay`) and every
+  stanza is forwarded to it. No local `Session` exists for such a connection.
 """
 
 from __future__ import annotations
@@ -25,9 +33,11 @@ import xml.etree.ElementTree as ET
 from typing import TYPE_CHECKING
 
 from db.engine import DatabaseUnavailable
+from server.auth import RelayTo, backup_kick
+from server.features.inactive_session import is_hold_request
 from server.net.limits import TokenBucket
 from server.router import SessionBound
-from server.sessions import Session
+from server.sessions import Session, SessionKind
 from server.xmpp import events as ev
 from server.xmpp.errors import Condition, StanzaError, StreamCondition, StreamError, error_reply
 from server.xmpp.negotiation import SaslFailure
@@ -54,6 +64,9 @@ class Connection:
         self.closing = False  # the stream is over (StreamClosed seen)
         self.graceful = False  # ...and it ended cleanly
         self.notified_close = False  # SessionClosed already sent (node shutdown)
+        self.backup_refusal: StreamError | None = None  # SPEC §8: admitted as backup, no <hold/> yet
+        self.relay_node: str | None = None  # the active node this user's session is relayed to
+        self.relay = None  # server.cluster.relay.RelayedStream once that session is open
         self._lock = asyncio.Lock()
         self._bucket = TokenBucket(port.limits.rate_bytes_per_s, port.limits.rate_burst_bytes, port.now())
         self._tasks: set[asyncio.Task[None]] = set()
@@ -178,7 +191,12 @@ class Connection:
     async def _on_password_verified(self, event: ev.PasswordVerified) -> None:
         try:
             refusal = await self.port.accounts.login_refusal(event.username)
-            if refusal is None and self.port.admission is not None:  # the SRM's state (SPEC §6)
+            if refusal is not None and await self.port.accounts.backs_up(event.username):
+                spared = refusal.fallback if isinstance(refusal, RelayTo) else refusal
+                refusal, self.backup_refusal = None, backup_kick(spared)  # SPEC §8 inactive bind
+            elif isinstance(refusal, RelayTo):  # served by another node: relay (SPEC §2)
+                refusal = self._relay_admission(event.username, refusal)
+            elif refusal is None and self.port.admission is not None:  # the SRM's state (SPEC §6)
                 refusal = await self.port.admission(event.username)
         except DatabaseUnavailable as exc:
             log.warning("cannot locate %s: %s", event.username, exc)
@@ -208,11 +226,50 @@ class Connection:
         self.stream.registration_done(error)
 
     async def _on_resource_bound(self, event: ev.ResourceBound) -> None:
+        if self.relay_node is not None:
+            await self._relay_bound(event)
+            return
         session = Session(jid=event.jid, send=self.send_stanza, close=self._close_session)
+        if self.backup_refusal is not None:
+            self._backup_bound(session)
         session.client_active = self.stream.client_active
         self.session = session
         await self.port.bind(session, self)
         await self.port.ctx.notify(SessionBound(session))
+
+    # -- SPEC §8 backup connections ------------------------------------------------
+    def _backup_bound(self, session: Session) -> None:
+        session.kind = SessionKind.INACTIVE
+        asyncio.get_running_loop().call_later(self.port.limits.auth_timeout_s, lambda: self._spawn(self._backup_expired()))
+
+    def _backup_claimed(self, stanza: ET.Element) -> bool:
+        """The first stanza of a backup connection: `<hold/>` keeps it, anything else ends it."""
+        if is_hold_request(stanza):
+            self.backup_refusal = None
+            return True
+        log.info("%s bound on its backup node without <hold/>: %s", self.session.jid if self.session else self.ip, self.backup_refusal)
+        self.stream.close(self.backup_refusal)
+        return False
+
+    async def _backup_expired(self) -> None:
+        if self.backup_refusal is not None and not self.closing:
+            await self.kick(self.backup_refusal)
+
+    # -- relayed connections (server.cluster.relay) ------------------------------------
+    def _relay_admission(self, username: str, relay: RelayTo) -> SaslFailure | None:
+        if self.port.relay is None:  # a node without cluster links cannot relay
+            return SaslFailure(SaslCondition.TEMPORARY_AUTH_FAILURE, relay.text)
+        refusal = self.port.relay.refusal(username, relay.node)
+        if refusal is None:
+            self.relay_node = relay.node
+        return refusal
+
+    async def _relay_bound(self, event: ev.ResourceBound) -> None:
+        outcome = await self.port.relay.open(self, event.jid, self.relay_node)
+        if isinstance(outcome, StreamError):
+            self.stream.close(outcome)
+        else:
+            self.relay = outcome
 
     def _close_session(self) -> None:
         self.kick_soon(StreamError(StreamCondition.SYSTEM_SHUTDOWN, "session closed by the server"))
@@ -240,8 +297,15 @@ class Connection:
             self.session.client_active = event.active
 
     async def _on_stanza(self, event: ev.StanzaReceived) -> None:
+        if self.relay_node is not None:  # relayed: the active node routes it
+            self.port.metrics.stanzas_in.inc()
+            if self.relay is not None:
+                await self.relay.forward(event.stanza)
+            return
         assert self.session is not None
         self.port.metrics.stanzas_in.inc()
+        if self.backup_refusal is not None and not self._backup_claimed(event.stanza):
+            return
         if event.stanza.tag in ("message", "presence") and not self.port.presence_on():
             self._presence_engine_stopped(event.stanza)  # SPEC §4/§6: no presence, no IM
             return

@@ -13,6 +13,10 @@ Rules of this module:
 - Graceful shutdown (`shutdown`): stop accepting, notify `SessionClosed(graceful=True)`
   for every session while all connections still work (contacts get unavailable
   presence), then end every stream with `system-shutdown`, then wait (bounded).
+- Relayed sessions (`server.cluster.relay`, wired by the node): `relay` opens sessions
+  of connections whose user another node serves; `hosted` holds the sessions this
+  node serves for clients connected elsewhere. Binding, replacing and closing treat
+  hosted sessions like local ones (`bind_relayed`, `close_sessions`, `shutdown`).
 """
 
 from __future__ import annotations
@@ -76,6 +80,8 @@ class ClientPort:
         self.presence_on: Callable[[], bool] = lambda: True
         self.auth_on: Callable[[], bool] = lambda: True
         self.admission: Callable[[str], Coroutine[Any, Any, SaslFailure | None]] | None = None
+        self.relay: Any = None  # server.cluster.relay.RelayDialer
+        self.hosted: Any = None  # server.cluster.relay.RelayHost
 
     @staticmethod
     def now() -> float:
@@ -126,6 +132,10 @@ class ClientPort:
 
     async def _replace(self, old: Session) -> None:
         connection = self._owner.pop(old, None)
+        if connection is None and not any(r.session is old for r in self._resumable.values()):
+            old.close()  # a relayed session: its client is connected to another node
+            await self.ctx.notify(SessionClosed(old, graceful=False))
+            return
         for resume_id, record in list(self._resumable.items()):
             if record.session is old:
                 del self._resumable[resume_id]
@@ -159,6 +169,9 @@ class ClientPort:
         return record
 
     async def connection_finished(self, connection: Connection) -> None:
+        if connection.relay is not None:  # its session lives on another node
+            await connection.relay.finish(connection.graceful)
+            return
         session = connection.session
         if session is None or self._owner.get(session) is not connection:
             return
@@ -209,6 +222,9 @@ class ClientPort:
         for record in list(self._resumable.values()):
             if record.connection is None:
                 await self.end_session(record.session, graceful=True, sm=record.sm)
+        if self.hosted is not None:
+            shutdown = StreamError(StreamCondition.SYSTEM_SHUTDOWN, "the node is shutting down")
+            await self.hosted.close_sessions(lambda _session: True, lambda _username: shutdown)
         for connection in list(self.connections):
             connection.kick_soon(StreamError(StreamCondition.SYSTEM_SHUTDOWN, "the node is shutting down"))
         deadline = self.now() + timeout_s
@@ -254,8 +270,17 @@ class ClientPort:
                 await self.ctx.notify(SessionClosed(session, graceful=True))
                 connection.kick_soon(error_for(session.jid.local or ""))
                 closing.add(connection)
+        if self.hosted is not None:
+            ended += await self.hosted.close_sessions(chosen, error_for)
         await self._wait_gone(closing, timeout_s)
         return ended + len(closing)
+
+    async def bind_relayed(self, session: Session) -> None:
+        """Register a session whose client is connected to another node (it replaces
+        a session of the same full JID, wherever that one's client is)."""
+        old = self.ctx.sessions.add(session)
+        if old is not None:
+            await self._replace(old)
 
     async def _wait_gone(self, connections: set[Connection], timeout_s: float) -> None:
         deadline = self.now() + timeout_s

@@ -121,6 +121,8 @@ class SrmRunner:
     async def start(self) -> None:
         """Read the persisted state, open the SRM port, dial the peer, feed SrmStarted."""
         setup = await self._load()
+        async with self._db() as session:  # create this node's row before two tasks may write it
+            await srm_state.renew_alive(session, self.node)
         self._install(setup)
         self._post(SrmStarted(setup.epoch))
         allowed = frozenset({setup.peer.name}) if setup.peer else frozenset()
@@ -196,7 +198,7 @@ class SrmRunner:
 
     def redirect(self, cause: StopCause = StopCause.SRM) -> StreamError:
         """The stream error for clients this node lets go: see-other-host to the peer."""
-        peer = self._setup.peer if self._setup is not None else None
+        peer = self._setup.peer if self._setup is not None and self._setup.ha_enabled else None
         if peer is None or cause is not StopCause.SRM:
             return StreamError(StreamCondition.SYSTEM_SHUTDOWN, f"node {self.node} stopped serving")
         return StreamError(StreamCondition.SEE_OTHER_HOST, f"served by {peer.name} now",

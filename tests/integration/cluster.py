@@ -360,3 +360,107 @@ async def slix_disconnect(client, timeout: float = 10.0) -> None:
     done = client.disconnect()
     if done is not None:
         await asyncio.wait_for(done, timeout)
+
+
+# --- HA pairs (SRM integration tests) ---------------------------------------------------
+# An HA node in Initializing serves nobody and keeps its client port closed until it has
+# heard its peer (SPEC §6), so both processes are spawned first and readiness is the
+# state the SRMs persist in the database.
+
+FAST_SRM = {"heartbeat_interval_s": 1, "heartbeat_timeout_s": 2, "init_heartbeat_timeout_s": 3, "critical_service_delay_s": 1}
+
+
+def db_call(db_url: str, fn: Callable) -> object:
+    """Run `await fn(session)` on a fresh engine, on a worker thread (usable from async tests)."""
+    from db.engine import make_engine, make_session_factory
+
+    async def go():
+        engine = make_engine(db_url)
+        try:
+            async with make_session_factory(engine)() as session:
+                return await fn(session)
+        finally:
+            await engine.dispose()
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, go()).result()
+
+
+def ha_states(db_url: str, names: tuple[str, ...] = ("n1", "n2")) -> dict[str, tuple[str, str] | None]:
+    """{node: (state, reason)} as the SRMs persisted them."""
+    from db import srm_state
+
+    async def read(session):
+        rows = {name: await srm_state.read_state(session, name) for name in names}
+        return {name: (row.state, row.reason) if row else None for name, row in rows.items()}
+
+    return db_call(db_url, read)
+
+
+def active_nodes(db_url: str) -> dict[str, str | None]:
+    """{username: active node} from the database."""
+    from db import users
+
+    async def read(session):
+        return {u.username: u.active_node for u in await users.list_users(session)}
+
+    return db_call(db_url, read)
+
+
+def spawn_node(node: NodeProcess) -> None:
+    """Start the node process without waiting for its client port."""
+    argv = node_argv("-v", "node", "run", "--name", node.name, "--db", node.db_url, "--data-dir", str(node.data_dir))
+    for item in node.sets:
+        argv += ["--set", item]
+    with open(node.log_path, "ab") as log:
+        node.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=os.environ.copy())
+
+
+def start_ha_pair(
+    db_url: str, tmp_path: Path, users=(("alice", "alice-pw"), ("bob", "bob-pw")), placement=None, params=None,
+    sets: tuple[str, ...] = FAST_LIMITS,
+) -> Cluster:
+    """Two nodes n1, n2 in group g1 with HA on and fast SRM timers, both Normal."""
+    names = ["n1", "n2"]
+    data_dir = tmp_path / "cluster"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    ports: dict = {name: free_ports(5) for name in names}
+    ports["_dir"] = str(data_dir)
+    all_params = {**FAST_SRM, "see_other_host_redirect": "true", **(params or {})}
+    _provision(db_url, names, ports, list(users), placement or {}, all_params)
+    cli(db_url, "group", "edit", "g1", "--ha", "on")
+    procs = {name: NodeProcess(name, ports[name][0], ports[name][4], data_dir, db_url, tuple(sets)) for name in names}
+    cluster = Cluster(db_url, DOMAIN, data_dir, procs, dict(users))
+    try:
+        for proc in procs.values():
+            spawn_node(proc)
+        poll_until(lambda: _both_normal(cluster), START_DEADLINE_S, "both nodes Normal", 0.1)
+    except BaseException:
+        cluster.stop()
+        raise
+    return cluster
+
+
+def _both_normal(cluster: Cluster) -> bool:
+    for node in cluster.nodes.values():
+        if not node.alive():
+            raise AssertionError(f"node {node.name} exited:\n{node.log()}")
+    return all(s == ("Normal", "Normal") for s in ha_states(cluster.db_url).values())
+
+
+@pytest.fixture
+def ha_pair_factory(db_url, tmp_path) -> Iterator[Callable[..., Cluster]]:
+    """`ha_pair_factory(users=..., placement=...)`: HA pairs stopped and reaped at teardown."""
+    started: list[Cluster] = []
+
+    def factory(**kwargs) -> Cluster:
+        cluster = start_ha_pair(db_url, tmp_path / f"ha{len(started)}", **kwargs)
+        started.append(cluster)
+        return cluster
+
+    yield factory
+    for cluster in started:
+        for node in cluster.nodes.values():
+            if node.alive():
+                node.process.send_signal(signal.SIGCONT)  # a SIGSTOPped node cannot exit
+        cluster.stop()

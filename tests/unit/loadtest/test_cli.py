@@ -45,7 +45,7 @@ def test_render_handles_every_scenario():
                      "lost": 0, "pairs": 1, **lat},
             "presence": {"broadcasts": 1, "offered_rate": 1.0, "complete": 1, "contacts": 20,
                          "fanout": lat, "delivery": {**lat, "p99_ms": math.nan}},
-            "memory": [{"sessions": 10, "held": 10, "setup_failures": 0, "kb_per_session": 5.0,
+            "memory": [{"sessions": 10, "held": 10, "setup_failures": 0, "kb_per_session": 5.0, "rss_baseline_kb": 1,
                         "rss_before_kb": 1, "rss_after_kb": 51}],
         },
     }

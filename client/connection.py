@@ -1,0 +1,243 @@
+"""One client stream to one node, on slixmpp (the adapter's I/O for `client.dual`).
+
+Rules of this module:
+- slixmpp's string-named events stay inside this file; the rest of the client sees
+  typed callbacks (`ConnectionHooks`) and typed outcomes.
+- One `NodeConnection` is one TCP connection and one login: it never reconnects by
+  itself (slixmpp's own reconnects are cancelled). A `see-other-host` stream error is
+  not followed by slixmpp (it would reconnect to the old address): it is reported as
+  the `redirect` of the failure or of the loss, and the policy decides.
+- The backup protocol (docs/xep-presence-ha-backup.md): `query_backup`, `hold`,
+  `activate`, `retire`, and the server's `<activated/>` push (answered, then reported).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import xml.etree.ElementTree as ET
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import slixmpp
+from slixmpp.exceptions import IqError, IqTimeout
+from slixmpp.xmlstream.handler import Callback
+from slixmpp.xmlstream.matcher import MatchXPath
+
+from client.policy import DEFAULT_RELOGIN_S, BackupInfo, Endpoint
+
+log = logging.getLogger(__name__)
+
+NS_BACKUP = "urn:presence-ha:backup:0"
+NS_CLIENT = "jabber:client"
+NS_STANZAS = "urn:ietf:params:xml:ns:xmpp-stanzas"
+IQ_TIMEOUT_S = 10.0
+
+
+class LoginFailed(Exception):
+    def __init__(self, detail: str, redirect: Endpoint | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.redirect = redirect
+
+
+class BackupRefused(Exception):
+    """A backup IQ answered with an error: its condition, type and our app condition."""
+
+    def __init__(self, condition: str, etype: str, app_condition: str | None, text: str) -> None:
+        super().__init__(f"{condition} ({etype}){' ' + app_condition if app_condition else ''}: {text}")
+        self.condition, self.etype, self.app_condition = condition, etype, app_condition
+
+
+@dataclass
+class ConnectionHooks:
+    """What a connection reports; all called on the event loop."""
+
+    lost: Callable[[NodeConnection, Endpoint | None, str], None]
+    message: Callable[[NodeConnection, str, str, str], None]  # (conn, from, type, body)
+    presence: Callable[[NodeConnection, str, bool, str, str], None]  # (conn, from, available, show, status)
+    activated: Callable[[NodeConnection, bool], None]  # server push: (conn, presence restored)
+
+
+def _app_condition(iq) -> str | None:
+    error = iq.xml.find(f"{{{NS_CLIENT}}}error")
+    for child in error if error is not None else ():
+        if child.tag.startswith(f"{{{NS_BACKUP}}}"):
+            return child.tag.split("}", 1)[1]
+    return None
+
+
+def _refused(exc: IqError) -> BackupRefused:
+    return BackupRefused(exc.condition, exc.etype, _app_condition(exc.iq), exc.text or "")
+
+
+class NodeConnection:
+    def __init__(self, jid: str, password: str, endpoint: Endpoint, hooks: ConnectionHooks, *, insecure: bool = False) -> None:
+        self.endpoint = endpoint
+        self.hooks = hooks
+        self.closed = False
+        self._redirect: Endpoint | None = None
+        self._error = ""
+        self._ready: asyncio.Future[str] | None = None
+        self._closing: asyncio.Future[Any] | None = None
+        self.xmpp = slixmpp.ClientXMPP(jid, password)
+        self.xmpp.max_redirects = -1  # we follow see-other-host ourselves (see module rules)
+        self.xmpp.register_plugin("xep_0030")
+        self.xmpp.register_plugin("xep_0199", {"keepalive": True, "interval": 30, "timeout": 10})
+        if insecure:
+            self.xmpp.ssl_context.check_hostname = False
+            self.xmpp.ssl_context.verify_mode = ssl.CERT_NONE
+        self._wire()
+
+    @property
+    def jid(self) -> str:
+        return str(self.xmpp.boundjid)
+
+    def _wire(self) -> None:
+        x = self.xmpp
+        x.add_event_handler("session_start", lambda _e: self._settle("ok"))
+        x.add_event_handler("failed_all_auth", lambda _e: self._settle("authentication failed"))
+        x.add_event_handler("connection_failed", self._on_connection_failed)
+        x.add_event_handler("stream_error", self._on_stream_error)
+        x.add_event_handler("disconnected", self._on_disconnected)
+        x.add_event_handler("message", self._on_message)
+        x.add_event_handler("presence_available", lambda p: self._on_presence(p, True))
+        x.add_event_handler("presence_unavailable", lambda p: self._on_presence(p, False))
+        x.register_handler(Callback("ha activated", MatchXPath(f"{{{NS_CLIENT}}}iq/{{{NS_BACKUP}}}activated"),
+                                    self._on_activated_push))
+
+    def _settle(self, outcome: str) -> None:
+        if self._ready is not None and not self._ready.done():
+            self._ready.set_result(outcome)
+
+    # -- lifecycle --------------------------------------------------------------------
+    async def open(self, timeout_s: float = 15.0) -> None:
+        """Connect, authenticate, bind; raise `LoginFailed` (with the redirect, if any)."""
+        self._ready = asyncio.get_running_loop().create_future()
+        self.xmpp.connect(self.endpoint.host, self.endpoint.port)
+        try:
+            outcome = await asyncio.wait_for(asyncio.shield(self._ready), timeout_s)
+        except TimeoutError:
+            outcome = f"no session within {timeout_s}s"
+        if outcome != "ok":
+            self.close()
+            raise LoginFailed(self._error or outcome, self._redirect)
+
+    def close(self) -> None:
+        """End the stream (`</stream:stream>`); no loss is reported afterwards."""
+        if self.closed:
+            return
+        self.closed = True
+        self.xmpp.cancel_connection_attempt()
+        if self.xmpp.transport is not None:
+            self._closing = self.xmpp.disconnect(wait=0.5)
+
+    async def wait_closed(self, timeout_s: float = 3.0) -> None:
+        """Wait for the TCP connection to end after `close()`; abort it past `timeout_s`."""
+        if self._closing is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._closing), timeout_s)
+            except TimeoutError:
+                self.xmpp.abort()
+
+    def _on_connection_failed(self, error) -> None:
+        self.xmpp.cancel_connection_attempt()  # slixmpp would retry on its own
+        self._error = f"cannot connect to {self.endpoint}: {error}"
+        self._settle(self._error)
+
+    def _on_stream_error(self, error) -> None:
+        self._error = f"stream error {error['condition']}: {error['text']}".strip()
+        if error["condition"] == "see-other-host" and error["see_other_host"]:
+            self._redirect = Endpoint.parse(error["see_other_host"])
+
+    def _on_disconnected(self, reason) -> None:
+        self._settle(self._error or f"disconnected: {reason}")
+        if self.closed:
+            return
+        self.closed = True
+        self.hooks.lost(self, self._redirect, self._error or f"connection lost ({reason})")
+
+    # -- stanzas in -----------------------------------------------------------------------
+    def _on_message(self, msg) -> None:
+        if msg["type"] in ("chat", "normal", "headline") and msg["body"]:
+            self.hooks.message(self, str(msg["from"]), msg["type"], msg["body"])
+
+    def _on_presence(self, presence, available: bool) -> None:
+        self.hooks.presence(self, str(presence["from"]), available, presence["show"] or "", presence["status"] or "")
+
+    def _on_activated_push(self, iq) -> None:
+        if iq["type"] != "set":
+            return
+        payload = iq.xml.find(f"{{{NS_BACKUP}}}activated")
+        iq.reply().send()
+        self.hooks.activated(self, payload is not None and payload.get("presence") == "restored")
+
+    # -- requests ---------------------------------------------------------------------------
+    async def _iq(self, itype: str, payload: ET.Element):
+        iq = self.xmpp.make_iq(itype=itype)
+        iq.append(payload)
+        try:
+            return await iq.send(timeout=IQ_TIMEOUT_S)
+        except IqError as exc:
+            raise _refused(exc) from None
+        except IqTimeout:
+            raise BackupRefused("remote-server-timeout", "wait", None, "no answer") from None
+
+    async def query_backup(self) -> BackupInfo:
+        """IQ get `<backup/>` (§3); a server that does not know it: no backup."""
+        try:
+            result = await self._iq("get", ET.Element(f"{{{NS_BACKUP}}}backup"))
+        except BackupRefused as exc:
+            return BackupInfo(None, None, *DEFAULT_RELOGIN_S, reason=f"unsupported: {exc}")
+        return parse_backup(result.xml.find(f"{{{NS_BACKUP}}}backup"))
+
+    async def hold(self) -> bool:
+        """IQ set `<hold/>` (§4): True if held, False if this node serves us (`served-here`)."""
+        try:
+            await self._iq("set", ET.Element(f"{{{NS_BACKUP}}}hold"))
+        except BackupRefused as exc:
+            if exc.app_condition == "served-here":
+                return False
+            raise
+        return True
+
+    async def activate(self) -> bool:
+        """IQ set `<activate/>` (§5): presence restored or not; `BackupRefused` else."""
+        result = await self._iq("set", ET.Element(f"{{{NS_BACKUP}}}activate"))
+        payload = result.xml.find(f"{{{NS_BACKUP}}}activated")
+        return payload is not None and payload.get("presence") == "restored"
+
+    async def retire(self, timeout_s: float = 1.0) -> None:
+        """Make-before-break: demote this (old active) session with `<hold/>`, then close."""
+        try:
+            await asyncio.wait_for(self._iq("set", ET.Element(f"{{{NS_BACKUP}}}hold")), timeout_s)
+        except (BackupRefused, TimeoutError) as exc:
+            log.info("old session on %s not demoted: %s", self.endpoint, exc)
+        self.close()
+
+    async def roster(self) -> list[tuple[str, str, str]]:
+        """(jid, name, subscription) of every roster item."""
+        result = await self.xmpp.get_roster(timeout=IQ_TIMEOUT_S)
+        items = result["roster"]["items"] if result is not None else {}
+        return [(str(jid), item.get("name", ""), item.get("subscription", "none")) for jid, item in items.items()]
+
+    def send_presence(self, show: str, status: str) -> None:
+        self.xmpp.send_presence(pshow=show or None, pstatus=status or None)
+
+    def send_message(self, to: str, body: str) -> None:
+        self.xmpp.send_message(mto=to, mbody=body, mtype="chat")
+
+
+
+def parse_backup(payload: ET.Element | None) -> BackupInfo:
+    if payload is None:
+        return BackupInfo(None, None, *DEFAULT_RELOGIN_S, reason="unsupported: empty answer")
+    relogin = payload.find(f"{{{NS_BACKUP}}}relogin")
+    limits = (float(relogin.get("lower")), float(relogin.get("upper"))) if relogin is not None else DEFAULT_RELOGIN_S
+    node = payload.find(f"{{{NS_BACKUP}}}node")
+    if node is None:
+        none = payload.find(f"{{{NS_BACKUP}}}none")
+        return BackupInfo(None, None, *limits, reason=none.get("reason") if none is not None else "none")
+    return BackupInfo(node.get("name"), Endpoint(node.get("host"), int(node.get("port"))), *limits)

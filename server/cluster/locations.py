@@ -1,0 +1,68 @@
+"""Which node serves each user right now: a cache of `users.active_node` (SPEC §2, §9).
+
+Rules of this module:
+- The database is the truth; this is a cache in front of it. A miss (or an entry
+  older than `ttl_s`) is one read through the injected `load(username)`.
+- Entries are forgotten wholesale when users move: on a "users moved" CONTROL from a
+  peer (`forget_all`), and when the cluster's move fingerprint (the sum of the groups'
+  epochs, bumped by every fenced move) changes, which `refresh` checks each
+  `refresh_s`. The TTL bounds staleness for moves made outside the SRM (`user assign`).
+- A failed read raises `DatabaseUnavailable` to the caller: without the database
+  nobody is routed (SPEC §9, "a node that has lost the database serves nobody").
+- The clock is injected (`now`), so the cache is testable without sleeping.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+Loader = Callable[[str], Awaitable[str | None]]
+Fingerprint = Callable[[], Awaitable[int]]
+
+
+@dataclass
+class _Entry:
+    node: str | None
+    at: float
+
+
+class LocationCache:
+    def __init__(self, load: Loader, fingerprint: Fingerprint, now: Callable[[], float],
+                 ttl_s: float = 10.0, max_entries: int = 200_000) -> None:
+        self._load, self._fingerprint, self._now = load, fingerprint, now
+        self.ttl_s, self.max_entries = ttl_s, max_entries
+        self._entries: dict[str, _Entry] = {}
+        self._print: int | None = None
+        self.reads = 0  # database reads, for tests and metrics
+
+    async def active_node(self, username: str) -> str | None:
+        """The node serving `username` now (None: nobody, or no such user)."""
+        entry = self._entries.get(username)
+        now = self._now()
+        if entry is not None and now - entry.at < self.ttl_s:
+            return entry.node
+        node = await self._load(username)
+        self.reads += 1
+        if len(self._entries) >= self.max_entries:
+            self._entries.clear()  # a bounded cache; the next lookups refill it
+        self._entries[username] = _Entry(node, now)
+        return node
+
+    def forget(self, username: str) -> None:
+        self._entries.pop(username, None)
+
+    def forget_all(self) -> None:
+        self._entries.clear()
+
+    async def refresh(self) -> bool:
+        """Forget everything if users moved since the last call; True if they did."""
+        current = await self._fingerprint()
+        moved = self._print is not None and current != self._print
+        self._print = current
+        if moved:
+            self.forget_all()
+        return moved
+
+    def __len__(self) -> int:
+        return len(self._entries)

@@ -1,0 +1,245 @@
+"""Relayed sessions: a client dialled one node, its account is served by another.
+
+Rules of this module:
+- The dialled node keeps the client's TCP/TLS stream (`RelayDialer`); after bind it
+  asks the active node (CONTROL `open`) to create the session, then forwards the
+  client's stanzas upstream (`U <sid>` frames) and writes downstream frames (`D <sid>`)
+  to the client. The client notices nothing.
+- The active node (`RelayHost`) holds a `Session` in its `SessionRegistry` whose
+  `send` posts downstream frames: the session lives, is counted and routed there like
+  a local one. It admits the session only if the database says it serves the account
+  now and its SRM agrees (`admission`).
+- Either side ends a relayed session with one CONTROL: `closed` (the client's stream
+  ended) or `close` (the active node ends it; the stream error travels with it). A
+  peer process that restarted, or stayed unreachable for `timeout_s`, ends every
+  relayed session shared with it: on the active node as an ungraceful close (its
+  contacts get unavailable presence), on the dialled node by ending the stream.
+- A downstream backlog that is full ends the session, as c2s does with a client
+  that stops reading.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import xml.etree.ElementTree as ET
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from server.cluster import wire
+from server.cluster.links import LinkMesh
+from server.cluster.locations import LocationCache
+from server.features.context import FeatureContext
+from server.link import Kind
+from server.router import SessionBound, SessionClosed
+from server.sessions import Session
+from server.xmpp.errors import Condition, StanzaError, StreamCondition, StreamError, error_reply
+from server.xmpp.jid import JID, InvalidJid
+from server.xmpp.negotiation import SaslFailure
+from server.xmpp.sasl import SaslCondition
+
+log = logging.getLogger(__name__)
+Admission = Callable[[str], Awaitable[Any]]
+
+
+class ClientConnection(Protocol):
+    """What the dialer needs of a c2s connection."""
+
+    def send_stanza(self, stanza: ET.Element) -> None: ...
+    def kick_soon(self, error: StreamError | None) -> None: ...
+
+
+@dataclass(eq=False)
+class RelayedStream:
+    """The dialled node's handle on one relayed connection (c2s `Connection.relay`)."""
+
+    sid: str
+    node: str
+    jid: JID
+    dialer: RelayDialer
+
+    async def forward(self, stanza: ET.Element) -> None:
+        await self.dialer.forward(self, stanza)
+
+    async def finish(self, graceful: bool) -> None:
+        self.dialer.finish(self, graceful)
+
+
+class RelayDialer:
+    def __init__(self, mesh: LinkMesh, grace_s: float, open_timeout_s: float = 10.0) -> None:
+        self.mesh, self.grace_s, self.open_timeout_s = mesh, grace_s, open_timeout_s
+        self._conns: dict[str, tuple[ClientConnection, str]] = {}  # sid -> (connection, node)
+        self._pending: dict[str, asyncio.Future[str | None]] = {}
+
+    def refusal(self, username: str, node: str) -> SaslFailure | None:
+        """None if `node` can be reached to host `username`'s session."""
+        channel = self.mesh.channel(node)
+        if channel is not None and channel.down_for() <= self.grace_s:
+            return None
+        return SaslFailure(SaslCondition.TEMPORARY_AUTH_FAILURE, f"node {node} serving {username} is unreachable; retry later")
+
+    async def open(self, connection: ClientConnection, jid: JID, node: str) -> RelayedStream | StreamError:
+        channel = self.mesh.channel(node)
+        if channel is None:
+            return StreamError(StreamCondition.INTERNAL_SERVER_ERROR, f"unknown node {node}")
+        sid = secrets.token_hex(8)
+        waiter = self._pending[sid] = asyncio.get_running_loop().create_future()
+        self._conns[sid] = (connection, node)
+        try:
+            await channel.send(Kind.CONTROL, wire.encode_control(wire.Op.OPEN, sid=sid, jid=str(jid)))
+            reason = await asyncio.wait_for(waiter, self.open_timeout_s)
+        except TimeoutError:
+            reason = f"node {node} did not answer in time"
+            channel.post(Kind.CONTROL, wire.encode_control(wire.Op.CLOSED, sid=sid, graceful=False))
+        finally:
+            self._pending.pop(sid, None)
+        if reason is not None:
+            self._conns.pop(sid, None)
+            log.info("relay of %s to %s refused: %s", jid, node, reason)
+            return StreamError(StreamCondition.RESET, reason)
+        log.info("%s relayed to node %s (sid %s)", jid, node, sid)
+        return RelayedStream(sid, node, jid, self)
+
+    async def forward(self, stream: RelayedStream, stanza: ET.Element) -> None:
+        channel = self.mesh.channel(stream.node)
+        assert channel is not None
+        await channel.send(Kind.STANZA, wire.encode_session(stream.sid, stanza, upstream=True))
+
+    def finish(self, stream: RelayedStream, graceful: bool) -> None:
+        if self._conns.pop(stream.sid, None) is None:
+            return
+        channel = self.mesh.channel(stream.node)
+        if channel is not None:
+            channel.post(Kind.CONTROL, wire.encode_control(wire.Op.CLOSED, sid=stream.sid, graceful=graceful))
+
+    # -- from the active node --------------------------------------------------------
+    def answered(self, sid: str, reason: str | None) -> None:
+        waiter = self._pending.get(sid)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(reason)
+
+    def downstream(self, sid: str, stanza: ET.Element) -> None:
+        entry = self._conns.get(sid)
+        if entry is not None:
+            entry[0].send_stanza(stanza)
+
+    def closed_by_host(self, sid: str, control: wire.Control) -> None:
+        entry = self._conns.pop(sid, None)
+        if entry is None:
+            return
+        try:
+            condition = StreamCondition(control.text("condition", "system-shutdown"))
+        except ValueError:
+            condition = StreamCondition.SYSTEM_SHUTDOWN
+        entry[0].kick_soon(StreamError(condition, control.text("text"), other_host=control.text("other_host")))
+
+    def peer_lost(self, node: str, why: str) -> None:
+        for sid, (connection, target) in list(self._conns.items()):
+            if target == node:
+                del self._conns[sid]
+                connection.kick_soon(StreamError(StreamCondition.SYSTEM_SHUTDOWN, f"node {node} {why}"))
+
+    def count(self) -> int:
+        return len(self._conns)
+
+
+class RelayHost:
+    def __init__(self, ctx: FeatureContext, port: Any, mesh: LinkMesh, locations: LocationCache) -> None:
+        self.ctx, self.port, self.mesh, self.locations = ctx, port, mesh, locations
+        self._sessions: dict[tuple[str, str], Session] = {}
+
+    async def open(self, peer: str, control: wire.Control) -> None:
+        sid = control.text("sid") or ""
+        try:
+            jid = JID.parse(control.text("jid") or "")
+        except InvalidJid:
+            jid = None
+        refusal = "bad session address" if jid is None or jid.is_bare or jid.domain != self.ctx.domain else None
+        refusal = refusal or await self._refusal(jid)
+        channel = self.mesh.channel(peer)
+        if refusal is not None:
+            channel.post(Kind.CONTROL, wire.encode_control(wire.Op.REFUSED, sid=sid, reason=refusal))
+            return
+        session = Session(jid=jid, send=lambda s: self._down(peer, sid, s), close=lambda: self._closed_here(peer, sid))
+        self._sessions[(peer, sid)] = session
+        channel.post(Kind.CONTROL, wire.encode_control(wire.Op.OPENED, sid=sid))
+        await self.port.bind_relayed(session)
+        await self.ctx.notify(SessionBound(session))
+        log.info("%s bound here through node %s (sid %s)", jid, peer, sid)
+
+    async def _refusal(self, jid: JID) -> str | None:
+        self.locations.forget(jid.local or "")
+        node = await self.locations.active_node(jid.local or "")
+        if node != self.ctx.node_name:
+            return f"{jid.bare} is served by {node}, not {self.ctx.node_name}"
+        admission = getattr(self.port, "admission", None)
+        verdict = await admission(jid.local or "") if admission is not None else None
+        return str(verdict) if verdict is not None else None
+
+    async def upstream(self, peer: str, sid: str, stanza: ET.Element) -> None:
+        session = self._sessions.get((peer, sid))
+        if session is None:
+            return  # the session ended while the stanza travelled
+        if stanza.tag in ("message", "presence") and not self.port.presence_on():
+            if stanza.tag == "message" and stanza.get("type") != "error":
+                session.send(error_reply(stanza, StanzaError(Condition.SERVICE_UNAVAILABLE, "presence engine stopped")))
+            return
+        await self.ctx.router.dispatch(self.ctx, session, stanza)
+
+    async def closed(self, peer: str, sid: str, graceful: bool) -> None:
+        session = self._sessions.pop((peer, sid), None)
+        if session is not None:
+            await self._end(session, graceful)
+
+    async def _end(self, session: Session, graceful: bool) -> None:
+        self.ctx.sessions.remove(session)
+        await self.ctx.notify(SessionClosed(session, graceful))
+
+    def _down(self, peer: str, sid: str, stanza: ET.Element) -> None:
+        channel = self.mesh.channel(peer)
+        if not channel.post(Kind.STANZA, wire.encode_session(sid, stanza, upstream=False)):
+            session = self._sessions.get((peer, sid))
+            if session is not None:
+                asyncio.get_running_loop().create_task(self.close_one(peer, sid, None))
+
+    def _closed_here(self, peer: str, sid: str) -> None:
+        """`Session.close()`: the server ends it (its SessionClosed is the caller's)."""
+        session = self._sessions.pop((peer, sid), None)
+        if session is None:
+            return
+        replaced = self.ctx.sessions.get(session.jid) is not session
+        condition = StreamCondition.CONFLICT if replaced else StreamCondition.SYSTEM_SHUTDOWN
+        self._send_close(peer, sid, StreamError(condition, "session closed by the server"))
+
+    def _send_close(self, peer: str, sid: str, error: StreamError | None) -> None:
+        fields: dict[str, Any] = {"sid": sid}
+        if error is not None:
+            fields.update(condition=error.condition.value, text=error.text, other_host=error.other_host)
+        self.mesh.channel(peer).post(Kind.CONTROL, wire.encode_control(wire.Op.CLOSE, **fields))
+
+    async def close_one(self, peer: str, sid: str, error: StreamError | None) -> None:
+        session = self._sessions.pop((peer, sid), None)
+        if session is not None:
+            await self._end(session, graceful=True)
+            self._send_close(peer, sid, error)
+
+    async def close_sessions(self, chosen: Callable[[Session], bool],
+                             error_for: Callable[[str], StreamError | None]) -> int:
+        """End the chosen relayed sessions (the SRM, a stopping node); how many."""
+        keys = [key for key, session in self._sessions.items() if chosen(session)]
+        for peer, sid in keys:
+            session = self._sessions.get((peer, sid))
+            if session is not None:
+                await self.close_one(peer, sid, error_for(session.jid.local or ""))
+        return len(keys)
+
+    async def peer_lost(self, peer: str) -> None:
+        for key in [key for key in self._sessions if key[0] == peer]:
+            session = self._sessions.pop(key, None)
+            if session is not None:
+                await self._end(session, graceful=False)
+
+    def count(self) -> int:
+        return len(self._sessions)

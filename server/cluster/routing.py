@@ -1,0 +1,73 @@
+"""Stanzas for accounts served by another node: out over the link, in through the router.
+
+Rules of this module:
+- `ClusterRoute` is the router's remote-route hook (`server.router.RemoteRoute`): for
+  an account whose active node is another node it sends the stanza there and says
+  "taken"; for an account served here, by nobody, or unknown, it says "not mine" and
+  the router delivers locally.
+- A peer that is unreachable (its link down for more than `grace_s`) gets nothing
+  new: the stanza is handled here as for an account with no available resource,
+  which the shared database makes right: chat/normal messages go to offline storage,
+  subscriptions and probes are answered from the shared records, presence has
+  nobody to show, and an IQ get/set is bounced with `recipient-unavailable` (the
+  account's server is in maintenance, RFC 6120 §8.3.3.13). During the grace, and
+  for whatever was queued before, the link delivers exactly once when it is back.
+- Received routed stanzas are delivered here with the full local rules and never
+  forwarded again (no loops between nodes whose caches disagree); their `from`
+  must be of the cluster's domain.
+"""
+
+from __future__ import annotations
+
+import logging
+import xml.etree.ElementTree as ET
+from typing import TYPE_CHECKING
+
+from server.cluster import wire
+from server.cluster.links import LinkMesh
+from server.cluster.locations import LocationCache
+from server.link import Kind
+from server.xmpp.errors import Condition, StanzaError
+from server.xmpp.jid import JID
+
+if TYPE_CHECKING:
+    from server.features.context import FeatureContext
+    from server.sessions import Session
+
+log = logging.getLogger(__name__)
+
+
+class ClusterRoute:
+    def __init__(self, node: str, locations: LocationCache, mesh: LinkMesh, grace_s: float = 3.0) -> None:
+        self.node, self.locations, self.mesh, self.grace_s = node, locations, mesh, grace_s
+        self.routed = 0  # stanzas sent to another node
+        self.unreachable = 0  # stanzas handled here because their node was unreachable
+
+    async def route(self, ctx: FeatureContext, stanza: ET.Element, to: JID, sender: Session | None) -> bool:
+        """True if `stanza` went to the node serving `to`; False: deliver it here."""
+        if to.local is None:
+            return False
+        node = await self.locations.active_node(to.local)
+        channel = self.mesh.channel(node) if node is not None and node != self.node else None
+        if channel is None:
+            return False
+        if channel.down_for() > self.grace_s:
+            self.unreachable += 1
+            log.info("node %s unreachable: %s for %s handled here", node, stanza.tag, to)
+            if stanza.tag == "iq" and stanza.get("type") in ("get", "set"):
+                raise StanzaError(Condition.RECIPIENT_UNAVAILABLE, f"the node serving {to.bare} is unreachable")
+            return False
+        await channel.send(Kind.STANZA, wire.encode_routed(stanza))
+        self.routed += 1
+        return True
+
+
+async def deliver_routed(ctx: FeatureContext, stanza: ET.Element) -> None:
+    """A stanza a peer routed here: the local delivery rules, never forwarded again."""
+    await ctx.router.deliver(ctx, stanza, route_remote=False)
+
+
+def recipient_key(stanza: ET.Element) -> str:
+    """The inbox key of a routed stanza: its recipient account (ordered per receiver)."""
+    to = stanza.get("to") or ""
+    return "r:" + to.split("/", 1)[0]

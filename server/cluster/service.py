@@ -1,0 +1,168 @@
+"""The cluster component of a node: links, location cache, remote routing, relay.
+
+Rules of this module:
+- `ClusterService.start(...)` reads the cluster's nodes, opens the link mesh, installs
+  the router's remote-route hook and the client port's relay hooks. `stop()` drains
+  what was sent (bounded), then closes the links; call it after the client port's
+  shutdown, so the contacts of ending sessions still get unavailable presence.
+- Frames from peers are decoded here (`wire`), then run in the `Inbox`, keyed by
+  recipient account or relayed session. A bad frame is logged and dropped.
+- Every `refresh_s` the location cache checks the move fingerprint; when users moved
+  it tells the peers (CONTROL `moved`) so they forget their cached locations too.
+  The same loop ends relayed sessions whose peer stayed unreachable for
+  `relay_timeout_s`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from db import groups, nodes, users
+from db.engine import DatabaseUnavailable
+from server.cluster import wire
+from server.cluster.inbox import Inbox
+from server.cluster.links import LinkMesh, PeerAddress
+from server.cluster.locations import LocationCache
+from server.cluster.relay import RelayDialer, RelayHost
+from server.cluster.routing import ClusterRoute, deliver_routed, recipient_key
+from server.features.context import FeatureContext
+from server.link import Kind
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ClusterTimers:
+    grace_s: float = 3.0  # a peer down longer than this is unreachable for new stanzas
+    relay_timeout_s: float = 10.0  # relayed sessions end after their peer is gone this long
+    refresh_s: float = 1.0  # move-fingerprint check period
+    location_ttl_s: float = 10.0
+
+
+class ClusterService:
+    def __init__(self, ctx: FeatureContext, port: Any, session_factory: Any, timers: ClusterTimers = ClusterTimers()) -> None:
+        self.ctx, self.port, self._db, self.timers = ctx, port, session_factory, timers
+        self.locations = LocationCache(self._load_location, self._fingerprint, time.monotonic, timers.location_ttl_s)
+        self.inbox = Inbox()
+        self.mesh: LinkMesh | None = None
+        self.route: ClusterRoute | None = None
+        self.dialer: RelayDialer | None = None
+        self.host: RelayHost | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._lost: set[str] = set()  # peers whose relayed sessions were ended this outage
+
+    async def _load_location(self, username: str) -> str | None:
+        async with self._db() as session:
+            location = await users.user_location(session, username)
+        return location[1] if location else None
+
+    async def _fingerprint(self) -> int:
+        async with self._db() as session:
+            return sum(group.epoch for group in await groups.list_groups(session))
+
+    async def start(self, node: nodes.NodeInfo, secret: bytes, listen_host: str) -> None:
+        async with self._db() as session:
+            peers = [PeerAddress(n.name, n.host, n.ports.link_port)
+                     for n in await nodes.list_nodes(session) if n.name != node.name]
+        self.mesh = LinkMesh(node.name, secret, (listen_host, node.ports.link_port), peers,
+                             on_frame=self._on_frame, on_restarted=self._on_restarted, now=time.monotonic)
+        self.route = ClusterRoute(node.name, self.locations, self.mesh, self.timers.grace_s)
+        self.dialer = RelayDialer(self.mesh, self.timers.grace_s)
+        self.host = RelayHost(self.ctx, self.port, self.mesh, self.locations)
+        await self.mesh.start()
+        self.ctx.router.remote = self.route
+        self.port.relay, self.port.hosted = self.dialer, self.host
+        self._task = asyncio.create_task(self._maintain())
+
+    async def stop(self, timeout_s: float = 5.0) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        await self.inbox.drain(timeout_s)
+        if self.mesh is not None:
+            await self.mesh.drain(timeout_s)
+            await self.mesh.close()
+        await self.inbox.close()
+
+    # -- frames from peers -------------------------------------------------------------
+    def _on_frame(self, peer: str, kind: Kind, payload: bytes) -> None:
+        try:
+            if kind is Kind.STANZA:
+                self._on_stanza(peer, wire.decode_stanza(payload))
+            elif kind is Kind.CONTROL:
+                self._on_control(peer, wire.decode_control(payload))
+        except wire.WireError as exc:
+            log.warning("dropped a frame from node %s: %s", peer, exc)
+
+    def _on_stanza(self, peer: str, frame: wire.Routed | wire.SessionStanza) -> None:
+        if isinstance(frame, wire.Routed):
+            wire.check_origin(frame.stanza, self.ctx.domain)
+            self.inbox.submit(recipient_key(frame.stanza), lambda: deliver_routed(self.ctx, frame.stanza))
+        elif frame.upstream:
+            self.inbox.submit(("u", peer, frame.sid), lambda: self.host.upstream(peer, frame.sid, frame.stanza))
+        else:
+            self.inbox.submit(("d", frame.sid), lambda: self._sync(self.dialer.downstream, frame.sid, frame.stanza))
+
+    def _on_control(self, peer: str, control: wire.Control) -> None:
+        sid, op = control.text("sid") or "", control.op
+        if op is wire.Op.MOVED:
+            self.locations.forget_all()
+        elif op is wire.Op.OPEN:
+            self.inbox.submit(("u", peer, sid), lambda: self.host.open(peer, control))
+        elif op is wire.Op.CLOSED:
+            graceful = bool(control.fields.get("graceful", False))
+            self.inbox.submit(("u", peer, sid), lambda: self.host.closed(peer, sid, graceful))
+        elif op in (wire.Op.OPENED, wire.Op.REFUSED):
+            reason = control.text("reason", "refused") if op is wire.Op.REFUSED else None
+            self.inbox.submit(("d", sid), lambda: self._sync(self.dialer.answered, sid, reason))
+        elif op is wire.Op.CLOSE:
+            self.inbox.submit(("d", sid), lambda: self._sync(self.dialer.closed_by_host, sid, control))
+
+    @staticmethod
+    async def _sync(func, *args) -> None:
+        func(*args)
+
+    def _on_restarted(self, peer: str) -> None:
+        """The peer is a new process: the relayed sessions shared with it are gone."""
+        log.info("node %s restarted: ending the sessions relayed with it", peer)
+        self.dialer.peer_lost(peer, "restarted")
+        self.inbox.submit(("lost", peer), lambda: self.host.peer_lost(peer))
+
+    # -- periodic upkeep -----------------------------------------------------------------
+    async def _maintain(self) -> None:
+        while True:
+            await asyncio.sleep(self.timers.refresh_s)
+            try:
+                if await self.locations.refresh():
+                    self._broadcast_moved()
+            except DatabaseUnavailable as exc:
+                log.warning("cannot refresh user locations: %s", exc)
+            self._expire_relays()
+
+    def _broadcast_moved(self) -> None:
+        log.info("users moved: cached locations forgotten, peers told")
+        for channel in self.mesh.channels.values():
+            if channel.up:
+                channel.post(Kind.CONTROL, wire.encode_control(wire.Op.MOVED))
+
+    def _expire_relays(self) -> None:
+        for name, channel in self.mesh.channels.items():
+            if channel.down_for() <= self.timers.relay_timeout_s:
+                self._lost.discard(name)
+            elif name not in self._lost:
+                self._lost.add(name)
+                log.info("node %s unreachable for %.0fs: ending relayed sessions", name, channel.down_for())
+                self.dialer.peer_lost(name, "is unreachable")
+                self.inbox.submit(("lost", name), lambda name=name: self.host.peer_lost(name))
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "peers_up": self.mesh.peers_up() if self.mesh else [],
+            "routed": self.route.routed if self.route else 0,
+            "relayed_out": self.dialer.count() if self.dialer else 0,
+            "relayed_in": self.host.count() if self.host else 0,
+        }

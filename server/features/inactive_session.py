@@ -1,0 +1,126 @@
+"""Inactive (backup) sessions and their activation (SPEC §8, docs/xep-presence-ha-backup.md).
+
+Rules of this module:
+- An INACTIVE session is bound on the user's backup node (the connection adapter
+  admits it there: `server.auth.Accounts.backs_up`). It gets no traffic and shows no
+  presence: presence and message features only ever deliver to ACTIVE sessions.
+- `<hold/>` (IQ set) is the first stanza of a backup connection: it confirms the
+  session stays inactive. On a session of a user this node serves it is refused with
+  `not-allowed` + `<served-here/>`: the client uses that connection as its active one.
+  On an ACTIVE session of a user served elsewhere now (the client moved on: make
+  before break) it demotes the session, so closing it announces no unavailable.
+- `<activate/>` (IQ set) turns the session ACTIVE, but only once this node serves the
+  user (its active node in the database is this node); before that the answer is
+  `unexpected-request` (type wait) + `<not-serving-yet/>`: retry shortly. Idempotent.
+- Activating restores the session's presence from the shared presence records, by
+  routing the stored stanza as if the client had sent it: its contacts get it, the
+  session gets its contacts' presence (probes) and queued offline messages
+  (`SessionAvailable`). No record (the old node ended it cleanly): the answer says
+  `presence='none'` and the client sends its own.
+- `activate_all(ctx, owner_node)` is the server-side activation the SRM runs for its
+  action `ActivateInactiveSessions(owner)`: every INACTIVE session of a user this
+  node now serves is activated and told so with an IQ set `<activated/>` push.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import xml.etree.ElementTree as ET
+
+from server.router import IqType, Router
+from server.sessions import Session, SessionKind
+from server.xmpp.errors import Condition, ErrorType, StanzaError
+
+log = logging.getLogger(__name__)
+
+NS_BACKUP = "urn:presence-ha:backup:0"
+HOLD = f"{{{NS_BACKUP}}}hold"
+ACTIVATE = f"{{{NS_BACKUP}}}activate"
+ACTIVATED = f"{{{NS_BACKUP}}}activated"
+_push_ids = itertools.count(1)
+
+
+class BackupError(StanzaError):
+    """A stanza error with an application-specific condition of NS_BACKUP (RFC 6120 §8.3.2)."""
+
+    def __init__(self, condition: Condition, app_condition: str, text: str, type: ErrorType | None = None) -> None:
+        super().__init__(condition, text, type)
+        self.app_condition = app_condition
+
+    def to_element(self) -> ET.Element:
+        error = super().to_element()
+        ET.SubElement(error, f"{{{NS_BACKUP}}}{self.app_condition}")
+        return error
+
+
+def is_hold_request(stanza: ET.Element) -> bool:
+    """The stanza a backup connection must send first (checked by the connection adapter)."""
+    return stanza.tag == "iq" and stanza.get("type") == "set" and len(stanza) == 1 and stanza[0].tag == HOLD
+
+
+def activated(presence_restored: bool, reason: str | None = None) -> ET.Element:
+    payload = ET.Element(ACTIVATED, {"presence": "restored" if presence_restored else "none"})
+    if reason:
+        payload.set("reason", reason)
+    return payload
+
+
+async def hold(ctx, session: Session, iq: ET.Element) -> None:
+    """Keep (or, for an old active session of a moved user, make) the session inactive."""
+    if session.kind is SessionKind.ACTIVE:
+        if await ctx.store.active_node(session.bare) == ctx.node_name:
+            raise BackupError(Condition.NOT_ALLOWED, "served-here", f"{ctx.node_name} serves {session.bare}: this session is active")
+        session.kind = SessionKind.INACTIVE  # demoted: its end will not announce unavailable
+    log.info("%s holds an inactive session on %s", session.jid, ctx.node_name)
+
+
+async def _restore_presence(ctx, session: Session) -> bool:
+    """Route the stored presence of this resource as if the client sent it (RFC 6121 §4.2)."""
+    records = [r for r in await ctx.store.presences(session.bare) if r.resource == (session.jid.resource or "")]
+    if not records:
+        return False
+    stored = records[0].stanza
+    stanza = ET.Element("presence", {k: v for k, v in stored.attrib.items() if k not in ("from", "to")})
+    stanza.extend(list(stored))
+    await ctx.router.dispatch(ctx, session, stanza)
+    return session.available
+
+
+async def activate_session(ctx, session: Session) -> bool:
+    """Make `session` ACTIVE and restore its presence; True if presence was restored."""
+    session.kind = SessionKind.ACTIVE
+    if session.available:
+        return True
+    return await _restore_presence(ctx, session)
+
+
+async def activate(ctx, session: Session, iq: ET.Element) -> ET.Element:
+    served_by = await ctx.store.active_node(session.bare)
+    if served_by != ctx.node_name:
+        where = f"by {served_by}" if served_by else "by no node (moving)"
+        raise BackupError(Condition.UNEXPECTED_REQUEST, "not-serving-yet",
+                          f"{session.bare} is served {where}, not {ctx.node_name} yet; retry", ErrorType.WAIT)
+    restored = await activate_session(ctx, session)
+    log.info("%s activated by the client on %s (presence %s)", session.jid, ctx.node_name, restored)
+    return activated(restored, "client")
+
+
+async def activate_all(ctx, owner_node: str) -> int:
+    """SRM `ActivateInactiveSessions(owner_node)`: activate and notify every inactive
+    session of a user this node serves now. Returns how many were activated."""
+    served = await ctx.store.usernames_active_on(ctx.node_name)
+    chosen = [s for s in ctx.sessions if s.kind is SessionKind.INACTIVE and s.jid.local in served]
+    for session in chosen:
+        restored = await activate_session(ctx, session)
+        push = ET.Element("iq", {"type": "set", "id": f"ha-activate-{next(_push_ids)}", "from": ctx.domain, "to": str(session.jid)})
+        push.append(activated(restored, "takeover"))
+        session.send(push)
+    log.info("activated %d inactive session(s) of %s's users on %s", len(chosen), owner_node, ctx.node_name)
+    return len(chosen)
+
+
+def register(router: Router) -> None:
+    router.iq(IqType.SET, HOLD)(hold)
+    router.iq(IqType.SET, ACTIVATE)(activate)
+    router.disco_features.add(NS_BACKUP)
