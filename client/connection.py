@@ -84,6 +84,8 @@ class NodeConnection:
         self._closing: asyncio.Future[Any] | None = None
         self.xmpp = slixmpp.ClientXMPP(jid, password)
         self.xmpp.max_redirects = -1  # we follow see-other-host ourselves (see module rules)
+        # One TCP attempt per connection: STARTTLS on the node's client port (RFC 6120 §5).
+        self.xmpp.enable_direct_tls, self.xmpp.enable_starttls, self.xmpp.enable_plaintext = False, True, False
         self.xmpp.register_plugin("xep_0030")
         self.xmpp.register_plugin("xep_0199", {"keepalive": True, "interval": 30, "timeout": 10})
         if insecure:
@@ -103,7 +105,8 @@ class NodeConnection:
         x.add_event_handler("stream_error", self._on_stream_error)
         x.add_event_handler("disconnected", self._on_disconnected)
         x.add_event_handler("message", self._on_message)
-        x.add_event_handler("presence_available", lambda p: self._on_presence(p, True))
+        for show in ("available", "away", "chat", "dnd", "xa"):  # slixmpp names the event by <show/>
+            x.add_event_handler(f"presence_{show}", lambda p: self._on_presence(p, True))
         x.add_event_handler("presence_unavailable", lambda p: self._on_presence(p, False))
         x.register_handler(Callback("ha activated", MatchXPath(f"{{{NS_CLIENT}}}iq/{{{NS_BACKUP}}}activated"),
                                     self._on_activated_push))

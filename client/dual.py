@@ -53,6 +53,7 @@ class MessageReceived:
     sender: str
     body: str
     type: str
+    via: Role | None  # the role of the connection it came on
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,7 @@ class PresenceChanged:
     available: bool
     show: str
     status: str
+    via: Role | None
 
 
 ClientEvent = ConnectionEvent | MessageReceived | PresenceChanged
@@ -284,17 +286,17 @@ class DualClient:
         if self._slot(conn) is Role.INACTIVE:
             self._feed(ActivationDone(restored, by_server=True))
 
-    def _on_message(self, _conn: NodeConnection, sender: str, mtype: str, body: str) -> None:
-        self._emit(MessageReceived(sender, body, mtype))
+    def _on_message(self, conn: NodeConnection, sender: str, mtype: str, body: str) -> None:
+        self._emit(MessageReceived(sender, body, mtype, self._slot(conn)))
 
-    def _on_presence(self, _conn: NodeConnection, jid: str, available: bool, show: str, status: str) -> None:
+    def _on_presence(self, conn: NodeConnection, jid: str, available: bool, show: str, status: str) -> None:
         bare = jid.split("/", 1)[0]
         item = self.roster.setdefault(bare, RosterItem(bare))
         if available:
             item.presences[jid] = (show, status)
         else:
             item.presences.pop(jid, None)
-        self._emit(PresenceChanged(jid, available, show, status))
+        self._emit(PresenceChanged(jid, available, show, status, self._slot(conn)))
 
     def _emit_conn(self, kind: str, role: Role | None, endpoint: Endpoint | None, detail: str) -> None:
         wall = dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")

@@ -219,6 +219,7 @@ class PolicyState:
     redirects: int = 0
     failures: int = 0
     relogin_target: Endpoint | None = None
+    last_lost: Endpoint | None = None  # the node of the last active connection lost
     stopped: bool = False
     known: list[Endpoint] = field(default_factory=list)
 
@@ -260,12 +261,13 @@ class DualPolicy:
             self._s.known.append(endpoint)
 
     def _next_target(self, lost: Endpoint | None) -> Endpoint:
-        order = [e for e in self._s.known if e != lost] + [e for e in self._s.known if e == lost]
+        """Round robin over the known nodes, never the one that just failed (if another is known)."""
+        order = [e for e in self._s.known if e != lost] or self._s.known
         return order[self._s.failures % len(order)]
 
     def _relogin(self, s: PolicyState, lost: Endpoint | None, redirect: Endpoint | None = None) -> list[Action]:
         self._remember(redirect)
-        s.relogin_target = redirect or self._next_target(lost)
+        s.relogin_target = redirect or self._next_target(lost or s.last_lost)
         delay = self.relogin_delay()
         return [StartTimer(Timer.RELOGIN, delay), Report(f"re-login to {s.relogin_target} in {delay:.2f}s")]
 
@@ -340,6 +342,7 @@ class DualPolicy:
         if s.active is Link.DOWN:
             return []
         lost, s.active = s.active_endpoint, Link.DOWN
+        s.last_lost = lost
         usable = e.redirect is None or e.redirect == s.inactive_endpoint
         actions: list[Action] = [CancelTimer(Timer.OPEN_INACTIVE)]
         if usable and s.inactive is Link.UP:

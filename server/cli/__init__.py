@@ -24,6 +24,7 @@ SUBCOMMANDS: list[tuple[str, str]] = [
     ("server.cli.ha", "ha_group"),
     ("server.cli.ha", "service_group"),
     ("client.cli", "client_command"),  # SPEC §8 dual-connection client
+    ("loadtest.compare", "loadtest_group"),  # bench, bench-prosody, bench-compare
 ]
 
 

@@ -1,4 +1,4 @@
-"""Run nodes: `node run`, `node metrics`, and `up` (a local two-node cluster in one command).
+"""Run nodes: `node run`, `node metrics`, and `up` (a local cluster in one command).
 
 Rules of this module:
 - `node run` and `node metrics` attach to the provisioning `node` group
@@ -6,8 +6,11 @@ Rules of this module:
 - `node run` builds the config with `server.config.load_config` (TOML file < env <
   flags < `--set`), checks the schema is at head, and runs `server.node.run_node`
   until SIGTERM/SIGINT. It prints `node NAME ready` once it accepts clients.
-- `up` provisions an empty database (embedded SQLite by default) with one group of two
-  nodes (HA on) and N demo users, starts each node as a real `presence-ha node run`
+- `up` provisions an empty database (embedded SQLite by default) with `--nodes N`
+  nodes in groups of two (HA on for each pair; an odd last node is a group of one),
+  users Balanced over them, and N demo users; a client may dial any node (its session
+  is relayed to the user's node, `server.cluster`). It starts each node as a real
+  `presence-ha node run`
   subprocess, waits (with a deadline) until every client port accepts, writes
   `DIR/cluster.json`, and stops the nodes with SIGTERM (then SIGKILL) on Ctrl-C.
 """
@@ -26,7 +29,7 @@ from pathlib import Path
 
 import click
 
-from db import clusters, groups, nodes, parameters, schema, users
+from db import clusters, groups, nodes, schema, users
 from db.engine import sqlite_url_for
 from server.cli.common import db_options
 from server.cli.database import open_session, run
@@ -88,7 +91,7 @@ def node_metrics(db_url: str, name: str) -> None:
 
 
 async def provision_demo(db_url: str, domain: str, base_port: int, node_names: list[str], user_count: int) -> dict[str, str]:
-    """Create the schema, cluster, nodes, one group (HA on when a pair) and demo users."""
+    """Create the schema, cluster, nodes, groups of two (HA on for pairs) and demo users."""
     await schema.upgrade(db_url)
     async with open_session(db_url) as session:
         if await clusters.find_cluster(session) is not None:
@@ -96,14 +99,18 @@ async def provision_demo(db_url: str, domain: str, base_port: int, node_names: l
         await clusters.create_cluster(session, "demo", domain)
         for index, name in enumerate(node_names):
             await nodes.add_node(session, name, base_port=base_port + index * nodes.PORT_STRIDE)
-        await groups.add_group(session, "group1", node_names, description="presence-ha up")
-        if len(node_names) == 2:
-            await groups.edit_group(session, "group1", ha_enabled=True)
-        # A client may connect to either node: send it to the one serving its user.
-        await parameters.set_parameter(session, "see_other_host_redirect", True)
+        for number, members in enumerate(pairs(node_names), start=1):
+            await groups.add_group(session, f"group{number}", members, description="presence-ha up")
+            if len(members) == 2:
+                await groups.edit_group(session, f"group{number}", ha_enabled=True)
         passwords = {f"user{i}": secrets.token_urlsafe(9) for i in range(1, user_count + 1)}
         await users.bulk_import(session, list(passwords.items()))
     return passwords
+
+
+def pairs(names: list[str]) -> list[list[str]]:
+    """`[a, b, c, d, e]` -> `[[a, b], [c, d], [e]]`: the redundancy groups of `up`."""
+    return [names[i : i + 2] for i in range(0, len(names), 2)]
 
 
 async def cluster_layout(db_url: str) -> tuple[str, list[nodes.NodeInfo]]:
@@ -146,9 +153,10 @@ def stop_processes(processes: list[subprocess.Popen]) -> None:
 @click.option("--base-port", type=int, default=nodes.DEFAULT_BASE_PORT, show_default=True, help="First node's client port.")
 @click.option("--users", "user_count", type=click.IntRange(0, 100_000), default=10, show_default=True)
 @click.option("--domain", default="localhost", show_default=True, help="XMPP domain of the cluster.")
-@click.option("--nodes", "node_count", type=click.IntRange(1, 2), default=2, show_default=True)
+@click.option("--nodes", "node_count", type=click.IntRange(1, 64), default=2, show_default=True,
+              help="Number of nodes, in groups of two.")
 def up_command(data_dir: str, db_url: str | None, base_port: int, user_count: int, domain: str, node_count: int) -> None:
-    """Provision (if empty) and run a local cluster of one group, until Ctrl-C."""
+    """Provision (if empty) and run a local cluster of N nodes in pairs, until Ctrl-C."""
     directory = Path(data_dir).resolve()
     directory.mkdir(parents=True, exist_ok=True)
     url = db_url or sqlite_url_for(directory)
@@ -225,5 +233,5 @@ def _print_welcome(domain: str, infos: list[nodes.NodeInfo], passwords: dict[str
         click.echo(f"  ... {len(passwords) - 5} more in {directory / 'cluster.json'}")
     click.echo(
         f"Connect any XMPP client to {infos[0].host}:{infos[0].ports.client_port} (STARTTLS, self-signed certificate "
-        f"in {directory / 'tls'}); each user logs in on the node that serves it. Ctrl-C stops the cluster."
+        f"in {directory / 'tls'}); any node serves any user (relayed to its node). Ctrl-C stops the cluster."
     )

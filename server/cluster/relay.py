@@ -24,7 +24,7 @@ import asyncio
 import logging
 import secrets
 import xml.etree.ElementTree as ET
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -41,7 +41,6 @@ from server.xmpp.negotiation import SaslFailure
 from server.xmpp.sasl import SaslCondition
 
 log = logging.getLogger(__name__)
-Admission = Callable[[str], Awaitable[Any]]
 
 
 class ClientConnection(Protocol):

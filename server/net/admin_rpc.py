@@ -26,6 +26,7 @@ import hmac
 import json
 import logging
 from dataclasses import dataclass, field
+from enum import Enum
 from http.cookies import CookieError, SimpleCookie
 from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
@@ -190,8 +191,8 @@ def to_json(value: Any) -> Any:
     """Status objects (dataclasses, enums, tuples) as plain JSON values."""
     if hasattr(value, "__dataclass_fields__"):
         return {name: to_json(getattr(value, name)) for name in value.__dataclass_fields__}
-    if hasattr(value, "value") and hasattr(value, "name") and not isinstance(value, (str, int)):
-        return value.value  # an Enum: its SPEC display string
+    if isinstance(value, Enum):
+        return value.value  # NodeState / Reason: the SPEC display string
     if isinstance(value, (list, tuple)):
         return [to_json(item) for item in value]
     if isinstance(value, dict):

@@ -3,7 +3,9 @@
 - `table`: states, reasons and every transition rule, as data.
 - `machine`: `SrmMachine`, the pure core (`handle(event) -> list[Action]`).
 - `events` / `actions`: the vocabulary between the core and its runner.
+- `peer_protocol`: peer messages as JSON payloads (pure).
+- `runner`: `SrmRunner`, the asyncio adapter (timers, database, peer link, services).
 
-Nothing here does I/O; the asyncio runner feeds events and executes actions in order.
+Only `runner` does I/O; it feeds events and executes actions in order.
 The package imports nothing eagerly, so `python -m server.srm.table` runs cleanly.
 """

@@ -18,14 +18,13 @@ import os
 import random
 import signal
 import ssl
-import time
 from pathlib import Path
 
 import pytest
 
 from server.link import Kind, LinkClient, LinkConfig, LinkOptions, LinkRejected
 
-from .cluster import DOMAIN, FAST_LIMITS, Cluster, NodeProcess, cli, free_ports, poll_until, wait_until
+from .cluster import DOMAIN, FAST_LIMITS, Cluster, NodeProcess, cli, free_ports, wait_until
 from .faultproxy import FaultProxy
 
 slixmpp = pytest.importorskip("slixmpp")
@@ -258,7 +257,8 @@ async def test_a_client_that_dialled_the_wrong_node_is_relayed_unnoticed(grid):
         frank.send_presence(pto=f"erin@{DOMAIN}", ptype="subscribe")
         await erin.subscription_is(f"frank@{DOMAIN}", "to")
         await wait_until(lambda: f"frank@{DOMAIN}/f" in erin.available, DEADLINE_S, "erin to see frank")
-        await frank.sees("available", f"erin@{DOMAIN}/aio")  # aioxmpp approves subscriptions itself
+        erin.roster.approve(aioxmpp.JID.fromstr(f"frank@{DOMAIN}"))
+        await frank.sees("available", f"erin@{DOMAIN}/aio")
         await erin.send_chat(stream, f"frank@{DOMAIN}", "relayed hello")
         await frank.sees("message", f"erin@{DOMAIN}/aio", "relayed hello")
         frank.send_message(mto=f"erin@{DOMAIN}/aio", mbody="hello erin", mtype="chat")

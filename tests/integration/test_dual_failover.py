@@ -1,0 +1,141 @@
+"""Failover with dual connections: real nodes, real faults, the real client (SPEC §8).
+
+Scenarios (HA pair n1/n2, SRM heartbeat 1 s, re-login limits 1-1 s, activation retry
+50 ms):
+- alice and bob on n1, both dual-connected. n1 is SIGKILLed: n2 takes their users
+  over, each client activates its inactive connection (retrying while n2 answers
+  "not serving yet"), and alice's message reaches bob within 1 s of the kill.
+- carol on n2 is alice's contact. Everything carol sends alice (presence, messages to
+  her full and bare JID) reaches alice's active session on n1; her inactive session
+  on n2 gets nothing and shows carol no presence. n1 dies; a message carol sends
+  after the takeover but before alice's activation is queued and handed over on
+  activation; carol sees alice's presence again (restored from the shared record)
+  and alice gets carol's presence.
+- A manual failover of n1 redirects alice to n2, where her inactive connection is
+  activated (no new login); after the fallback she is back on n1.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import pytest
+
+from client.policy import Link, Role
+from tests.integration.cluster import (  # noqa: F401
+    Cluster, active_nodes, ha_pair_factory, slix_disconnect, slix_login, wait_until,
+)
+from tests.integration.test_dual_sessions import DEADLINE_S, FAST_RELOGIN, Party, endpoint, gauges, login  # noqa: F401
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def active_on(party: Party, cluster: Cluster, node: str) -> bool:
+    state = party.client.policy.state
+    return state.active is Link.UP and state.active_endpoint == endpoint(cluster, node)
+
+
+async def test_sigkill_primary_clients_activate_and_chat_within_a_second(ha_pair_factory, login) -> None:  # noqa: F811
+    cluster = ha_pair_factory(params=FAST_RELOGIN)
+    alice, bob = await login(cluster, "alice"), await login(cluster, "bob")
+    await wait_until(lambda: alice.dual_up and bob.dual_up, DEADLINE_S, "both clients dual-connected")
+
+    killed_at = time.monotonic()
+    cluster.node("n1").process.send_signal(signal.SIGKILL)
+    await wait_until(lambda: active_on(alice, cluster, "n2"), 5, "alice active on n2", 0.005)
+    assert alice.client.send_message(cluster.jid("bob"), "still there?")
+    await wait_until(lambda: any(m.body == "still there?" for m in bob.messages()), 5, "bob gets the message", 0.005)
+    elapsed = time.monotonic() - killed_at
+    print(f"\nmessage exchanged {elapsed * 1000:.0f} ms after SIGKILL of n1")
+    assert elapsed < 1.0
+
+    await wait_until(lambda: active_on(bob, cluster, "n2"), 5, "bob active on n2")
+    assert [m.via for m in bob.messages()] == [Role.ACTIVE]
+    assert set(active_nodes(cluster.db_url).values()) == {"n2"}
+    await wait_until(lambda: gauges(cluster, "n2")["jsm_sessions_client"] == 2, 5, "n2 counts both clients active")
+    assert gauges(cluster, "n2")["jsm_sessions_client_inactive"] == 0
+    assert alice.connection_events("activated") and bob.connection_events("activated")
+
+
+async def subscribed_pair(cluster: Cluster, user: str, contact: str, contact_node: str) -> None:
+    """`user` (n1) and `contact` subscribe to each other (slixmpp auto-approves)."""
+    a = await slix_login(cluster, user, resource="setup")
+    b = await slix_login(cluster, contact, node=contact_node, resource="setup")
+    try:
+        for client in (a, b):  # pending requests reach a resource after its initial presence
+            await client.get_roster()
+            client.send_presence()
+        a.send_presence_subscription(pto=cluster.jid(contact), ptype="subscribe")
+        await wait_until(lambda: a.client_roster[cluster.jid(contact)]["subscription"] == "both", DEADLINE_S,
+                         "a mutual subscription")
+    finally:
+        await slix_disconnect(a)
+        await slix_disconnect(b)
+
+
+def alice_seen(seen: list[tuple[str, str]], alice: str) -> list[str]:
+    return [kind for who, kind in seen if who == alice]
+
+
+async def test_inactive_session_gets_nothing_then_activation_hands_over(ha_pair_factory, login) -> None:  # noqa: F811
+    users = (("alice", "alice-pw"), ("carol", "carol-pw"))
+    cluster = ha_pair_factory(users=users, placement={"carol": "n2"}, params=FAST_RELOGIN)
+    await subscribed_pair(cluster, "alice", "carol", "n2")
+    carol = await slix_login(cluster, "carol", node="n2", resource="desk")
+    seen: list[tuple[str, str]] = []
+    carol.add_event_handler("presence_available", lambda p: seen.append((str(p["from"]), "available")))
+    carol.add_event_handler("presence_unavailable", lambda p: seen.append((str(p["from"]), "unavailable")))
+    phone = f"{cluster.jid('alice')}/phone"
+    try:
+        carol.send_presence()
+        # a long retry: the first activation (before the takeover) is refused, the next waits 2 s
+        alice = await login(cluster, "alice", resource="phone", activate_retry_s=2.0)
+        await wait_until(lambda: alice_seen(seen, phone) == ["available"], DEADLINE_S, "carol sees alice (from n1)")
+        await wait_until(lambda: alice.dual_up, DEADLINE_S, "alice dual-connected")
+
+        # carol (n2) talks to alice: it all goes to alice's active session on n1, none to n2's inactive one
+        carol.send_presence(pshow="away", pstatus="lunch")
+        carol.send_message(mto=phone, mbody="one", mtype="chat")
+        carol.send_message(mto=cluster.jid("alice"), mbody="two", mtype="chat")
+        await wait_until(lambda: sorted(m.body for m in alice.messages()) == ["one", "two"], 5, "carol's messages")
+        await wait_until(lambda: any(p.show == "away" for p in alice.presences()), 5, "carol's new presence")
+        await carol.plugin["xep_0199"].send_ping(cluster.domain, timeout=5)
+        assert {m.via for m in alice.messages()} == {Role.ACTIVE}
+        assert {p.via for p in alice.presences()} == {Role.ACTIVE}
+        assert alice_seen(seen, phone) == ["available"]  # the inactive session showed no presence
+
+        cluster.node("n1").process.send_signal(signal.SIGKILL)
+        await wait_until(lambda: active_nodes(cluster.db_url)["alice"] == "n2", 10, "n2 took alice over")
+        carol.send_message(mto=cluster.jid("alice"), mbody="three", mtype="chat")  # queued: alice not active yet
+        sent_ms = time.monotonic() * 1000
+        await wait_until(lambda: active_on(alice, cluster, "n2"), 5, "alice active on n2")
+        assert alice.connection_events("activated")[0].mono_ms > sent_ms
+        await wait_until(lambda: "three" in [m.body for m in alice.messages()], 5, "the queued message")
+        await wait_until(lambda: sum(1 for p in alice.presences() if p.show == "away") == 2, 5,
+                         "carol's presence again, now from n2")
+        await wait_until(lambda: alice_seen(seen, phone)[-1:] == ["available"] and len(alice_seen(seen, phone)) > 1,
+                         5, "alice's presence restored for carol")
+    finally:
+        await slix_disconnect(carol)
+
+
+async def test_manual_failover_activates_the_inactive_connection_and_fallback_returns(
+    ha_pair_factory, login,  # noqa: F811
+) -> None:
+    cluster = ha_pair_factory(params=FAST_RELOGIN)
+    alice = await login(cluster, "alice")
+    await wait_until(lambda: alice.dual_up, DEADLINE_S, "alice dual-connected")
+
+    cluster.cli("ha", "failover", "n1")
+    await wait_until(lambda: active_on(alice, cluster, "n2"), 15, "alice active on n2")
+    assert len(alice.connection_events("connected")) == 1  # activated, not a new login
+    lost = alice.connection_events("lost")[0]
+    assert "redirected to" in lost.detail
+
+    cluster.cli("ha", "fallback", "n1")
+    await wait_until(lambda: set(active_nodes(cluster.db_url).values()) == {"n1"}, 30, "alice's user back on n1")
+    await wait_until(lambda: active_on(alice, cluster, "n1"), 15, "alice active on n1 again")
+    assert alice.client.send_message(cluster.jid("alice"), "note to self")
+    await wait_until(lambda: any(m.body == "note to self" for m in alice.messages()), 5, "the round trip on n1")
+

@@ -1,0 +1,110 @@
+"""Pure parts of server.cluster: frame encoding, origin checks, the location cache, the inbox."""
+
+from __future__ import annotations
+
+import asyncio
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from server.cluster import wire
+from server.cluster.inbox import Inbox
+from server.cluster.links import dial_overrides
+from server.cluster.locations import LocationCache
+
+
+def message(frm: str = "alice@example.test/a") -> ET.Element:
+    elem = ET.Element("message", {"to": "bob@example.test", "from": frm, "type": "chat"})
+    ET.SubElement(elem, "body").text = "hi <&> there"
+    ET.SubElement(elem, "{urn:xmpp:hints}no-store")
+    return elem
+
+
+def test_routed_and_session_frames_round_trip():
+    routed = wire.decode_stanza(wire.encode_routed(message()))
+    assert isinstance(routed, wire.Routed)
+    assert routed.stanza.findtext("body") == "hi <&> there"
+    assert routed.stanza.find("{urn:xmpp:hints}no-store") is not None
+    up = wire.decode_stanza(wire.encode_session("ab12", message(), upstream=True))
+    down = wire.decode_stanza(wire.encode_session("ab12", message(), upstream=False))
+    assert (up.sid, up.upstream, down.upstream) == ("ab12", True, False)
+
+
+@pytest.mark.parametrize("payload", [
+    b"no header line", b"X\n<message/>", b"R\n<notastanza/>", b"R\n<message>",
+    b"R\n<!DOCTYPE m [<!ENTITY a 'aaaa'>]><message>&a;</message>", b"U \n<message/>",
+])
+def test_bad_stanza_frames_are_refused(payload):
+    with pytest.raises(wire.WireError):
+        wire.decode_stanza(payload)
+
+
+def test_control_frames():
+    control = wire.decode_control(wire.encode_control(wire.Op.OPEN, sid="s1", jid="a@b/c"))
+    assert control.op is wire.Op.OPEN and control.text("jid") == "a@b/c"
+    for bad in (b"{}", b"[1]", b"not json", b'{"op": "explode"}'):
+        with pytest.raises(wire.WireError):
+            wire.decode_control(bad)
+
+
+def test_origin_must_be_the_cluster_domain():
+    wire.check_origin(message(), "example.test")
+    wire.check_origin(message("example.test"), "example.test")
+    for frm in ("mallory@evil.test/x", "", "@@"):
+        with pytest.raises(wire.WireError):
+            wire.check_origin(message(frm), "example.test")
+
+
+def test_dial_overrides():
+    assert dial_overrides({"PRESENCE_HA_LINK_DIAL": "n2=127.0.0.1:4000, n3=[::1]:5"}) == {
+        "n2": ("127.0.0.1", 4000), "n3": ("::1", 5)}
+    assert dial_overrides({}) == {}
+    with pytest.raises(ValueError):
+        dial_overrides({"PRESENCE_HA_LINK_DIAL": "n2=nowhere"})
+
+
+async def test_location_cache_reads_once_then_forgets_on_ttl_and_moves():
+    db = {"bob": "n2"}
+    clock = [0.0]
+    epoch = [0]
+
+    async def load(user):
+        return db.get(user)
+
+    async def fingerprint():
+        return epoch[0]
+
+    cache = LocationCache(load, fingerprint, lambda: clock[0], ttl_s=10)
+    assert await cache.active_node("bob") == "n2" and await cache.active_node("bob") == "n2"
+    assert cache.reads == 1
+    db["bob"] = "n3"
+    assert await cache.active_node("bob") == "n2"  # cached
+    assert await cache.refresh() is False  # first call only records the fingerprint
+    epoch[0] += 1
+    assert await cache.refresh() is True
+    assert await cache.active_node("bob") == "n3" and cache.reads == 2
+    db["bob"] = "n4"
+    clock[0] = 11.0
+    assert await cache.active_node("bob") == "n4"  # expired
+
+
+async def test_inbox_keeps_order_per_key_and_survives_failures():
+    inbox, seen = Inbox(), []
+    gate = asyncio.Event()
+
+    async def item(key, i, fail=False, wait=False):
+        if wait:
+            await gate.wait()
+        if fail:
+            raise RuntimeError("boom")
+        seen.append((key, i))
+
+    inbox.submit("a", lambda: item("a", 0, wait=True))
+    for i in range(1, 4):
+        inbox.submit("a", lambda i=i: item("a", i, fail=i == 2))
+    inbox.submit("b", lambda: item("b", 0))
+    await asyncio.sleep(0.01)
+    assert seen == [("b", 0)]  # "b" is not held up by "a"
+    gate.set()
+    await inbox.drain(5)
+    assert seen == [("b", 0), ("a", 0), ("a", 1), ("a", 3)] and inbox.failures == 1
