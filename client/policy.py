@@ -121,7 +121,7 @@ class BackupInfoReceived:
 
 @dataclass(frozen=True)
 class HoldRefused:
-    """The inactive connection's node already serves the user (`<served-here/>`)."""
+    """The inactive connection's node serves the user already (`<served-here/>`)."""
 
 
 @dataclass(frozen=True)
@@ -245,9 +245,7 @@ class DualPolicy:
         return dataclasses.replace(self._s, known=list(self._s.known))
 
     def handle(self, event: Event) -> list[Action]:
-        if self._s.stopped:
-            return []
-        return self._handlers[type(event)](self._s, event)
+        return [] if self._s.stopped else self._handlers[type(event)](self._s, event)
 
     # -- helpers ----------------------------------------------------------------------
     def relogin_delay(self) -> float:

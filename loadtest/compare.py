@@ -107,6 +107,8 @@ class OurInstance:
     base: Path | None = None
     process: subprocess.Popen | None = None
     ports: dict[str, int] = field(default_factory=dict)
+    starts: int = 0
+    log_path: Path | None = None
 
     @property
     def pid(self) -> int:
@@ -143,23 +145,24 @@ class OurInstance:
     def start(self) -> None:
         """Launch the node and wait until it prints `ready` and its client port accepts."""
         assert self.base is not None, "not prepared"
-        env = dict(os.environ)
-        with open(self.base / "node.log", "ab") as out:
+        self.starts += 1
+        self.log_path = self.base / f"node-{self.starts}.log"  # one log per start
+        with open(self.log_path, "wb") as out:
             self.process = subprocess.Popen(self.argv(), stdout=out, stderr=subprocess.STDOUT,
-                                            preexec_fn=_raise_nofile, start_new_session=True,
-                                            env=env)
+                                            preexec_fn=_raise_nofile, start_new_session=True)
         deadline = time.monotonic() + START_DEADLINE_S
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"presence-ha node exited early: {self.read_logs()}")
-            if "ready" in self.read_logs() and _accepts(self.port):
+            if f"node {NODE_NAME} ready" in self.read_logs() and _accepts(self.port):
                 return
             time.sleep(0.1)
         self.stop(keep_dir=True)
         raise RuntimeError(f"presence-ha node not ready within {START_DEADLINE_S}s: {self.read_logs()}")
 
     def read_logs(self) -> str:
-        path = self.base / "node.log" if self.base else None
+        """Tail of the current start's output, for error messages."""
+        path = self.log_path
         return path.read_text(errors="replace")[-2000:] if path and path.exists() else ""
 
     def stop(self, keep_dir: bool = False) -> None:

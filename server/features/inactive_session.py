@@ -70,7 +70,8 @@ async def hold(ctx, session: Session, iq: ET.Element) -> None:
     """Keep (or, for an old active session of a moved user, make) the session inactive."""
     if session.kind is SessionKind.ACTIVE:
         if await ctx.store.active_node(session.bare) == ctx.node_name:
-            raise BackupError(Condition.NOT_ALLOWED, "served-here", f"{ctx.node_name} serves {session.bare}: this session is active")
+            raise BackupError(Condition.NOT_ALLOWED, "served-here",
+                              f"{ctx.node_name} serves {session.bare}: this session is active")
         session.kind = SessionKind.INACTIVE  # demoted: its end will not announce unavailable
     log.info("%s holds an inactive session on %s", session.jid, ctx.node_name)
 
@@ -113,7 +114,8 @@ async def activate_all(ctx, owner_node: str) -> int:
     chosen = [s for s in ctx.sessions if s.kind is SessionKind.INACTIVE and s.jid.local in served]
     for session in chosen:
         restored = await activate_session(ctx, session)
-        push = ET.Element("iq", {"type": "set", "id": f"ha-activate-{next(_push_ids)}", "from": ctx.domain, "to": str(session.jid)})
+        attrs = {"type": "set", "id": f"ha-activate-{next(_push_ids)}", "from": ctx.domain, "to": str(session.jid)}
+        push = ET.Element("iq", attrs)
         push.append(activated(restored, "takeover"))
         session.send(push)
     log.info("activated %d inactive session(s) of %s's users on %s", len(chosen), owner_node, ctx.node_name)

@@ -32,6 +32,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from db import groups, nodes, parameters, srm_state, users
 from db.engine import DatabaseUnavailable
 from db.errors import FencingConflict
@@ -91,6 +93,7 @@ class _Item:
     event: Event | None  # None: restart the machine
     reply: asyncio.Future[list[Action]] | None = None
     timer_gen: int | None = None
+    machine_gen: int | None = None  # results of an action: only for the machine that asked
 
 
 class SrmRunner:
@@ -107,6 +110,7 @@ class SrmRunner:
         self._gen: dict[Timer, int] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._machine: SrmMachine | None = None
+        self._machine_gen = 0  # bumped by every (re)install: stale action results are dropped
         self._setup: _Setup | None = None
         self._event: Event | None = None
         self._server: LinkServer | None = None
@@ -221,6 +225,9 @@ class SrmRunner:
                 actions = await self._rebuild()
             elif isinstance(item.event, TimerFired) and item.timer_gen != self._gen.get(item.event.name):
                 continue  # cancelled or restarted after it fired
+            elif item.machine_gen is not None and item.machine_gen != self._machine_gen:
+                log.info("srm %s: dropped %s meant for the machine before a restart", self.node, item.event)
+                continue
             else:
                 actions = self._handle(item.event)
             for action in actions:
@@ -261,6 +268,7 @@ class SrmRunner:
     def _install(self, setup: _Setup) -> None:
         stored = setup.stored
         self._setup = setup
+        self._machine_gen += 1
         self.services.set_monitored("xcp-auth", setup.monitor_auth)
         self._machine = SrmMachine(
             self.node, setup.peer.name if setup.peer else None, setup.timers, ha_enabled=setup.ha_enabled,
@@ -315,22 +323,24 @@ class SrmRunner:
         await self.services.stop_all()
 
     async def _do_start_services(self, _a: StartCriticalServices) -> None:
-        self._post(await self.services.start_all())
+        gen = self._machine_gen
+        self._queue.put_nowait(_Item(await self.services.start_all(), machine_gen=gen))
 
     async def _do_move_users(self, a: MoveUsers) -> None:
         assert self._setup is not None and self._setup.group is not None
+        gen = self._machine_gen
         try:
             async with self._db() as session:
                 if a.assigned_node is None:
                     await srm_state.move_users(session, self._setup.group, a.src, a.dst, expected_epoch=a.epoch - 1)
                 else:
                     await srm_state.restore_users(session, self._setup.group, a.dst, expected_epoch=a.epoch - 1)
-        except (FencingConflict, DatabaseUnavailable) as exc:
+        except (FencingConflict, DatabaseUnavailable, SQLAlchemyError) as exc:
             log.warning("srm %s: moving users %s -> %s failed: %s", self.node, a.src, a.dst, exc)
-            self._post(MoveUsersFailed(a.epoch, str(exc)))
+            self._queue.put_nowait(_Item(MoveUsersFailed(a.epoch, str(exc)), machine_gen=gen))
             return
         log.info("srm %s: users of %s now active on %s (epoch %d)", self.node, a.src, a.dst, a.epoch)
-        self._post(UsersMoved(a.epoch))
+        self._queue.put_nowait(_Item(UsersMoved(a.epoch), machine_gen=gen))
 
     def _do_start_timer(self, a: StartTimer) -> None:
         self._cancel_timer(a.name)

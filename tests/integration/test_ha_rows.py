@@ -183,18 +183,14 @@ def test_row_07_backup_srm_restarted(pair: HaPair) -> None:
     fallback_to_normal(pair, "n1")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "server/srm/runner.py: a user move blocks the SRM worker, so the restart runs after the move; "
-    "the old machine's UsersMoved(epoch=N) then reaches the restarted machine, which takes it for its own "
-    "new move (epoch N+1), and the real UsersMoved(epoch=N+1) finds no transition in Running in Backup Mode: "
-    "both nodes end Running in Failed Mode / Unknown. Fix: drop move results of an earlier machine generation"))
 def test_row_08_backup_srm_restarted_while_taking_over(pair: HaPair) -> None:
     mark = pair.event_mark()
     pair.slow_moves()
     pair.admin("ha", "failover", "n1")
     pair.wait_for({"n1": (FO, OAR), "n2": (TO, OAR)})
     pair.restart_srm("n2")
-    pair.wait_for({"n1": (FO, OAR), "n2": (TO, INIT)})
+    # The restarted SRM passes Taking Over / Initialization in milliseconds (its own move
+    # is fast): the pair is checked in the HA event log, as for row 9.
     pair.normal_moves()
     pair.wait_for({"n1": (IDLE, OAR), "n2": (RIBM, INIT)})
     assert saw(pair, mark, {"n1": (FO, OAR), "n2": (TO, INIT)})
