@@ -264,6 +264,17 @@ def prepare_servers(opts: dict, s: Settings) -> Servers:
     return Servers(ours, prosody, targets)
 
 
+def run_group(servers: Servers, name: str, settings: Settings) -> dict:
+    """One scenario group on a freshly started server; a failure is reported, not raised,
+    so one broken group does not cost the figures of the others."""
+    try:
+        with servers.running(name) as pid:
+            return run_benchmark(servers.targets[name], settings, pid)
+    except (RuntimeError, TimeoutError, OSError) as exc:
+        log.error("%s: %s failed: %s", name, settings.scenarios, exc)
+        return {"results": {}, "host": {}, "error": str(exc)}
+
+
 def run_compare(servers: Servers, s: Settings, repeat: int = 1,
                 progress: Callable[[str], None] = lambda _msg: None) -> dict:
     """Every scenario group on each server in turn, each on a fresh start; JSON-ready."""
@@ -273,9 +284,7 @@ def run_compare(servers: Servers, s: Settings, repeat: int = 1,
             order = SERVERS if rep % 2 == 0 else tuple(reversed(SERVERS))
             for name in order:
                 progress(f"{label}: {name} (run {rep + 1}/{repeat})")
-                with servers.running(name) as pid:
-                    result = run_benchmark(servers.targets[name], settings, pid)
-                runs[name].setdefault(label, []).append(result)
+                runs[name].setdefault(label, []).append(run_group(servers, name, settings))
     chosen = {name: {label: median_run(label, results) for label, results in by_label.items()}
               for name, by_label in runs.items()}
     out = {"settings": asdict(s), "repeat": repeat,
@@ -324,6 +333,8 @@ def merge(by_label: dict[str, dict]) -> dict:
     merged: dict = {"memory": []}
     for label, result in by_label.items():
         res = result["results"]
+        if "error" in result:
+            merged.setdefault("errors", {})[label] = result["error"]
         if label.startswith("memory"):
             merged["memory"].extend(res.get("memory", []))
         else:
@@ -410,6 +421,9 @@ def finish(result: dict, json_path: str | None) -> None:
     if load:
         console.print(f"host: {os.cpu_count()} CPUs, load average at scenario starts "
                       f"{min(load):.2f}..{max(load):.2f} (other load skews the figures)")
+    for name, res in result["results"].items():
+        for label, error in res.get("errors", {}).items():
+            console.print(f"[red]{name} {label} failed:[/red] {error}")
     if json_path:
         with open(json_path, "w") as out:
             json.dump(result, out, indent=2, default=str)

@@ -45,7 +45,16 @@ _ids = itertools.count()
 
 
 class XmppError(Exception):
-    """Login or stream failure (the peer's fault or a timeout), with a short reason."""
+    """Login or stream failure (the peer's fault or a timeout), with a short reason.
+
+    `condition`: the SASL failure or stream error condition when the server gave one;
+    `other_host`: the `host:port` of a `see-other-host` stream error (RFC 6120 §4.9.3.19).
+    """
+
+    def __init__(self, message: str, condition: str | None = None, other_host: str | None = None) -> None:
+        super().__init__(message)
+        self.condition = condition
+        self.other_host = other_host
 
 
 @dataclass(frozen=True)
@@ -127,6 +136,19 @@ def message_xml(to: str, body: str, id_: str | None = None) -> str:
     return f"<message to={quoteattr(to)} type='chat'{id_attr}><body>{escape(body)}</body></message>"
 
 
+def stream_error(elem: ET.Element) -> XmppError:
+    """The XmppError for a received <stream:error/> (with a see-other-host target)."""
+    cond = next((local_tag(c) for c in elem if not local_tag(c) == "text"), "?")
+    other = None
+    if cond == "see-other-host":
+        other = next((c.text for c in elem if local_tag(c) == "see-other-host"), None)
+    return XmppError(f"stream error: {cond}", condition=cond, other_host=other)
+
+
+def _payload_ns(iq: ET.Element) -> str:
+    return iq[0].tag.partition("}")[0].lstrip("{") if len(iq) else ""
+
+
 def parse_roster(iq: ET.Element) -> list[RosterItem]:
     """Roster items of a roster result or push."""
     query = iq.find(f"{{{NS_ROSTER}}}query")
@@ -174,12 +196,17 @@ class XmppClient:
         self.features: ET.Element | None = None
         self.sm_enabled = False
         self.inbound = 0  # XEP-0198 'h': stanzas handled
+        self.outbound = 0  # XEP-0198: stanzas sent since <enable/> (what the server's 'h' counts)
+        self.on_ack: Callable[[int], None] | None = None  # the server's <a h=''/>
+        self.on_closed: Callable[[str], None] | None = None  # the reader stopped: why
+        self.iq_set_handlers: dict[str, Callable[[ET.Element], None]] = {}  # payload ns -> handler
         self._reader = StanzaReader()
         self._pending: list = []
         self._iq_waiters: dict[str, asyncio.Future] = {}
         self._rx: asyncio.StreamReader | None = None
         self._tx: asyncio.StreamWriter | None = None
         self._task: asyncio.Task | None = None
+        self.close_error: Exception | None = None
 
     async def login(self) -> float:
         """Connect and negotiate up to a ready session; return the seconds it took."""
@@ -210,6 +237,7 @@ class XmppClient:
             self.send_raw(f"<enable xmlns='{NS_SM}'/>")
             answer = await self._next_element()
             self.sm_enabled = local_tag(answer) == "enabled"
+            self.outbound = 0
 
     async def _open_stream(self) -> None:
         self._reader.restart()
@@ -247,7 +275,7 @@ class XmppClient:
             answer = await self._scram()
         if local_tag(answer) != "success":
             cond = next((local_tag(c) for c in answer), "unknown")
-            raise XmppError(f"SASL {cfg.mech} failed: {cond}")
+            raise XmppError(f"SASL {cfg.mech} failed: {cond}", condition=cond)
 
     async def _scram(self) -> ET.Element:
         cfg = self.config
@@ -306,29 +334,38 @@ class XmppClient:
         if isinstance(event, StreamClosed):
             raise XmppError("stream closed by server")
         if isinstance(event, ET.Element) and event.tag == f"{{{NS_STREAM}}}error":
-            raise XmppError(f"stream error: {next((local_tag(c) for c in event), '?')}")
+            raise stream_error(event)
         return event
 
     async def _read_loop(self) -> None:
+        reason = "stream closed by server"
         try:
             while True:
                 event = await self._next_event()
+                if isinstance(event, ET.Element) and event.tag == f"{{{NS_STREAM}}}error":
+                    raise stream_error(event)  # e.g. see-other-host after a failover (SPEC §7)
                 if isinstance(event, ET.Element):
                     self._dispatch(event)
                 elif isinstance(event, StreamClosed):
                     break
         except (XmppError, OSError, ET.ParseError) as exc:
             log.debug("%s: reader stopped: %s", self.jid, exc)
+            reason = str(exc)
+            self.close_error = exc
         finally:
             for fut in self._iq_waiters.values():
                 if not fut.done():
                     fut.set_exception(XmppError("connection lost"))
+            if self.on_closed is not None:
+                self.on_closed(reason)
 
     def _dispatch(self, elem: ET.Element) -> None:
         tag = local_tag(elem)
         if elem.tag.startswith(f"{{{NS_SM}}}"):
             if tag == "r":
                 self.send_raw(f"<a xmlns='{NS_SM}' h='{self.inbound % 2**32}'/>")
+            elif tag == "a" and self.on_ack is not None:
+                self.on_ack(int(elem.get("h", "0")))
             return
         self.inbound += 1
         if tag == "iq" and self._handle_iq(elem):
@@ -346,11 +383,16 @@ class XmppClient:
             return fut is not None
         reply_id = quoteattr(iq.get("id", ""))
         if kind == "set" and iq.find(f"{{{NS_ROSTER}}}query") is not None:
-            self.send_raw(f"<iq type='result' id={reply_id}/>")
+            self._send_stanza(f"<iq type='result' id={reply_id}/>")
             return False  # the callback may want to see pushes
+        handler = self.iq_set_handlers.get(_payload_ns(iq)) if kind == "set" else None
+        if handler is not None:
+            self._send_stanza(f"<iq type='result' id={reply_id}/>")
+            handler(iq)
+            return True
         to = quoteattr(iq.get("from", self.config.domain))
-        self.send_raw(f"<iq type='error' id={reply_id} to={to}><error type='cancel'>"
-                      f"<service-unavailable xmlns='{NS_STANZAS}'/></error></iq>")
+        self._send_stanza(f"<iq type='error' id={reply_id} to={to}><error type='cancel'>"
+                          f"<service-unavailable xmlns='{NS_STANZAS}'/></error></iq>")
         return True
 
     async def iq(self, type_: str, payload: str, timeout_s: float = 30.0) -> ET.Element:
@@ -358,7 +400,7 @@ class XmppClient:
         iq_id = f"q{next(_ids)}"
         fut = asyncio.get_running_loop().create_future()
         self._iq_waiters[iq_id] = fut
-        self.send_raw(f"<iq type='{type_}' id='{iq_id}'>{payload}</iq>")
+        self._send_stanza(f"<iq type='{type_}' id='{iq_id}'>{payload}</iq>")
         try:
             return await asyncio.wait_for(fut, timeout_s)
         finally:
@@ -372,12 +414,27 @@ class XmppClient:
         if self._tx is not None and not self._tx.is_closing():
             self._tx.write(data.encode())
 
+    def _send_stanza(self, data: str) -> None:
+        """send_raw for a stanza: counted for XEP-0198 acks once SM is on."""
+        if self.sm_enabled:
+            self.outbound += 1
+        self.send_raw(data)
+
+    def request_ack(self) -> None:
+        """XEP-0198 `<r/>`: the server answers `<a h=''/>` (reported to `on_ack`)."""
+        if self.sm_enabled:
+            self.send_raw(f"<r xmlns='{NS_SM}'/>")
+
+    @property
+    def connected(self) -> bool:
+        return self._task is not None and not self._task.done()
+
     def send_presence(self, to: str | None = None, type_: str | None = None,
                       status: str | None = None) -> None:
-        self.send_raw(presence_xml(to, type_, status))
+        self._send_stanza(presence_xml(to, type_, status))
 
     def send_message(self, to: str, body: str, id_: str | None = None) -> None:
-        self.send_raw(message_xml(to, body, id_))
+        self._send_stanza(message_xml(to, body, id_))
 
     async def close(self, timeout_s: float = 5.0) -> None:
         """Close the stream politely, then the socket."""

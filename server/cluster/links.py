@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 DIAL_ENV = "PRESENCE_HA_LINK_DIAL"
 DEFAULT_OPTIONS = LinkOptions(window=1024, heartbeat_interval_s=1.0, dead_after_s=5.0,
                               handshake_timeout_s=5.0, connect_timeout_s=3.0,
-                              backoff_initial_s=0.05, backoff_max_s=2.0)
+                              backoff_initial_s=0.05, backoff_max_s=1.0)
 
 
 @dataclass(frozen=True)
@@ -88,6 +88,14 @@ class LinkMesh:
 
     def peers_up(self) -> list[str]:
         return sorted(name for name, channel in self.channels.items() if channel.up)
+
+    def unreachable_for(self, peer: str) -> float:
+        """Seconds the peer has been unreachable: our link to it down, and its link to
+        us down too (a peer that dialled us is alive; our redial will follow)."""
+        channel = self.channels.get(peer)
+        if channel is None or peer in self.peers_in():
+            return 0.0
+        return channel.down_for()
 
     def peers_in(self) -> frozenset[str]:
         """Peers whose own link to this node is up (they can send to us)."""

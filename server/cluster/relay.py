@@ -74,8 +74,7 @@ class RelayDialer:
 
     def refusal(self, username: str, node: str) -> SaslFailure | None:
         """None if `node` can be reached to host `username`'s session."""
-        channel = self.mesh.channel(node)
-        if channel is not None and channel.down_for() <= self.grace_s:
+        if self.mesh.channel(node) is not None and self.mesh.unreachable_for(node) <= self.grace_s:
             return None
         return SaslFailure(SaslCondition.TEMPORARY_AUTH_FAILURE, f"node {node} serving {username} is unreachable; retry later")
 

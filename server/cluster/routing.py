@@ -5,7 +5,7 @@ Rules of this module:
   an account whose active node is another node it sends the stanza there and says
   "taken"; for an account served here, by nobody, or unknown, it says "not mine" and
   the router delivers locally.
-- A peer that is unreachable (its link down for more than `grace_s`) gets nothing
+- A peer that is unreachable (no link either way for more than `grace_s`) gets nothing
   new: the stanza is handled here as for an account with no available resource,
   which the shared database makes right: chat/normal messages go to offline storage,
   subscriptions and probes are answered from the shared records, presence has
@@ -51,7 +51,7 @@ class ClusterRoute:
         channel = self.mesh.channel(node) if node is not None and node != self.node else None
         if channel is None:
             return False
-        if channel.down_for() > self.grace_s:
+        if self.mesh.unreachable_for(node) > self.grace_s:
             self.unreachable += 1
             log.info("node %s unreachable: %s for %s handled here", node, stanza.tag, to)
             if stanza.tag == "iq" and stanza.get("type") in ("get", "set"):

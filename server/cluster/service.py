@@ -150,12 +150,13 @@ class ClusterService:
                 channel.post(Kind.CONTROL, wire.encode_control(wire.Op.MOVED))
 
     def _expire_relays(self) -> None:
-        for name, channel in self.mesh.channels.items():
-            if channel.down_for() <= self.timers.relay_timeout_s:
+        for name in self.mesh.channels:
+            down_for = self.mesh.unreachable_for(name)
+            if down_for <= self.timers.relay_timeout_s:
                 self._lost.discard(name)
             elif name not in self._lost:
                 self._lost.add(name)
-                log.info("node %s unreachable for %.0fs: ending relayed sessions", name, channel.down_for())
+                log.info("node %s unreachable for %.0fs: ending relayed sessions", name, down_for)
                 self.dialer.peer_lost(name, "is unreachable")
                 self.inbox.submit(("lost", name), lambda name=name: self.host.peer_lost(name))
 

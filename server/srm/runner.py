@@ -38,6 +38,7 @@ from db import groups, nodes, parameters, srm_state, users
 from db.engine import DatabaseUnavailable
 from db.errors import FencingConflict
 from server.auth import host_port
+from server.features import inactive_session
 from server.link import Kind, LinkClient, LinkConfig, LinkOptions, LinkServer, PeerRefused
 from server.services import CriticalServices, StopCause
 from server.sessions import SessionKind, SessionRegistry
@@ -379,11 +380,9 @@ class SrmRunner:
         log.info("srm %s: disconnected %d session(s) of %s's users", self.node, ended, owner)
 
     async def _do_activate(self, a: ActivateInactiveSessions) -> None:
-        async with self._db() as session:
-            names = {u.username for u in await users.list_users(session, a.owner)}
-        for s in self._sessions:
-            if s.kind is SessionKind.INACTIVE and s.jid.local in names:
-                s.kind = SessionKind.ACTIVE  # SPEC §8: the backup connection carries on
+        # SPEC §8: the backup connections of the users taken over carry on, activated by
+        # the server (presence restored, queued messages handed over, client told).
+        await inactive_session.activate_all(self._clients.ctx, a.owner)
 
     def _do_check_peer(self, a: CheckPeerLiveness) -> None:
         self._spawn(self._probe(a.peer))
