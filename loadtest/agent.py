@@ -64,8 +64,10 @@ class UserAgent:
         self.active: Link | None = None
         self.backup: Link | None = None
         self.backup_node: NodeAddr | None = None
+        self.backup_known = False  # the §3 answer arrived (backup_node None: none offered)
         self.stopped = False
         self.last_trip = 0.0  # completion time of the last probe round trip
+        self.fault_node: str | None = None  # the node serving it when the fault hit
         self._seq = 0
         self._tasks: set[asyncio.Task] = set()
         self._recovering = False
@@ -142,17 +144,21 @@ class UserAgent:
     def ready(self) -> bool:
         if self.active is None:
             return False
-        return self.plan.mode != "dual" or self.backup is not None or self.backup_node is None
+        if self.plan.mode != "dual":
+            return True
+        return self.backup is not None or (self.backup_known and self.backup_node is None)
 
     # -- dual mode: backup connection (XEP-PHA §3-§6) -------------------------------
     async def _arm_backup(self, link: Link) -> None:
         try:
             answer = await link.client.iq("get", f"<backup xmlns='{NS_BACKUP}'/>", 10)
         except (XmppError, asyncio.TimeoutError):
+            self.backup_known = True
             return
         backup = answer.find(f"{{{NS_BACKUP}}}backup")
         node = backup.find(f"{{{NS_BACKUP}}}node") if backup is not None else None
         relogin = backup.find(f"{{{NS_BACKUP}}}relogin") if backup is not None else None
+        self.backup_known = True
         if node is None or answer.get("type") != "result":
             self.backup_node = None  # §3.3: HA off or no peer: one connection only
             return
@@ -232,8 +238,8 @@ class UserAgent:
             node = self.plan.node(lost.node)
             await asyncio.sleep(scenario.relogin_delay(self.rng, node.relogin_lower_s, node.relogin_upper_s))
             error = lost.client.close_error
-            first = self._next_target(node, error) if isinstance(error, XmppError) else self._next_target(node, XmppError(""))
-            link = await self.login_with_retries(first)
+            hint = error if isinstance(error, XmppError) else XmppError("connection lost")
+            link = await self.login_with_retries(self._next_target(node, hint))
             if link is not None and self.active is None:
                 self.rec.counts["relogins"] += 1
                 self._activate_link(link, "relogin")

@@ -184,5 +184,9 @@ def bench_prosody(prosody_log: str, **opts) -> None:
     finish(result, opts["json_path"])
 
 
+from loadtest.failover import failover_command  # noqa: E402 - registered after `main` exists
+
+main.add_command(failover_command)
+
 if __name__ == "__main__":
     main()

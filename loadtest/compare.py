@@ -270,14 +270,16 @@ def run_group(servers: Servers, name: str, settings: Settings) -> dict:
     try:
         with servers.running(name) as pid:
             return run_benchmark(servers.targets[name], settings, pid)
-    except (RuntimeError, TimeoutError, OSError) as exc:
+    except (RuntimeError, TimeoutError, OSError, EOFError) as exc:  # EOF: a generator died
         log.error("%s: %s failed: %s", name, settings.scenarios, exc)
         return {"results": {}, "host": {}, "error": str(exc)}
 
 
 def run_compare(servers: Servers, s: Settings, repeat: int = 1,
-                progress: Callable[[str], None] = lambda _msg: None) -> dict:
-    """Every scenario group on each server in turn, each on a fresh start; JSON-ready."""
+                progress: Callable[[str], None] = lambda _msg: None,
+                partial: Callable[[dict], None] = lambda _result: None) -> dict:
+    """Every scenario group on each server in turn, each on a fresh start; JSON-ready.
+    `partial` gets the result so far after each group (a long run keeps what it measured)."""
     runs: dict[str, dict[str, list[dict]]] = {name: {} for name in SERVERS}
     for label, settings in scenario_groups(s):
         for rep in range(repeat):
@@ -285,6 +287,11 @@ def run_compare(servers: Servers, s: Settings, repeat: int = 1,
             for name in order:
                 progress(f"{label}: {name} (run {rep + 1}/{repeat})")
                 runs[name].setdefault(label, []).append(run_group(servers, name, settings))
+        partial(summarize(servers, s, repeat, runs))
+    return summarize(servers, s, repeat, runs)
+
+
+def summarize(servers: Servers, s: Settings, repeat: int, runs: dict) -> dict:
     chosen = {name: {label: median_run(label, results) for label, results in by_label.items()}
               for name, by_label in runs.items()}
     out = {"settings": asdict(s), "repeat": repeat,
@@ -425,9 +432,14 @@ def finish(result: dict, json_path: str | None) -> None:
         for label, error in res.get("errors", {}).items():
             console.print(f"[red]{name} {label} failed:[/red] {error}")
     if json_path:
+        write_json(result, json_path)
+        console.print(f"JSON written to {json_path}")
+
+
+def write_json(result: dict, json_path: str | None) -> None:
+    if json_path:
         with open(json_path, "w") as out:
             json.dump(result, out, indent=2, default=str)
-        console.print(f"JSON written to {json_path}")
 
 
 @main.command("bench-compare")
@@ -450,7 +462,8 @@ def bench_compare(repeat: int, prosody_log: str, keep: bool, **opts) -> None:
     servers = prepare_servers(opts, settings)
     try:
         result = run_compare(servers, settings, repeat,
-                             lambda msg: console.print(f"[bold]running {msg}[/bold]"))
+                             lambda msg: console.print(f"[bold]running {msg}[/bold]"),
+                             lambda part: write_json(part, opts["json_path"]))
     finally:
         if keep:
             console.print(f"kept: {servers.ours.base} {servers.prosody.base}")

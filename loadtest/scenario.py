@@ -263,7 +263,8 @@ class Ledger:
             "delivered": len(delivered),
             "lost": len(self.sent) - len(delivered),
             "lost_acked": len(acked - delivered),
-            "duplicated": sum(max(0, len(rx) - 1) for m, rx in self.received.items() if m in self.sent),
+            "duplicated": sum(max(0, sum(not r.inactive for r in rx) - 1)
+                              for m, rx in self.received.items() if m in self.sent),
             "unknown_received": sum(1 for m in self.received if m not in self.sent),
         }
 

@@ -166,6 +166,8 @@ class Node:
         self.srm = SrmRunner(name, self.session_factory, self.services, port, self.sessions, self.metrics,
                              secret.encode(), host, info.ports.srm_port)
         port.admission = self.srm.login_refusal
+        if self.cluster is not None:
+            self.srm.on_users_moved = self.cluster.users_moved
 
     async def _start_srm(self, host: str, info: nodes.NodeInfo) -> None:
         """Start the services (a taken client port fails the start), then the SRM, whose

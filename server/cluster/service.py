@@ -143,6 +143,12 @@ class ClusterService:
                 log.warning("cannot refresh user locations: %s", exc)
             self._expire_relays()
 
+    def users_moved(self) -> None:
+        """The SRM moved users (a committed takeover or fallback): forget every cached
+        location now, before the SRM acts on the move, and tell the other nodes."""
+        self.locations.forget_all()
+        self._broadcast_moved()
+
     def _broadcast_moved(self) -> None:
         log.info("users moved: cached locations forgotten, peers told")
         for channel in self.mesh.channels.values():

@@ -120,6 +120,7 @@ class SrmRunner:
         self._peer_alive: tuple[object, float] = (None, time.monotonic())
         self._peer_seen = False
         self._db_ok = True
+        self.on_users_moved: Callable[[], None] = lambda: None  # set by the node: cluster routing
 
     # --- lifecycle -----------------------------------------------------------------
 
@@ -341,6 +342,7 @@ class SrmRunner:
             self._queue.put_nowait(_Item(MoveUsersFailed(a.epoch, str(exc)), machine_gen=gen))
             return
         log.info("srm %s: users of %s now active on %s (epoch %d)", self.node, a.src, a.dst, a.epoch)
+        self.on_users_moved()  # routing must follow the move before anything acts on it
         self._queue.put_nowait(_Item(UsersMoved(a.epoch), machine_gen=gen))
 
     def _do_start_timer(self, a: StartTimer) -> None:

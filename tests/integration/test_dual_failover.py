@@ -119,7 +119,7 @@ async def test_inactive_session_gets_nothing_then_activation_hands_over(ha_pair_
         assert alice.connection_events("activated")
         await wait_until(lambda: "three" in [m.body for m in alice.messages()], 5, "the queued message")
         assert [m.body for m in alice.messages()].count("three") == 1
-        await wait_until(lambda: sum(1 for p in alice.presences() if p.show == "away") == 2, 5,
+        await wait_until(lambda: sum(1 for p in alice.presences() if p.show == "away") >= 2, 5,
                          "carol's presence again, now from n2")
         await wait_until(lambda: alice_seen(seen, phone)[-1:] == ["available"] and len(alice_seen(seen, phone)) > 1,
                          5, "alice's presence restored for carol")
@@ -137,8 +137,9 @@ async def test_manual_failover_activates_the_inactive_connection_and_fallback_re
     cluster.cli("ha", "failover", "n1")
     await wait_until(lambda: active_on(alice, cluster, "n2"), 15, "alice active on n2")
     assert len(alice.connection_events("connected")) == 1  # activated, not a new login
-    lost = alice.connection_events("lost")[0]
-    assert "redirected to" in lost.detail
+    # The backup connection carries on: activated by the server after the takeover
+    # (or by the client, had its active connection been redirected first).
+    assert alice.connection_events("activated")
 
     cluster.cli("ha", "fallback", "n1")
     await wait_until(lambda: set(active_nodes(cluster.db_url).values()) == {"n1"}, 30, "alice's user back on n1")

@@ -1,0 +1,205 @@
+"""Load generator processes of the failover test (multiprocessing, one asyncio loop each).
+
+Rules of this module:
+- `Drivers.start()` forks `workers` processes (both cores of the machine generate
+  load); each runs `UserAgent`s for its share of the users on its own event loop.
+  Fork happens before the orchestrator starts any thread.
+- Lock-step protocol on one pipe per worker. Orchestrator -> worker: `("go",)` start
+  the traffic, `("fault", at, node)` the fault was injected, `("stop",)` stop sending,
+  drain, report. Worker -> orchestrator: `("status", dict)` every `STATUS_EVERY_S`,
+  `("ready", dict)` once every user is logged in (dual: with its inactive
+  connection), `("done", dict)` with the events and counters.
+- Every wait has a deadline; a worker that dies is reported, never waited for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import random
+import resource
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+from loadtest.agent import Recorder, UserAgent
+from loadtest.scenario import Plan, UserSpec
+
+STATUS_EVERY_S = 0.5
+DRAIN_S = 3.0
+
+
+def raise_nofile() -> int:
+    """Raise RLIMIT_NOFILE to the hard limit (a user is one or two sockets)."""
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
+
+
+# ---- worker side ---------------------------------------------------------------------
+
+def _status(agents: list[UserAgent], fault: tuple[float, str] | None, rec: Recorder) -> dict:
+    by_node: Counter = Counter(a.active.node for a in agents if a.active is not None)
+    status = {"users": len(agents), "logged_in": sum(by_node.values()), "ready": sum(a.ready for a in agents),
+              "inactive": sum(a.backup is not None for a in agents), "active_by_node": dict(by_node),
+              "retries": rec.counts["login_retries"], "sent": sum(1 for e in rec.events[-5000:] if e[0] == "S")}
+    if fault is not None:
+        affected = [a for a in agents if a.fault_node == fault[1]]
+        status["affected"] = len(affected)
+        status["recovered"] = sum(a.last_trip > fault[0] for a in affected)
+    return status
+
+
+async def _login_all(agents: list[UserAgent], rate: float) -> None:
+    async def one(agent: UserAgent, at: float) -> None:
+        await asyncio.sleep(max(0.0, at - time.monotonic()))
+        await agent.start()
+
+    start = time.monotonic()
+    await asyncio.gather(*(one(a, start + i / rate) for i, a in enumerate(agents)))
+
+
+async def _wait_ready(agents: list[UserAgent], deadline_s: float) -> None:
+    deadline = time.monotonic() + deadline_s
+    while not all(a.ready for a in agents) and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+
+
+async def _worker_main(plan: Plan, users: list[UserSpec], index: int, conn) -> None:
+    loop = asyncio.get_running_loop()
+    rec = Recorder()
+    agents = [UserAgent(plan, u, rec, random.Random(hash((plan.seed, index, u.name)))) for u in users]
+    inbox: asyncio.Queue = asyncio.Queue()
+    loop.run_in_executor(None, _pump, conn, loop, inbox)
+    state: dict = {"fault": None}
+
+    async def report() -> None:
+        while True:
+            conn.send(("status", _status(agents, state["fault"], rec)))
+            await asyncio.sleep(STATUS_EVERY_S)
+
+    reporter = loop.create_task(report())
+    await _login_all(agents, plan.login_rate)
+    upper = max(n.relogin_upper_s for n in plan.nodes)
+    await _wait_ready(agents, upper * 3 + 30)
+    conn.send(("ready", _status(agents, None, rec)))
+    await _until(inbox, "go")
+    runs = [loop.create_task(a.run()) for a in agents]
+    while (message := await inbox.get())[0] != "stop":
+        if message[0] == "fault":
+            state["fault"] = (message[1], message[2])
+            for agent in agents:
+                agent.fault_node = agent.active.node if agent.active is not None else None
+    await _drain(agents)
+    reporter.cancel()
+    conn.send(("done", {"events": rec.events, "counts": dict(rec.counts), "errors": dict(rec.errors),
+                        "final": _status(agents, state["fault"], rec)}))
+    for task in runs:
+        task.cancel()
+    await asyncio.gather(*(a.close() for a in agents), return_exceptions=True)
+
+
+async def _drain(agents: list[UserAgent]) -> None:
+    """Stop sending; keep reading (in-flight deliveries and acks) for DRAIN_S."""
+    for agent in agents:
+        agent.stopped = True
+    deadline = time.monotonic() + DRAIN_S
+    while time.monotonic() < deadline:
+        for agent in agents:
+            agent.request_acks()
+        await asyncio.sleep(0.5)
+
+
+def _pump(conn, loop: asyncio.AbstractEventLoop, inbox: asyncio.Queue) -> None:
+    """Worker thread: orchestrator messages into the loop's queue, until 'stop' or EOF."""
+    while True:
+        try:
+            message = conn.recv()
+        except EOFError:
+            message = ("stop",)
+        loop.call_soon_threadsafe(inbox.put_nowait, message)
+        if message[0] == "stop":
+            return
+
+
+async def _until(inbox: asyncio.Queue, kind: str) -> None:
+    while (await inbox.get())[0] != kind:
+        pass
+
+
+def worker_entry(plan: Plan, users: list[UserSpec], index: int, conn) -> None:
+    """Process entry point."""
+    raise_nofile()
+    asyncio.run(_worker_main(plan, users, index, conn))
+
+
+# ---- orchestrator side ---------------------------------------------------------------
+
+@dataclass
+class Drivers:
+    """The load generator processes of one run, seen from the orchestrator."""
+
+    plan: Plan
+    users: list[UserSpec]
+    workers: int = 2
+    procs: list = field(default_factory=list)
+    pipes: list = field(default_factory=list)
+    status: dict[int, dict] = field(default_factory=dict)
+    ready: dict[int, dict] = field(default_factory=dict)
+    done: dict[int, dict] = field(default_factory=dict)
+
+    def start(self) -> None:
+        ctx = multiprocessing.get_context("fork")
+        shards = [self.users[i::self.workers] for i in range(self.workers)]
+        for index, shard in enumerate(shards):
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=worker_entry, args=(self.plan, shard, index, child), daemon=True)
+            proc.start()
+            self.procs.append(proc)
+            self.pipes.append(parent)
+
+    def poll(self, timeout_s: float = 0.1) -> None:
+        """Read whatever the workers sent; raise if one died before reporting."""
+        deadline = time.monotonic() + timeout_s
+        for index, (pipe, proc) in enumerate(zip(self.pipes, self.procs)):
+            while index not in self.done and pipe.poll(max(0.0, deadline - time.monotonic())):
+                try:
+                    kind, data = pipe.recv()
+                except EOFError:
+                    break
+                {"status": self.status, "ready": self.ready, "done": self.done}[kind][index] = data
+                if kind == "ready":
+                    self.status[index] = data
+            if index not in self.done and not proc.is_alive():
+                raise RuntimeError(f"load generator {proc.pid} died (exit code {proc.exitcode})")
+
+    def total(self, key: str, source: str = "status") -> int:
+        return sum(s.get(key, 0) for s in getattr(self, source).values())
+
+    def by_node(self) -> Counter:
+        out: Counter = Counter()
+        for s in self.status.values():
+            out.update(s.get("active_by_node", {}))
+        return out
+
+    def send(self, *message) -> None:
+        for pipe in self.pipes:
+            pipe.send(message)
+
+    def wait_for(self, what: str, deadline_s: float, on_tick=None) -> None:
+        """Poll until every worker sent `what` ('ready' or 'done'), with a deadline."""
+        deadline = time.monotonic() + deadline_s
+        while len(getattr(self, what)) < len(self.procs):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"load generators not {what} after {deadline_s:.0f} s")
+            self.poll(0.2)
+            if on_tick is not None:
+                on_tick()
+
+    def stop(self) -> None:
+        """Join the workers; kill (by PID, via the Process object) any that hangs."""
+        for proc in self.procs:
+            proc.join(timeout=15)
+            if proc.is_alive():
+                proc.kill()
+                proc.join(timeout=5)

@@ -1,0 +1,236 @@
+"""`presence-ha loadtest failover`: failover downtime and message loss at scale (SPEC §6-§9).
+
+Rules of this module:
+- Orchestration only: the cluster comes from `loadtest.localpair` (a private HA pair
+  on SQLite with short timers, or the nodes of `--cluster-json` from `presence-ha up`),
+  the load from `loadtest.driver` (forked before any thread starts), the fault from
+  `loadtest.faults`, per-node series from `loadtest.monitor`, the figures from
+  `loadtest.scenario` and `loadtest.report`.
+- One run per mode (`--mode both`: single, then dual, each on a fresh local pair).
+  Phases: log in (dual: until every inactive connection is up), steady traffic for
+  `--warmup` s, the fault, then until every affected user has a round trip again (or
+  `--after` s), plus `--settle` s; then the load generators drain and report.
+- The tool stops by itself: every phase has a deadline, every process it started is
+  stopped by PID (a SIGSTOPped node gets SIGCONT after the run).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from loadtest import faults, localpair, report
+from loadtest.driver import Drivers, raise_nofile
+from loadtest.monitor import Monitor
+from loadtest.scenario import Ledger, NodeAddr, Plan, UserSpec, from_tuple, roster_pairs, rosters
+
+log = logging.getLogger(__name__)
+console = Console(width=max(Console().width, 160))
+PASSWORD = "loadtest-pw"
+
+
+@dataclass
+class Target:
+    """The cluster of one run: where the nodes are, who the users are, what we own."""
+
+    db_url: str
+    domain: str
+    nodes: list[NodeAddr]
+    users: list[tuple[str, str, str]]  # (name, password, active node)
+    pids: dict[str, int | None]
+    procs: list[localpair.NodeProc]
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            proc.stop()
+
+
+def local_target(opts: dict, mode: str) -> Target:
+    base = Path(opts["data_dir"] or tempfile.mkdtemp(prefix="failover-")) / mode
+    base.mkdir(parents=True, exist_ok=True)
+    url = f"sqlite+aiosqlite:///{base / 'presence-ha.db'}"
+    lower, upper = opts["relogin"]
+    users = [(f"lt{i}", PASSWORD) for i in range(opts["users"])]
+    asyncio.run(localpair.provision_pair(url, "loadtest.test", users, (lower, upper)))
+    procs = localpair.start_pair(url, base)
+    target = _read_target(url, {u: p for u, p in users}, procs)
+    console.print(f"[dim]local HA pair in {base} (logs {base}/n1.log, n2.log)[/dim]")
+    return target
+
+
+def json_target(path: str, limit: int) -> Target:
+    spec = json.loads(Path(path).read_text())
+    passwords = {u["username"]: u["password"] for u in spec["users"]}
+    return _read_target(spec["database_url"], passwords, [], limit)
+
+
+def _read_target(url: str, passwords: dict[str, str], procs: list, limit: int | None = None) -> Target:
+    domain, nodes, located, _group = asyncio.run(localpair.read_layout(url))
+    names = sorted((u for u in passwords if u in located), key=lambda u: (len(u), u))[:limit]
+    users = [(u, passwords[u], located[u]) for u in names]
+    pids = {p.name: p.pid for p in procs} or {n.name: localpair.pid_listening(n.port) for n in nodes}
+    return Target(url, domain, nodes, users, pids, procs)
+
+
+def user_specs(target: Target, contacts: int) -> list[UserSpec]:
+    by_node: dict[str, list[str]] = {}
+    for name, _pw, node in target.users:
+        by_node.setdefault(node, []).append(name)
+    asyncio.run(localpair.ensure_rosters(target.db_url, target.domain, by_node, contacts))
+    roster = rosters(roster_pairs(by_node, contacts))
+    return [UserSpec(n, pw, node, tuple(roster.get(n, ()))) for n, pw, node in target.users]
+
+
+def make_plan(opts: dict, mode: str, target: Target) -> Plan:
+    return Plan(mode=mode, domain=target.domain, nodes=tuple(target.nodes),
+                probe_interval_s=opts["probe_interval"], chat_interval_s=opts["chat_interval"],
+                presence_interval_s=opts["presence_interval"], liveness_s=opts["liveness"],
+                login_rate=opts["login_rate"] / opts["workers"], source_ips=opts["source_ips"], seed=opts["seed"])
+
+
+def _progress() -> Progress:
+    return Progress(TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console)
+
+
+def _login_phase(drivers: Drivers, progress: Progress, users: int, deadline_s: float) -> None:
+    logins = progress.add_task("logged in", total=users, info="")
+    ready = progress.add_task("ready (dual: + inactive)", total=users, info="")
+
+    def tick() -> None:
+        progress.update(logins, completed=drivers.total("logged_in"), info=f"retries {drivers.total('retries')}")
+        progress.update(ready, completed=drivers.total("ready"), info=f"inactive {drivers.total('inactive')}")
+
+    drivers.wait_for("ready", deadline_s, tick)
+    tick()
+
+
+def _fault_phase(drivers: Drivers, progress: Progress, opts: dict, target: Target, node: str):
+    """Warm up, inject the fault, wait for the affected users to be back; return (fault, at)."""
+    users = len(target.users)
+    steady = progress.add_task("steady traffic", total=opts["warmup"], info="")
+    start = time.monotonic()
+    while (elapsed := time.monotonic() - start) < opts["warmup"]:
+        drivers.poll(0.2)
+        progress.update(steady, completed=elapsed, info=f"active by node {dict(drivers.by_node())}")
+    progress.update(steady, completed=opts["warmup"])
+    injected = faults.inject(opts["fault"], node, target.pids.get(node), target.db_url)
+    fault_at = time.monotonic()
+    drivers.send("fault", fault_at, node)
+    back = progress.add_task(f"recovered after {opts['fault']}", total=users, info="")
+    deadline, done_at = fault_at + opts["after"], None
+    while time.monotonic() < deadline and (done_at is None or time.monotonic() < done_at + opts["settle"]):
+        drivers.poll(0.2)
+        affected, recovered = drivers.total("affected"), drivers.total("recovered")
+        progress.update(back, total=max(affected, 1), completed=recovered,
+                        info=f"active by node {dict(drivers.by_node())}")
+        if done_at is None and affected and recovered >= affected:
+            done_at = time.monotonic()
+    return injected, fault_at
+
+
+def run_mode(opts: dict, mode: str) -> dict:
+    """One complete run of `mode`; returns its report entry."""
+    target = local_target(opts, mode) if not opts["cluster_json"] else json_target(opts["cluster_json"], opts["users"])
+    injected, monitor, drivers = None, None, None
+    try:
+        node = opts["node"] or target.nodes[0].name
+        reason = faults.refusal(opts["fault"], target.db_url, target.pids.get(node) is not None, False)
+        if reason:
+            raise click.UsageError(reason)
+        drivers = Drivers(make_plan(opts, mode, target), user_specs(target, opts["contacts"]), opts["workers"])
+        drivers.start()  # fork before the monitor thread exists
+        monitor = Monitor(target.db_url, target.pids).start()
+        with _progress() as progress:
+            _login_phase(drivers, progress, len(target.users), opts["login_deadline"])
+            drivers.send("go")
+            start = time.monotonic()
+            injected, fault_at = _fault_phase(drivers, progress, opts, target, node)
+            drivers.send("stop")
+            drivers.wait_for("done", 120)
+        end = time.monotonic()
+    finally:
+        faults.restore(injected)
+        if monitor is not None:
+            monitor.stop()
+        if drivers is not None:
+            drivers.stop()
+        target.stop()
+    return _summarize(drivers, monitor, mode, len(target.users), injected, fault_at, start, end)
+
+
+def _summarize(drivers: Drivers, monitor: Monitor, mode: str, users: int, injected, fault_at, start, end) -> dict:
+    ledger = Ledger()
+    counts, errors = {}, {}
+    for result in drivers.done.values():
+        ledger.feed(from_tuple(row) for row in result["events"])
+        for key, value in result["counts"].items():
+            counts[key] = counts.get(key, 0) + value
+        for key, value in result["errors"].items():
+            errors[key] = errors.get(key, 0) + value
+    fault = {"fault": injected.fault, "node": injected.node, "detail": injected.detail}
+    return report.summarize(ledger, mode=mode, users=users, fault=fault, fault_at=fault_at, start=start,
+                            end=end, monitor=monitor, counts=counts, errors=errors)
+
+
+def _pair(_ctx, _param, value: str) -> tuple[int, int]:
+    lower, _, upper = value.partition(",")
+    try:
+        return int(lower), int(upper or lower)
+    except ValueError:
+        raise click.BadParameter("expected LOWER,UPPER in whole seconds (>= 1)") from None
+
+
+@click.command("failover")
+@click.option("--users", default=200, show_default=True, help="Simulated users (each a real XMPP client).")
+@click.option("--mode", type=click.Choice(["single", "dual", "both"]), default="both", show_default=True)
+@click.option("--fault", type=click.Choice(faults.FAULTS), default="kill", show_default=True)
+@click.option("--node", default=None, help="Node to fault (default: the first node).")
+@click.option("--cluster-json", type=click.Path(exists=True, dir_okay=False), help="Target `presence-ha up` nodes.")
+@click.option("--report", "report_dir", type=click.Path(file_okay=False), help="Write report.json and PNG plots here.")
+@click.option("--data-dir", type=click.Path(file_okay=False), help="Where the local pair lives (default: a temp dir).")
+@click.option("--workers", default=2, show_default=True, help="Load generator processes.")
+@click.option("--warmup", default=5.0, show_default=True, help="Seconds of steady traffic before the fault.")
+@click.option("--after", default=60.0, show_default=True, help="Longest wait for recovery after the fault (s).")
+@click.option("--settle", default=3.0, show_default=True, help="Traffic kept after every user is back (s).")
+@click.option("--relogin", default="1,3", callback=_pair, show_default=True, help="Local pair re-login limits LOWER,UPPER s.")
+@click.option("--probe-interval", default=0.5, show_default=True, help="Seconds between round-trip probes per user.")
+@click.option("--chat-interval", default=4.0, show_default=True, help="Mean seconds between chat messages per user.")
+@click.option("--presence-interval", default=20.0, show_default=True, help="Mean seconds between presence changes.")
+@click.option("--liveness", default=3.0, show_default=True, help="Silent connection declared dead after (s).")
+@click.option("--contacts", default=20, show_default=True)
+@click.option("--login-rate", default=300.0, show_default=True, help="Initial logins per second (all workers).")
+@click.option("--login-deadline", default=600.0, show_default=True, help="Longest login phase (s).")
+@click.option("--source-ips", default="", callback=lambda _c, _p, v: tuple(x for x in v.split(",") if x),
+              help="Comma-separated 127.0.0.x source addresses to spread client ports over.")
+@click.option("--seed", default=1, show_default=True)
+def failover_command(**opts) -> None:
+    """Fail a node over under load; measure downtime, takeover time and message loss."""
+    if opts["cluster_json"] and opts["mode"] == "both":
+        raise click.UsageError("--mode both needs a fresh pair per mode: with --cluster-json run one mode, "
+                               "then `presence-ha ha fallback NODE` (or restart the node) before the other")
+    db_url = json.loads(Path(opts["cluster_json"]).read_text())["database_url"] if opts["cluster_json"] else "sqlite"
+    reason = faults.refusal(opts["fault"], db_url, have_pid=True, proxied_db=False)
+    if reason:
+        raise click.UsageError(reason)
+    raise_nofile()
+    runs = {}
+    for mode in (("single", "dual") if opts["mode"] == "both" else (opts["mode"],)):
+        console.rule(f"{mode} mode: {opts['users']} users, fault {opts['fault']}")
+        runs[mode] = run_mode(opts, mode)
+    console.print(report.table(runs))
+    if opts["report_dir"]:
+        directory = Path(opts["report_dir"])
+        path = report.write_json(directory, {"runs": runs, "options": {k: v for k, v in opts.items()}})
+        for plot in report.write_plots(directory, runs):
+            console.print(f"plot: {plot}")
+        console.print(f"report: {path}")

@@ -1,0 +1,208 @@
+"""The cluster under test: a private local HA pair, or existing nodes from `cluster.json`.
+
+Rules of this module:
+- `provision_pair()` builds an empty database the way `presence-ha up` does (schema,
+  cluster, two nodes on free loopback ports, one group with HA on, users Balanced),
+  with short SRM timers and re-login limits (SPEC §5 parameters, seconds >= 1).
+- `ensure_rosters()` gives every user about 20 mutual contacts spread over both nodes
+  (`scenario.roster_pairs`), inserting only the pairs that are missing.
+- `NodeProc` is one `presence-ha node run` subprocess we started; we stop it by PID
+  (SIGCONT first, since a SIGSTOPped process cannot exit; then SIGTERM, then SIGKILL).
+- For nodes we did not start, `pid_listening(port)` finds the process from /proc.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import insert, select
+
+from db import clusters, groups, nodes, parameters, schema, srm_state
+from db import users as db_users
+from db.engine import make_engine, make_session_factory
+from db.models import RosterItem, User
+from loadtest import scenario
+from loadtest.scenario import NodeAddr
+
+FAST_PARAMS = {"heartbeat_interval_s": 1, "heartbeat_timeout_s": 2, "init_heartbeat_timeout_s": 3,
+               "critical_service_delay_s": 1, "see_other_host_redirect": "true"}
+NODE_SETS = ("limits.auth_throttle_base_s=0.2", "limits.auth_throttle_max_s=1")
+START_DEADLINE_S = 60.0
+STOP_DEADLINE_S = 15.0
+
+
+async def _in_session(url: str, fn):
+    engine = make_engine(url)
+    try:
+        async with make_session_factory(engine)() as session:
+            return await fn(session)
+    finally:
+        await engine.dispose()
+
+
+def free_ports(count: int) -> list[int]:
+    socks = [socket.socket() for _ in range(count)]
+    try:
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+async def provision_pair(url: str, domain: str, users: list[tuple[str, str]], relogin: tuple[int, int]) -> None:
+    """Schema, cluster, n1+n2 in group g1 (HA on), parameters, users Balanced."""
+    await schema.upgrade(url)
+
+    async def go(session) -> None:
+        await clusters.create_cluster(session, "loadtest", domain)
+        for name in ("n1", "n2"):
+            ports = dict(zip(nodes.PORT_FIELDS, free_ports(5), strict=True))
+            await nodes.add_node(session, name, host="127.0.0.1", ports=ports)
+        await groups.add_group(session, "g1", ["n1", "n2"], description="loadtest failover")
+        params = {**FAST_PARAMS, "relogin_lower_s": relogin[0], "relogin_upper_s": relogin[1]}
+        for key, value in params.items():  # lowered in an order that keeps lower <= upper
+            await parameters.set_parameter(session, key, value)
+        await db_users.bulk_import(session, users)
+        await groups.edit_group(session, "g1", ha_enabled=True)
+
+    await _in_session(url, go)
+
+
+async def read_layout(url: str) -> tuple[str, list[NodeAddr], dict[str, str], str | None]:
+    """(domain, nodes with their re-login limits, {user: active node}, group of the first pair)."""
+    async def go(session):
+        domain = (await clusters.get_cluster(session)).domain
+        addrs = []
+        for info in await nodes.list_nodes(session):
+            params = await parameters.effective_parameters(session, info.name)
+            addrs.append(NodeAddr(info.name, info.host, info.ports.client_port,
+                                  float(params["relogin_lower_s"]), float(params["relogin_upper_s"])))
+        located = {u.username: u.active_node for u in await db_users.list_users(session) if u.active_node}
+        pair = next((g for g in await groups.list_groups(session) if len(g.nodes) == 2 and g.ha_enabled), None)
+        return domain, addrs, located, pair.name if pair else None
+
+    return await _in_session(url, go)
+
+
+async def ensure_rosters(url: str, domain: str, by_node: dict[str, list[str]], contacts: int = 20) -> int:
+    """Insert the missing mutual 'both' roster items; return how many were added."""
+    roster = scenario.rosters(scenario.roster_pairs(by_node, contacts))
+
+    async def go(session) -> int:
+        ids = dict((await session.execute(select(User.username, User.id))).all())
+        have = set((await session.execute(select(RosterItem.user_id, RosterItem.contact_jid))).all())
+        rows = [{"user_id": ids[u], "contact_jid": f"{c}@{domain}", "subscription": "both", "groups": "[]"}
+                for u, cs in roster.items() for c in cs if (ids[u], f"{c}@{domain}") not in have]
+        for start in range(0, len(rows), 5000):
+            await session.execute(insert(RosterItem), rows[start:start + 5000])
+        await session.commit()
+        return len(rows)
+
+    return await _in_session(url, go)
+
+
+async def ha_states(url: str, names: list[str]) -> dict[str, tuple[str, str] | None]:
+    async def go(session):
+        rows = {n: await srm_state.read_state(session, n) for n in names}
+        return {n: (r.state, r.reason) if r else None for n, r in rows.items()}
+
+    return await _in_session(url, go)
+
+
+@dataclass
+class NodeProc:
+    """A node process we started (and must stop)."""
+
+    name: str
+    url: str
+    data_dir: Path
+    process: subprocess.Popen | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
+
+    def start(self) -> None:
+        from server.cli.run import node_command
+
+        argv = node_command("node", "run", "--name", self.name, "--db", self.url, "--data-dir", str(self.data_dir))
+        for item in NODE_SETS:
+            argv += ["--set", item]
+        with open(self.data_dir / f"{self.name}.log", "ab") as log:
+            self.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self) -> None:
+        if not self.alive():
+            return
+        self.process.send_signal(signal.SIGCONT)
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=STOP_DEADLINE_S)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def start_pair(url: str, data_dir: Path) -> list[NodeProc]:
+    """Spawn n1 and n2 and wait (deadline) until both SRMs persist Normal / Normal."""
+    procs = [NodeProc(name, url, data_dir) for name in ("n1", "n2")]
+    try:
+        for proc in procs:
+            proc.start()
+        deadline = time.monotonic() + START_DEADLINE_S
+        while set(asyncio.run(ha_states(url, ["n1", "n2"])).values()) != {("Normal", "Normal")}:
+            dead = [p.name for p in procs if not p.alive()]
+            if dead or time.monotonic() > deadline:
+                raise RuntimeError(f"HA pair did not reach Normal/Normal (exited: {dead}); see {data_dir}/*.log")
+            time.sleep(0.2)
+    except BaseException:
+        for proc in procs:
+            proc.stop()
+        raise
+    return procs
+
+
+def pid_listening(port: int) -> int | None:
+    """The PID of the local process listening on TCP `port` (from /proc), or None."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(f"socket:[{fields[9]}]")
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if any(os.readlink(f"/proc/{pid}/fd/{fd}") in inodes for fd in os.listdir(f"/proc/{pid}/fd")):
+                return int(pid)
+        except OSError:
+            continue
+    return None
+
+
+def rss_kb(pid: int | None) -> int | None:
+    """VmRSS of `pid` in kB (None if gone or unknown)."""
+    if pid is None:
+        return None
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None

@@ -1,0 +1,163 @@
+"""Failover run report: the figures of one run, the summary table, report.json and plots.
+
+Rules of this module:
+- `summarize()` turns a run's `scenario.Ledger`, its monitor samples and the fault
+  into one JSON-ready dict; every time series is in seconds relative to the fault.
+  The plots are drawn from that dict only, so report.json alone can redraw them.
+- report.json: `{"runs": {MODE: run}}`; each run holds at least users, fault,
+  downtime_ms (p50/p90/p99/max), takeover_ms, messages (sent/acked/delivered/lost/
+  duplicated), double_served and rss_kb per node (see `scenario` for the definitions).
+- matplotlib runs on the Agg backend (files only, no display), imported lazily so the
+  CLI starts fast.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from rich.table import Table
+
+from loadtest.scenario import Ledger, cdf, summary_ms
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None or math.isinf(seconds) else round(seconds * 1000, 1)
+
+
+def _rel(value: float | None, origin: float) -> float | None:
+    return None if value is None else round(value - origin, 3)
+
+
+def summarize(ledger: Ledger, *, mode: str, users: int, fault: dict, fault_at: float, start: float,
+              end: float, monitor, counts: dict, errors: dict) -> dict:
+    """One mode's run as a JSON-ready dict."""
+    affected = ledger.affected(fault["node"], fault_at)
+    downtimes, recoveries = ledger.downtimes(affected, fault_at)
+    takeover = ledger.takeover(affected, fault["node"], fault_at)
+    double = ledger.double_served()
+    rates = ledger.rates(start, end)
+    return {
+        "mode": mode, "users": users, "fault": fault, "affected_users": len(affected),
+        "not_recovered": sum(1 for d in downtimes if math.isinf(d)),
+        "downtime_ms": summary_ms(downtimes), "recovery_ms": summary_ms(recoveries),
+        "takeover_ms": _ms(takeover), "messages": ledger.messages(), "lost_acked_sample": _lost_detail(ledger, fault_at),
+        "double_served": len(double), "double_served_users": double[:20],
+        "login_retries": counts.get("login_retries", 0), "retryable_refusals": counts.get("retryable_refusals", 0),
+        "counters": counts, "login_errors": errors, "rss_kb": monitor.rss_summary(),
+        "srm_timeline": [{**s, "t": _rel(s["t"], fault_at)} for s in monitor.states],
+        "series": {
+            "downtime_s": [None if math.isinf(d) else round(d, 4) for d in downtimes],
+            "sessions": [{**s, "t": _rel(s["t"], fault_at)} for s in monitor.samples],
+            "rates": {**rates, "t": [_rel(t, fault_at) for t in rates["t"]]},
+        },
+    }
+
+
+def _lost_detail(ledger: Ledger, fault_at: float) -> list[dict]:
+    """Who sent each acked-but-lost message to whom, when, and which nodes served them."""
+    out = []
+    for msg_id in ledger.lost_acked_ids():
+        sent = ledger.sent[msg_id]
+        out.append({"id": msg_id, "from": sent.sender, "to": sent.recipient, "sent_t": _rel(sent.at, fault_at),
+                    "acked_t": _rel(ledger.acked[msg_id], fault_at),
+                    "from_node": ledger.node_at(sent.sender, sent.at), "to_node": ledger.node_at(sent.recipient, sent.at)})
+    return out
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.0f}" if isinstance(value, float) else str(value)
+
+
+def table(runs: dict[str, dict]) -> Table:
+    out = Table(title="Failover load test")
+    columns = ("mode", "users", "fault", "affected", "downtime p50/p90/p99/max ms", "takeover ms",
+               "sent", "acked", "delivered", "lost", "lost acked", "dup", "double served", "retries", "RSS peak kB")
+    for col in columns:
+        out.add_column(col, justify="left" if col in ("mode", "fault") else "right")
+    for mode, r in runs.items():
+        d, m = r["downtime_ms"], r["messages"]
+        rss = ", ".join(f"{n}:{_fmt(v['peak_kb'])}" for n, v in r["rss_kb"].items())
+        out.add_row(mode, str(r["users"]), f"{r['fault']['fault']} {r['fault']['node']}", str(r["affected_users"]),
+                    "/".join(_fmt(d[k]) for k in ("p50", "p90", "p99", "max")), _fmt(r["takeover_ms"]),
+                    str(m["sent"]), str(m["acked"]), str(m["delivered"]), str(m["lost"]), str(m["lost_acked"]),
+                    str(m["duplicated"]), str(r["double_served"]), str(r["login_retries"]), rss)
+    return out
+
+
+def write_json(directory: Path, report: dict) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "report.json"
+    path.write_text(json.dumps(report, indent=1, default=str) + "\n")
+    return path
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_downtime_cdf(directory: Path, mode: str, run: dict) -> Path:
+    plt = _pyplot()
+    values = [math.inf if v is None else v * 1000 for v in run["series"]["downtime_s"]]
+    xs, ys = cdf(values)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.step(xs, ys, where="post", label=f"{mode} ({len(values)} affected users)")
+    ax.set(xlabel="downtime (ms)", ylabel="fraction of affected users", ylim=(0, 1.02),
+           title=f"Downtime CDF, {mode} mode, fault {run['fault']['fault']} {run['fault']['node']}")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    return _save(fig, plt, directory / f"downtime_cdf_{mode}.png")
+
+
+def plot_sessions(directory: Path, mode: str, run: dict) -> Path:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for node in sorted({s["node"] for s in run["series"]["sessions"]}):
+        points = [s for s in run["series"]["sessions"] if s["node"] == node and "jsm_sessions_client" in s]
+        ts = [p["t"] for p in points]
+        ax.plot(ts, [p["jsm_sessions_client"] for p in points], label=f"{node} active")
+        if mode == "dual":
+            ax.plot(ts, [p["jsm_sessions_client_inactive"] for p in points], linestyle="--", label=f"{node} inactive")
+    ax.axvline(0, color="red", linewidth=1)
+    ax.text(0, ax.get_ylim()[1] * 0.95, f" {run['fault']['fault']} {run['fault']['node']}", color="red")
+    ax.set(xlabel="seconds from the fault", ylabel="client sessions", title=f"Sessions per node, {mode} mode")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best")
+    return _save(fig, plt, directory / f"sessions_{mode}.png")
+
+
+def plot_rates(directory: Path, mode: str, run: dict) -> Path:
+    plt = _pyplot()
+    rates = run["series"]["rates"]
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for key in ("sent", "acked", "delivered"):
+        ax.plot(rates["t"], rates[key], label=key)
+    ax.axvline(0, color="red", linewidth=1, label="fault")
+    ax.set(xlabel="seconds from the fault", ylabel="messages / s", title=f"Message rate, {mode} mode")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best")
+    return _save(fig, plt, directory / f"message_rate_{mode}.png")
+
+
+def _save(fig, plt, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def write_plots(directory: Path, runs: dict[str, dict]) -> list[Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for mode, run in runs.items():
+        paths += [plot_downtime_cdf(directory, mode, run), plot_sessions(directory, mode, run),
+                  plot_rates(directory, mode, run)]
+    return paths
