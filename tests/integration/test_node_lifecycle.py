@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import signal
 
-import aioxmpp
-import aiosasl
-import pytest
 
 from tests.integration.cluster import RawClient, cluster_factory, wait_until  # noqa: F401
 
@@ -28,25 +25,6 @@ async def test_user_of_another_node_is_redirected_with_see_other_host(cluster_fa
     on_n2 = await RawClient.connect(n2)
     await on_n2.login("bob", "bob-pw")  # the node the database names serves him
     on_n2.close()
-
-
-async def test_user_of_another_node_is_refused_clearly_without_redirect(cluster_factory):  # noqa: F811
-    cluster = cluster_factory(nodes=2, placement={"bob": "n2"})
-    n1 = cluster.node("n1")
-    bob = await RawClient.connect(n1)
-    await bob.starttls()
-    assert await bob.auth_plain("bob", "bob-pw") == "temporary-auth-failure"
-    assert "bob is served by node n2" in (await bob.expect(r"<text>([^<]*)</text>")).group(1)
-    bob.close()
-    client = aioxmpp.PresenceManagedClient(
-        aioxmpp.JID.fromstr("bob@example.test"),
-        aioxmpp.make_security_layer("bob-pw", no_verify=True),
-        override_peer=[(n1.host, n1.client_port, aioxmpp.connector.STARTTLSConnector())],
-        max_initial_attempts=1,
-    )
-    with pytest.raises(aiosasl.AuthenticationFailure):  # a real client gives up, it does not loop
-        async with client.connected():
-            pass
 
 
 async def test_user_served_by_no_node_is_refused(cluster_factory):  # noqa: F811
