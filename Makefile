@@ -8,6 +8,8 @@ STAMP := $(VENV)/.installed
 DATA_DIR ?= data
 BASE_PORT ?= 5222
 USERS ?= 10
+NODES ?= 2
+DOMAIN ?= localhost
 
 .PHONY: run test install unit integration bench clean
 
@@ -21,12 +23,12 @@ install: $(STAMP)
 
 ## run: a local pair of nodes on the embedded SQLite default, ready for clients
 run: $(STAMP)
-	$(BIN)/presence-ha up --data-dir $(DATA_DIR) --base-port $(BASE_PORT) --users $(USERS)
+	$(BIN)/presence-ha up --data-dir $(DATA_DIR) --base-port $(BASE_PORT) --users $(USERS) --nodes $(NODES) --domain $(DOMAIN)
 
 ## test: every test, on SQLite and on the real PostgreSQL
 test: $(STAMP)
 	./scripts/test-services.sh
-	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n 3 --dist loadfile tests
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit

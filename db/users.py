@@ -14,6 +14,8 @@ Rules of this module:
 
 from __future__ import annotations
 
+import functools
+
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
@@ -161,6 +163,7 @@ async def remove_user(session: AsyncSession, username: str) -> None:
         raise NotFound(f"user {name!r} does not exist")
 
 
+@functools.cache  # one immutable statement: building aliased joins per call cost ~50% of login CPU
 def _located():
     assigned, active = aliased(Node), aliased(Node)
     return (

@@ -71,6 +71,7 @@ class UserAgent:
         self._seq = 0
         self._tasks: set[asyncio.Task] = set()
         self._recovering = False
+        self._activation: tuple[str, asyncio.Future] | None = None  # (iq id, answer) of §5
 
     # -- connections ---------------------------------------------------------------
     def _config(self, node: NodeAddr) -> ClientConfig:
@@ -193,15 +194,17 @@ class UserAgent:
         link = self.backup
         deadline = time.monotonic() + self.plan.activate_timeout_s
         while link is not None and link is self.backup and time.monotonic() < deadline:
+            self._seq += 1
+            self._activation = (f"act-{self._seq}", asyncio.get_running_loop().create_future())
+            link.client.send_stanza(f"<iq type='set' id='{self._activation[0]}'><activate xmlns='{NS_BACKUP}'/></iq>")
             try:
-                answer = await link.client.iq("set", f"<activate xmlns='{NS_BACKUP}'/>", 10)
-            except (XmppError, asyncio.TimeoutError):
+                answer = await asyncio.wait_for(self._activation[1], 10)
+            except asyncio.TimeoutError:
                 return False
+            if self.active is link:
+                return True  # activated (by the result, in stream order, or by the §6 push)
             if link is not self.backup:
-                return self.active is link  # the §6 push came first
-            if answer.get("type") == "result":
-                self._activate_link(link, "activated")
-                return True
+                return False
             error = answer.find(f"{{{NS_CLIENT}}}error")
             if error is None or error.get("type") != "wait":
                 return False
@@ -253,6 +256,12 @@ class UserAgent:
         now = time.monotonic()
         link.last_rx = now
         tag = local_tag(elem)
+        if tag == "iq" and self._activation is not None and elem.get("id") == self._activation[0]:
+            if elem.get("type") == "result" and link is self.backup:
+                self._activate_link(link, "activated")  # before the stanzas that follow it
+            if not self._activation[1].done():
+                self._activation[1].set_result(elem)
+            return
         if tag == "message" and elem.get("type") != "error":
             msg_id = elem.get("id") or elem.findtext(f"{{{NS_CLIENT}}}body") or ""
             self.rec.events.append(("R", msg_id, self.spec.name, link.node, now, link.inactive))

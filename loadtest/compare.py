@@ -271,8 +271,8 @@ def run_group(servers: Servers, name: str, settings: Settings) -> dict:
         with servers.running(name) as pid:
             return run_benchmark(servers.targets[name], settings, pid)
     except (RuntimeError, TimeoutError, OSError, EOFError) as exc:  # EOF: a generator died
-        log.error("%s: %s failed: %s", name, settings.scenarios, exc)
-        return {"results": {}, "host": {}, "error": str(exc)}
+        log.error("%s: %s failed: %r", name, settings.scenarios, exc)
+        return {"results": {}, "host": {}, "error": repr(exc)}
 
 
 def run_compare(servers: Servers, s: Settings, repeat: int = 1,

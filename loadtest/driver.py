@@ -198,6 +198,12 @@ class Drivers:
 
     def stop(self) -> None:
         """Join the workers; kill (by PID, via the Process object) any that hangs."""
+        for index, pipe in enumerate(self.pipes):
+            if index not in self.done:
+                try:
+                    pipe.send(("stop",))
+                except OSError:
+                    pass
         for proc in self.procs:
             proc.join(timeout=15)
             if proc.is_alive():

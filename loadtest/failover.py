@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import signal
 import tempfile
 import time
 from dataclasses import dataclass
@@ -123,6 +124,7 @@ def _fault_phase(drivers: Drivers, progress: Progress, opts: dict, target: Targe
         drivers.poll(0.2)
         progress.update(steady, completed=elapsed, info=f"active by node {dict(drivers.by_node())}")
     progress.update(steady, completed=opts["warmup"])
+    _check_healthy(drivers, target, users)
     injected = faults.inject(opts["fault"], node, target.pids.get(node), target.db_url)
     fault_at = time.monotonic()
     drivers.send("fault", fault_at, node)
@@ -136,6 +138,17 @@ def _fault_phase(drivers: Drivers, progress: Progress, opts: dict, target: Targe
         if done_at is None and affected and recovered >= affected:
             done_at = time.monotonic()
     return injected, fault_at
+
+
+def _check_healthy(drivers: Drivers, target: Target, users: int) -> None:
+    """Refuse to measure a failover of a pair that already failed under the load itself."""
+    states = asyncio.run(localpair.ha_states(target.db_url, [n.name for n in target.nodes]))
+    sick = {n: s for n, s in states.items() if s != ("Normal", "Normal")}
+    ready = drivers.total("ready")
+    if sick or ready < users:
+        raise click.ClickException(
+            f"not injecting the fault: the cluster is not healthy before it (SRM states {sick or 'Normal'}, "
+            f"{ready}/{users} users ready); lower --users or --login-rate, see the node logs")
 
 
 def run_mode(opts: dict, mode: str) -> dict:
@@ -152,6 +165,7 @@ def run_mode(opts: dict, mode: str) -> dict:
         monitor = Monitor(target.db_url, target.pids).start()
         with _progress() as progress:
             _login_phase(drivers, progress, len(target.users), opts["login_deadline"])
+            progress.console.print(f"logged in: {drivers.total('logged_in')}, ready: {drivers.total('ready')}")
             drivers.send("go")
             start = time.monotonic()
             injected, fault_at = _fault_phase(drivers, progress, opts, target, node)
@@ -182,6 +196,10 @@ def _summarize(drivers: Drivers, monitor: Monitor, mode: str, users: int, inject
                             end=end, monitor=monitor, counts=counts, errors=errors)
 
 
+def _interrupted(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def _pair(_ctx, _param, value: str) -> tuple[int, int]:
     lower, _, upper = value.partition(",")
     try:
@@ -208,7 +226,7 @@ def _pair(_ctx, _param, value: str) -> tuple[int, int]:
 @click.option("--presence-interval", default=20.0, show_default=True, help="Mean seconds between presence changes.")
 @click.option("--liveness", default=3.0, show_default=True, help="Silent connection declared dead after (s).")
 @click.option("--contacts", default=20, show_default=True)
-@click.option("--login-rate", default=300.0, show_default=True, help="Initial logins per second (all workers).")
+@click.option("--login-rate", default=100.0, show_default=True, help="Initial logins per second (all workers).")
 @click.option("--login-deadline", default=600.0, show_default=True, help="Longest login phase (s).")
 @click.option("--source-ips", default="", callback=lambda _c, _p, v: tuple(x for x in v.split(",") if x),
               help="Comma-separated 127.0.0.x source addresses to spread client ports over.")
@@ -223,6 +241,7 @@ def failover_command(**opts) -> None:
     if reason:
         raise click.UsageError(reason)
     raise_nofile()
+    signal.signal(signal.SIGTERM, _interrupted)  # `kill PID` tears down like Ctrl-C: nodes and workers stopped
     runs = {}
     for mode in (("single", "dual") if opts["mode"] == "both" else (opts["mode"],)):
         console.rule(f"{mode} mode: {opts['users']} users, fault {opts['fault']}")

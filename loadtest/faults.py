@@ -32,7 +32,7 @@ PARTITION_REASON = (
 )
 SQLITE_DB_REASON = (
     "db refused: SQLite is an embedded file opened by each node, there is no database connection to cut; "
-    "run with --db postgresql+asyncpg://... (the node then reaches PostgreSQL through a cuttable proxy)"
+    "a database fault needs PostgreSQL reached through a cuttable proxy, which this tool does not set up yet"
 )
 
 

@@ -420,6 +420,11 @@ class XmppClient:
             self.outbound += 1
         self.send_raw(data)
 
+    def send_stanza(self, data: str) -> None:
+        """Send a stanza (counted for XEP-0198). An IQ sent this way is not awaited by
+        `iq()`: its answer goes to `on_stanza`, in stream order with what follows it."""
+        self._send_stanza(data)
+
     def request_ack(self) -> None:
         """XEP-0198 `<r/>`: the server answers `<a h=''/>` (reported to `on_ack`)."""
         if self.sm_enabled:

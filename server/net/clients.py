@@ -97,7 +97,7 @@ class ClientPort:
 
     # -- listening ----------------------------------------------------------------
     async def start(self, host: str, port: int) -> None:
-        self._server = await asyncio.start_server(self._accept, host, port, reuse_address=True)
+        self._server = await asyncio.start_server(self._accept, host, port, reuse_address=True, backlog=1024)
         log.info("client port listening on %s:%d", host, port)
 
     async def _settings(self) -> StreamSettings:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import concurrent.futures
-import contextlib
 import os
 import re
 import signal
@@ -45,13 +44,39 @@ DOMAIN = "example.test"
 FAST_LIMITS = ("limits.auth_throttle_base_s=0.2", "limits.auth_throttle_max_s=1")
 
 
+# Listening ports come from below the kernel's ephemeral range (32768+ here), so the
+# clients' own outgoing connections can never take a port between its choice and the
+# node's bind, and each pytest-xdist worker draws from its own slice of the range.
+_PORT_LOW, _PORT_HIGH = 10_000, 32_000
+_WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+_SLICE = (_PORT_HIGH - _PORT_LOW) // 8
+_next_port = _PORT_LOW + (_WORKER % 8) * _SLICE + (os.getpid() * 7) % (_SLICE // 2)
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def free_ports(count: int) -> list[int]:
-    """`count` distinct free loopback ports (held open together while choosing)."""
-    with contextlib.ExitStack() as stack:
-        socks = [stack.enter_context(socket.socket()) for _ in range(count)]
-        for sock in socks:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in socks]
+    """`count` distinct free loopback ports from this worker's slice."""
+    global _next_port
+    base = _PORT_LOW + (_WORKER % 8) * _SLICE
+    chosen: list[int] = []
+    for _ in range(_SLICE):
+        port, _next_port = _next_port, _next_port + 1
+        if _next_port >= base + _SLICE:
+            _next_port = base
+        if _bindable(port):
+            chosen.append(port)
+            if len(chosen) == count:
+                return chosen
+    raise RuntimeError(f"no {count} free ports in {base}..{base + _SLICE}")
 
 
 def poll_until(predicate: Callable[[], bool], deadline_s: float, what: str, interval_s: float = 0.05) -> None:

@@ -25,26 +25,19 @@ slixmpp = pytest.importorskip("slixmpp")
 aioxmpp = pytest.importorskip("aioxmpp")
 
 DOMAIN = "example.test"
+from tests.integration.cluster import _bindable, free_ports  # noqa: E402
+
 PASSWORD = "secret-pw"
 DEADLINE_S = 15.0
 CLI = [sys.executable, "-c", "from server.cli import main; main()"]
 
 
 def _free_base_port() -> int:
-    """A base port B with B..B+4 free (the node's five ports)."""
-    for _ in range(50):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            base = probe.getsockname()[1]
-        if base + 4 > 65535:
-            continue
-        try:
-            for port in range(base, base + 5):
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", port))
+    """A base port B with B..B+4 free (the node's five ports), outside the ephemeral range."""
+    for _ in range(200):
+        (base,) = free_ports(1)
+        if all(_bindable(port) for port in range(base + 1, base + 5)):
             return base
-        except OSError:
-            continue
     raise RuntimeError("no five consecutive free ports")
 
 
