@@ -321,7 +321,9 @@ class Connection:
             if self.relay is not None:
                 await self.relay.forward(event.stanza)
             return
-        assert self.session is not None
+        if self.session is None:  # the session ended (replaced, closed) while this stanza was in flight
+            log.debug("dropped a %s that arrived after its session ended", event.stanza.tag)
+            return
         self.port.metrics.stanzas_in.inc()
         if self.backup_refusal is not None and not self._backup_claimed(event.stanza):
             return
