@@ -23,6 +23,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 ENV_DB_URL = "PRESENCE_HA_DB"
 SQLITE_BUSY_TIMEOUT_MS = 10_000
+# SQLite pool: the 5 + 10 default ran dry at 1,000 logins with rosters (pool timeouts,
+# presence handlers failing, the SRM failing the node over). aiosqlite costs a thread
+# per connection and WAL lets readers run beside the one writer, so reads scale.
+SQLITE_POOL_SIZE = 20
+SQLITE_MAX_OVERFLOW = 20
 
 
 class DatabaseUnavailable(Exception):
@@ -57,20 +62,22 @@ def _sqlite_on_connect(dbapi_conn, _record) -> None:
     cursor.close()
 
 
-def make_engine(url: str, *, pool_size: int = 5, echo: bool = False) -> AsyncEngine:
-    """Create the async engine for `url` (any accepted spelling)."""
+def make_engine(url: str, *, pool_size: int | None = None, echo: bool = False) -> AsyncEngine:
+    """Create the async engine for `url` (any accepted spelling); `pool_size` None: the default."""
     full = normalize_url(url)
     if full.startswith("sqlite"):
         path = make_url(full).database
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(full, echo=echo)
+        sized = {} if path in (None, "", ":memory:") else {
+            "pool_size": pool_size or SQLITE_POOL_SIZE, "max_overflow": SQLITE_MAX_OVERFLOW}
+        engine = create_async_engine(full, echo=echo, **sized)
         event.listen(engine.sync_engine, "connect", _sqlite_on_connect)
         return engine
     return create_async_engine(
         full,
         echo=echo,
-        pool_size=pool_size,
+        pool_size=pool_size or 5,
         pool_pre_ping=True,
         connect_args={"timeout": 5, "command_timeout": 10},
     )

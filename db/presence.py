@@ -6,6 +6,9 @@ Rules of this module:
   elsewhere (RFC 6121 §4.3.2).
 - `node_id` tells which node wrote the row; `delete_for_node` clears the rows of a
   node that restarts (its sessions are gone).
+- `write_many` applies a batch of writes (upserts and deletes) in the caller's one
+  transaction with the dialect's native upsert (one statement per row, no read first):
+  `server.presence_writes` group-commits the node's presence traffic through it.
 - Functions take an `AsyncSession` and return plain values; the caller owns the
   transaction.
 """
@@ -14,7 +17,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from collections.abc import Mapping
+
 from sqlalchemy import delete, func, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from db.models import Node, PresenceRecord
@@ -47,6 +53,21 @@ async def upsert(
     row.stanza = stanza
     row.updated_at = func.now()
     await session.flush()
+
+
+async def write_many(
+    session: AsyncSession, writes: Mapping[tuple[int, str], tuple[int, str] | None], node_name: str | None
+) -> None:
+    """Apply `(uid, resource) -> (priority, stanza)` upserts, or deletes for None."""
+    node_id = await _node_id(session, node_name)
+    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    for (uid, resource), value in writes.items():
+        if value is None:
+            await delete_one(session, uid, resource)
+            continue
+        values = {"node_id": node_id, "priority": value[0], "stanza": value[1], "updated_at": func.now()}
+        stmt = dialect.insert(PresenceRecord).values(user_id=uid, resource=resource, **values)
+        await session.execute(stmt.on_conflict_do_update(index_elements=["user_id", "resource"], set_=values))
 
 
 async def delete_one(session: AsyncSession, uid: int, resource: str) -> bool:

@@ -56,6 +56,22 @@ async def user_id(session: AsyncSession, domain: str, username: str) -> int | No
     return (await session.execute(stmt)).scalar_one_or_none()
 
 
+async def user_ids(session: AsyncSession, domain: str, usernames: Collection[str]) -> dict[str, int]:
+    """`user_id` for many localparts in one query; unknown ones are missing."""
+    stmt = (
+        select(User.username, User.id)
+        .join(Cluster, Cluster.id == User.cluster_id)
+        .where(Cluster.domain == domain, User.username.in_(list(usernames)))
+    )
+    return {name: uid for name, uid in (await session.execute(stmt)).all()}
+
+
+async def subscriptions(session: AsyncSession, uid: int) -> list[tuple[str, str]]:
+    """(contact, subscription) of every roster item, in roster order."""
+    stmt = select(RosterItem.contact_jid, RosterItem.subscription).where(RosterItem.user_id == uid)
+    return [(c, sub) for c, sub in (await session.execute(stmt.order_by(RosterItem.id))).all()]
+
+
 async def list_items(session: AsyncSession, uid: int) -> list[RosterRow]:
     rows = await session.scalars(select(RosterItem).where(RosterItem.user_id == uid).order_by(RosterItem.id))
     return [_row(item) for item in rows]

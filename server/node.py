@@ -110,13 +110,13 @@ class Node:
         accounts = Accounts(self.session_factory, info.name)
         self.client_port = ClientPort(self.ctx, accounts, self.config, server_context(cert, key), self.metrics, secret.encode())
         self.metrics.watch_sessions(self.sessions, self.client_port.detached_count)
-        await self._start_cluster(info, host, secret)
-        self._build_srm(info, host, params, secret)
-        await self._start_srm(host, info)
-        try:
+        try:  # first, so the counters are readable as soon as clients can connect
             await self.metrics_server.start(host, info.ports.metrics_port)
         except OSError as exc:
             raise NodeStartError(f"cannot listen on {host}: {exc}") from exc
+        await self._start_cluster(info, host, secret)
+        self._build_srm(info, host, params, secret)
+        await self._start_srm(host, info)
         await self._start_admin(info, secret)
         log.info("node %s serving %s on %s:%d", info.name, cluster.domain, host, info.ports.client_port)
 

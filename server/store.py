@@ -12,6 +12,10 @@ Rules of this module:
   both states back, so concurrent nodes never lose an update.
 - Stored stanzas are serialized with `server.xmpp.stanzas.serialize` (no `ns0:`
   prefixes) and parsed back with the same Clark-notation conventions.
+- Hot-path reads of the presence feature (`contacts`, `subscription_of`) come from a
+  per-node roster cache (`server.roster_cache`); every roster write here invalidates
+  the user's entry after it committed. Presence record writes are group-committed
+  (`server.presence_writes`): still awaited before the presence is sent.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from db import groups, nodes, offline, parameters, presence, roster, users
 from db.engine import translate_errors
 from db.roster import RosterRow
+from server.presence_writes import GroupCommit
+from server.roster_cache import Roster, RosterCache
 from server.xmpp.jid import JID
 from server.xmpp.stanzas import serialize
 
@@ -77,11 +83,19 @@ def _needs_row(state: SubscriptionState) -> bool:
     return state.subscription != "none" or state.pending_out or state.approved
 
 
+ROSTER_CACHE_TTL_S = 30.0  # bounds staleness after another node wrote a roster (roster_cache)
+
+
 class Store:
-    def __init__(self, sessions: async_sessionmaker[AsyncSession], domain: str, node_name: str | None = None) -> None:
+    def __init__(
+        self, sessions: async_sessionmaker[AsyncSession], domain: str, node_name: str | None = None,
+        roster_cache_ttl_s: float = ROSTER_CACHE_TTL_S,
+    ) -> None:
         self._sessions = sessions
         self.domain = domain
         self.node_name = node_name  # recorded on presence rows this node writes
+        self._rosters = RosterCache(roster_cache_ttl_s)
+        self._presence_writes = GroupCommit(self._write_presences)
 
     @contextlib.asynccontextmanager
     async def _tx(self) -> AsyncIterator[AsyncSession]:
@@ -121,7 +135,8 @@ class Store:
             old = await roster.get_item(s, uid, str(contact.bare), lock=True) or RosterRow(str(contact.bare))
             row = dataclasses.replace(old, name=name, groups=tuple(groups))
             await roster.put_item(s, uid, row)
-            return row
+        self._rosters.invalidate(str(user.bare))
+        return row
 
     async def remove_roster_item(self, user: JID, contact: JID) -> SubscriptionState | None:
         """Delete the item and any pending request from the contact (RFC 6121 §2.5).
@@ -135,12 +150,35 @@ class Store:
                 return None
             pending_in = await roster.delete_pending(s, uid, str(contact.bare))
             await roster.delete_item(s, uid, str(contact.bare))
-            return SubscriptionState(row.subscription, row.ask, pending_in, row.approved)
+        self._rosters.invalidate(str(user.bare))
+        return SubscriptionState(row.subscription, row.ask, pending_in, row.approved)
 
     async def contacts(self, user: JID, subscriptions: Iterable[str]) -> list[JID]:
-        async with self._tx() as s:
-            texts = await roster.contacts_with(s, await self._uid(s, user), list(subscriptions))
-        return [JID.parse(text) for text in texts]
+        """The user's contacts with one of `subscriptions`, in roster order (cached)."""
+        wanted = set(subscriptions)
+        return [jid for jid, sub in (await self._cached_roster(user)).values() if sub in wanted]
+
+    async def subscription_of(self, user: JID, contact: JID) -> str | None:
+        """`contact`'s subscription in `user`'s roster (cached); None: no such user."""
+        try:
+            entry = (await self._cached_roster(user)).get(str(contact.bare))
+        except UnknownUser:
+            return None
+        return entry[1] if entry is not None else "none"
+
+    async def _cached_roster(self, user: JID) -> Roster:
+        key = str(user.bare)
+        cached = self._rosters.get(key)
+        if cached is not None:
+            return cached
+        ticket, loaded = self._rosters.begin_load(), None
+        try:
+            async with self._tx() as s:
+                rows = await roster.subscriptions(s, await self._uid(s, user))
+            loaded = {text: (JID.parse(text), sub) for text, sub in rows}
+        finally:
+            self._rosters.finish_load(ticket, key, loaded)
+        return loaded
 
     # -- subscriptions (RFC 6121 §3) -----------------------------------------
     async def subscription(self, user: JID, contact: JID) -> SubscriptionState:
@@ -174,7 +212,9 @@ class Store:
             if new != old and (row is not None or _needs_row(new)):
                 row = dataclasses.replace(base, subscription=new.subscription, ask=new.pending_out, approved=new.approved)
                 await roster.put_item(s, uid, row)
-            return SubscriptionUpdate(old, new, row)
+        if new != old:
+            self._rosters.invalidate(str(user.bare))
+        return SubscriptionUpdate(old, new, row)
 
     async def pending_requests(self, user: JID) -> list[ET.Element]:
         async with self._tx() as s:
@@ -198,13 +238,24 @@ class Store:
 
     # -- presence records (shared by all nodes) ------------------------------
     async def put_presence(self, full: JID, priority: int, stanza: ET.Element) -> None:
-        async with self._tx() as s:
-            uid = await self._uid(s, full)
-            await presence.upsert(s, uid, full.resource or "", priority, serialize(stanza), self.node_name)
+        """Returns once the record committed (group commit: see `server.presence_writes`)."""
+        await self._presence_writes.write(self._record_key(full), (priority, serialize(stanza)))
 
     async def delete_presence(self, full: JID) -> None:
+        await self._presence_writes.write(self._record_key(full), None)
+
+    def _record_key(self, full: JID) -> tuple[str, str]:
+        if full.local is None or full.domain != self.domain:
+            raise UnknownUser(str(full.bare))
+        return full.local, full.resource or ""
+
+    async def _write_presences(self, batch: dict) -> dict:
+        """One transaction for a batch of `(username, resource) -> (priority, stanza) | None`."""
         async with self._tx() as s:
-            await presence.delete_one(s, await self._uid(s, full), full.resource or "")
+            uids = await roster.user_ids(s, self.domain, {name for name, _ in batch})
+            writes = {(uids[name], res): value for (name, res), value in batch.items() if name in uids}
+            await presence.write_many(s, writes, self.node_name)
+        return {key: UnknownUser(f"{key[0]}@{self.domain}") for key in batch if key[0] not in uids}
 
     async def presences(self, user: JID) -> list[StoredPresence]:
         async with self._tx() as s:

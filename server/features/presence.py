@@ -9,7 +9,8 @@ Rules of this module:
   new resource its siblings, and then announces `SessionAvailable` (pending
   subscription requests and offline messages follow it). Later ones are updates (§4.4).
 - Every broadcast of available presence is written to the shared presence records
-  before it is sent, and unavailable presence deletes the record, so any node can
+  before it is sent (the store group-commits concurrent writes), and unavailable
+  presence deletes the record, so any node can
   answer a probe for this user (§4.3.2) and a backup node can take over.
 - Probes are answered with the last presence of each available resource (local
   sessions, else the shared records) if the prober is allowed to see it (subscription
@@ -108,8 +109,7 @@ async def _directed(ctx, session: Session, stanza: ET.Element) -> None:
     if stanza.get("type") == "unavailable":
         session.directed_to.discard(str(target))
     elif target.bare != session.bare:
-        state = await ctx.store.subscription(session.bare, target.bare)
-        if state.subscription not in SEE_ME:
+        if await ctx.store.subscription_of(session.bare, target.bare) not in SEE_ME:
             session.directed_to.add(str(target))
     await ctx.deliver(stanza, sender=session)
 
@@ -152,10 +152,8 @@ async def probe(ctx, sender: Session | None, stanza: ET.Element) -> None:
         return
     user, prober = JID.parse(stanza.get("to")).bare, JID.parse(stanza.get("from"))
     if prober.bare != user:
-        allowed = await ctx.store.user_exists(user)
-        if allowed:
-            allowed = (await ctx.store.subscription(user, prober.bare)).subscription in SEE_ME
-        if not allowed:
+        # One cached roster read, not two transactions per probe (None: no such account).
+        if await ctx.store.subscription_of(user, prober.bare) not in SEE_ME:
             refusal = ET.Element("presence", {"type": "unsubscribed", "from": str(user), "to": str(prober.bare)})
             await ctx.deliver(refusal)
             return

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from server.sessions import SessionKind
 from server.store import SubscriptionState
 from server.xmpp.jid import JID
@@ -137,3 +139,25 @@ async def test_inactive_sessions_show_and_get_no_presence(world):
     alice.outbox.clear()
     await alice.send("<presence/>")
     assert [s.get("from") for s in alice.outbox] == ["alice@example.test/home"]
+
+
+async def test_a_subscription_change_reaches_the_cached_contacts_at_once(world):
+    alice = await world.online("alice@example.test/home")
+    bob = await world.online("bob@example.test/pc")
+    await befriend(world, alice, bob)
+    await alice.send("<presence><show>away</show></presence>")  # caches alice's contacts
+    bob.expect("<presence from='alice@example.test/home' to='bob@example.test'><show>away</show></presence>")
+    await bob.send("<presence type='unsubscribe' to='alice@example.test'/>")  # alice's roster: from -> none
+    bob.outbox.clear()
+    await alice.send("<presence><show>dnd</show></presence>")
+    bob.silent()
+
+
+async def test_concurrent_broadcasts_share_one_record_transaction(world):
+    clients = [await world.connect(f"{name}@example.test/r") for name in ("alice", "bob", "carol")]
+    before = world.store._presence_writes.batches
+    await asyncio.gather(*(c.send("<presence><status>hi</status></presence>") for c in clients))
+    assert world.store._presence_writes.batches - before <= 2
+    for name in ("alice", "bob", "carol"):
+        [record] = await world.store.presences(JID.parse(f"{name}@example.test"))
+        assert (record.resource, record.stanza.findtext("status")) == ("r", "hi")
