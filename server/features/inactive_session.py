@@ -76,6 +76,11 @@ async def hold(ctx, session: Session, iq: ET.Element) -> None:
     log.info("%s holds an inactive session on %s", session.jid, ctx.node_name)
 
 
+async def _has_presence_record(ctx, session: Session) -> bool:
+    records = await ctx.store.presences(session.bare)
+    return any(r.resource == (session.jid.resource or "") for r in records)
+
+
 async def _restore_presence(ctx, session: Session) -> bool:
     """Route the stored presence of this resource as if the client sent it (RFC 6121 §4.2)."""
     records = [r for r in await ctx.store.presences(session.bare) if r.resource == (session.jid.resource or "")]
@@ -113,11 +118,15 @@ async def activate_all(ctx, owner_node: str) -> int:
     served = await ctx.store.usernames_active_on(ctx.node_name)
     chosen = [s for s in ctx.sessions if s.kind is SessionKind.INACTIVE and s.jid.local in served]
     for session in chosen:
-        restored = await activate_session(ctx, session)
+        # The push goes out before anything else on this session: once the kind flips,
+        # messages and presence flow, and the client must read them as active traffic.
+        restorable = session.available or await _has_presence_record(ctx, session)
+        session.kind = SessionKind.ACTIVE
         attrs = {"type": "set", "id": f"ha-activate-{next(_push_ids)}", "from": ctx.domain, "to": str(session.jid)}
         push = ET.Element("iq", attrs)
-        push.append(activated(restored, "takeover"))
+        push.append(activated(restorable, "takeover"))
         session.send(push)
+        await activate_session(ctx, session)
     log.info("activated %d inactive session(s) of %s's users on %s", len(chosen), owner_node, ctx.node_name)
     return len(chosen)
 

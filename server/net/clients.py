@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 import ssl
 import time
 from collections.abc import Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,6 +77,9 @@ class ClientPort:
         self._resumable: dict[str, Resumable] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._server: asyncio.Server | None = None
+        # PLAIN's PBKDF2 runs here, not on the event loop (c2s `DerivationRequested`):
+        # hashlib releases the GIL, so one thread per core lets the other cores help.
+        self.derivations = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="sasl-derive")
         # Gates wired by the node to its critical services and SRM (server.services):
         # presence engine up, authentication service up, and the SRM's login admission.
         self.presence_on: Callable[[], bool] = lambda: True
@@ -234,6 +239,7 @@ class ClientPort:
             connection.writer.transport.abort()
         if self._server is not None:
             await self._server.wait_closed()
+        self.derivations.shutdown(wait=False)
 
     # -- SRM and critical services (server.services, server.srm.runner) ---------------
     # The router service stops and starts the listener; the SRM ends chosen sessions.

@@ -39,6 +39,16 @@ class CredentialsRequested:
 
 
 @dataclass(frozen=True)
+class DerivationRequested:
+    """PLAIN: run `sasl.salted_password(password, salt, iterations)` off the event loop
+    (PBKDF2 is CPU-heavy); answer with `password_derived(salted)`."""
+
+    password: bytes = field(repr=False)
+    salt: bytes
+    iterations: int
+
+
+@dataclass(frozen=True)
 class PasswordVerified:
     """The user proved the password; answer `accept_login()` or `refuse_login(...)`."""
 
@@ -122,6 +132,7 @@ Event = (
     Outgoing
     | TlsRequested
     | CredentialsRequested
+    | DerivationRequested
     | PasswordVerified
     | AuthFailed
     | RegistrationRequested

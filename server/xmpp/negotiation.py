@@ -25,6 +25,7 @@ from server.xmpp.errors import Condition, StanzaError, StreamCondition, StreamEr
 from server.xmpp.events import (
     AuthFailed,
     CredentialsRequested,
+    DerivationRequested,
     Event,
     Outgoing,
     PasswordVerified,
@@ -65,6 +66,7 @@ class Waiting(enum.Enum):
 
     TLS = "tls"
     CREDENTIALS = "credentials"
+    DERIVATION = "derivation"  # PLAIN: the host derives SaltedPassword in a worker thread
     LOGIN = "login"
     RESUME = "resume"
     REGISTRATION = "registration"
@@ -191,6 +193,9 @@ class Negotiation:
         elif isinstance(step, sasl.NeedCredentials):
             self._wait(Waiting.CREDENTIALS)
             self._emit(CredentialsRequested(step.username, step.mechanism))
+        elif isinstance(step, sasl.NeedDerivation):
+            self._wait(Waiting.DERIVATION)
+            self._emit(DerivationRequested(step.password, step.salt, step.iterations))
         elif isinstance(step, sasl.Verified):
             self._verified = step
             self._wait(Waiting.LOGIN)
@@ -203,6 +208,14 @@ class Negotiation:
         assert self.waiting is Waiting.CREDENTIALS and self._exchange is not None
         self.waiting = None
         self._apply(self._exchange.credentials(keys))
+        if self.waiting is None:
+            self._resume_input()
+
+    def password_derived(self, salted: bytes) -> None:
+        """Answer to `DerivationRequested`: the SaltedPassword of the given password."""
+        assert self.waiting is Waiting.DERIVATION and self._exchange is not None
+        self.waiting = None
+        self._apply(self._exchange.derived(salted))
         if self.waiting is None:
             self._resume_input()
 

@@ -7,6 +7,9 @@ Rules of this module:
 - Only salted SCRAM keys exist (RFC 5802 §3): SCRAM runs on `scramp` with the stored
   keys; PLAIN (offered over TLS only) is checked against the SCRAM-SHA-256 keys by
   deriving SaltedPassword from the given password. Plaintext is never stored.
+- That derivation (PBKDF2, 4,096 rounds: ~11% of login CPU) is the host's job:
+  PLAIN answers the keys with `NeedDerivation`, the host runs `salted_password` off the
+  event loop (hashlib releases the GIL) and hands the result to `derived()`.
 - An unknown user runs the same SCRAM exchange against keys derived from a secret,
   so the failure looks the same as a wrong password (no user enumeration).
 - Failures use the RFC 6120 §6.5 conditions: garbage base64 -> `incorrect-encoding`,
@@ -20,7 +23,7 @@ import binascii
 import enum
 import hashlib
 import hmac
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from scramp import ScramException, ScramMechanism
@@ -54,6 +57,7 @@ class _Stage(enum.Enum):
     START = "start"
     AWAIT_FIRST = "await-first"  # sent an empty challenge; the client-first comes next
     AWAIT_KEYS = "await-keys"  # the host is fetching the stored keys
+    AWAIT_DERIVATION = "await-derivation"  # PLAIN: the host is deriving SaltedPassword
     CHALLENGED = "challenged"  # sent server-first; the client-final comes next
     DONE = "done"
 
@@ -79,6 +83,15 @@ class NeedCredentials:
 
 
 @dataclass(frozen=True)
+class NeedDerivation:
+    """PLAIN: derive SaltedPassword with `salted_password(...)`, then call `derived()`."""
+
+    password: bytes = field(repr=False)  # saslprep'ed, UTF-8
+    salt: bytes
+    iterations: int
+
+
+@dataclass(frozen=True)
 class Verified:
     username: str
     additional: bytes | None  # SCRAM server-final message, sent in <success/>
@@ -91,7 +104,7 @@ class Failed:
     username: str | None = None
 
 
-Step = Challenge | NeedCredentials | Verified | Failed
+Step = Challenge | NeedCredentials | NeedDerivation | Verified | Failed
 
 
 def decode_payload(text: str | None) -> bytes | None:
@@ -162,15 +175,28 @@ class _Keys:
     server_key: bytes
 
 
-def plain_matches(password: str, keys: StoredKeys) -> bool:
-    """Does `password` derive `keys` (SCRAM-SHA-256: SaltedPassword -> StoredKey)?"""
+def salted_password(password: bytes, salt: bytes, iterations: int) -> bytes:
+    """SaltedPassword of SCRAM-SHA-256 (RFC 5802 §3): the CPU-heavy step of PLAIN."""
+    return hashlib.pbkdf2_hmac("sha256", password, salt, iterations)
+
+
+def _prepared(password: str) -> bytes | None:
     try:
-        prepared = saslprep(password)
+        return saslprep(password).encode("utf-8")
     except ScramException:
-        return False
-    salted = hashlib.pbkdf2_hmac("sha256", prepared.encode("utf-8"), keys.salt, keys.iterations)
+        return None
+
+
+def salted_matches(salted: bytes, keys: StoredKeys) -> bool:
+    """Does SaltedPassword `salted` give `keys`' StoredKey (SCRAM-SHA-256)?"""
     client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
     return hmac.compare_digest(hashlib.sha256(client_key).digest(), keys.stored_key)
+
+
+def plain_matches(password: str, keys: StoredKeys) -> bool:
+    """Does `password` derive `keys` (SCRAM-SHA-256: SaltedPassword -> StoredKey)?"""
+    prepared = _prepared(password)
+    return prepared is not None and salted_matches(salted_password(prepared, keys.salt, keys.iterations), keys)
 
 
 class SaslExchange:
@@ -187,6 +213,7 @@ class SaslExchange:
         self._known_user = False
         self._payload = b""  # client-first (SCRAM) or the PLAIN message
         self._server = None
+        self._keys: StoredKeys | None = None  # PLAIN: the keys the derivation is checked against
         self._stage = _Stage.START
 
     def start(self, initial: bytes | None) -> Step:
@@ -233,13 +260,22 @@ class SaslExchange:
         assert self._stage == _Stage.AWAIT_KEYS and self._username is not None
         self._known_user = keys is not None
         if self.mechanism == PLAIN:
-            self._stage = _Stage.DONE
-            password = self._payload.decode("utf-8").split("\x00")[2]
-            if keys is not None and plain_matches(password, keys):
-                return Verified(self._username, None)
-            return Failed(SaslCondition.NOT_AUTHORIZED, None, self._username)
+            prepared = _prepared(self._payload.decode("utf-8").split("\x00")[2])
+            if keys is None or prepared is None:
+                self._stage = _Stage.DONE
+                return Failed(SaslCondition.NOT_AUTHORIZED, None, self._username)
+            self._keys, self._stage = keys, _Stage.AWAIT_DERIVATION
+            return NeedDerivation(prepared, keys.salt, keys.iterations)
         use = keys if keys is not None else dummy_keys(self._secret, self._username, self.mechanism)
         return self._scram_first(use)
+
+    def derived(self, salted: bytes) -> Step:
+        """PLAIN: the SaltedPassword the host derived for `NeedDerivation`."""
+        assert self._stage == _Stage.AWAIT_DERIVATION and self._keys is not None and self._username is not None
+        self._stage = _Stage.DONE
+        if salted_matches(salted, self._keys):
+            return Verified(self._username, None)
+        return Failed(SaslCondition.NOT_AUTHORIZED, None, self._username)
 
     def _scram_first(self, keys: StoredKeys) -> Step:
         def auth_fn(_username: str) -> tuple[bytes, bytes, bytes, int]:

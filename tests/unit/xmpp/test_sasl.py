@@ -41,3 +41,11 @@ def test_plain_exchange_needs_sha256_keys():
     exchange = sasl.SaslExchange("PLAIN", domain="d", nonce="n", secret=b"s")
     assert exchange.start(b"\x00Alice\x00pw") == sasl.NeedCredentials("alice", "SCRAM-SHA-256")
     assert exchange.credentials(None) == sasl.Failed(sasl.SaslCondition.NOT_AUTHORIZED, None, "alice")
+
+
+def test_plain_asks_the_host_to_derive_then_checks_the_result():
+    keys = sasl.dummy_keys(b"s", "alice", "SCRAM-SHA-256")
+    right = sasl.SaslExchange("PLAIN", domain="d", nonce="n", secret=b"s")
+    right.start(b"\x00alice\x00pw")
+    assert right.credentials(keys) == sasl.NeedDerivation(b"pw", keys.salt, keys.iterations)
+    assert right.derived(b"not the salted password") == sasl.Failed(sasl.SaslCondition.NOT_AUTHORIZED, None, "alice")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from server.xmpp import events as ev
+from server.xmpp import sasl
 from server.xmpp.errors import StreamCondition, StreamError
 from server.xmpp.negotiation import SaslFailure
 from server.xmpp.sasl import SaslCondition
@@ -150,7 +151,10 @@ def test_plain_is_checked_against_scram_sha256_keys():
     t.open()
     t.recv(f"<auth xmlns='{SASL}' mechanism='PLAIN'>{b64(chr(0) + 'Alice' + chr(0) + 's3cret')}</auth>")
     assert t.facts() == [ev.CredentialsRequested("alice", "SCRAM-SHA-256")]
-    t.call("credentials_found", keys_for("s3cret"))
+    keys = keys_for("s3cret")
+    t.call("credentials_found", keys)
+    assert t.facts() == [ev.DerivationRequested(b"s3cret", keys.salt, keys.iterations)]  # PBKDF2 off-loop
+    t.call("password_derived", sasl.salted_password(b"s3cret", keys.salt, keys.iterations))
     assert t.facts() == [ev.PasswordVerified("alice", "PLAIN")]
     t.recv(f"<auth xmlns='{SASL}' mechanism='PLAIN'>{b64(chr(0) + 'alice' + chr(0) + 'nope')}</auth>")
     assert t.facts() == []  # queued: the host has not answered the first login yet
@@ -163,7 +167,10 @@ def test_plain_wrong_password():
     t.open()
     t.recv(f"<auth xmlns='{SASL}' mechanism='PLAIN'>{b64(chr(0) + 'alice' + chr(0) + 'nope')}</auth>")
     t.facts()
-    t.call("credentials_found", keys_for("s3cret"))
+    keys = keys_for("s3cret")
+    t.call("credentials_found", keys)
+    assert t.sent() == ""  # deriving
+    t.call("password_derived", sasl.salted_password(b"nope", keys.salt, keys.iterations))
     assert t.sent() == f"<failure xmlns='{SASL}'><not-authorized/></failure>"
 
 
