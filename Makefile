@@ -28,7 +28,8 @@ run: $(STAMP)
 ## test: every test, on SQLite and on the real PostgreSQL
 test: $(STAMP)
 	./scripts/test-services.sh
-	$(BIN)/python -m pytest -q -p no:cacheprovider -n 3 --dist loadfile tests
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n 3 --dist loadfile -m 'not serial' tests
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m serial tests
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit

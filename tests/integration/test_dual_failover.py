@@ -28,7 +28,7 @@ from tests.integration.cluster import (  # noqa: F401
 )
 from tests.integration.test_dual_sessions import DEADLINE_S, FAST_RELOGIN, Party, endpoint, gauges, login  # noqa: F401
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.timeout(180), pytest.mark.serial]
 
 
 def active_on(party: Party, cluster: Cluster, node: str) -> bool:

@@ -20,7 +20,7 @@ import pytest
 # The run waits until every affected user has a round trip again: with the node's
 # location cache stalling re-routed traffic for up to 10 s after a takeover, one mode
 # takes 30-60 s on a loaded 2-core machine.
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.timeout(300), pytest.mark.serial]
 USERS = 40
 
 
