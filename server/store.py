@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import sys
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
@@ -95,6 +96,7 @@ class Store:
         self.domain = domain
         self.node_name = node_name  # recorded on presence rows this node writes
         self._rosters = RosterCache(roster_cache_ttl_s)
+        self._jids: dict[str, JID] = {}  # contact text -> JID, shared by cached rosters (bounded by the accounts)
         self._presence_writes = GroupCommit(self._write_presences)
 
     @contextlib.asynccontextmanager
@@ -175,10 +177,18 @@ class Store:
         try:
             async with self._tx() as s:
                 rows = await roster.subscriptions(s, await self._uid(s, user))
-            loaded = {text: (JID.parse(text), sub) for text, sub in rows}
+            loaded = {sys.intern(text): (self._shared_jid(text), sys.intern(sub)) for text, sub in rows}
         finally:
             self._rosters.finish_load(ticket, key, loaded)
         return loaded
+
+    def _shared_jid(self, text: str) -> JID:
+        """One JID object per contact for all cached rosters: a roster entry then costs
+        a dict slot, not a parsed JID and its strings (memory per idle session)."""
+        jid = self._jids.get(text)
+        if jid is None:
+            jid = self._jids[text] = JID.parse(text)
+        return jid
 
     # -- subscriptions (RFC 6121 §3) -----------------------------------------
     async def subscription(self, user: JID, contact: JID) -> SubscriptionState:

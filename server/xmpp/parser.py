@@ -29,6 +29,7 @@ from server.xmpp.stanzas import MAX_DEPTH, NS_CLIENT, NS_STREAM
 
 SEPARATOR = " "  # cannot occur in a namespace name (a URI) or a local name
 FEED_SLICE = 16 * 1024  # the size limit is checked at least every slice
+TEXT_BUFFER = 1024  # bytes of character data expat gathers per callback (default 8 kB)
 
 _RESTRICTED_CODES = {
     expat.errors.codes[expat.errors.XML_ERROR_UNDEFINED_ENTITY],
@@ -97,6 +98,9 @@ class StreamParser:
 
     def _make_expat(self) -> expat.XMLParserType:
         p = expat.ParserCreate("UTF-8", SEPARATOR)
+        # pyexpat's text buffer defaults to 8 kB per parser, i.e. per idle session; text
+        # longer than this arrives in several CharacterData calls, which `_on_text` joins.
+        p.buffer_size = TEXT_BUFFER
         p.buffer_text = True
         p.SetParamEntityParsing(expat.XML_PARAM_ENTITY_PARSING_NEVER)
         p.StartElementHandler = self._on_start

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from server.xmpp.errors import StreamCondition
-from server.xmpp.parser import ElementParsed, FooterParsed, HeaderParsed, ParseFault, StreamParser
+from server.xmpp.parser import TEXT_BUFFER, ElementParsed, FooterParsed, HeaderParsed, ParseFault, StreamParser
 
 HEADER = b"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='d' version='1.0'>"
 
@@ -72,3 +72,10 @@ def test_stanza_at_the_limit_is_accepted_and_size_is_per_stanza():
     stanza = b"<message><body>" + b"y" * 150 + b"</body></message>"
     events = parser.feed(HEADER + stanza * 5)
     assert len([e for e in events if isinstance(e, ElementParsed)]) == 5 and not faults(events)
+
+
+def test_text_longer_than_the_text_buffer_arrives_whole():
+    body = "é" * (3 * TEXT_BUFFER) + "end"  # several expat text callbacks, multi-byte chars across them
+    parser = StreamParser(max_element_bytes=64 * 1024)
+    events = parser.feed(HEADER + f"<message><body>{body}</body></message>".encode())
+    assert [e.element.findtext("body") for e in events if isinstance(e, ElementParsed)] == [body]
