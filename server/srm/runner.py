@@ -89,6 +89,9 @@ class _Setup:
     epoch: int
 
 
+LOGIN_SETTLE_S = 2.0  # how long a login waits for an Initializing SRM to decide
+
+
 @dataclass
 class _Item:
     event: Event | None  # None: restart the machine
@@ -191,6 +194,7 @@ class SrmRunner:
 
     async def login_refusal(self, username: str) -> SaslFailure | None:
         """None if the SRM state lets `username` log in here (the machine's `serving`)."""
+        await self._settle(LOGIN_SETTLE_S)
         serving = self._machine.serving if self._machine is not None else frozenset()
         state = self._machine.state.value if self._machine is not None else "starting"
         if not serving:
@@ -201,6 +205,16 @@ class SrmRunner:
         if assigned is not None and assigned not in serving:
             return SaslFailure(SaslCondition.TEMPORARY_AUTH_FAILURE, f"{username} is moving between nodes; retry later")
         return None
+
+    async def _settle(self, timeout_s: float) -> None:
+        """Let a login that races the SRM's start wait briefly for its first decision
+        (a fresh node is Initializing for milliseconds) instead of failing at once."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while self._machine is None or self._machine.state is NodeState.INITIALIZING:
+            if loop.time() >= deadline:
+                return
+            await asyncio.sleep(0.05)
 
     def redirect(self, cause: StopCause = StopCause.SRM) -> StreamError:
         """The stream error for clients this node lets go: see-other-host to the peer."""
