@@ -41,6 +41,7 @@ from rich.table import Table
 
 from loadtest.bench import Settings, Target, groups_of, run_benchmark
 from loadtest.cli import console, main, scenario_options, settings_from, target_from
+from loadtest.localpair import free_ports
 from loadtest.prosody import SCRAM_ITERATIONS, ProsodyInstance, _raise_nofile
 from loadtest.xmpp_client import XmppClient, XmppError
 
@@ -81,17 +82,6 @@ async def _provision(url: str, domain: str, users: list[tuple[str, str]], ports:
         await engine.dispose()
 
 
-def _free_ports(count: int) -> list[int]:
-    """`count` distinct free loopback ports (held open together while choosing)."""
-    socks = [socket.socket() for _ in range(count)]
-    try:
-        for sock in socks:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in socks]
-    finally:
-        for sock in socks:
-            sock.close()
-
 
 @dataclass
 class OurInstance:
@@ -124,7 +114,7 @@ class OurInstance:
         """Temp dir, database, node, users (4096 SCRAM iterations) and rosters."""
         self.base = Path(tempfile.mkdtemp(prefix="bench-presence-ha-"))
         names = ("client_port", "srm_port", "admin_port", "link_port", "metrics_port")
-        self.ports = dict(zip(names, _free_ports(len(names))))
+        self.ports = dict(zip(names, free_ports(len(names))))
         self.port = self.ports["client_port"]
         rows = [(f"{self.user_prefix}{i}", self.password) for i in range(self.users)]
         groups = [[f"{self.user_prefix}{i}" for i in g] for g in roster_groups]
