@@ -17,13 +17,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from db.models import Node, PresenceRecord
+from db.models import Cluster, Node, PresenceRecord, User
 
 
 @dataclass(frozen=True)
@@ -84,6 +84,22 @@ async def list_for(session: AsyncSession, uid: int) -> list[PresenceRow]:
         .order_by(PresenceRecord.resource)
     )
     return [PresenceRow(r.resource, r.priority, r.stanza) for r in (await session.execute(stmt)).all()]
+
+
+async def records_of(session: AsyncSession, domain: str, usernames: Collection[str]) -> dict[str, list[PresenceRow]]:
+    """`{username: its records}` for many users of `domain` in one query."""
+    if not usernames:
+        return {}
+    stmt = (
+        select(User.username, PresenceRecord.resource, PresenceRecord.priority, PresenceRecord.stanza)
+        .join(User, User.id == PresenceRecord.user_id)
+        .join(Cluster, Cluster.id == User.cluster_id)
+        .where(Cluster.domain == domain, User.username.in_(list(usernames)))
+    )
+    found: dict[str, list[PresenceRow]] = {}
+    for name, resource, priority, stanza in (await session.execute(stmt)).all():
+        found.setdefault(name, []).append(PresenceRow(resource, priority, stanza))
+    return found
 
 
 async def delete_for_node(session: AsyncSession, node_name: str) -> int:

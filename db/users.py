@@ -198,6 +198,13 @@ async def user_location(session: AsyncSession, username: str) -> tuple[str | Non
     return (info.assigned_node, info.active_node) if info else None
 
 
+async def active_nodes(session: AsyncSession) -> dict[str, str | None]:
+    """`{username: name of the node serving it now (None: nobody)}` for every user."""
+    query = select(User.username, Node.name).outerjoin(Node, Node.id == User.active_node_id)
+    async with translate_errors():
+        return {name: node for name, node in (await session.execute(query)).all()}
+
+
 async def usernames_active_on(session: AsyncSession, node_name: str) -> set[str]:
     """The usernames that `node_name` serves right now."""
     query = select(User.username).join(Node, Node.id == User.active_node_id).where(Node.name == node_name)

@@ -57,6 +57,10 @@ class Link:
     probe_out: float | None = None  # send time of the oldest probe not back yet
 
 
+def _restored(activated: ET.Element) -> bool:
+    return activated.get("presence") == "restored"
+
+
 class UserAgent:
     def __init__(self, plan: Plan, spec: UserSpec, rec: Recorder, rng: random.Random) -> None:
         self.plan, self.spec, self.rec, self.rng = plan, spec, rec, rng
@@ -119,8 +123,9 @@ class UserAgent:
         others = self.plan.others(target.name)
         return self.rng.choice(others) if others else target
 
-    def _activate_link(self, link: Link, how: str) -> None:
-        """Make `link` the active one (a new login, an activation, a push)."""
+    def _activate_link(self, link: Link, how: str, restored: bool = False) -> None:
+        """Make `link` the active one (a new login, an activation, a push). A session
+        whose presence the server restored (§5.2) does not send it again."""
         old, self.active = self.active, link
         link.inactive = False
         link.last_rx = time.monotonic()
@@ -129,7 +134,10 @@ class UserAgent:
         self.rec.events.append(("V", self.spec.name, link.node, time.monotonic(), how))
         if old is not None and old is not link:
             old.client.abort()
-        link.client.send_presence()
+        if not restored:
+            link.client.send_presence()
+        if how != "login":
+            self._probe(link)  # a round trip on the new connection at once, not at the next tick
         if self.plan.mode == "dual" and not self.stopped:
             self._spawn(self._arm_backup(link))
 
@@ -213,9 +221,10 @@ class UserAgent:
         return self.active is link and link is not None
 
     def _on_push(self, link: Link, iq: ET.Element) -> None:
-        if iq.find(f"{{{NS_BACKUP}}}activated") is not None and link is self.backup:
+        pushed = iq.find(f"{{{NS_BACKUP}}}activated")
+        if pushed is not None and link is self.backup:
             self.rec.counts["activation_pushes"] += 1
-            self._activate_link(link, "pushed")
+            self._activate_link(link, "pushed", _restored(pushed))
 
     # -- loss and recovery ---------------------------------------------------------
     def _on_closed(self, link: Link, reason: str) -> None:
@@ -258,7 +267,8 @@ class UserAgent:
         tag = local_tag(elem)
         if tag == "iq" and self._activation is not None and elem.get("id") == self._activation[0]:
             if elem.get("type") == "result" and link is self.backup:
-                self._activate_link(link, "activated")  # before the stanzas that follow it
+                answer = elem.find(f"{{{NS_BACKUP}}}activated")  # before the stanzas that follow it
+                self._activate_link(link, "activated", answer is not None and _restored(answer))
             if not self._activation[1].done():
                 self._activation[1].set_result(elem)
             return
@@ -283,8 +293,14 @@ class UserAgent:
         link.unacked.append((link.client.outbound, msg_id))
         self.rec.events.append(("S", msg_id, self.spec.name, to_user, time.monotonic()))
 
+    def _probe(self, link: Link) -> None:
+        """A message to the user's own bare JID: its arrival is a round trip."""
+        self._send(link, self.spec.name)
+        link.probe_out = link.probe_out or time.monotonic()
+        link.client.request_ack()
+
     def tick(self, now: float, chat_p: float, presence_p: float) -> None:
-        """One probe interval: probe, maybe chat and presence, ack request, liveness."""
+        """One probe interval: liveness, probe (with an ack request), maybe chat and presence."""
         link = self.active
         if link is None or not link.client.connected:
             return
@@ -292,13 +308,11 @@ class UserAgent:
             self.rec.counts["liveness_timeouts"] += 1
             link.client.abort()  # the reader's end reports the loss
             return
-        self._send(link, self.spec.name)
-        link.probe_out = link.probe_out or now
+        self._probe(link)
         if self.spec.contacts and self.rng.random() < chat_p:
             self._send(link, self.rng.choice(self.spec.contacts))
         if self.rng.random() < presence_p:
             link.client.send_presence(status=f"s{self._seq}")
-        link.client.request_ack()
 
     async def run(self) -> None:
         """Tick until stopped (the driver sets `stopped`)."""

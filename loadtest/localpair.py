@@ -33,6 +33,7 @@ from loadtest.scenario import NodeAddr
 
 FAST_PARAMS = {"heartbeat_interval_s": 1, "heartbeat_timeout_s": 2, "init_heartbeat_timeout_s": 3,
                "critical_service_delay_s": 1, "see_other_host_redirect": "true"}
+NODE_LOG_ENV = "PRESENCE_HA_NODE_LOG"  # "info": nodes log at INFO level (default: warnings)
 NODE_SETS = ("limits.auth_throttle_base_s=0.2", "limits.auth_throttle_max_s=1")
 START_DEADLINE_S = 60.0
 STOP_DEADLINE_S = 15.0
@@ -134,7 +135,8 @@ class NodeProc:
     def start(self) -> None:
         from server.cli.run import node_command
 
-        argv = node_command("node", "run", "--name", self.name, "--db", self.url, "--data-dir", str(self.data_dir))
+        verbose = ["-v"] if os.environ.get(NODE_LOG_ENV, "").lower() == "info" else []
+        argv = node_command(*verbose, "node", "run", "--name", self.name, "--db", self.url, "--data-dir", str(self.data_dir))
         for item in NODE_SETS:
             argv += ["--set", item]
         with open(self.data_dir / f"{self.name}.log", "ab") as log:

@@ -272,6 +272,13 @@ class Store:
             rows = await presence.list_for(s, await self._uid(s, user))
         return [StoredPresence(r.resource, r.priority, ET.fromstring(r.stanza)) for r in rows]
 
+    async def presences_of(self, usernames: set[str]) -> dict[tuple[str, str], StoredPresence]:
+        """`{(username, resource): record}` of many users in one read."""
+        async with self._tx() as s:
+            found = await presence.records_of(s, self.domain, usernames)
+        return {(name, r.resource): StoredPresence(r.resource, r.priority, ET.fromstring(r.stanza))
+                for name, rows in found.items() for r in rows}
+
     async def clear_node_presences(self) -> int:
         """Forget the records this node wrote (call at start-up: its sessions are gone)."""
         if self.node_name is None:

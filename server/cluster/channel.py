@@ -8,6 +8,10 @@ Rules of this module:
   sender's connection). `post` (sync, for `Session.send`) never waits: it queues in
   the same FIFO, bounded by `max_backlog`; beyond that it returns False and the
   caller ends that session (like a client that stops reading, c2s.py).
+- `reclaim` takes back what a dead peer never acknowledged, for re-routing after its
+  accounts moved to other nodes: acknowledged-to-the-client stanzas are not lost with
+  the peer (at least once: a peer that got a frame but died before acknowledging it
+  may have delivered it too).
 - Reachability is a fact with a time: `up`, and `down_for(now)` seconds since the
   link was last up (or since the channel was made). Routing uses it to decide
   between queueing and handling a stanza without the peer (routing.py).
@@ -94,6 +98,24 @@ class PeerChannel:
             self.sent += 1
             if done is not None and not done.done():
                 done.set_result(None)
+
+    def reclaim(self) -> list[tuple[Kind, bytes]]:
+        """Take back, in order, everything sent to the peer that it has not acknowledged:
+        the link's unacked messages, then the backlog. Only while the link is down (a
+        peer that is up is acknowledging); callers whose sends were waiting are released
+        as if sent. For a peer whose accounts others took over (routing.py re-routes)."""
+        if self._link.is_up:
+            return []
+        if self._pump is not None:
+            self._pump.cancel()  # it waits for window room: nothing of its head is pushed yet
+            self._pump = None
+        frames = self._link.withdraw()
+        while self._backlog:
+            kind, payload, done = self._backlog.popleft()
+            frames.append((kind, payload))
+            if done is not None and not done.done():
+                done.set_result(None)
+        return frames
 
     def _fail_all(self, exc: Exception) -> None:
         while self._backlog:

@@ -11,6 +11,10 @@ Rules of this module:
   it tells the peers (CONTROL `moved`) so they forget their cached locations too.
   The same loop ends relayed sessions whose peer stayed unreachable for
   `relay_timeout_s`.
+- When users moved (the SRM here, or a peer's `moved`), locations are reloaded in one
+  read, and what was sent to a peer that is down and never acknowledged is taken
+  back and routed again (`channel.reclaim`): a stanza acknowledged to its sender is
+  not lost with the node it was going to.
 """
 
 from __future__ import annotations
@@ -46,7 +50,8 @@ class ClusterTimers:
 class ClusterService:
     def __init__(self, ctx: FeatureContext, port: Any, session_factory: Any, timers: ClusterTimers = ClusterTimers()) -> None:
         self.ctx, self.port, self._db, self.timers = ctx, port, session_factory, timers
-        self.locations = LocationCache(self._load_location, self._fingerprint, time.monotonic, timers.location_ttl_s)
+        self.locations = LocationCache(self._load_location, self._fingerprint, time.monotonic, timers.location_ttl_s,
+                                       load_all=self._load_all_locations)
         self.inbox = Inbox()
         self.mesh: LinkMesh | None = None
         self.route: ClusterRoute | None = None
@@ -59,6 +64,10 @@ class ClusterService:
         async with self._db() as session:
             location = await users.user_location(session, username)
         return location[1] if location else None
+
+    async def _load_all_locations(self) -> dict[str, str | None]:
+        async with self._db() as session:
+            return await users.active_nodes(session)
 
     async def _fingerprint(self) -> int:
         async with self._db() as session:
@@ -111,6 +120,8 @@ class ClusterService:
         sid, op = control.text("sid") or "", control.op
         if op is wire.Op.MOVED:
             self.locations.forget_all()
+            self._reload_locations()
+            self._reroute_unreachable()
         elif op is wire.Op.OPEN:
             self.inbox.submit(("u", peer, sid), lambda: self.host.open(peer, control))
         elif op is wire.Op.CLOSED:
@@ -145,9 +156,42 @@ class ClusterService:
 
     def users_moved(self) -> None:
         """The SRM moved users (a committed takeover or fallback): forget every cached
-        location now, before the SRM acts on the move, and tell the other nodes."""
+        location now, before the SRM acts on the move, take back what unreachable
+        peers never acknowledged, and tell the other nodes."""
         self.locations.forget_all()
+        self._reload_locations()
+        self._reroute_unreachable()
         self._broadcast_moved()
+
+    def _reload_locations(self) -> None:
+        async def reload() -> None:
+            try:
+                await self.locations.reload()
+            except DatabaseUnavailable as exc:
+                log.warning("cannot reload user locations: %s", exc)
+        self.inbox.submit(("reload-locations",), reload)
+
+    def _reroute_unreachable(self) -> None:
+        """Stanzas sent to a peer whose link is down and never acknowledged by it are
+        routed again, to wherever their recipients live now (here, after a takeover).
+        Frames of relayed sessions are dropped: those sessions end with the peer."""
+        for name, channel in self.mesh.channels.items():
+            frames = channel.reclaim()
+            rerouted = 0
+            for kind, payload in frames:
+                if kind is not Kind.STANZA:
+                    continue
+                try:
+                    frame = wire.decode_stanza(payload)
+                except wire.WireError:
+                    continue
+                if isinstance(frame, wire.Routed):
+                    rerouted += 1
+                    self.inbox.submit(recipient_key(frame.stanza),
+                                      lambda stanza=frame.stanza: self.ctx.router.deliver(self.ctx, stanza))
+            if frames:
+                log.info("node %s is down: %d unacknowledged frame(s) taken back, %d stanza(s) routed again",
+                         name, len(frames), rerouted)
 
     def _broadcast_moved(self) -> None:
         log.info("users moved: cached locations forgotten, peers told")

@@ -3,8 +3,9 @@
 Rules of this module:
 - An IQ get `<backup xmlns='urn:presence-ha:backup:0'/>` to the server answers with
   this node's backup node: its name and client address (`<node/>`), and this node's
-  Client Re-Login Lower/Upper Limits (`<relogin/>`, SPEC §5), read fresh from the
-  database so an admin change shows at the next query.
+  Client Re-Login Lower/Upper Limits (`<relogin/>`, SPEC §5), read from the
+  database at most once per `PROFILE_TTL_S` (one read shared by concurrent queries:
+  after a takeover every client asks at once), so an admin change shows within it.
 - With HA off for the group, or without a peer, no node is offered and the answer
   says why (`<none reason='ha-disabled'/>` / `<none reason='no-peer'/>`): the client
   opens no inactive connection, but still uses the re-login limits (single mode).
@@ -12,6 +13,8 @@ Rules of this module:
 
 from __future__ import annotations
 
+import asyncio
+import time
 import xml.etree.ElementTree as ET
 
 from server.features.inactive_session import NS_BACKUP
@@ -40,8 +43,21 @@ def backup_element(profile) -> ET.Element:
     return answer
 
 
+PROFILE_TTL_S = 1.0
+_profiles: dict[int, tuple[float, asyncio.Future]] = {}  # id(store) -> (read at, profile)
+
+
+async def _profile(store):
+    now = time.monotonic()
+    cached = _profiles.get(id(store))
+    if cached is None or now - cached[0] > PROFILE_TTL_S or (cached[1].done() and cached[1].exception()):
+        cached = (now, asyncio.ensure_future(store.backup_profile()))
+        _profiles[id(store)] = cached
+    return await asyncio.shield(cached[1])
+
+
 async def backup_info(ctx, session: Session, iq: ET.Element) -> ET.Element:
-    return backup_element(await ctx.store.backup_profile())
+    return backup_element(await _profile(ctx.store))
 
 
 def register(router: Router) -> None:

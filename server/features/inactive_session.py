@@ -12,9 +12,11 @@ Rules of this module:
 - `<activate/>` (IQ set) turns the session ACTIVE, but only once this node serves the
   user (its active node in the database is this node); before that the answer is
   `unexpected-request` (type wait) + `<not-serving-yet/>`: retry shortly. Idempotent.
-- Activating restores the session's presence from the shared presence records, by
-  routing the stored stanza as if the client had sent it: its contacts get it, the
-  session gets its contacts' presence (probes) and queued offline messages
+- Activating restores the session's presence from the shared presence records: the
+  session is available with its last presence at once (stanzas for the user reach it
+  from then on), and after the answer (or push) is on the stream the presence is
+  announced as initial presence is: the record becomes this node's, its contacts get
+  it, the session gets its contacts' presence (probes) and queued offline messages
   (`SessionAvailable`). No record (the old node ended it cleanly): the answer says
   `presence='none'` and the client sends its own.
 - `activate_all(ctx, owner_node)` is the server-side activation the SRM runs for its
@@ -24,12 +26,15 @@ Rules of this module:
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import xml.etree.ElementTree as ET
 
+from server.features import presence
 from server.router import IqType, Router
 from server.sessions import Session, SessionKind
+from server.store import StoredPresence
 from server.xmpp.errors import Condition, ErrorType, StanzaError
 
 log = logging.getLogger(__name__)
@@ -39,6 +44,8 @@ HOLD = f"{{{NS_BACKUP}}}hold"
 ACTIVATE = f"{{{NS_BACKUP}}}activate"
 ACTIVATED = f"{{{NS_BACKUP}}}activated"
 _push_ids = itertools.count(1)
+_announcing: set[asyncio.Task[None]] = set()
+ANNOUNCE_CONCURRENCY = 4  # presence announcements in flight after a takeover (live traffic first)
 
 
 class BackupError(StanzaError):
@@ -76,29 +83,34 @@ async def hold(ctx, session: Session, iq: ET.Element) -> None:
     log.info("%s holds an inactive session on %s", session.jid, ctx.node_name)
 
 
-async def _has_presence_record(ctx, session: Session) -> bool:
-    records = await ctx.store.presences(session.bare)
-    return any(r.resource == (session.jid.resource or "") for r in records)
+def _stored_stanza(record: StoredPresence) -> ET.Element:
+    stanza = ET.Element("presence", {k: v for k, v in record.stanza.attrib.items() if k not in ("from", "to")})
+    stanza.extend(list(record.stanza))
+    return stanza
 
 
-async def _restore_presence(ctx, session: Session) -> bool:
-    """Route the stored presence of this resource as if the client sent it (RFC 6121 §4.2)."""
-    records = [r for r in await ctx.store.presences(session.bare) if r.resource == (session.jid.resource or "")]
-    if not records:
-        return False
-    stored = records[0].stanza
-    stanza = ET.Element("presence", {k: v for k, v in stored.attrib.items() if k not in ("from", "to")})
-    stanza.extend(list(stored))
-    await ctx.router.dispatch(ctx, session, stanza)
+def _turn_active(session: Session, record: StoredPresence | None) -> bool:
+    """ACTIVE now, and available with its last presence if there is a record (so that
+    stanzas for the user reach it at once). True if its presence is restored."""
+    session.kind = SessionKind.ACTIVE
+    if not session.available and record is not None:
+        presence.resume_available(session, record.priority, _stored_stanza(record))
     return session.available
 
 
-async def activate_session(ctx, session: Session) -> bool:
-    """Make `session` ACTIVE and restore its presence; True if presence was restored."""
-    session.kind = SessionKind.ACTIVE
-    if session.available:
-        return True
-    return await _restore_presence(ctx, session)
+async def _announce(ctx, session: Session) -> None:
+    try:
+        await presence.announce_resumed(ctx, session)
+    except Exception:  # one failed announcement must not stop the others
+        log.exception("announcing the restored presence of %s failed", session.jid)
+
+
+async def _records(ctx, sessions: list[Session]) -> dict[tuple[str, str], StoredPresence]:
+    return await ctx.store.presences_of({s.jid.local for s in sessions}) if sessions else {}
+
+
+def _key(session: Session) -> tuple[str, str]:
+    return session.jid.local, session.jid.resource or ""
 
 
 async def activate(ctx, session: Session, iq: ET.Element) -> ET.Element:
@@ -107,28 +119,44 @@ async def activate(ctx, session: Session, iq: ET.Element) -> ET.Element:
         where = f"by {served_by}" if served_by else "by no node (moving)"
         raise BackupError(Condition.UNEXPECTED_REQUEST, "not-serving-yet",
                           f"{session.bare} is served {where}, not {ctx.node_name} yet; retry", ErrorType.WAIT)
-    restored = await activate_session(ctx, session)
+    if session.kind is SessionKind.ACTIVE:
+        return activated(session.available, "client")  # idempotent (or pushed meanwhile)
+    record = (await _records(ctx, [session])).get(_key(session))
+    # No await from here until the router sends the result: nothing reaches the session
+    # between its turning active and the answer that says so; the announcement follows.
+    restored = _turn_active(session, record)
+    task = asyncio.get_running_loop().create_task(_announce(ctx, session))
+    _announcing.add(task)
+    task.add_done_callback(_announcing.discard)
     log.info("%s activated by the client on %s (presence %s)", session.jid, ctx.node_name, restored)
     return activated(restored, "client")
 
 
 async def activate_all(ctx, owner_node: str) -> int:
     """SRM `ActivateInactiveSessions(owner_node)`: activate and notify every inactive
-    session of a user this node serves now. Returns how many were activated."""
+    session of a user this node serves now. Returns how many were activated.
+
+    Two passes, so that every client is active (and reachable) within one loop turn
+    of the takeover: each session turns ACTIVE, available with its last presence, and
+    gets its `<activated/>` push (two database reads in all); then the presences are
+    announced, `ANNOUNCE_CONCURRENCY` sessions at a time."""
     served = await ctx.store.usernames_active_on(ctx.node_name)
     chosen = [s for s in ctx.sessions if s.kind is SessionKind.INACTIVE and s.jid.local in served]
+    records = await _records(ctx, chosen)
+    pushed = []
     for session in chosen:
-        # The push goes out before anything else on this session: once the kind flips,
-        # messages and presence flow, and the client must read them as active traffic.
-        restorable = session.available or await _has_presence_record(ctx, session)
-        session.kind = SessionKind.ACTIVE
+        if session.kind is not SessionKind.INACTIVE:
+            continue  # the client's own <activate/> won the race
+        restored = _turn_active(session, records.get(_key(session)))
         attrs = {"type": "set", "id": f"ha-activate-{next(_push_ids)}", "from": ctx.domain, "to": str(session.jid)}
         push = ET.Element("iq", attrs)
-        push.append(activated(restorable, "takeover"))
+        push.append(activated(restored, "takeover"))
         session.send(push)
-        await activate_session(ctx, session)
-    log.info("activated %d inactive session(s) of %s's users on %s", len(chosen), owner_node, ctx.node_name)
-    return len(chosen)
+        pushed.append(session)
+    log.info("activated %d inactive session(s) of %s's users on %s", len(pushed), owner_node, ctx.node_name)
+    for i in range(0, len(pushed), ANNOUNCE_CONCURRENCY):
+        await asyncio.gather(*(_announce(ctx, s) for s in pushed[i:i + ANNOUNCE_CONCURRENCY]))
+    return len(pushed)
 
 
 def register(router: Router) -> None:

@@ -162,6 +162,23 @@ async def probe(ctx, sender: Session | None, stanza: ET.Element) -> None:
         await ctx.deliver(presence)
 
 
+def resume_available(session: Session, priority: int, stanza: ET.Element) -> None:
+    """A session taken over by another node carries on with its last presence (SPEC
+    §8): available from now on, so stanzas for the user reach it at once; then call
+    `announce_resumed` to announce it as initial presence is announced."""
+    session.available, session.priority, session.presence = True, priority, stanza
+
+
+async def announce_resumed(ctx, session: Session) -> None:
+    """The rest of initial presence for a resumed session: the shared record (now
+    this node's), the broadcast, probes, the siblings' presence, queued traffic."""
+    if not session.available or session.presence is None:
+        return
+    await ctx.store.put_presence(session.jid, session.priority, session.presence)
+    await _to_contacts(ctx, session, session.presence)
+    await _initial(ctx, session)
+
+
 async def closed(ctx, event: SessionClosed) -> None:
     """The session ended: unavailable presence as if the client had sent it (§4.5.2)."""
     session = event.session

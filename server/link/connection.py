@@ -117,6 +117,10 @@ class LinkClient(Endpoint):
     def try_send(self, kind: Kind, payload: bytes) -> bool:
         return self._try_send(self._peer, kind, payload)
 
+    def withdraw(self) -> list[tuple[Kind, bytes]]:
+        """Take back what the peer has not acknowledged (empty while the link is up)."""
+        return self._withdraw(self._peer)
+
     def send_heartbeat(self, payload: bytes = b"") -> bool:
         return self._heartbeat(self._peer, payload)
 

@@ -10,6 +10,7 @@ Rules of this module:
   silently. Heartbeats are never queued (`send_heartbeat` returns False when down).
 - Liveness: a keepalive every `heartbeat_interval_s`; a connection with no bytes for
   `dead_after_s` (or no handshake within `handshake_timeout_s`) is `PeerSilent`.
+- A withdrawn message (state.py) is acknowledged but never passed to `on_frame`.
 - Callbacks are plain functions called on the loop; they should not raise (if one
   does, it is logged and the connection is reset; that frame counts as delivered).
 """
@@ -25,7 +26,7 @@ from server.link import status as st
 from server.link.frames import Kind
 from server.link.protocol import (AckReceived, FrameReceived, HandshakeComplete, Keepalive,
                                   LinkConnection, Message, ProtocolFailed)
-from server.link.state import LinkConfig, PeerLinks
+from server.link.state import WITHDRAWN, LinkConfig, PeerLinks
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +84,13 @@ class Endpoint:
             room.clear()
             await room.wait()
         self._push(peer, kind, payload)
+
+    def _withdraw(self, peer: str) -> list[tuple[Kind, bytes]]:
+        """What `peer` has not acknowledged, taken back (only while it is not connected:
+        a connected peer is acknowledging, and its messages are on their way)."""
+        if peer in self._current:
+            return []
+        return self._links.withdraw(peer)
 
     def _try_send(self, peer: str, kind: Kind, payload: bytes) -> bool:
         if self._links.in_flight(peer) >= self._opt.window:
@@ -150,7 +158,8 @@ class Endpoint:
     def _dispatch(self, conn: Conn) -> st.LinkDown | None:
         for event in conn.core.events():
             if isinstance(event, FrameReceived):
-                self._on_frame(conn.peer, event.kind, event.payload)
+                if (event.kind, event.payload) != WITHDRAWN:
+                    self._on_frame(conn.peer, event.kind, event.payload)
             elif isinstance(event, AckReceived):
                 self._wake(conn.peer)
             elif isinstance(event, HandshakeComplete):

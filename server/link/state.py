@@ -5,6 +5,8 @@ Rules of this module:
   (protocol.py) reads it during a handshake and changes it only when it commits or
   is current (it owns the peer's `epoch`). Everyone else only reads it or `queue`s.
 - Memory per peer is the unacked buffer; bounding it is the adapter's window.
+- A sender may withdraw what a peer has not acknowledged (the peer died and others
+  took over its work): the messages are returned and their slots become `WITHDRAWN`.
 - A peer's entry is created by this node's own choice (`ensure`, `queue`) or by an
   authenticated handshake, never by an unauthenticated HELLO.
 """
@@ -19,6 +21,7 @@ from server.link.frames import Kind
 
 TAG_LEN = 16  # bytes of HMAC-SHA256 tag on each frame after the handshake
 MIN_SECRET_LEN = 16
+WITHDRAWN = (Kind.CONTROL, b"")  # a message taken back by its sender: never delivered
 
 
 class LocalProtocolError(Exception):
@@ -102,6 +105,17 @@ class PeerLinks:
         link.last_seq += 1
         link.unacked.append((link.last_seq, kind, payload))
         return link.last_seq
+
+    def withdraw(self, name: str) -> list[tuple[Kind, bytes]]:
+        """Take back every message `name` has not acknowledged, in order. Their sequence
+        numbers stay, now carrying `WITHDRAWN` (an empty CONTROL message the receiving
+        endpoint drops), so a peer that comes back still sees a gapless sequence."""
+        link = self._links.get(name)
+        if link is None:
+            return []
+        taken = [(kind, payload) for _, kind, payload in link.unacked if (kind, payload) != WITHDRAWN]
+        link.unacked = deque((seq, *WITHDRAWN) for seq, _, _ in link.unacked)
+        return taken
 
     def register(self, link: PeerLink) -> None:
         """Make `link` the peer's entry (a handshake committed)."""

@@ -88,6 +88,30 @@ async def test_location_cache_reads_once_then_forgets_on_ttl_and_moves():
     assert await cache.active_node("bob") == "n4"  # expired
 
 
+async def test_location_cache_reloads_every_user_in_one_read_after_a_move():
+    db = {"bob": "n1", "carol": "n1", "dave": None}
+    epoch = [0]
+
+    async def load(user):
+        return db.get(user)
+
+    async def load_all():
+        return dict(db)
+
+    async def fingerprint():
+        return epoch[0]
+
+    cache = LocationCache(load, fingerprint, lambda: 0.0, ttl_s=10, load_all=load_all)
+    assert await cache.active_node("bob") == "n1" and cache.reads == 1
+    await cache.refresh()
+    db.update(bob="n2", carol="n2")  # the backup took n1's users
+    epoch[0] += 1
+    assert await cache.refresh() is True
+    assert cache.reads == 2 and len(cache) == 3  # one bulk read
+    assert [await cache.active_node(u) for u in ("bob", "carol", "dave")] == ["n2", "n2", None]
+    assert cache.reads == 2
+
+
 async def test_inbox_keeps_order_per_key_and_survives_failures():
     inbox, seen = Inbox(), []
     gate = asyncio.Event()
