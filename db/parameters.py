@@ -107,6 +107,8 @@ REGISTRY: dict[str, ParamSpec] = {
         ParamSpec("heartbeat_timeout_s", _S, _C, int, 60, "Keep Alive (Heartbeat) Timeout", 1, 3600),
         ParamSpec("heartbeat_interval_s", _S, _C, int, 15, "Keep Alive (Heartbeat) Interval", 1, 600),
         ParamSpec("monitor_auth_service", _S, _C, bool, False, "Enable monitoring of XCP Authentication Service"),
+        ParamSpec("presence_grace_s", _S, _C, int, 30,
+                  "Presence grace after a takeover (unavailable for users not back by then)", 1, 3600),
         ParamSpec("relogin_lower_s", _S, _N, int, 120, "Client Re-Login Lower Limit", 1, 3600),
         ParamSpec("relogin_upper_s", _S, _N, int, 537, "Client Re-Login Upper Limit", 1, 3600),
         ParamSpec(

@@ -102,6 +102,27 @@ async def records_of(session: AsyncSession, domain: str, usernames: Collection[s
     return found
 
 
+async def orphans(session: AsyncSession, writer: str, server: str) -> list[tuple[str, str]]:
+    """`(username, resource)` of the records `writer` wrote for users `server` serves now."""
+    writer_id, server_id = await _node_id(session, writer), await _node_id(session, server)
+    if writer_id is None or server_id is None:
+        return []
+    stmt = (
+        select(User.username, PresenceRecord.resource)
+        .join(User, User.id == PresenceRecord.user_id)
+        .where(PresenceRecord.node_id == writer_id, User.active_node_id == server_id)
+    )
+    return [(name, resource) for name, resource in (await session.execute(stmt)).all()]
+
+
+async def delete_if_written_by(session: AsyncSession, uid: int, resource: str, writer: str) -> bool:
+    """Delete the record of (uid, resource) if `writer` wrote it; True if it did."""
+    writer_id = await _node_id(session, writer)
+    result = await session.execute(delete(PresenceRecord).where(
+        PresenceRecord.user_id == uid, PresenceRecord.resource == resource, PresenceRecord.node_id == writer_id))
+    return result.rowcount > 0
+
+
 async def delete_for_node(session: AsyncSession, node_name: str) -> int:
     node_id = await _node_id(session, node_name)
     if node_id is None:

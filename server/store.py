@@ -279,6 +279,19 @@ class Store:
         return {(name, r.resource): StoredPresence(r.resource, r.priority, ET.fromstring(r.stanza))
                 for name, rows in found.items() for r in rows}
 
+    async def orphan_presences(self, writer: str) -> list[JID]:
+        """Full JIDs whose shared presence `writer` (a node taken over) wrote, of users
+        this node serves now."""
+        async with self._tx() as s:
+            found = await presence.orphans(s, writer, self.node_name)
+        return [JID(name, self.domain, resource or None) for name, resource in found]
+
+    async def retire_presence(self, full: JID, writer: str) -> bool:
+        """Delete `full`'s record if `writer` still owns it (not re-announced here)."""
+        async with self._tx() as s:
+            uid = await self._uid(s, full.bare)
+            return await presence.delete_if_written_by(s, uid, full.resource or "", writer)
+
     async def clear_node_presences(self) -> int:
         """Forget the records this node wrote (call at start-up: its sessions are gone)."""
         if self.node_name is None:

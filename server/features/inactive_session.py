@@ -83,8 +83,10 @@ async def hold(ctx, session: Session, iq: ET.Element) -> None:
     log.info("%s holds an inactive session on %s", session.jid, ctx.node_name)
 
 
-def _stored_stanza(record: StoredPresence) -> ET.Element:
-    stanza = ET.Element("presence", {k: v for k, v in record.stanza.attrib.items() if k not in ("from", "to")})
+def _stored_stanza(record: StoredPresence, session: Session) -> ET.Element:
+    """The stored presence as the session's own broadcast (`from` its full JID)."""
+    attrs = {k: v for k, v in record.stanza.attrib.items() if k not in ("from", "to")}
+    stanza = ET.Element("presence", {**attrs, "from": str(session.jid)})
     stanza.extend(list(record.stanza))
     return stanza
 
@@ -94,7 +96,7 @@ def _turn_active(session: Session, record: StoredPresence | None) -> bool:
     stanzas for the user reach it at once). True if its presence is restored."""
     session.kind = SessionKind.ACTIVE
     if not session.available and record is not None:
-        presence.resume_available(session, record.priority, _stored_stanza(record))
+        presence.resume_available(session, record.priority, _stored_stanza(record, session))
     return session.available
 
 

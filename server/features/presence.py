@@ -16,6 +16,9 @@ Rules of this module:
   sessions, else the shared records) if the prober is allowed to see it (subscription
   from/both or the user itself); a prober without a subscription gets "unsubscribed";
   a user with no available resource gets no answer (§4.3.2 allows silence).
+- A node that took over another node's users announces, after a grace period,
+  unavailable for each of their resources that did not come back (`retire_orphans`):
+  no flap for users who switch over, no ghost for those who don't.
 - Directed presence (§4.6) to an entity without a 'from' subscription is remembered on
   the session, so it gets unavailable presence on the next broadcast of unavailable
   or when the session ends (`SessionClosed`).
@@ -177,6 +180,28 @@ async def announce_resumed(ctx, session: Session) -> None:
     await ctx.store.put_presence(session.jid, session.priority, session.presence)
     await _to_contacts(ctx, session, session.presence)
     await _initial(ctx, session)
+
+
+async def retire_orphans(ctx, writer: str) -> int:
+    """After a takeover of `writer`'s users and a grace period (SPEC §8): every
+    resource whose shared presence `writer` wrote and that did not come back here
+    (activated, resumed, or logged in again with that resource) is announced
+    unavailable to its contacts, once: the record is deleted first, and only if
+    `writer` still owns it. Returns how many were retired."""
+    retired = 0
+    for full in await ctx.store.orphan_presences(writer):
+        back = ctx.sessions.get(full)
+        if back is not None and back.kind is SessionKind.ACTIVE and back.available:
+            continue  # back already; its announcement rewrites the record
+        if not await ctx.store.retire_presence(full, writer):
+            continue
+        retired += 1
+        gone = ET.Element("presence", {"type": "unavailable", "from": str(full)})
+        for contact in await ctx.store.contacts(full.bare, SEE_ME):
+            await ctx.deliver(_copy(gone, contact))
+        for sibling in ctx.sessions.available(full.bare):
+            sibling.send(_copy(gone, sibling.jid))
+    return retired
 
 
 async def closed(ctx, event: SessionClosed) -> None:

@@ -38,7 +38,7 @@ from db import groups, nodes, parameters, srm_state, users
 from db.engine import DatabaseUnavailable
 from db.errors import FencingConflict
 from server.auth import host_port
-from server.features import inactive_session
+from server.features import inactive_session, presence
 from server.link import Kind, LinkClient, LinkConfig, LinkOptions, LinkServer, PeerRefused
 from server.services import CriticalServices, StopCause
 from server.sessions import SessionKind, SessionRegistry
@@ -87,6 +87,7 @@ class _Setup:
     monitor_auth: bool
     stored: srm_state.HaState | None
     epoch: int
+    presence_grace_s: float = 30.0
 
 
 LOGIN_SETTLE_S = 2.0  # how long a login waits for an Initializing SRM to decide
@@ -303,7 +304,8 @@ class SrmRunner:
         timers = SrmTimers(p["heartbeat_interval_s"], p["heartbeat_timeout_s"], p["init_heartbeat_timeout_s"],
                            p["critical_service_delay_s"], bool(p["auto_fallback_enabled"]), p["auto_fallback_delay_s"])
         ha = bool(group.ha_enabled) if group else False
-        return _Setup(group.name if group else None, ha, peer, timers, bool(p["monitor_auth_service"]), stored, epoch)
+        return _Setup(group.name if group else None, ha, peer, timers, bool(p["monitor_auth_service"]), stored, epoch,
+                      float(p["presence_grace_s"]))
 
     # --- actions -----------------------------------------------------------------------
 
@@ -357,7 +359,21 @@ class SrmRunner:
             return
         log.info("srm %s: users of %s now active on %s (epoch %d)", self.node, a.src, a.dst, a.epoch)
         self.on_users_moved()  # routing must follow the move before anything acts on it
+        if a.assigned_node is None:
+            self._spawn(self._retire_presences(a.src, self._setup.presence_grace_s))
         self._queue.put_nowait(_Item(UsersMoved(a.epoch), machine_gen=gen))
+
+    async def _retire_presences(self, src: str, grace_s: float) -> None:
+        """SPEC §8 presence continuity: the users taken over keep their presence for
+        `grace_s`; those not back by then are announced unavailable."""
+        await asyncio.sleep(grace_s)
+        try:
+            retired = await presence.retire_orphans(self._clients.ctx, src)
+        except DatabaseUnavailable as exc:
+            log.warning("srm %s: cannot retire the presences of %s's users: %s", self.node, src, exc)
+            return
+        log.info("srm %s: %d presence(s) of %s's users not back after %ss announced unavailable",
+                 self.node, retired, src, grace_s)
 
     def _do_start_timer(self, a: StartTimer) -> None:
         self._cancel_timer(a.name)

@@ -109,15 +109,11 @@ async def test_inactive_session_gets_nothing_then_activation_hands_over(ha_pair_
         assert alice_seen(seen, phone) == ["available"]  # the inactive session showed no presence
 
         cluster.node("n1").process.send_signal(signal.SIGKILL)
-        await wait_until(lambda: active_nodes(cluster.db_url)["alice"] == "n2", 10, "n2 took alice over")
-        # n2's cluster routing still sends alice's traffic to n1 until it drops its cached
-        # locations after the move (server.cluster; a message in that window is not
-        # re-routed yet: reported to the cluster engineer), so wait for that first.
-        await wait_until(lambda: "cached locations forgotten" in cluster.node("n2").log(), 5, "n2's routing update")
-        # The server activates alice's backup session itself once the takeover is done
-        # (SRM ActivateInactiveSessions); whether "three" is queued for her or delivered
-        # live depends on which comes first, and either way it must arrive exactly once.
+        # Sent at once: n2 may still route it to n1 (dead, not yet taken over), then takes
+        # it back when alice's user moves (server.cluster reclaim); or n2 already serves
+        # alice and queues it (or hands it live) at activation. Exactly once either way.
         carol.send_message(mto=cluster.jid("alice"), mbody="three", mtype="chat")
+        await wait_until(lambda: active_nodes(cluster.db_url)["alice"] == "n2", 10, "n2 took alice over")
         await wait_until(lambda: active_on(alice, cluster, "n2"), 5, "alice active on n2")
         assert alice.connection_events("activated")
         await wait_until(lambda: "three" in [m.body for m in alice.messages()], 5, "the queued message")
@@ -126,8 +122,52 @@ async def test_inactive_session_gets_nothing_then_activation_hands_over(ha_pair_
                          "carol's presence again, now from n2")
         await wait_until(lambda: alice_seen(seen, phone)[-1:] == ["available"] and len(alice_seen(seen, phone)) > 1,
                          5, "alice's presence restored for carol")
+        await carol.plugin["xep_0199"].send_ping(cluster.domain, timeout=5)
+        assert "unavailable" not in alice_seen(seen, phone)  # no flap (SPEC §8)
     finally:
         await slix_disconnect(carol)
+
+
+async def test_contacts_see_no_flap_for_the_switched_and_unavailable_after_the_grace_for_the_rest(
+    ha_pair_factory, login,  # noqa: F811
+) -> None:
+    users = (("alice", "alice-pw"), ("dave", "dave-pw"), ("carol", "carol-pw"))
+    grace_s = 3
+    cluster = ha_pair_factory(users=users, placement={"carol": "n2"}, params={**FAST_RELOGIN, "presence_grace_s": grace_s})
+    await subscribed_pair(cluster, "alice", "carol", "n2")
+    await subscribed_pair(cluster, "dave", "carol", "n2")
+    carol = await slix_login(cluster, "carol", node="n2", resource="desk")
+    seen: list[tuple[str, str, float]] = []
+    carol.add_event_handler("presence_available", lambda p: seen.append((str(p["from"]), "available", time.monotonic())))
+    carol.add_event_handler("presence_unavailable", lambda p: seen.append((str(p["from"]), "unavailable", time.monotonic())))
+    alice_jid, dave_jid = f"{cluster.jid('alice')}/phone", f"{cluster.jid('dave')}/laptop"
+    dave = await slix_login(cluster, "dave", resource="laptop")  # a plain client: it will not come back
+    try:
+        carol.send_presence()
+        dave.send_presence()
+        alice = await login(cluster, "alice", resource="phone")
+        await wait_until(lambda: alice.dual_up, DEADLINE_S, "alice dual-connected")
+        kinds = lambda who: [kind for jid, kind, _ in seen if jid == who]  # noqa: E731
+        await wait_until(lambda: set(kinds(alice_jid)) == {"available"} and set(kinds(dave_jid)) == {"available"},
+                         DEADLINE_S, "carol sees alice and dave")
+
+        killed_at = time.monotonic()
+        cluster.node("n1").process.send_signal(signal.SIGKILL)
+        await wait_until(lambda: active_on(alice, cluster, "n2"), 5, "alice active on n2")
+        await wait_until(lambda: "unavailable" in kinds(dave_jid), grace_s + 10, "dave's unavailable after the grace")
+        gone_at = next(t for jid, kind, t in seen if jid == dave_jid and kind == "unavailable")
+        assert gone_at - killed_at >= grace_s - 0.5  # not before the grace
+        await carol.plugin["xep_0199"].send_ping(cluster.domain, timeout=5)
+        assert "unavailable" not in kinds(alice_jid)  # alice switched over: no flap
+        assert kinds(dave_jid).count("unavailable") == 1
+        # Probes are answered from the shared records: dave is gone from them, alice is not.
+        carol.send_presence(pto=cluster.jid("dave"), ptype="probe")
+        carol.send_presence(pto=cluster.jid("alice"), ptype="probe")
+        await wait_until(lambda: kinds(alice_jid).count("available") >= 2, 5, "alice's presence answers the probe")
+        assert kinds(dave_jid)[-1] == "unavailable"
+    finally:
+        await slix_disconnect(carol)
+        await slix_disconnect(dave)
 
 
 async def test_manual_failover_activates_the_inactive_connection_and_fallback_returns(

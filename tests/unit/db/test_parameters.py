@@ -22,6 +22,7 @@ SPEC_DEFAULTS = {
     "user_assignment_mode": "Balanced",
     "inband_registration": False,
     "see_other_host_redirect": False,
+    "presence_grace_s": 30,  # beyond the original: presence continuity after a takeover
 }
 
 
