@@ -1,7 +1,7 @@
 """`presence-ha loadtest failover` end to end: a small run, SIGKILL of n1, both modes.
 
 The command starts its own HA pair (SQLite, 1 s heartbeat, re-login limits 1-2 s),
-logs 60 real XMPP clients in over TLS with rosters of 20 contacts, runs probes and chat
+logs 200 real XMPP clients in over TLS with rosters of 20 contacts, runs probes and chat
 with XEP-0198 acks, kills n1 and waits until every affected user has a round trip
 again. What SPEC §9 promises must show in its report: no acknowledged message lost,
 no user served by two nodes, every affected user back on n2.
@@ -17,11 +17,10 @@ from pathlib import Path
 
 import pytest
 
-# The run waits until every affected user has a round trip again: with the node's
-# location cache stalling re-routed traffic for up to 10 s after a takeover, one mode
-# takes 30-60 s on a loaded 2-core machine.
+# The run waits until every affected user has a round trip again (seconds after the
+# kill); most of a mode's 20-40 s is logging the users in.
 pytestmark = [pytest.mark.timeout(300), pytest.mark.serial]
-USERS = 40
+USERS = 200
 
 
 def presence_ha(*args: str, timeout_s: float) -> tuple[int, str]:
@@ -60,16 +59,7 @@ def test_every_affected_user_is_back_on_the_backup(report, mode: str) -> None:
     assert run["rss_kb"]["n2"]["peak_kb"] > 0
 
 
-KNOWN_LOSS = pytest.mark.xfail(strict=False, reason=(
-    "known server gap (issues 6, 7): a stanza in flight to the node at the moment it is "
-    "killed (link-acked, or in its XEP-0198 unacked queue) dies with it; replicating that "
-    "state to the backup is not built yet"))
-KNOWN_DUAL_OVERLAP = pytest.mark.xfail(strict=False, reason=(
-    "known server gap (issue 6): around activation, traffic can reach a session the client "
-    "still holds as inactive, which the tool counts as served by two nodes"))
-
-
-@pytest.mark.parametrize("mode", [pytest.param("single", marks=KNOWN_LOSS), pytest.param("dual", marks=KNOWN_LOSS)])
+@pytest.mark.parametrize("mode", ["single", "dual"])
 def test_no_acknowledged_message_lost(report, mode: str) -> None:
     run = report[0]["runs"][mode]
     messages = run["messages"]
@@ -77,12 +67,20 @@ def test_no_acknowledged_message_lost(report, mode: str) -> None:
     assert messages["lost_acked"] == 0, run["lost_acked_sample"]  # SPEC §9
 
 
-@pytest.mark.parametrize("mode", ["single", pytest.param("dual", marks=KNOWN_DUAL_OVERLAP)])
+@pytest.mark.parametrize("mode", ["single", "dual"])
 def test_nobody_double_served(report, mode: str) -> None:
     run = report[0]["runs"][mode]
     assert run["messages"]["delivered"] > 0
     assert run["double_served"] == 0, run["double_served_users"]  # SPEC §9
     assert run["counters"].get("presence_rx_inactive", 0) == 0  # XEP-PHA §4: an inactive session gets nothing
+
+
+def test_dual_mode_switches_in_well_under_a_second_and_beats_re_login(report) -> None:
+    dual, single = report[0]["runs"]["dual"], report[0]["runs"]["single"]
+    # Measured 0.3-0.5 s p99 at 100-200 users on a quiet machine (probe interval 0.25 s, so
+    # that is the resolution); the bound leaves room for a loaded CI machine.
+    assert dual["downtime_ms"]["p99"] < 2000, dual["downtime_ms"]
+    assert dual["downtime_ms"]["p50"] < single["downtime_ms"]["p50"]  # single mode waits >= 1 s to re-login
 
 
 def test_dual_mode_activates_the_inactive_connections(report) -> None:
