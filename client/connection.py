@@ -154,6 +154,9 @@ class NodeConnection:
         self._error = f"stream error {error['condition']}: {error['text']}".strip()
         if error["condition"] == "see-other-host" and error["see_other_host"]:
             self._redirect = Endpoint.parse(error["see_other_host"])
+        # The server ends the stream after a stream error (RFC 6120 §4.9.1.1): close our
+        # side at once, so it need not wait for us (a failover waits for that).
+        self.xmpp.disconnect(wait=0)
 
     def _on_disconnected(self, reason) -> None:
         self._settle(self._error or f"disconnected: {reason}")

@@ -45,6 +45,7 @@ from server.store import Store
 from server.tls import ensure_self_signed, server_context
 
 log = logging.getLogger(__name__)
+SRM_POOL_SIZE = 2
 
 
 class NodeStartError(RuntimeError):
@@ -74,6 +75,9 @@ class Node:
         self.metrics = Metrics(config.node_name)
         self.engine = make_engine(config.db_url)
         self.session_factory = make_session_factory(self.engine)
+        # The SRM's own connections: a login storm that drains the main pool must not
+        # look like a Database Failure (SPEC §4) to the liveness check.
+        self.srm_engine = make_engine(config.db_url, pool_size=SRM_POOL_SIZE)
         self.sessions = SessionRegistry()
         self.ctx: FeatureContext | None = None
         self.client_port: ClientPort | None = None
@@ -163,7 +167,7 @@ class Node:
         })
         port.presence_on = lambda: presence.on
         port.auth_on = lambda: auth.on
-        self.srm = SrmRunner(name, self.session_factory, self.services, port, self.sessions, self.metrics,
+        self.srm = SrmRunner(name, make_session_factory(self.srm_engine), self.services, port, self.sessions, self.metrics,
                              secret.encode(), host, info.ports.srm_port)
         port.admission = self.srm.login_refusal
         if self.cluster is not None:
@@ -214,6 +218,7 @@ class Node:
             await self.cluster.stop()  # after the sessions' unavailable presence went out
         await self.metrics_server.stop()
         await self.engine.dispose()
+        await self.srm_engine.dispose()
 
 
 async def run_node(config: NodeConfig) -> None:
@@ -226,6 +231,7 @@ async def run_node(config: NodeConfig) -> None:
         await node.start()
     except NodeStartError:
         await node.engine.dispose()
+        await node.srm_engine.dispose()
         raise
     print(f"node {config.node_name} ready", flush=True)
     await node.serve()

@@ -52,6 +52,9 @@ class ServiceNotApplicable(ServiceError):
         super().__init__(name, f"service {name!r} is not applicable to this XMPP-only product (SPEC §4)")
 
 
+HANDOVER_CLOSE_S = 1.0  # longest wait for clients to close after a failover's redirect
+
+
 class StopCause(enum.Enum):
     ADMIN = "stopped by the admin"
     FAILED = "failed"
@@ -277,7 +280,7 @@ class ClientPortView(Protocol):
     listening: bool
 
     async def start(self, host: str, port: int) -> None: ...
-    async def stop_listening(self, error: Any, timeout_s: float) -> None: ...
+    async def stop_listening(self, error: Any, timeout_s: float, *, handover: bool = False) -> None: ...
     async def close_sessions(self, chosen: Callable[[Any], bool], error_for: Callable[[str], Any], timeout_s: float) -> int: ...
 
 
@@ -293,7 +296,14 @@ class RouterComponent:
             await self._port.start(self._host, self._number)
 
     async def stop(self, cause: StopCause) -> None:
-        await self._port.stop_listening(self._farewell(cause), self._timeout_s)
+        error = self._farewell(cause)
+        # Stopped by the SRM with a redirect to the peer: this node fails over and its
+        # users move on to the peer, presence and all (SPEC §8).
+        handover = cause is StopCause.SRM and getattr(error, "other_host", None) is not None
+        # A handover waits only briefly for clients to close their side: the peer takes
+        # the users over once this stop is done (the stream error is already sent).
+        timeout_s = min(self._timeout_s, HANDOVER_CLOSE_S) if handover else self._timeout_s
+        await self._port.stop_listening(error, timeout_s, handover=handover)
 
 
 @dataclass(frozen=True)

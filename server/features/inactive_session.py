@@ -91,7 +91,7 @@ def _stored_stanza(record: StoredPresence, session: Session) -> ET.Element:
     return stanza
 
 
-def _turn_active(session: Session, record: StoredPresence | None) -> bool:
+def turn_active(session: Session, record: StoredPresence | None) -> bool:
     """ACTIVE now, and available with its last presence if there is a record (so that
     stanzas for the user reach it at once). True if its presence is restored."""
     session.kind = SessionKind.ACTIVE
@@ -100,18 +100,18 @@ def _turn_active(session: Session, record: StoredPresence | None) -> bool:
     return session.available
 
 
-async def _announce(ctx, session: Session) -> None:
+async def announce(ctx, session: Session) -> None:
     try:
         await presence.announce_resumed(ctx, session)
     except Exception:  # one failed announcement must not stop the others
         log.exception("announcing the restored presence of %s failed", session.jid)
 
 
-async def _records(ctx, sessions: list[Session]) -> dict[tuple[str, str], StoredPresence]:
+async def records_for(ctx, sessions: list[Session]) -> dict[tuple[str, str], StoredPresence]:
     return await ctx.store.presences_of({s.jid.local for s in sessions}) if sessions else {}
 
 
-def _key(session: Session) -> tuple[str, str]:
+def record_key(session: Session) -> tuple[str, str]:
     return session.jid.local, session.jid.resource or ""
 
 
@@ -123,11 +123,11 @@ async def activate(ctx, session: Session, iq: ET.Element) -> ET.Element:
                           f"{session.bare} is served {where}, not {ctx.node_name} yet; retry", ErrorType.WAIT)
     if session.kind is SessionKind.ACTIVE:
         return activated(session.available, "client")  # idempotent (or pushed meanwhile)
-    record = (await _records(ctx, [session])).get(_key(session))
+    record = (await records_for(ctx, [session])).get(record_key(session))
     # No await from here until the router sends the result: nothing reaches the session
     # between its turning active and the answer that says so; the announcement follows.
-    restored = _turn_active(session, record)
-    task = asyncio.get_running_loop().create_task(_announce(ctx, session))
+    restored = turn_active(session, record)
+    task = asyncio.get_running_loop().create_task(announce(ctx, session))
     _announcing.add(task)
     task.add_done_callback(_announcing.discard)
     log.info("%s activated by the client on %s (presence %s)", session.jid, ctx.node_name, restored)
@@ -144,12 +144,12 @@ async def activate_all(ctx, owner_node: str) -> int:
     announced, `ANNOUNCE_CONCURRENCY` sessions at a time."""
     served = await ctx.store.usernames_active_on(ctx.node_name)
     chosen = [s for s in ctx.sessions if s.kind is SessionKind.INACTIVE and s.jid.local in served]
-    records = await _records(ctx, chosen)
+    records = await records_for(ctx, chosen)
     pushed = []
     for session in chosen:
         if session.kind is not SessionKind.INACTIVE:
             continue  # the client's own <activate/> won the race
-        restored = _turn_active(session, records.get(_key(session)))
+        restored = turn_active(session, records.get(record_key(session)))
         attrs = {"type": "set", "id": f"ha-activate-{next(_push_ids)}", "from": ctx.domain, "to": str(session.jid)}
         push = ET.Element("iq", attrs)
         push.append(activated(restored, "takeover"))
@@ -157,7 +157,7 @@ async def activate_all(ctx, owner_node: str) -> int:
         pushed.append(session)
     log.info("activated %d inactive session(s) of %s's users on %s", len(pushed), owner_node, ctx.node_name)
     for i in range(0, len(pushed), ANNOUNCE_CONCURRENCY):
-        await asyncio.gather(*(_announce(ctx, s) for s in pushed[i:i + ANNOUNCE_CONCURRENCY]))
+        await asyncio.gather(*(announce(ctx, s) for s in pushed[i:i + ANNOUNCE_CONCURRENCY]))
     return len(pushed)
 
 

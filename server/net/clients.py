@@ -40,7 +40,7 @@ from server.metrics import Metrics
 from server.net.c2s import Connection
 from server.net.limits import AuthThrottle
 from server.router import SessionClosed
-from server.sessions import Session
+from server.sessions import Session, SessionKind
 from server.xmpp.errors import StreamCondition, StreamError
 from server.xmpp.jid import JID
 from server.xmpp.negotiation import SaslFailure
@@ -249,12 +249,16 @@ class ClientPort:
     def listening(self) -> bool:
         return self._server is not None and self._server.is_serving()
 
-    async def stop_listening(self, error: StreamError | None, timeout_s: float) -> None:
-        """Close the listener, then every connection (bound or not) with `error`."""
+    async def stop_listening(self, error: StreamError | None, timeout_s: float, *, handover: bool = False) -> None:
+        """Close the listener, then every connection (bound or not) with `error`. With
+        `handover` (the SRM fails this node over) the users move on to the peer with
+        their presence: the sessions are demoted first, so their end announces no
+        unavailable (the peer restores or retires the shared records, SPEC §8)."""
         if self._server is not None:
             self._server.close()
             self._server = None
-        await self.close_sessions(lambda _session: True, lambda _username: error, timeout_s)
+        await self.close_sessions(lambda session: _demoted(session) if handover else True, lambda _username: error,
+                                  timeout_s)
         for connection in list(self.connections):
             connection.kick_soon(error)
         await self._wait_gone(set(self.connections), timeout_s)
@@ -294,3 +298,8 @@ class ClientPort:
             await asyncio.sleep(0.02)
         for connection in connections & self.connections:
             connection.writer.transport.abort()
+
+
+def _demoted(session: Session) -> bool:
+    session.kind = SessionKind.INACTIVE
+    return True

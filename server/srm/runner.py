@@ -40,7 +40,7 @@ from db.errors import FencingConflict
 from server.auth import host_port
 from server.features import inactive_session, presence
 from server.link import Kind, LinkClient, LinkConfig, LinkOptions, LinkServer, PeerRefused
-from server.services import CriticalServices, StopCause
+from server.services import HANDOVER_CLOSE_S, CriticalServices, StopCause
 from server.sessions import SessionKind, SessionRegistry
 from server.srm import peer_protocol
 from server.srm.actions import (
@@ -125,6 +125,7 @@ class SrmRunner:
         self._peer_seen = False
         self._db_ok = True
         self.on_users_moved: Callable[[], None] = lambda: None  # set by the node: cluster routing
+        self._retiring: dict[str, asyncio.Task[None]] = {}  # node -> its pending presence retirement
 
     # --- lifecycle -----------------------------------------------------------------
 
@@ -359,9 +360,18 @@ class SrmRunner:
             return
         log.info("srm %s: users of %s now active on %s (epoch %d)", self.node, a.src, a.dst, a.epoch)
         self.on_users_moved()  # routing must follow the move before anything acts on it
-        if a.assigned_node is None:
-            self._spawn(self._retire_presences(a.src, self._setup.presence_grace_s))
+        self._schedule_retire(a.src)  # takeover or take-back
         self._queue.put_nowait(_Item(UsersMoved(a.epoch), machine_gen=gen))
+
+    def _schedule_retire(self, src: str) -> None:
+        """One pending retirement per node: a newer move restarts the grace."""
+        old = self._retiring.pop(src, None)
+        if old is not None:
+            old.cancel()
+        task = asyncio.create_task(self._retire_presences(src, self._setup.presence_grace_s))
+        self._retiring[src] = task
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _retire_presences(self, src: str, grace_s: float) -> None:
         """SPEC §8 presence continuity: the users taken over keep their presence for
@@ -407,8 +417,17 @@ class SrmRunner:
         async with self._db() as session:
             names = {u.username for u in await users.list_users(session, owner)}
         error = self.redirect()
-        ended = await self._clients.close_sessions(
-            lambda s: s.kind is SessionKind.ACTIVE and s.jid.local in names, lambda _u: error, CLOSE_TIMEOUT_S)
+
+        def handed_over(s) -> bool:
+            if s.kind is not SessionKind.ACTIVE or s.jid.local not in names:
+                return False
+            # The user moves on to the peer, presence and all (SPEC §8): closing this
+            # session announces no unavailable; the peer restores the shared record on
+            # activation or re-login, or retires it after the presence grace.
+            s.kind = SessionKind.INACTIVE
+            return True
+
+        ended = await self._clients.close_sessions(handed_over, lambda _u: error, HANDOVER_CLOSE_S)
         log.info("srm %s: disconnected %d session(s) of %s's users", self.node, ended, owner)
 
     async def _do_activate(self, a: ActivateInactiveSessions) -> None:

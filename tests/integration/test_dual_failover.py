@@ -24,7 +24,7 @@ import pytest
 
 from client.policy import Link, Role
 from tests.integration.cluster import (  # noqa: F401
-    Cluster, active_nodes, ha_pair_factory, slix_disconnect, slix_login, wait_until,
+    Cluster, active_nodes, ha_pair_factory, ha_states, slix_disconnect, slix_login, wait_until,
 )
 from tests.integration.test_dual_sessions import DEADLINE_S, FAST_RELOGIN, Party, endpoint, gauges, login  # noqa: F401
 
@@ -184,9 +184,36 @@ async def test_manual_failover_activates_the_inactive_connection_and_fallback_re
     # (or by the client, had its active connection been redirected first).
     assert alice.connection_events("activated")
 
+    await wait_until(lambda: ha_states(cluster.db_url)["n1"] == ("Idle", "On Admin Request"), 10, "n1 failed over")
     cluster.cli("ha", "fallback", "n1")
     await wait_until(lambda: set(active_nodes(cluster.db_url).values()) == {"n1"}, 30, "alice's user back on n1")
     await wait_until(lambda: active_on(alice, cluster, "n1"), 15, "alice active on n1 again")
     assert alice.client.send_message(cluster.jid("alice"), "note to self")
     await wait_until(lambda: any(m.body == "note to self" for m in alice.messages()), 5, "the round trip on n1")
 
+
+
+async def test_manual_failover_and_fallback_show_contacts_no_flap(ha_pair_factory, login) -> None:  # noqa: F811
+    users = (("alice", "alice-pw"), ("carol", "carol-pw"))
+    cluster = ha_pair_factory(users=users, placement={"carol": "n2"}, params=FAST_RELOGIN)
+    await subscribed_pair(cluster, "alice", "carol", "n2")
+    carol = await slix_login(cluster, "carol", node="n2", resource="desk")
+    seen: list[tuple[str, str]] = []
+    carol.add_event_handler("presence_available", lambda p: seen.append((str(p["from"]), "available")))
+    carol.add_event_handler("presence_unavailable", lambda p: seen.append((str(p["from"]), "unavailable")))
+    phone = f"{cluster.jid('alice')}/phone"
+    try:
+        carol.send_presence()
+        alice = await login(cluster, "alice", resource="phone")
+        await wait_until(lambda: alice.dual_up and "available" in alice_seen(seen, phone), DEADLINE_S,
+                         "alice dual-connected, seen by carol")
+
+        cluster.cli("ha", "failover", "n1")  # n1 closes alice's active session, n2 takes her over
+        await wait_until(lambda: active_on(alice, cluster, "n2"), 15, "alice active on n2")
+        await wait_until(lambda: ha_states(cluster.db_url)["n1"] == ("Idle", "On Admin Request"), 10, "n1 failed over")
+        cluster.cli("ha", "fallback", "n1")  # (n1, failed over, takes no backup connection meanwhile)
+        await wait_until(lambda: active_on(alice, cluster, "n1"), 30, "alice back on n1")
+        await carol.plugin["xep_0199"].send_ping(cluster.domain, timeout=5)
+        assert "unavailable" not in alice_seen(seen, phone)  # handed over both ways: no flap (SPEC §8)
+    finally:
+        await slix_disconnect(carol)
