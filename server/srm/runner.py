@@ -38,11 +38,11 @@ from db import groups, nodes, parameters, srm_state, users
 from db.engine import DatabaseUnavailable
 from db.errors import FencingConflict
 from server.auth import host_port
-from server.features import inactive_session, presence
 from server.link import Kind, LinkClient, LinkConfig, LinkOptions, LinkServer, PeerRefused
-from server.services import HANDOVER_CLOSE_S, CriticalServices, StopCause
-from server.sessions import SessionKind, SessionRegistry
+from server.services import CriticalServices, StopCause
+from server.sessions import SessionRegistry
 from server.srm import peer_protocol
+from server.srm.handover import Handover
 from server.srm.actions import (
     Action, ActivateInactiveSessions, CancelTimer, CheckPeerLiveness, ClientKind, DisconnectClients, MoveUsers,
     NotifyPeer, PersistState, RefuseAdminRequest, StartCriticalServices, StartTimer, StopCriticalServices,
@@ -125,7 +125,7 @@ class SrmRunner:
         self._peer_seen = False
         self._db_ok = True
         self.on_users_moved: Callable[[], None] = lambda: None  # set by the node: cluster routing
-        self._retiring: dict[str, asyncio.Task[None]] = {}  # node -> its pending presence retirement
+        self._handover = Handover(node, clients, self._spawn)
 
     # --- lifecycle -----------------------------------------------------------------
 
@@ -360,30 +360,8 @@ class SrmRunner:
             return
         log.info("srm %s: users of %s now active on %s (epoch %d)", self.node, a.src, a.dst, a.epoch)
         self.on_users_moved()  # routing must follow the move before anything acts on it
-        self._schedule_retire(a.src)  # takeover or take-back
+        self._handover.schedule_retire(a.src, self._setup.presence_grace_s)  # takeover or take-back
         self._queue.put_nowait(_Item(UsersMoved(a.epoch), machine_gen=gen))
-
-    def _schedule_retire(self, src: str) -> None:
-        """One pending retirement per node: a newer move restarts the grace."""
-        old = self._retiring.pop(src, None)
-        if old is not None:
-            old.cancel()
-        task = asyncio.create_task(self._retire_presences(src, self._setup.presence_grace_s))
-        self._retiring[src] = task
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _retire_presences(self, src: str, grace_s: float) -> None:
-        """SPEC §8 presence continuity: the users taken over keep their presence for
-        `grace_s`; those not back by then are announced unavailable."""
-        await asyncio.sleep(grace_s)
-        try:
-            retired = await presence.retire_orphans(self._clients.ctx, src)
-        except DatabaseUnavailable as exc:
-            log.warning("srm %s: cannot retire the presences of %s's users: %s", self.node, src, exc)
-            return
-        log.info("srm %s: %d presence(s) of %s's users not back after %ss announced unavailable",
-                 self.node, retired, src, grace_s)
 
     def _do_start_timer(self, a: StartTimer) -> None:
         self._cancel_timer(a.name)
@@ -416,24 +394,13 @@ class SrmRunner:
             return
         async with self._db() as session:
             names = {u.username for u in await users.list_users(session, owner)}
-        error = self.redirect()
-
-        def handed_over(s) -> bool:
-            if s.kind is not SessionKind.ACTIVE or s.jid.local not in names:
-                return False
-            # The user moves on to the peer, presence and all (SPEC §8): closing this
-            # session announces no unavailable; the peer restores the shared record on
-            # activation or re-login, or retires it after the presence grace.
-            s.kind = SessionKind.INACTIVE
-            return True
-
-        ended = await self._clients.close_sessions(handed_over, lambda _u: error, HANDOVER_CLOSE_S)
+        ended = await self._handover.let_go(names, self.redirect())
         log.info("srm %s: disconnected %d session(s) of %s's users", self.node, ended, owner)
 
     async def _do_activate(self, a: ActivateInactiveSessions) -> None:
         # SPEC §8: the backup connections of the users taken over carry on, activated by
         # the server (presence restored, queued messages handed over, client told).
-        await inactive_session.activate_all(self._clients.ctx, a.owner)
+        await self._handover.activate(a.owner)
 
     def _do_check_peer(self, a: CheckPeerLiveness) -> None:
         self._spawn(self._probe(a.peer))
@@ -529,7 +496,8 @@ class SrmRunner:
                 return
             await asyncio.sleep(min(0.25, interval / 4))
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Any) -> asyncio.Task:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task

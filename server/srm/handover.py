@@ -1,0 +1,61 @@
+"""What the SRM does to client sessions when users change nodes (SPEC §8).
+
+Rules of this module:
+- Letting users go (`let_go`): their ACTIVE sessions here are demoted, then closed
+  with the redirect to the peer. A demoted session's end announces no unavailable:
+  the user moves on with its presence, which the peer restores (activation, or a
+  login with the same resource) or retires after the grace.
+- Taking users (`activate`): the inactive sessions of the users now served here are
+  activated by the server (`server.features.inactive_session.activate_all`).
+- After any move, the presences the previous node wrote for the moved users are
+  retired after `grace_s` if their resource did not come back (`schedule_retire`);
+  one pending retirement per previous node, restarted by a newer move.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from db.engine import DatabaseUnavailable
+from server.features import inactive_session, presence
+from server.services import HANDOVER_CLOSE_S
+from server.sessions import Session, SessionKind
+
+log = logging.getLogger(__name__)
+
+class Handover:
+    def __init__(self, node: str, clients: Any, spawn: Callable[[Any], asyncio.Task]) -> None:
+        self.node, self._clients, self._spawn = node, clients, spawn
+        self._retiring: dict[str, asyncio.Task] = {}  # previous node -> its pending retirement
+
+    async def let_go(self, names: set[str], error: Any) -> int:
+        """Close the ACTIVE sessions of `names` with `error`, demoted first."""
+        def handed_over(s: Session) -> bool:
+            if s.kind is not SessionKind.ACTIVE or s.jid.local not in names:
+                return False
+            s.kind = SessionKind.INACTIVE
+            return True
+
+        return await self._clients.close_sessions(handed_over, lambda _u: error, HANDOVER_CLOSE_S)
+
+    async def activate(self, owner: str) -> int:
+        return await inactive_session.activate_all(self._clients.ctx, owner)
+
+    def schedule_retire(self, previous: str, grace_s: float) -> None:
+        old = self._retiring.pop(previous, None)
+        if old is not None:
+            old.cancel()
+        self._retiring[previous] = self._spawn(self._retire(previous, grace_s))
+
+    async def _retire(self, previous: str, grace_s: float) -> None:
+        await asyncio.sleep(grace_s)
+        try:
+            retired = await presence.retire_orphans(self._clients.ctx, previous)
+        except DatabaseUnavailable as exc:
+            log.warning("srm %s: cannot retire the presences of %s's users: %s", self.node, previous, exc)
+            return
+        log.info("srm %s: %d presence(s) of %s's users not back after %ss announced unavailable",
+                 self.node, retired, previous, grace_s)
