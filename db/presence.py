@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from collections.abc import Collection, Mapping
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import bindparam, delete, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -33,10 +33,34 @@ class PresenceRow:
     stanza: str
 
 
+_NODE_ID = select(Node.id).where(Node.name == bindparam("name"))
+
+
 async def _node_id(session: AsyncSession, node_name: str | None) -> int | None:
     if node_name is None:
         return None
-    return (await session.execute(select(Node.id).where(Node.name == node_name))).scalar_one_or_none()
+    return (await session.execute(_NODE_ID, {"name": node_name})).scalar_one_or_none()
+
+
+def _upsert_statement(dialect):  # noqa: ANN001 - the postgresql or sqlite dialect module
+    """One upsert of a record, with bound values (built once per dialect and reused)."""
+    stmt = dialect.insert(PresenceRecord).values(
+        user_id=bindparam("uid"), resource=bindparam("res"), node_id=bindparam("node"),
+        priority=bindparam("prio"), stanza=bindparam("stanza"), updated_at=func.now(),
+    )
+    return stmt.on_conflict_do_update(
+        index_elements=["user_id", "resource"],
+        set_={"node_id": stmt.excluded.node_id, "priority": stmt.excluded.priority,
+              "stanza": stmt.excluded.stanza, "updated_at": func.now()},
+    )
+
+
+_UPSERT = {"postgresql": _upsert_statement(postgresql), "sqlite": _upsert_statement(sqlite)}
+_DELETE = (
+    delete(PresenceRecord)
+    .where(PresenceRecord.user_id == bindparam("uid"), PresenceRecord.resource == bindparam("res"))
+    .execution_options(synchronize_session=False)  # no ORM objects to keep in step
+)
 
 
 async def upsert(
@@ -60,20 +84,16 @@ async def write_many(
 ) -> None:
     """Apply `(uid, resource) -> (priority, stanza)` upserts, or deletes for None."""
     node_id = await _node_id(session, node_name)
-    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    upsert = _UPSERT["postgresql" if session.get_bind().dialect.name == "postgresql" else "sqlite"]
     for (uid, resource), value in writes.items():
         if value is None:
             await delete_one(session, uid, resource)
             continue
-        values = {"node_id": node_id, "priority": value[0], "stanza": value[1], "updated_at": func.now()}
-        stmt = dialect.insert(PresenceRecord).values(user_id=uid, resource=resource, **values)
-        await session.execute(stmt.on_conflict_do_update(index_elements=["user_id", "resource"], set_=values))
+        await session.execute(upsert, {"uid": uid, "res": resource, "node": node_id, "prio": value[0], "stanza": value[1]})
 
 
 async def delete_one(session: AsyncSession, uid: int, resource: str) -> bool:
-    result = await session.execute(
-        delete(PresenceRecord).where(PresenceRecord.user_id == uid, PresenceRecord.resource == resource)
-    )
+    result = await session.execute(_DELETE, {"uid": uid, "res": resource})
     return result.rowcount > 0
 
 

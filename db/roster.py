@@ -20,7 +20,7 @@ import json
 from collections.abc import Collection
 from dataclasses import dataclass
 
-from sqlalchemy import delete, select
+from sqlalchemy import bindparam, delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from db.models import Cluster, PendingSubscription, RosterItem, User
@@ -47,23 +47,28 @@ def _row(item: RosterItem) -> RosterRow:
     )
 
 
+# Hot-path statements built once (a reused statement memoizes its cache key): every
+# roster load and presence write looks user ids up.
+_USER_ID = (
+    select(User.id)
+    .join(Cluster, Cluster.id == User.cluster_id)
+    .where(Cluster.domain == bindparam("domain"), User.username == bindparam("username"))
+)
+_USER_IDS = (
+    select(User.username, User.id)
+    .join(Cluster, Cluster.id == User.cluster_id)
+    .where(Cluster.domain == bindparam("domain"), User.username.in_(bindparam("usernames", expanding=True)))
+)
+
+
 async def user_id(session: AsyncSession, domain: str, username: str) -> int | None:
-    stmt = (
-        select(User.id)
-        .join(Cluster, Cluster.id == User.cluster_id)
-        .where(Cluster.domain == domain, User.username == username)
-    )
-    return (await session.execute(stmt)).scalar_one_or_none()
+    return (await session.execute(_USER_ID, {"domain": domain, "username": username})).scalar_one_or_none()
 
 
 async def user_ids(session: AsyncSession, domain: str, usernames: Collection[str]) -> dict[str, int]:
     """`user_id` for many localparts in one query; unknown ones are missing."""
-    stmt = (
-        select(User.username, User.id)
-        .join(Cluster, Cluster.id == User.cluster_id)
-        .where(Cluster.domain == domain, User.username.in_(list(usernames)))
-    )
-    return {name: uid for name, uid in (await session.execute(stmt)).all()}
+    rows = await session.execute(_USER_IDS, {"domain": domain, "usernames": list(usernames)})
+    return {name: uid for name, uid in rows.all()}
 
 
 async def subscriptions(session: AsyncSession, uid: int) -> list[tuple[str, str]]:

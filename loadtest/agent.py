@@ -185,8 +185,10 @@ class UserAgent:
             try:
                 link = await self._connect(self.backup_node, inactive=True)
                 answer = await link.client.iq("set", f"<hold xmlns='{NS_BACKUP}'/>", 10)
-            except (XmppError, asyncio.TimeoutError):
+            except (XmppError, asyncio.TimeoutError) as exc:
                 self.rec.counts["backup_open_failures"] += 1
+                reason = getattr(exc, "condition", None) or type(exc).__name__
+                self.rec.errors[f"backup: {reason}"[:60]] += 1
                 continue
             if answer.get("type") == "result":
                 self.backup = link

@@ -6,9 +6,11 @@ its user (read from the database named in `D/cluster.json`). Senders and receive
 run in this one process, so one clock stamps both ends. Nothing here asserts on time.
     .venv/bin/python -m loadtest.cluster_bench --cluster D/cluster.json
 Phases, each for same-node and cross-node (other group) pairs:
-1. latency: one message at a time, wait for it to arrive (p50, p95);
+1. latency: one message at a time, wait for it to arrive (p50, p95, p99);
 2. throughput: `--pairs` pairs each send `--burst` messages at once; messages/s
-   from the first send to the last arrival;
+   from the first send to the last arrival. With `--repeat N` both phases run N
+   times, same and cross alternating, so a noisy (shared) machine hits both alike;
+   latency samples are pooled, throughput is the median of the N runs;
 3. presence fan-out: a user with `--contacts` subscribed contacts (all on its node,
    or spread over every node) changes its status; time until every contact saw it.
 """
@@ -147,7 +149,8 @@ async def fan_out(hub: Peer, contacts: list[Peer], rounds: int, tag: str) -> lis
 
 def report(name: str, samples: list[float]) -> str:
     ms = [s * 1000 for s in samples]
-    return f"{name:<34} p50 {pct(ms, 50):7.2f} ms   p95 {pct(ms, 95):7.2f} ms   n={len(ms)}"
+    return (f"{name:<34} p50 {pct(ms, 50):7.2f} ms   p95 {pct(ms, 95):7.2f} ms   "
+            f"p99 {pct(ms, 99):7.2f} ms   n={len(ms)}")
 
 
 async def run(args: argparse.Namespace) -> dict:
@@ -158,12 +161,19 @@ async def run(args: argparse.Namespace) -> dict:
     groups = {"same": choose_pairs(where, args.pairs, False, used), "cross": choose_pairs(where, args.pairs, True, used)}
     peers = {u: Peer(u, where[u]) for pairs in groups.values() for pair in pairs for u in pair}
     await asyncio.gather(*(login(spec, p, passwords) for p in peers.values()))
-    result: dict = {}
-    for kind, pairs in groups.items():
-        first = pairs[0]
-        result[f"{kind}_latency"] = await latency(peers[first[0]], peers[first[1]], args.count, kind)
-        result[f"{kind}_throughput"] = await throughput([(peers[a], peers[b]) for a, b in pairs], args.burst, kind)
-    result.update(await fan_out_phase(spec, where, used, passwords, args))
+    result: dict = {f"{kind}_{what}": [] for kind in groups for what in ("latency", "throughputs")}
+    kinds = [kind for kind in groups if args.only in (None, kind)]
+    for rep in range(args.repeat):
+        for kind in kinds:
+            pairs, tag = groups[kind], f"{kind}{rep}"
+            first = pairs[0]
+            result[f"{kind}_latency"] += await latency(peers[first[0]], peers[first[1]], args.count, tag)
+            result[f"{kind}_throughputs"].append(
+                await throughput([(peers[a], peers[b]) for a, b in pairs], args.burst, tag))
+    for kind in kinds:
+        result[f"{kind}_throughput"] = statistics.median(result[f"{kind}_throughputs"])
+    if args.only is None and args.rounds:
+        result.update(await fan_out_phase(spec, where, used, passwords, args))
     for peer in list(peers.values()):
         await peer.client.close()
     return result
@@ -194,16 +204,23 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=4, help="concurrent pairs in the throughput phase")
     parser.add_argument("--burst", type=int, default=2000, help="messages per pair in the throughput phase")
     parser.add_argument("--contacts", type=int, default=8, help="contacts in the fan-out phase")
-    parser.add_argument("--rounds", type=int, default=50, help="status changes in the fan-out phase")
+    parser.add_argument("--rounds", type=int, default=50, help="status changes in the fan-out phase (0: skip)")
+    parser.add_argument("--repeat", type=int, default=1, help="alternating same/cross runs of phases 1 and 2")
+    parser.add_argument("--only", choices=("same", "cross"), help="run phases 1 and 2 for one kind only "
+                        "(for profiling the nodes); no fan-out phase")
     args = parser.parse_args()
     result = asyncio.run(run(args))
-    for kind in ("same", "cross"):
+    kinds = [kind for kind in ("same", "cross") if args.only in (None, kind)]
+    for kind in kinds:
         print(report(f"{kind}-node message latency", result[f"{kind}_latency"]))
-    for kind in ("same", "cross"):
-        print(f"{kind + '-node throughput':<34} {result[f'{kind}_throughput']:9.0f} msg/s")
-    for kind in ("local", "spread"):
+    for kind in kinds:
+        runs = " ".join(f"{t:.0f}" for t in result[f"{kind}_throughputs"])
+        print(f"{kind + '-node throughput':<34} {result[f'{kind}_throughput']:9.0f} msg/s (median of: {runs})")
+    for kind in ("local", "spread") if "fanout_local" in result else ():
         print(report(f"fan-out to {args.contacts} ({kind}: {','.join(result[f'fanout_{kind}_nodes'])})",
                      result[f"fanout_{kind}"]))
+    if args.only is not None:
+        return
     same, cross = pct(result["same_latency"], 50), pct(result["cross_latency"], 50)
     print(f"cross/same p50 latency: {cross / same:.2f}x (target <= 2x); "
           f"cross/same throughput: {result['cross_throughput'] / result['same_throughput']:.0%} (target >= 80%)")

@@ -57,6 +57,13 @@ class LimitsConfig:
     auth_throttle_window_s: float = 300.0  # failures older than this are forgotten
     sm_resume_timeout_s: int = 300  # XEP-0198 resumption window
     shutdown_timeout_s: float = 10.0  # graceful shutdown budget
+    # The login gate (server.net.limits.LoginGate): connections negotiating at once are
+    # bounded by what the node completes in login_budget_s at its measured rate, and
+    # never fewer than logins_in_progress_min (a cold node has no rate yet: 1,000
+    # logins offered at 500/s must not be shed); beyond it a new stream gets a
+    # retryable resource-constraint. The budget stays well inside auth_timeout_s.
+    logins_in_progress_min: int = 1000
+    login_budget_s: float = 15.0
 
 
 @dataclass(frozen=True)
@@ -76,7 +83,8 @@ class NodeConfig:
 _POSITIVE = {
     "limits.max_stanza_bytes", "limits.auth_timeout_s", "limits.rate_bytes_per_s", "limits.rate_burst_bytes",
     "limits.max_write_buffer_bytes", "limits.max_auth_failures", "limits.sm_resume_timeout_s",
-    "limits.shutdown_timeout_s", "limits.auth_throttle_window_s",
+    "limits.shutdown_timeout_s", "limits.auth_throttle_window_s", "limits.logins_in_progress_min",
+    "limits.login_budget_s",
 }
 
 

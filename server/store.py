@@ -308,6 +308,11 @@ class Store:
             location = await users.user_location(s, user.local)
         return location[1] if location else None
 
+    async def nodes_of(self, usernames: set[str]) -> dict[str, str | None]:
+        """`{username: the node serving it now}` for many users in one read."""
+        async with self._tx() as s:
+            return await users.active_nodes(s, usernames)
+
     async def usernames_active_on(self, node: str) -> set[str]:
         async with self._tx() as s:
             return await users.usernames_active_on(s, node)

@@ -61,10 +61,17 @@ class PeerChannel:
         return len(self._backlog)
 
     # -- sending ----------------------------------------------------------------------
-    async def send(self, kind: Kind, payload: bytes) -> None:
-        """Queue `payload`; wait while the window and the backlog are full."""
+    def try_send(self, kind: Kind, payload: bytes) -> bool:
+        """Send `payload` now if nothing waits before it and the window has room;
+        False: nothing was sent (use `send` or `post`). Spares the hot path a coroutine."""
         if not self._backlog and self._link.try_send(kind, payload):
             self.sent += 1
+            return True
+        return False
+
+    async def send(self, kind: Kind, payload: bytes) -> None:
+        """Queue `payload`; wait while the window and the backlog are full."""
+        if self.try_send(kind, payload):
             return
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._append(kind, payload, done)
@@ -72,8 +79,7 @@ class PeerChannel:
 
     def post(self, kind: Kind, payload: bytes) -> bool:
         """Queue `payload` without waiting; False if the backlog is full (not queued)."""
-        if not self._backlog and self._link.try_send(kind, payload):
-            self.sent += 1
+        if self.try_send(kind, payload):
             return True
         if len(self._backlog) >= self.max_backlog:
             log.warning("link to %s: backlog of %d frames is full", self.peer, len(self._backlog))

@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable, Hashable
 log = logging.getLogger(__name__)
 
 Work = Callable[[], Awaitable[None]]
+# Queued items: (work, done); `done` (tracked items only) is set once the work has run.
 
 
 class Inbox:
@@ -27,29 +28,37 @@ class Inbox:
         self._tasks: set[asyncio.Task[None]] = set()
         self.failures = 0
 
-    def submit(self, key: Hashable, work: Work) -> None:
+    def submit(self, key: Hashable, work: Work, *, tracked: bool = False) -> asyncio.Future[None] | None:
+        """Queue `work` behind the earlier items of `key`; with `tracked`, return a future
+        done when it has run (failed or not), for the link to acknowledge it then."""
+        done = asyncio.get_running_loop().create_future() if tracked else None
         queue = self._queues.get(key)
         if queue is not None:
-            queue.append(work)
-            return
-        self._queues[key] = deque([work])
+            queue.append((work, done))
+            return done
+        self._queues[key] = deque([(work, done)])
         task = asyncio.get_running_loop().create_task(self._run(key))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return done
 
     async def _run(self, key: Hashable) -> None:
         queue = self._queues[key]
         try:
             while queue:
-                work = queue[0]
+                work, done = queue[0]
                 try:
                     await work()
                 except Exception:  # one bad item must not stop the others
                     self.failures += 1
                     log.exception("cluster inbox: work for %s failed", key)
                 queue.popleft()
+                if done is not None and not done.done():
+                    done.set_result(None)
         finally:
-            del self._queues[key]
+            for _work, done in self._queues.pop(key, ()):
+                if done is not None and not done.done():
+                    done.cancel()  # closed before it ran: never acknowledged
 
     @property
     def pending(self) -> int:

@@ -15,6 +15,10 @@ Rules of this module:
 - Received routed stanzas are delivered here with the full local rules and never
   forwarded again (no loops between nodes whose caches disagree); their `from`
   must be of the cluster's domain.
+- A received routed frame waits in the inbox as bytes and is parsed when its turn
+  comes (`routed_frame_key`, `deliver_routed_frame`): parsed stanzas waiting in a queue
+  outlive the young GC generations, and the full collections they then cause cost
+  a receiving node as much as all the parsing.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from typing import TYPE_CHECKING
 
 from server.cluster import wire
 from server.cluster.links import LinkMesh
-from server.cluster.locations import LocationCache
+from server.cluster.locations import LocationCache, Miss
 from server.link import Kind
 from server.xmpp.errors import Condition, StanzaError
 from server.xmpp.jid import JID
@@ -47,17 +51,21 @@ class ClusterRoute:
         """True if `stanza` went to the node serving `to`; False: deliver it here."""
         if to.local is None:
             return False
-        node = await self.locations.active_node(to.local)
+        node = self.locations.cached(to.local)
+        if node is Miss:
+            node = await self.locations.active_node(to.local)
         channel = self.mesh.channel(node) if node is not None and node != self.node else None
         if channel is None:
             return False
-        if self.mesh.unreachable_for(node) > self.grace_s:
+        if not channel.up and self.mesh.unreachable_for(node) > self.grace_s:
             self.unreachable += 1
             log.info("node %s unreachable: %s for %s handled here", node, stanza.tag, to)
             if stanza.tag == "iq" and stanza.get("type") in ("get", "set"):
                 raise StanzaError(Condition.RECIPIENT_UNAVAILABLE, f"the node serving {to.bare} is unreachable")
             return False
-        await channel.send(Kind.STANZA, wire.encode_routed(stanza))
+        payload = wire.encode_routed(stanza)
+        if not channel.try_send(Kind.STANZA, payload):
+            await channel.send(Kind.STANZA, payload)
         self.routed += 1
         return True
 
@@ -67,7 +75,26 @@ async def deliver_routed(ctx: FeatureContext, stanza: ET.Element) -> None:
     await ctx.router.deliver(ctx, stanza, route_remote=False)
 
 
+async def deliver_routed_frame(ctx: FeatureContext, peer: str, payload: bytes) -> None:
+    """A routed frame from `peer`, decoded now; a bad one is logged and dropped."""
+    try:
+        frame = wire.decode_stanza(payload)
+        if not isinstance(frame, wire.Routed):
+            raise wire.WireError("not a routed stanza")
+        wire.check_origin(frame.stanza, ctx.domain)
+    except wire.WireError as exc:
+        log.warning("dropped a frame from node %s: %s", peer, exc)
+        return
+    await deliver_routed(ctx, frame.stanza)
+
+
 def recipient_key(stanza: ET.Element) -> str:
     """The inbox key of a routed stanza: its recipient account (ordered per receiver)."""
     to = stanza.get("to") or ""
     return "r:" + to.split("/", 1)[0]
+
+
+def routed_frame_key(payload: bytes) -> str | None:
+    """`recipient_key` of a routed frame, read without parsing it (None: decode it)."""
+    recipient = wire.routed_recipient(payload)
+    return None if recipient is None else "r:" + recipient

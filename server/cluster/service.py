@@ -32,7 +32,9 @@ from server.cluster.inbox import Inbox
 from server.cluster.links import LinkMesh, PeerAddress
 from server.cluster.locations import LocationCache
 from server.cluster.relay import RelayDialer, RelayHost
-from server.cluster.routing import ClusterRoute, deliver_routed, recipient_key
+from server.cluster.routing import (ClusterRoute, deliver_routed, deliver_routed_frame, recipient_key,
+                                    routed_frame_key)
+from server.cluster.sm_mirror import ReplicationSettings, SmReplication
 from server.features.context import FeatureContext
 from server.link import Kind
 
@@ -57,6 +59,7 @@ class ClusterService:
         self.route: ClusterRoute | None = None
         self.dialer: RelayDialer | None = None
         self.host: RelayHost | None = None
+        self.replicas: SmReplication | None = None
         self._task: asyncio.Task[None] | None = None
         self._lost: set[str] = set()  # peers whose relayed sessions were ended this outage
 
@@ -82,15 +85,30 @@ class ClusterService:
         self.route = ClusterRoute(node.name, self.locations, self.mesh, self.timers.grace_s)
         self.dialer = RelayDialer(self.mesh, self.timers.grace_s)
         self.host = RelayHost(self.ctx, self.port, self.mesh, self.locations)
+        self.replicas = self._replication(node.name)
         await self.mesh.start()
         self.ctx.router.remote = self.route
         self.port.relay, self.port.hosted = self.dialer, self.host
+        await self.replicas.start()
+        self.port.replicas = self.replicas
         self._task = asyncio.create_task(self._maintain())
+
+    def _replication(self, name: str) -> SmReplication:
+        """XEP-0198 state of this node's sessions, copied to their backup (sm_mirror)."""
+        async def load_backup() -> str | None:
+            async with self._db() as session:
+                group = await groups.group_of_node(session, name)
+                peer = await groups.peer_of(session, name)
+            return peer if group is not None and group.ha_enabled else None
+
+        return SmReplication(self.ctx, self.port, self.mesh, name, load_backup, ReplicationSettings.from_env())
 
     async def stop(self, timeout_s: float = 5.0) -> None:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+        if self.replicas is not None:
+            await self.replicas.stop()
         await self.inbox.drain(timeout_s)
         if self.mesh is not None:
             await self.mesh.drain(timeout_s)
@@ -98,27 +116,40 @@ class ClusterService:
         await self.inbox.close()
 
     # -- frames from peers -------------------------------------------------------------
-    def _on_frame(self, peer: str, kind: Kind, payload: bytes) -> None:
+    def _on_frame(self, peer: str, kind: Kind, payload: bytes) -> asyncio.Future | None:
+        """Routed stanzas return their delivery's future: the link acknowledges them
+        once delivered here (a node that dies with them unacknowledged loses nothing;
+        the sender takes them back, `_reroute_unreachable`)."""
         try:
             if kind is Kind.STANZA:
-                self._on_stanza(peer, wire.decode_stanza(payload))
-            elif kind is Kind.CONTROL:
+                key = routed_frame_key(payload)
+                if key is not None:  # parsed in its turn (routing.py)
+                    return self.inbox.submit(key, lambda: deliver_routed_frame(self.ctx, peer, payload), tracked=True)
+                return self._on_stanza(peer, wire.decode_stanza(payload))
+            if kind is Kind.CONTROL:
                 self._on_control(peer, wire.decode_control(payload))
         except wire.WireError as exc:
             log.warning("dropped a frame from node %s: %s", peer, exc)
+        return None
 
-    def _on_stanza(self, peer: str, frame: wire.Routed | wire.SessionStanza) -> None:
+    def _on_stanza(self, peer: str, frame: wire.Routed | wire.SessionStanza) -> asyncio.Future | None:
         if isinstance(frame, wire.Routed):
             wire.check_origin(frame.stanza, self.ctx.domain)
-            self.inbox.submit(recipient_key(frame.stanza), lambda: deliver_routed(self.ctx, frame.stanza))
-        elif frame.upstream:
+            return self.inbox.submit(recipient_key(frame.stanza), lambda: deliver_routed(self.ctx, frame.stanza),
+                                     tracked=True)
+        if frame.upstream:
             self.inbox.submit(("u", peer, frame.sid), lambda: self.host.upstream(peer, frame.sid, frame.stanza))
         else:
             self.inbox.submit(("d", frame.sid), lambda: self._sync(self.dialer.downstream, frame.sid, frame.stanza))
+        return None
 
     def _on_control(self, peer: str, control: wire.Control) -> None:
         sid, op = control.text("sid") or "", control.op
-        if op is wire.Op.MOVED:
+        if op is wire.Op.SM:  # applied at once, in link order (sm_mirror)
+            self.replicas.received(peer, control.fields)
+        elif op is wire.Op.SM_SYNCED:
+            self.replicas.synced(peer, int(control.fields.get("seq", 0)))
+        elif op is wire.Op.MOVED:
             self.locations.forget_all()
             self._reload_locations()
             self._reroute_unreachable()
@@ -140,6 +171,7 @@ class ClusterService:
     def _on_restarted(self, peer: str) -> None:
         """The peer is a new process: the relayed sessions shared with it are gone."""
         log.info("node %s restarted: ending the sessions relayed with it", peer)
+        self.replicas.peer_restarted(peer)
         self.dialer.peer_lost(peer, "restarted")
         self.inbox.submit(("lost", peer), lambda: self.host.peer_lost(peer))
 
@@ -216,4 +248,5 @@ class ClusterService:
             "routed": self.route.routed if self.route else 0,
             "relayed_out": self.dialer.count() if self.dialer else 0,
             "relayed_in": self.host.count() if self.host else 0,
+            "sm_replication": self.replicas.status() if self.replicas else {},
         }

@@ -115,15 +115,53 @@ def record_key(session: Session) -> tuple[str, str]:
     return session.jid.local, session.jid.resource or ""
 
 
+class _Lookups:
+    """Activation requests arriving together share their database reads: after a
+    takeover every client of the dead node asks at once. Requests within `WINDOW_S`
+    are answered by one read of the users' nodes and one of their presence records."""
+
+    WINDOW_S = 0.005
+
+    def __init__(self) -> None:
+        self._names: set[str] = set()
+        self._result: asyncio.Future | None = None
+        self._reading: set[asyncio.Task] = set()
+
+    async def get(self, ctx, username: str) -> tuple[str | None, dict[tuple[str, str], StoredPresence]]:
+        if self._result is None:
+            self._result = asyncio.get_running_loop().create_future()
+            asyncio.get_running_loop().call_later(self.WINDOW_S, self._start_read, ctx)
+        self._names.add(username)
+        nodes, records = await asyncio.shield(self._result)
+        return nodes.get(username), records
+
+    def _start_read(self, ctx) -> None:
+        task = asyncio.ensure_future(self._read(ctx))
+        self._reading.add(task)
+        task.add_done_callback(self._reading.discard)
+
+    async def _read(self, ctx) -> None:
+        names, result = self._names, self._result
+        self._names, self._result = set(), None
+        try:
+            result.set_result((await ctx.store.nodes_of(names), await ctx.store.presences_of(names)))
+        except Exception as exc:  # every waiter gets the failure (DatabaseUnavailable...)
+            result.set_exception(exc)
+
+
+_lookups: dict[int, _Lookups] = {}
+
+
 async def activate(ctx, session: Session, iq: ET.Element) -> ET.Element:
-    served_by = await ctx.store.active_node(session.bare)
+    lookups = _lookups.setdefault(id(ctx), _Lookups())
+    served_by, records = await lookups.get(ctx, session.jid.local)
     if served_by != ctx.node_name:
         where = f"by {served_by}" if served_by else "by no node (moving)"
         raise BackupError(Condition.UNEXPECTED_REQUEST, "not-serving-yet",
                           f"{session.bare} is served {where}, not {ctx.node_name} yet; retry", ErrorType.WAIT)
     if session.kind is SessionKind.ACTIVE:
         return activated(session.available, "client")  # idempotent (or pushed meanwhile)
-    record = (await records_for(ctx, [session])).get(record_key(session))
+    record = records.get(record_key(session))
     # No await from here until the router sends the result: nothing reaches the session
     # between its turning active and the answer that says so; the announcement follows.
     restored = turn_active(session, record)

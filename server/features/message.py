@@ -59,6 +59,12 @@ async def _store_offline(ctx, user: JID, stanza: ET.Element) -> None:
         return
     if not await ctx.store.store_offline(user, _stamped(ctx, stanza), _offline_limit(ctx)):
         raise StanzaError(Condition.SERVICE_UNAVAILABLE, f"offline message storage of {user} is full")
+    # The user may have become available while the message was being stored, after its
+    # initial presence took the stored messages: hand them over now, or they would
+    # wait for the next login (a failover's re-login storm makes this race common).
+    candidates = [s for s in ctx.sessions.available(user) if s.priority >= 0]
+    if candidates:
+        await flush_offline(ctx, SessionAvailable(max(candidates, key=lambda s: s.priority)))
 
 
 async def _to_bare(ctx, user: JID, stanza: ET.Element, kind: str) -> None:

@@ -173,12 +173,14 @@ def resume_available(session: Session, priority: int, stanza: ET.Element) -> Non
 
 
 async def announce_resumed(ctx, session: Session) -> None:
-    """The rest of initial presence for a resumed session: the shared record (now
-    this node's), the broadcast, probes, the siblings' presence, queued traffic."""
+    """The rest of initial presence for a resumed session: the shared record (now this
+    node's), probes, the siblings' presence, queued traffic. Nothing goes to the
+    contacts: they never saw the resource go unavailable (the old node let it go
+    without a word), so what they show is still right, and a takeover of thousands
+    of users does not re-send thousands of broadcasts while they switch."""
     if not session.available or session.presence is None:
         return
     await ctx.store.put_presence(session.jid, session.priority, session.presence)
-    await _to_contacts(ctx, session, session.presence)
     await _initial(ctx, session)
 
 

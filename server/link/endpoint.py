@@ -10,6 +10,17 @@ Rules of this module:
   silently. Heartbeats are never queued (`send_heartbeat` returns False when down).
 - Liveness: a keepalive every `heartbeat_interval_s`; a connection with no bytes for
   `dead_after_s` (or no handshake within `handshake_timeout_s`) is `PeerSilent`.
+- Writes are coalesced per loop turn: the first output of a turn is written at once (no
+  added latency), later output of the same turn is joined into one write when the turn
+  ends (one syscall and one wakeup of the peer per turn, not per frame). Everything a
+  connection writes goes through `_write`, so the sealing order is the wire order.
+- A frame callback may return a future (the work the frame started): the frame is
+  acknowledged only once it is done (`PeerLink.hold`), so a peer's ack means done.
+- Acks owed (`AckOwed`) go out `ack_delay_s` later at the latest (`DelayedAck`).
+- What is read is decoded `DECODE_SLICE` bytes per loop turn: the work the frame
+  callbacks start (tasks) runs between slices, so a burst is not all decoded and queued
+  first (held longer, such objects outlive the young GC generations and bring on
+  full collections, which cost a busy node more than decoding).
 - A withdrawn message (state.py) is acknowledged but never passed to `on_frame`.
 - Callbacks are plain functions called on the loop; they should not raise (if one
   does, it is logged and the connection is reset; that frame counts as delivered).
@@ -24,13 +35,17 @@ from dataclasses import dataclass
 
 from server.link import status as st
 from server.link.frames import Kind
-from server.link.protocol import (AckReceived, FrameReceived, HandshakeComplete, Keepalive,
-                                  LinkConnection, Message, ProtocolFailed)
+from server.link.protocol import (AckOwed, AckReceived, DelayedAck, FrameReceived,
+                                  HandshakeComplete, Keepalive, LinkConnection, Message,
+                                  ProtocolFailed)
 from server.link.state import WITHDRAWN, LinkConfig, PeerLinks
 
 log = logging.getLogger(__name__)
 
-OnFrame = Callable[[str, Kind, bytes], None]
+READ_SIZE = 1 << 16
+DECODE_SLICE = 1 << 13  # about 50 routed stanzas
+
+OnFrame = Callable[[str, Kind, bytes], "asyncio.Future | None"]
 OnUp = Callable[[st.LinkStatus], None]
 OnDown = Callable[[st.LinkDown], None]
 
@@ -52,14 +67,17 @@ class LinkOptions:
     connect_timeout_s: float = 5.0
     backoff_initial_s: float = 0.05
     backoff_max_s: float = 5.0
+    ack_delay_s: float = 0.005  # longest wait of an owed ack (LinkConfig.ack_every > 1)
 
 
 class Conn:
-    __slots__ = ("reader", "writer", "core", "peer", "up", "replaced")
+    __slots__ = ("reader", "writer", "core", "peer", "up", "replaced", "pending", "ack_timer")
 
     def __init__(self, reader, writer, core: LinkConnection, peer: str | None) -> None:
         self.reader, self.writer, self.core, self.peer = reader, writer, core, peer
         self.up = self.replaced = False
+        self.pending: list[bytes] | None = None  # None: nothing written this loop turn
+        self.ack_timer: asyncio.TimerHandle | None = None
 
 
 class Endpoint:
@@ -107,18 +125,52 @@ class Endpoint:
         if conn is None:
             self._links.queue(peer, kind, payload)
         else:
-            conn.writer.write(conn.core.send(Message(kind, payload)))
+            self._write(conn, conn.core.send(Message(kind, payload)))
 
     def _heartbeat(self, peer: str, payload: bytes) -> bool:
         conn = self._current.get(peer)
         data = conn.core.send(Message(Kind.HEARTBEAT, payload)) if conn else b""
-        if data:
-            conn.writer.write(data)
+        self._write(conn, data)
         return bool(data)
+
+    def _write(self, conn: Conn, data: bytes) -> None:
+        if not data:
+            return
+        if conn.pending is not None:  # already wrote this turn: join the turn's last write
+            conn.pending.append(data)
+            return
+        conn.writer.write(data)
+        conn.pending = []
+        asyncio.get_running_loop().call_soon(self._flush, conn)
+
+    @staticmethod
+    def _flush(conn: Conn) -> None:
+        pending, conn.pending = conn.pending, None
+        if pending:
+            conn.writer.write(b"".join(pending))
+
+    def _hold(self, peer: str, seq: int, work: asyncio.Future) -> None:
+        """No ack covers `seq` until the work its callback started is done."""
+        token = self._links.ensure(peer).hold(seq)
+        # A cancelled work item (shutdown) is never acknowledged: the peer keeps it.
+        work.add_done_callback(lambda w: None if w.cancelled() else self._processed(peer, token))
+
+    def _processed(self, peer: str, token: tuple[int, int]) -> None:
+        if not self._links.ensure(peer).release(token):
+            return
+        conn = self._current.get(peer)
+        if conn is not None:
+            conn.core.progressed()
+            if conn.ack_timer is None:
+                conn.ack_timer = asyncio.get_running_loop().call_later(self._opt.ack_delay_s, self._delayed_ack, conn)
+
+    def _delayed_ack(self, conn: Conn) -> None:
+        conn.ack_timer = None
+        self._write(conn, conn.core.send(DelayedAck()))
 
     async def _serve(self, conn: Conn) -> st.LinkDown:
         self._conns.add(conn)
-        conn.writer.write(conn.core.data_to_send())
+        self._write(conn, conn.core.data_to_send())
         beat = asyncio.create_task(self._beat(conn))
         try:
             return await self._pump(conn)
@@ -127,9 +179,12 @@ class Endpoint:
             return st.LinkCrashed(conn.peer, repr(exc))
         finally:
             beat.cancel()
+            if conn.ack_timer is not None:
+                conn.ack_timer.cancel()
             self._conns.discard(conn)
             if self._current.get(conn.peer) is conn:
                 del self._current[conn.peer]
+            self._flush(conn)
             conn.writer.close()  # flushes a final ERROR frame, if any
 
     async def _pump(self, conn: Conn) -> st.LinkDown:
@@ -141,7 +196,7 @@ class Endpoint:
             peer = conn.peer or conn.core.peer_name
             try:
                 async with asyncio.timeout_at(deadline):
-                    data = await conn.reader.read(1 << 16)
+                    data = await conn.reader.read(READ_SIZE)
             except TimeoutError:
                 what = "no bytes" if up else "no handshake"
                 return st.PeerSilent(peer, f"{what} within the timeout")
@@ -149,19 +204,28 @@ class Endpoint:
                 return st.PeerClosed(peer, repr(exc))
             if not data:
                 return st.PeerClosed(peer, "end of stream")
-            conn.core.receive_data(data)
-            down = self._dispatch(conn)
-            conn.writer.write(conn.core.data_to_send())
-            if down is not None:
-                return down
+            for start in range(0, len(data), DECODE_SLICE):
+                if start:
+                    await asyncio.sleep(0)  # the previous slice's work runs first
+                conn.core.receive_data(data[start : start + DECODE_SLICE])
+                down = self._dispatch(conn)
+                self._write(conn, conn.core.data_to_send())
+                if down is not None:
+                    return down
 
     def _dispatch(self, conn: Conn) -> st.LinkDown | None:
         for event in conn.core.events():
             if isinstance(event, FrameReceived):
-                if (event.kind, event.payload) != WITHDRAWN:
-                    self._on_frame(conn.peer, event.kind, event.payload)
+                if event.payload or event.kind is not WITHDRAWN[0]:  # not WITHDRAWN (state.py)
+                    work = self._on_frame(conn.peer, event.kind, event.payload)
+                    if isinstance(work, asyncio.Future) and event.seq:
+                        self._hold(conn.peer, event.seq, work)
             elif isinstance(event, AckReceived):
                 self._wake(conn.peer)
+            elif isinstance(event, AckOwed):
+                if conn.ack_timer is None:
+                    conn.ack_timer = asyncio.get_running_loop().call_later(
+                        self._opt.ack_delay_s, self._delayed_ack, conn)
             elif isinstance(event, HandshakeComplete):
                 self._link_up(conn, event)
             elif isinstance(event, ProtocolFailed):
@@ -184,7 +248,7 @@ class Endpoint:
     async def _beat(self, conn: Conn) -> None:
         while True:
             await asyncio.sleep(self._opt.heartbeat_interval_s)
-            conn.writer.write(conn.core.send(Keepalive()))
+            self._write(conn, conn.core.send(Keepalive()))
 
     def _wake(self, peer: str) -> None:
         room = self._room.get(peer)

@@ -30,6 +30,11 @@ Rules of this module:
   `PeerLink`; an older one fails with "superseded" when it is next used.
 - Sealed frames must hit the wire in sealing order: `send` returns any output pending
   from `receive_data` first (a reply written from a frame callback cannot overtake it).
+- Acks are cumulative and batched: every DATA frame carries one; a standalone ACK goes
+  out as soon as `LinkConfig.ack_every` received messages are owed one, otherwise
+  `receive_data` reports `AckOwed` and the adapter sends `DelayedAck` after a short,
+  fixed delay. So an ack is never later than that delay (the sender's window frees on
+  acks), and a busy link sends one ACK per `ack_every` messages, not one per read.
 """
 
 from __future__ import annotations
@@ -60,6 +65,12 @@ class Keepalive:
     """A standalone cumulative ack; the adapter sends one per heartbeat interval."""
 
 
+@dataclass(frozen=True, slots=True)
+class DelayedAck:
+    """The cumulative ack, if received messages are still owed one (nothing otherwise);
+    the adapter sends it when the delay it started on `AckOwed` is over."""
+
+
 # Events out (`LinkConnection.events`).
 @dataclass(frozen=True, slots=True)
 class HandshakeComplete:
@@ -72,6 +83,7 @@ class HandshakeComplete:
 class FrameReceived:
     kind: Kind
     payload: bytes
+    seq: int = 0  # 0 for HEARTBEAT (unsequenced); hold it with PeerLink.hold to delay its ack
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,11 +92,17 @@ class AckReceived:
 
 
 @dataclass(frozen=True, slots=True)
+class AckOwed:
+    """Received messages are owed an ack that was not sent yet: send `DelayedAck` soon."""
+
+
+@dataclass(frozen=True, slots=True)
 class ProtocolFailed:
     reason: str
 
 
-Event = HandshakeComplete | FrameReceived | AckReceived | ProtocolFailed
+Event = HandshakeComplete | FrameReceived | AckReceived | AckOwed | ProtocolFailed
+_ACK_OWED = AckOwed()
 
 
 class Role(enum.Enum):
@@ -138,7 +156,7 @@ class LinkConnection:
         self._hello = self._challenge = b""
         self._send_mac = self._recv_mac = FrameMac(b"")
         self._send_ctr = self._recv_ctr = 0
-        self._ack_due = False
+        self._owed = 0  # messages received (or duplicates) since our last ack went out
         self._sent_upto = 0  # last sequence number sealed on this connection
         self._state = ConnState.AWAITING_HELLO
         if role is Role.INITIATOR:
@@ -169,9 +187,15 @@ class LinkConnection:
                 self._fail(str(exc))
         if self._is_current():
             self._out += self._flush_new()
-            if self._ack_due:
-                self._out += self._seal(f.encode_ack(self._peer.recv_seq))
-                self._ack_due = False
+            if self._owed >= self._cfg.ack_every:
+                self._out += self._seal_ack()
+            elif self._owed:
+                self._events.append(_ACK_OWED)
+
+    def progressed(self) -> None:
+        """A held message was released (`PeerLink.release`): an ack is owed; the adapter
+        sends `DelayedAck` (as for `AckOwed`)."""
+        self._owed = max(self._owed, 1)
 
     def events(self) -> list[Event]:
         out, self._events = self._events, []
@@ -181,16 +205,17 @@ class LinkConnection:
         out, self._out = bytes(self._out), bytearray()
         return out
 
-    def send(self, msg: Message | Keepalive) -> bytes:
+    def send(self, msg: Message | Keepalive | DelayedAck) -> bytes:
         """Bytes to write now, including any output still pending from `receive_data`
         (sealed frames must reach the wire in the order they were sealed). Reliable
         messages are buffered in `PeerLinks` even when nothing is sent for them (link
         not up): they go out after the next handshake, or with the next output of the
-        current connection. A HEARTBEAT or Keepalive on a link not up is not sent."""
+        current connection. A HEARTBEAT, Keepalive or DelayedAck on a link not up is not
+        sent."""
         data = self._encode(msg)
         return self.data_to_send() + data if self._out else data
 
-    def _encode(self, msg: Message | Keepalive) -> bytes:
+    def _encode(self, msg: Message | Keepalive | DelayedAck) -> bytes:
         if isinstance(msg, Message) and msg.kind is not Kind.HEARTBEAT:
             name = self._peer.name if self._peer else self._expected
             if name is None:
@@ -200,10 +225,13 @@ class LinkConnection:
         if not self._is_current():
             return b""
         if isinstance(msg, Keepalive):
-            return self._flush_new() + self._seal(f.encode_ack(self._peer.recv_seq))
+            return self._flush_new() + self._seal_ack()
+        if isinstance(msg, DelayedAck):
+            out = self._flush_new()  # data frames carry the ack
+            return out + self._seal_ack() if self._owed else out
         if len(msg.payload) > self._cfg.max_payload:
             raise LocalProtocolError("heartbeat payload too large")
-        return self._seal(f.encode_data(0, self._peer.recv_seq, msg.kind, msg.payload))
+        return self._seal(f.encode_data(0, self._peer.ack_upto, msg.kind, msg.payload))
 
     # -- handshake --------------------------------------------------------------------
     def _start_initiator(self, peer_name: str) -> None:
@@ -268,7 +296,7 @@ class LinkConnection:
     def _recv_after_adopt(self, peer_session: bytes, peer_first_unacked: int) -> int:
         peer = self._peer
         if peer.peer_session_id == peer_session:
-            return peer.recv_seq
+            return peer.ack_upto  # the peer sends again what is not processed; duplicates are dropped
         return peer_first_unacked - 1
 
     def _commit(self, peer_session: bytes, peer_first_unacked: int, their_recv: int) -> None:
@@ -284,7 +312,7 @@ class LinkConnection:
             raise _Refused(f"peer dropped seq {peer.recv_seq + 1}..{peer_first_unacked - 1}")
         self._restarted = peer.peer_session_id is not None and not continuing
         if not continuing:
-            peer.peer_session_id, peer.recv_seq = peer_session, peer_first_unacked - 1
+            peer.adopt(peer_session, peer_first_unacked - 1)
         self._links.register(peer)
         peer.epoch += 1
         self._epoch = peer.epoch
@@ -315,12 +343,12 @@ class LinkConnection:
             self._events.append(FrameReceived(d.kind, d.payload))
         elif d.seq == peer.recv_seq + 1:
             peer.recv_seq = d.seq
-            self._events.append(FrameReceived(d.kind, d.payload))
-            self._ack_due = True
+            self._events.append(FrameReceived(d.kind, d.payload, d.seq))
+            self._owed += 1
         elif d.seq > peer.recv_seq + 1:
             raise FrameError(f"sequence gap: got {d.seq}, expected {peer.recv_seq + 1}")
         else:
-            self._ack_due = True  # a retransmitted duplicate: drop, but re-ack
+            self._owed += 1  # a retransmitted duplicate: drop, but re-ack
 
     def _on_ack(self, body: bytes) -> None:
         ack = f.decode_ack(body)
@@ -356,12 +384,18 @@ class LinkConnection:
         if start >= peer.last_seq:
             return b""
         self._sent_upto = peer.last_seq
-        self._ack_due = False  # each data frame carries the cumulative ack
-        # unacked holds consecutive seqs, so the unsent ones are the last few
-        skip = max(0, len(peer.unacked) - (peer.last_seq - start))
-        fresh = itertools.islice(peer.unacked, skip, None)
-        return b"".join([self._seal(f.encode_data(seq, peer.recv_seq, kind, payload))
-                         for seq, kind, payload in fresh])
+        self._owed = 0  # each data frame carries the cumulative ack
+        # unacked holds consecutive seqs, so the unsent ones are the last few; index
+        # them from the right end (skipping from the left costs O(window) per send)
+        unacked, ack = peer.unacked, peer.ack_upto
+        fresh = min(len(unacked), peer.last_seq - start)
+        if fresh == 1:
+            seq, kind, payload = unacked[-1]
+            return self._seal(f.encode_data(seq, ack, kind, payload))
+        batch = list(itertools.islice(reversed(unacked), fresh))
+        batch.reverse()  # sealed in sequence order: each tag covers the next counter
+        return b"".join([self._seal(f.encode_data(seq, ack, kind, payload))
+                         for seq, kind, payload in batch])
 
     def _is_current(self) -> bool:
         return self._state is ConnState.ESTABLISHED and self._peer.epoch == self._epoch
@@ -369,6 +403,10 @@ class LinkConnection:
     def _require_current(self) -> None:
         if self._peer.epoch != self._epoch:
             raise _Refused("superseded by a newer connection from the same peer")
+
+    def _seal_ack(self) -> bytes:
+        self._owed = 0
+        return self._seal(f.encode_ack(self._peer.ack_upto))
 
     def _seal(self, body: bytes) -> bytes:
         tag = self._send_mac.digest(self._send_ctr.to_bytes(8, "big"), body)[:TAG_LEN]

@@ -7,8 +7,9 @@ Rules of this module:
   connection (a `conflict` kick).
 - Limits: a token bucket on inbound bytes (empty -> `policy-violation`), a growing
   delay before answering repeated failed logins (per IP and per user), an auth timer
-  (the core decides whether it still matters), and a bounded write buffer (a client
-  that stops reading is dropped).
+  (the core decides whether it still matters), a bounded write buffer (a client
+  that stops reading is dropped), and the port's login gate: a connection beyond it
+  gets `resource-constraint` in answer to its stream header, before TLS.
 - After bind the connection registers a `Session` through the `ClientPort`, feeds
   stanzas to `router.dispatch` in arrival order (RFC 6120 §10.1), and on the way out
   either detaches the session for XEP-0198 resumption (connection lost with
@@ -38,6 +39,7 @@ from server.features.inactive_session import is_hold_request
 from server.net.limits import TokenBucket
 from server.router import SessionBound
 from server.sessions import Session, SessionKind
+from server.tls import start_tls
 from server.xmpp import events as ev
 from server.xmpp.errors import Condition, StanzaError, StreamCondition, StreamError, error_reply
 from server.xmpp.negotiation import SaslFailure
@@ -50,24 +52,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 READ_SIZE = 64 * 1024
 CLOSE_FLUSH_S = 5.0  # how long the closing bytes may take to leave
-TLS_READ_BUFFER = 16 * 1024 + 512  # one TLS record: 16 kB of payload plus its overhead
-
-
-def trim_tls_read_buffer(transport: asyncio.BaseTransport) -> None:
-    """Shrink asyncio's per-connection TLS read buffer from 256 kB to one record.
-
-    CPython's `SSLProtocol` (3.11+) allocates and zero-fills `max_size` (256 kB) per TLS
-    connection: most of an idle session's memory (bench-compare, 1,000 idle sessions).
-    The buffer only bounds how much ciphertext one read takes, so a smaller one costs
-    a few more reads on bulk input and nothing else. Private attributes: skipped when
-    absent (another Python version or event loop).
-    """
-    protocol = getattr(transport, "_ssl_protocol", None)
-    if protocol is None or not hasattr(protocol, "_ssl_buffer") or protocol.max_size <= TLS_READ_BUFFER:
-        return
-    protocol.max_size = TLS_READ_BUFFER
-    protocol._ssl_buffer = bytearray(TLS_READ_BUFFER)
-    protocol._ssl_buffer_view = memoryview(protocol._ssl_buffer)
 
 
 class Connection:
@@ -88,6 +72,9 @@ class Connection:
         self._lock = asyncio.Lock()
         self._bucket = TokenBucket(port.limits.rate_bytes_per_s, port.limits.rate_burst_bytes, port.now())
         self._tasks: set[asyncio.Task[None]] = set()
+        self._gated = port.login_gate.enter(port.now())  # negotiating under the login gate (limits.py)
+        if not self._gated:
+            self.stream.refuse_on_header(StreamError(StreamCondition.RESOURCE_CONSTRAINT, "too many logins in progress; retry later"))
 
     # -- lifecycle ----------------------------------------------------------------
     async def run(self) -> None:
@@ -100,6 +87,7 @@ class Connection:
             log.debug("connection from %s lost: %s", self.ip, exc)
         finally:
             timer.cancel()
+            self._leave_gate()
             await self.port.connection_finished(self)
             await self._close_transport()
 
@@ -121,6 +109,11 @@ class Connection:
             for event in events:
                 await _HANDLERS[type(event)](self, event)
 
+    def _leave_gate(self, completed: bool = False) -> None:
+        if self._gated:
+            self._gated = False
+            self.port.login_done(completed)
+
     def _spawn(self, coro) -> None:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
@@ -139,6 +132,13 @@ class Connection:
 
     def kick_soon(self, error: StreamError | None) -> None:
         self._spawn(self.kick(error))
+
+    def run_after(self, coro) -> None:
+        """Run `coro` once the events being handled now are done (it takes the lock)."""
+        async def locked() -> None:
+            async with self._lock:
+                await coro
+        self._spawn(locked())
 
     async def _close_transport(self) -> None:
         if not self.writer.is_closing():
@@ -166,18 +166,20 @@ class Connection:
 
     # -- event handlers -------------------------------------------------------------
     async def _on_outgoing(self, event: ev.Outgoing) -> None:
+        sm = self.stream.sm
+        if sm is not None and sm.mirror is not None:  # an <a h=''/> waits for the backup's copy (sm_mirror)
+            await sm.mirror.before_output(event.data)
         self.write(event.data)
 
     async def _on_tls_requested(self, _event: ev.TlsRequested) -> None:
         await self.writer.drain()
         try:
-            await self.writer.start_tls(self.port.ssl_context, ssl_handshake_timeout=self.port.limits.auth_timeout_s)
+            await start_tls(self.writer, self.port.ssl_context, self.port.limits.auth_timeout_s)
         except (ssl.SSLError, ConnectionError, OSError, TimeoutError) as exc:
             log.info("TLS handshake with %s failed: %s", self.ip, exc)
             self.writer.transport.abort()
             self.closing = True
             return
-        trim_tls_read_buffer(self.writer.transport)
         self.stream.tls_established()
 
     async def _on_credentials_requested(self, event: ev.CredentialsRequested) -> None:
@@ -238,6 +240,7 @@ class Connection:
         self.stream.registration_done(error)
 
     async def _on_resource_bound(self, event: ev.ResourceBound) -> None:
+        self._leave_gate(completed=True)
         if self.relay_node is not None:
             await self._relay_bound(event)
             return
@@ -288,6 +291,10 @@ class Connection:
 
     async def _on_resume_requested(self, event: ev.ResumeRequested) -> None:
         found = self.port.take_over(event.previd, self.stream.jid, self)
+        if found is None and self.port.replicas is not None:  # a session of the dead peer (sm_mirror)
+            found = await self.port.replicas.resume(event.previd, self.stream.jid, event.h, self)
+            if found is not None:
+                self.backup_refusal = self.relay_node = None  # served here now
         if found is None:
             self.stream.resume_refused()
             return
@@ -296,6 +303,7 @@ class Connection:
 
     async def _on_session_resumed(self, event: ev.SessionResumed) -> None:
         assert self.session is not None
+        self._leave_gate(completed=True)
         self.session.send = self.send_stanza
         self.session.close = self._close_session
         log.info("%s resumed its session", event.jid)

@@ -1,4 +1,5 @@
-"""Abuse limits of the client port: a per-connection token bucket and a failed-login throttle.
+"""Limits of the client port: a per-connection token bucket, a failed-login throttle and
+the login gate.
 
 Rules of this module:
 - Pure bookkeeping; the caller passes `now` (monotonic seconds), so tests need no clock.
@@ -8,6 +9,15 @@ Rules of this module:
   `window_s`. From the second failure on, the next answer is delayed by
   `base_s * 2**(failures-2)`, capped at `max_s`; the larger of the IP and user delays
   applies. A successful login clears the user's record (not the IP's).
+- `LoginGate`: bounds the connections negotiating at once (from accept until their
+  session is bound or resumed, or the connection ends), so a login storm (10,000 users
+  re-logging in after a failover) is admitted at the node's sustained rate and the
+  admitted logins finish long before the auth timeout. The bound is what the node
+  completes in `budget_s` at its measured rate (logins bound per second over the last
+  `WINDOW_S`), and never less than `floor`: a node that keeps up never sheds, one that
+  falls behind sheds the excess at once with a retryable `resource-constraint` stream
+  error, answering the stream header before TLS, so a shed attempt costs little
+  (`c2s`). It is a count, not a queue: a shed client retries after its own backoff.
 """
 
 from __future__ import annotations
@@ -67,3 +77,35 @@ class AuthThrottle:
 
     def success(self, key: str) -> None:
         self._failures.pop(key, None)
+
+
+class LoginGate:
+    WINDOW_S = 5.0  # the rate is measured over this much recent time
+
+    def __init__(self, floor: int, budget_s: float) -> None:
+        self.floor = floor
+        self.budget_s = budget_s
+        self.in_progress = 0
+        self.shed = 0  # logins refused since start
+        self._completed: deque[float] = deque()  # when recent logins were bound
+
+    def limit(self, now: float) -> int:
+        """How many logins may negotiate at once now."""
+        while self._completed and now - self._completed[0] > self.WINDOW_S:
+            self._completed.popleft()
+        rate = len(self._completed) / self.WINDOW_S
+        return max(self.floor, int(rate * self.budget_s))
+
+    def enter(self, now: float) -> bool:
+        """Admit one more negotiating connection; False (and counted as shed) when full."""
+        if self.in_progress >= self.floor and self.in_progress >= self.limit(now):
+            self.shed += 1
+            return False
+        self.in_progress += 1
+        return True
+
+    def leave(self, now: float, completed: bool) -> None:
+        """A negotiating connection is done: `completed` if it bound (or resumed) a session."""
+        self.in_progress -= 1
+        if completed:
+            self._completed.append(now)

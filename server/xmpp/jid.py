@@ -23,6 +23,10 @@ class InvalidJid(ValueError):
 def _check_part(value: str, what: str) -> None:
     if not value:
         raise InvalidJid(f"empty {what}")
+    # ASCII fast path (JID parsing is on every routed stanza): there the only forbidden
+    # characters are the controls (Cc: not printable) and, outside a resource, U+0020.
+    if value.isascii() and len(value) <= MAX_PART_BYTES and value.isprintable() and (what == "resource" or " " not in value):
+        return
     if len(value.encode("utf-8")) > MAX_PART_BYTES:
         raise InvalidJid(f"{what} longer than {MAX_PART_BYTES} bytes")
     for ch in value:
@@ -31,8 +35,13 @@ def _check_part(value: str, what: str) -> None:
             raise InvalidJid(f"{what} contains a forbidden character U+{ord(ch):04X}")
 
 
+def _fold(value: str) -> str:
+    """NFKC + casefold; ASCII is NFKC already and folds as `lower()`."""
+    return value.lower() if value.isascii() else unicodedata.normalize("NFKC", value).casefold()
+
+
 def prep_localpart(value: str) -> str:
-    value = unicodedata.normalize("NFKC", value).casefold()
+    value = _fold(value)
     _check_part(value, "localpart")
     bad = LOCALPART_FORBIDDEN.intersection(value)
     if bad:
@@ -41,7 +50,7 @@ def prep_localpart(value: str) -> str:
 
 
 def prep_domain(value: str) -> str:
-    value = unicodedata.normalize("NFKC", value).casefold().rstrip(".")
+    value = _fold(value).rstrip(".")
     _check_part(value, "domain")
     if any(ch in value for ch in "@/ ") or value.startswith(".") or ".." in value:
         raise InvalidJid(f"invalid domain {value!r}")
@@ -49,7 +58,8 @@ def prep_domain(value: str) -> str:
 
 
 def prep_resource(value: str) -> str:
-    value = unicodedata.normalize("NFC", value)
+    if not value.isascii():  # ASCII is NFC already
+        value = unicodedata.normalize("NFC", value)
     _check_part(value, "resource")
     return value
 

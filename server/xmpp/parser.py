@@ -16,12 +16,19 @@ Rules of this module:
 - A stream restart (after STARTTLS or SASL) uses a fresh parser: the stream core makes
   a new `StreamParser`; bytes the old one had not seen yet are dropped by design
   (RFC 6120 §5.4.3.3: nothing sent before the TLS handshake may be acted upon).
+- Between stanzas the expat parser is released: when input ends with a complete
+  top-level element and whitespace, nothing is pending, so the parser (~15 kB with its
+  handlers, most of an idle session's Python memory) is dropped. The next input gets a
+  fresh one, primed with a synthetic stream header that re-declares the namespaces of
+  the peer's header (no event comes out of it). Whitespace alone needs no parser.
 """
 
 from __future__ import annotations
 
+import re
 import xml.etree.ElementTree as ET
 import xml.parsers.expat as expat
+from xml.sax.saxutils import quoteattr
 from dataclasses import dataclass, field
 
 from server.xmpp.errors import StreamCondition, StreamError
@@ -30,6 +37,8 @@ from server.xmpp.stanzas import MAX_DEPTH, NS_CLIENT, NS_STREAM
 SEPARATOR = " "  # cannot occur in a namespace name (a URI) or a local name
 FEED_SLICE = 16 * 1024  # the size limit is checked at least every slice
 TEXT_BUFFER = 1024  # bytes of character data expat gathers per callback (default 8 kB)
+_WHITESPACE = b" \t\r\n"
+_QNAME = re.compile(rb"<([^\s/>]+)")
 
 _RESTRICTED_CODES = {
     expat.errors.codes[expat.errors.XML_ERROR_UNDEFINED_ENTITY],
@@ -94,7 +103,12 @@ class StreamParser:
         self._fed = 0
         self._dead = False
         self._pending_default_ns: str | None = None
-        self._parser = self._make_expat()
+        self._declared: list[tuple[str | None, str]] = []  # the header's namespace declarations
+        self._header_open = False  # seen the header: a fresh expat needs a synthetic one
+        self._root_qname = b"stream:stream"  # the header's name as written (the footer must match)
+        self._priming = False  # feeding that synthetic header
+        self._last_close = -1  # byte index (in this expat's input) of the last top-level close tag
+        self._parser: expat.XMLParserType | None = self._make_expat()
 
     def _make_expat(self) -> expat.XMLParserType:
         p = expat.ParserCreate("UTF-8", SEPARATOR)
@@ -124,14 +138,45 @@ class StreamParser:
 
     def feed(self, data: bytes) -> list[ParseEvent]:
         """Parse `data`; return every event completed so far."""
+        if self._parser is None and not self._dead:
+            if not data.strip(_WHITESPACE):
+                return []  # a keepalive between stanzas
+            self._parser = self._primed_expat()
         for start in range(0, len(data), FEED_SLICE):
             if self._dead:
                 break
             self._feed_slice(data[start : start + FEED_SLICE])
+        if not self._dead and self._idle_after(data):
+            self._parser = None
         events, self._events = self._events, []
         return events
 
+    def _primed_expat(self) -> expat.XMLParserType:
+        parser = self._parser = self._make_expat()
+        declared = "".join(
+            f" xmlns{':' + prefix if prefix else ''}={quoteattr(uri)}" for prefix, uri in self._declared
+        )
+        header = b"<" + self._root_qname + declared.encode() + b">"
+        self._priming, self._depth = True, 0  # the synthetic header brings it back to 1
+        try:
+            parser.Parse(header, False)
+        finally:
+            self._priming = False
+        self._fed, self._last_close = len(header), -1
+        return parser
+
+    def _idle_after(self, data: bytes) -> bool:
+        """True if `data` (just fed) ended with a complete top-level element and whitespace."""
+        if not self._header_open or self._depth != 1 or self._builder is not None:
+            return False
+        start = self._last_close - (self._fed - len(data))  # the close tag's offset in `data`
+        if start < 0:
+            return False  # it began in earlier input: keep the parser (rare)
+        end = _tag_end(data, start)
+        return end is not None and not data[end:].strip(_WHITESPACE)
+
     def _feed_slice(self, chunk: bytes) -> None:
+        assert self._parser is not None
         try:
             self._parser.Parse(chunk, False)
         except StreamError as exc:
@@ -171,15 +216,22 @@ class StreamParser:
             self._fail(StreamError(StreamCondition.UNSUPPORTED_ENCODING, f"encoding {encoding!r}; use UTF-8"))
 
     def _on_ns_decl(self, prefix: str | None, uri: str | None) -> None:
-        if self._depth == 0 and prefix is None:
-            self._pending_default_ns = uri or ""
+        if self._depth == 0 and not self._priming:
+            self._declared.append((prefix, uri or ""))
+            if prefix is None:
+                self._pending_default_ns = uri or ""
 
     def _on_start(self, name: str, attrs: dict[str, str]) -> None:
         self._depth += 1
-        attrib = {clark(k): v for k, v in attrs.items()}
         if self._depth == 1:
-            self._events.append(HeaderParsed(clark(name), attrib, self._pending_default_ns))
+            if not self._priming:
+                self._header_open = True
+                written = _QNAME.match(self._parser.GetInputContext() or b"")
+                if written is not None:
+                    self._root_qname = written.group(1)
+                self._events.append(HeaderParsed(clark(name), {clark(k): v for k, v in attrs.items()}, self._pending_default_ns))
             return
+        attrib = {clark(k): v for k, v in attrs.items()}
         if self._depth > MAX_DEPTH:
             self._fail(StreamError(StreamCondition.POLICY_VIOLATION, f"elements nested deeper than {MAX_DEPTH}"))
         if self._depth == 2:
@@ -196,7 +248,8 @@ class StreamParser:
         assert self._builder is not None
         self._builder.end(clark(name))
         if self._depth == 1:
-            size = self._parser.CurrentByteIndex - self._element_start
+            self._last_close = self._parser.CurrentByteIndex
+            size = self._last_close - self._element_start
             if size > self.max_element_bytes:
                 self._fail(self._too_big())
             self._events.append(ElementParsed(self._builder.close()))
@@ -207,6 +260,26 @@ class StreamParser:
             self._builder.data(text)
         elif self._depth == 1 and text.strip():
             self._fail(StreamError(StreamCondition.BAD_FORMAT, "text between stanzas"))
+
+
+def _tag_end(data: bytes, start: int) -> int | None:
+    """The offset just past the tag that closed a top-level element, or None if input
+    is pending. Expat reports a close at the `<` of `</x>` but just past `<x .../>`;
+    a `<` found there opens a tag (a `>` inside a quoted attribute does not end it),
+    which is only complete here if it is the `<x .../>` itself."""
+    if data[start : start + 1] != b"<":
+        return start
+    quote = 0
+    for i in range(start + 1, len(data)):
+        c = data[i]
+        if quote:
+            if c == quote:
+                quote = 0
+        elif c in (0x22, 0x27):  # " or '
+            quote = c
+        elif c == 0x3E:  # >
+            return i + 1
+    return None
 
 
 def is_stream_header(event: HeaderParsed) -> bool:

@@ -88,6 +88,7 @@ class XmppStream(neg.Negotiation):
         self.client_active = True
         self.stream_id = ""
         self._header_sent = False
+        self._refusal: StreamError | None = None
         self._peer_from: str | None = None
         self._events: list[Event] = []
         self._inbox: deque[ParseEvent] = deque()
@@ -122,6 +123,11 @@ class XmppStream(neg.Negotiation):
             return b""
         self.sm.ack_requested = True
         return f"<r xmlns='{NS_SM}'/>".encode()
+
+    def refuse_on_header(self, error: StreamError) -> None:
+        """Answer the peer's stream header with `error` and end the stream (the host
+        sheds load: the login gate is full)."""
+        self._refusal = error
 
     def tls_established(self) -> None:
         """The adapter finished the TLS handshake: the client restarts the stream."""
@@ -187,13 +193,16 @@ class XmppStream(neg.Negotiation):
         return stream_header(stream_id=self.stream_id, domain=self.settings.domain, to=to)
 
     def _on_header(self, header: HeaderParsed) -> None:
+        if self._refusal is not None:
+            self.close(self._refusal)
+            return
         try:
             self._check_header(header)
         except StreamError as exc:
             self.close(exc)
             return
-        self._emit(Outgoing(self._header_bytes(header.attrs.get("from"))))
-        self._send(self._features())
+        # one write (one TLS record, one syscall) for the header and its features
+        self._emit(Outgoing(self._header_bytes(header.attrs.get("from")) + to_bytes(self._features())))
 
     def _check_header(self, header: HeaderParsed) -> None:
         """RFC 6120 §4.7, §4.8: namespaces, version, and the `to` domain."""

@@ -33,10 +33,51 @@ def test_routed_and_session_frames_round_trip():
 @pytest.mark.parametrize("payload", [
     b"no header line", b"X\n<message/>", b"R\n<notastanza/>", b"R\n<message>",
     b"R\n<!DOCTYPE m [<!ENTITY a 'aaaa'>]><message>&a;</message>", b"U \n<message/>",
+    b"R\n<message>&a;</message>", b"R\n<message><!-- c --></message>", b"R\n<message><![CDATA[x]]></message>",
+    b"R\n<?xml version='1.0'?><message/>", b"R\n<message><?pi x?></message>", b"R\n<message/><message/>",
+    b"R\n" + "\ufeff<!DOCTYPE m [<!ENTITY a 'aaaa'>]><message>&a;</message>".encode("utf-16"),
+    b"R\n" + "<message/>".encode("utf-16"), b"R\n <message/>", b"R\n<message/> ", b"R\n<message/>x<message/>",
+    b"R\n<message><body>", b"R\n</frames>", b"R\n<message/></frames>",
 ])
 def test_bad_stanza_frames_are_refused(payload):
     with pytest.raises(wire.WireError):
         wire.decode_stanza(payload)
+
+
+def test_a_bad_frame_does_not_spoil_the_next_ones():
+    for bad in (b"R\n<message><body>", b"R\n</frames>", b"R\n<message/><message/>", b"R\n<message x='1' x='2'/>"):
+        with pytest.raises(wire.WireError):
+            wire.decode_stanza(bad)
+        good = wire.decode_stanza(wire.encode_routed(message()))
+        assert good.stanza.findtext("body") == "hi <&> there" and good.stanza.tail is None
+
+
+def test_the_parser_is_renewed_after_its_life(monkeypatch):
+    monkeypatch.setattr(wire, "_PARSER_LIFE", 3)
+    monkeypatch.setattr(wire, "_parser", wire._StanzaParser())
+    first = wire._parser._pull
+    for _ in range(3):
+        assert wire.decode_stanza(wire.encode_routed(message())).stanza.tag == "message"
+    assert wire._parser._pull is not first
+
+
+def test_parsed_stanzas_are_what_the_sender_serialized():
+    stanza = message()
+    stanza.set("{http://www.w3.org/XML/1998/namespace}lang", "en")
+    ET.SubElement(stanza, "{urn:x}data", {"{urn:y}attr": "a'\"b"}).text = "\u00e9t\u00e9 &amp;"
+    parsed = wire.decode_stanza(wire.encode_routed(stanza)).stanza
+    assert ET.tostring(parsed) == ET.tostring(stanza)
+
+
+def test_routed_recipient_is_read_without_parsing():
+    payload = wire.encode_routed(message())
+    assert wire.routed_recipient(payload) == "bob@example.test"
+    elem = ET.Element("presence", {"from": "a@example.test/x", "to": "\u00e9l\u00e8ve@example.test/r"})
+    assert wire.routed_recipient(wire.encode_routed(elem)) == "\u00e9l\u00e8ve@example.test"
+    odd = ET.Element("message", {"to": "x&y@example.test"})  # escaped: unknown until parsed
+    assert wire.routed_recipient(wire.encode_routed(odd)) is None
+    assert wire.routed_recipient(wire.encode_session("s1", message(), upstream=True)) is None
+    assert wire.routed_recipient(b"R\n<message from='a@example.test'/>") is None
 
 
 def test_control_frames():

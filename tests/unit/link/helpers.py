@@ -28,6 +28,9 @@ def session(n: int) -> bytes:
 
 
 def node(name: str, sid: int, secret: bytes = SECRET, **kw) -> PeerLinks:
+    """A node that acks at the end of every read unless `ack_every` says otherwise (so
+    a quiet wire means everything was acknowledged)."""
+    kw.setdefault("ack_every", 1)
     return PeerLinks(LinkConfig(name, secret, session(sid), **kw))
 
 

@@ -1,11 +1,13 @@
 """Sequencing, acks, retransmission, dedup, restarts: exactly-once in-order delivery."""
 
+import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from server.link import frames as f
 from server.link.frames import Kind
-from server.link.protocol import AckReceived, FrameReceived, HandshakeComplete, Keepalive, Message, ProtocolFailed
+from server.link.protocol import (AckOwed, AckReceived, DelayedAck, FrameReceived, HandshakeComplete,
+                                  Keepalive, Message, ProtocolFailed)
 
 from .helpers import Pair, node, session
 
@@ -178,6 +180,46 @@ def test_keepalive_carries_the_cumulative_ack():
     assert pair.failures() == []
 
 
+def test_acks_wait_for_ack_every_messages_or_the_delayed_ack():
+    a, b = node("a", 1), node("b", 2, ack_every=3)
+    pair = Pair(a, b)
+    pair.run()
+    for m in msgs("m", 2):
+        pair.send(pair.a, Kind.STANZA, m)
+    pair.run()
+    assert pair.b.received() == msgs("m", 2)
+    assert a.in_flight("b") == 2 and pair.b.of(AckOwed)  # owed: the adapter starts its delay
+    pair.b.pipe += pair.b.conn.send(DelayedAck())  # ... which is over
+    pair.run()
+    assert a.in_flight("b") == 0 and pair.a.of(AckReceived)[-1] == AckReceived(2)
+    assert pair.b.conn.send(DelayedAck()) == b""  # nothing owed, nothing sent
+    for m in msgs("m", 3, start=3):
+        pair.send(pair.a, Kind.STANZA, m)
+    pair.run()
+    assert a.in_flight("b") == 0  # three owed: acked at once, no delay
+    assert pair.failures() == []
+
+
+def test_data_frames_carry_the_owed_ack():
+    a, b = node("a", 1, ack_every=10), node("b", 2, ack_every=10)
+    pair = Pair(a, b)
+    pair.run()
+    for m in msgs("m", 2):
+        pair.send(pair.a, Kind.STANZA, m)
+    pair.run()
+    assert a.in_flight("b") == 2
+    pair.send(pair.b, Kind.STANZA, b"reply")
+    pair.run()
+    assert a.in_flight("b") == 0  # the reply acked m1, m2
+    assert pair.b.conn.send(DelayedAck()) == b""  # so b owes nothing any more
+    assert pair.a.received() == [b"reply"] and b.in_flight("a") == 1
+
+
+def test_delayed_ack_on_a_link_not_up_sends_nothing():
+    pair = Pair(node("a", 1, ack_every=3), node("b", 2, ack_every=3))
+    assert pair.a.conn.send(DelayedAck()) == b""
+
+
 def test_ack_for_a_frame_never_sent_is_a_protocol_error():
     pair = Pair(node("a", 1), node("b", 2))
     pair.run()
@@ -208,8 +250,9 @@ EXPECTED = ("superseded", "changed during the handshake")
 class Model:
     """Two nodes and their live connections, cut anywhere; records what each got."""
 
-    def __init__(self) -> None:
-        self.nodes = {"a": node("a", 1), "b": node("b", 2)}
+    def __init__(self, ack_every: int = 1) -> None:
+        self.ack_every = ack_every
+        self.nodes = {"a": node("a", 1, ack_every=ack_every), "b": node("b", 2, ack_every=ack_every)}
         self.sent = {"a": [], "b": []}
         self.got = {"a": [], "b": []}
         self.failures: list[str] = []
@@ -229,8 +272,9 @@ class Model:
         elif op in ("deliver", "deliver_old"):
             pair = pair if op == "deliver" else self.pairs[0]
             pair.deliver(self.side(pair, name), n)
-        elif op == "keepalive":
-            self.side(pair, name).pipe += self.side(pair, name).conn.send(Keepalive())
+        elif op == "keepalive":  # with batched acks, the delayed ack's timer
+            msg = Keepalive() if self.ack_every == 1 else DelayedAck()
+            self.side(pair, name).pipe += self.side(pair, name).conn.send(msg)
         elif op == "overlap" and len(self.pairs) < 3:
             self.pairs.append(Pair(self.nodes["a"], self.nodes["b"]))
         elif op == "cut":
@@ -274,12 +318,13 @@ OLD_ACK_MID_HANDSHAKE = UP + [
     ("send", "a", 1), ("deliver", "a", None)]
 
 
+@pytest.mark.parametrize("ack_every", [1, 3])
 @settings(max_examples=400, deadline=None)
 @given(OPS)
 @example(OLD_DATA_AFTER_NEW_HELLO)
 @example(OLD_ACK_MID_HANDSHAKE)
-def test_random_cuts_never_lose_duplicate_or_reorder(ops):
-    model = Model()
+def test_random_cuts_never_lose_duplicate_or_reorder(ack_every, ops):
+    model = Model(ack_every)
     for op in ops:
         model.step(*op)
     model.finish()
@@ -334,3 +379,46 @@ def test_withdrawn_frames_come_back_in_order_and_keep_the_sequence_gapless():
     frames = [(e.kind, e.payload) for e in second.b.of(FrameReceived)]
     assert frames == [(Kind.CONTROL, b"")] * 4 + [(Kind.STANZA, b"m6")]
     assert second.failures() == [] and a.in_flight("b") == 0
+
+
+def test_held_frames_are_acknowledged_only_once_processed_and_come_again_after_a_reconnect():
+    from server.link.protocol import DelayedAck
+
+    a, b = node("a", 1), node("b", 2, ack_every=100)  # b's acks wait for DelayedAck, as in the adapter
+    first = Pair(a, b)
+    first.run()
+    for m in msgs("m", 3):
+        first.send(first.a, Kind.STANZA, m)
+    first.deliver(first.a)  # b reads m1..m3; like the adapter, it holds m2 and m3 as it dispatches them
+    assert [e.seq for e in first.b.of(FrameReceived)] == [1, 2, 3]
+    tokens = {seq: b.ensure("a").hold(seq) for seq in (2, 3)}
+    assert b.ensure("a").release(tokens[3]) is False  # done out of order: nothing more to ack yet
+    first.b.pipe += first.b.conn.send(DelayedAck())
+    first.deliver(first.b)
+    assert a.in_flight("b") == 2  # m2 and m3 not covered
+    # The connection drops; on the next one b reports what it processed, a sends m2 and
+    # m3 again, b drops them as duplicates: delivered once, acknowledged once done.
+    second = Pair(a, b)
+    second.run()
+    assert second.b.received() == [] and a.in_flight("b") == 2
+    assert b.ensure("a").release(tokens[2]) is True  # now m2 and m3 are done
+    second.b.conn.progressed()
+    second.b.pipe += second.b.conn.send(DelayedAck())
+    second.run()
+    assert a.in_flight("b") == 0 and second.failures() == [] and first.failures() == []
+
+
+def test_a_restarted_peer_forgets_what_its_old_process_held():
+    a, b = node("a", 1), node("b", 2)
+    pair = Pair(a, b)
+    pair.run()
+    pair.send(pair.a, Kind.STANZA, b"m1")
+    pair.deliver(pair.a)
+    token = b.ensure("a").hold(1)
+    a2 = node("a", 9)  # a restarts: a new session, its sequence starts over
+    fresh = Pair(a2, b)
+    fresh.run()
+    assert b.ensure("a").release(token) is False  # of the replaced session: ignored
+    fresh.send(fresh.a, Kind.STANZA, b"n1")
+    fresh.run()
+    assert fresh.b.received() == [b"n1"] and a2.in_flight("b") == 0

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from server.net.limits import AuthThrottle, TokenBucket
+from server.net.limits import AuthThrottle, LoginGate, TokenBucket
 
 
 def test_token_bucket_refills_up_to_burst():
@@ -26,3 +26,23 @@ def test_throttle_grows_per_ip_and_user_and_forgets():
     throttle.success("user:x")
     assert throttle.failure(["ip:c", "user:x"], now=5) == 0
     assert throttle.failure(["ip:a"], now=1000) == 0  # old failures fall out of the window
+
+
+def test_login_gate_admits_up_to_its_floor_and_sheds_the_rest():
+    gate = LoginGate(floor=2, budget_s=10.0)
+    assert gate.enter(now=0) and gate.enter(now=0)
+    assert not gate.enter(now=0) and not gate.enter(now=0)
+    assert (gate.in_progress, gate.shed) == (2, 2)
+    gate.leave(now=0.1, completed=False)  # a connection gave up: room for the next
+    assert gate.enter(now=0.1) and not gate.enter(now=0.1)
+    assert (gate.in_progress, gate.shed) == (2, 3)
+
+
+def test_login_gate_admits_what_the_measured_rate_finishes_within_the_budget():
+    gate = LoginGate(floor=2, budget_s=1.0)
+    for i in range(20):  # 20 logins bound within the last second: 4/s over the 5 s window
+        assert gate.enter(now=i * 0.05)
+        gate.leave(now=i * 0.05, completed=True)
+    assert gate.limit(now=1.0) == 4
+    assert all(gate.enter(now=1.0) for _ in range(4)) and not gate.enter(now=1.0)
+    assert gate.limit(now=7.0) == 2  # the rate is forgotten after the window: the floor

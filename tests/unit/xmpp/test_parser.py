@@ -79,3 +79,46 @@ def test_text_longer_than_the_text_buffer_arrives_whole():
     parser = StreamParser(max_element_bytes=64 * 1024)
     events = parser.feed(HEADER + f"<message><body>{body}</body></message>".encode())
     assert [e.element.findtext("body") for e in events if isinstance(e, ElementParsed)] == [body]
+
+
+# -- the expat parser is released between stanzas (idle-session memory) ------------------
+
+def test_parser_is_released_between_stanzas_and_namespaces_survive():
+    parser = StreamParser(1000)
+    header = b"<s:stream xmlns='jabber:client' xmlns:s='http://etherx.jabber.org/streams' xmlns:x='urn:x'>"
+    parser.feed(header + b"<presence/>\n")
+    assert parser._parser is None
+    assert parser.feed(b"  \n") == []  # a keepalive needs no parser
+    assert parser._parser is None
+    (message,) = parser.feed(b"<message><x:y a='1'/></message>")
+    assert message.element.find("{urn:x}y").get("a") == "1"
+    assert parser._parser is None
+    (footer,) = parser.feed(b"</s:stream>")
+    assert isinstance(footer, FooterParsed)
+
+
+@pytest.mark.parametrize("tail", [b"<mess", b"<message a='>'", b"<message><body>x", b"x"])
+def test_parser_is_kept_while_input_is_pending(tail):
+    parser = StreamParser(1000)
+    parser.feed(HEADER)
+    parser.feed(b"<presence a='/>'/>" + tail)
+    assert parser._parser is not None
+
+
+def test_a_quoted_close_bracket_does_not_end_the_tag_early():
+    parser = StreamParser(1000)
+    parser.feed(HEADER)
+    events = parser.feed(b"<presence a='x/>'/> ")
+    assert [e.element.get("a") for e in events] == ["x/>"]
+    assert parser._parser is None
+    assert [e.element.tag for e in parser.feed(b"<iq type='get' id='1'/>")] == ["iq"]
+
+
+def test_size_limit_and_faults_apply_after_a_release():
+    parser = StreamParser(100)
+    parser.feed(HEADER + b"<presence/>")
+    assert parser._parser is None
+    assert faults(parser.feed(b"<message><body>" + b"x" * 200 + b"</body></message>")) == [StreamCondition.POLICY_VIOLATION]
+    parser = StreamParser(1000)
+    parser.feed(HEADER + b"<presence/>")
+    assert faults(parser.feed(b"<!-- c -->")) == [StreamCondition.RESTRICTED_XML]

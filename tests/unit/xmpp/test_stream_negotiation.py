@@ -262,3 +262,15 @@ def test_registration_is_off_by_default():
     assert "iq-register" not in t.open()
     t.recv("<iq type='get' id='r1'><query xmlns='jabber:iq:register'/></iq>")
     assert f"<not-authorized xmlns='{STREAMS}'/>" in t.sent()
+
+
+def test_a_shed_login_gets_our_header_then_resource_constraint_before_tls():
+    t = Transcript(tls=False)
+    t.call("refuse_on_header", StreamError(StreamCondition.RESOURCE_CONSTRAINT, "too many logins in progress"))
+    out = t.open()
+    assert out.startswith("<?xml version='1.0'?><stream:stream") and "starttls" not in out
+    assert stream_error_of(out) == "resource-constraint"
+    assert out.endswith("</stream:stream>")
+    assert t.stream.phase is Phase.CLOSED
+    (closed,) = t.facts()
+    assert isinstance(closed, ev.StreamClosed) and closed.error.condition is StreamCondition.RESOURCE_CONSTRAINT

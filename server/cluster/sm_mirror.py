@@ -1,0 +1,363 @@
+"""XEP-0198 sessions that survive their node: replicated to the backup node (adapter).
+
+Rules of this module:
+- Origin side. Every resumable session of this node is tracked (`track` when the
+  client enables resumption, `untrack` when the session ends: the replica is dropped).
+  Its `StreamManagement.mirror` turns each change (stanza sent, client ack, queue
+  re-sent) into an entry of `server.cluster.sm_replica`; entries of one loop turn go
+  to the backup node in one CONTROL `sm` frame, in order, after the STANZA frames
+  routed before them on the same link.
+- Persist before acknowledging (etcd: write, then send; SPEC §9 "no acknowledged
+  message is lost"): before an `<a h=''/>` leaves for the client, the entry with that
+  `h` and a sync request follow everything sent to the backup so far, and the answer
+  waits for the backup's `sm-synced`. Syncs are shared (group commit): one round trip
+  covers every session waiting at that moment. Bounded by `sync_timeout_s`; with the
+  backup unreachable nothing waits (there is no second copy to make).
+- While the backup is unreachable entries are not queued; when it is back (or is a
+  new process) every tracked session is sent again in full first.
+- A session holding more than `max_unacked` stanzas stops being replicated (logged):
+  it fails over by re-login, like a client without XEP-0198.
+- Backup side. `sm` entries go to the `ReplicaStore`; a sync is answered at once. A
+  `<resume/>` that finds no local session looks here: it succeeds only once this
+  node serves the user (its active node in the database; SPEC §9: two nodes never
+  serve one user). While the origin node is still reachable it fails at once (the
+  client binds anew and is sent where it belongs); while the origin is gone but the
+  takeover is not committed yet it waits up to `takeover_wait_s`.
+- Replicas of a gone origin expire `max_s` after it went; their unacknowledged
+  messages are routed again (offline storage or another resource), as a session
+  nobody resumed (XEP-0198 §5, `server.net.clients`).
+- Settings: `ReplicationSettings.from_env` (`PRESENCE_HA_SM_REPLICATION=off` turns it
+  off; `PRESENCE_HA_SM_<FIELD>` sets a field, e.g. `PRESENCE_HA_SM_SYNC_TIMEOUT_S=1`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+import re
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from db.engine import DatabaseUnavailable
+from server.cluster import wire
+from server.cluster.links import LinkMesh
+from server.cluster.sm_replica import Replica, ReplicaError, ReplicaStore, parse_stanza
+from server.features.inactive_session import announce, record_key, records_for, turn_active
+from server.link import Kind
+from server.sessions import Session
+from server.xmpp.jid import JID
+from server.xmpp.sm import StreamManagement
+from server.xmpp.stanzas import serialize
+
+log = logging.getLogger(__name__)
+
+ENV_SWITCH = "PRESENCE_HA_SM_REPLICATION"
+ENV_PREFIX = "PRESENCE_HA_SM_"
+_ACK_H = re.compile(rb"<(?:a|resumed) [^>]*\bh='(\d+)'")
+
+
+@dataclass(frozen=True)
+class ReplicationSettings:
+    enabled: bool = True
+    sync_timeout_s: float = 2.0  # longest an <a/> waits for the backup's confirmation
+    max_unacked: int = 1000  # per session; beyond, the session is not replicated
+    takeover_wait_s: float = 10.0  # a resume on the backup waits this long for the takeover
+    sweep_s: float = 0.5  # reachability and expiry checks
+    backup_refresh_s: float = 5.0  # how often the backup node is read from the database
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> ReplicationSettings:
+        values: dict[str, Any] = {"enabled": environ.get(ENV_SWITCH, "on").lower() not in ("0", "off", "false", "no")}
+        for f in dataclasses.fields(cls):
+            raw = environ.get(ENV_PREFIX + f.name.upper())
+            if raw is not None and f.name != "enabled":
+                values[f.name] = int(raw) if f.type in (int, "int") else float(raw)
+        return cls(**values)
+
+
+class SessionMirror:
+    """The `StreamManagement.mirror` of one tracked session (server.xmpp.sm.SmMirror)."""
+
+    __slots__ = ("owner", "rid", "jid", "sm", "reported")
+
+    def __init__(self, owner: SmReplication, rid: str, jid: JID, sm: StreamManagement) -> None:
+        self.owner, self.rid, self.jid, self.sm, self.reported = owner, rid, jid, sm, sm.inbound
+
+    def sent(self, stanza: ET.Element) -> None:
+        if self.sm.unacked_count > self.owner.settings.max_unacked:
+            self.owner.overflow(self)
+            return
+        self.owner.queue(["o", self.rid, serialize(stanza)])
+
+    def acked(self, h: int) -> None:
+        self.owner.queue(["a", self.rid, h])
+
+    def rewound(self) -> None:
+        self.owner.queue(["r", self.rid])
+
+    async def before_output(self, data: bytes) -> None:
+        if not data.startswith((b"<a ", b"<resumed ")):  # the two ways the client learns our h
+            return
+        match = _ACK_H.match(data)
+        if match is None or int(match.group(1)) == self.reported:
+            return
+        self.reported = int(match.group(1))
+        self.owner.queue(["i", self.rid, self.reported])
+        await self.owner.barrier()
+
+
+class SmReplication:
+    def __init__(self, ctx: Any, port: Any, mesh: LinkMesh, node: str,
+                 load_backup: Callable[[], Awaitable[str | None]],
+                 settings: ReplicationSettings = ReplicationSettings(),
+                 now: Callable[[], float] = time.monotonic) -> None:
+        self.ctx, self.port, self.mesh, self.node = ctx, port, mesh, node
+        self.settings, self._now, self._load_backup = settings, now, load_backup
+        self.backup: str | None = None
+        self.store = ReplicaStore(settings.max_unacked)
+        self._tracked: dict[str, SessionMirror] = {}
+        self._batch: list[list[Any]] = []
+        self._flush_handle: asyncio.Handle | None = None
+        self._stale = True  # the backup has not seen the tracked sessions in full
+        self._sync_posted = self._sync_confirmed = 0
+        self._sync_wanted = 0
+        self._waiters: dict[int, asyncio.Future[None]] = {}
+        self._task: asyncio.Task[None] | None = None
+        self.stats = {"frames": 0, "entries": 0, "syncs": 0, "sync_timeouts": 0}
+
+    # -- lifecycle -------------------------------------------------------------------
+    async def start(self) -> None:
+        await self._refresh_backup()
+        self._task = asyncio.create_task(self._sweep())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        self._release_waiters()
+
+    async def _refresh_backup(self) -> None:
+        try:
+            backup = await self._load_backup() if self.settings.enabled else None
+        except DatabaseUnavailable as exc:
+            log.warning("cannot read the backup node: %s", exc)
+            return
+        if backup != self.backup:
+            log.info("XEP-0198 sessions of %s are replicated to %s", self.node, backup or "no node")
+            self.backup, self._stale = backup, True
+
+    # -- origin side -----------------------------------------------------------------
+    def track(self, rid: str, session: Session, sm: StreamManagement) -> None:
+        if self.backup is None or rid in self._tracked:
+            return
+        mirror = SessionMirror(self, rid, session.jid, sm)
+        sm.mirror = mirror
+        self._tracked[rid] = mirror
+        self._snapshot(mirror)
+
+    def untrack(self, rid: str | None) -> None:
+        mirror = self._tracked.pop(rid or "", None)
+        if mirror is not None:
+            mirror.sm.mirror = None
+            self.queue(["c", mirror.rid])
+
+    def overflow(self, mirror: SessionMirror) -> None:
+        log.warning("session %s holds more than %d unacknowledged stanzas: no longer replicated to %s",
+                    mirror.rid, self.settings.max_unacked, self.backup)
+        self.untrack(mirror.rid)
+
+    def _snapshot(self, mirror: SessionMirror) -> None:
+        sm = mirror.sm
+        self.queue(["n", mirror.rid, str(mirror.jid), mirror.reported, sm.acked, sm.max_resume_s])
+        for stanza in sm.unacked():
+            self.queue(["o", mirror.rid, serialize(stanza)])
+
+    def _channel(self):
+        return self.mesh.channel(self.backup) if self.backup is not None else None
+
+    def queue(self, entry: list[Any]) -> None:
+        channel = self._channel()
+        if channel is None or not channel.up:
+            self._stale = True  # sent in full once the backup is back
+            return
+        self._batch.append(entry)
+        self._schedule()
+
+    def _schedule(self) -> None:
+        if self._flush_handle is None:
+            self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_handle = None
+        channel = self._channel()
+        if channel is None or not channel.up:
+            self._batch.clear()
+            self._stale = True
+            self._release_waiters()
+            return
+        if self._stale:
+            self._resend_all()
+        fields: dict[str, Any] = {"e": self._batch}
+        if self._sync_wanted > self._sync_posted:
+            fields["sync"] = self._sync_posted = self._sync_wanted
+            self.stats["syncs"] += 1
+        self.stats["frames"] += 1
+        self.stats["entries"] += len(self._batch)
+        self._batch = []
+        if not channel.post(Kind.CONTROL, wire.encode_control(wire.Op.SM, **fields)):
+            self._stale = True  # the link's backlog is full: send everything again later
+
+    def _resend_all(self) -> None:
+        """The backup lost (or never had) our sessions: each in full, before the rest."""
+        self._stale = False
+        pending, self._batch = self._batch, []
+        for mirror in list(self._tracked.values()):
+            self._snapshot(mirror)
+        self._batch += [e for e in pending if e[0] != "n"]  # their "n" is in the snapshot
+
+    async def barrier(self) -> None:
+        """Return once the backup confirmed every frame sent to it until now."""
+        channel = self._channel()
+        if channel is None or not channel.up:
+            return
+        seq = self._sync_wanted = self._sync_posted + 1
+        waiter = self._waiters.get(seq)
+        if waiter is None:
+            waiter = self._waiters[seq] = asyncio.get_running_loop().create_future()
+        self._schedule()
+        try:
+            await asyncio.wait_for(asyncio.shield(waiter), self.settings.sync_timeout_s)
+        except TimeoutError:
+            self.stats["sync_timeouts"] += 1
+            log.warning("backup %s did not confirm XEP-0198 state within %.1fs", self.backup, self.settings.sync_timeout_s)
+
+    def synced(self, peer: str, seq: int) -> None:
+        if peer != self.backup:
+            return
+        self._sync_confirmed = max(self._sync_confirmed, seq)
+        for key in [k for k in self._waiters if k <= seq]:
+            future = self._waiters.pop(key)
+            if not future.done():
+                future.set_result(None)
+
+    def _release_waiters(self) -> None:
+        for future in self._waiters.values():
+            if not future.done():
+                future.set_result(None)
+        self._waiters.clear()
+
+    # -- backup side -------------------------------------------------------------------
+    def received(self, peer: str, fields: dict[str, Any]) -> None:
+        """An `sm` frame from `peer`: apply its entries, answer its sync."""
+        try:
+            for dropped in self.store.apply(peer, fields.get("e", [])):
+                log.warning("dropped the XEP-0198 replica of %s from %s: %s", dropped.jid, peer, dropped.reason)
+        except ReplicaError as exc:
+            log.warning("bad XEP-0198 replica entries from %s: %s", peer, exc)
+        seq = fields.get("sync")
+        channel = self.mesh.channel(peer)
+        if isinstance(seq, int) and channel is not None:
+            channel.post(Kind.CONTROL, wire.encode_control(wire.Op.SM_SYNCED, seq=seq))
+
+    def peer_restarted(self, peer: str) -> None:
+        """`peer` is a new process: its old sessions live only here now; ours are news to it."""
+        self.store.orphan(peer, self._now(), dead=True)
+        if peer == self.backup:
+            self._stale = True
+
+    async def resume(self, previd: str, jid: JID | None, h: int, connection: Any) -> Any:
+        """The replicated session `previd`, bound here to `connection`; None if there is
+        none for `jid` or this node does not serve the user (yet)."""
+        replica = self.store.get(previd)
+        if jid is None or replica is None or replica.jid.bare != jid.bare:
+            return None
+        if not await self._serving(replica):
+            return None
+        replica = self.store.take(previd, jid.bare)  # awaited: someone else may have taken it
+        if replica is None:
+            return None
+        try:
+            sm = replica.to_sm(previd)
+        except ReplicaError as exc:
+            log.warning("cannot resume %s from its replica: %s", replica.jid, exc)
+            return None
+        missing = sm.catch_up(h)
+        if missing:
+            log.info("%s got %d stanza(s) whose replica was still on the way", replica.jid, missing)
+        # Until the stream says <resumed/> (SessionResumed sets send/close), stanzas
+        # for the session queue as unacked, like a detached session's (server.net.clients).
+        session = Session(jid=replica.jid, send=sm.record_outbound)
+        try:
+            presence = (await records_for(self.ctx, [session])).get(record_key(session))
+        except DatabaseUnavailable as exc:
+            log.warning("resuming %s without its presence record: %s", session.jid, exc)
+            presence = None
+        await self.port.bind(session, connection)
+        # As activation does (server.features.inactive_session): available with its
+        # last presence at once, announced once <resumed/> and the re-sent stanzas are out.
+        turn_active(session, presence)
+        record = self.port.remember_resumable(previd, session, sm, connection)
+        connection.run_after(announce(self.ctx, session))
+        log.info("%s resumed on %s from %s's replica (%d unacked, h=%d)",
+                 replica.jid, self.node, replica.origin, sm.unacked_count, sm.inbound)
+        return record
+
+    async def _serving(self, replica: Replica) -> bool:
+        deadline = self._now() + self.settings.takeover_wait_s
+        while True:
+            try:
+                if await self.ctx.store.active_node(replica.jid.bare) == self.node:
+                    return True
+            except DatabaseUnavailable as exc:
+                log.warning("cannot check who serves %s: %s", replica.jid.bare, exc)
+                return False
+            if self.mesh.unreachable_for(replica.origin) == 0 or self._now() >= deadline:
+                log.info("resume of %s refused on %s: %s still serves it", replica.jid, self.node, replica.origin)
+                return False
+            await asyncio.sleep(0.05)
+
+    # -- upkeep --------------------------------------------------------------------------
+    async def _sweep(self) -> None:
+        refresh_at = self._now() + self.settings.backup_refresh_s
+        while True:
+            await asyncio.sleep(self.settings.sweep_s)
+            if self._now() >= refresh_at:
+                refresh_at = self._now() + self.settings.backup_refresh_s
+                await self._refresh_backup()
+            channel = self._channel()
+            if channel is None or not channel.up:
+                self._release_waiters()
+            elif self._stale:
+                self._schedule()
+            await self._expire()
+
+    async def _expire(self) -> None:
+        now = self._now()
+        for origin in self.store.origins():
+            if self.mesh.unreachable_for(origin) > 0:
+                self.store.orphan(origin, now)
+            else:
+                self.store.adopt(origin)
+        for rid, replica in self.store.expired(now):
+            log.info("replica of %s (%s) expired unresumed: re-routing %d stanza(s)", replica.jid, rid, len(replica.unacked))
+            await self._reroute(replica)
+
+    async def _reroute(self, replica: Replica) -> None:
+        for text in replica.unacked:
+            try:
+                stanza = parse_stanza(text)
+            except ReplicaError:
+                continue
+            if stanza.tag == "message" and stanza.get("type") not in ("error", "groupchat"):
+                try:
+                    await self.ctx.deliver(stanza)
+                except DatabaseUnavailable as exc:
+                    log.warning("cannot re-route a message of %s's replica: %s", replica.jid, exc)
+
+    def status(self) -> dict[str, Any]:
+        return {"backup": self.backup, "tracked": len(self._tracked), "replicas": len(self.store), **self.stats}
