@@ -52,7 +52,7 @@ class ServiceNotApplicable(ServiceError):
         super().__init__(name, f"service {name!r} is not applicable to this XMPP-only product (SPEC §4)")
 
 
-HANDOVER_CLOSE_S = 1.0  # longest wait for clients to close after a failover's redirect
+HANDOVER_CLOSE_S = 0.25  # longest wait for clients to close after a failover's redirect (their streams are already closed here)
 
 
 class StopCause(enum.Enum):
