@@ -105,17 +105,21 @@ class PeerChannel:
             if done is not None and not done.done():
                 done.set_result(None)
 
-    def reclaim(self) -> list[tuple[Kind, bytes]]:
+    def reclaim(self, silent_s: float | None = None) -> list[tuple[Kind, bytes]]:
         """Take back, in order, everything sent to the peer that it has not acknowledged:
         the link's unacked messages, then the backlog. Only while the link is down (a
         peer that is up is acknowledging); callers whose sends were waiting are released
-        as if sent. For a peer whose accounts others took over (routing.py re-routes)."""
-        if self._link.is_up:
+        as if sent. For a peer whose accounts others took over (routing.py re-routes).
+        With `silent_s`, a link that is up but silent that long counts as down (a
+        frozen peer): it is dropped first."""
+        if self._link.is_up and silent_s is None:
             return []
+        frames = self._link.withdraw(silent_s)
+        if self._link.is_up:
+            return frames  # (empty) a peer that talks is acknowledging
         if self._pump is not None:
             self._pump.cancel()  # it waits for window room: nothing of its head is pushed yet
             self._pump = None
-        frames = self._link.withdraw()
         while self._backlog:
             kind, payload, done = self._backlog.popleft()
             frames.append((kind, payload))

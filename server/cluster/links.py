@@ -83,6 +83,10 @@ class LinkMesh:
         log.info("cluster links of %s: listening on %s:%d, dialing %s", self.config.local_name, host, port,
                  ", ".join(sorted(self.channels)) or "nobody")
 
+    @property
+    def heartbeat_interval_s(self) -> float:
+        return self._options.heartbeat_interval_s
+
     def channel(self, peer: str) -> PeerChannel | None:
         return self.channels.get(peer)
 

@@ -207,8 +207,9 @@ class ClusterService:
         """Stanzas sent to a peer whose link is down and never acknowledged by it are
         routed again, to wherever their recipients live now (here, after a takeover).
         Frames of relayed sessions are dropped: those sessions end with the peer."""
+        silent_s = 2 * self.mesh.heartbeat_interval_s  # a live peer sends a keepalive every interval
         for name, channel in self.mesh.channels.items():
-            frames = channel.reclaim()
+            frames = channel.reclaim(silent_s)
             rerouted = 0
             for kind, payload in frames:
                 if kind is not Kind.STANZA:

@@ -117,9 +117,10 @@ class LinkClient(Endpoint):
     def try_send(self, kind: Kind, payload: bytes) -> bool:
         return self._try_send(self._peer, kind, payload)
 
-    def withdraw(self) -> list[tuple[Kind, bytes]]:
-        """Take back what the peer has not acknowledged (empty while the link is up)."""
-        return self._withdraw(self._peer)
+    def withdraw(self, silent_s: float | None = None) -> list[tuple[Kind, bytes]]:
+        """Take back what the peer has not acknowledged: empty while the link is up,
+        unless (`silent_s`) the peer has sent nothing for that long."""
+        return self._withdraw(self._peer, silent_s)
 
     def send_heartbeat(self, payload: bytes = b"") -> bool:
         return self._heartbeat(self._peer, payload)

@@ -71,13 +71,14 @@ class LinkOptions:
 
 
 class Conn:
-    __slots__ = ("reader", "writer", "core", "peer", "up", "replaced", "pending", "ack_timer")
+    __slots__ = ("reader", "writer", "core", "peer", "up", "replaced", "pending", "ack_timer", "last_rx")
 
     def __init__(self, reader, writer, core: LinkConnection, peer: str | None) -> None:
         self.reader, self.writer, self.core, self.peer = reader, writer, core, peer
         self.up = self.replaced = False
         self.pending: list[bytes] | None = None  # None: nothing written this loop turn
         self.ack_timer: asyncio.TimerHandle | None = None
+        self.last_rx = asyncio.get_running_loop().time()  # when bytes last arrived
 
 
 class Endpoint:
@@ -103,11 +104,20 @@ class Endpoint:
             await room.wait()
         self._push(peer, kind, payload)
 
-    def _withdraw(self, peer: str) -> list[tuple[Kind, bytes]]:
-        """What `peer` has not acknowledged, taken back (only while it is not connected:
-        a connected peer is acknowledging, and its messages are on their way)."""
-        if peer in self._current:
-            return []
+    def _withdraw(self, peer: str, silent_s: float | None = None) -> list[tuple[Kind, bytes]]:
+        """What `peer` has not acknowledged, taken back: while it is not connected, or
+        (with `silent_s`) when its connection has been silent that long (a frozen peer:
+        the connection is dropped first). A peer that talks is acknowledging, and its
+        messages are on their way."""
+        conn = self._current.get(peer)
+        if conn is not None:
+            if silent_s is None or asyncio.get_running_loop().time() - conn.last_rx < silent_s:
+                return []
+            log.info("link %s: %s silent for %.1fs: connection dropped, unacknowledged messages taken back",
+                     self._links.config.local_name, peer, asyncio.get_running_loop().time() - conn.last_rx)
+            del self._current[peer]
+            conn.replaced = True  # no down report for this one: the caller knows
+            conn.writer.transport.abort()
         return self._links.withdraw(peer)
 
     def _try_send(self, peer: str, kind: Kind, payload: bytes) -> bool:
@@ -197,6 +207,7 @@ class Endpoint:
             try:
                 async with asyncio.timeout_at(deadline):
                     data = await conn.reader.read(READ_SIZE)
+                conn.last_rx = loop.time()
             except TimeoutError:
                 what = "no bytes" if up else "no handshake"
                 return st.PeerSilent(peer, f"{what} within the timeout")
