@@ -18,8 +18,9 @@ Rules of this module:
   break on fallback), `SendPresence` unless the server restored it, and `QueryBackup`
   for the next inactive connection.
 - Without a usable inactive connection (single mode, HA off, none yet) the client
-  re-logs in after a random delay in the same limits: to the redirect target if the
-  server named one, else to the next known node (home, backup) other than the lost one.
+  re-logs in: at once to the redirect target if the server named one (a planned move,
+  e.g. a fallback), else after a random delay in the same limits to the next known
+  node (home, backup) other than the lost one.
   A redirect while logging in is followed at once (at most `max_login_redirects`).
 """
 
@@ -266,7 +267,9 @@ class DualPolicy:
     def _relogin(self, s: PolicyState, lost: Endpoint | None, redirect: Endpoint | None = None) -> list[Action]:
         self._remember(redirect)
         s.relogin_target = redirect or self._next_target(lost or s.last_lost)
-        delay = self.relogin_delay()
+        # A redirect is a move the server planned (a fallback sends users home): follow it
+        # at once. The random delay spreads the logins after a failure nobody planned.
+        delay = 0.0 if redirect is not None else self.relogin_delay()
         return [StartTimer(Timer.RELOGIN, delay), Report(f"re-login to {s.relogin_target} in {delay:.2f}s")]
 
     def _schedule_open(self, s: PolicyState) -> list[Action]:
