@@ -126,6 +126,7 @@ class SrmRunner:
         self._db_ok = True
         self.on_users_moved: Callable[[], None] = lambda: None  # set by the node: cluster routing
         self._handover = Handover(node, clients, self._spawn)
+        self._stopping = False
 
     # --- lifecycle -----------------------------------------------------------------
 
@@ -156,6 +157,7 @@ class SrmRunner:
 
     async def stop(self) -> None:
         """Clean shutdown: stop the services, tell the peer (PeerRebooted), close."""
+        self._stopping = True  # from now on the peer's news and timers change nothing here
         if self._machine is not None and self._tasks:
             try:
                 await asyncio.wait_for(self._submit(NodeShuttingDown()), CLOSE_TIMEOUT_S + GOODBYE_TIMEOUT_S)
@@ -229,6 +231,8 @@ class SrmRunner:
     # --- the worker --------------------------------------------------------------------
 
     def _post(self, event: Event) -> None:
+        if self._stopping:
+            return  # shutting down: the peer already takes over (e.g. its heartbeat saying so)
         self._queue.put_nowait(_Item(event))
 
     async def _submit(self, event: Event | None) -> list[Action]:
