@@ -329,17 +329,21 @@ class ClientPort:
         if self._server is not None:
             self._server.close()
             self._server = None
-        await self.close_sessions(lambda session: _demoted(session) if handover else True, lambda _username: error,
-                                  timeout_s)
+        await self.close_sessions(lambda _session: True, lambda _username: error, timeout_s, handover=handover)
         for connection in list(self.connections):
             connection.kick_soon(error)
         await self._wait_gone(set(self.connections), timeout_s)
 
     async def close_sessions(
-        self, chosen: Callable[[Session], bool], error_for: Callable[[str], StreamError | None], timeout_s: float
+        self, chosen: Callable[[Session], bool], error_for: Callable[[str], StreamError | None], timeout_s: float,
+        *, handover: bool = False,
     ) -> int:
         """End every chosen session (connected or detached); the stream error comes from
-        `error_for(username)`. Returns how many sessions were ended."""
+        `error_for(username)`. With `handover` (the users move on to the peer, SPEC §8)
+        each chosen session is demoted first, so its end announces no unavailable.
+        Returns how many sessions were ended."""
+        if handover:
+            chosen = _demoting(chosen)
         ended = 0
         for record in list(self._resumable.values()):
             if record.connection is None and chosen(record.session):
@@ -372,6 +376,11 @@ class ClientPort:
             connection.writer.transport.abort()
 
 
-def _demoted(session: Session) -> bool:
-    session.kind = SessionKind.INACTIVE
-    return True
+def _demoting(chosen: Callable[[Session], bool]) -> Callable[[Session], bool]:
+    """`chosen`, demoting (SessionKind.INACTIVE) every session it picks."""
+    def pick(session: Session) -> bool:
+        if not chosen(session):
+            return False
+        session.kind = SessionKind.INACTIVE
+        return True
+    return pick

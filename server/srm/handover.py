@@ -22,7 +22,7 @@ from typing import Any
 from db.engine import DatabaseUnavailable
 from server.features import inactive_session, presence
 from server.services import HANDOVER_CLOSE_S
-from server.sessions import Session, SessionKind
+from server.sessions import SessionKind
 
 log = logging.getLogger(__name__)
 
@@ -33,13 +33,9 @@ class Handover:
 
     async def let_go(self, names: set[str], error: Any) -> int:
         """Close the ACTIVE sessions of `names` with `error`, demoted first."""
-        def handed_over(s: Session) -> bool:
-            if s.kind is not SessionKind.ACTIVE or s.jid.local not in names:
-                return False
-            s.kind = SessionKind.INACTIVE
-            return True
-
-        return await self._clients.close_sessions(handed_over, lambda _u: error, HANDOVER_CLOSE_S)
+        return await self._clients.close_sessions(
+            lambda s: s.kind is SessionKind.ACTIVE and s.jid.local in names, lambda _u: error, HANDOVER_CLOSE_S,
+            handover=True)
 
     async def activate(self, owner: str) -> int:
         return await inactive_session.activate_all(self._clients.ctx, owner)

@@ -77,11 +77,9 @@ async def subscribed_pair(cluster: Cluster, user: str, contact: str, contact_nod
         await slix_disconnect(b)
 
 
-def alice_seen(seen: list[tuple[str, str]], alice: str) -> list[str]:
-    return [kind for who, kind in seen if who == alice]
-
-
-async def test_inactive_session_gets_nothing_then_activation_hands_over(ha_pair_factory, login) -> None:  # noqa: F811
+async def carol_watching_alice(ha_pair_factory) -> tuple[Cluster, object, list[tuple[str, str]]]:  # noqa: F811
+    """An HA pair with alice (n1) and carol (n2) subscribed to each other; carol logged
+    in on n2, recording every (from, available|unavailable) presence she gets."""
     users = (("alice", "alice-pw"), ("carol", "carol-pw"))
     cluster = ha_pair_factory(users=users, placement={"carol": "n2"}, params=FAST_RELOGIN)
     await subscribed_pair(cluster, "alice", "carol", "n2")
@@ -89,6 +87,15 @@ async def test_inactive_session_gets_nothing_then_activation_hands_over(ha_pair_
     seen: list[tuple[str, str]] = []
     carol.add_event_handler("presence_available", lambda p: seen.append((str(p["from"]), "available")))
     carol.add_event_handler("presence_unavailable", lambda p: seen.append((str(p["from"]), "unavailable")))
+    return cluster, carol, seen
+
+
+def alice_seen(seen: list[tuple[str, str]], alice: str) -> list[str]:
+    return [kind for who, kind in seen if who == alice]
+
+
+async def test_inactive_session_gets_nothing_then_activation_hands_over(ha_pair_factory, login) -> None:  # noqa: F811
+    cluster, carol, seen = await carol_watching_alice(ha_pair_factory)
     phone = f"{cluster.jid('alice')}/phone"
     try:
         carol.send_presence()
@@ -195,13 +202,7 @@ async def test_manual_failover_activates_the_inactive_connection_and_fallback_re
 
 
 async def test_manual_failover_and_fallback_show_contacts_no_flap(ha_pair_factory, login) -> None:  # noqa: F811
-    users = (("alice", "alice-pw"), ("carol", "carol-pw"))
-    cluster = ha_pair_factory(users=users, placement={"carol": "n2"}, params=FAST_RELOGIN)
-    await subscribed_pair(cluster, "alice", "carol", "n2")
-    carol = await slix_login(cluster, "carol", node="n2", resource="desk")
-    seen: list[tuple[str, str]] = []
-    carol.add_event_handler("presence_available", lambda p: seen.append((str(p["from"]), "available")))
-    carol.add_event_handler("presence_unavailable", lambda p: seen.append((str(p["from"]), "unavailable")))
+    cluster, carol, seen = await carol_watching_alice(ha_pair_factory)
     phone = f"{cluster.jid('alice')}/phone"
     try:
         carol.send_presence()
