@@ -19,8 +19,9 @@ from dataclasses import dataclass
 
 from collections.abc import Collection, Mapping
 
-from sqlalchemy import bindparam, delete, func, select
+from sqlalchemy import Integer, String, Text, bindparam, delete, func, select
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from db.models import Cluster, Node, PresenceRecord, User
@@ -90,6 +91,55 @@ async def write_many(
             await delete_one(session, uid, resource)
             continue
         await session.execute(upsert, {"uid": uid, "res": resource, "node": node_id, "prio": value[0], "stanza": value[1]})
+
+
+def _uid_of_name():
+    """The id of the user named :name in the cluster of :domain (no row: no such user)."""
+    cluster = select(Cluster.id).where(Cluster.domain == bindparam("domain")).scalar_subquery()
+    return select(User.id).where(User.cluster_id == cluster, User.username == bindparam("name"))
+
+
+def _batch_upsert_statement(dialect):  # noqa: ANN001 - the postgresql or sqlite dialect module
+    """Upsert of one record by username: the user and node ids are subselects, so a
+    batch needs no reads first; an unknown user inserts no row (rowcount 0)."""
+    node = select(Node.id).where(Node.name == bindparam("node", type_=String)).scalar_subquery()
+    rows = _uid_of_name().add_columns(
+        bindparam("res", type_=String), node, bindparam("prio", type_=Integer),
+        bindparam("stanza", type_=Text), func.now())
+    stmt = dialect.insert(PresenceRecord).from_select(
+        ["user_id", "resource", "node_id", "priority", "stanza", "updated_at"], rows)
+    return stmt.on_conflict_do_update(
+        index_elements=["user_id", "resource"],
+        set_={"node_id": stmt.excluded.node_id, "priority": stmt.excluded.priority,
+              "stanza": stmt.excluded.stanza, "updated_at": func.now()},
+    )
+
+
+_BATCH_UPSERT = {"postgresql": _batch_upsert_statement(postgresql), "sqlite": _batch_upsert_statement(sqlite)}
+_BATCH_DELETE = delete(PresenceRecord).where(
+    PresenceRecord.user_id == _uid_of_name().scalar_subquery(), PresenceRecord.resource == bindparam("res"))
+_BATCH_KNOWN = _uid_of_name()
+
+
+def write_batch(conn: Connection, domain: str, node_name: str | None,
+                writes: Mapping[tuple[str, str], tuple[int, str] | None]) -> set[str]:
+    """Hot path (`db.hotpath`): apply `(username, resource) -> (priority, stanza)`
+    upserts, or deletes for None, in order; return the usernames that are no account
+    of `domain` (nothing was written for them)."""
+    upsert = _BATCH_UPSERT["postgresql" if conn.dialect.name == "postgresql" else "sqlite"]
+    unknown: set[str] = set()
+    for (name, resource), value in writes.items():
+        params = {"domain": domain, "name": name, "res": resource}
+        if value is not None:
+            params.update(node=node_name, prio=value[0], stanza=value[1])
+            written = conn.execute(upsert, params).rowcount
+        else:
+            written = conn.execute(_BATCH_DELETE, params).rowcount
+            if not written:  # nothing to delete, or no such user: tell them apart
+                written = conn.execute(_BATCH_KNOWN, params).first() is not None
+        if not written:
+            unknown.add(name)
+    return unknown
 
 
 async def delete_one(session: AsyncSession, uid: int, resource: str) -> bool:

@@ -20,7 +20,8 @@ import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
-from sqlalchemy import bindparam, delete, insert, select
+from sqlalchemy import and_, bindparam, delete, insert, select
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
@@ -34,8 +35,8 @@ from server.assignment import choose_node
 from server.xmpp.jid import InvalidJid, prep_localpart
 
 __all__ = [
-    "ImportReport", "ScramCredentials", "UserInfo", "add_user", "bulk_import", "get_credentials",
-    "list_users", "remove_user", "user_location", "usernames_active_on", "validate_username",
+    "ImportReport", "LoginRecord", "ScramCredentials", "UserInfo", "active_node_of", "add_user", "bulk_import",
+    "get_credentials", "list_users", "login_record", "remove_user", "user_location", "usernames_active_on", "validate_username",
 ]
 
 INSERT_BATCH = 1000
@@ -190,6 +191,56 @@ _CREDENTIALS = (
     .join(User, User.id == UserCredential.user_id)
     .where(User.username == bindparam("username"), UserCredential.mechanism == bindparam("mechanism"))
 )
+
+
+@dataclass(frozen=True)
+class LoginRecord:
+    """What a login needs of its user, read at once: the SCRAM keys of the mechanism
+    asked for (None: none stored), the assigned node and the node serving it now."""
+
+    credentials: ScramCredentials | None
+    assigned_node: str | None
+    active_node: str | None
+
+
+@functools.cache
+def _login_statement():
+    assigned, active = aliased(Node), aliased(Node)
+    return (
+        select(UserCredential.salt, UserCredential.iterations, UserCredential.stored_key,
+               UserCredential.server_key, assigned.name, active.name)
+        .select_from(User)
+        .outerjoin(UserCredential, and_(UserCredential.user_id == User.id,
+                                        UserCredential.mechanism == bindparam("mechanism")))
+        .outerjoin(assigned, assigned.id == User.assigned_node_id)
+        .outerjoin(active, active.id == User.active_node_id)
+        .where(User.username == bindparam("username"))
+    )
+
+
+def login_record(conn: Connection, username: str, mechanism: str) -> LoginRecord | None:
+    """Hot path (`db.hotpath`): keys and location of `username` in one read; None if no
+    such user. Keys of an unknown mechanism are None, as `get_credentials` answers."""
+    try:
+        name = prep_localpart(username)
+    except InvalidJid:
+        return None
+    row = conn.execute(_login_statement(), {"username": name, "mechanism": mechanism}).first()
+    if row is None:
+        return None
+    salt, iterations, stored, server, assigned, active = row
+    keys = ScramCredentials(salt, iterations, stored, server) if salt is not None and mechanism in MECHANISMS else None
+    return LoginRecord(keys, assigned, active)
+
+
+def active_node_of(conn: Connection, username: str) -> str | None:
+    """Hot path (`db.hotpath`): the node serving `username` now (None: nobody, or no such user)."""
+    try:
+        name = prep_localpart(username)
+    except InvalidJid:
+        return None
+    row = conn.execute(_FIND_USER, {"username": name}).first()
+    return row[2] if row else None
 
 
 async def find_user(session: AsyncSession, username: str) -> UserInfo | None:

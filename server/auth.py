@@ -29,9 +29,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from db import groups, nodes, parameters, users
 from db.errors import AlreadyExists, FailoverInProgress, InvalidValue
+from db.hotpath import HotPath
 from server.xmpp.errors import Condition, StanzaError, StreamCondition, StreamError
 from server.xmpp.negotiation import SaslFailure
-from server.xmpp.sasl import SaslCondition, StoredKeys
+from server.xmpp.sasl import SaslCondition
 
 PARAMETER_CACHE_S = 5.0
 
@@ -55,15 +56,16 @@ def host_port(host: str, port: int) -> str:
 
 
 class Accounts:
-    def __init__(self, sessions: async_sessionmaker[AsyncSession], node_name: str) -> None:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], node_name: str, hot: HotPath) -> None:
         self._sessions = sessions
+        self._hot = hot
         self.node_name = node_name
         self._params: dict[str, parameters.Value] = {}
         self._params_at = float("-inf")
 
-    async def keys(self, username: str, mechanism: str) -> StoredKeys | None:
-        async with self._sessions() as session:
-            return await users.get_credentials(session, username, mechanism)
+    async def lookup(self, username: str, mechanism: str) -> users.LoginRecord | None:
+        """The user's keys for `mechanism` and location, in one read (None: no such user)."""
+        return await self._hot.run(users.login_record, username, mechanism)
 
     async def parameters(self) -> dict[str, parameters.Value]:
         if time.monotonic() - self._params_at > PARAMETER_CACHE_S:
@@ -75,17 +77,16 @@ class Accounts:
     async def registration_enabled(self) -> bool:
         return bool((await self.parameters()).get("inband_registration", False))
 
-    async def login_refusal(self, username: str) -> StreamError | SaslFailure | RelayTo | None:
-        """None if this node serves `username` now; otherwise how to refuse (or relay) the login."""
+    async def login_refusal(self, username: str, active: str | None) -> StreamError | SaslFailure | RelayTo | None:
+        """None if this node serves `username` now (`active`, read by `lookup` during this
+        login); otherwise how to refuse (or relay) the login."""
+        if active == self.node_name:
+            return None
+        if active is None:
+            return SaslFailure(
+                SaslCondition.TEMPORARY_AUTH_FAILURE, f"no node serves {username} right now; retry later"
+            )
         async with self._sessions() as session:
-            location = await users.user_location(session, username)
-            active = location[1] if location else None
-            if active == self.node_name:
-                return None
-            if active is None:
-                return SaslFailure(
-                    SaslCondition.TEMPORARY_AUTH_FAILURE, f"no node serves {username} right now; retry later"
-                )
             node = await nodes.get_node(session, active)
         redirect = StreamError(
             StreamCondition.SEE_OTHER_HOST,

@@ -26,6 +26,7 @@ from typing import Any
 from db import clusters, groups, nodes, parameters, users
 from db.engine import DatabaseUnavailable, make_engine, make_session_factory
 from db.errors import ProvisioningError
+from db.hotpath import HotPath
 from server.auth import Accounts
 from server.cluster import ClusterService
 from server.config import NodeConfig
@@ -76,6 +77,7 @@ class Node:
         self.metrics = Metrics(config.node_name)
         self.engine = make_engine(config.db_url)
         self.session_factory = make_session_factory(self.engine)
+        self.hot = HotPath(config.db_url)  # per-login, per-broadcast and per-routing-miss operations
         # The SRM's own connections: a login storm that drains the main pool must not
         # look like a Database Failure (SPEC §4) to the liveness check.
         self.srm_engine = make_engine(config.db_url, pool_size=SRM_POOL_SIZE)
@@ -110,9 +112,9 @@ class Node:
             cert, key = ensure_self_signed(self.config.data_path, info.name, cluster.domain, [info.host])
         settings = NodeSettings(self.config, params, info.host, info.ports.client_port)
         router = build_router()
-        store = Store(self.session_factory, cluster.domain, info.name)
+        store = Store(self.session_factory, self.hot, cluster.domain, info.name)
         self.ctx = FeatureContext(cluster.domain, info.name, router, self.sessions, store, self.metrics, settings)
-        accounts = Accounts(self.session_factory, info.name)
+        accounts = Accounts(self.session_factory, info.name, self.hot)
         self.client_port = ClientPort(self.ctx, accounts, self.config, server_context(cert, key), self.metrics, secret.encode())
         self.metrics.watch_sessions(self.sessions, self.client_port.detached_count)
         try:  # first, so the counters are readable as soon as clients can connect
@@ -129,7 +131,7 @@ class Node:
 
     async def _start_cluster(self, info: nodes.NodeInfo, host: str, secret: str) -> None:
         assert self.ctx is not None
-        self.cluster = ClusterService(self.ctx, self.client_port, self.session_factory)
+        self.cluster = ClusterService(self.ctx, self.client_port, self.session_factory, self.hot)
         try:
             await self.cluster.start(info, secret.encode(), host)
         except OSError as exc:
@@ -218,6 +220,10 @@ class Node:
         if self.cluster is not None:
             await self.cluster.stop()  # after the sessions' unavailable presence went out
         await self.metrics_server.stop()
+        await self.dispose_databases()
+
+    async def dispose_databases(self) -> None:
+        await self.hot.dispose()
         await self.engine.dispose()
         await self.srm_engine.dispose()
 
@@ -231,8 +237,7 @@ async def run_node(config: NodeConfig) -> None:
     try:
         await node.start()
     except NodeStartError:
-        await node.engine.dispose()
-        await node.srm_engine.dispose()
+        await node.dispose_databases()
         raise
     # What start-up made (modules, config, caches) lives as long as the node: keep it out
     # of every garbage collection, so that full collections scan only what traffic makes

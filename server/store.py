@@ -31,6 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from db import groups, nodes, offline, parameters, presence, roster, users
 from db.engine import translate_errors
+from db.hotpath import HotPath
 from db.roster import RosterRow
 from server.presence_writes import GroupCommit
 from server.roster_cache import Roster, RosterCache
@@ -89,10 +90,11 @@ ROSTER_CACHE_TTL_S = 30.0  # bounds staleness after another node wrote a roster 
 
 class Store:
     def __init__(
-        self, sessions: async_sessionmaker[AsyncSession], domain: str, node_name: str | None = None,
+        self, sessions: async_sessionmaker[AsyncSession], hot: HotPath, domain: str, node_name: str | None = None,
         roster_cache_ttl_s: float = ROSTER_CACHE_TTL_S,
     ) -> None:
         self._sessions = sessions
+        self._hot = hot  # the per-broadcast writes (db.hotpath)
         self.domain = domain
         self.node_name = node_name  # recorded on presence rows this node writes
         self._rosters = RosterCache(roster_cache_ttl_s)
@@ -260,12 +262,9 @@ class Store:
         return full.local, full.resource or ""
 
     async def _write_presences(self, batch: dict) -> dict:
-        """One transaction for a batch of `(username, resource) -> (priority, stanza) | None`."""
-        async with self._tx() as s:
-            uids = await roster.user_ids(s, self.domain, {name for name, _ in batch})
-            writes = {(uids[name], res): value for (name, res), value in batch.items() if name in uids}
-            await presence.write_many(s, writes, self.node_name)
-        return {key: UnknownUser(f"{key[0]}@{self.domain}") for key in batch if key[0] not in uids}
+        """One operation for a batch of `(username, resource) -> (priority, stanza) | None`."""
+        unknown = await self._hot.run(presence.write_batch, self.domain, self.node_name, batch)
+        return {key: UnknownUser(f"{key[0]}@{self.domain}") for key in batch if key[0] in unknown}
 
     async def presences(self, user: JID) -> list[StoredPresence]:
         async with self._tx() as s:

@@ -27,6 +27,7 @@ from typing import Any
 
 from db import groups, nodes, users
 from db.engine import DatabaseUnavailable
+from db.hotpath import HotPath
 from server.cluster import wire
 from server.cluster.inbox import Inbox
 from server.cluster.links import LinkMesh, PeerAddress
@@ -50,8 +51,9 @@ class ClusterTimers:
 
 
 class ClusterService:
-    def __init__(self, ctx: FeatureContext, port: Any, session_factory: Any, timers: ClusterTimers = ClusterTimers()) -> None:
-        self.ctx, self.port, self._db, self.timers = ctx, port, session_factory, timers
+    def __init__(self, ctx: FeatureContext, port: Any, session_factory: Any, hot: HotPath,
+                 timers: ClusterTimers = ClusterTimers()) -> None:
+        self.ctx, self.port, self._db, self._hot, self.timers = ctx, port, session_factory, hot, timers
         self.locations = LocationCache(self._load_location, self._fingerprint, time.monotonic, timers.location_ttl_s,
                                        load_all=self._load_all_locations)
         self.inbox = Inbox()
@@ -64,9 +66,7 @@ class ClusterService:
         self._lost: set[str] = set()  # peers whose relayed sessions were ended this outage
 
     async def _load_location(self, username: str) -> str | None:
-        async with self._db() as session:
-            location = await users.user_location(session, username)
-        return location[1] if location else None
+        return await self._hot.run(users.active_node_of, username)
 
     async def _load_all_locations(self) -> dict[str, str | None]:
         async with self._db() as session:

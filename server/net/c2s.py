@@ -69,6 +69,7 @@ class Connection:
         self.backup_refusal: StreamError | None = None  # SPEC §8: admitted as backup, no <hold/> yet
         self.relay_node: str | None = None  # the active node this user's session is relayed to
         self.relay = None  # server.cluster.relay.RelayedStream once that session is open
+        self._login = None  # (username, db.users.LoginRecord | None) read for this login's keys
         self._lock = asyncio.Lock()
         self._bucket = TokenBucket(port.limits.rate_bytes_per_s, port.limits.rate_burst_bytes, port.now())
         self._tasks: set[asyncio.Task[None]] = set()
@@ -187,12 +188,13 @@ class Connection:
             self.stream.credentials_unavailable("authentication service stopped, retry later")
             return
         try:
-            keys = await self.port.accounts.keys(event.username, event.mechanism)
+            record = await self.port.accounts.lookup(event.username, event.mechanism)
         except DatabaseUnavailable as exc:
             log.warning("cannot read credentials of %s: %s", event.username, exc)
             self.stream.credentials_unavailable("database unavailable, retry later")
             return
-        self.stream.credentials_found(keys)
+        self._login = (event.username, record)  # its location answers PasswordVerified
+        self.stream.credentials_found(record.credentials if record is not None else None)
 
     async def _on_derivation_requested(self, event: ev.DerivationRequested) -> None:
         # PBKDF2 (4,096 rounds) was ~11% of login CPU on the event loop; in the port's
@@ -204,14 +206,16 @@ class Connection:
 
     async def _on_password_verified(self, event: ev.PasswordVerified) -> None:
         try:
-            refusal = await self.port.accounts.login_refusal(event.username)
+            record = await self._login_record(event.username)
+            assigned, active = (record.assigned_node, record.active_node) if record else (None, None)
+            refusal = await self.port.accounts.login_refusal(event.username, active)
             if refusal is not None and await self.port.accounts.backs_up(event.username):
                 spared = refusal.fallback if isinstance(refusal, RelayTo) else refusal
                 refusal, self.backup_refusal = None, backup_kick(spared)  # SPEC §8 inactive bind
             elif isinstance(refusal, RelayTo):  # served by another node: relay (SPEC §2)
                 refusal = self._relay_admission(event.username, refusal)
             elif refusal is None and self.port.admission is not None:  # the SRM's state (SPEC §6)
-                refusal = await self.port.admission(event.username)
+                refusal = await self.port.admission(event.username, assigned)
         except DatabaseUnavailable as exc:
             log.warning("cannot locate %s: %s", event.username, exc)
             refusal = SaslFailure(SaslCondition.TEMPORARY_AUTH_FAILURE, "database unavailable, retry later")
@@ -221,6 +225,14 @@ class Connection:
         else:
             log.info("login of %s refused here: %s", event.username, refusal)
             self.stream.refuse_login(refusal)
+
+    async def _login_record(self, username: str):
+        """The record `lookup` read when this login asked for its keys (one read per
+        login: keys, then location a round trip later at most); read again otherwise."""
+        stashed, self._login = self._login, None
+        if stashed is not None and stashed[0] == username:
+            return stashed[1]
+        return await self.port.accounts.lookup(username, "")
 
     async def _on_auth_failed(self, event: ev.AuthFailed) -> None:
         self.port.metrics.auth_failures.inc()

@@ -101,6 +101,10 @@ class _Item:
     machine_gen: int | None = None  # results of an action: only for the machine that asked
 
 
+
+class _Unread:
+    """`login_refusal`: the caller did not read the user's assigned node."""
+
 class SrmRunner:
     """One node's SRM: `start`, `status`, `admin_request`, `restart`, `login_refusal`, `stop`."""
 
@@ -196,16 +200,18 @@ class SrmRunner:
             return False, f"{type(event).__name__} is not allowed on {self.node} in state {refused[0].state.value}"
         return True, f"{self.node}: {m.state.value} / {m.reason.value}"
 
-    async def login_refusal(self, username: str) -> SaslFailure | None:
-        """None if the SRM state lets `username` log in here (the machine's `serving`)."""
+    async def login_refusal(self, username: str, assigned: str | None | type[_Unread] = _Unread) -> SaslFailure | None:
+        """None if the SRM state lets `username` log in here (the machine's `serving`).
+        `assigned`: the user's assigned node if the caller read it during this login."""
         await self._settle(LOGIN_SETTLE_S)
         serving = self._machine.serving if self._machine is not None else frozenset()
         state = self._machine.state.value if self._machine is not None else "starting"
         if not serving:
             return SaslFailure(SaslCondition.TEMPORARY_AUTH_FAILURE, f"node {self.node} serves no users now ({state})")
-        async with self._db() as session:
-            location = await users.user_location(session, username)
-        assigned = location[0] if location else None
+        if assigned is _Unread:
+            async with self._db() as session:
+                location = await users.user_location(session, username)
+            assigned = location[0] if location else None
         if assigned is not None and assigned not in serving:
             return SaslFailure(SaslCondition.TEMPORARY_AUTH_FAILURE, f"{username} is moving between nodes; retry later")
         return None

@@ -12,4 +12,4 @@ async def world(tmp_path):
     w = await make_world(tmp_path / "features.sqlite3")
     yield w
     assert w.ctx.metrics.handler_errors.value == 0, "a handler raised an unexpected exception"
-    await w.engine.dispose()
+    await w.close()

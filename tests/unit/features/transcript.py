@@ -19,6 +19,7 @@ from types import SimpleNamespace
 from sqlalchemy import insert
 
 from db.engine import make_engine, make_session_factory
+from db.hotpath import HotPath
 from db.models import Cluster, Node, User, metadata
 from server.features import carbons, message, presence, roster, subscription
 from server.features.context import FeatureContext
@@ -108,12 +109,17 @@ class Client:
 
 
 class World:
-    def __init__(self, ctx: FeatureContext, engine) -> None:
+    def __init__(self, ctx: FeatureContext, engine, hot: HotPath) -> None:
         self.ctx = ctx
+        self.hot = hot
         self.router: Router = ctx.router
         self.sessions: SessionRegistry = ctx.sessions
         self.store: Store = ctx.store
         self.engine = engine
+
+    async def close(self) -> None:
+        await self.hot.dispose()
+        await self.engine.dispose()
 
     async def connect(self, jid: str, *, kind: SessionKind = SessionKind.ACTIVE) -> Client:
         client = Client(self, Session(JID.parse(jid), send=lambda s: None, kind=kind))
@@ -142,13 +148,14 @@ async def make_world(db_path, *, offline_limit: int = 3) -> World:
             link_port=4, metrics_port=5,
         ))
         await conn.execute(insert(User), [{"cluster_id": cluster, "username": name} for name in USERS])
+    hot = HotPath(f"sqlite:///{db_path}")
     router = Router()
     for module in MODULES:
         module.register(router)
     ctx = FeatureContext(
         domain=DOMAIN, node_name="n1", router=router, sessions=SessionRegistry(),
-        store=Store(make_session_factory(engine), DOMAIN, node_name="n1"),
+        store=Store(make_session_factory(engine), hot, DOMAIN, node_name="n1"),
         metrics=SimpleNamespace(handler_errors=Counter()),
         settings=SimpleNamespace(offline_message_limit=offline_limit),
     )
-    return World(ctx, engine)
+    return World(ctx, engine, hot)

@@ -1,0 +1,111 @@
+"""The node's hot-path operations (`db.hotpath`) on real databases: the one-read login
+record, presence record batches, user locations, and a dead database."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from db import presence, schema, users
+from db.engine import DatabaseUnavailable, make_engine, make_session_factory
+from db.hotpath import HotPath
+from db.roster import user_id
+from tests.integration.db.conftest import Cli, provision_pairs
+
+DOMAIN = "example.com"
+
+
+@pytest.fixture
+async def hot(db_url):
+    """A hot path on a migrated database with groups g1 (a1,a2), g2 (b1,b2) and users u0-u3."""
+    await schema.upgrade(db_url)
+    await asyncio.to_thread(provision_pairs, Cli(db_url))
+    engine = make_engine(db_url)
+    async with make_session_factory(engine)() as session:
+        await users.bulk_import(session, [(f"u{i}", f"pw{i}") for i in range(4)], iterations=4096)
+    path = HotPath(db_url)
+    path.engine, path.factory = engine, make_session_factory(engine)  # for the checks below
+    yield path
+    await path.dispose()
+    await engine.dispose()
+
+
+async def test_login_record_reads_keys_and_location_at_once(hot):
+    record = await hot.run(users.login_record, "u1", "SCRAM-SHA-256")
+    async with hot.factory() as session:
+        keys = await users.get_credentials(session, "u1", "SCRAM-SHA-256")
+        location = await users.user_location(session, "u1")
+    assert record.credentials == keys
+    assert (record.assigned_node, record.active_node) == location
+    assert record.active_node is not None
+
+
+async def test_login_record_of_unknowns(hot):
+    assert await hot.run(users.login_record, "nobody", "SCRAM-SHA-1") is None
+    assert await hot.run(users.login_record, "bad user", "SCRAM-SHA-1") is None  # not a valid localpart
+    # A known user and a mechanism without keys: the location, no keys (SASL says "not-authorized").
+    record = await hot.run(users.login_record, "U1", "DIGEST-MD5")  # nodeprep folds the case
+    assert record is not None and record.credentials is None and record.active_node is not None
+
+
+async def test_active_node_of(hot):
+    record = await hot.run(users.login_record, "u2", "SCRAM-SHA-1")
+    assert await hot.run(users.active_node_of, "u2") == record.active_node
+    assert await hot.run(users.active_node_of, "ghost") is None
+
+
+async def _records(hot, name):
+    async with hot.factory() as session:
+        uid = await user_id(session, DOMAIN, name)
+        return {(r.resource, r.priority, r.stanza) for r in await presence.list_for(session, uid)}
+
+
+async def test_write_batch_upserts_deletes_and_names_unknown_users(hot):
+    unknown = await hot.run(presence.write_batch, DOMAIN, "a1", {
+        ("u0", "phone"): (5, "<presence><show>away</show></presence>"),
+        ("u0", "laptop"): (0, "<presence/>"),
+        ("ghost", "x"): (0, "<presence/>"),
+    })
+    assert unknown == {"ghost"}
+    assert await _records(hot, "u0") == {("phone", 5, "<presence><show>away</show></presence>"), ("laptop", 0, "<presence/>")}
+
+    unknown = await hot.run(presence.write_batch, DOMAIN, "a2", {
+        ("u0", "phone"): (1, "<presence><show>dnd</show></presence>"),  # an update, by another node
+        ("u0", "laptop"): None,  # a delete
+        ("u0", "never-written"): None,  # deleting nothing is no error for a known user
+        ("ghost", "y"): None,
+    })
+    assert unknown == {"ghost"}
+    assert await _records(hot, "u0") == {("phone", 1, "<presence><show>dnd</show></presence>")}
+    async with hot.factory() as session:
+        assert await presence.orphans(session, "a2", await _active(hot, "u0")) == [("u0", "phone")]
+
+
+async def _active(hot, name):
+    return await hot.run(users.active_node_of, name)
+
+
+async def test_write_batch_of_another_domain_writes_nothing(hot):
+    unknown = await hot.run(presence.write_batch, "elsewhere.example", "a1", {("u0", "r"): (0, "<presence/>")})
+    assert unknown == {"u0"}
+    assert await _records(hot, "u0") == set()
+
+
+async def test_a_dead_database_is_database_unavailable(tmp_path):
+    path = HotPath(f"sqlite:///{tmp_path / 'missing-dir-is-made' / 'empty.sqlite3'}")
+    try:
+        with pytest.raises(DatabaseUnavailable):
+            await path.run(users.login_record, "u0", "SCRAM-SHA-1")  # no schema: no such table
+    finally:
+        await path.dispose()
+
+
+@pytest.mark.postgres
+async def test_postgres_unreachable_is_database_unavailable():
+    path = HotPath("postgresql://postgres@127.0.0.1:1/none")  # nothing listens on port 1
+    try:
+        with pytest.raises(DatabaseUnavailable):
+            await path.run(users.active_node_of, "u0")
+    finally:
+        await path.dispose()
