@@ -174,20 +174,22 @@ class HaPair:
 
     # --- observing -----------------------------------------------------------------------
 
-    def status(self) -> dict[str, dict]:
-        data = json.loads(cli(self.db_url, "ha", "status", "--json"))
+    def status(self, *, offline: bool = False) -> dict[str, dict]:
+        data = json.loads(cli(self.db_url, "ha", "status", "--json", *(["--offline"] if offline else [])))
         (group,) = data["groups"]
         return {node["name"]: node for node in group["nodes"]}
 
-    def pair(self) -> dict[str, tuple[str, str]]:
-        return {name: (n["state"], n["reason"]) for name, n in self.status().items()}
+    def pair(self, *, offline: bool = False) -> dict[str, tuple[str, str]]:
+        return {name: (n["state"], n["reason"]) for name, n in self.status(offline=offline).items()}
 
-    def wait_for(self, expected: dict[str, tuple[str, str]], deadline_s: float = STATE_DEADLINE_S) -> None:
-        """Poll `ha status --json` until the named nodes show exactly `expected`."""
+    def wait_for(self, expected: dict[str, tuple[str, str]], deadline_s: float = STATE_DEADLINE_S,
+                 *, stored: bool = False) -> None:
+        """Poll `ha status --json` until the named nodes show exactly `expected` (their
+        live states; with `stored`, the states in the database, as a restart finds them)."""
         seen: list = []
 
         def reached() -> bool:
-            pair = self.pair()
+            pair = self.pair(offline=stored)
             seen[:] = [pair]
             return all(pair[name] == want for name, want in expected.items())
 

@@ -93,6 +93,9 @@ def refused(pair: HaPair, *args: str) -> str:
 def failover_done(pair: HaPair, f: str) -> None:
     pair.admin("ha", "failover", f)
     pair.wait_for({f: (IDLE, OAR), other(f): (RIBM, OAR)})  # §6 row 3
+    # Live states change a moment before they are stored: a test that restarts the
+    # nodes next must find row 3 in the database, as the restarted SRMs will.
+    pair.wait_for({f: (IDLE, OAR), other(f): (RIBM, OAR)}, stored=True)
     assert set(pair.active_nodes().values()) == {other(f)}
 
 
@@ -111,6 +114,7 @@ def services_down(pair: HaPair, f: str) -> None:
     """§6 row 12: a critical service down on `f`, automatic failover after the delay."""
     pair.admin("service", "stop", f, SERVICE)
     pair.wait_for({f: (FOWCSNR, CSD), other(f): (RIBM, CSD)})
+    pair.wait_for({f: (FOWCSNR, CSD), other(f): (RIBM, CSD)}, stored=True)  # as a restart finds it
 
 
 def healthy_failed_over(pair: HaPair, f: str) -> None:

@@ -34,8 +34,12 @@ def detect(cluster: Cluster, fault: int, reason: str) -> float:
     n1.process.send_signal(fault)
     poll_until(lambda: ha_states(cluster.db_url)["n2"][0] in TAKEN_OVER, 30, "n2 to take over", 0.02)
     elapsed = time.monotonic() - started
-    poll_until(lambda: ha_states(cluster.db_url)["n2"] == ("Running in Backup Mode", reason), 10, f"n2 backup / {reason}")
-    poll_until(lambda: set(active_nodes(cluster.db_url).values()) == {"n2"}, 10, "every user active on n2")
+    try:
+        poll_until(lambda: ha_states(cluster.db_url)["n2"] == ("Running in Backup Mode", reason), 10, f"n2 backup / {reason}")
+        poll_until(lambda: set(active_nodes(cluster.db_url).values()) == {"n2"}, 10, "every user active on n2")
+    except TimeoutError as exc:
+        tail = "\n".join(f"--- {name}.log\n{cluster.node(name).log()[-4000:]}" for name in ("n1", "n2"))
+        raise AssertionError(f"{exc}; states {ha_states(cluster.db_url)}\n{tail}") from None
     print(f"\n{signal.Signals(fault).name}: n2 took over after {elapsed:.2f}s")
     return elapsed
 
