@@ -26,7 +26,7 @@ class SessionKind(enum.Enum):
     INACTIVE = "inactive"  # a backup session: bound, no traffic, no presence (SPEC §8)
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)  # slots: no per-session __dict__ (memory per idle session)
 class Session:
     jid: JID
     send: Callable[[ET.Element], None] = field(repr=False)

@@ -9,20 +9,15 @@ Rules of this module:
 - TLS 1.2 is the minimum (RFC 7590 §3.1). No session tickets: XMPP clients keep one
   long connection, so a ticket is rarely used, and minting two per handshake (OpenSSL's
   TLS 1.3 default) was login CPU and bytes; Prosody's default is `no_ticket` too.
-- `start_tls` upgrades a server-side asyncio stream like `StreamWriter.start_tls`, but
-  its TLS protocol reads ciphertext into one buffer per event loop instead of a
-  zero-filled 256 kB one per connection (see `SharedBufferSSLProtocol`).
+- The STARTTLS upgrade itself is `server.net.transport.ClientTransport.start_tls`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import ipaddress
 import os
 import ssl
-import weakref
-from asyncio import sslproto
 from pathlib import Path
 
 from cryptography import x509
@@ -93,71 +88,3 @@ def server_context(cert_path: str | Path, key_path: str | Path) -> ssl.SSLContex
     context.options |= ssl.OP_NO_TICKET
     context.num_tickets = 0
     return context
-
-
-# -- the TLS upgrade of a client stream -------------------------------------------------
-
-_READ_BUFFERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, bytearray] = weakref.WeakKeyDictionary()
-
-
-class SharedBufferSSLProtocol(sslproto.SSLProtocol):
-    """asyncio's `SSLProtocol`, reading ciphertext into the event loop's one buffer.
-
-    CPython (3.11+) gives every TLS connection its own zero-filled 256 kB read buffer:
-    6% of the event loop's time at 150 logins/s (page faults), then 16.5 kB of every
-    idle session once trimmed. The buffer is filled by the transport's `recv_into`
-    and emptied at once by `buffer_updated` (copied into the SSL object's memory BIO),
-    both synchronously on the loop's thread, so one buffer per loop serves all.
-    """
-
-    max_size = 0  # what the base __init__ allocates per connection: nothing
-
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        buffer = _READ_BUFFERS.get(self._loop)
-        if buffer is None:
-            buffer = _READ_BUFFERS[self._loop] = bytearray(sslproto.SSLProtocol.max_size)
-        self.max_size = len(buffer)
-        self._ssl_buffer = buffer
-        self._ssl_buffer_view = memoryview(buffer)
-
-
-def _lean_tls_supported(writer: asyncio.StreamWriter) -> bool:
-    return (
-        isinstance(getattr(writer, "_protocol", None), asyncio.StreamReaderProtocol)
-        and hasattr(writer._protocol, "_replace_writer")
-        and hasattr(sslproto.SSLProtocol, "get_buffer")  # the buffered protocol of 3.11+
-        and getattr(writer.transport, "_start_tls_compatible", False)
-    )
-
-
-async def start_tls(writer: asyncio.StreamWriter, context: ssl.SSLContext, handshake_timeout_s: float) -> None:
-    """Upgrade `writer`'s connection (server side) to TLS; raises as the handshake fails.
-
-    `BaseEventLoop.start_tls` + `StreamWriter.start_tls` (CPython 3.11-3.13) with
-    `SharedBufferSSLProtocol`; private attributes, so another loop or Python falls
-    back to the standard call.
-    """
-    if not _lean_tls_supported(writer):
-        await writer.start_tls(context, ssl_handshake_timeout=handshake_timeout_s)
-        return
-    loop = asyncio.get_running_loop()
-    transport, protocol = writer.transport, writer._protocol  # type: ignore[attr-defined]
-    waiter = loop.create_future()
-    tls = SharedBufferSSLProtocol(
-        loop, protocol, context, waiter, True, None,
-        ssl_handshake_timeout=handshake_timeout_s, call_connection_made=False,
-    )
-    transport.pause_reading()  # type: ignore[attr-defined]
-    transport.set_protocol(tls)
-    made = loop.call_soon(tls.connection_made, transport)
-    resumed = loop.call_soon(transport.resume_reading)  # type: ignore[attr-defined]
-    try:
-        await waiter
-    except BaseException:
-        transport.close()
-        made.cancel()
-        resumed.cancel()
-        raise
-    writer._transport = tls._app_transport  # type: ignore[attr-defined]
-    protocol._replace_writer(writer)

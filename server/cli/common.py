@@ -46,9 +46,14 @@ def db_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def run_async(coro: Awaitable[T]) -> T:
-    """Run a command's coroutine; turn known failures into a one-line error."""
+def run_async(coro: Awaitable[T], *, event_loop: str = "asyncio") -> T:
+    """Run a command's coroutine (on uvloop or asyncio's own loop); turn known
+    failures into a one-line error."""
     try:
+        if event_loop == "uvloop":
+            import uvloop
+
+            return uvloop.run(coro)  # type: ignore[arg-type]
         return asyncio.run(coro)  # type: ignore[arg-type]
     except DatabaseUnavailable as exc:
         raise click.ClickException(f"database unavailable: {exc}") from exc

@@ -27,10 +27,10 @@ from server.cli.common import run_async
 T = TypeVar("T")
 
 
-def run(coro: Awaitable[T]) -> T:
+def run(coro: Awaitable[T], *, event_loop: str = "asyncio") -> T:
     """Run a command's coroutine; rule violations become a one-line error, exit 1."""
     try:
-        return run_async(coro)
+        return run_async(coro, event_loop=event_loop)
     except ProvisioningError as exc:
         raise click.ClickException(str(exc)) from exc
     except ValueError as exc:  # an unsupported --db URL, from db.engine.normalize_url

@@ -66,7 +66,7 @@ def node_run(node_name: str | None, db_url: str | None, data_dir: str | None, co
     if current != schema.head_revision():
         raise click.ClickException(f"database schema is at {current or 'nothing'}: run `presence-ha db upgrade` first")
     try:
-        run(run_node(config))
+        run(run_node(config), event_loop=config.event_loop)
     except NodeStartError as exc:
         raise click.ClickException(str(exc)) from exc
 

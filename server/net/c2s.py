@@ -28,9 +28,11 @@ Rules of this module:
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import ssl
 import xml.etree.ElementTree as ET
+from collections import deque
 from typing import TYPE_CHECKING
 
 from db.engine import DatabaseUnavailable
@@ -39,7 +41,7 @@ from server.features.inactive_session import is_hold_request
 from server.net.limits import TokenBucket
 from server.router import SessionBound
 from server.sessions import Session, SessionKind
-from server.tls import start_tls
+from server.net.transport import READ_SIZE, ClientTransport
 from server.xmpp import events as ev
 from server.xmpp.errors import Condition, StanzaError, StreamCondition, StreamError, error_reply
 from server.xmpp.negotiation import SaslFailure
@@ -50,17 +52,27 @@ if TYPE_CHECKING:
     from server.net.clients import ClientPort
 
 log = logging.getLogger(__name__)
-READ_SIZE = 64 * 1024
 CLOSE_FLUSH_S = 5.0  # how long the closing bytes may take to leave
 
 
+class _Lost:
+    """Queued after the connection's last input: end the connection's session."""
+
+
 class Connection:
-    def __init__(self, port: ClientPort, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, settings: StreamSettings) -> None:
+    """One client connection. Input (plaintext from `ClientTransport`) and jobs from
+    outside (kicks, timers, `run_after`) are queued and handled one at a time, in
+    order, by a worker task that exists only while there is something to do: an idle
+    session holds no task."""
+
+    __slots__ = ("port", "transport", "ip", "stream", "session", "closing", "graceful", "notified_close",
+                 "backup_refusal", "relay_node", "relay", "_login", "_bucket", "_gated", "_queue", "_worker",
+                 "_finished", "_timer", "_queued_bytes")
+
+    def __init__(self, port: ClientPort, transport: ClientTransport, settings: StreamSettings) -> None:
         self.port = port
-        self.reader = reader
-        self.writer = writer
-        peer = writer.get_extra_info("peername")
-        self.ip = str(peer[0]) if peer else "unknown"
+        self.transport = transport
+        self.ip = transport.peername
         self.stream = XmppStream(settings, port.rng, port.secret)
         self.session: Session | None = None
         self.closing = False  # the stream is over (StreamClosed seen)
@@ -70,93 +82,137 @@ class Connection:
         self.relay_node: str | None = None  # the active node this user's session is relayed to
         self.relay = None  # server.cluster.relay.RelayedStream once that session is open
         self._login = None  # (username, db.users.LoginRecord | None) read for this login's keys
-        self._lock = asyncio.Lock()
         self._bucket = TokenBucket(port.limits.rate_bytes_per_s, port.limits.rate_burst_bytes, port.now())
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._queue: deque | None = None  # input and jobs waiting for the worker (None: nothing)
+        self._queued_bytes = 0
+        self._worker: asyncio.Task[None] | None = None
+        self._finished = False
         self._gated = port.login_gate.enter(port.now())  # negotiating under the login gate (limits.py)
         if not self._gated:
             self.stream.refuse_on_header(StreamError(StreamCondition.RESOURCE_CONSTRAINT, "too many logins in progress; retry later"))
+        self._timer = asyncio.get_running_loop().call_later(
+            port.limits.auth_timeout_s, self._enqueue, self._fire_auth_timer)
 
-    # -- lifecycle ----------------------------------------------------------------
-    async def run(self) -> None:
-        timer = asyncio.get_running_loop().call_later(
-            self.port.limits.auth_timeout_s, lambda: self._spawn(self._fire_auth_timer())
-        )
-        try:
-            await self._read_loop()
-        except (ConnectionError, ssl.SSLError, OSError) as exc:
+    # -- input from the transport (server.net.transport.Receiver) -------------------------
+    def data_received(self, data: bytes) -> None:
+        if self.closing or self._finished:
+            return  # the stream is over: what the peer still sends is not acted upon
+        self._queued_bytes += len(data)
+        if self._queued_bytes > READ_SIZE:
+            self.transport.pause_reading()  # back-pressure while the worker catches up
+        self._enqueue(data)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if exc is not None:
             log.debug("connection from %s lost: %s", self.ip, exc)
-        finally:
-            timer.cancel()
-            self._leave_gate()
-            await self.port.connection_finished(self)
-            await self._close_transport()
+        self._enqueue(_Lost)
 
-    async def _read_loop(self) -> None:
-        while not self.closing:
-            data = await self.reader.read(READ_SIZE)
-            if not data:
-                return
-            async with self._lock:
-                if self._bucket.take(len(data), self.port.now()):
-                    self.stream.receive_data(data)
+    # -- the worker ------------------------------------------------------------------------
+    def _enqueue(self, item) -> None:
+        """Queue input (bytes), a job (a coroutine function) or `_Lost`; start the worker."""
+        if self._finished:
+            return
+        if self._queue is None:
+            self._queue = deque()
+        self._queue.append(item)
+        if self._worker is None:
+            self._worker = asyncio.get_running_loop().create_task(self._work())
+
+    async def _work(self) -> None:
+        try:
+            while self._queue:
+                item = self._queue.popleft()
+                if item is _Lost:
+                    await self._finish()
+                elif isinstance(item, bytes):
+                    await self._received(item)
                 else:
-                    self.stream.close(StreamError(StreamCondition.POLICY_VIOLATION, "rate limit exceeded"))
-                await self._run_events()
-            await self.writer.drain()
+                    await item()
+        except asyncio.CancelledError:  # the loop is shutting down: nothing runs after this
+            self._queue = None
+            raise
+        except (ConnectionError, ssl.SSLError, OSError) as exc:
+            log.debug("connection from %s failed: %s", self.ip, exc)
+            self.transport.abort()
+        except Exception:  # a bug must not leave the connection half-alive
+            log.exception("connection from %s failed", self.ip)
+            self.transport.abort()
+        finally:
+            self._worker = None
+            if not self._queue:
+                self._queue = None
+            elif not self._finished:  # failed with work left (_Lost among it): the rest runs now
+                self._worker = asyncio.get_running_loop().create_task(self._work())
+
+    async def _received(self, data: bytes) -> None:
+        self._queued_bytes -= len(data)
+        if self._queued_bytes <= READ_SIZE and not self.transport.is_closing():
+            self.transport.resume_reading()
+        if self.closing:
+            return
+        if self._bucket.take(len(data), self.port.now()):
+            self.stream.receive_data(data)
+        else:
+            self.stream.close(StreamError(StreamCondition.POLICY_VIOLATION, "rate limit exceeded"))
+        await self._run_events()
+        await self.transport.drain()
 
     async def _run_events(self) -> None:
         while events := self.stream.events():
             for event in events:
                 await _HANDLERS[type(event)](self, event)
 
+    async def _finish(self) -> None:
+        """The connection is gone: its session ends or waits for resumption."""
+        if self._finished:
+            return
+        self._finished = True
+        self._queue = None
+        self._leave_gate()
+        if self._timer is not None:
+            self._timer.cancel()
+        try:
+            await self.port.connection_finished(self)
+        finally:
+            self.port.connections.discard(self)
+
     def _leave_gate(self, completed: bool = False) -> None:
         if self._gated:
             self._gated = False
             self.port.login_done(completed)
-
-    def _spawn(self, coro) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        if completed and self._timer is not None:  # bound or resumed: the auth timer is moot
+            self._timer.cancel()
+            self._timer = None
 
     async def _fire_auth_timer(self) -> None:
-        async with self._lock:
-            self.stream.timer_fired(Timer.AUTH)
-            await self._run_events()
+        self.stream.timer_fired(Timer.AUTH)
+        await self._run_events()
 
-    async def kick(self, error: StreamError | None) -> None:
-        """End the stream from outside (conflict, shutdown, the SRM moving users)."""
-        async with self._lock:
-            self.stream.close(error)
-            await self._run_events()
+    async def _kick(self, error: StreamError | None) -> None:
+        self.stream.close(error)
+        await self._run_events()
 
     def kick_soon(self, error: StreamError | None) -> None:
-        self._spawn(self.kick(error))
+        """End the stream from outside (conflict, shutdown, the SRM moving users)."""
+        self._enqueue(functools.partial(self._kick, error))
 
     def run_after(self, coro) -> None:
-        """Run `coro` once the events being handled now are done (it takes the lock)."""
-        async def locked() -> None:
-            async with self._lock:
-                await coro
-        self._spawn(locked())
+        """Run `coro` once the input and jobs queued before it are handled."""
+        async def job() -> None:
+            await coro
+        self._enqueue(job)
 
-    async def _close_transport(self) -> None:
-        if not self.writer.is_closing():
-            self.writer.close()
-        try:
-            await asyncio.wait_for(self.writer.wait_closed(), timeout=2)
-        except (TimeoutError, ConnectionError, ssl.SSLError, OSError):
-            self.writer.transport.abort()
+    def abort(self) -> None:
+        self.transport.abort()
 
     # -- writing ---------------------------------------------------------------------
     def write(self, data: bytes) -> None:
-        if not data or self.writer.is_closing():
+        if not data or self.transport.is_closing():
             return
-        self.writer.write(data)
-        if self.writer.transport.get_write_buffer_size() > self.port.limits.max_write_buffer_bytes:
+        self.transport.write(data)
+        if self.transport.write_buffer_size() > self.port.limits.max_write_buffer_bytes:
             log.warning("%s does not read its stream; dropping the connection", self.session.jid if self.session else self.ip)
-            self.writer.transport.abort()
+            self.transport.abort()
 
     def send_stanza(self, stanza: ET.Element) -> None:
         """`Session.send` while this connection owns the session."""
@@ -173,15 +229,25 @@ class Connection:
         self.write(event.data)
 
     async def _on_tls_requested(self, _event: ev.TlsRequested) -> None:
-        await self.writer.drain()
+        early = self._take_queued_input()  # a ClientHello that came while <starttls/> was handled
         try:
-            await start_tls(self.writer, self.port.ssl_context, self.port.limits.auth_timeout_s)
+            await self.transport.start_tls(self.port.ssl_context, self.port.limits.auth_timeout_s, early)
         except (ssl.SSLError, ConnectionError, OSError, TimeoutError) as exc:
             log.info("TLS handshake with %s failed: %s", self.ip, exc)
-            self.writer.transport.abort()
+            self.transport.abort()
             self.closing = True
             return
         self.stream.tls_established()
+
+    def _take_queued_input(self) -> bytes:
+        """Remove the input bytes queued now (jobs stay queued, in order)."""
+        if not self._queue:
+            return b""
+        data = [item for item in self._queue if isinstance(item, bytes)]
+        if data:
+            self._queue = deque(item for item in self._queue if not isinstance(item, bytes))
+            self._queued_bytes -= sum(map(len, data))
+        return b"".join(data)
 
     async def _on_credentials_requested(self, event: ev.CredentialsRequested) -> None:
         if not self.port.auth_on():  # SPEC §4: the authentication service is stopped
@@ -267,7 +333,7 @@ class Connection:
     # -- SPEC §8 backup connections ------------------------------------------------
     def _backup_bound(self, session: Session) -> None:
         session.kind = SessionKind.INACTIVE
-        asyncio.get_running_loop().call_later(self.port.limits.auth_timeout_s, lambda: self._spawn(self._backup_expired()))
+        asyncio.get_running_loop().call_later(self.port.limits.auth_timeout_s, self._enqueue, self._backup_expired)
 
     def _backup_claimed(self, stanza: ET.Element) -> bool:
         """The first stanza of a backup connection: `<hold/>` keeps it, anything else ends it."""
@@ -280,7 +346,7 @@ class Connection:
 
     async def _backup_expired(self) -> None:
         if self.backup_refusal is not None and not self.closing:
-            await self.kick(self.backup_refusal)
+            await self._kick(self.backup_refusal)
 
     # -- relayed connections (server.cluster.relay) ------------------------------------
     def _relay_admission(self, username: str, relay: RelayTo) -> SaslFailure | None:
@@ -359,11 +425,17 @@ class Connection:
         self.closing = True
         self.graceful = event.by_peer or event.error is None
         try:
-            await asyncio.wait_for(self.writer.drain(), timeout=CLOSE_FLUSH_S)
+            await asyncio.wait_for(self.transport.drain(), timeout=CLOSE_FLUSH_S)
         except (TimeoutError, ConnectionError, ssl.SSLError, OSError):
-            self.writer.transport.abort()  # a peer that does not read its last bytes
-        if not self.writer.is_closing():
-            self.writer.close()
+            self.transport.abort()  # a peer that does not read its last bytes
+        if not self.transport.is_closing():
+            self.transport.close()
+            # A peer that never reads its last bytes does not keep the connection.
+            asyncio.get_running_loop().call_later(CLOSE_FLUSH_S, self._abort_unless_lost)
+
+    def _abort_unless_lost(self) -> None:
+        if not self.transport.lost:
+            self.transport.abort()
 
 
 # One dispatch table for all connections (a dict of bound methods per connection cost

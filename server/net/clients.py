@@ -43,6 +43,7 @@ from server.config import LimitsConfig, NodeConfig
 from server.features.context import FeatureContext
 from server.metrics import Metrics
 from server.net.c2s import Connection
+from server.net.transport import ClientTransport
 from server.net.limits import AuthThrottle, LoginGate
 from server.router import SessionClosed
 from server.sessions import Session, SessionKind
@@ -128,7 +129,10 @@ class ClientPort:
 
     # -- listening ----------------------------------------------------------------
     async def start(self, host: str, port: int) -> None:
-        self._server = await asyncio.start_server(self._accept, host, port, reuse_address=True, backlog=1024)
+        await self._settings()  # the first connection finds its settings ready
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: ClientTransport(self._connected), host, port, reuse_address=True, backlog=1024)
         log.info("client port listening on %s:%d", host, port)
 
     async def _registration_enabled(self) -> bool:
@@ -147,7 +151,9 @@ class ClientPort:
         return self._registration
 
     async def _settings(self) -> StreamSettings:
-        registration = await self._registration_enabled()
+        return self._settings_for(await self._registration_enabled())
+
+    def _settings_for(self, registration: bool) -> StreamSettings:
         settings = self._stream_settings.get(registration)
         if settings is None:  # one frozen object per flag value, shared by all connections
             settings = self._stream_settings[registration] = StreamSettings(
@@ -160,14 +166,14 @@ class ClientPort:
             )
         return settings
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def _connected(self, transport: ClientTransport) -> Connection:
+        """A client connected (`ClientTransport.connection_made`): its connection."""
         self.metrics.connections.inc()
-        connection = Connection(self, reader, writer, await self._settings())
+        if self.now() >= self._registration_until and not self._registration_lock.locked():
+            self._spawn(self._settings())  # the registration flag, refreshed beside the accepts
+        connection = Connection(self, transport, self._settings_for(self._registration))
         self.connections.add(connection)
-        try:
-            await connection.run()
-        finally:
-            self.connections.discard(connection)
+        return connection
 
     # -- the login gate (server.net.limits) ---------------------------------------------
     def login_done(self, completed: bool) -> None:
@@ -308,7 +314,7 @@ class ClientPort:
         while self.connections and self.now() < deadline:
             await asyncio.sleep(0.05)
         for connection in list(self.connections):
-            connection.writer.transport.abort()
+            connection.abort()
         if self._server is not None:
             await self._server.wait_closed()
         self.derivations.shutdown(wait=False)
@@ -373,7 +379,7 @@ class ClientPort:
         while connections & self.connections and self.now() < deadline:
             await asyncio.sleep(0.02)
         for connection in connections & self.connections:
-            connection.writer.transport.abort()
+            connection.abort()
 
 
 def _demoting(chosen: Callable[[Session], bool]) -> Callable[[Session], bool]:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import enum
 import random
 import xml.etree.ElementTree as ET
-from collections import deque
 from dataclasses import dataclass
 
 from server.xmpp import negotiation as neg
@@ -91,7 +90,7 @@ class XmppStream(neg.Negotiation):
         self._refusal: StreamError | None = None
         self._peer_from: str | None = None
         self._events: list[Event] = []
-        self._inbox: deque[ParseEvent] = deque()
+        self._inbox: list[ParseEvent] = []  # a list: an empty deque costs 0.6 kB of every idle session
         self._parser = StreamParser(settings.max_stanza_bytes)
         neg.Negotiation.__init__(self)
 
@@ -175,7 +174,7 @@ class XmppStream(neg.Negotiation):
 
     def _drain_inbox(self) -> None:
         while self._inbox and self.waiting is None and self.phase is not Phase.CLOSED:
-            self._handle(self._inbox.popleft())
+            self._handle(self._inbox.pop(0))  # a handful per read: cheaper than a deque's block
 
     def _handle(self, event: ParseEvent) -> None:
         if isinstance(event, ParseFault):

@@ -17,6 +17,11 @@ def test_precedence(tmp_path):
     assert config.tls.required is False and config.limits.rate_bytes_per_s == 256 * 1024
 
 
+def test_event_loop_defaults_to_uvloop_and_may_be_asyncio():
+    assert load_config(None, {}, {"node_name": "n1"}).event_loop == "uvloop"
+    assert load_config(None, {}, {"node_name": "n1"}, ["event_loop=asyncio"]).event_loop == "asyncio"
+
+
 def test_db_url_defaults_to_the_data_dir(tmp_path):
     config = load_config(None, {}, {"node_name": "n1", "data_dir": str(tmp_path)})
     assert config.db_url == f"sqlite:///{tmp_path.resolve() / 'presence-ha.sqlite3'}"
@@ -33,6 +38,7 @@ def test_db_url_defaults_to_the_data_dir(tmp_path):
         (["tls.cert_path=/x.pem"], "tls.key_path"),
         (["limits=3"], "limits"),
         (["novalue"], "novalue"),
+        (["event_loop=trio"], "event_loop"),
     ],
 )
 def test_bad_keys_and_values_are_named(sets, key):

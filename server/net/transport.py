@@ -1,0 +1,226 @@
+"""Bytes and TLS of one client connection: a buffered protocol that does STARTTLS itself.
+
+Why: asyncio's stream stack (StreamReader, StreamWriter, SSLProtocol and its app
+transport) costs every idle TLS session about 8 kB of Python objects (empty deques
+alone are 0.6 kB each) and a task parked on a read, and every stanza crosses its
+layers twice. Here one small object per connection reads into one buffer per event
+loop, runs TLS on `ssl.MemoryBIO`s (the SSL object OpenSSL keeps anyway, nothing
+more), and hands plaintext to its receiver (`server.net.c2s.Connection`).
+
+Rules of this module:
+- The receiver gets `data_received(plaintext)` and, once, `connection_lost(exc)`;
+  both are called synchronously from the protocol callbacks, in order, and must not
+  block. A peer's TLS fault or close_notify ends the connection like an EOF.
+- Before `start_tls` bytes pass through as they are. `start_tls(context, timeout,
+  early)` switches to TLS: `early` is ciphertext the receiver had queued as plaintext
+  (a ClientHello that arrived while it was still handling <starttls/>). It returns
+  when the handshake is done and raises `ssl.SSLError`, `ConnectionError` or
+  `TimeoutError` when it fails.
+- Writes never block: `write` encrypts (once TLS is on) and queues; `drain()` waits
+  while the transport's buffer is above its high-water mark (flow control);
+  `write_buffer_size()` is what is queued for the peer.
+- `close()` sends TLS close_notify and closes after the buffer is flushed; `abort()`
+  drops the connection at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import weakref
+from typing import Protocol
+
+log = logging.getLogger(__name__)
+READ_SIZE = 64 * 1024  # the per-loop receive buffer; one TLS read returns at most this
+
+_BUFFERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, memoryview] = weakref.WeakKeyDictionary()
+
+
+def _loop_buffer(loop: asyncio.AbstractEventLoop) -> memoryview:
+    """The receive buffer shared by every connection of `loop`: the loop fills it and
+    `buffer_updated` empties it at once, both on the loop's thread."""
+    buffer = _BUFFERS.get(loop)
+    if buffer is None:
+        buffer = _BUFFERS[loop] = memoryview(bytearray(READ_SIZE))
+    return buffer
+
+
+class Receiver(Protocol):
+    def data_received(self, data: bytes) -> None: ...
+    def connection_lost(self, exc: BaseException | None) -> None: ...
+
+
+class ClientTransport(asyncio.BufferedProtocol):
+    __slots__ = ("_accept", "_receiver", "_transport", "_buffer", "_ssl", "_incoming", "_outgoing",
+                 "_handshake", "_drain", "_paused", "_lost", "peername")
+
+    def __init__(self, accept) -> None:  # accept(transport) -> Receiver, at connection_made
+        self._accept = accept
+        self._receiver: Receiver | None = None
+        self._transport: asyncio.Transport | None = None
+        self._buffer: memoryview | None = None
+        self._ssl: ssl.SSLObject | None = None
+        self._incoming: ssl.MemoryBIO | None = None
+        self._outgoing: ssl.MemoryBIO | None = None
+        self._handshake: asyncio.Future[None] | None = None  # while the TLS handshake runs
+        self._drain: asyncio.Future[None] | None = None  # while a writer waits for room
+        self._paused = False
+        self._lost = False
+        self.peername: str = "unknown"
+
+    # -- asyncio protocol callbacks ------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+        self._buffer = _loop_buffer(asyncio.get_running_loop())
+        peer = transport.get_extra_info("peername")
+        self.peername = str(peer[0]) if peer else "unknown"
+        self._receiver = self._accept(self)
+        self._accept = None
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._buffer  # type: ignore[return-value]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if self._ssl is None:
+            self._receiver.data_received(bytes(self._buffer[:nbytes]))
+            return
+        self._incoming.write(self._buffer[:nbytes])
+        self._tls_received()
+
+    def eof_received(self) -> bool:
+        return False  # the transport closes; connection_lost follows
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._lost = True
+        self._wake_drain()
+        if self._handshake is not None and not self._handshake.done():
+            self._handshake.set_exception(ConnectionResetError("connection lost during the TLS handshake"))
+        if self._receiver is not None:
+            self._receiver.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        self._wake_drain()
+
+    # -- TLS -------------------------------------------------------------------------------
+    async def start_tls(self, context: ssl.SSLContext, timeout_s: float, early: bytes = b"") -> None:
+        self._incoming, self._outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self._ssl = context.wrap_bio(self._incoming, self._outgoing, server_side=True)
+        self._handshake = asyncio.get_running_loop().create_future()
+        if early:
+            self._incoming.write(early)
+            self._tls_received()
+        try:
+            await asyncio.wait_for(asyncio.shield(self._handshake), timeout_s)
+        finally:
+            self._handshake = None
+
+    def _tls_received(self) -> None:
+        """Ciphertext arrived: advance the handshake, then pass on what decrypts."""
+        if self._handshake is not None and not self._handshake.done():
+            if not self._advance_handshake():
+                return
+        chunks, eof = [], False
+        try:
+            while chunk := self._ssl.read(READ_SIZE):
+                chunks.append(chunk)
+            eof = True  # b"": the peer's close_notify
+        except ssl.SSLWantReadError:
+            pass
+        except ssl.SSLZeroReturnError:
+            eof = True
+        except ssl.SSLError as exc:
+            log.info("TLS error from %s: %s", self.peername, exc)
+            self._flush()
+            self.abort()
+            return
+        self._flush()  # alerts, key updates
+        if chunks:
+            self._receiver.data_received(b"".join(chunks))
+        if eof and not self._lost:
+            self._transport.close()  # as an EOF; connection_lost follows
+
+    def _advance_handshake(self) -> bool:
+        """One step of the handshake; True once it is done."""
+        try:
+            self._ssl.do_handshake()
+        except ssl.SSLWantReadError:
+            self._flush()
+            return False
+        except (ssl.SSLError, ValueError) as exc:
+            self._flush()  # the alert, if any
+            self._handshake.set_exception(exc)
+            self.abort()
+            return False
+        self._flush()
+        self._handshake.set_result(None)
+        return True
+
+    def _flush(self) -> None:
+        data = self._outgoing.read()
+        if data and not self._transport.is_closing():
+            self._transport.write(data)
+
+    # -- writing and closing -------------------------------------------------------------------
+    def write(self, data: bytes) -> None:
+        if self._transport.is_closing():
+            return
+        if self._ssl is None:
+            self._transport.write(data)
+            return
+        try:
+            self._ssl.write(data)
+        except ssl.SSLError as exc:
+            log.info("TLS write to %s failed: %s", self.peername, exc)
+            self.abort()
+            return
+        self._flush()
+
+    def write_buffer_size(self) -> int:
+        return self._transport.get_write_buffer_size()
+
+    async def drain(self) -> None:
+        """Wait while the peer is not reading fast enough (returns at once if lost)."""
+        while self._paused and not self._lost:
+            if self._drain is None:
+                self._drain = asyncio.get_running_loop().create_future()
+            await asyncio.shield(self._drain)
+
+    def _wake_drain(self) -> None:
+        waiter, self._drain = self._drain, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+    def pause_reading(self) -> None:
+        if not self._transport.is_closing():
+            self._transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if not self._transport.is_closing():
+            self._transport.resume_reading()
+
+    @property
+    def lost(self) -> bool:
+        return self._lost
+
+    def close(self) -> None:
+        """End the connection after what was written (TLS: close_notify first)."""
+        if self._transport.is_closing():
+            return
+        if self._ssl is not None and self._handshake is None:
+            try:
+                self._ssl.unwrap()
+            except ssl.SSLError:  # the peer's close_notify is not there yet (want-read)
+                pass
+            self._flush()
+        self._transport.close()
+
+    def abort(self) -> None:
+        self._transport.abort()
