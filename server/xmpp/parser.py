@@ -85,6 +85,25 @@ def _restricted(what: str) -> StreamError:
     return StreamError(StreamCondition.RESTRICTED_XML, f"{what} not allowed in XMPP (RFC 6120 §11.1)")
 
 
+def _refusing(what: str):
+    def handler(*_args: object) -> None:
+        raise _restricted(what)  # propagates out of expat's Parse() into _feed_slice
+    return handler
+
+
+# Shared by every parser (one closure per handler per parser cost a fresh parser ~1 us).
+_RESTRICTED_HANDLERS = {
+    "StartDoctypeDeclHandler": _refusing("a DTD"),
+    "EntityDeclHandler": _refusing("an entity declaration"),
+    "UnparsedEntityDeclHandler": _refusing("an entity declaration"),
+    "NotationDeclHandler": _refusing("a notation declaration"),
+    "ProcessingInstructionHandler": _refusing("a processing instruction"),
+    "CommentHandler": _refusing("a comment"),
+    "ExternalEntityRefHandler": _refusing("an external entity"),
+    "SkippedEntityHandler": _refusing("an entity reference"),
+}
+
+
 def clark(name: str) -> str:
     """Expat's `uri local` name as Clark notation; `jabber:client` unqualified."""
     uri, sep, local = name.rpartition(SEPARATOR)
@@ -106,30 +125,28 @@ class StreamParser:
         self._declared: list[tuple[str | None, str]] = []  # the header's namespace declarations
         self._header_open = False  # seen the header: a fresh expat needs a synthetic one
         self._root_qname = b"stream:stream"  # the header's name as written (the footer must match)
-        self._priming = False  # feeding that synthetic header
+        self._primer: bytes | None = None  # that synthetic header, once needed
         self._last_close = -1  # byte index (in this expat's input) of the last top-level close tag
         self._parser: expat.XMLParserType | None = self._make_expat()
 
-    def _make_expat(self) -> expat.XMLParserType:
+    def _make_expat(self, primer: bytes = b"") -> expat.XMLParserType:
+        """A fresh expat; `primer` (a synthetic stream header) is parsed before any handler
+        is set, so it costs no Python callback and yields no event."""
         p = expat.ParserCreate("UTF-8", SEPARATOR)
         # pyexpat's text buffer defaults to 8 kB per parser, i.e. per idle session; text
         # longer than this arrives in several CharacterData calls, which `_on_text` joins.
         p.buffer_size = TEXT_BUFFER
         p.buffer_text = True
         p.SetParamEntityParsing(expat.XML_PARAM_ENTITY_PARSING_NEVER)
+        if primer:
+            p.Parse(primer, False)
         p.StartElementHandler = self._on_start
         p.EndElementHandler = self._on_end
         p.CharacterDataHandler = self._on_text
         p.StartNamespaceDeclHandler = self._on_ns_decl
         p.XmlDeclHandler = self._on_xml_decl
-        p.StartDoctypeDeclHandler = lambda *a: self._fail(_restricted("a DTD"))
-        p.EntityDeclHandler = lambda *a: self._fail(_restricted("an entity declaration"))
-        p.UnparsedEntityDeclHandler = lambda *a: self._fail(_restricted("an entity declaration"))
-        p.NotationDeclHandler = lambda *a: self._fail(_restricted("a notation declaration"))
-        p.ProcessingInstructionHandler = lambda *a: self._fail(_restricted("a processing instruction"))
-        p.CommentHandler = lambda *a: self._fail(_restricted("a comment"))
-        p.ExternalEntityRefHandler = lambda *a: self._fail(_restricted("an external entity"))
-        p.SkippedEntityHandler = lambda *a: self._fail(_restricted("an entity reference"))
+        for name, handler in _RESTRICTED_HANDLERS.items():
+            setattr(p, name, handler)
         return p
 
     @property
@@ -152,17 +169,14 @@ class StreamParser:
         return events
 
     def _primed_expat(self) -> expat.XMLParserType:
-        parser = self._parser = self._make_expat()
-        declared = "".join(
-            f" xmlns{':' + prefix if prefix else ''}={quoteattr(uri)}" for prefix, uri in self._declared
-        )
-        header = b"<" + self._root_qname + declared.encode() + b">"
-        self._priming, self._depth = True, 0  # the synthetic header brings it back to 1
-        try:
-            parser.Parse(header, False)
-        finally:
-            self._priming = False
-        self._fed, self._last_close = len(header), -1
+        if self._primer is None:  # the peer's header, as a fresh expat needs it (built once)
+            declared = "".join(
+                f" xmlns{':' + prefix if prefix else ''}={quoteattr(uri)}" for prefix, uri in self._declared
+            )
+            self._primer = b"<" + self._root_qname + declared.encode() + b">"
+        parser = self._parser = self._make_expat(self._primer)
+        self._depth = 1  # inside the (synthetic) stream header
+        self._fed, self._last_close = len(self._primer), -1
         return parser
 
     def _idle_after(self, data: bytes) -> bool:
@@ -216,7 +230,7 @@ class StreamParser:
             self._fail(StreamError(StreamCondition.UNSUPPORTED_ENCODING, f"encoding {encoding!r}; use UTF-8"))
 
     def _on_ns_decl(self, prefix: str | None, uri: str | None) -> None:
-        if self._depth == 0 and not self._priming:
+        if self._depth == 0:
             self._declared.append((prefix, uri or ""))
             if prefix is None:
                 self._pending_default_ns = uri or ""
@@ -224,12 +238,11 @@ class StreamParser:
     def _on_start(self, name: str, attrs: dict[str, str]) -> None:
         self._depth += 1
         if self._depth == 1:
-            if not self._priming:
-                self._header_open = True
-                written = _QNAME.match(self._parser.GetInputContext() or b"")
-                if written is not None:
-                    self._root_qname = written.group(1)
-                self._events.append(HeaderParsed(clark(name), {clark(k): v for k, v in attrs.items()}, self._pending_default_ns))
+            self._header_open = True
+            written = _QNAME.match(self._parser.GetInputContext() or b"")
+            if written is not None:
+                self._root_qname = written.group(1)
+            self._events.append(HeaderParsed(clark(name), {clark(k): v for k, v in attrs.items()}, self._pending_default_ns))
             return
         attrib = {clark(k): v for k, v in attrs.items()}
         if self._depth > MAX_DEPTH:
