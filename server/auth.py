@@ -113,13 +113,12 @@ class Accounts:
         return None
 
     # -- SPEC §8: inactive (backup) sessions ---------------------------------------
-    async def backs_up(self, username: str) -> bool:
-        """True if this node is the backup of `username`: its active node is our HA peer."""
+    async def backs_up(self, active: str | None) -> bool:
+        """True if this node is the backup of a user whose active node is `active` (read
+        during this login): our HA peer."""
+        if active is None or active == self.node_name:
+            return False
         async with self._sessions() as session:
-            location = await users.user_location(session, username)
-            active = location[1] if location else None
-            if active is None or active == self.node_name:
-                return False
             group = await groups.group_of_node(session, self.node_name)
         return bool(group and group.ha_enabled and active in group.nodes)
 

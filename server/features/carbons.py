@@ -45,10 +45,14 @@ def _carbon(direction: str, account: JID, to: Session, original: ET.Element) -> 
     return wrapper
 
 
-def _copy_to(account: JID, skip: set[int], direction: str, original: ET.Element, ctx) -> None:
-    for session in ctx.sessions.active(account):
-        if session.carbons and id(session) not in skip:
-            session.send(_carbon(direction, account, session, original))
+def _wanting(ctx, account: JID, skip: set[int]) -> list[Session]:
+    """The account's other active resources that enabled carbons (usually none)."""
+    return [s for s in ctx.sessions.active(account) if s.carbons and id(s) not in skip]
+
+
+def _copy_to(sessions: list[Session], account: JID, direction: str, original: ET.Element) -> None:
+    for session in sessions:
+        session.send(_carbon(direction, account, session, original))
 
 
 async def enable(ctx, session: Session, iq: ET.Element) -> None:
@@ -60,16 +64,19 @@ async def disable(ctx, session: Session, iq: ET.Element) -> None:
 
 
 async def copy_received(ctx, event: MessageDelivered) -> None:
-    if not event.recipients or not eligible(event.stanza):
+    if not event.recipients:
         return
     account = event.recipients[0].bare
-    _copy_to(account, {id(s) for s in event.recipients}, RECEIVED, event.stanza, ctx)
+    wanting = _wanting(ctx, account, {id(s) for s in event.recipients})
+    if wanting and eligible(event.stanza):  # who wants a copy first: it is cheaper to ask
+        _copy_to(wanting, account, RECEIVED, event.stanza)
 
 
 async def copy_sent(ctx, event: MessageSent) -> None:
-    if not eligible(event.stanza):
-        return
-    _copy_to(event.session.bare, {id(event.session)}, SENT, event.stanza, ctx)
+    account = event.session.bare
+    wanting = _wanting(ctx, account, {id(event.session)})
+    if wanting and eligible(event.stanza):
+        _copy_to(wanting, account, SENT, event.stanza)
 
 
 def register(router: Router) -> None:

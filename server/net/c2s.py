@@ -273,9 +273,13 @@ class Connection:
     async def _on_password_verified(self, event: ev.PasswordVerified) -> None:
         try:
             record = await self._login_record(event.username)
+            if record is None or record.active_node != self.port.accounts.node_name:
+                # Not served here, as of the keys' read: look again (users move around
+                # failovers), and decide every branch below on that one answer.
+                record = await self.port.accounts.lookup(event.username, "")
             assigned, active = (record.assigned_node, record.active_node) if record else (None, None)
             refusal = await self.port.accounts.login_refusal(event.username, active)
-            if refusal is not None and await self.port.accounts.backs_up(event.username):
+            if refusal is not None and await self.port.accounts.backs_up(active):
                 spared = refusal.fallback if isinstance(refusal, RelayTo) else refusal
                 refusal, self.backup_refusal = None, backup_kick(spared)  # SPEC §8 inactive bind
             elif isinstance(refusal, RelayTo):  # served by another node: relay (SPEC §2)

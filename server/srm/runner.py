@@ -90,7 +90,8 @@ class _Setup:
     presence_grace_s: float = 30.0
 
 
-LOGIN_SETTLE_S = 2.0  # how long a login waits for an Initializing SRM to decide
+LOGIN_SETTLE_S = 2.0  # how long a login waits for an Initializing SRM to decide, or a move
+MOVING_IN = frozenset({NodeState.TAKING_OVER, NodeState.TAKING_BACK})  # users on their way here
 
 
 @dataclass
@@ -203,7 +204,7 @@ class SrmRunner:
     async def login_refusal(self, username: str, assigned: str | None | type[_Unread] = _Unread) -> SaslFailure | None:
         """None if the SRM state lets `username` log in here (the machine's `serving`).
         `assigned`: the user's assigned node if the caller read it during this login."""
-        await self._settle(LOGIN_SETTLE_S)
+        await self._settle(LOGIN_SETTLE_S, lambda m: m.state is not NodeState.INITIALIZING)
         serving = self._machine.serving if self._machine is not None else frozenset()
         state = self._machine.state.value if self._machine is not None else "starting"
         if not serving:
@@ -212,19 +213,25 @@ class SrmRunner:
             async with self._db() as session:
                 location = await users.user_location(session, username)
             assigned = location[0] if location else None
+        if assigned is not None and assigned not in serving and self._machine.state in MOVING_IN:
+            # The users are moving here (the database may already say so): a login
+            # that races the move waits for it rather than failing and retrying later.
+            await self._settle(LOGIN_SETTLE_S, lambda m: m.state not in MOVING_IN)
+            serving = self._machine.serving
         if assigned is not None and assigned not in serving:
             return SaslFailure(SaslCondition.TEMPORARY_AUTH_FAILURE, f"{username} is moving between nodes; retry later")
         return None
 
-    async def _settle(self, timeout_s: float) -> None:
-        """Let a login that races the SRM's start wait briefly for its first decision
-        (a fresh node is Initializing for milliseconds) instead of failing at once."""
+    async def _settle(self, timeout_s: float, settled: Callable[[SrmMachine], bool]) -> None:
+        """Let a login that races the SRM wait briefly until `settled(machine)` (a fresh
+        node is Initializing for milliseconds; a takeover moves users in as long) instead
+        of failing at once."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
-        while self._machine is None or self._machine.state is NodeState.INITIALIZING:
+        while self._machine is None or not settled(self._machine):
             if loop.time() >= deadline:
                 return
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.02)
 
     def redirect(self, cause: StopCause = StopCause.SRM) -> StreamError:
         """The stream error for clients this node lets go: see-other-host to the peer."""

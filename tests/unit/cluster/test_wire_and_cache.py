@@ -173,3 +173,51 @@ async def test_inbox_keeps_order_per_key_and_survives_failures():
     gate.set()
     await inbox.drain(5)
     assert seen == [("b", 0), ("a", 0), ("a", 1), ("a", 3)] and inbox.failures == 1
+
+
+async def test_inbox_runs_an_item_at_once_when_its_key_is_free():
+    inbox, seen = Inbox(), []
+
+    async def quick(i):
+        seen.append(i)
+
+    async def broken():
+        raise RuntimeError("boom")
+
+    assert inbox.submit("a", lambda: quick(0), tracked=True) is None  # ran already: ack it
+    assert seen == [0] and not inbox._tasks
+    assert inbox.submit("a", broken, tracked=True) is None and inbox.failures == 1
+
+
+async def test_inbox_carries_on_an_item_that_suspended_and_keeps_the_order():
+    inbox, seen = Inbox(), []
+    gate = asyncio.get_running_loop().create_future()
+
+    async def slow():
+        seen.append("slow started")
+        seen.append(await gate)  # a future's result reaches the coroutine
+
+    async def quick():
+        seen.append("quick")
+
+    done = inbox.submit("a", slow, tracked=True)
+    queued = inbox.submit("a", quick, tracked=True)
+    assert seen == ["slow started"] and not done.done() and not queued.done()
+    gate.set_result("slow resumed")
+    await asyncio.wait_for(queued, 1)
+    assert done.done() and seen == ["slow started", "slow resumed", "quick"]
+
+
+async def test_closing_the_inbox_cancels_a_suspended_item_inside_its_coroutine():
+    inbox, cleaned = Inbox(), []
+
+    async def stuck():
+        try:
+            await asyncio.Event().wait()
+        finally:
+            cleaned.append(True)
+
+    done = inbox.submit("a", stuck, tracked=True)
+    await asyncio.sleep(0)
+    await inbox.close()
+    assert cleaned == [True] and done.cancelled()
