@@ -175,6 +175,7 @@ class Node:
         port.admission = self.srm.login_refusal
         if self.cluster is not None:
             self.srm.on_users_moved = self.cluster.users_moved
+            self.srm.on_users_active = self.cluster.users_active
 
     async def _start_srm(self, host: str, info: nodes.NodeInfo) -> None:
         """Start the services (a taken client port fails the start), then the SRM, whose

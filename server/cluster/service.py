@@ -40,6 +40,7 @@ from server.features.context import FeatureContext
 from server.link import Kind
 
 log = logging.getLogger(__name__)
+ACTIVATION_WAIT_S = 2.0  # users moved here: longest wait for their activation before re-routing
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,7 @@ class ClusterService:
         self.replicas: SmReplication | None = None
         self._task: asyncio.Task[None] | None = None
         self._lost: set[str] = set()  # peers whose relayed sessions were ended this outage
+        self._arrival: asyncio.TimerHandle | None = None  # users arrived here, not yet active
 
     async def _load_location(self, username: str) -> str | None:
         return await self._hot.run(users.active_node_of, username)
@@ -186,12 +188,32 @@ class ClusterService:
                 log.warning("cannot refresh user locations: %s", exc)
             self._expire_relays()
 
-    def users_moved(self) -> None:
+    def users_moved(self, arrived: bool) -> None:
         """The SRM moved users (a committed takeover or fallback): forget every cached
-        location now, before the SRM acts on the move, take back what unreachable
-        peers never acknowledged, and tell the other nodes."""
+        location now, before the SRM acts on the move. Users that left this node: take
+        back what unreachable peers never acknowledged and tell the other nodes now.
+        Users that `arrived` here: only once their sessions are active (`users_active`),
+        or a stanza taken back would find them still inactive and go to offline storage
+        (and a peer told early would route there as early)."""
         self.locations.forget_all()
         self._reload_locations()
+        if self._arrival is not None:
+            self._arrival.cancel()
+        if arrived:
+            self._arrival = asyncio.get_running_loop().call_later(ACTIVATION_WAIT_S, self.users_active)
+            return
+        self._arrival = None
+        self._reroute_unreachable()
+        self._broadcast_moved()
+
+    def users_active(self) -> None:
+        """The users that arrived are active here (the SRM activated their sessions), or
+        the wait for that is over: route again what their old node never acknowledged,
+        and tell the other nodes."""
+        if self._arrival is None:
+            return
+        self._arrival.cancel()
+        self._arrival = None
         self._reroute_unreachable()
         self._broadcast_moved()
 

@@ -30,6 +30,7 @@ import asyncio
 import itertools
 import logging
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 
 from server.features import presence
 from server.router import IqType, Router
@@ -172,14 +173,26 @@ async def activate(ctx, session: Session, iq: ET.Element) -> ET.Element:
     return activated(restored, "client")
 
 
-async def activate_all(ctx, owner_node: str) -> int:
+async def activate_all(ctx, owner_node: str, on_active: Callable[[], None] = lambda: None) -> int:
     """SRM `ActivateInactiveSessions(owner_node)`: activate and notify every inactive
     session of a user this node serves now. Returns how many were activated.
 
     Two passes, so that every client is active (and reachable) within one loop turn
     of the takeover: each session turns ACTIVE, available with its last presence, and
-    gets its `<activated/>` push (two database reads in all); then the presences are
-    announced, `ANNOUNCE_CONCURRENCY` sessions at a time."""
+    gets its `<activated/>` push (two database reads in all); then `on_active()` runs
+    (also if the first pass failed: the caller's stanzas must not wait for ever) and
+    the presences are announced, `ANNOUNCE_CONCURRENCY` sessions at a time."""
+    try:
+        pushed = await _activate_now(ctx)
+    finally:
+        on_active()
+    log.info("activated %d inactive session(s) of %s's users on %s", len(pushed), owner_node, ctx.node_name)
+    for i in range(0, len(pushed), ANNOUNCE_CONCURRENCY):
+        await asyncio.gather(*(announce(ctx, s) for s in pushed[i:i + ANNOUNCE_CONCURRENCY]))
+    return len(pushed)
+
+
+async def _activate_now(ctx) -> list[Session]:
     served = await ctx.store.usernames_active_on(ctx.node_name)
     chosen = [s for s in ctx.sessions if s.kind is SessionKind.INACTIVE and s.jid.local in served]
     records = await records_for(ctx, chosen)
@@ -193,10 +206,7 @@ async def activate_all(ctx, owner_node: str) -> int:
         push.append(activated(restored, "takeover"))
         session.send(push)
         pushed.append(session)
-    log.info("activated %d inactive session(s) of %s's users on %s", len(pushed), owner_node, ctx.node_name)
-    for i in range(0, len(pushed), ANNOUNCE_CONCURRENCY):
-        await asyncio.gather(*(announce(ctx, s) for s in pushed[i:i + ANNOUNCE_CONCURRENCY]))
-    return len(pushed)
+    return pushed
 
 
 def register(router: Router) -> None:

@@ -37,8 +37,10 @@ class Handover:
             lambda s: s.kind is SessionKind.ACTIVE and s.jid.local in names, lambda _u: error, HANDOVER_CLOSE_S,
             handover=True)
 
-    async def activate(self, owner: str) -> int:
-        return await inactive_session.activate_all(self._clients.ctx, owner)
+    async def activate(self, owner: str, on_active: Callable[[], None]) -> int:
+        """Activate the inactive sessions of `owner`'s users served here; `on_active()`
+        once they are active (before their presences are announced), even if it fails."""
+        return await inactive_session.activate_all(self._clients.ctx, owner, on_active)
 
     def schedule_retire(self, previous: str, grace_s: float) -> None:
         old = self._retiring.pop(previous, None)

@@ -129,7 +129,9 @@ class SrmRunner:
         self._peer_alive: tuple[object, float] = (None, time.monotonic())
         self._peer_seen = False
         self._db_ok = True
-        self.on_users_moved: Callable[[], None] = lambda: None  # set by the node: cluster routing
+        # Set by the node (cluster routing): users moved (True: here), and the arrived users' sessions are active.
+        self.on_users_moved: Callable[[bool], None] = lambda _arrived: None
+        self.on_users_active: Callable[[], None] = lambda: None
         self._handover = Handover(node, clients, self._spawn)
         self._stopping = False
 
@@ -380,7 +382,7 @@ class SrmRunner:
             self._queue.put_nowait(_Item(MoveUsersFailed(a.epoch, str(exc)), machine_gen=gen))
             return
         log.info("srm %s: users of %s now active on %s (epoch %d)", self.node, a.src, a.dst, a.epoch)
-        self.on_users_moved()  # routing must follow the move before anything acts on it
+        self.on_users_moved(a.dst == self.node)  # routing must follow the move before anything acts on it
         self._handover.schedule_retire(a.src, self._setup.presence_grace_s)  # takeover or take-back
         self._queue.put_nowait(_Item(UsersMoved(a.epoch), machine_gen=gen))
 
@@ -421,7 +423,7 @@ class SrmRunner:
     async def _do_activate(self, a: ActivateInactiveSessions) -> None:
         # SPEC §8: the backup connections of the users taken over carry on, activated by
         # the server (presence restored, queued messages handed over, client told).
-        await self._handover.activate(a.owner)
+        await self._handover.activate(a.owner, self.on_users_active)
 
     def _do_check_peer(self, a: CheckPeerLiveness) -> None:
         self._spawn(self._probe(a.peer))
