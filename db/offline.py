@@ -1,41 +1,56 @@
 """Offline message storage (RFC 6121 §8.5.2.2).
 
 Rules of this module:
-- Functions take an `AsyncSession` and return plain values; the caller owns the
-  transaction.
-- Messages keep their arrival order (the autoincrement id); `pop_all` returns and
-  deletes them in one transaction, so a message is handed out once.
-- The per-user cap is enforced by the caller (`count` then `add` in one transaction).
+- Hot-path functions (`db.hotpath`): each takes a Connection and a username and is
+  one statement where it writes, so SQLite's single write lock is held for
+  microseconds (a takeover stores and takes messages in bursts).
+- Messages keep their arrival order (the autoincrement id); `take_by_name` returns and
+  deletes them in one statement, so a message is handed out once, whichever node asks.
+- The per-user cap is part of the storing statement (`store_by_name`).
 """
 
 from __future__ import annotations
 
-from sqlalchemy import delete, func, select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import Integer, Text, bindparam, delete, func, insert, select
+from sqlalchemy.engine import Connection
 
-from db.models import OfflineMessage
+from db.models import Cluster, OfflineMessage, User
+from db.roster import user_id_of
 
-
-async def count(session: AsyncSession, uid: int) -> int:
-    stmt = select(func.count()).select_from(OfflineMessage).where(OfflineMessage.user_id == uid)
-    return int((await session.execute(stmt)).scalar_one())
+_COUNT = select(func.count()).select_from(OfflineMessage).where(OfflineMessage.user_id == bindparam("uid"))
 
 
-async def add(session: AsyncSession, uid: int, stanza: str) -> None:
-    session.add(OfflineMessage(user_id=uid, stanza=stanza))
-    await session.flush()
+def _store_statement():
+    """One message stored for the user named :name of :domain's cluster, unless it has
+    :limit stored already: a single statement, so SQLite's write lock is held for
+    microseconds, not across round trips (offline storage bursts during a takeover)."""
+    cluster = select(Cluster.id).where(Cluster.domain == bindparam("domain")).scalar_subquery()
+    stored = select(func.count()).select_from(OfflineMessage).where(OfflineMessage.user_id == User.id)
+    rows = select(User.id, bindparam("stanza", type_=Text)).where(
+        User.cluster_id == cluster, User.username == bindparam("name"),
+        stored.scalar_subquery() < bindparam("limit", type_=Integer))
+    return insert(OfflineMessage).from_select(["user_id", "stanza"], rows)
 
 
-async def pop_all(session: AsyncSession, uid: int) -> list[str]:
-    """The stored stanzas of `uid`, oldest first; they are deleted."""
-    rows = (
-        await session.execute(
-            select(OfflineMessage.id, OfflineMessage.stanza)
-            .where(OfflineMessage.user_id == uid)
-            .order_by(OfflineMessage.id)
-            .with_for_update()
-        )
-    ).all()
-    if rows:
-        await session.execute(delete(OfflineMessage).where(OfflineMessage.id.in_([r.id for r in rows])))
-    return [r.stanza for r in rows]
+_STORE = _store_statement()
+
+
+def store_by_name(conn: Connection, domain: str, username: str, stanza: str, limit: int) -> bool | None:
+    """Hot path (`db.hotpath`): keep `stanza` for `username`; False if it has `limit`
+    stored already, None if there is no such account."""
+    params = {"domain": domain, "name": username, "stanza": stanza, "limit": limit}
+    if conn.execute(_STORE, params).rowcount:
+        return True
+    return False if user_id_of(conn, domain, username) is not None else None
+
+
+def take_by_name(conn: Connection, domain: str, username: str) -> list[str] | None:
+    """Hot path (`db.hotpath`): the stored stanzas of `username`, oldest first, deleted
+    in one statement (so two nodes never both take one); None if no such account."""
+    uid = user_id_of(conn, domain, username)
+    if uid is None:
+        return None
+    if not conn.execute(_COUNT, {"uid": uid}).scalar_one():
+        return []  # the usual case at login: a read, no write lock
+    taken = delete(OfflineMessage).where(OfflineMessage.user_id == uid).returning(OfflineMessage.id, OfflineMessage.stanza)
+    return [stanza for _id, stanza in sorted(conn.execute(taken).all())]

@@ -25,6 +25,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from db.models import Cluster, Node, PresenceRecord, User
+from db.roster import user_id_of
 
 
 @dataclass(frozen=True)
@@ -147,28 +148,45 @@ async def delete_one(session: AsyncSession, uid: int, resource: str) -> bool:
     return result.rowcount > 0
 
 
+_LIST_FOR = (select(PresenceRecord.resource, PresenceRecord.priority, PresenceRecord.stanza)
+             .where(PresenceRecord.user_id == bindparam("uid")).order_by(PresenceRecord.resource))
+_RECORDS_OF = (
+    select(User.username, PresenceRecord.resource, PresenceRecord.priority, PresenceRecord.stanza)
+    .join(User, User.id == PresenceRecord.user_id)
+    .join(Cluster, Cluster.id == User.cluster_id)
+    .where(Cluster.domain == bindparam("domain"), User.username.in_(bindparam("usernames", expanding=True)))
+)
+
+
 async def list_for(session: AsyncSession, uid: int) -> list[PresenceRow]:
-    stmt = (
-        select(PresenceRecord.resource, PresenceRecord.priority, PresenceRecord.stanza)
-        .where(PresenceRecord.user_id == uid)
-        .order_by(PresenceRecord.resource)
-    )
-    return [PresenceRow(r.resource, r.priority, r.stanza) for r in (await session.execute(stmt)).all()]
+    return [PresenceRow(*r) for r in (await session.execute(_LIST_FOR, {"uid": uid})).all()]
+
+
+def list_of(conn: Connection, domain: str, username: str) -> list[PresenceRow] | None:
+    """Hot path (`db.hotpath`): `list_for` by username (None: no such account)."""
+    uid = user_id_of(conn, domain, username)
+    return None if uid is None else [PresenceRow(*r) for r in conn.execute(_LIST_FOR, {"uid": uid}).all()]
+
+
+def _grouped(rows) -> dict[str, list[PresenceRow]]:
+    found: dict[str, list[PresenceRow]] = {}
+    for name, resource, priority, stanza in rows:
+        found.setdefault(name, []).append(PresenceRow(resource, priority, stanza))
+    return found
 
 
 async def records_of(session: AsyncSession, domain: str, usernames: Collection[str]) -> dict[str, list[PresenceRow]]:
     """`{username: its records}` for many users of `domain` in one query."""
     if not usernames:
         return {}
-    stmt = (
-        select(User.username, PresenceRecord.resource, PresenceRecord.priority, PresenceRecord.stanza)
-        .join(User, User.id == PresenceRecord.user_id)
-        .join(Cluster, Cluster.id == User.cluster_id)
-        .where(Cluster.domain == domain, User.username.in_(list(usernames)))
-    )
-    found: dict[str, list[PresenceRow]] = {}
-    for name, resource, priority, stanza in (await session.execute(stmt)).all():
-        found.setdefault(name, []).append(PresenceRow(resource, priority, stanza))
+    return _grouped((await session.execute(_RECORDS_OF, {"domain": domain, "usernames": list(usernames)})).all())
+
+
+def records_of_users(conn: Connection, domain: str, usernames: Collection[str]) -> dict[str, list[PresenceRow]]:
+    """Hot path (`db.hotpath`): `records_of` (in chunks below SQLite's variable limit)."""
+    names, found = list(usernames), {}
+    for i in range(0, len(names), 500):
+        found.update(_grouped(conn.execute(_RECORDS_OF, {"domain": domain, "usernames": names[i:i + 500]}).all()))
     return found
 
 

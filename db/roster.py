@@ -21,6 +21,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 
 from sqlalchemy import bindparam, delete, select
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from db.models import Cluster, PendingSubscription, RosterItem, User
@@ -71,15 +72,52 @@ async def user_ids(session: AsyncSession, domain: str, usernames: Collection[str
     return {name: uid for name, uid in rows.all()}
 
 
+_SUBSCRIPTIONS = (select(RosterItem.contact_jid, RosterItem.subscription)
+                  .where(RosterItem.user_id == bindparam("uid")).order_by(RosterItem.id))
+_ITEMS = (select(RosterItem.contact_jid, RosterItem.name, RosterItem.subscription, RosterItem.ask_subscribe,
+                 RosterItem.approved, RosterItem.groups)
+          .where(RosterItem.user_id == bindparam("uid")).order_by(RosterItem.id))
+_PENDING = (select(PendingSubscription.stanza)
+            .where(PendingSubscription.user_id == bindparam("uid")).order_by(PendingSubscription.id))
+
+
 async def subscriptions(session: AsyncSession, uid: int) -> list[tuple[str, str]]:
     """(contact, subscription) of every roster item, in roster order."""
-    stmt = select(RosterItem.contact_jid, RosterItem.subscription).where(RosterItem.user_id == uid)
-    return [(c, sub) for c, sub in (await session.execute(stmt.order_by(RosterItem.id))).all()]
+    return [(c, sub) for c, sub in (await session.execute(_SUBSCRIPTIONS, {"uid": uid})).all()]
 
 
 async def list_items(session: AsyncSession, uid: int) -> list[RosterRow]:
     rows = await session.scalars(select(RosterItem).where(RosterItem.user_id == uid).order_by(RosterItem.id))
     return [_row(item) for item in rows]
+
+
+# -- hot-path reads (db.hotpath): by username, None for no such account ----------------
+
+def user_id_of(conn: Connection, domain: str, username: str) -> int | None:
+    return conn.execute(_USER_ID, {"domain": domain, "username": username}).scalar_one_or_none()
+
+
+def _by_name(conn: Connection, domain: str, username: str, stmt) -> list | None:
+    uid = user_id_of(conn, domain, username)
+    return None if uid is None else conn.execute(stmt, {"uid": uid}).all()
+
+
+def subscriptions_of(conn: Connection, domain: str, username: str) -> list[tuple[str, str]] | None:
+    rows = _by_name(conn, domain, username, _SUBSCRIPTIONS)
+    return None if rows is None else [(c, sub) for c, sub in rows]
+
+
+def items_of(conn: Connection, domain: str, username: str) -> list[RosterRow] | None:
+    rows = _by_name(conn, domain, username, _ITEMS)
+    if rows is None:
+        return None
+    return [RosterRow(c, name, sub, bool(ask), bool(approved), tuple(json.loads(groups or "[]")))
+            for c, name, sub, ask, approved, groups in rows]
+
+
+def pending_of(conn: Connection, domain: str, username: str) -> list[str] | None:
+    rows = _by_name(conn, domain, username, _PENDING)
+    return None if rows is None else [stanza for (stanza,) in rows]
 
 
 async def _item(session: AsyncSession, uid: int, contact: str, lock: bool) -> RosterItem | None:
@@ -131,8 +169,7 @@ async def has_pending(session: AsyncSession, uid: int, contact: str) -> bool:
 
 async def list_pending(session: AsyncSession, uid: int) -> list[str]:
     """The stored inbound request stanzas of `uid`, oldest first."""
-    stmt = select(PendingSubscription.stanza).where(PendingSubscription.user_id == uid)
-    return list(await session.scalars(stmt.order_by(PendingSubscription.id)))
+    return list(await session.scalars(_PENDING, {"uid": uid}))
 
 
 async def put_pending(session: AsyncSession, uid: int, contact: str, stanza: str) -> None:

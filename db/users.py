@@ -269,11 +269,18 @@ async def active_nodes(session: AsyncSession, usernames: Iterable[str] | None = 
         return {name: node for name, node in (await session.execute(query)).all()}
 
 
+_ACTIVE_ON = select(User.username).join(Node, Node.id == User.active_node_id).where(Node.name == bindparam("node"))
+
+
 async def usernames_active_on(session: AsyncSession, node_name: str) -> set[str]:
     """The usernames that `node_name` serves right now."""
-    query = select(User.username).join(Node, Node.id == User.active_node_id).where(Node.name == node_name)
     async with translate_errors():
-        return set((await session.execute(query)).scalars().all())
+        return set((await session.execute(_ACTIVE_ON, {"node": node_name})).scalars().all())
+
+
+def usernames_served_by(conn: Connection, node_name: str) -> set[str]:
+    """Hot path (`db.hotpath`): `usernames_active_on`."""
+    return set(conn.execute(_ACTIVE_ON, {"node": node_name}).scalars().all())
 
 
 async def get_credentials(session: AsyncSession, username: str, mechanism: str) -> ScramCredentials | None:

@@ -76,6 +76,11 @@ class SessionRegistry:
         """Every session of the account `bare`, active or inactive."""
         return list(self._by_bare.get(bare, {}).values())
 
+    def only_inactive(self, bare: JID) -> bool:
+        """The account has sessions here, none of them active (backup connections)."""
+        sessions = self._by_bare.get(bare)
+        return bool(sessions) and all(s.kind is SessionKind.INACTIVE for s in sessions.values())
+
     def active(self, bare: JID) -> list[Session]:
         return [s for s in self.resources(bare) if s.kind is SessionKind.ACTIVE]
 

@@ -4,7 +4,10 @@ Rules of this module:
 - Features speak JIDs and stanza Elements; this facade turns them into rows of
   `db.roster`, `db.offline` and `db.presence` and back. Features never see SQLAlchemy.
 - Every public method is one transaction, wrapped in `translate_errors`, so a lost
-  database surfaces as `DatabaseUnavailable`.
+  database surfaces as `DatabaseUnavailable`. What runs per login, per broadcast or per
+  message (roster and presence-record reads, pending requests, offline storage,
+  presence writes) goes through the hot path (`db.hotpath`, by username, one hop);
+  read-modify-write changes (subscriptions, roster edits) stay ORM transactions.
 - A user is an account of the cluster's domain; a method asked about a JID that is not
   one raises `UnknownUser` (features check `user_exists` where the RFC asks them to).
 - Subscription changes are read-modify-write under a row lock in one transaction: the
@@ -115,18 +118,25 @@ class Store:
             raise UnknownUser(str(user.bare))
         return uid
 
+    async def _read(self, fn, user: JID, *args):
+        """A hot-path operation (`db.hotpath`) on an account by username; its None (no
+        such account) is `UnknownUser`."""
+        if user.local is not None and user.domain == self.domain:
+            found = await self._hot.run(fn, self.domain, user.local, *args)
+            if found is not None:
+                return found
+        raise UnknownUser(str(user.bare))
+
     async def user_exists(self, user: JID) -> bool:
         try:
-            async with self._tx() as s:
-                await self._uid(s, user)
+            await self._read(roster.user_id_of, user)
         except UnknownUser:
             return False
         return True
 
     # -- roster (RFC 6121 §2) ------------------------------------------------
     async def roster(self, user: JID) -> list[RosterRow]:
-        async with self._tx() as s:
-            return await roster.list_items(s, await self._uid(s, user))
+        return await self._read(roster.items_of, user)
 
     async def roster_item(self, user: JID, contact: JID) -> RosterRow | None:
         async with self._tx() as s:
@@ -177,8 +187,7 @@ class Store:
             return cached
         ticket, loaded = self._rosters.begin_load(), None
         try:
-            async with self._tx() as s:
-                rows = await roster.subscriptions(s, await self._uid(s, user))
+            rows = await self._read(roster.subscriptions_of, user)
             loaded = {sys.intern(text): (self._shared_jid(text), sys.intern(sub)) for text, sub in rows}
         finally:
             self._rosters.finish_load(ticket, key, loaded)
@@ -229,24 +238,15 @@ class Store:
         return SubscriptionUpdate(old, new, row)
 
     async def pending_requests(self, user: JID) -> list[ET.Element]:
-        async with self._tx() as s:
-            texts = await roster.list_pending(s, await self._uid(s, user))
-        return [ET.fromstring(text) for text in texts]
+        return [ET.fromstring(text) for text in await self._read(roster.pending_of, user)]
 
     # -- offline messages (RFC 6121 §8.5.2.2) --------------------------------
     async def store_offline(self, user: JID, stanza: ET.Element, limit: int) -> bool:
         """Keep `stanza` for `user`; False (nothing stored) when `limit` are stored."""
-        async with self._tx() as s:
-            uid = await self._uid(s, user)
-            if await offline.count(s, uid) >= limit:
-                return False
-            await offline.add(s, uid, serialize(stanza))
-            return True
+        return await self._read(offline.store_by_name, user, serialize(stanza), limit)
 
     async def pop_offline(self, user: JID) -> list[ET.Element]:
-        async with self._tx() as s:
-            texts = await offline.pop_all(s, await self._uid(s, user))
-        return [ET.fromstring(text) for text in texts]
+        return [ET.fromstring(text) for text in await self._read(offline.take_by_name, user)]
 
     # -- presence records (shared by all nodes) ------------------------------
     async def put_presence(self, full: JID, priority: int, stanza: ET.Element) -> None:
@@ -267,14 +267,12 @@ class Store:
         return {key: UnknownUser(f"{key[0]}@{self.domain}") for key in batch if key[0] in unknown}
 
     async def presences(self, user: JID) -> list[StoredPresence]:
-        async with self._tx() as s:
-            rows = await presence.list_for(s, await self._uid(s, user))
+        rows = await self._read(presence.list_of, user)
         return [StoredPresence(r.resource, r.priority, ET.fromstring(r.stanza)) for r in rows]
 
     async def presences_of(self, usernames: set[str]) -> dict[tuple[str, str], StoredPresence]:
         """`{(username, resource): record}` of many users in one read."""
-        async with self._tx() as s:
-            found = await presence.records_of(s, self.domain, usernames)
+        found = await self._hot.run(presence.records_of_users, self.domain, usernames) if usernames else {}
         return {(name, r.resource): StoredPresence(r.resource, r.priority, ET.fromstring(r.stanza))
                 for name, rows in found.items() for r in rows}
 
@@ -313,8 +311,7 @@ class Store:
             return await users.active_nodes(s, usernames)
 
     async def usernames_active_on(self, node: str) -> set[str]:
-        async with self._tx() as s:
-            return await users.usernames_active_on(s, node)
+        return await self._hot.run(users.usernames_served_by, node)
 
     async def backup_profile(self) -> BackupProfile:
         """This node's backup node (its group peer), HA switch and re-login limits."""

@@ -23,7 +23,9 @@ Rules of this module:
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Callable
 import xml.etree.ElementTree as ET
 from typing import TYPE_CHECKING
 
@@ -42,8 +44,10 @@ log = logging.getLogger(__name__)
 
 
 class ClusterRoute:
-    def __init__(self, node: str, locations: LocationCache, mesh: LinkMesh, grace_s: float = 3.0) -> None:
+    def __init__(self, node: str, locations: LocationCache, mesh: LinkMesh, grace_s: float = 3.0,
+                 arrival: Callable[[], asyncio.Future | None] = lambda: None) -> None:
         self.node, self.locations, self.mesh, self.grace_s = node, locations, mesh, grace_s
+        self.arrival = arrival  # users moved here, their sessions not active yet (ClusterService)
         self.routed = 0  # stanzas sent to another node
         self.unreachable = 0  # stanzas handled here because their node was unreachable
 
@@ -54,7 +58,10 @@ class ClusterRoute:
         node = self.locations.cached(to.local)
         if node is Miss:
             node = await self.locations.active_node(to.local)
-        channel = self.mesh.channel(node) if node is not None and node != self.node else None
+        if node == self.node:
+            await self._await_activation(ctx, to)
+            return False
+        channel = self.mesh.channel(node) if node is not None else None
         if channel is None:
             return False
         if not channel.up and self.mesh.unreachable_for(node) > self.grace_s:
@@ -68,6 +75,15 @@ class ClusterRoute:
             await channel.send(Kind.STANZA, payload)
         self.routed += 1
         return True
+
+
+    async def _await_activation(self, ctx: FeatureContext, to: JID) -> None:
+        """Users just moved here: a stanza for one whose sessions here are all inactive
+        (backup connections the SRM is activating) waits for that, rather than going
+        to offline storage a moment before its session turns active."""
+        arrival = self.arrival()
+        if arrival is not None and not arrival.done() and ctx.sessions.only_inactive(to.bare):
+            await asyncio.shield(arrival)
 
 
 async def deliver_routed(ctx: FeatureContext, stanza: ET.Element) -> None:

@@ -65,7 +65,8 @@ class ClusterService:
         self.replicas: SmReplication | None = None
         self._task: asyncio.Task[None] | None = None
         self._lost: set[str] = set()  # peers whose relayed sessions were ended this outage
-        self._arrival: asyncio.TimerHandle | None = None  # users arrived here, not yet active
+        self._arrival: asyncio.TimerHandle | None = None  # users arrived here, not yet active...
+        self._arrived: asyncio.Future[None] | None = None  # ...and what stanzas for them wait on
 
     async def _load_location(self, username: str) -> str | None:
         return await self._hot.run(users.active_node_of, username)
@@ -84,7 +85,8 @@ class ClusterService:
                      for n in await nodes.list_nodes(session) if n.name != node.name]
         self.mesh = LinkMesh(node.name, secret, (listen_host, node.ports.link_port), peers,
                              on_frame=self._on_frame, on_restarted=self._on_restarted, now=time.monotonic)
-        self.route = ClusterRoute(node.name, self.locations, self.mesh, self.timers.grace_s)
+        self.route = ClusterRoute(node.name, self.locations, self.mesh, self.timers.grace_s,
+                                  arrival=lambda: self._arrived)
         self.dialer = RelayDialer(self.mesh, self.timers.grace_s)
         self.host = RelayHost(self.ctx, self.port, self.mesh, self.locations)
         self.replicas = self._replication(node.name)
@@ -200,7 +202,10 @@ class ClusterService:
         if self._arrival is not None:
             self._arrival.cancel()
         if arrived:
-            self._arrival = asyncio.get_running_loop().call_later(ACTIVATION_WAIT_S, self.users_active)
+            loop = asyncio.get_running_loop()
+            self._arrival = loop.call_later(ACTIVATION_WAIT_S, self.users_active)
+            if self._arrived is None or self._arrived.done():
+                self._arrived = loop.create_future()
             return
         self._arrival = None
         self._reroute_unreachable()
@@ -214,6 +219,8 @@ class ClusterService:
             return
         self._arrival.cancel()
         self._arrival = None
+        if self._arrived is not None and not self._arrived.done():
+            self._arrived.set_result(None)
         self._reroute_unreachable()
         self._broadcast_moved()
 

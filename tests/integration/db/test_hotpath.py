@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from db import presence, schema, users
+from db import offline, presence, roster, schema, users
 from db.engine import DatabaseUnavailable, make_engine, make_session_factory
 from db.hotpath import HotPath
 from db.roster import user_id
@@ -109,3 +109,28 @@ async def test_postgres_unreachable_is_database_unavailable():
             await path.run(users.active_node_of, "u0")
     finally:
         await path.dispose()
+
+
+async def test_offline_store_respects_the_cap_and_take_hands_out_once(hot):
+    store = lambda i: hot.run(offline.store_by_name, DOMAIN, "u1", f"<message><body>{i}</body></message>", 2)  # noqa: E731
+    assert await store(0) is True and await store(1) is True
+    assert await store(2) is False  # the cap: nothing stored
+    assert await hot.run(offline.store_by_name, DOMAIN, "ghost", "<message/>", 2) is None
+    first, second = await asyncio.gather(*(hot.run(offline.take_by_name, DOMAIN, "u1") for _ in range(2)))
+    taken = first + second
+    assert taken == ["<message><body>0</body></message>", "<message><body>1</body></message>"]  # once, in order
+    assert await hot.run(offline.take_by_name, DOMAIN, "u1") == []
+    assert await hot.run(offline.take_by_name, DOMAIN, "ghost") is None
+
+
+async def test_reads_by_username_name_unknown_accounts_none(hot):
+    assert await hot.run(roster.items_of, DOMAIN, "u0") == []
+    assert await hot.run(roster.subscriptions_of, DOMAIN, "u0") == []
+    assert await hot.run(roster.pending_of, DOMAIN, "u0") == []
+    assert await hot.run(presence.list_of, DOMAIN, "u0") == []
+    for fn in (roster.items_of, roster.subscriptions_of, roster.pending_of, presence.list_of):
+        assert await hot.run(fn, DOMAIN, "ghost") is None
+    await hot.run(presence.write_batch, DOMAIN, "a1", {("u2", "r"): (3, "<presence/>")})
+    assert await hot.run(presence.records_of_users, DOMAIN, ["u2", "u3", "ghost"]) == {
+        "u2": [presence.PresenceRow("r", 3, "<presence/>")]}
+    assert "u2" in await hot.run(users.usernames_served_by, await hot.run(users.active_node_of, "u2"))
