@@ -233,6 +233,9 @@ class UserAgent:
 
     # -- loss and recovery ---------------------------------------------------------
     def _on_closed(self, link: Link, reason: str) -> None:
+        if not self.stopped:  # why connections end shows in the report (login_errors)
+            kind = "backup" if link is self.backup else "active" if link is self.active else "other"
+            self.rec.errors[f"{kind} closed: {reason}"[:60]] += 1
         if link is self.backup:
             self.backup = None
             if self.active is not None and not self.stopped and self.backup_node is not None:

@@ -44,7 +44,8 @@ def _status(agents: list[UserAgent], fault: tuple[float, str] | None, rec: Recor
     by_node: Counter = Counter(a.active.node for a in agents if a.active is not None)
     status = {"users": len(agents), "logged_in": sum(by_node.values()), "ready": sum(a.ready for a in agents),
               "inactive": sum(a.backup is not None for a in agents), "active_by_node": dict(by_node),
-              "retries": rec.counts["login_retries"], "sent": sum(1 for e in rec.events[-5000:] if e[0] == "S")}
+              "retries": rec.counts["login_retries"], "sent": sum(1 for e in rec.events[-5000:] if e[0] == "S"),
+              "errors": dict(rec.errors.most_common(8))}
     if fault is not None:
         affected = [a for a in agents if a.fault_node == fault[1]]
         status["affected"] = len(affected)
@@ -177,6 +178,13 @@ class Drivers:
 
     def total(self, key: str, source: str = "status") -> int:
         return sum(s.get(key, 0) for s in getattr(self, source).values())
+
+    def errors(self) -> Counter:
+        """The clients' most frequent errors so far (login, backup, connections closed)."""
+        out: Counter = Counter()
+        for s in self.status.values():
+            out.update(s.get("errors", {}))
+        return out
 
     def by_node(self) -> Counter:
         out: Counter = Counter()

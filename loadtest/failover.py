@@ -148,7 +148,8 @@ def _check_healthy(drivers: Drivers, target: Target, users: int) -> None:
     if sick or ready < users:
         raise click.ClickException(
             f"not injecting the fault: the cluster is not healthy before it (SRM states {sick or 'Normal'}, "
-            f"{ready}/{users} users ready); lower --users or --login-rate, see the node logs")
+            f"{ready}/{users} users ready); lower --users or --login-rate, see the node logs; "
+            f"client errors: {dict(drivers.errors().most_common(5)) or 'none'}")
 
 
 def run_mode(opts: dict, mode: str) -> dict:

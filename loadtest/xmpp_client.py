@@ -352,6 +352,9 @@ class XmppClient:
             log.debug("%s: reader stopped: %s", self.jid, exc)
             reason = str(exc)
             self.close_error = exc
+        except asyncio.CancelledError:
+            reason = "aborted by the client"
+            raise
         finally:
             for fut in self._iq_waiters.values():
                 if not fut.done():

@@ -10,16 +10,18 @@ Rules of this module:
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from server.sessions import SessionKind, SessionRegistry
+from server.sessions import SessionRegistry, SessionTally
 
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
 
 disable_created_metrics()  # the *_created series only add noise to a scrape
+TALLY_TTL_S = 0.05  # the gauges of one scrape share one count of the sessions
 
 
 class Metrics:
@@ -60,18 +62,20 @@ class Metrics:
         )
 
     def watch_sessions(self, sessions: SessionRegistry, detached: Callable[[], int]) -> None:
-        """Compute the session gauges from `sessions` whenever they are scraped."""
+        """Compute the session gauges from `sessions` whenever they are scraped: one pass
+        over the accounts per scrape (`TALLY_TTL_S`), shared by the four gauges."""
+        cached: list = [float("-inf"), None]
 
-        def users(kind: SessionKind, only: bool) -> int:
-            names = {s.bare for s in sessions if s.kind is kind}
-            if only:
-                names -= {s.bare for s in sessions if s.kind is not kind}
-            return len(names)
+        def tally() -> SessionTally:
+            now = time.monotonic()
+            if now - cached[0] > TALLY_TTL_S:
+                cached[:] = [now, sessions.tally()]
+            return cached[1]
 
-        self.jsm_sessions_client.set_function(lambda: sessions.count(SessionKind.ACTIVE))
-        self.jsm_sessions_client_inactive.set_function(lambda: sessions.count(SessionKind.INACTIVE))
-        self.active_jsm_sessions.set_function(lambda: users(SessionKind.ACTIVE, False))
-        self.inactive_jsm_sessions.set_function(lambda: users(SessionKind.INACTIVE, True))
+        self.jsm_sessions_client.set_function(lambda: tally().active_sessions)
+        self.jsm_sessions_client_inactive.set_function(lambda: tally().inactive_sessions)
+        self.active_jsm_sessions.set_function(lambda: tally().active_users)
+        self.inactive_jsm_sessions.set_function(lambda: tally().inactive_only_users)
         self.jsm_sessions_composed.set_function(detached)
 
     def render(self) -> bytes:

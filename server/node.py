@@ -16,6 +16,7 @@ Rules of this module:
 from __future__ import annotations
 
 import asyncio
+import collections
 import gc
 import importlib
 import logging
@@ -229,12 +230,28 @@ class Node:
         await self.srm_engine.dispose()
 
 
+def log_waiting_tasks(limit: int = 15) -> None:
+    """SIGUSR1: log where the node's tasks wait, most common places first (a stuck
+    node shows what it waits on: `kill -USR1 PID`, then read the node's log)."""
+    places: collections.Counter[str] = collections.Counter()
+    for task in asyncio.all_tasks():
+        chain, awaited = [], task.get_coro()
+        while awaited is not None and hasattr(awaited, "cr_frame"):  # down the await chain
+            if awaited.cr_frame is not None:
+                chain.append(f"{awaited.cr_frame.f_code.co_name}:{awaited.cr_frame.f_lineno}")
+            awaited = awaited.cr_await
+        places[" <- ".join(reversed(chain[-4:])) or repr(task)[:120]] += 1
+    log.warning("%d tasks; where they wait:\n%s", sum(places.values()),
+                "\n".join(f"{n:6d} {place}" for place, n in places.most_common(limit)))
+
+
 async def run_node(config: NodeConfig) -> None:
     """Start a node, serve until SIGTERM/SIGINT, shut down gracefully."""
     node = Node(config)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, node.request_stop)
+    loop.add_signal_handler(signal.SIGUSR1, log_waiting_tasks)
     try:
         await node.start()
     except NodeStartError:

@@ -17,6 +17,7 @@ import enum
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from server.xmpp.jid import JID
 
@@ -96,3 +97,23 @@ class SessionRegistry:
 
     def count(self, kind: SessionKind) -> int:
         return sum(1 for s in self._by_full.values() if s.kind is kind)
+
+    def tally(self) -> SessionTally:
+        """The SPEC §8 session counters in one pass over the accounts."""
+        active_sessions = inactive_sessions = active_users = inactive_only_users = 0
+        for resources in self._by_bare.values():
+            active = sum(1 for s in resources.values() if s.kind is SessionKind.ACTIVE)
+            active_sessions += active
+            inactive_sessions += len(resources) - active
+            if active:
+                active_users += 1
+            else:
+                inactive_only_users += 1
+        return SessionTally(active_sessions, inactive_sessions, active_users, inactive_only_users)
+
+
+class SessionTally(NamedTuple):
+    active_sessions: int  # JsmSessionsClient
+    inactive_sessions: int  # JsmSessionsClientInactive
+    active_users: int  # ActiveJsmSessions: accounts with an active session
+    inactive_only_users: int  # InactiveJsmSessions: accounts with inactive sessions only

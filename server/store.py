@@ -23,6 +23,8 @@ Rules of this module:
 
 from __future__ import annotations
 
+import asyncio
+
 import contextlib
 import dataclasses
 import sys
@@ -101,6 +103,7 @@ class Store:
         self.domain = domain
         self.node_name = node_name  # recorded on presence rows this node writes
         self._rosters = RosterCache(roster_cache_ttl_s)
+        self._roster_loads: dict[str, asyncio.Future[Roster]] = {}  # reads in flight, shared
         self._jids: dict[str, JID] = {}  # contact text -> JID, shared by cached rosters (bounded by the accounts)
         self._presence_writes = GroupCommit(self._write_presences)
 
@@ -149,7 +152,7 @@ class Store:
             old = await roster.get_item(s, uid, str(contact.bare), lock=True) or RosterRow(str(contact.bare))
             row = dataclasses.replace(old, name=name, groups=tuple(groups))
             await roster.put_item(s, uid, row)
-        self._rosters.invalidate(str(user.bare))
+        self._forget_roster(user)
         return row
 
     async def remove_roster_item(self, user: JID, contact: JID) -> SubscriptionState | None:
@@ -164,7 +167,7 @@ class Store:
                 return None
             pending_in = await roster.delete_pending(s, uid, str(contact.bare))
             await roster.delete_item(s, uid, str(contact.bare))
-        self._rosters.invalidate(str(user.bare))
+        self._forget_roster(user)
         return SubscriptionState(row.subscription, row.ask, pending_in, row.approved)
 
     async def contacts(self, user: JID, subscriptions: Iterable[str]) -> list[JID]:
@@ -181,17 +184,37 @@ class Store:
         return entry[1] if entry is not None else "none"
 
     async def _cached_roster(self, user: JID) -> Roster:
+        """The user's roster from the cache, or one read shared by every caller that
+        misses it meanwhile (a login's probes ask twenty nodes' worth of contacts at once)."""
         key = str(user.bare)
         cached = self._rosters.get(key)
         if cached is not None:
             return cached
+        pending = self._roster_loads.get(key)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        pending = self._roster_loads[key] = asyncio.get_running_loop().create_future()
         ticket, loaded = self._rosters.begin_load(), None
         try:
             rows = await self._read(roster.subscriptions_of, user)
             loaded = {sys.intern(text): (self._shared_jid(text), sys.intern(sub)) for text, sub in rows}
+        except BaseException as exc:
+            pending.set_exception(exc)
+            pending.exception()  # retrieved: nobody else may be waiting
+            raise
         finally:
+            if self._roster_loads.get(key) is pending:
+                del self._roster_loads[key]
             self._rosters.finish_load(ticket, key, loaded)
+        pending.set_result(loaded)
         return loaded
+
+    def _forget_roster(self, user: JID) -> None:
+        """The user's roster changed: drop the cached copy, and let the next reader start
+        a fresh read rather than share one begun before the change."""
+        key = str(user.bare)
+        self._rosters.invalidate(key)
+        self._roster_loads.pop(key, None)
 
     def _shared_jid(self, text: str) -> JID:
         """One JID object per contact for all cached rosters: a roster entry then costs
@@ -234,7 +257,7 @@ class Store:
                 row = dataclasses.replace(base, subscription=new.subscription, ask=new.pending_out, approved=new.approved)
                 await roster.put_item(s, uid, row)
         if new != old:
-            self._rosters.invalidate(str(user.bare))
+            self._forget_roster(user)
         return SubscriptionUpdate(old, new, row)
 
     async def pending_requests(self, user: JID) -> list[ET.Element]:

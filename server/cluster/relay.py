@@ -168,8 +168,7 @@ class RelayHost:
         log.info("%s bound here through node %s (sid %s)", jid, peer, sid)
 
     async def _refusal(self, jid: JID) -> str | None:
-        self.locations.forget(jid.local or "")
-        node = await self.locations.active_node(jid.local or "")
+        node = await self.locations.read_fresh(jid.local or "")
         if node != self.ctx.node_name:
             return f"{jid.bare} is served by {node}, not {self.ctx.node_name}"
         admission = getattr(self.port, "admission", None)

@@ -19,6 +19,14 @@ Rules of this module:
   comes (`routed_frame_key`, `deliver_routed_frame`): parsed stanzas waiting in a queue
   outlive the young GC generations, and the full collections they then cause cost
   a receiving node as much as all the parsing.
+- Back-pressure (a full link window) makes only a client's own stanzas wait (`sender`
+  set: its connection stops reading). What the server makes by itself (`sender`
+  None: probe answers, presence and errors caused by a routed stanza, takeover
+  re-routing) is queued without waiting: a peer acknowledges a routed stanza once
+  it is delivered, so two nodes whose deliveries each waited for the other's window
+  would stop for ever (seen at 3,000 users logging in: every probe answered across
+  the link). That queue is bounded (`PeerChannel.max_backlog`); beyond it a stanza
+  is handled as for an unreachable peer, and logged.
 """
 
 from __future__ import annotations
@@ -50,6 +58,7 @@ class ClusterRoute:
         self.arrival = arrival  # users moved here, their sessions not active yet (ClusterService)
         self.routed = 0  # stanzas sent to another node
         self.unreachable = 0  # stanzas handled here because their node was unreachable
+        self.overflowed = 0  # server-made stanzas handled here because the link's backlog was full
 
     async def route(self, ctx: FeatureContext, stanza: ET.Element, to: JID, sender: Session | None) -> bool:
         """True if `stanza` went to the node serving `to`; False: deliver it here."""
@@ -71,8 +80,16 @@ class ClusterRoute:
                 raise StanzaError(Condition.RECIPIENT_UNAVAILABLE, f"the node serving {to.bare} is unreachable")
             return False
         payload = wire.encode_routed(stanza)
-        if not channel.try_send(Kind.STANZA, payload):
-            await channel.send(Kind.STANZA, payload)
+        if channel.try_send(Kind.STANZA, payload):
+            pass
+        elif sender is not None:
+            await channel.send(Kind.STANZA, payload)  # the client's connection waits
+        elif not channel.post(Kind.STANZA, payload):
+            self.overflowed += 1
+            log.warning("link to %s is full: %s for %s handled here", node, stanza.tag, to)
+            if stanza.tag == "iq" and stanza.get("type") in ("get", "set"):
+                raise StanzaError(Condition.RESOURCE_CONSTRAINT, f"the link to {to.bare}'s node is full")
+            return False
         self.routed += 1
         return True
 

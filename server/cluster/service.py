@@ -51,6 +51,11 @@ class ClusterTimers:
     location_ttl_s: float = 10.0
 
 
+def _log_reload_failure(future: asyncio.Future[None]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.warning("cannot reload user locations: %r", future.exception())
+
+
 class ClusterService:
     def __init__(self, ctx: FeatureContext, port: Any, session_factory: Any, hot: HotPath,
                  timers: ClusterTimers = ClusterTimers()) -> None:
@@ -225,12 +230,11 @@ class ClusterService:
         self._broadcast_moved()
 
     def _reload_locations(self) -> None:
-        async def reload() -> None:
-            try:
-                await self.locations.reload()
-            except DatabaseUnavailable as exc:
-                log.warning("cannot reload user locations: %s", exc)
-        self.inbox.submit(("reload-locations",), reload)
+        """One bulk read of every user's node, begun now: lookups that miss meanwhile
+        wait for it (`LocationCache.reload_soon`)."""
+        future = self.locations.reload_soon()
+        if future is not None:
+            future.add_done_callback(_log_reload_failure)
 
     def _reroute_unreachable(self) -> None:
         """Stanzas sent to a peer whose link is down and never acknowledged by it are

@@ -144,13 +144,14 @@ async def test_location_cache_reloads_every_user_in_one_read_after_a_move():
 
     cache = LocationCache(load, fingerprint, lambda: 0.0, ttl_s=10, load_all=load_all)
     assert await cache.active_node("bob") == "n1" and cache.reads == 1
-    await cache.refresh()
+    await cache.refresh()  # the first also renews every entry (one bulk read)
+    assert cache.reads == 2 and len(cache) == 3
     db.update(bob="n2", carol="n2")  # the backup took n1's users
     epoch[0] += 1
     assert await cache.refresh() is True
-    assert cache.reads == 2 and len(cache) == 3  # one bulk read
+    assert cache.reads == 3 and len(cache) == 3  # one bulk read
     assert [await cache.active_node(u) for u in ("bob", "carol", "dave")] == ["n2", "n2", None]
-    assert cache.reads == 2
+    assert cache.reads == 3
 
 
 async def test_inbox_keeps_order_per_key_and_survives_failures():
@@ -221,3 +222,101 @@ async def test_closing_the_inbox_cancels_a_suspended_item_inside_its_coroutine()
     await asyncio.sleep(0)
     await inbox.close()
     assert cleaned == [True] and done.cancelled()
+
+
+async def test_location_lookups_that_miss_together_share_one_read():
+    gate = asyncio.Event()
+    calls = []
+
+    async def load(user):
+        calls.append(user)
+        await gate.wait()
+        return "n2"
+
+    async def fingerprint():
+        return 0
+
+    cache = LocationCache(load, fingerprint, lambda: 0.0, ttl_s=10)
+    lookups = [asyncio.ensure_future(cache.active_node("bob")) for _ in range(5)]
+    await asyncio.sleep(0)
+    gate.set()
+    assert await asyncio.gather(*lookups) == ["n2"] * 5
+    assert calls == ["bob"] and cache.reads == 1
+
+
+async def test_lookups_during_a_bulk_reload_wait_for_it():
+    db = {"bob": "n1", "carol": "n1"}
+    gate = asyncio.Event()
+    single = []
+
+    async def load(user):
+        single.append(user)
+        return db.get(user)
+
+    async def load_all():
+        await gate.wait()
+        return dict(db)
+
+    async def fingerprint():
+        return 0
+
+    cache = LocationCache(load, fingerprint, lambda: 0.0, ttl_s=10, load_all=load_all)
+    cache.forget_all()
+    cache.reload_soon()
+    lookups = [asyncio.ensure_future(cache.active_node(u)) for u in ("bob", "carol", "bob")]
+    await asyncio.sleep(0)
+    gate.set()
+    assert await asyncio.gather(*lookups) == ["n1", "n1", "n1"]
+    assert single == [] and cache.reads == 1
+
+
+async def test_a_bulk_read_begun_before_a_move_is_not_kept():
+    db = {"bob": "n1"}
+    gate = asyncio.Event()
+
+    async def load(user):
+        return db.get(user)
+
+    async def load_all():
+        snapshot = dict(db)  # read before the move commits...
+        await gate.wait()
+        return snapshot
+
+    async def fingerprint():
+        return 0
+
+    cache = LocationCache(load, fingerprint, lambda: 0.0, ttl_s=10, load_all=load_all)
+    stale = cache.reload_soon()
+    await asyncio.sleep(0)
+    db["bob"] = "n2"  # ...the takeover commits and a peer says so
+    cache.forget_all()
+    fresh = cache.reload_soon()
+    assert fresh is not stale
+    gate.set()
+    await asyncio.gather(stale, fresh)
+    assert await cache.active_node("bob") == "n2"
+
+
+async def test_refresh_renews_every_entry_in_one_read_before_they_expire():
+    db = {"bob": "n1", "carol": "n2"}
+    clock = [0.0]
+    single = []
+
+    async def load(user):
+        single.append(user)
+        return db.get(user)
+
+    async def load_all():
+        return dict(db)
+
+    async def fingerprint():
+        return 0
+
+    cache = LocationCache(load, fingerprint, lambda: clock[0], ttl_s=10, load_all=load_all)
+    await cache.refresh()  # first call: one bulk read
+    assert cache.reads == 1
+    for t in (3.0, 6.0, 9.0, 12.0, 15.0):
+        clock[0] = t
+        await cache.refresh()
+        assert cache.cached("bob") == "n1" and cache.cached("carol") == "n2"
+    assert single == [] and cache.reads == 3  # at 0, 6 and 12: once per ttl/2
