@@ -144,7 +144,11 @@ class Endpoint:
         return bool(data)
 
     def _write(self, conn: Conn, data: bytes) -> None:
-        if not data:
+        """Frames go out at the end of the turn in one write. On a connection already
+        closing (the peer hung up, its down report not processed yet) the bytes are
+        dropped as a network would drop them: the frames stay unacknowledged, so they
+        are sent again on the next connection or taken back (`_withdraw`)."""
+        if not data or conn.writer.transport.is_closing():
             return
         if conn.pending is not None:  # already wrote this turn: join the turn's last write
             conn.pending.append(data)
@@ -156,7 +160,7 @@ class Endpoint:
     @staticmethod
     def _flush(conn: Conn) -> None:
         pending, conn.pending = conn.pending, None
-        if pending:
+        if pending and not conn.writer.transport.is_closing():
             conn.writer.write(b"".join(pending))
 
     def _hold(self, peer: str, seq: int, work: asyncio.Future) -> None:

@@ -303,3 +303,34 @@ async def test_tls_with_an_untrusted_certificate_is_rejected(endpoints, tmp_path
     await wait_until(lambda: crec.downs_of(LinkRejected), "the TLS failure")
     assert "TLS" in crec.downs_of(LinkRejected)[0].reason
     assert srec.ups == []
+
+
+def test_a_frame_sent_after_the_peer_hung_up_waits_for_the_next_connection():
+    """uvloop refuses writes on a closed transport (asyncio ignores them): a frame sent
+    in the gap between the connection closing and its down report must not raise into
+    the sender (a stanza handler); it stays unacknowledged and goes out again on the
+    next connection."""
+    import uvloop
+
+    async def scenario() -> None:
+        made: list = []
+        try:
+            server, srec = await start_server(made)
+            client, crec = start_client(made, server.port)
+            await wait_until(lambda: client.is_up, "the link")
+            assert client.try_send(Kind.STANZA, b"before")
+            await wait_until(lambda: srec.payloads() == [b"before"], "the first frame")
+            ups = len(crec.ups)
+            conn = client._current["b"]
+            conn.writer.transport.abort()
+            await asyncio.sleep(0)  # the handle is closed now
+            assert client._current.get("b") is conn  # and its down report not processed yet
+            assert client.try_send(Kind.STANZA, b"in the gap")  # queued for retransmission
+            await client.send(Kind.STANZA, b"after")
+            await wait_until(lambda: len(crec.ups) > ups, "the link to come back")
+            await wait_until(lambda: srec.payloads() == [b"before", b"in the gap", b"after"], "the frames")
+        finally:
+            for endpoint in reversed(made):
+                await endpoint.close()
+
+    uvloop.run(scenario())
