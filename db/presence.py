@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from collections.abc import Collection, Mapping
 
-from sqlalchemy import Integer, String, Text, bindparam, delete, func, select
+from sqlalchemy import Integer, String, Text, bindparam, delete, func, select, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -190,25 +190,32 @@ def records_of_users(conn: Connection, domain: str, usernames: Collection[str]) 
     return found
 
 
-async def orphans(session: AsyncSession, writer: str, server: str) -> list[tuple[str, str]]:
-    """`(username, resource)` of the records `writer` wrote for users `server` serves now."""
+RETIRE_CHUNK = 500  # records per DELETE statement (bound parameters stay far below any limit)
+
+
+async def retire_written_by(session: AsyncSession, writer: str, server: str,
+                            keep: Collection[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Delete the records `writer` wrote for users `server` serves now, except the
+    `(username, resource)` pairs in `keep`; returns the pairs deleted. A record
+    rewritten meanwhile by another node is not `writer`'s any more and stays."""
     writer_id, server_id = await _node_id(session, writer), await _node_id(session, server)
     if writer_id is None or server_id is None:
         return []
-    stmt = (
-        select(User.username, PresenceRecord.resource)
+    found = (await session.execute(
+        select(PresenceRecord.user_id, User.username, PresenceRecord.resource)
         .join(User, User.id == PresenceRecord.user_id)
-        .where(PresenceRecord.node_id == writer_id, User.active_node_id == server_id)
-    )
-    return [(name, resource) for name, resource in (await session.execute(stmt)).all()]
-
-
-async def delete_if_written_by(session: AsyncSession, uid: int, resource: str, writer: str) -> bool:
-    """Delete the record of (uid, resource) if `writer` wrote it; True if it did."""
-    writer_id = await _node_id(session, writer)
-    result = await session.execute(delete(PresenceRecord).where(
-        PresenceRecord.user_id == uid, PresenceRecord.resource == resource, PresenceRecord.node_id == writer_id))
-    return result.rowcount > 0
+        .where(PresenceRecord.node_id == writer_id, User.active_node_id == server_id))).all()
+    doomed = [(uid, name, resource) for uid, name, resource in found if (name, resource) not in keep]
+    retired: list[tuple[str, str]] = []
+    for i in range(0, len(doomed), RETIRE_CHUNK):
+        chunk = doomed[i:i + RETIRE_CHUNK]
+        gone = set((await session.execute(
+            delete(PresenceRecord)
+            .where(PresenceRecord.node_id == writer_id,
+                   tuple_(PresenceRecord.user_id, PresenceRecord.resource).in_([(uid, r) for uid, _, r in chunk]))
+            .returning(PresenceRecord.user_id, PresenceRecord.resource))).all())
+        retired += [(name, resource) for uid, name, resource in chunk if (uid, resource) in gone]
+    return retired
 
 
 async def delete_for_node(session: AsyncSession, node_name: str) -> int:

@@ -299,18 +299,13 @@ class Store:
         return {(name, r.resource): StoredPresence(r.resource, r.priority, ET.fromstring(r.stanza))
                 for name, rows in found.items() for r in rows}
 
-    async def orphan_presences(self, writer: str) -> list[JID]:
-        """Full JIDs whose shared presence `writer` (a node taken over) wrote, of users
-        this node serves now."""
+    async def retire_orphans(self, writer: str, keep: set[tuple[str, str]]) -> list[JID]:
+        """Delete, in one transaction, every record `writer` (a node taken over) wrote
+        for users this node serves now, except the `(username, resource)` pairs in
+        `keep`; returns the full JIDs whose records went."""
         async with self._tx() as s:
-            found = await presence.orphans(s, writer, self.node_name)
-        return [JID(name, self.domain, resource or None) for name, resource in found]
-
-    async def retire_presence(self, full: JID, writer: str) -> bool:
-        """Delete `full`'s record if `writer` still owns it (not re-announced here)."""
-        async with self._tx() as s:
-            uid = await self._uid(s, full.bare)
-            return await presence.delete_if_written_by(s, uid, full.resource or "", writer)
+            gone = await presence.retire_written_by(s, writer, self.node_name, keep)
+        return [JID(name, self.domain, resource or None) for name, resource in gone]
 
     async def clear_node_presences(self) -> int:
         """Forget the records this node wrote (call at start-up: its sessions are gone)."""

@@ -31,6 +31,7 @@ Rules of this module:
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
+import asyncio
 
 from server.router import Direction, Router, SessionAvailable, SessionClosed, StanzaKind
 from server.sessions import Session, SessionKind
@@ -39,6 +40,7 @@ from server.xmpp.jid import JID
 
 SEE_ME = ("from", "both")  # contacts subscribed to the user's presence
 I_SEE = ("to", "both")  # contacts whose presence the user subscribed to
+RETIRE_YIELD_EVERY = 50  # orphaned resources announced unavailable between two yields to the loop
 
 
 def _copy(stanza: ET.Element, to: JID | str, sender: JID | str | None = None) -> ET.Element:
@@ -188,21 +190,25 @@ async def retire_orphans(ctx, writer: str) -> int:
     """After a takeover of `writer`'s users and a grace period (SPEC §8): every
     resource whose shared presence `writer` wrote and that did not come back here
     (activated, resumed, or logged in again with that resource) is announced
-    unavailable to its contacts, once: the record is deleted first, and only if
-    `writer` still owns it. Returns how many were retired."""
+    unavailable to its contacts, once: the records go first, in one transaction, and
+    only those `writer` still owns. Thousands of users may not be back (a re-login
+    storm): the announcements yield to live traffic every `RETIRE_YIELD_EVERY`
+    resources. Returns how many were retired."""
+    back = {(s.jid.local, s.jid.resource or "") for s in ctx.sessions
+            if s.kind is SessionKind.ACTIVE and s.available}
     retired = 0
-    for full in await ctx.store.orphan_presences(writer):
-        back = ctx.sessions.get(full)
-        if back is not None and back.kind is SessionKind.ACTIVE and back.available:
-            continue  # back already; its announcement rewrites the record
-        if not await ctx.store.retire_presence(full, writer):
-            continue
+    for full in await ctx.store.retire_orphans(writer, back):
+        now = ctx.sessions.get(full)
+        if now is not None and now.kind is SessionKind.ACTIVE and now.available:
+            continue  # back meanwhile: its own announcement writes its record again
         retired += 1
         gone = ET.Element("presence", {"type": "unavailable", "from": str(full)})
         for contact in await ctx.store.contacts(full.bare, SEE_ME):
             await ctx.deliver(_copy(gone, contact))
         for sibling in ctx.sessions.available(full.bare):
             sibling.send(_copy(gone, sibling.jid))
+        if retired % RETIRE_YIELD_EVERY == 0:
+            await asyncio.sleep(0)
     return retired
 
 

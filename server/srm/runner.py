@@ -62,6 +62,7 @@ log = logging.getLogger(__name__)
 
 CLOSE_TIMEOUT_S = 5.0  # how long closing client streams may take
 GOODBYE_TIMEOUT_S = 2.0  # how long a shutting-down node waits for the peer's ack
+DB_SLOW_CHECKS = 2  # database checks in a row over their time limit that make a Database Failure
 
 
 @dataclass(frozen=True)
@@ -469,15 +470,27 @@ class SrmRunner:
     # --- database liveness -------------------------------------------------------------
 
     async def _liveness(self) -> None:
+        """Renew this node's `alive_at` every interval. A database that refuses or
+        fails is a Database Failure at once; one that does not answer in time is one
+        only at the second slow check in a row: a node busy with a login storm (its
+        loop late, its SQLite writer queue long) has a slow database, not a lost one."""
+        slow = 0
         while True:
             assert self._setup is not None
             t = self._setup.timers
+            limit = max(5.0, t.heartbeat_timeout_s)
             try:
-                async with asyncio.timeout(max(5.0, t.heartbeat_timeout_s)):
+                async with asyncio.timeout(limit):
                     await self._renew_and_sample()
+                slow = 0
                 self._db_health(True)
-            except (DatabaseUnavailable, TimeoutError) as exc:
-                log.warning("srm %s: database unreachable: %s", self.node, exc or "timed out")
+            except TimeoutError:
+                slow += 1
+                log.warning("srm %s: database check took over %.0fs (%d in a row)", self.node, limit, slow)
+                if slow >= DB_SLOW_CHECKS:
+                    self._db_health(False)
+            except DatabaseUnavailable as exc:
+                log.warning("srm %s: database unreachable: %s", self.node, exc)
                 self._db_health(False)
             await asyncio.sleep(t.heartbeat_interval_s)
 

@@ -78,12 +78,32 @@ async def test_write_batch_upserts_deletes_and_names_unknown_users(hot):
     })
     assert unknown == {"ghost"}
     assert await _records(hot, "u0") == {("phone", 1, "<presence><show>dnd</show></presence>")}
-    async with hot.factory() as session:
-        assert await presence.orphans(session, "a2", await _active(hot, "u0")) == [("u0", "phone")]
 
 
 async def _active(hot, name):
     return await hot.run(users.active_node_of, name)
+
+
+async def test_retiring_a_taken_over_nodes_records_keeps_the_ones_back_and_the_rewritten(hot):
+    """`retire_written_by` (after a takeover's grace period): the records the old node
+    wrote for users the new node serves go in one transaction, except those of
+    resources back already (`keep`); one rewritten by another node is not the old
+    node's any more, and one of a user served elsewhere is not this node's to retire."""
+    server = await _active(hot, "u0")
+    assert await _active(hot, "u1") != server
+    await hot.run(presence.write_batch, DOMAIN, "a2", {
+        ("u0", "phone"): (0, "<presence/>"), ("u0", "laptop"): (0, "<presence/>"),
+        ("u0", ""): (0, "<presence/>"), ("u0", "back"): (0, "<presence/>"), ("u1", "x"): (0, "<presence/>")})
+    await hot.run(presence.write_batch, DOMAIN, "b1", {("u0", "laptop"): (3, "<presence/>")})  # rewritten
+    async with hot.factory() as session, session.begin():
+        gone = await presence.retire_written_by(session, "a2", server, keep={("u0", "back")})
+    assert sorted(gone) == [("u0", ""), ("u0", "phone")]
+    assert await _records(hot, "u0") == {("laptop", 3, "<presence/>"), ("back", 0, "<presence/>")}
+    assert await _records(hot, "u1") == {("x", 0, "<presence/>")}
+    async with hot.factory() as session, session.begin():
+        assert await presence.retire_written_by(session, "a2", server, keep=set()) == [("u0", "back")]
+        assert await presence.retire_written_by(session, "a2", server, keep=set()) == []
+        assert await presence.retire_written_by(session, "nobody", server, keep=set()) == []
 
 
 async def test_write_batch_of_another_domain_writes_nothing(hot):
