@@ -120,12 +120,19 @@ def plot_downtime_cdf(directory: Path, mode: str, run: dict) -> Path:
 def plot_sessions(directory: Path, mode: str, run: dict) -> Path:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    for node in sorted({s["node"] for s in run["series"]["sessions"]}):
-        points = [s for s in run["series"]["sessions"] if s["node"] == node and "jsm_sessions_client" in s]
+    sampled = [s for s in run["series"]["sessions"] if "jsm_sessions_client" in s]
+    end = max((s["t"] for s in sampled), default=0.0)
+    for i, node in enumerate(sorted({s["node"] for s in sampled})):
+        points = [s for s in sampled if s["node"] == node]
         ts = [p["t"] for p in points]
-        ax.plot(ts, [p["jsm_sessions_client"] for p in points], label=f"{node} active")
+        width = 3.0 if i == 0 else 1.5  # two nodes with equal counts stay both visible
+        line, = ax.plot(ts, [p["jsm_sessions_client"] for p in points], linewidth=width, label=f"{node} active")
         if mode == "dual":
-            ax.plot(ts, [p["jsm_sessions_client_inactive"] for p in points], linestyle="--", label=f"{node} inactive")
+            ax.plot(ts, [p["jsm_sessions_client_inactive"] for p in points], linestyle="--", linewidth=width,
+                    color=line.get_color(), alpha=0.6, label=f"{node} inactive")
+        if ts and end - ts[-1] > 2.0:  # the node stopped answering (killed): its sessions are gone
+            ax.plot([ts[-1], ts[-1], end], [points[-1]["jsm_sessions_client"], 0, 0], linestyle=":",
+                    color=line.get_color(), label=f"{node} not answering")
     ax.axvline(0, color="red", linewidth=1)
     ax.text(0, ax.get_ylim()[1] * 0.95, f" {run['fault']['fault']} {run['fault']['node']}", color="red")
     ax.set(xlabel="seconds from the fault", ylabel="client sessions", title=f"Sessions per node, {mode} mode")
