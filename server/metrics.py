@@ -10,7 +10,6 @@ Rules of this module:
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics, generate_latest
@@ -21,12 +20,13 @@ from server.sessions import SessionRegistry, SessionTally
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
 
 disable_created_metrics()  # the *_created series only add noise to a scrape
-TALLY_TTL_S = 0.05  # the gauges of one scrape share one count of the sessions
 
 
 class Metrics:
     def __init__(self, node_name: str) -> None:
         self.node_name = node_name
+        self._tally_now: Callable[[], SessionTally] | None = None
+        self._scrape_tally: SessionTally | None = None  # the one count of the render in progress
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.jsm_sessions_client = Gauge("jsm_sessions_client", "JsmSessionsClient: active client sessions", registry=r)
@@ -63,15 +63,13 @@ class Metrics:
 
     def watch_sessions(self, sessions: SessionRegistry, detached: Callable[[], int]) -> None:
         """Compute the session gauges from `sessions` whenever they are scraped: one pass
-        over the accounts per scrape (`TALLY_TTL_S`), shared by the four gauges."""
-        cached: list = [float("-inf"), None]
+        over the accounts per `render`, shared by the four gauges (any other reader of
+        the registry counts afresh: nothing is ever served stale)."""
 
         def tally() -> SessionTally:
-            now = time.monotonic()
-            if now - cached[0] > TALLY_TTL_S:
-                cached[:] = [now, sessions.tally()]
-            return cached[1]
+            return self._scrape_tally or sessions.tally()
 
+        self._tally_now = sessions.tally
         self.jsm_sessions_client.set_function(lambda: tally().active_sessions)
         self.jsm_sessions_client_inactive.set_function(lambda: tally().inactive_sessions)
         self.active_jsm_sessions.set_function(lambda: tally().active_users)
@@ -79,4 +77,8 @@ class Metrics:
         self.jsm_sessions_composed.set_function(detached)
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        self._scrape_tally = self._tally_now() if self._tally_now is not None else None
+        try:
+            return generate_latest(self.registry)
+        finally:
+            self._scrape_tally = None

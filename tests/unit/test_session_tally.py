@@ -47,3 +47,13 @@ def test_gauges_render_the_tally():
     for line in ("jsm_sessions_client 3.0", "jsm_sessions_client_inactive 4.0", "active_jsm_sessions 2.0",
                  "inactive_jsm_sessions 2.0", "jsm_sessions_composed 5.0"):
         assert line in text.splitlines(), line
+
+
+def test_a_scrape_right_after_a_login_counts_it():
+    """No count is reused across scrapes: a session added between two renders shows."""
+    metrics = Metrics("n1")
+    registry = _registry()
+    metrics.watch_sessions(registry, lambda: 0)
+    assert "jsm_sessions_client 3.0" in metrics.render().decode().splitlines()
+    registry.add(Session(JID.parse("dave@x/desk"), send=lambda _s: None))
+    assert "jsm_sessions_client 4.0" in metrics.render().decode().splitlines()
