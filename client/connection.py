@@ -200,9 +200,11 @@ class NodeConnection:
         return parse_backup(result.xml.find(f"{{{NS_BACKUP}}}backup"))
 
     async def hold(self) -> bool:
-        """IQ set `<hold/>` (§4): True if held, False if this node serves us (`served-here`)."""
+        """IQ set `<hold contacts='kept'/>` (§4; the dual client keeps its contacts'
+        presence across a switch): True if held, False if this node serves us
+        (`served-here`)."""
         try:
-            await self._iq("set", ET.Element(f"{{{NS_BACKUP}}}hold"))
+            await self._iq("set", ET.Element(f"{{{NS_BACKUP}}}hold", {"contacts": "kept"}))
         except BackupRefused as exc:
             if exc.app_condition == "served-here":
                 return False

@@ -187,7 +187,7 @@ class UserAgent:
                 return
             try:
                 link = await self._connect(self.backup_node, inactive=True)
-                answer = await link.client.iq("set", f"<hold xmlns='{NS_BACKUP}'/>", 10)
+                answer = await link.client.iq("set", f"<hold xmlns='{NS_BACKUP}' contacts='kept'/>", 10)
             except (XmppError, asyncio.TimeoutError) as exc:
                 self.rec.counts["backup_open_failures"] += 1
                 reason = getattr(exc, "condition", None) or type(exc).__name__

@@ -41,6 +41,9 @@ class Session:
     carbons: bool = False  # XEP-0280 enabled
     client_active: bool = True  # XEP-0352 state
     directed_to: set[str] = field(default_factory=set)  # directed presence targets (full JIDs)
+    # Backup protocol `<hold contacts='kept'/>`: the client keeps the contacts' presence
+    # it learnt on its active connection, so an activation does not probe them again.
+    keeps_contacts: bool = False
 
     @property
     def bare(self) -> JID:

@@ -81,6 +81,7 @@ async def hold(ctx, session: Session, iq: ET.Element) -> None:
             raise BackupError(Condition.NOT_ALLOWED, "served-here",
                               f"{ctx.node_name} serves {session.bare}: this session is active")
         session.kind = SessionKind.INACTIVE  # demoted: its end will not announce unavailable
+    session.keeps_contacts = iq[0].get("contacts") == "kept"
     log.info("%s holds an inactive session on %s", session.jid, ctx.node_name)
 
 

@@ -75,9 +75,9 @@ async def _to_contacts(ctx, session: Session, stanza: ET.Element, extra: set[str
             sibling.send(_copy(stanza, sibling.jid))
 
 
-async def _initial(ctx, session: Session) -> None:
+async def _initial(ctx, session: Session, probe: bool = True) -> None:
     """§4.2.2: probes, the siblings' presence, then queued traffic."""
-    for contact in await ctx.store.contacts(session.bare, I_SEE):
+    for contact in await ctx.store.contacts(session.bare, I_SEE) if probe else ():
         await ctx.deliver(ET.Element("presence", {"type": "probe", "from": str(session.jid), "to": str(contact)}))
     for sibling in ctx.sessions.available(session.bare):
         if sibling is not session and sibling.presence is not None:
@@ -179,11 +179,14 @@ async def announce_resumed(ctx, session: Session) -> None:
     node's), probes, the siblings' presence, queued traffic. Nothing goes to the
     contacts: they never saw the resource go unavailable (the old node let it go
     without a word), so what they show is still right, and a takeover of thousands
-    of users does not re-send thousands of broadcasts while they switch."""
+    of users does not re-send thousands of broadcasts while they switch. A client that
+    keeps its contacts' presence across the switch (`keeps_contacts`) is not sent it
+    again either: what changed meanwhile was routed to the user and not acknowledged
+    by the dead node, and is routed again once the session is active."""
     if not session.available or session.presence is None:
         return
     await ctx.store.put_presence(session.jid, session.priority, session.presence)
-    await _initial(ctx, session)
+    await _initial(ctx, session, probe=not session.keeps_contacts)
 
 
 async def retire_orphans(ctx, writer: str) -> int:

@@ -125,9 +125,15 @@ async def test_inactive_session_gets_nothing_then_activation_hands_over(ha_pair_
         assert alice.connection_events("activated")
         await wait_until(lambda: "three" in [m.body for m in alice.messages()], 5, "the queued message")
         assert [m.body for m in alice.messages()].count("three") == 1
-        await wait_until(lambda: sum(1 for p in alice.presences() if p.show == "away") >= 2, 5,
-                         "carol's presence again, now from n2")
+        # alice's client keeps carol's presence across the switch (<hold contacts='kept'/>,
+        # docs/xep-presence-ha-backup.md §4): shown still, not sent again; carol's next
+        # change arrives on the new active connection.
         await carol.plugin["xep_0199"].send_ping(cluster.domain, timeout=5)
+        carol_bare = str(carol.boundjid.bare)
+        assert [show for show, _ in alice.client.roster[carol_bare].presences.values()] == ["away"]
+        carol.send_presence(pshow="dnd", pstatus="busy")
+        await wait_until(lambda: any(p.show == "dnd" and p.via is Role.ACTIVE for p in alice.presences()), 5,
+                         "carol's next presence, now from n2")
         assert alice_seen(seen, phone) == ["available"]  # no flap (SPEC §8): carol still sees alice
         # A probe is answered from n2 now, with alice's restored presence.
         carol.send_presence(pto=cluster.jid("alice"), ptype="probe")

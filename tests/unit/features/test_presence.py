@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+from server.features import presence
 from server.sessions import SessionKind
 from server.store import SubscriptionState
 from server.xmpp.jid import JID
@@ -161,3 +162,26 @@ async def test_concurrent_broadcasts_share_one_record_transaction(world):
     for name in ("alice", "bob", "carol"):
         [record] = await world.store.presences(JID.parse(f"{name}@example.test"))
         assert (record.resource, record.stanza.findtext("status")) == ("r", "hi")
+
+
+async def test_an_activated_session_that_keeps_its_contacts_is_not_sent_their_presence_again(world):
+    """Backup protocol §4: `<hold contacts='kept'/>`; without it, an activation probes."""
+    from server.features import inactive_session
+
+    alice = await world.online("alice@example.test/home")
+    bob = await world.online("bob@example.test/pc", "<presence><show>away</show></presence>")
+    await befriend(world, alice, bob)
+    inactive_session.register(world.router)
+    for hold, bob_seen in (("<hold xmlns='urn:presence-ha:backup:0'/>", True),
+                           ("<hold xmlns='urn:presence-ha:backup:0' contacts='kept'/>", False)):
+        world.sessions.remove(alice.session)  # its node died: no unavailable, the record stays
+        backup = await world.connect("alice@example.test/home", kind=SessionKind.INACTIVE)
+        await backup.send(f"<iq type='set' id='h1'>{hold}</iq>")
+        backup.expect("<iq type='result' id='h1' to='alice@example.test/home'/>")
+        record = await world.store.presences_of({"alice"})
+        assert inactive_session.turn_active(backup.session, record.get(("alice", "home")))
+        await presence.announce_resumed(world.ctx, backup.session)
+        froms = [s.get("from") for s in backup.outbox if s.tag == "presence"]
+        assert ("bob@example.test/pc" in froms) is bob_seen, froms
+        bob.outbox.clear()
+        alice = backup
