@@ -67,14 +67,17 @@ class LocationCache:
         node = self.cached(username)
         if node is not Miss:
             return node
-        if self._reloading is not None:
+        while self._reloading is not None:  # a bulk read may be superseded by a newer one
+            reloading = self._reloading
             try:
-                await asyncio.shield(self._reloading)
+                await asyncio.shield(reloading)
             except Exception:  # noqa: BLE001 - the bulk read failed: read this one user below
-                pass
+                break
             node = self.cached(username)
             if node is not Miss:
                 return node
+            if self._reloading is reloading:
+                break
         pending = self._loading.get(username)
         if pending is not None:
             return await asyncio.shield(pending)

@@ -297,6 +297,47 @@ async def test_a_bulk_read_begun_before_a_move_is_not_kept():
     assert await cache.active_node("bob") == "n2"
 
 
+async def test_lookups_waiting_on_a_superseded_bulk_read_wait_for_the_newer_one():
+    """A takeover forgets the cache more than once (the move, a peer's word, the
+    fingerprint): lookups that waited on the first reload must not fall back to one
+    read per user when it is discarded, but wait for the reload that replaced it."""
+    db = {"bob": "n1", "carol": "n1"}
+    gates = [asyncio.Event(), asyncio.Event()]
+    single = []
+
+    async def load(user):
+        single.append(user)
+        return db.get(user)
+
+    async def load_all():
+        gate = gates[len(bulk)]
+        bulk.append(dict(db))
+        await gate.wait()
+        return dict(db)
+
+    async def fingerprint():
+        return 0
+
+    bulk: list = []
+    cache = LocationCache(load, fingerprint, lambda: 0.0, ttl_s=10, load_all=load_all)
+    cache.forget_all()
+    first = cache.reload_soon()
+    lookups = [asyncio.ensure_future(cache.active_node(u)) for u in ("bob", "carol")]
+    await asyncio.sleep(0)
+    db["bob"] = "n2"
+    cache.forget_all()  # e.g. the peers' MOVED: the first read is stale now
+    second = cache.reload_soon()
+    await asyncio.sleep(0)
+    gates[0].set()
+    await asyncio.gather(first, return_exceptions=True)
+    await asyncio.sleep(0)
+    assert not any(lookup.done() for lookup in lookups)  # still waiting, for the second read
+    gates[1].set()
+    assert await asyncio.gather(*lookups) == ["n2", "n1"]
+    await second
+    assert single == [] and len(bulk) == 2
+
+
 async def test_refresh_renews_every_entry_in_one_read_before_they_expire():
     db = {"bob": "n1", "carol": "n2"}
     clock = [0.0]
