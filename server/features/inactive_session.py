@@ -120,7 +120,10 @@ def record_key(session: Session) -> tuple[str, str]:
 class _Lookups:
     """Activation requests arriving together share their database reads: after a
     takeover every client of the dead node asks at once. Requests within `WINDOW_S`
-    are answered by one read of the users' nodes and one of their presence records."""
+    are answered by one read of the users' nodes and one of their presence records,
+    and one batch is read at a time: what arrives meanwhile waits for the next one
+    (thousands of small concurrent reads would queue for the database's connections
+    and answer every client late)."""
 
     WINDOW_S = 0.005
 
@@ -132,21 +135,32 @@ class _Lookups:
     async def get(self, ctx, username: str) -> tuple[str | None, dict[tuple[str, str], StoredPresence]]:
         if self._result is None:
             self._result = asyncio.get_running_loop().create_future()
-            asyncio.get_running_loop().call_later(self.WINDOW_S, self._start_read, ctx)
+            if not self._reading:
+                asyncio.get_running_loop().call_later(self.WINDOW_S, self._start_read, ctx)
         self._names.add(username)
         nodes, records = await asyncio.shield(self._result)
         return nodes.get(username), records
 
     def _start_read(self, ctx) -> None:
+        if self._reading or self._result is None:
+            return
         task = asyncio.ensure_future(self._read(ctx))
         self._reading.add(task)
-        task.add_done_callback(self._reading.discard)
+        task.add_done_callback(lambda t: self._read_done(t, ctx))
+
+    def _read_done(self, task: asyncio.Task, ctx) -> None:
+        self._reading.discard(task)
+        if self._result is not None:  # requests arrived during the read: the next batch
+            asyncio.get_running_loop().call_later(self.WINDOW_S, self._start_read, ctx)
 
     async def _read(self, ctx) -> None:
         names, result = self._names, self._result
         self._names, self._result = set(), None
         try:
             result.set_result((await ctx.store.nodes_of(names), await ctx.store.presences_of(names)))
+        except asyncio.CancelledError:  # shutdown: the waiters end too
+            result.cancel()
+            raise
         except Exception as exc:  # every waiter gets the failure (DatabaseUnavailable...)
             result.set_exception(exc)
 
@@ -155,6 +169,11 @@ _lookups: dict[int, _Lookups] = {}
 
 
 async def activate(ctx, session: Session, iq: ET.Element) -> ET.Element:
+    if session.kind is SessionKind.ACTIVE:
+        # Idempotent, and no database read: the takeover's push made it active while
+        # the client asked. After a takeover thousands of clients ask at once, and what
+        # each sends next waits behind this answer on its connection.
+        return activated(session.available, "client")
     lookups = _lookups.setdefault(id(ctx), _Lookups())
     served_by, records = await lookups.get(ctx, session.jid.local)
     if served_by != ctx.node_name:
@@ -162,7 +181,7 @@ async def activate(ctx, session: Session, iq: ET.Element) -> ET.Element:
         raise BackupError(Condition.UNEXPECTED_REQUEST, "not-serving-yet",
                           f"{session.bare} is served {where}, not {ctx.node_name} yet; retry", ErrorType.WAIT)
     if session.kind is SessionKind.ACTIVE:
-        return activated(session.available, "client")  # idempotent (or pushed meanwhile)
+        return activated(session.available, "client")  # pushed while we read
     record = records.get(record_key(session))
     # No await from here until the router sends the result: nothing reaches the session
     # between its turning active and the answer that says so; the announcement follows.

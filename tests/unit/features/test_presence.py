@@ -185,3 +185,21 @@ async def test_an_activated_session_that_keeps_its_contacts_is_not_sent_their_pr
         assert ("bob@example.test/pc" in froms) is bob_seen, froms
         bob.outbox.clear()
         alice = backup
+
+
+async def test_activating_a_session_the_takeover_activated_already_reads_nothing(world, monkeypatch):
+    """After a takeover every client may ask at once, its next stanzas queued behind
+    the answer: a session already active is answered from memory."""
+    from server.features import inactive_session
+
+    inactive_session.register(world.router)
+    alice = await world.online("alice@example.test/home")
+
+    async def no_read(*_args):
+        raise AssertionError("no database read expected")
+
+    monkeypatch.setattr(world.store, "nodes_of", no_read)
+    monkeypatch.setattr(world.store, "presences_of", no_read)
+    await alice.send("<iq type='set' id='a1'><activate xmlns='urn:presence-ha:backup:0'/></iq>")
+    alice.expect("<iq type='result' id='a1' to='alice@example.test/home'>"
+                 "<activated xmlns='urn:presence-ha:backup:0' presence='restored' reason='client'/></iq>")
