@@ -4,8 +4,9 @@ Rules of this module:
 - An IQ get `<backup xmlns='urn:presence-ha:backup:0'/>` to the server answers with
   this node's backup node: its name and client address (`<node/>`), and this node's
   Client Re-Login Lower/Upper Limits (`<relogin/>`, SPEC §5), read from the
-  database at most once per `PROFILE_TTL_S` (one read shared by concurrent queries:
-  after a takeover every client asks at once), so an admin change shows within it.
+  database at most once per `PROFILE_TTL_S` (one read shared by concurrent queries,
+  and the last profile answered while a newer one is read: after a takeover every
+  client asks at once), so an admin change shows within about that time.
 - With HA off for the group, or without a peer, no node is offered and the answer
   says why (`<none reason='ha-disabled'/>` / `<none reason='no-peer'/>`): the client
   opens no inactive connection, but still uses the re-login limits (single mode).
@@ -14,6 +15,7 @@ Rules of this module:
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import xml.etree.ElementTree as ET
 
@@ -22,6 +24,8 @@ from server.router import IqType, Router
 from server.sessions import Session
 
 BACKUP = f"{{{NS_BACKUP}}}backup"
+
+log = logging.getLogger(__name__)
 
 
 def backup_element(profile) -> ET.Element:
@@ -44,16 +48,47 @@ def backup_element(profile) -> ET.Element:
 
 
 PROFILE_TTL_S = 1.0
-_profiles: dict[int, tuple[float, asyncio.Future]] = {}  # id(store) -> (read at, profile)
+
+
+class _ProfileCache:
+    """The node's backup profile, re-read at most once per `PROFILE_TTL_S`. Once one
+    read succeeded, queries are answered at once from the last profile while a newer
+    one is read: after a takeover every client asks at once, just when the database is
+    busiest, and each client's next stanzas wait behind the answer on its connection.
+    Only the very first queries (or those after failed reads) wait for a read."""
+
+    def __init__(self) -> None:
+        self.profile = None
+        self.read_at = float("-inf")
+        self.reading: asyncio.Future | None = None
+
+    async def get(self, store):
+        if self.reading is None and time.monotonic() - self.read_at > PROFILE_TTL_S:
+            self.reading = asyncio.ensure_future(self._read(store))
+            self.reading.add_done_callback(_log_failure)
+        if self.profile is not None:
+            return self.profile
+        return await asyncio.shield(self.reading)
+
+    async def _read(self, store):
+        try:
+            profile = await store.backup_profile()
+        finally:
+            self.reading = None
+        self.profile, self.read_at = profile, time.monotonic()
+        return profile
+
+
+def _log_failure(read: asyncio.Future) -> None:
+    if not read.cancelled() and read.exception() is not None:
+        log.warning("reading the backup profile failed: %s", read.exception())
+
+
+_profiles: dict[int, _ProfileCache] = {}  # id(store) -> its cache
 
 
 async def _profile(store):
-    now = time.monotonic()
-    cached = _profiles.get(id(store))
-    if cached is None or now - cached[0] > PROFILE_TTL_S or (cached[1].done() and cached[1].exception()):
-        cached = (now, asyncio.ensure_future(store.backup_profile()))
-        _profiles[id(store)] = cached
-    return await asyncio.shield(cached[1])
+    return await _profiles.setdefault(id(store), _ProfileCache()).get(store)
 
 
 async def backup_info(ctx, session: Session, iq: ET.Element) -> ET.Element:
