@@ -15,6 +15,7 @@ Rules of this module:
 from __future__ import annotations
 
 import asyncio
+import gc
 import multiprocessing
 import random
 import resource
@@ -85,6 +86,11 @@ async def _worker_main(plan: Plan, users: list[UserSpec], index: int, conn) -> N
     await _login_all(agents, plan.login_rate)
     upper = max(n.relogin_upper_s for n in plan.nodes)
     await _wait_ready(agents, upper * 3 + 30)
+    # Thousands of clients' state lives until the end: keep it out of the collector's
+    # scans, or a full collection stalls this worker for a good part of a second while
+    # it should be timing a failover (measured: 1.6 s of 8 s after a 10,000-user kill).
+    gc.collect()
+    gc.freeze()
     conn.send(("ready", _status(agents, None, rec)))
     await _until(inbox, "go")
     runs = [loop.create_task(a.run()) for a in agents]
