@@ -66,7 +66,7 @@ class Connection:
     session holds no task."""
 
     __slots__ = ("port", "transport", "ip", "stream", "session", "closing", "graceful", "notified_close",
-                 "backup_refusal", "relay_node", "relay", "_login", "_bucket", "_gated", "_queue", "_worker",
+                 "backup_refusal", "relay_node", "relay", "_login", "_bucket", "_gated", "_gated_at", "_queue", "_worker",
                  "_finished", "_timer", "_queued_bytes")
 
     def __init__(self, port: ClientPort, transport: ClientTransport, settings: StreamSettings) -> None:
@@ -87,7 +87,8 @@ class Connection:
         self._queued_bytes = 0
         self._worker: asyncio.Task[None] | None = None
         self._finished = False
-        self._gated = port.login_gate.enter(port.now())  # negotiating under the login gate (limits.py)
+        self._gated_at = port.now()
+        self._gated = port.login_gate.enter(self._gated_at)  # negotiating under the login gate (limits.py)
         if not self._gated:
             self.stream.refuse_on_header(StreamError(StreamCondition.RESOURCE_CONSTRAINT, "too many logins in progress; retry later"))
         self._timer = asyncio.get_running_loop().call_later(
@@ -179,7 +180,7 @@ class Connection:
     def _leave_gate(self, completed: bool = False) -> None:
         if self._gated:
             self._gated = False
-            self.port.login_done(completed)
+            self.port.login_done(completed, self._gated_at)
         if completed and self._timer is not None:  # bound or resumed: the auth timer is moot
             self._timer.cancel()
             self._timer = None

@@ -176,9 +176,10 @@ class ClientPort:
         return connection
 
     # -- the login gate (server.net.limits) ---------------------------------------------
-    def login_done(self, completed: bool) -> None:
-        """A connection left the login gate (`completed`: it bound or resumed a session)."""
-        self.login_gate.leave(self.now(), completed)
+    def login_done(self, completed: bool, started: float | None = None) -> None:
+        """A connection left the login gate (`completed`: it bound or resumed a session;
+        `started`: when it entered)."""
+        self.login_gate.leave(self.now(), completed, started)
         self._logins_since_trim += completed
         if self.login_gate.in_progress == 0 and self._logins_since_trim >= TRIM_AFTER_LOGINS and self._trim is None:
             self._trim = asyncio.get_running_loop().call_later(TRIM_DELAY_S, self._trim_heap)

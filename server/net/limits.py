@@ -80,32 +80,61 @@ class AuthThrottle:
 
 
 class LoginGate:
-    WINDOW_S = 5.0  # the rate is measured over this much recent time
+    """How many connections may negotiate (TLS, SASL, bind) at once.
 
-    def __init__(self, floor: int, budget_s: float) -> None:
+    Normally what the node completed recently, over `budget_s`, and never fewer than
+    `floor` (a cold or idle node has no rate yet: a burst must not be shed). When the
+    logins of the last `WINDOW_S` took longer than `target_s` (half of them), the node
+    is saturated - a re-login storm after a failover - and the floor no longer
+    applies: it admits what it completes in `target_s` (at least `MIN_LIMIT`) and
+    sheds the rest with a retryable error. Admitting more would not finish more; it
+    would only make every login slower, until clients time out and retry work the
+    node already did."""
+
+    WINDOW_S = 5.0  # the rate and the latency are measured over this much recent time
+    MIN_LIMIT = 50  # a saturated node still admits this many at once
+    MIN_SAMPLES = 10  # completed logins needed to call the node saturated
+
+    def __init__(self, floor: int, budget_s: float, target_s: float | None = None) -> None:
         self.floor = floor
         self.budget_s = budget_s
+        self.target_s = target_s if target_s is not None else budget_s / 3
         self.in_progress = 0
         self.shed = 0  # logins refused since start
         self._completed: deque[float] = deque()  # when recent logins were bound
+        self._latencies: deque[tuple[float, float]] = deque()  # (when, how long) of recent logins
 
     def limit(self, now: float) -> int:
         """How many logins may negotiate at once now."""
         while self._completed and now - self._completed[0] > self.WINDOW_S:
             self._completed.popleft()
+        while self._latencies and now - self._latencies[0][0] > self.WINDOW_S:
+            self._latencies.popleft()
         rate = len(self._completed) / self.WINDOW_S
+        if self.saturated():
+            return max(self.MIN_LIMIT, int(rate * self.target_s))
         return max(self.floor, int(rate * self.budget_s))
+
+    def saturated(self) -> bool:
+        """Half the recent logins took longer than `target_s` (call `limit` first)."""
+        if len(self._latencies) < self.MIN_SAMPLES:
+            return False
+        slow = sum(1 for _, took in self._latencies if took > self.target_s)
+        return 2 * slow >= len(self._latencies)
 
     def enter(self, now: float) -> bool:
         """Admit one more negotiating connection; False (and counted as shed) when full."""
-        if self.in_progress >= self.floor and self.in_progress >= self.limit(now):
+        if self.in_progress >= self.limit(now):
             self.shed += 1
             return False
         self.in_progress += 1
         return True
 
-    def leave(self, now: float, completed: bool) -> None:
-        """A negotiating connection is done: `completed` if it bound (or resumed) a session."""
+    def leave(self, now: float, completed: bool, started: float | None = None) -> None:
+        """A negotiating connection is done: `completed` if it bound (or resumed) a
+        session; `started` when it entered (its login time is measured)."""
         self.in_progress -= 1
         if completed:
             self._completed.append(now)
+            if started is not None:
+                self._latencies.append((now, now - started))

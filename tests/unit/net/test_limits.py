@@ -46,3 +46,40 @@ def test_login_gate_admits_what_the_measured_rate_finishes_within_the_budget():
     assert gate.limit(now=1.0) == 4
     assert all(gate.enter(now=1.0) for _ in range(4)) and not gate.enter(now=1.0)
     assert gate.limit(now=7.0) == 2  # the rate is forgotten after the window: the floor
+
+
+def test_a_saturated_node_drops_the_floor_and_admits_what_it_finishes_in_its_target():
+    """A re-login storm: logins take longer than the target (5 s of a 15 s budget), so
+    the node admits rate x target (not the floor) and sheds the rest, retryably."""
+    gate = LoginGate(floor=1000, budget_s=15.0)
+    assert gate.target_s == 5.0
+    for i in range(100):  # 20 logins/s over the window, each took 12 s
+        assert gate.enter(now=i * 0.05)
+    for i in range(100):
+        gate.leave(now=10 + i * 0.05, completed=True, started=i * 0.05 - 7)
+    now = 15.0
+    assert gate.limit(now) == 100  # 20/s x 5 s, not 1,000
+    assert gate.saturated()
+    admitted = sum(gate.enter(now) for _ in range(300))
+    assert admitted == 100 and gate.shed == 200
+
+
+def test_fast_logins_keep_the_floor_and_too_few_samples_prove_nothing():
+    gate = LoginGate(floor=1000, budget_s=15.0)
+    for i in range(50):  # quick logins: 0.2 s each
+        gate.enter(now=i * 0.01)
+        gate.leave(now=i * 0.01 + 0.2, completed=True, started=i * 0.01)
+    assert gate.limit(now=1.0) == 1000 and not gate.saturated()
+    slow = LoginGate(floor=1000, budget_s=15.0)
+    for i in range(LoginGate.MIN_SAMPLES - 1):  # a few slow ones: not enough to shed a burst
+        slow.enter(now=0.0)
+        slow.leave(now=4.0, completed=True, started=-6.0)
+    assert slow.limit(now=4.0) == 1000
+
+
+def test_a_saturated_node_still_admits_its_minimum():
+    gate = LoginGate(floor=1000, budget_s=15.0)
+    for i in range(20):  # 4/s, 20 s each
+        gate.enter(now=0.0)
+        gate.leave(now=i * 0.25, completed=True, started=i * 0.25 - 20)
+    assert gate.limit(now=5.0) == LoginGate.MIN_LIMIT
