@@ -30,8 +30,8 @@ Rules of this module:
 
 from __future__ import annotations
 
-import xml.etree.ElementTree as ET
 import asyncio
+import xml.etree.ElementTree as ET
 
 from server.router import Direction, Router, SessionAvailable, SessionClosed, StanzaKind
 from server.sessions import Session, SessionKind
