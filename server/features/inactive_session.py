@@ -130,26 +130,25 @@ class _Lookups:
     def __init__(self) -> None:
         self._names: set[str] = set()
         self._result: asyncio.Future | None = None
-        self._reading: set[asyncio.Task] = set()
+        self._reading: asyncio.Task | None = None  # the one batch read in flight
 
     async def get(self, ctx, username: str) -> tuple[str | None, dict[tuple[str, str], StoredPresence]]:
         if self._result is None:
             self._result = asyncio.get_running_loop().create_future()
-            if not self._reading:
+            if self._reading is None:
                 asyncio.get_running_loop().call_later(self.WINDOW_S, self._start_read, ctx)
         self._names.add(username)
         nodes, records = await asyncio.shield(self._result)
         return nodes.get(username), records
 
     def _start_read(self, ctx) -> None:
-        if self._reading or self._result is None:
+        if self._reading is not None or self._result is None:
             return
-        task = asyncio.ensure_future(self._read(ctx))
-        self._reading.add(task)
-        task.add_done_callback(lambda t: self._read_done(t, ctx))
+        self._reading = asyncio.ensure_future(self._read(ctx))
+        self._reading.add_done_callback(lambda _t: self._read_done(ctx))
 
-    def _read_done(self, task: asyncio.Task, ctx) -> None:
-        self._reading.discard(task)
+    def _read_done(self, ctx) -> None:
+        self._reading = None
         if self._result is not None:  # requests arrived during the read: the next batch
             asyncio.get_running_loop().call_later(self.WINDOW_S, self._start_read, ctx)
 

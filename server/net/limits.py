@@ -101,15 +101,12 @@ class LoginGate:
         self.target_s = target_s if target_s is not None else budget_s / 3
         self.in_progress = 0
         self.shed = 0  # logins refused since start
-        self._completed: deque[float] = deque()  # when recent logins were bound
-        self._latencies: deque[tuple[float, float]] = deque()  # (when, how long) of recent logins
+        self._completed: deque[tuple[float, float | None]] = deque()  # (when, how long) of recent logins
 
     def limit(self, now: float) -> int:
         """How many logins may negotiate at once now."""
-        while self._completed and now - self._completed[0] > self.WINDOW_S:
+        while self._completed and now - self._completed[0][0] > self.WINDOW_S:
             self._completed.popleft()
-        while self._latencies and now - self._latencies[0][0] > self.WINDOW_S:
-            self._latencies.popleft()
         rate = len(self._completed) / self.WINDOW_S
         if self.saturated():
             return max(self.MIN_LIMIT, int(rate * self.target_s))
@@ -117,10 +114,10 @@ class LoginGate:
 
     def saturated(self) -> bool:
         """Half the recent logins took longer than `target_s` (call `limit` first)."""
-        if len(self._latencies) < self.MIN_SAMPLES:
+        timed = [took for _, took in self._completed if took is not None]
+        if len(timed) < self.MIN_SAMPLES:
             return False
-        slow = sum(1 for _, took in self._latencies if took > self.target_s)
-        return 2 * slow >= len(self._latencies)
+        return 2 * sum(1 for took in timed if took > self.target_s) >= len(timed)
 
     def enter(self, now: float) -> bool:
         """Admit one more negotiating connection; False (and counted as shed) when full."""
@@ -135,6 +132,4 @@ class LoginGate:
         session; `started` when it entered (its login time is measured)."""
         self.in_progress -= 1
         if completed:
-            self._completed.append(now)
-            if started is not None:
-                self._latencies.append((now, now - started))
+            self._completed.append((now, None if started is None else now - started))
