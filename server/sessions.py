@@ -9,6 +9,9 @@ Rules:
   It is read-only to features except through the adapter's `add`/`remove`.
 - Stanzas are `xml.etree.ElementTree.Element`s: `jabber:client` elements unqualified
   (`message`, `body`), every other namespace in Clark notation (`{urn:xmpp:ping}ping`).
+- `send(stanza, wire=None)`: `wire`, when given, is that stanza already serialized as
+  `server.xmpp.stanzas.serialize` writes it (a routed frame's body, checked by parsing
+  it): the connection writes it instead of serializing the stanza again.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ class SessionKind(enum.Enum):
 @dataclass(eq=False, slots=True)  # slots: no per-session __dict__ (memory per idle session)
 class Session:
     jid: JID
-    send: Callable[[ET.Element], None] = field(repr=False)
+    send: Callable[..., None] = field(repr=False)  # send(stanza, wire: bytes | None = None)
     close: Callable[[], None] = field(repr=False, default=lambda: None)
     kind: SessionKind = SessionKind.ACTIVE
     # RFC 6121 §4.2: a session is "available" once it sent initial presence.

@@ -79,6 +79,10 @@ class Inbox:
                 if done is not None and not done.done():
                     done.cancel()  # closed before it ran: never acknowledged
 
+    def idle(self, key: Hashable) -> bool:
+        """Nothing of `key` is queued or running: an item submitted now starts at once."""
+        return key not in self._queues
+
     @property
     def pending(self) -> int:
         return sum(len(q) for q in self._queues.values())

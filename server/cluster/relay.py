@@ -160,7 +160,7 @@ class RelayHost:
         if refusal is not None:
             channel.post(Kind.CONTROL, wire.encode_control(wire.Op.REFUSED, sid=sid, reason=refusal))
             return
-        session = Session(jid=jid, send=lambda s: self._down(peer, sid, s), close=lambda: self._closed_here(peer, sid))
+        session = Session(jid=jid, send=lambda s, wire=None: self._down(peer, sid, s, wire), close=lambda: self._closed_here(peer, sid))
         self._sessions[(peer, sid)] = session
         channel.post(Kind.CONTROL, wire.encode_control(wire.Op.OPENED, sid=sid))
         await self.port.bind_relayed(session)
@@ -194,9 +194,9 @@ class RelayHost:
         self.ctx.sessions.remove(session)
         await self.ctx.notify(SessionClosed(session, graceful))
 
-    def _down(self, peer: str, sid: str, stanza: ET.Element) -> None:
+    def _down(self, peer: str, sid: str, stanza: ET.Element, body: bytes | None = None) -> None:
         channel = self.mesh.channel(peer)
-        if not channel.post(Kind.STANZA, wire.encode_session(sid, stanza, upstream=False)):
+        if not channel.post(Kind.STANZA, wire.encode_session(sid, stanza, upstream=False, body=body)):
             session = self._sessions.get((peer, sid))
             if session is not None:
                 asyncio.get_running_loop().create_task(self.close_one(peer, sid, None))

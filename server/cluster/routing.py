@@ -19,6 +19,9 @@ Rules of this module:
   comes (`routed_frame_key`, `deliver_routed_frame`): parsed stanzas waiting in a queue
   outlive the young GC generations, and the full collections they then cause cost
   a receiving node as much as all the parsing.
+- A routed frame whose turn is now (nothing queued for its recipient) is parsed at
+  once, and a plain message is delivered without the router (`deliver_routed_now`):
+  its body goes to the client as the peer serialized it.
 - Back-pressure (a full link window) makes only a client's own stanzas wait (`sender`
   set: its connection stops reading). What the server makes by itself (`sender`
   None: probe answers, presence and errors caused by a routed stanza, takeover
@@ -40,9 +43,10 @@ from typing import TYPE_CHECKING
 from server.cluster import wire
 from server.cluster.links import LinkMesh
 from server.cluster.locations import LocationCache, Miss
+from server.features import message
 from server.link import Kind
 from server.xmpp.errors import Condition, StanzaError
-from server.xmpp.jid import JID
+from server.xmpp.jid import JID, InvalidJid
 
 if TYPE_CHECKING:
     from server.features.context import FeatureContext
@@ -110,6 +114,13 @@ async def deliver_routed(ctx: FeatureContext, stanza: ET.Element) -> None:
 
 async def deliver_routed_frame(ctx: FeatureContext, peer: str, payload: bytes) -> None:
     """A routed frame from `peer`, decoded now; a bad one is logged and dropped."""
+    stanza = decode_routed(ctx, peer, payload)
+    if stanza is not None:
+        await deliver_routed(ctx, stanza)
+
+
+def decode_routed(ctx: FeatureContext, peer: str, payload: bytes) -> ET.Element | None:
+    """The stanza of a routed frame from `peer`; None (logged) for a bad frame."""
     try:
         frame = wire.decode_stanza(payload)
         if not isinstance(frame, wire.Routed):
@@ -117,8 +128,23 @@ async def deliver_routed_frame(ctx: FeatureContext, peer: str, payload: bytes) -
         wire.check_origin(frame.stanza, ctx.domain)
     except wire.WireError as exc:
         log.warning("dropped a frame from node %s: %s", peer, exc)
-        return
-    await deliver_routed(ctx, frame.stanza)
+        return None
+    return frame.stanza
+
+
+def deliver_routed_now(ctx: FeatureContext, stanza: ET.Element, payload: bytes) -> bool:
+    """`deliver_routed` at once for a routed message the common case covers
+    (`message.deliver_now`), its frame's body written as it came (parsing it checked
+    it); False: nothing was done, deliver it with `deliver_routed`."""
+    if stanza.tag != "message":
+        return False
+    try:
+        to = JID.parse(stanza.get("to") or "")
+    except InvalidJid:
+        return False
+    if to.domain != ctx.domain or to.local is None:
+        return False
+    return message.deliver_now(ctx, stanza, to, wire.routed_body(payload))
 
 
 def recipient_key(stanza: ET.Element) -> str:

@@ -33,8 +33,8 @@ from server.cluster.inbox import Inbox
 from server.cluster.links import LinkMesh, PeerAddress
 from server.cluster.locations import LocationCache
 from server.cluster.relay import RelayDialer, RelayHost
-from server.cluster.routing import (ClusterRoute, deliver_routed, deliver_routed_frame, recipient_key,
-                                    routed_frame_key)
+from server.cluster.routing import (ClusterRoute, decode_routed, deliver_routed, deliver_routed_frame,
+                                    deliver_routed_now, recipient_key, routed_frame_key)
 from server.cluster.sm_mirror import ReplicationSettings, SmReplication
 from server.features.context import FeatureContext
 from server.link import Kind
@@ -132,6 +132,8 @@ class ClusterService:
         try:
             if kind is Kind.STANZA:
                 key = routed_frame_key(payload)
+                if key is not None and self.inbox.idle(key):  # its turn is now
+                    return self._routed_now(peer, key, payload)
                 if key is not None:  # parsed in its turn (routing.py)
                     return self.inbox.submit(key, lambda: deliver_routed_frame(self.ctx, peer, payload), tracked=True)
                 return self._on_stanza(peer, wire.decode_stanza(payload))
@@ -140,6 +142,12 @@ class ClusterService:
         except wire.WireError as exc:
             log.warning("dropped a frame from node %s: %s", peer, exc)
         return None
+
+    def _routed_now(self, peer: str, key: str, payload: bytes) -> asyncio.Future | None:
+        stanza = decode_routed(self.ctx, peer, payload)
+        if stanza is None or deliver_routed_now(self.ctx, stanza, payload):
+            return None
+        return self.inbox.submit(key, lambda: deliver_routed(self.ctx, stanza), tracked=True)
 
     def _on_stanza(self, peer: str, frame: wire.Routed | wire.SessionStanza) -> asyncio.Future | None:
         if isinstance(frame, wire.Routed):

@@ -291,7 +291,7 @@ class SmReplication:
             log.info("%s got %d stanza(s) whose replica was still on the way", replica.jid, missing)
         # Until the stream says <resumed/> (SessionResumed sets send/close), stanzas
         # for the session queue as unacked, like a detached session's (server.net.clients).
-        session = Session(jid=replica.jid, send=sm.record_outbound)
+        session = Session(jid=replica.jid, send=lambda stanza, wire=None: sm.record_outbound(stanza))
         try:
             presence = (await records_for(self.ctx, [session])).get(record_key(session))
         except DatabaseUnavailable as exc:

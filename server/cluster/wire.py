@@ -86,9 +86,15 @@ def encode_routed(stanza: ET.Element) -> bytes:
     return ROUTED + b"\n" + serialize(stanza).encode()
 
 
-def encode_session(sid: str, stanza: ET.Element, *, upstream: bool) -> bytes:
+def routed_body(payload: bytes) -> bytes:
+    """The serialized stanza of a routed frame (one that `decode_stanza` accepted)."""
+    return payload[len(ROUTED) + 1:]
+
+
+def encode_session(sid: str, stanza: ET.Element, *, upstream: bool, body: bytes | None = None) -> bytes:
+    """`body`: the stanza already serialized (`Session.send`'s `wire`)."""
     kind = UPSTREAM if upstream else DOWNSTREAM
-    return kind + b" " + sid.encode() + b"\n" + serialize(stanza).encode()
+    return kind + b" " + sid.encode() + b"\n" + (serialize(stanza).encode() if body is None else body)
 
 
 def encode_control(op: Op, **fields: Any) -> bytes:

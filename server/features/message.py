@@ -18,6 +18,12 @@ Rules of this module:
   session of non-negative priority that sends initial presence (`SessionAvailable`).
 - Each delivery is announced as `MessageDelivered`, each message a client sends as
   `MessageSent` (carbons use both).
+- `deliver_now` is `inbound` for the common case of a message a peer node routed here,
+  without a coroutine and without serializing it again: chat, normal or headline, to
+  an account none of whose sessions wants carbons, with a session here to take it.
+  Anything else (offline storage, errors, carbons) is `inbound`'s. It skips the
+  `MessageDelivered` announcement, which is right while carbons' `copy_received` is
+  that event's only observer (tested): it does nothing without carbons.
 """
 
 from __future__ import annotations
@@ -94,6 +100,35 @@ async def inbound(ctx, sender: Session | None, stanza: ET.Element) -> None:
     if not to.is_bare and kind == "headline":
         return
     await _to_bare(ctx, to.bare, stanza, kind)
+
+
+def deliver_now(ctx, stanza: ET.Element, to: JID, wire: bytes) -> bool:
+    """Deliver the message `stanza` for `to` (of our domain), whose serialized form is
+    `wire`, at once; False: nothing was done, take `inbound`."""
+    kind = stanza.get("type") or "normal"
+    if kind not in _NOW_TYPES:
+        return False
+    resources = ctx.sessions.resources(to.bare)
+    if not resources or any(s.carbons for s in resources):
+        return False
+    if not to.is_bare:
+        target = ctx.sessions.get(to)
+        if target is None or target.kind is not SessionKind.ACTIVE:
+            return False
+        targets = [target]
+    else:
+        targets = [s for s in resources if s.kind is SessionKind.ACTIVE and s.available and s.priority >= 0]
+        if not targets:
+            return False
+        if kind != "headline" and len(targets) > 1:
+            top = max(s.priority for s in targets)
+            targets = [s for s in targets if s.priority == top]
+    for session in targets:
+        session.send(stanza, wire)
+    return True
+
+
+_NOW_TYPES = frozenset(("chat", "normal", "headline"))
 
 
 async def outbound(ctx, session: Session, stanza: ET.Element) -> None:

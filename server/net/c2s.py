@@ -215,9 +215,9 @@ class Connection:
             log.warning("%s does not read its stream; dropping the connection", self.session.jid if self.session else self.ip)
             self.transport.abort()
 
-    def send_stanza(self, stanza: ET.Element) -> None:
+    def send_stanza(self, stanza: ET.Element, wire: bytes | None = None) -> None:
         """`Session.send` while this connection owns the session."""
-        data = self.stream.send_stanza(stanza)
+        data = self.stream.send_stanza(stanza, wire)
         if data:
             self.port.metrics.stanzas_out.inc()
             self.write(data)

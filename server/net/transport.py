@@ -19,6 +19,13 @@ Rules of this module:
 - Writes never block: `write` encrypts (once TLS is on) and queues; `drain()` waits
   while the transport's buffer is above its high-water mark (flow control);
   `write_buffer_size()` is what is queued for the peer.
+- Writes are coalesced per loop turn: the first write of a turn goes out at once (no
+  added latency), later writes of the same turn are joined and go out, as one TLS
+  record and one send, when the turn ends. Why: a busy node delivers dozens of
+  stanzas to one client per turn (a routed burst from a peer node); one record and
+  one syscall each cost more than the rest of the delivery (measured: `_flush` was
+  the largest self-time of a receiving node). `close` writes what is pending first,
+  `start_tls` too (a `<proceed/>` goes out in the clear), `abort` drops it.
 - `close()` sends TLS close_notify and closes after the buffer is flushed; `abort()`
   drops the connection at once.
 """
@@ -53,7 +60,7 @@ class Receiver(Protocol):
 
 class ClientTransport(asyncio.BufferedProtocol):
     __slots__ = ("_accept", "_receiver", "_transport", "_buffer", "_ssl", "_incoming", "_outgoing",
-                 "_handshake", "_drain", "_paused", "_lost", "peername")
+                 "_handshake", "_drain", "_paused", "_lost", "peername", "_pending", "_pending_bytes")
 
     def __init__(self, accept) -> None:  # accept(transport) -> Receiver, at connection_made
         self._accept = accept
@@ -68,6 +75,8 @@ class ClientTransport(asyncio.BufferedProtocol):
         self._paused = False
         self._lost = False
         self.peername: str = "unknown"
+        self._pending: list[bytes] | None = None  # None: nothing written this loop turn
+        self._pending_bytes = 0
 
     # -- asyncio protocol callbacks ------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -108,6 +117,7 @@ class ClientTransport(asyncio.BufferedProtocol):
 
     # -- TLS -------------------------------------------------------------------------------
     async def start_tls(self, context: ssl.SSLContext, timeout_s: float, early: bytes = b"") -> None:
+        self._end_turn()  # what was written before (<proceed/>) goes out in the clear
         self._incoming, self._outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
         self._ssl = context.wrap_bio(self._incoming, self._outgoing, server_side=True)
         self._handshake = asyncio.get_running_loop().create_future()
@@ -167,8 +177,22 @@ class ClientTransport(asyncio.BufferedProtocol):
 
     # -- writing and closing -------------------------------------------------------------------
     def write(self, data: bytes) -> None:
-        if self._transport.is_closing():
+        if not data or self._transport.is_closing():
             return
+        if self._pending is not None:  # already wrote this turn: join the turn's last write
+            self._pending.append(data)
+            self._pending_bytes += len(data)
+            return
+        self._send(data)
+        self._pending = []
+        asyncio.get_running_loop().call_soon(self._end_turn)
+
+    def _end_turn(self) -> None:
+        pending, self._pending, self._pending_bytes = self._pending, None, 0
+        if pending and not self._transport.is_closing():
+            self._send(pending[0] if len(pending) == 1 else b"".join(pending))
+
+    def _send(self, data: bytes) -> None:
         if self._ssl is None:
             self._transport.write(data)
             return
@@ -181,7 +205,7 @@ class ClientTransport(asyncio.BufferedProtocol):
         self._flush()
 
     def write_buffer_size(self) -> int:
-        return self._transport.get_write_buffer_size()
+        return self._transport.get_write_buffer_size() + self._pending_bytes
 
     async def drain(self) -> None:
         """Wait while the peer is not reading fast enough (returns at once if lost)."""
@@ -214,6 +238,7 @@ class ClientTransport(asyncio.BufferedProtocol):
         """End the connection after what was written (TLS: close_notify first)."""
         if self._transport.is_closing():
             return
+        self._end_turn()
         if self._ssl is not None and self._handshake is None:
             try:
                 self._ssl.unwrap()
@@ -223,4 +248,5 @@ class ClientTransport(asyncio.BufferedProtocol):
         self._transport.close()
 
     def abort(self) -> None:
+        self._pending, self._pending_bytes = None, 0
         self._transport.abort()

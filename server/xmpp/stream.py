@@ -105,11 +105,12 @@ class XmppStream(neg.Negotiation):
         events, self._events = self._events, []
         return events
 
-    def send_stanza(self, stanza: ET.Element) -> bytes:
-        """Bytes for a stanza to the client (counted for XEP-0198 when enabled)."""
+    def send_stanza(self, stanza: ET.Element, wire: bytes | None = None) -> bytes:
+        """Bytes for a stanza to the client (counted for XEP-0198 when enabled); `wire`:
+        the stanza already serialized (`Session.send`)."""
         if self.phase is not Phase.BOUND:
             return b""
-        data = to_bytes(stanza)
+        data = to_bytes(stanza) if wire is None else wire
         if self.sm is not None:
             self.sm.record_outbound(stanza)
             if self.sm.unacked_count % self.settings.ack_request_every == 0:
