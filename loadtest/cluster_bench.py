@@ -31,7 +31,11 @@ from db.engine import make_engine, make_session_factory
 from loadtest.xmpp_client import ClientConfig, XmppClient, local_tag
 
 
-@dataclass
+_ENDED: dict[str, str] = {}  # user -> why its stream ended (a benchmark stream must not end)
+_WAITING: set[Peer] = set()  # peers a `wait_for` is waiting on
+
+
+@dataclass(eq=False)
 class Peer:
     """A logged-in user and what it received (body or status -> arrival time)."""
 
@@ -40,6 +44,11 @@ class Peer:
     client: XmppClient | None = None
     arrivals: dict[str, float] = field(default_factory=dict)
     events: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def on_closed(self, reason: str) -> None:
+        _ENDED.setdefault(self.username, reason)
+        for peer in _WAITING:
+            peer.events.set()
 
     def on_stanza(self, elem: ET.Element) -> None:
         tag = local_tag(elem)
@@ -52,9 +61,17 @@ class Peer:
 
     async def wait_for(self, key: str, timeout_s: float = 30.0) -> float:
         deadline = time.perf_counter() + timeout_s
-        while key not in self.arrivals:
-            self.events.clear()
-            await asyncio.wait_for(self.events.wait(), max(0.001, deadline - time.perf_counter()))
+        _WAITING.add(self)
+        try:
+            while key not in self.arrivals:
+                if _ENDED:
+                    who, why = next(iter(_ENDED.items()))
+                    raise SystemExit(f"{who}'s stream ended during the benchmark ({why}); a stream that sends more "
+                                     "than the server's per-connection rate limit is ended: use fewer --repeat or --burst")
+                self.events.clear()
+                await asyncio.wait_for(self.events.wait(), max(0.001, deadline - time.perf_counter()))
+        finally:
+            _WAITING.discard(self)
         return self.arrivals[key]
 
 
@@ -76,6 +93,7 @@ async def login(spec: dict, peer: Peer, passwords: dict[str, str]) -> Peer:
     config = ClientConfig(node["host"], node["client_port"], spec["domain"], peer.username,
                           passwords[peer.username], resource="bench", tls=True)
     peer.client = XmppClient(config, on_stanza=peer.on_stanza)
+    peer.client.on_closed = peer.on_closed
     await peer.client.login()
     peer.client.send_presence()
     return peer

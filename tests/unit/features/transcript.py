@@ -76,6 +76,7 @@ class Client:
     world: World
     session: Session
     outbox: list[ET.Element] = field(default_factory=list)
+    wires: list[bytes | None] = field(default_factory=list)  # `Session.send`'s `wire`, per stanza
 
     @property
     def jid(self) -> JID:
@@ -123,7 +124,11 @@ class World:
 
     async def connect(self, jid: str, *, kind: SessionKind = SessionKind.ACTIVE) -> Client:
         client = Client(self, Session(JID.parse(jid), send=lambda s: None, kind=kind))
-        client.session.send = client.outbox.append
+        def send(stanza: ET.Element, wire: bytes | None = None) -> None:
+            client.outbox.append(stanza)
+            client.wires.append(wire)
+
+        client.session.send = send
         self.sessions.add(client.session)
         await self.router.notify(self.ctx, SessionBound(client.session))
         return client
