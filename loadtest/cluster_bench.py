@@ -44,8 +44,11 @@ class Peer:
     client: XmppClient | None = None
     arrivals: dict[str, float] = field(default_factory=dict)
     events: asyncio.Event = field(default_factory=asyncio.Event)
+    closing: bool = False
 
     def on_closed(self, reason: str) -> None:
+        if self.closing:
+            return  # we ended it
         _ENDED.setdefault(self.username, reason)
         for peer in _WAITING:
             peer.events.set()
@@ -73,6 +76,10 @@ class Peer:
         finally:
             _WAITING.discard(self)
         return self.arrivals[key]
+
+    async def close(self) -> None:
+        self.closing = True
+        await self.client.close()
 
 
 def pct(samples: list[float], q: int) -> float:
@@ -193,7 +200,7 @@ async def run(args: argparse.Namespace) -> dict:
     if args.only is None and args.rounds:
         result.update(await fan_out_phase(spec, where, used, passwords, args))
     for peer in list(peers.values()):
-        await peer.client.close()
+        await peer.close()
     return result
 
 
@@ -210,8 +217,8 @@ async def fan_out_phase(spec: dict, where: dict[str, str], used: set[str], passw
         out[f"fanout_{kind}"] = await fan_out(hub, contacts, args.rounds, kind)
         out[f"fanout_{kind}_nodes"] = sorted({c.node for c in contacts})
         for contact in contacts:
-            await contact.client.close()
-    await hub.client.close()
+            await contact.close()
+    await hub.close()
     return out
 
 
