@@ -38,6 +38,7 @@ def test_routed_and_session_frames_round_trip():
     b"R\n" + "\ufeff<!DOCTYPE m [<!ENTITY a 'aaaa'>]><message>&a;</message>".encode("utf-16"),
     b"R\n" + "<message/>".encode("utf-16"), b"R\n <message/>", b"R\n<message/> ", b"R\n<message/>x<message/>",
     b"R\n<message><body>", b"R\n</frames>", b"R\n<message/></frames>",
+    b"R\n<message><_/>", b"R\n<message/><_/>", b"R\n<message/><_ a='1'/>", b"R\n<message><_/></message><_>",
 ])
 def test_bad_stanza_frames_are_refused(payload):
     with pytest.raises(wire.WireError):
@@ -45,7 +46,8 @@ def test_bad_stanza_frames_are_refused(payload):
 
 
 def test_a_bad_frame_does_not_spoil_the_next_ones():
-    for bad in (b"R\n<message><body>", b"R\n</frames>", b"R\n<message/><message/>", b"R\n<message x='1' x='2'/>"):
+    for bad in (b"R\n<message><body>", b"R\n</frames>", b"R\n<message/><message/>", b"R\n<message x='1' x='2'/>",
+                b"R\n<message><_/>", b"R\n<message/><_/>"):
         with pytest.raises(wire.WireError):
             wire.decode_stanza(bad)
         good = wire.decode_stanza(wire.encode_routed(message()))
@@ -55,10 +57,10 @@ def test_a_bad_frame_does_not_spoil_the_next_ones():
 def test_the_parser_is_renewed_after_its_life(monkeypatch):
     monkeypatch.setattr(wire, "_PARSER_LIFE", 3)
     monkeypatch.setattr(wire, "_parser", wire._StanzaParser())
-    first = wire._parser._pull
+    first = wire._parser._parser
     for _ in range(3):
         assert wire.decode_stanza(wire.encode_routed(message())).stanza.tag == "message"
-    assert wire._parser._pull is not first
+    assert wire._parser._parser is not first
 
 
 def test_parsed_stanzas_are_what_the_sender_serialized():
