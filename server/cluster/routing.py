@@ -20,8 +20,8 @@ Rules of this module:
   outlive the young GC generations, and the full collections they then cause cost
   a receiving node as much as all the parsing.
 - A routed frame whose turn is now (nothing queued for its recipient) is parsed at
-  once, and a plain message is delivered without the router (`deliver_routed_now`):
-  its body goes to the client as the peer serialized it.
+  once, and a plain message or a presence broadcast is delivered without the router
+  (`deliver_routed_now`): its body goes to the client as the peer serialized it.
 - Back-pressure (a full link window) makes only a client's own stanzas wait (`sender`
   set: its connection stops reading). What the server makes by itself (`sender`
   None: probe answers, presence and errors caused by a routed stanza, takeover
@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING
 from server.cluster import wire
 from server.cluster.links import LinkMesh
 from server.cluster.locations import LocationCache, Miss
-from server.features import message
+from server.features import message, presence
 from server.link import Kind
 from server.xmpp.errors import Condition, StanzaError
 from server.xmpp.jid import JID, InvalidJid
@@ -134,9 +134,13 @@ def decode_routed(ctx: FeatureContext, peer: str, payload: bytes) -> ET.Element 
 
 def deliver_routed_now(ctx: FeatureContext, stanza: ET.Element, payload: bytes) -> bool:
     """`deliver_routed` at once for a routed message the common case covers
-    (`message.deliver_now`), its frame's body written as it came (parsing it checked
-    it); False: nothing was done, deliver it with `deliver_routed`."""
-    if stanza.tag != "message":
+    (`message.deliver_now`) or a routed presence broadcast (`presence.deliver_now`), its
+    frame's body written as it came (parsing it checked it); False: nothing was done,
+    deliver it with `deliver_routed`."""
+    tag = stanza.tag
+    if tag == "presence" and stanza.get("type") not in presence.INBOUND_TYPES:
+        return False  # probes and subscriptions
+    if tag != "message" and tag != "presence":
         return False
     try:
         to = JID.parse(stanza.get("to") or "")
@@ -144,6 +148,9 @@ def deliver_routed_now(ctx: FeatureContext, stanza: ET.Element, payload: bytes) 
         return False
     if to.domain != ctx.domain or to.local is None:
         return False
+    if tag == "presence":
+        presence.deliver_now(ctx, stanza, to, wire.routed_body(payload))
+        return True
     return message.deliver_now(ctx, stanza, to, wire.routed_body(payload))
 
 

@@ -26,6 +26,8 @@ Rules of this module:
   session, else dropped; to a bare JID every available resource (errors too: they
   answer subscription stanzas the server stamped with the bare JID).
 - <priority/> must be an integer in -128..127 (RFC 6121 §4.7.2.3), else bad-request.
+- `deliver_now` is `inbound`, synchronous and with the stanza's bytes already made (a
+  presence a peer node routed here: broadcasts spread over nodes).
 """
 
 from __future__ import annotations
@@ -133,14 +135,22 @@ async def outbound(ctx, session: Session, stanza: ET.Element) -> None:
 
 async def inbound(ctx, sender: Session | None, stanza: ET.Element) -> None:
     """Available, unavailable or error presence for an account of our domain."""
-    to = JID.parse(stanza.get("to"))
+    deliver_now(ctx, stanza, JID.parse(stanza.get("to")))
+
+
+INBOUND_TYPES = (None, "unavailable", "error")  # the presence types `inbound` handles
+
+
+def deliver_now(ctx, stanza: ET.Element, to: JID, wire: bytes | None = None) -> None:
+    """`inbound` for `stanza` (its type one of `INBOUND_TYPES`) to `to`; `wire`: the
+    stanza already serialized (`Session.send`)."""
     if not to.is_bare:
         target = ctx.sessions.get(to)
         if target is not None and target.kind is SessionKind.ACTIVE:
-            target.send(stanza)
+            target.send(stanza, wire)
         return
     for session in ctx.sessions.available(to):
-        session.send(stanza)
+        session.send(stanza, wire)
 
 
 async def _current(ctx, user: JID) -> list[ET.Element]:
@@ -225,6 +235,6 @@ async def closed(ctx, event: SessionClosed) -> None:
 
 def register(router: Router) -> None:
     router.stanza(StanzaKind.PRESENCE, Direction.OUT, (None, "unavailable"))(outbound)
-    router.stanza(StanzaKind.PRESENCE, Direction.IN, (None, "unavailable", "error"))(inbound)
+    router.stanza(StanzaKind.PRESENCE, Direction.IN, INBOUND_TYPES)(inbound)
     router.stanza(StanzaKind.PRESENCE, Direction.IN, ("probe",))(probe)
     router.observe(SessionClosed)(closed)

@@ -70,11 +70,29 @@ async def test_what_the_common_case_leaves_to_the_full_path(world):
         f"<message to='nobody@example.test' type='chat' from='{ALICE}'><body>u</body></message>",  # unknown account
         f"<message to='carol@example.test/backup' type='chat' from='{ALICE}'><body>i</body></message>",  # inactive only
         f"<message to='bob@example.test/gone' type='chat' from='{ALICE}'><body>r</body></message>",  # no such resource
-        f"<presence to='bob@example.test' from='{ALICE}'/>",
+        f"<presence to='bob@example.test' type='probe' from='{ALICE}'/>",
+        f"<presence to='bob@example.test' type='subscribe' from='{ALICE}'/>",
     ]
     for text in cases:
         assert now(world, text)[0] is False, text
     bob.silent()
+
+
+async def test_presence_goes_to_every_available_resource_or_the_full_jid(world):
+    a = await world.online("bob@example.test/a")
+    neg = await world.online("bob@example.test/neg", "<presence><priority>-1</priority></presence>")
+    backup = await world.connect("bob@example.test/backup", kind=SessionKind.INACTIVE)
+    a.outbox.clear(), neg.outbox.clear()
+    done, body = now(world, f"<presence to='bob@example.test' from='{ALICE}'><show>away</show></presence>")
+    assert done
+    for c in (a, neg):
+        c.expect(f"<presence to='bob@example.test' from='{ALICE}'><show>away</show></presence>")
+        assert c.wires[-1] == body
+    backup.silent()
+    assert now(world, f"<presence to='bob@example.test/neg' type='unavailable' from='{ALICE}'/>")[0]
+    neg.expect(f"<presence to='bob@example.test/neg' type='unavailable' from='{ALICE}'/>")
+    assert now(world, f"<presence to='bob@example.test/backup' from='{ALICE}'/>")[0]  # dropped, as inbound does
+    a.silent(), backup.silent()
 
 
 async def test_carbons_anywhere_on_the_account_take_the_full_path(world):
