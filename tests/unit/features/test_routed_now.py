@@ -73,6 +73,9 @@ async def test_what_the_common_case_leaves_to_the_full_path(world):
         f"<presence to='bob@example.test' type='probe' from='{ALICE}'/>",
         f"<presence to='bob@example.test' type='subscribe' from='{ALICE}'/>",
     ]
+    payload = b"R\n<message xmlns='' to='bob@example.test' type='chat' from='" + ALICE.encode() + b"'><body>n</body></message>"
+    stanza = decode_routed(world.ctx, "n2", payload)
+    assert stanza is not None and deliver_routed_now(world.ctx, stanza, payload) is False  # written again, not as it came
     for text in cases:
         assert now(world, text)[0] is False, text
     bob.silent()
