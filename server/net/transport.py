@@ -24,8 +24,10 @@ Rules of this module:
   record and one send, when the turn ends. Why: a busy node delivers dozens of
   stanzas to one client per turn (a routed burst from a peer node); one record and
   one syscall each cost more than the rest of the delivery (measured: `_flush` was
-  the largest self-time of a receiving node). `close` writes what is pending first,
-  `start_tls` too (a `<proceed/>` goes out in the clear), `abort` drops it.
+  the largest self-time of a receiving node). What a turn joins goes out whenever it
+  reaches `PENDING_MAX` (bounded memory; records stay large). `close` writes what is
+  pending first, `start_tls` too (a `<proceed/>` goes out in the clear), `abort`
+  drops it.
 - `close()` sends TLS close_notify and closes after the buffer is flushed; `abort()`
   drops the connection at once.
 """
@@ -40,6 +42,7 @@ from typing import Protocol
 
 log = logging.getLogger(__name__)
 READ_SIZE = 64 * 1024  # the per-loop receive buffer; one TLS read returns at most this
+PENDING_MAX = 64 * 1024  # a turn's joined writes go out when they reach this
 
 _BUFFERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, memoryview] = weakref.WeakKeyDictionary()
 
@@ -182,6 +185,9 @@ class ClientTransport(asyncio.BufferedProtocol):
         if self._pending is not None:  # already wrote this turn: join the turn's last write
             self._pending.append(data)
             self._pending_bytes += len(data)
+            if self._pending_bytes >= PENDING_MAX:  # a big turn goes out in pieces
+                pending, self._pending, self._pending_bytes = self._pending, [], 0
+                self._send(b"".join(pending))
             return
         self._send(data)
         self._pending = []

@@ -211,3 +211,35 @@ async def test_reading_back_pressure_is_passed_to_the_socket():
     assert sock.reading_paused
     transport.resume_reading()
     assert not sock.reading_paused
+
+
+async def test_writes_of_one_turn_go_out_together():
+    transport, sock, receiver = connect()
+    transport.write(b"<a/>")
+    transport.write(b"<b/>")
+    transport.write(b"<c/>")
+    assert sock.take() == b"<a/>"  # the first at once: no added latency
+    assert transport.write_buffer_size() == 8  # the rest waits for the end of the turn
+    await asyncio.sleep(0)
+    assert sock.take() == b"<b/><c/>"
+    transport.write(b"<d/>")
+    assert sock.take() == b"<d/>"  # a new turn: at once again
+
+
+async def test_a_big_turn_goes_out_in_pieces_and_close_or_abort_settle_what_waits():
+    from server.net.transport import PENDING_MAX
+    transport, sock, receiver = connect()
+    transport.write(b"<first/>")
+    chunk = b"x" * 1000
+    for _ in range(PENDING_MAX // len(chunk) + 1):
+        transport.write(chunk)
+    assert len(sock.take()) > PENDING_MAX and transport.write_buffer_size() < PENDING_MAX
+    transport.write(b"<last/>")
+    transport.close()  # what waits goes out before the close
+    assert sock.take().endswith(b"<last/>") and sock.closing
+    transport, sock, receiver = connect()
+    transport.write(b"<1/>")
+    transport.write(b"<2/>")
+    transport.abort()
+    await asyncio.sleep(0)
+    assert sock.take() == b"<1/>" and sock.aborted
