@@ -11,8 +11,9 @@ Rules of this module:
   deliveries (a message to an online user) finish without suspending, and then cost
   no task, no future and no turn of the loop (measured: cross-node latency and CPU).
   Only if it suspends does a task carry it on from there (`_Resume`), and later items
-  of its key queue behind it. A tracked item that finished at once returns None: the
-  link then acknowledges it as processed.
+  of its key queue behind it. An item that finished at once returns None (a tracked
+  one: the link then acknowledges it as processed); one that waits returns its future
+  (tracked) or `QUEUED`, so the link knows that work is pending (endpoint.py).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from collections.abc import Awaitable, Callable, Hashable
 log = logging.getLogger(__name__)
 
 Work = Callable[[], Awaitable[None]]
+QUEUED = "queued"  # `submit` of an untracked item that waits (queued or suspended)
 # Queued items: (work, done); `done` (tracked items only) is set once the work has run.
 
 
@@ -34,15 +36,15 @@ class Inbox:
         self._tasks: set[asyncio.Task[None]] = set()
         self.failures = 0
 
-    def submit(self, key: Hashable, work: Work, *, tracked: bool = False) -> asyncio.Future[None] | None:
+    def submit(self, key: Hashable, work: Work, *, tracked: bool = False) -> asyncio.Future[None] | str | None:
         """Run or queue `work` behind the earlier items of `key`; with `tracked`, return a
         future done when it has run (failed or not), for the link to acknowledge it
-        then, or None if it already has."""
+        then, or None if it already has (untracked: `QUEUED` or None)."""
         queue = self._queues.get(key)
         if queue is not None:
             done = asyncio.get_running_loop().create_future() if tracked else None
             queue.append((work, done))
-            return done
+            return done if tracked else QUEUED
         coro = work()
         try:
             yielded = coro.send(None)
@@ -56,7 +58,7 @@ class Inbox:
         task = asyncio.get_running_loop().create_task(self._run(key))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        return done
+        return done if tracked else QUEUED
 
     def _failed(self, key: Hashable) -> None:
         self.failures += 1

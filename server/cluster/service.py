@@ -125,10 +125,11 @@ class ClusterService:
         await self.inbox.close()
 
     # -- frames from peers -------------------------------------------------------------
-    def _on_frame(self, peer: str, kind: Kind, payload: bytes) -> asyncio.Future | None:
+    def _on_frame(self, peer: str, kind: Kind, payload: bytes) -> asyncio.Future | str | None:
         """Routed stanzas return their delivery's future: the link acknowledges them
         once delivered here (a node that dies with them unacknowledged loses nothing;
-        the sender takes them back, `_reroute_unreachable`)."""
+        the sender takes them back, `_reroute_unreachable`). Other stanzas return
+        `inbox.QUEUED` when their work waits (the link then yields before decoding more)."""
         try:
             if kind is Kind.STANZA:
                 key = routed_frame_key(payload)
@@ -143,22 +144,20 @@ class ClusterService:
             log.warning("dropped a frame from node %s: %s", peer, exc)
         return None
 
-    def _routed_now(self, peer: str, key: str, payload: bytes) -> asyncio.Future | None:
+    def _routed_now(self, peer: str, key: str, payload: bytes) -> asyncio.Future | str | None:
         stanza = decode_routed(self.ctx, peer, payload)
         if stanza is None or deliver_routed_now(self.ctx, stanza, payload):
             return None
         return self.inbox.submit(key, lambda: deliver_routed(self.ctx, stanza), tracked=True)
 
-    def _on_stanza(self, peer: str, frame: wire.Routed | wire.SessionStanza) -> asyncio.Future | None:
+    def _on_stanza(self, peer: str, frame: wire.Routed | wire.SessionStanza) -> asyncio.Future | str | None:
         if isinstance(frame, wire.Routed):
             wire.check_origin(frame.stanza, self.ctx.domain)
             return self.inbox.submit(recipient_key(frame.stanza), lambda: deliver_routed(self.ctx, frame.stanza),
                                      tracked=True)
         if frame.upstream:
-            self.inbox.submit(("u", peer, frame.sid), lambda: self.host.upstream(peer, frame.sid, frame.stanza))
-        else:
-            self.inbox.submit(("d", frame.sid), lambda: self._sync(self.dialer.downstream, frame.sid, frame.stanza))
-        return None
+            return self.inbox.submit(("u", peer, frame.sid), lambda: self.host.upstream(peer, frame.sid, frame.stanza))
+        return self.inbox.submit(("d", frame.sid), lambda: self._sync(self.dialer.downstream, frame.sid, frame.stanza))
 
     def _on_control(self, peer: str, control: wire.Control) -> None:
         sid, op = control.text("sid") or "", control.op

@@ -22,10 +22,13 @@ Rules of this module:
 - A frame callback may return a future (the work the frame started): the frame is
   acknowledged only once it is done (`PeerLink.hold`), so a peer's ack means done.
 - Acks owed (`AckOwed`) go out `ack_delay_s` later at the latest (`DelayedAck`).
-- What is read is decoded `DECODE_SLICE` bytes per loop turn: the work the frame
-  callbacks start (tasks) runs between slices, so a burst is not all decoded and queued
-  first (held longer, such objects outlive the young GC generations and bring on
-  full collections, which cost a busy node more than decoding).
+- What is read is decoded `DECODE_SLICE` bytes at a time, and when the frame callbacks
+  of a slice started work that waits (they returned something: a future, or any
+  other value), the loop turns before the next slice: that work runs first, so a burst
+  is not all decoded and queued first (held longer, such objects outlive the young GC
+  generations and bring on full collections, which cost a busy node more than
+  decoding). Slices whose frames were all handled at once follow each other in one
+  turn: what they wrote (a receiving node's writes to its clients) goes out together.
 - A withdrawn message (state.py) is acknowledged but never passed to `on_frame`.
 - Callbacks are plain functions called on the loop; they should not raise (if one
   does, it is logged and the connection is reset; that frame counts as delivered).
@@ -51,7 +54,7 @@ READ_SIZE = 1 << 16
 DECODE_SLICE = 1 << 13  # about 50 routed stanzas
 BUSY_S = 0.0003  # a link that wrote this recently is busy: a turn's frames all go in one write
 
-OnFrame = Callable[[str, Kind, bytes], "asyncio.Future | None"]
+OnFrame = Callable[[str, Kind, bytes], object]  # a future: ack once done; other non-None: work waits
 OnUp = Callable[[st.LinkStatus], None]
 OnDown = Callable[[st.LinkDown], None]
 
@@ -233,22 +236,27 @@ class Endpoint:
                 return st.PeerClosed(peer, repr(exc))
             if not data:
                 return st.PeerClosed(peer, "end of stream")
+            started = False
             for start in range(0, len(data), DECODE_SLICE):
-                if start:
+                if started:
                     await asyncio.sleep(0)  # the previous slice's work runs first
                 conn.core.receive_data(data[start : start + DECODE_SLICE])
-                down = self._dispatch(conn)
+                down, started = self._dispatch(conn)
                 self._write(conn, conn.core.data_to_send())
                 if down is not None:
                     return down
 
-    def _dispatch(self, conn: Conn) -> st.LinkDown | None:
+    def _dispatch(self, conn: Conn) -> tuple[st.LinkDown | None, bool]:
+        """(why the link is down, or None; whether a frame callback started work that waits)."""
+        started = False
         for event in conn.core.events():
             if isinstance(event, FrameReceived):
                 if event.payload or event.kind is not WITHDRAWN[0]:  # not WITHDRAWN (state.py)
                     work = self._on_frame(conn.peer, event.kind, event.payload)
-                    if isinstance(work, asyncio.Future) and event.seq:
-                        self._hold(conn.peer, event.seq, work)
+                    if work is not None:
+                        started = True
+                        if isinstance(work, asyncio.Future) and event.seq:
+                            self._hold(conn.peer, event.seq, work)
             elif isinstance(event, AckReceived):
                 self._wake(conn.peer)
             elif isinstance(event, AckOwed):
@@ -258,8 +266,8 @@ class Endpoint:
             elif isinstance(event, HandshakeComplete):
                 self._link_up(conn, event)
             elif isinstance(event, ProtocolFailed):
-                return st.LinkRejected(conn.peer or conn.core.peer_name, event.reason)
-        return None
+                return st.LinkRejected(conn.peer or conn.core.peer_name, event.reason), started
+        return None, started
 
     def _link_up(self, conn: Conn, event: HandshakeComplete) -> None:
         conn.peer, conn.up = event.peer_name, True
