@@ -145,8 +145,18 @@ class ClusterService:
         return None
 
     def _routed_now(self, peer: str, key: str, payload: bytes) -> asyncio.Future | str | None:
+        """A routed frame whose recipient has nothing queued: parsed and, in the common
+        case, delivered now (routing.py). A failure is logged like a failed inbox item:
+        it must not reach the link, which would reset the connection."""
         stanza = decode_routed(self.ctx, peer, payload)
-        if stanza is None or deliver_routed_now(self.ctx, stanza, payload):
+        if stanza is None:
+            return None
+        try:
+            if deliver_routed_now(self.ctx, stanza, payload):
+                return None
+        except Exception:  # noqa: BLE001 - as the inbox does with a failing item
+            self.inbox.failures += 1
+            log.exception("cluster: delivering a routed %s from %s failed", stanza.tag, peer)
             return None
         return self.inbox.submit(key, lambda: deliver_routed(self.ctx, stanza), tracked=True)
 
