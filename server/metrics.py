@@ -45,6 +45,8 @@ class Metrics:
             registry=r,
         )
         self.connections = Counter("connections", "Client TCP connections accepted", registry=r)
+        self.loop_lag = Gauge("event_loop_lag_seconds", "How late the event loop ran a timer, last sample "
+                              "(a node whose loop runs late sheds logins: server.net.limits.LoginGate)", registry=r)
         self.stanzas_in = Counter("stanzas_in", "Stanzas received from bound clients", registry=r)
         self.stanzas_out = Counter("stanzas_out", "Stanzas sent to bound clients", registry=r)
         self.auth_failures = Counter("auth_failures", "Failed SASL authentication attempts", registry=r)

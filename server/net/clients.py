@@ -57,6 +57,7 @@ log = logging.getLogger(__name__)
 REGISTRATION_CHECK_S = 1.0  # on top of `server.auth`'s parameter cache
 TRIM_AFTER_LOGINS = 100  # a burst this big is followed by a heap trim...
 TRIM_DELAY_S = 1.0  # ...once no login has been negotiating for this long
+LAG_PERIOD_S = 0.1  # the event-loop lag is sampled this often (login gate, gauge)
 
 
 def _malloc_trim() -> Callable[[int], int] | None:
@@ -93,6 +94,7 @@ class ClientPort:
         self.rng = random.SystemRandom()
         self.throttle = AuthThrottle(self.limits.auth_throttle_base_s, self.limits.auth_throttle_max_s, self.limits.auth_throttle_window_s)
         self.login_gate = LoginGate(self.limits.logins_in_progress_min, self.limits.login_budget_s)
+        self._lag_watch: asyncio.Task[None] | None = None
         self._logins_since_trim = 0
         self._trim: asyncio.TimerHandle | None = None
         self.connections: set[Connection] = set()
@@ -133,7 +135,20 @@ class ClientPort:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
             lambda: ClientTransport(self._connected), host, port, reuse_address=True, backlog=1024)
+        if self._lag_watch is None:
+            self._lag_watch = loop.create_task(self._watch_lag())
         log.info("client port listening on %s:%d", host, port)
+
+    async def _watch_lag(self) -> None:
+        """How late the event loop runs a timer, every `LAG_PERIOD_S`: for the login gate
+        (a loop running late is a saturated node) and the `event_loop_lag_seconds` gauge."""
+        loop = asyncio.get_running_loop()
+        while True:
+            due = loop.time() + LAG_PERIOD_S
+            await asyncio.sleep(LAG_PERIOD_S)
+            lag = max(0.0, loop.time() - due)
+            self.login_gate.note_lag(self.now(), lag)
+            self.metrics.loop_lag.set(lag)
 
     async def _registration_enabled(self) -> bool:
         """The cluster parameter, read once per `REGISTRATION_CHECK_S` whatever the rate
@@ -300,6 +315,9 @@ class ClientPort:
     async def shutdown(self, timeout_s: float) -> None:
         if self._server is not None:
             self._server.close()
+        if self._lag_watch is not None:
+            self._lag_watch.cancel()
+            self._lag_watch = None
         for session, connection in list(self._owner.items()):
             connection.notified_close = True
             await self.ctx.notify(SessionClosed(session, graceful=True))
@@ -336,6 +354,9 @@ class ClientPort:
         if self._server is not None:
             self._server.close()
             self._server = None
+        if self._lag_watch is not None:
+            self._lag_watch.cancel()
+            self._lag_watch = None
         await self.close_sessions(lambda _session: True, lambda _username: error, timeout_s, handover=handover)
         for connection in list(self.connections):
             connection.kick_soon(error)

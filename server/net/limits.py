@@ -18,6 +18,10 @@ Rules of this module:
   falls behind sheds the excess at once with a retryable `resource-constraint` stream
   error, answering the stream header before TLS, so a shed attempt costs little
   (`c2s`). It is a count, not a queue: a shed client retries after its own backoff.
+  A node is saturated when its recent logins were slow, or when its event loop runs
+  late (`note_lag`): a loop too busy to accept connections in time makes clients wait
+  before their login is even measured (in the kernel's accept queue), so the logins
+  it does measure look quick while clients time out.
 """
 
 from __future__ import annotations
@@ -94,30 +98,43 @@ class LoginGate:
     WINDOW_S = 5.0  # the rate and the latency are measured over this much recent time
     MIN_LIMIT = 50  # a saturated node still admits this many at once
     MIN_SAMPLES = 10  # completed logins needed to call the node saturated
+    LOGIN_STEPS = 10  # round trips of a login (header, STARTTLS, TLS, SASL, bind...): each waits for the loop
+    MIN_LAG_SAMPLES = 2  # loop-lag samples needed to call the node saturated
 
     def __init__(self, floor: int, budget_s: float, target_s: float | None = None) -> None:
         self.floor = floor
         self.budget_s = budget_s
         self.target_s = target_s if target_s is not None else budget_s / 3
+        self.lag_limit_s = self.target_s / self.LOGIN_STEPS  # a loop this late makes logins miss the target
         self.in_progress = 0
         self.shed = 0  # logins refused since start
         self._completed: deque[tuple[float, float | None]] = deque()  # (when, how long) of recent logins
+        self._lags: deque[tuple[float, float]] = deque()  # (when, how late) of recent loop-lag samples
+
+    def note_lag(self, now: float, lag_s: float) -> None:
+        """The event loop ran a timer `lag_s` late (a sample every fraction of a second)."""
+        self._lags.append((now, lag_s))
 
     def limit(self, now: float) -> int:
         """How many logins may negotiate at once now."""
         while self._completed and now - self._completed[0][0] > self.WINDOW_S:
             self._completed.popleft()
+        while self._lags and now - self._lags[0][0] > self.WINDOW_S:
+            self._lags.popleft()
         rate = len(self._completed) / self.WINDOW_S
         if self.saturated():
             return max(self.MIN_LIMIT, int(rate * self.target_s))
         return max(self.floor, int(rate * self.budget_s))
 
     def saturated(self) -> bool:
-        """Half the recent logins took longer than `target_s` (call `limit` first)."""
+        """Half the recent logins took longer than `target_s`, or half the recent loop-lag
+        samples were `lag_limit_s` or later (call `limit` first). Half, not one: a single
+        slow login or a pause of the loop (a full collection) sheds nobody."""
         timed = [took for _, took in self._completed if took is not None]
-        if len(timed) < self.MIN_SAMPLES:
-            return False
-        return 2 * sum(1 for took in timed if took > self.target_s) >= len(timed)
+        if len(timed) >= self.MIN_SAMPLES and 2 * sum(1 for took in timed if took > self.target_s) >= len(timed):
+            return True
+        lags = self._lags
+        return len(lags) >= self.MIN_LAG_SAMPLES and 2 * sum(1 for _, lag in lags if lag >= self.lag_limit_s) >= len(lags)
 
     def enter(self, now: float) -> bool:
         """Admit one more negotiating connection; False (and counted as shed) when full."""

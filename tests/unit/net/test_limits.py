@@ -83,3 +83,26 @@ def test_a_saturated_node_still_admits_its_minimum():
         gate.enter(now=0.0)
         gate.leave(now=i * 0.25, completed=True, started=i * 0.25 - 20)
     assert gate.limit(now=5.0) == LoginGate.MIN_LIMIT
+
+
+def test_a_loop_running_late_is_a_saturated_node():
+    """A storm the node cannot even accept in time: the logins it measures look quick
+    (timed from accept), but its event loop runs late. Half the lag samples of the
+    window at `lag_limit_s` or later make it saturated; a single pause does not."""
+    gate = LoginGate(floor=1000, budget_s=15.0)
+    assert gate.lag_limit_s == 0.5
+    for i in range(100):  # 20 quick logins/s over the window
+        gate.enter(now=i * 0.05)
+        gate.leave(now=i * 0.05 + 0.2, completed=True, started=i * 0.05)
+    for i in range(48):
+        gate.note_lag(now=0.1 * i, lag_s=0.002)
+    gate.note_lag(now=4.8, lag_s=1.5)  # one full collection
+    assert gate.limit(now=5.0) == 1000 and not gate.saturated()
+    for i in range(60):  # then the loop runs late, sample after sample
+        gate.note_lag(now=5.0 + 0.1 * i, lag_s=0.8)
+    now = 11.0
+    assert gate.limit(now) == LoginGate.MIN_LIMIT and gate.saturated()  # no logins completed in the last 5 s
+    assert sum(gate.enter(now) for _ in range(200)) == LoginGate.MIN_LIMIT
+    for i in range(60):  # the loop catches up: after a window of prompt samples the floor is back
+        gate.note_lag(now=11.0 + 0.1 * i, lag_s=0.001)
+    assert gate.limit(now=17.0) == 1000 and not gate.saturated()
