@@ -7,12 +7,16 @@ Rules of this module:
   processes can share one file.
 - Connection failures surface as `DatabaseUnavailable` (STYLE §6), raised by the
   data-access functions through `translate_errors`.
+- `WRITES.at` is when a write statement (INSERT, UPDATE, DELETE) last completed on any
+  engine of this process (`track_writes`): a database that completes writes is busy,
+  not lost, even when one of them is slow (the SRM's liveness check, srm/runner.py).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -73,6 +77,26 @@ def _sqlite_on_connect(dbapi_conn, _record) -> None:
     cursor.close()
 
 
+class WriteProgress:
+    """When the last write statement completed (monotonic seconds), on any engine."""
+
+    def __init__(self) -> None:
+        self.at = float("-inf")
+
+    def _after_execute(self, _conn, _cursor, statement: str, _parameters, _context, _executemany) -> None:
+        if statement[:6].upper() in _WRITE_VERBS:
+            self.at = time.monotonic()  # a float store: safe from the pool's threads
+
+
+_WRITE_VERBS = frozenset(("INSERT", "UPDATE", "DELETE"))
+WRITES = WriteProgress()
+
+
+def track_writes(sync_engine) -> None:
+    """Count this engine's writes in `WRITES`."""
+    event.listen(sync_engine, "after_cursor_execute", WRITES._after_execute)
+
+
 def make_engine(url: str, *, pool_size: int | None = None, echo: bool = False) -> AsyncEngine:
     """Create the async engine for `url` (any accepted spelling); `pool_size` None: the default."""
     full = normalize_url(url)
@@ -84,14 +108,17 @@ def make_engine(url: str, *, pool_size: int | None = None, echo: bool = False) -
             "pool_size": pool_size or SQLITE_POOL_SIZE, "max_overflow": SQLITE_MAX_OVERFLOW}
         engine = create_async_engine(full, echo=echo, **sized)
         event.listen(engine.sync_engine, "connect", _sqlite_on_connect)
+        track_writes(engine.sync_engine)
         return engine
-    return create_async_engine(
+    engine = create_async_engine(
         full,
         echo=echo,
         pool_size=pool_size or 5,
         pool_pre_ping=True,
         connect_args={"timeout": 5, "command_timeout": 10},
     )
+    track_writes(engine.sync_engine)
+    return engine
 
 
 def make_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

@@ -37,7 +37,7 @@ from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from db.engine import DatabaseUnavailable, _sqlite_on_connect, normalize_url
+from db.engine import DatabaseUnavailable, _sqlite_on_connect, normalize_url, track_writes
 
 T = TypeVar("T")
 Operation = Callable[..., T]
@@ -75,6 +75,7 @@ class HotPath:
             self._sync = create_engine(sync_url, pool_size=SQLITE_THREADS, max_overflow=0,
                                        connect_args={"check_same_thread": False})  # one thread at a time
             event.listen(self._sync, "connect", _sqlite_on_connect)
+            track_writes(self._sync)
             self._threads = concurrent.futures.ThreadPoolExecutor(SQLITE_THREADS, thread_name_prefix="hotpath")
             self._async = None
         else:
@@ -85,6 +86,7 @@ class HotPath:
                 pool_reset_on_return=None, isolation_level="AUTOCOMMIT",
                 connect_args={"timeout": 5, "command_timeout": 10},
             )
+            track_writes(self._async.sync_engine)
 
     async def run(self, fn: Operation[T], *args: Any) -> T:
         for attempt in (1, 2):
