@@ -15,8 +15,9 @@ Rules of this module:
   pure-Python parser (12% of a node's time in the cross-node benchmark): one
   long-lived parser (`_StanzaParser`, expat feeding the C tree builder) takes every
   frame's body as the next child of a never-closed root, because making a parser per
-  frame costs more than parsing a stanza. Anything but exactly one complete element resets it, and so does every
-  `_PARSER_LIFE` frames (its name cache must not grow without bound).
+  frame costs more than parsing a stanza. Anything but exactly one complete element
+  resets it, and so does every `_PARSER_LIFE` frames (its name cache must not grow
+  without bound).
 - It stays restricted XML (RFC 6120 §11.1) by refusing, before parsing, any `<!` (DTD,
   entity declaration, comment, CDATA), `<?` (processing instruction, XML declaration)
   and NUL byte: `serialize` never writes them (it escapes every `<` in text and

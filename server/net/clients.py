@@ -44,6 +44,7 @@ from server.features.context import FeatureContext
 from server.metrics import Metrics
 from server.net.c2s import Connection
 from server.net.transport import ClientTransport
+from server.loop_lag import lateness
 from server.net.limits import AuthThrottle, LoginGate
 from server.router import SessionClosed
 from server.sessions import Session, SessionKind
@@ -140,15 +141,16 @@ class ClientPort:
         log.info("client port listening on %s:%d", host, port)
 
     async def _watch_lag(self) -> None:
-        """How late the event loop runs a timer, every `LAG_PERIOD_S`: for the login gate
-        (a loop running late is a saturated node) and the `event_loop_lag_seconds` gauge."""
-        loop = asyncio.get_running_loop()
-        while True:
-            due = loop.time() + LAG_PERIOD_S
-            await asyncio.sleep(LAG_PERIOD_S)
-            lag = max(0.0, loop.time() - due)
+        """How late the event loop runs, every `LAG_PERIOD_S`: for the login gate (a loop
+        running late is a saturated node) and the `event_loop_lag_seconds` gauge."""
+        async for lag in lateness(LAG_PERIOD_S):
             self.login_gate.note_lag(self.now(), lag)
             self.metrics.loop_lag.set(lag)
+
+    def _stop_lag_watch(self) -> None:
+        if self._lag_watch is not None:
+            self._lag_watch.cancel()
+            self._lag_watch = None
 
     async def _registration_enabled(self) -> bool:
         """The cluster parameter, read once per `REGISTRATION_CHECK_S` whatever the rate
@@ -315,9 +317,7 @@ class ClientPort:
     async def shutdown(self, timeout_s: float) -> None:
         if self._server is not None:
             self._server.close()
-        if self._lag_watch is not None:
-            self._lag_watch.cancel()
-            self._lag_watch = None
+        self._stop_lag_watch()
         for session, connection in list(self._owner.items()):
             connection.notified_close = True
             await self.ctx.notify(SessionClosed(session, graceful=True))
@@ -354,9 +354,7 @@ class ClientPort:
         if self._server is not None:
             self._server.close()
             self._server = None
-        if self._lag_watch is not None:
-            self._lag_watch.cancel()
-            self._lag_watch = None
+        self._stop_lag_watch()
         await self.close_sessions(lambda _session: True, lambda _username: error, timeout_s, handover=handover)
         for connection in list(self.connections):
             connection.kick_soon(error)

@@ -24,7 +24,6 @@ Rules of this module:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import random
@@ -40,6 +39,7 @@ from db.engine import WRITES, DatabaseUnavailable
 from db.errors import FencingConflict
 from server.auth import host_port
 from server.link import Kind, LinkClient, LinkConfig, LinkOptions, LinkServer, PeerRefused
+from server.loop_lag import LoopLag
 from server.services import CriticalServices, StopCause
 from server.sessions import SessionRegistry
 from server.srm import peer_protocol
@@ -65,30 +65,6 @@ CLOSE_TIMEOUT_S = 5.0  # how long closing client streams may take
 GOODBYE_TIMEOUT_S = 2.0  # how long a shutting-down node waits for the peer's ack
 DB_SLOW_CHECKS = 2  # database checks in a row over their time limit that make a Database Failure
 SATURATED_LAG_SHARE = 0.2  # a check whose loop ran this share of its limit late: the node is slow, not the database
-LAG_TICK_S = 0.1  # how often `LoopLag` samples the event loop
-
-
-class LoopLag:
-    """The worst lateness of the event loop while `watching()`: a ticker task sleeps
-    `LAG_TICK_S` at a time and records how late it woke."""
-
-    def __init__(self) -> None:
-        self.worst_s = 0.0
-
-    @contextlib.asynccontextmanager
-    async def watching(self):
-        task = asyncio.get_running_loop().create_task(self._tick())
-        try:
-            yield self
-        finally:
-            task.cancel()
-
-    async def _tick(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            due = loop.time() + LAG_TICK_S
-            await asyncio.sleep(LAG_TICK_S)
-            self.worst_s = max(self.worst_s, loop.time() - due)
 
 
 @dataclass(frozen=True)

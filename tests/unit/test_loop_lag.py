@@ -1,12 +1,13 @@
-"""`LoopLag`: how late the event loop ran while a database check was in flight (a slow
-check during which the node's own loop ran late is not a Database Failure)."""
+"""`server.loop_lag.LoopLag`: how late the event loop ran while a database check was in
+flight (a slow check during which the node's own loop ran late is not a Database Failure)."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 
-from server.srm.runner import LAG_TICK_S, LoopLag
+from server.loop_lag import TICK_S as LAG_TICK_S
+from server.loop_lag import LoopLag
 
 
 async def test_an_idle_loop_is_not_late():
