@@ -21,7 +21,7 @@ import ssl as ssl_lib
 
 from server.link import status as st
 from server.link.backoff import backoff_delay
-from server.link.endpoint import Conn, Endpoint, LinkClosed, LinkOptions, OnDown, OnFrame, OnUp
+from server.link.endpoint import Conn, Endpoint, LinkClosed, LinkOptions, OnDown, OnFrame, OnUp, Wire
 from server.link.frames import Kind
 from server.link.protocol import LinkConnection, Role
 from server.link.state import LinkConfig
@@ -44,8 +44,8 @@ class LinkServer(Endpoint):
         self._tasks: set[asyncio.Task] = set()
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(
-            self._accept, self._host, self._port, ssl=self._ssl,
+        self._server = await asyncio.get_running_loop().create_server(
+            self._wire, self._host, self._port, ssl=self._ssl,
             ssl_handshake_timeout=self._opt.handshake_timeout_s if self._ssl else None)
 
     @property
@@ -75,15 +75,24 @@ class LinkServer(Endpoint):
         if self._server is not None:
             await self._server.wait_closed()
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
+    def _wire(self) -> Wire:
+        return _Accepted(self, lambda: LinkConnection(Role.RESPONDER, self._links, os.urandom(16)), None)
+
+    def _serve_accepted(self, wire: Wire) -> None:
+        task = asyncio.get_running_loop().create_task(self._serve_and_report(wire))
         self._tasks.add(task)
-        try:
-            core = LinkConnection(Role.RESPONDER, self._links, os.urandom(16))
-            conn = Conn(reader, writer, core, None)
-            self._report_down(conn, await self._serve(conn))
-        finally:
-            self._tasks.discard(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _serve_and_report(self, wire: Wire) -> None:
+        self._report_down(wire.conn, await self._serve(wire.conn))
+
+
+class _Accepted(Wire):
+    """An accepted connection: served by a task of its own."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._endpoint._serve_accepted(self)
 
 
 class LinkClient(Endpoint):
@@ -144,7 +153,9 @@ class LinkClient(Endpoint):
     async def _attempt(self) -> tuple[Conn | None, st.LinkDown]:
         try:
             async with asyncio.timeout(self._opt.connect_timeout_s):
-                reader, writer = await asyncio.open_connection(
+                _, wire = await asyncio.get_running_loop().create_connection(
+                    lambda: Wire(self, lambda: LinkConnection(Role.INITIATOR, self._links, os.urandom(16), self._peer),
+                                 self._peer),
                     self._host, self._port, ssl=self._ssl,
                     server_hostname=self._server_hostname if self._ssl else None)
         except ConnectionRefusedError as exc:
@@ -155,6 +166,4 @@ class LinkClient(Endpoint):
             return None, st.LinkRejected(self._peer, f"TLS: {exc!r}")
         except OSError as exc:
             return None, st.PeerUnreachable(self._peer, repr(exc))
-        core = LinkConnection(Role.INITIATOR, self._links, os.urandom(16), self._peer)
-        conn = Conn(reader, writer, core, self._peer)
-        return conn, await self._serve(conn)
+        return wire.conn, await self._serve(wire.conn)

@@ -30,6 +30,9 @@ Rules of this module:
   decoding). Slices whose frames were all handled at once follow each other in one
   turn: what they wrote (a receiving node's writes to its clients) goes out together.
 - A withdrawn message (state.py) is acknowledged but never passed to `on_frame`.
+- Bytes are handled as they arrive (`Wire`, an asyncio protocol: no reader task to wake,
+  no timeout to re-arm per read); silence is watched by one timer per connection that
+  re-arms itself at `last_rx + dead_after_s`.
 - Callbacks are plain functions called on the loop; they should not raise (if one
   does, it is logged and the connection is reset; that frame counts as delivered).
 """
@@ -80,15 +83,51 @@ class LinkOptions:
 
 
 class Conn:
-    __slots__ = ("reader", "writer", "core", "peer", "up", "replaced", "pending", "ack_timer", "last_rx", "last_tx")
+    __slots__ = ("transport", "core", "peer", "up", "replaced", "pending", "ack_timer", "watch", "last_rx",
+                 "last_tx", "opened", "rest", "done")
 
-    def __init__(self, reader, writer, core: LinkConnection, peer: str | None) -> None:
-        self.reader, self.writer, self.core, self.peer = reader, writer, core, peer
+    def __init__(self, transport: asyncio.Transport, core: LinkConnection, peer: str | None) -> None:
+        self.transport, self.core, self.peer = transport, core, peer
         self.up = self.replaced = False
         self.pending: list[bytes] | None = None  # None: nothing written this loop turn
         self.ack_timer: asyncio.TimerHandle | None = None
-        self.last_rx = asyncio.get_running_loop().time()  # when bytes last arrived
+        self.watch: asyncio.TimerHandle | None = None  # the silence timer
+        loop = asyncio.get_running_loop()
+        self.last_rx = self.opened = loop.time()  # when bytes last arrived; when it was opened
         self.last_tx = float("-inf")  # when bytes were last written
+        self.rest: bytes | None = None  # read, not decoded yet (decoding waits a turn)
+        self.done: asyncio.Future[st.LinkDown] = loop.create_future()  # why it ended
+
+    @property
+    def name(self) -> str:
+        return self.peer or self.core.peer_name
+
+    def end(self, down: st.LinkDown) -> None:
+        if not self.done.done():
+            self.done.set_result(down)
+
+
+class Wire(asyncio.Protocol):
+    """The bytes of one link connection: `Endpoint` decodes them as they arrive."""
+
+    def __init__(self, endpoint: Endpoint, make_core: Callable[[], LinkConnection], peer: str | None) -> None:
+        self._endpoint, self._make_core, self._peer = endpoint, make_core, peer
+        self.conn: Conn | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.conn = Conn(transport, self._make_core(), self._peer)  # type: ignore[arg-type]
+        self._endpoint._open(self.conn)
+
+    def data_received(self, data: bytes) -> None:
+        self._endpoint._received(self.conn, data)
+
+    def eof_received(self) -> bool:
+        self.conn.end(st.PeerClosed(self.conn.name, "end of stream"))
+        return False
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self.conn is not None:
+            self.conn.end(st.PeerClosed(self.conn.name, repr(exc) if exc else "end of stream"))
 
 
 class Endpoint:
@@ -127,7 +166,7 @@ class Endpoint:
                      self._links.config.local_name, peer, asyncio.get_running_loop().time() - conn.last_rx)
             del self._current[peer]
             conn.replaced = True  # no down report for this one: the caller knows
-            conn.writer.transport.abort()
+            conn.transport.abort()
         return self._links.withdraw(peer)
 
     def _try_send(self, peer: str, kind: Kind, payload: bytes) -> bool:
@@ -145,7 +184,7 @@ class Endpoint:
         if conn is None:
             self._links.queue(peer, kind, payload)
         else:
-            self._write(conn, conn.core.send(Message(kind, payload)))
+            self._write(conn, conn.core.send_message(kind, payload))
 
     def _heartbeat(self, peer: str, payload: bytes) -> bool:
         conn = self._current.get(peer)
@@ -158,7 +197,7 @@ class Endpoint:
         closing (the peer hung up, its down report not processed yet) the bytes are
         dropped as a network would drop them: the frames stay unacknowledged, so they
         are sent again on the next connection or taken back (`_withdraw`)."""
-        if not data or conn.writer.transport.is_closing():
+        if not data or conn.transport.is_closing():
             return
         if conn.pending is not None:  # already wrote this turn: join the turn's last write
             conn.pending.append(data)
@@ -168,7 +207,7 @@ class Endpoint:
         if now - conn.last_tx < BUSY_S:  # busy: the whole turn goes in one write
             conn.pending = [data]
         else:
-            conn.writer.write(data)
+            conn.transport.write(data)
             conn.last_tx = now
             conn.pending = []
         loop.call_soon(self._flush, conn)
@@ -176,8 +215,8 @@ class Endpoint:
     @staticmethod
     def _flush(conn: Conn) -> None:
         pending, conn.pending = conn.pending, None
-        if pending and not conn.writer.transport.is_closing():
-            conn.writer.write(pending[0] if len(pending) == 1 else b"".join(pending))
+        if pending and not conn.transport.is_closing():
+            conn.transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
             conn.last_tx = asyncio.get_running_loop().time()
 
     def _hold(self, peer: str, seq: int, work: asyncio.Future) -> None:
@@ -199,52 +238,76 @@ class Endpoint:
         conn.ack_timer = None
         self._write(conn, conn.core.send(DelayedAck()))
 
-    async def _serve(self, conn: Conn) -> st.LinkDown:
+    def _open(self, conn: Conn) -> None:
+        """A connection is made (`Wire`): say hello, start its keepalive and silence timer."""
         self._conns.add(conn)
         self._write(conn, conn.core.data_to_send())
+        conn.watch = asyncio.get_running_loop().call_at(conn.opened + self._opt.handshake_timeout_s,
+                                                        self._watch, conn)
+
+    async def _serve(self, conn: Conn) -> st.LinkDown:
+        """Until `conn` ends: why it did."""
         beat = asyncio.create_task(self._beat(conn))
         try:
-            return await self._pump(conn)
-        except Exception as exc:  # a callback raised: log it, reset this connection
-            log.exception("link %s: callback failed, resetting the connection", conn.peer)
-            return st.LinkCrashed(conn.peer, repr(exc))
+            return await asyncio.shield(conn.done)
         finally:
             beat.cancel()
-            if conn.ack_timer is not None:
-                conn.ack_timer.cancel()
+            for timer in (conn.ack_timer, conn.watch):
+                if timer is not None:
+                    timer.cancel()
             self._conns.discard(conn)
             if self._current.get(conn.peer) is conn:
                 del self._current[conn.peer]
             self._flush(conn)
-            conn.writer.close()  # flushes a final ERROR frame, if any
+            conn.transport.close()  # flushes a final ERROR frame, if any
 
-    async def _pump(self, conn: Conn) -> st.LinkDown:
+    def _watch(self, conn: Conn) -> None:
+        """The silence timer: no handshake, or no bytes, within the timeout ends `conn`."""
+        deadline = conn.last_rx + self._opt.dead_after_s if conn.up else conn.opened + self._opt.handshake_timeout_s
         loop = asyncio.get_running_loop()
-        handshake_deadline = loop.time() + self._opt.handshake_timeout_s
-        while True:
-            up = conn.up
-            deadline = loop.time() + self._opt.dead_after_s if up else handshake_deadline
-            peer = conn.peer or conn.core.peer_name
+        if loop.time() >= deadline:
+            conn.watch = None
+            what = "no bytes" if conn.up else "no handshake"
+            conn.end(st.PeerSilent(conn.name, f"{what} within the timeout"))
+        else:
+            conn.watch = loop.call_at(deadline, self._watch, conn)
+
+    def _received(self, conn: Conn, data: bytes) -> None:
+        if conn.done.done():
+            return
+        conn.last_rx = asyncio.get_running_loop().time()
+        if conn.rest is not None:  # still decoding earlier bytes: these follow them
+            conn.rest += data
+        elif self._decode(conn, data):
+            conn.transport.pause_reading()  # until the rest is decoded
+
+    def _decode(self, conn: Conn, data: bytes) -> bool:
+        """Decode `data` a slice at a time; True: a slice started work that waits, the
+        rest (`conn.rest`) is decoded on the next turn, after that work."""
+        for start in range(0, len(data), DECODE_SLICE):
+            conn.core.receive_data(data[start : start + DECODE_SLICE])
             try:
-                async with asyncio.timeout_at(deadline):
-                    data = await conn.reader.read(READ_SIZE)
-                conn.last_rx = loop.time()
-            except TimeoutError:
-                what = "no bytes" if up else "no handshake"
-                return st.PeerSilent(peer, f"{what} within the timeout")
-            except OSError as exc:  # includes ssl.SSLError and resets
-                return st.PeerClosed(peer, repr(exc))
-            if not data:
-                return st.PeerClosed(peer, "end of stream")
-            started = False
-            for start in range(0, len(data), DECODE_SLICE):
-                if started:
-                    await asyncio.sleep(0)  # the previous slice's work runs first
-                conn.core.receive_data(data[start : start + DECODE_SLICE])
                 down, started = self._dispatch(conn)
-                self._write(conn, conn.core.data_to_send())
-                if down is not None:
-                    return down
+            except Exception as exc:  # a callback raised: log it, reset this connection
+                log.exception("link %s: callback failed, resetting the connection", conn.peer)
+                conn.end(st.LinkCrashed(conn.peer, repr(exc)))
+                return False
+            self._write(conn, conn.core.data_to_send())
+            if down is not None:
+                conn.end(down)
+                return False
+            if started and start + DECODE_SLICE < len(data):
+                conn.rest = data[start + DECODE_SLICE :]
+                asyncio.get_running_loop().call_soon(self._decode_rest, conn)
+                return True
+        return False
+
+    def _decode_rest(self, conn: Conn) -> None:
+        rest, conn.rest = conn.rest, None
+        if conn.done.done() or rest is None:
+            return
+        if not self._decode(conn, rest) and not conn.transport.is_closing():
+            conn.transport.resume_reading()
 
     def _dispatch(self, conn: Conn) -> tuple[st.LinkDown | None, bool]:
         """(why the link is down, or None; whether a frame callback started work that waits)."""
@@ -274,7 +337,7 @@ class Endpoint:
         old = self._current.get(event.peer_name)
         if old is not None:
             old.replaced = True
-            old.writer.transport.abort()
+            old.transport.abort()
         self._current[event.peer_name] = conn
         self._wake(event.peer_name)
         kind = st.PeerRestarted if event.restarted else st.LinkUp
@@ -300,13 +363,12 @@ class Endpoint:
 
     async def _shutdown(self, tasks: set[asyncio.Task], cancel: bool) -> None:
         """Abort every connection, then wait for `tasks` (cancelling them first if
-        `cancel`: accepted-connection tasks must end by themselves, because asyncio
-        3.11 logs a spurious error for a cancelled client_connected_cb task)."""
+        `cancel`; an accepted connection's task ends by itself once it is aborted)."""
         self._closed = True
         for room in self._room.values():
             room.set()
         for conn in list(self._conns):
-            conn.writer.transport.abort()
+            conn.transport.abort()
         for task in tasks if cancel else ():
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

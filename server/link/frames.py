@@ -23,6 +23,7 @@ PROOF_LEN = 32
 MAX_NAME_BYTES = 255
 
 _LENGTH = struct.Struct(">I")
+_LENGTH_SIZE = _LENGTH.size
 _HELLO = struct.Struct(">BB16s16sQ")  # type, version, nonce, session id, first unacked
 _CHALLENGE = struct.Struct(">BB16s16sQQ")  # ... as HELLO, then recv seq
 _AUTH = struct.Struct(">BQ")  # type, recv seq; then proof
@@ -47,6 +48,9 @@ class Kind(enum.IntEnum):
     STANZA = 1
     CONTROL = 2
     HEARTBEAT = 3
+
+
+_DATA_TYPE = int(FrameType.DATA)
 
 
 class FrameError(Exception):
@@ -79,7 +83,7 @@ class Auth:
     proof: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: made per frame, and a frozen __init__ costs 3x
 class Data:
     seq: int
     ack: int
@@ -92,34 +96,44 @@ def frame(body: bytes) -> bytes:
 
 
 class FrameReader:
-    """Split a byte stream into frame bodies, refusing any frame over `max_size`."""
+    """Split a byte stream into frames, refusing any frame over `max_size`.
+
+    The buffer is the bytes read, kept as they came (`buffer`): a frame is found as a
+    span of it (`next_span`), so the core can check a frame's tag and take its payload
+    with one copy. A partial frame left at the end of a read is joined to the next
+    read (one copy of at most one read and one frame)."""
 
     def __init__(self, max_size: int) -> None:
         self._max = max_size
-        self._buf = bytearray()
+        self.buffer = b""
         self._pos = 0
 
     def feed(self, data: bytes) -> None:
-        if self._pos and self._pos >= len(self._buf) // 2:
-            del self._buf[: self._pos]  # compact: keeps feeding O(n) overall
-            self._pos = 0
-        self._buf += data
+        rest = self.buffer
+        self.buffer = rest[self._pos :] + data if self._pos < len(rest) else bytes(data)
+        self._pos = 0
 
-    def next_body(self) -> bytes | None:
-        """The next complete body, or None when more bytes are needed."""
-        pos, buf = self._pos, self._buf
-        if len(buf) - pos < _LENGTH.size:
+    def next_span(self) -> tuple[int, int] | None:
+        """(start, end) of the next complete body in `buffer`, or None when more bytes
+        are needed."""
+        pos, buf = self._pos, self.buffer
+        if len(buf) - pos < _LENGTH_SIZE:
             return None
         (size,) = _LENGTH.unpack_from(buf, pos)
         if size > self._max:
             raise FrameError(f"frame of {size} bytes exceeds the maximum of {self._max}")
         if size == 0:
             raise FrameError("empty frame")
-        end = pos + _LENGTH.size + size
+        end = pos + _LENGTH_SIZE + size
         if len(buf) < end:
             return None
         self._pos = end
-        return bytes(buf[pos + _LENGTH.size : end])
+        return pos + _LENGTH_SIZE, end
+
+    def next_body(self) -> bytes | None:
+        """The next complete body, or None when more bytes are needed."""
+        span = self.next_span()
+        return None if span is None else self.buffer[span[0] : span[1]]
 
 
 def name_bytes(name: str) -> bytes:
@@ -203,16 +217,32 @@ def encode_data(seq: int, ack: int, kind: Kind, payload: bytes) -> bytes:
     return _DATA.pack(FrameType.DATA, seq, ack, kind) + payload
 
 
+def data_header(seq: int, ack: int, kind: int) -> bytes:
+    """The DATA body's header; the payload follows it (`encode_data` without the copy)."""
+    return _DATA.pack(_DATA_TYPE, seq, ack, kind)
+
+
+def frame_parts(*parts: bytes) -> bytes:
+    """`frame(b"".join(parts))` with one copy."""
+    return b"".join((_LENGTH.pack(sum(map(len, parts))), *parts))
+
+
 def decode_data(body: bytes) -> Data:
-    if len(body) < _DATA.size:
+    seq, ack, kind = decode_data_header(body, 0, len(body))
+    return Data(seq, ack, kind, body[_DATA.size :])
+
+
+def decode_data_header(buf: bytes, start: int, end: int) -> tuple[int, int, Kind]:
+    """(seq, ack, kind) of the DATA body at buf[start:end]; its payload follows the header."""
+    if end - start < _DATA.size:
         raise FrameError("truncated DATA")
-    _, seq, ack, raw_kind = _DATA.unpack_from(body)
+    _, seq, ack, raw_kind = _DATA.unpack_from(buf, start)
     kind = _KINDS.get(raw_kind)
     if kind is None:
         raise FrameError(f"unknown frame kind {raw_kind}")
     if seq >= _SEQ_LIMIT or ack >= _SEQ_LIMIT:
         raise FrameError("sequence number out of range")
-    return Data(seq, ack, kind, body[_DATA.size :])
+    return seq, ack, kind
 
 
 def encode_ack(ack: int) -> bytes:

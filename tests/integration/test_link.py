@@ -322,7 +322,7 @@ def test_a_frame_sent_after_the_peer_hung_up_waits_for_the_next_connection():
             await wait_until(lambda: srec.payloads() == [b"before"], "the first frame")
             ups = len(crec.ups)
             conn = client._current["b"]
-            conn.writer.transport.abort()
+            conn.transport.abort()
             await asyncio.sleep(0)  # the handle is closed now
             assert client._current.get("b") is conn  # and its down report not processed yet
             assert client.try_send(Kind.STANZA, b"in the gap")  # queued for retransmission

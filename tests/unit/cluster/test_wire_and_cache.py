@@ -33,8 +33,9 @@ def test_routed_and_session_frames_round_trip():
 @pytest.mark.parametrize("payload", [
     b"no header line", b"X\n<message/>", b"R\n<notastanza/>", b"R\n<message>",
     b"R\n<!DOCTYPE m [<!ENTITY a 'aaaa'>]><message>&a;</message>", b"U \n<message/>",
-    b"R\n<message>&a;</message>", b"R\n<message><!-- c --></message>", b"R\n<message><![CDATA[x]]></message>",
+    b"R\n<message>&a;</message>", b"R\n<message><!-- c --></message>", b"R\n<!-- c --><message/>",
     b"R\n<?xml version='1.0'?><message/>", b"R\n<message><?pi x?></message>", b"R\n<message/><message/>",
+    b"R\n<message><body><?pi?></body></message>", b"R\n<message>\0</message>", b"R\n<message>&#0;</message>",
     b"R\n" + "\ufeff<!DOCTYPE m [<!ENTITY a 'aaaa'>]><message>&a;</message>".encode("utf-16"),
     b"R\n" + "<message/>".encode("utf-16"), b"R\n <message/>", b"R\n<message/> ", b"R\n<message/>x<message/>",
     b"R\n<message><body>", b"R\n</frames>", b"R\n<message/></frames>",
@@ -45,8 +46,14 @@ def test_bad_stanza_frames_are_refused(payload):
         wire.decode_stanza(payload)
 
 
+def test_a_cdata_section_is_text():
+    routed = wire.decode_stanza(b"R\n<message from='a@x'><body><![CDATA[<b>&]]></body></message>")
+    assert routed.stanza.findtext("body") == "<b>&"
+
+
 def test_a_bad_frame_does_not_spoil_the_next_ones():
     for bad in (b"R\n<message><body>", b"R\n</frames>", b"R\n<message/><message/>", b"R\n<message x='1' x='2'/>",
+                b"R\n<message><!-- c --></message>", b"R\n<message><?pi?></message>",
                 b"R\n<message><_/>", b"R\n<message/><_/>"):
         with pytest.raises(wire.WireError):
             wire.decode_stanza(bad)
