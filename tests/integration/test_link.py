@@ -19,6 +19,8 @@ import pytest
 
 from server.link import (Kind, LinkClient, LinkConfig, LinkOptions, LinkRejected, LinkServer,
                          LinkUp, PeerClosed, PeerRefused, PeerRestarted, PeerSilent)
+from server.link.endpoint import DECODE_SLICE
+from server.link.status import LinkCrashed
 
 from .faultproxy import FaultProxy
 
@@ -223,6 +225,67 @@ async def test_blackholed_peer_is_reported_as_silent_after_the_timeout(endpoints
     assert crec.downs_of(PeerRefused) == []
     proxy.heal()
     await wait_until(lambda: len(crec.ups) == 2, "the link to come back")
+
+
+async def test_a_connection_that_never_says_hello_is_dropped_after_the_handshake_timeout(endpoints):
+    quick = replace(FAST, handshake_timeout_s=0.3)
+    server, srec = await start_server(endpoints, options=quick)
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    loop = asyncio.get_running_loop()
+    opened = loop.time()
+    try:
+        assert await asyncio.wait_for(reader.read(), 10) == b""  # the server hung up
+        assert loop.time() - opened >= quick.handshake_timeout_s
+    finally:
+        writer.close()
+    await wait_until(lambda: srec.downs_of(PeerSilent), "the server's report")
+    assert "no handshake" in srec.downs_of(PeerSilent)[0].detail
+
+
+async def test_work_a_frame_started_runs_before_the_rest_of_a_big_read_is_decoded(endpoints):
+    """A read holding many slices of frames whose callbacks start work: the loop turns
+    between slices, so that work runs before later frames are decoded (and queued)."""
+    order: list[str] = []
+
+    def on_frame(_peer: str, _kind: Kind, payload: bytes) -> asyncio.Future:
+        order.append("frame")
+        work = asyncio.get_running_loop().create_future()
+        asyncio.get_running_loop().call_soon(lambda: (order.append("work"), work.set_result(None)))
+        return work
+
+    server = LinkServer(config("b"), "127.0.0.1", 0, options=FAST, on_frame=on_frame)
+    await server.start()
+    endpoints.append(server)
+    client, _ = start_client(endpoints, server.port)
+    await wait_until(lambda: client.is_up, "the link")
+    frames = numbered("x", 200, size=4 * DECODE_SLICE // 50)  # about 16 slices' worth
+    for frame in frames:
+        assert client.try_send(Kind.STANZA, frame)  # one loop turn: written as one
+    await wait_until(lambda: order.count("work") == len(frames), "every frame's work")
+    per_slice = DECODE_SLICE // len(frames[0]) + 1
+    assert order.index("work") <= per_slice, "the first slice's work ran before the next slice was decoded"
+    await wait_until(lambda: client.in_flight == 0, "acks: each once its work was done")
+
+
+async def test_a_callback_that_raises_resets_the_connection_and_the_link_recovers(endpoints):
+    seen: list[bytes] = []
+
+    def on_frame(_peer: str, _kind: Kind, payload: bytes) -> None:
+        seen.append(payload)
+        if payload == b"boom":
+            raise RuntimeError("a bug in a frame callback")
+
+    rec = Recorder()
+    server = LinkServer(config("b"), "127.0.0.1", 0, options=FAST, on_frame=on_frame, on_down=rec.downs.append)
+    await server.start()
+    endpoints.append(server)
+    client, crec = start_client(endpoints, server.port)
+    await wait_until(lambda: client.is_up, "the link")
+    await client.send(Kind.STANZA, b"boom")
+    await wait_until(lambda: rec.downs_of(LinkCrashed), "the crash report")
+    await client.send(Kind.STANZA, b"after")
+    await wait_until(lambda: b"after" in seen, "the next frame, on a new connection")
+    assert len(crec.ups) >= 2
 
 
 async def test_restarted_peer_process_is_reported(endpoints):
