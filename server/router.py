@@ -72,7 +72,7 @@ class SessionClosed:
     graceful: bool
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # made per stanza: not frozen (a frozen __init__ costs 3x)
 class MessageSent:
     """A local client sent a message (after routing); carbons copy it (XEP-0280)."""
 
@@ -80,7 +80,7 @@ class MessageSent:
     stanza: ET.Element
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # made per stanza: not frozen (a frozen __init__ costs 3x)
 class MessageDelivered:
     """A message was handed to these local sessions of its recipient (XEP-0280 §6)."""
 

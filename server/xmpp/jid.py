@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 MAX_PART_BYTES = 1023
 # RFC 7622 §3.3.1: characters a localpart may not contain.
@@ -71,6 +71,10 @@ class JID:
     local: str | None
     domain: str
     resource: str | None = None
+    # Made once, when first asked for (each is read per stanza, and most JIDs come
+    # from the parse cache): the bare JID of a full one, and the text.
+    _bare: JID | None = field(default=None, init=False, repr=False, compare=False)
+    _text: str | None = field(default=None, init=False, repr=False, compare=False)
 
     @classmethod
     def parse(cls, text: str) -> JID:
@@ -98,7 +102,13 @@ class JID:
 
     @property
     def bare(self) -> JID:
-        return self if self.resource is None else JID(self.local, self.domain)
+        if self.resource is None:
+            return self
+        bare = self._bare
+        if bare is None:
+            bare = JID(self.local, self.domain)
+            object.__setattr__(self, "_bare", bare)
+        return bare
 
     @property
     def is_bare(self) -> bool:
@@ -112,8 +122,13 @@ class JID:
         return JID(self.local, self.domain, prep_resource(resource))
 
     def __str__(self) -> str:
-        text = self.domain if self.local is None else f"{self.local}@{self.domain}"
-        return text if self.resource is None else f"{text}/{self.resource}"
+        text = self._text
+        if text is None:
+            text = self.domain if self.local is None else f"{self.local}@{self.domain}"
+            if self.resource is not None:
+                text = f"{text}/{self.resource}"
+            object.__setattr__(self, "_text", text)
+        return text
 
 
 # Every routed stanza parses its addresses, mostly the same few: the prepared JIDs

@@ -61,7 +61,7 @@ class HeaderParsed:
     default_ns: str | None  # the default namespace declared on the header
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # made per stanza: not frozen (a frozen __init__ costs 3x)
 class ElementParsed:
     """A complete top-level element (stanza or nonza)."""
 
