@@ -132,6 +132,8 @@ class ClusterService:
         `inbox.QUEUED` when their work waits (the link then yields before decoding more)."""
         try:
             if kind is Kind.STANZA:
+                if self.inbox.empty and payload.startswith(wire.ROUTED_PREFIX):  # its turn is now: no key needed
+                    return self._routed_now(peer, None, payload)
                 key = routed_frame_key(payload)
                 if key is not None and self.inbox.idle(key):  # its turn is now
                     return self._routed_now(peer, key, payload)
@@ -144,10 +146,11 @@ class ClusterService:
             log.warning("dropped a frame from node %s: %s", peer, exc)
         return None
 
-    def _routed_now(self, peer: str, key: str, payload: bytes) -> asyncio.Future | str | None:
+    def _routed_now(self, peer: str, key: str | None, payload: bytes) -> asyncio.Future | str | None:
         """A routed frame whose recipient has nothing queued: parsed and, in the common
         case, delivered now (routing.py). A failure is logged like a failed inbox item:
-        it must not reach the link, which would reset the connection."""
+        it must not reach the link, which would reset the connection. `key`: its inbox
+        key, if known (else read from the stanza, if it must be queued after all)."""
         stanza = decode_routed(self.ctx, peer, payload)
         if stanza is None:
             return None
@@ -158,7 +161,7 @@ class ClusterService:
             self.inbox.failures += 1
             log.exception("cluster: delivering a routed %s from %s failed", stanza.tag, peer)
             return None
-        return self.inbox.submit(key, lambda: deliver_routed(self.ctx, stanza), tracked=True)
+        return self.inbox.submit(key or recipient_key(stanza), lambda: deliver_routed(self.ctx, stanza), tracked=True)
 
     def _on_stanza(self, peer: str, frame: wire.Routed | wire.SessionStanza) -> asyncio.Future | str | None:
         if isinstance(frame, wire.Routed):

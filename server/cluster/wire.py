@@ -44,6 +44,7 @@ from server.xmpp.jid import JID, InvalidJid
 from server.xmpp.stanzas import STANZA_TAGS, serialize
 
 ROUTED = b"R"
+ROUTED_PREFIX = ROUTED + b"\n"  # how a routed frame starts
 UPSTREAM = b"U"
 DOWNSTREAM = b"D"
 

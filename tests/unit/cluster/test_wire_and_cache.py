@@ -185,18 +185,27 @@ async def test_inbox_keeps_order_per_key_and_survives_failures():
     assert seen == [("b", 0), ("a", 0), ("a", 1), ("a", 3)] and inbox.failures == 1
 
 
-async def test_inbox_runs_an_item_at_once_when_its_key_is_free():
+async def test_inbox_items_run_in_a_task_of_their_own():
+    """Work that needs its own task (asyncio.timeout, which asyncpg uses, cancels the
+    task it was entered in) gets one, even when submitted outside any task (the link's
+    frame callbacks run in a protocol's data_received)."""
     inbox, seen = Inbox(), []
 
-    async def quick(i):
-        seen.append(i)
+    async def timed(i):
+        async with asyncio.timeout(5):
+            await asyncio.sleep(0)
+        seen.append((i, asyncio.current_task()))
 
     async def broken():
         raise RuntimeError("boom")
 
-    assert inbox.submit("a", lambda: quick(0), tracked=True) is None  # ran already: ack it
-    assert seen == [0] and not inbox._tasks
-    assert inbox.submit("a", broken, tracked=True) is None and inbox.failures == 1
+    submitted: list = []
+    asyncio.get_running_loop().call_soon(lambda: submitted.append(inbox.submit("a", lambda: timed(0), tracked=True)))
+    await asyncio.sleep(0)
+    assert seen == [] and not submitted[0].done()  # not run inside the callback
+    await asyncio.wait_for(submitted[0], 1)
+    assert seen[0][1] not in (None, asyncio.current_task())
+    assert await asyncio.wait_for(inbox.submit("a", broken, tracked=True), 1) is None and inbox.failures == 1
 
 
 async def test_inbox_carries_on_an_item_that_suspended_and_keeps_the_order():
@@ -212,6 +221,7 @@ async def test_inbox_carries_on_an_item_that_suspended_and_keeps_the_order():
 
     done = inbox.submit("a", slow, tracked=True)
     queued = inbox.submit("a", quick, tracked=True)
+    await asyncio.sleep(0.01)
     assert seen == ["slow started"] and not done.done() and not queued.done()
     gate.set_result("slow resumed")
     await asyncio.wait_for(queued, 1)
