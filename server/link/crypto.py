@@ -1,11 +1,13 @@
-"""HMAC-SHA256 (RFC 2104) for the link, pure.
+"""The link's MACs, pure.
 
 Rules of this module:
-- `mac(key, *parts)` for the few MACs of a handshake (proofs, key derivation).
-- `FrameMac(key)` for per-frame tags: it hashes the padded key once, so each frame
-  costs two hash-state copies. Why: OpenSSL 3's one-shot HMAC spends more on setup than
-  on hashing a 1 KB frame (measured 8.5 us vs 4.5 us per tag here). Its output is
-  exactly `hmac.digest(key, b"".join(parts), "sha256")` (tested).
+- `mac(key, *parts)` is HMAC-SHA256 (RFC 2104), for the few MACs of a handshake
+  (proofs, key derivation).
+- `FrameTag(key)` makes the per-frame tags: keyed BLAKE2b (RFC 7693 §2.9: its keyed
+  mode is a MAC, a PRF under the key) with a 16-byte digest. The key block is hashed
+  once and each frame costs one copy of that state. Why not HMAC-SHA256: it costs two
+  hash states per frame, and was 0.71 us against 0.47 us per 170-byte frame here,
+  twice per cross-node message (sealed once, checked once).
 """
 
 from __future__ import annotations
@@ -13,29 +15,23 @@ from __future__ import annotations
 import hashlib
 import hmac
 
-_BLOCK = 64  # SHA-256 block size
-_IPAD = bytes(x ^ 0x36 for x in range(256))
-_OPAD = bytes(x ^ 0x5C for x in range(256))
+TAG_LEN = 16  # bytes of tag on each frame after the handshake
 
 
 def mac(key: bytes, *parts: bytes) -> bytes:
     return hmac.digest(key, b"".join(parts), "sha256")
 
 
-class FrameMac:
-    __slots__ = ("_inner", "_outer")
+class FrameTag:
+    __slots__ = ("_keyed",)
 
     def __init__(self, key: bytes) -> None:
-        if len(key) > _BLOCK:
-            key = hashlib.sha256(key).digest()
-        key = key.ljust(_BLOCK, b"\0")
-        self._inner = hashlib.sha256(key.translate(_IPAD))
-        self._outer = hashlib.sha256(key.translate(_OPAD))
+        if not 1 <= len(key) <= hashlib.blake2b.MAX_KEY_SIZE:
+            raise ValueError(f"a frame key must be 1-{hashlib.blake2b.MAX_KEY_SIZE} bytes")
+        self._keyed = hashlib.blake2b(key=key, digest_size=TAG_LEN)
 
-    def digest(self, *parts: bytes) -> bytes:
-        inner = self._inner.copy()
+    def tag(self, *parts: bytes) -> bytes:
+        h = self._keyed.copy()
         for part in parts:
-            inner.update(part)
-        outer = self._outer.copy()
-        outer.update(inner.digest())
-        return outer.digest()
+            h.update(part)
+        return h.digest()

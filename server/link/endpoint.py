@@ -278,7 +278,7 @@ class Endpoint:
         conn.last_rx = asyncio.get_running_loop().time()
         if conn.rest is not None:  # still decoding earlier bytes: these follow them
             conn.rest += data
-        elif self._decode(conn, data):
+        elif self._decode(conn, data) and not conn.transport.is_closing():
             conn.transport.pause_reading()  # until the rest is decoded
 
     def _decode(self, conn: Conn, data: bytes) -> bool:

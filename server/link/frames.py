@@ -16,7 +16,7 @@ import enum
 import struct
 from dataclasses import dataclass
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: frame tags are keyed BLAKE2b (1: HMAC-SHA256)
 NONCE_LEN = 16
 SESSION_ID_LEN = 16
 PROOF_LEN = 32

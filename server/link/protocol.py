@@ -16,8 +16,8 @@ Rules of this module:
                          AUTH w/o proof)
   Both nonces are fresh, so a replayed or spliced handshake fails a proof. Per-direction
   keys are derived from K and the whole transcript; after the handshake every frame but
-  ERROR carries a 16-byte HMAC-SHA256 tag over (counter | body), so injected, altered,
-  replayed or reordered frames end the link.
+  ERROR carries a 16-byte keyed-BLAKE2b tag over (counter | body) (crypto.py), so
+  injected, altered, replayed or reordered frames end the link.
 - Resume: `recv_x` is how far x has delivered the other side's stream. A receiver that
   does not know the sender's session id (first contact, or the sender restarted)
   adopts it and expects `first_unacked` next; otherwise it continues and drops
@@ -45,10 +45,10 @@ import itertools
 from dataclasses import dataclass
 
 from server.link import frames as f
-from server.link.crypto import FrameMac
+from server.link.crypto import TAG_LEN, FrameTag
 from server.link.crypto import mac as _mac
 from server.link.frames import FrameError, FrameType, Kind
-from server.link.state import TAG_LEN, LocalProtocolError, PeerLink, PeerLinks
+from server.link.state import LocalProtocolError, PeerLink, PeerLinks
 
 _LABEL = b"presence-ha/link/1 "
 
@@ -157,7 +157,7 @@ class LinkConnection:
         self._peer_hello: f.Hello | None = None
         self._restarted, self._their_recv = False, 0  # set by _commit for _establish
         self._hello = self._challenge = b""
-        self._send_mac = self._recv_mac = FrameMac(b"")
+        self._send_tag = self._recv_tag = FrameTag(b"\0")  # replaced by the handshake's keys
         self._send_ctr = self._recv_ctr = 0
         self._owed = 0  # messages received (or duplicates) since our last ack went out
         self._sent_upto = 0  # last sequence number sealed on this connection
@@ -341,7 +341,7 @@ class LinkConnection:
         i2r, r2i = _mac(key, b"i2r"), _mac(key, b"r2i")
         initiator = self._role is Role.INITIATOR
         send, recv = (i2r, r2i) if initiator else (r2i, i2r)
-        self._send_mac, self._recv_mac = FrameMac(send), FrameMac(recv)
+        self._send_tag, self._recv_tag = FrameTag(send), FrameTag(recv)
         self._state = ConnState.ESTABLISHED
         peer = self._peer
         self._events.append(HandshakeComplete(peer.name, peer_session, self._restarted))
@@ -429,12 +429,12 @@ class LinkConnection:
     def _seal_data(self, seq: int, ack: int, kind: int, payload: bytes) -> bytes:
         """`_seal(encode_data(...))` with one copy of the payload."""
         head = f.data_header(seq, ack, kind)
-        tag = self._send_mac.digest(self._send_ctr.to_bytes(8, "big"), head, payload)[:TAG_LEN]
+        tag = self._send_tag.tag(self._send_ctr.to_bytes(8, "big"), head, payload)
         self._send_ctr += 1
         return f.frame_parts(head, payload, tag)
 
     def _seal(self, body: bytes) -> bytes:
-        tag = self._send_mac.digest(self._send_ctr.to_bytes(8, "big"), body)[:TAG_LEN]
+        tag = self._send_tag.tag(self._send_ctr.to_bytes(8, "big"), body)
         self._send_ctr += 1
         return f.frame(body + tag)
 
@@ -448,7 +448,7 @@ class LinkConnection:
         if cut <= start:
             raise FrameError("bad frame authentication tag (altered, injected or replayed)")
         with memoryview(buf) as view:
-            expected = self._recv_mac.digest(self._recv_ctr.to_bytes(8, "big"), view[start:cut])[:TAG_LEN]
+            expected = self._recv_tag.tag(self._recv_ctr.to_bytes(8, "big"), view[start:cut])
             if not hmac.compare_digest(expected, view[cut:end]):
                 raise FrameError("bad frame authentication tag (altered, injected or replayed)")
         self._recv_ctr += 1

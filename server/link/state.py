@@ -27,9 +27,9 @@ from collections import deque
 from dataclasses import dataclass
 
 from server.link import frames as f
+from server.link.crypto import TAG_LEN
 from server.link.frames import Kind
 
-TAG_LEN = 16  # bytes of HMAC-SHA256 tag on each frame after the handshake
 MIN_SECRET_LEN = 16
 WITHDRAWN = (Kind.CONTROL, b"")  # a message taken back by its sender: never delivered
 
