@@ -6,13 +6,17 @@ Rules of this module:
   counters are monotonic and exported with the `_total` suffix.
 - Adapters update metrics from events; cores never import this module.
 - `render()` is the Prometheus text exposition, served by `server.net.metrics_http`.
+- Counters bumped per stanza are `LoopCounter`s: a plain int, exported by a collector
+  when scraped. prometheus_client's `Counter` takes a lock per increment (0.6 us, and a
+  message bumps two); these are only ever bumped on the event loop's thread.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics, generate_latest
+from prometheus_client.core import CounterMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from server.sessions import SessionRegistry, SessionTally
@@ -20,6 +24,31 @@ from server.sessions import SessionRegistry, SessionTally
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
 
 disable_created_metrics()  # the *_created series only add noise to a scrape
+
+
+class LoopCounter:
+    """A monotonic counter of the event loop's thread (see the module rules)."""
+
+    __slots__ = ("name", "documentation", "value")
+
+    def __init__(self, name: str, documentation: str) -> None:
+        self.name, self.documentation, self.value = name, documentation, 0
+
+    def inc(self, amount: int = 1) -> None:
+        if amount < 0:
+            raise ValueError("counters only go up")
+        self.value += amount
+
+
+class _LoopCounters:
+    """The collector that exports `LoopCounter`s (as `<name>_total`)."""
+
+    def __init__(self, counters: list[LoopCounter]) -> None:
+        self._counters = counters
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        for counter in self._counters:
+            yield CounterMetricFamily(counter.name, counter.documentation, value=counter.value)
 
 
 class Metrics:
@@ -47,8 +76,9 @@ class Metrics:
         self.connections = Counter("connections", "Client TCP connections accepted", registry=r)
         self.loop_lag = Gauge("event_loop_lag_seconds", "How late the event loop ran a timer, last sample "
                               "(a node whose loop runs late sheds logins: server.net.limits.LoginGate)", registry=r)
-        self.stanzas_in = Counter("stanzas_in", "Stanzas received from bound clients", registry=r)
-        self.stanzas_out = Counter("stanzas_out", "Stanzas sent to bound clients", registry=r)
+        self.stanzas_in = LoopCounter("stanzas_in", "Stanzas received from bound clients")
+        self.stanzas_out = LoopCounter("stanzas_out", "Stanzas sent to bound clients")
+        r.register(_LoopCounters([self.stanzas_in, self.stanzas_out]))
         self.auth_failures = Counter("auth_failures", "Failed SASL authentication attempts", registry=r)
         self.handler_errors = Counter("handler_errors", "Feature handler exceptions (internal-server-error)", registry=r)
         self.stream_errors = Counter("stream_errors", "Stream errors sent, by condition", ["condition"], registry=r)
