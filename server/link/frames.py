@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import enum
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 
 PROTOCOL_VERSION = 2  # 2: frame tags are keyed BLAKE2b (1: HMAC-SHA256)
@@ -217,14 +218,12 @@ def encode_data(seq: int, ack: int, kind: Kind, payload: bytes) -> bytes:
     return _DATA.pack(FrameType.DATA, seq, ack, kind) + payload
 
 
-def data_header(seq: int, ack: int, kind: int) -> bytes:
-    """The DATA body's header; the payload follows it (`encode_data` without the copy)."""
-    return _DATA.pack(_DATA_TYPE, seq, ack, kind)
-
-
-def frame_parts(*parts: bytes) -> bytes:
-    """`frame(b"".join(parts))` with one copy."""
-    return b"".join((_LENGTH.pack(sum(map(len, parts))), *parts))
+def data_frame(seq: int, ack: int, kind: int, payload: bytes, seal: Callable[[bytes, bytes], bytes]) -> bytes:
+    """The framed DATA body `encode_data(...) + seal(header, payload)` (the tag), with
+    one copy of the payload."""
+    head = _DATA.pack(_DATA_TYPE, seq, ack, kind)
+    tag = seal(head, payload)
+    return b"".join((_LENGTH.pack(_DATA.size + len(payload) + len(tag)), head, payload, tag))
 
 
 def decode_data(body: bytes) -> Data:

@@ -428,13 +428,16 @@ class LinkConnection:
 
     def _seal_data(self, seq: int, ack: int, kind: int, payload: bytes) -> bytes:
         """`_seal(encode_data(...))` with one copy of the payload."""
-        head = f.data_header(seq, ack, kind)
-        tag = self._send_tag.tag(self._send_ctr.to_bytes(8, "big"), head, payload)
+        return f.data_frame(seq, ack, kind, payload, self._tag_next)
+
+    def _tag_next(self, body: bytes, more: bytes = b"") -> bytes:
+        """The tag of the next sealed frame, whose body is `body + more`."""
+        tag = self._send_tag.tag(self._send_ctr, body, more)
         self._send_ctr += 1
-        return f.frame_parts(head, payload, tag)
+        return tag
 
     def _seal(self, body: bytes) -> bytes:
-        tag = self._send_tag.tag(self._send_ctr.to_bytes(8, "big"), body)
+        tag = self._send_tag.tag(self._send_ctr, body)
         self._send_ctr += 1
         return f.frame(body + tag)
 
@@ -448,7 +451,7 @@ class LinkConnection:
         if cut <= start:
             raise FrameError("bad frame authentication tag (altered, injected or replayed)")
         with memoryview(buf) as view:
-            expected = self._recv_tag.tag(self._recv_ctr.to_bytes(8, "big"), view[start:cut])
+            expected = self._recv_tag.tag(self._recv_ctr, view[start:cut])
             if not hmac.compare_digest(expected, view[cut:end]):
                 raise FrameError("bad frame authentication tag (altered, injected or replayed)")
         self._recv_ctr += 1

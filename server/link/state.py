@@ -149,10 +149,10 @@ class PeerLinks:
             raise LocalProtocolError(
                 f"payload of {len(payload)} bytes exceeds {self.config.max_payload}"
             )
-        link = self.ensure(name)
-        link.last_seq += 1
-        link.unacked.append((link.last_seq, int(kind), payload))
-        return link.last_seq
+        link = self._links.get(name) or self.ensure(name)
+        seq = link.last_seq = link.last_seq + 1
+        link.unacked.append((seq, kind.value, payload))
+        return seq
 
     def withdraw(self, name: str) -> list[tuple[Kind, bytes]]:
         """Take back every message `name` has not acknowledged, in order. Their sequence
