@@ -245,6 +245,31 @@ async def test_a_connection_that_never_says_hello_is_dropped_after_the_handshake
 async def test_work_a_frame_started_runs_before_the_rest_of_a_big_read_is_decoded(endpoints):
     """A read holding many slices of frames whose callbacks start work: the loop turns
     between slices, so that work runs before later frames are decoded (and queued)."""
+    await _slices_scenario(endpoints)
+
+
+def test_slices_over_tls_on_uvloop(tmp_path):
+    """The nodes' loop (uvloop) and a TLS transport: reading pauses and resumes there too."""
+    import uvloop
+
+    cert, key = _self_signed(tmp_path)
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+    client_ctx = ssl.create_default_context(cafile=str(cert))
+
+    async def scenario() -> None:
+        made: list = []
+        try:
+            await _slices_scenario(made, server_kw={"ssl": server_ctx},
+                                   client_kw={"ssl": client_ctx, "server_hostname": "b.cluster.test"})
+        finally:
+            for endpoint in reversed(made):
+                await endpoint.close()
+
+    uvloop.run(scenario())
+
+
+async def _slices_scenario(endpoints, server_kw=None, client_kw=None) -> None:
     order: list[str] = []
 
     def on_frame(_peer: str, _kind: Kind, payload: bytes) -> asyncio.Future:
@@ -253,10 +278,10 @@ async def test_work_a_frame_started_runs_before_the_rest_of_a_big_read_is_decode
         asyncio.get_running_loop().call_soon(lambda: (order.append("work"), work.set_result(None)))
         return work
 
-    server = LinkServer(config("b"), "127.0.0.1", 0, options=FAST, on_frame=on_frame)
+    server = LinkServer(config("b"), "127.0.0.1", 0, options=FAST, on_frame=on_frame, **(server_kw or {}))
     await server.start()
     endpoints.append(server)
-    client, _ = start_client(endpoints, server.port)
+    client, _ = start_client(endpoints, server.port, **(client_kw or {}))
     await wait_until(lambda: client.is_up, "the link")
     frames = numbered("x", 200, size=4 * DECODE_SLICE // 50)  # about 16 slices' worth
     for frame in frames:
