@@ -21,6 +21,19 @@ def test_data_round_trip():
     assert f.decode_data(body) == f.Data(5, 4, Kind.CONTROL, b"xyz")
 
 
+def test_a_sealed_data_frame_is_the_framed_body_and_its_tag():
+    seal = lambda head, payload: b"T" * 16 + head[:1] + payload[:1]  # noqa: E731 - depends on both parts
+    body = f.encode_data(7, 6, Kind.STANZA, b"payload")
+    assert f.data_frame(7, 6, Kind.STANZA, b"payload", seal) == f.frame(body + seal(body[:f.DATA_HEADER_LEN], b"payload"))
+    reader = FrameReader(1024)
+    reader.feed(f.frame(b"an earlier frame") + f.data_frame(7, 6, Kind.STANZA, b"payload", seal))
+    first = reader.next_span()
+    assert reader.buffer[first[0] : first[1]] == b"an earlier frame"
+    start, end = reader.next_span()  # a span of the same buffer: no copy
+    assert f.decode_data_header(reader.buffer, start, end) == (7, 6, Kind.STANZA)
+    assert reader.buffer[start + f.DATA_HEADER_LEN : end - 18] == b"payload"
+
+
 @pytest.mark.parametrize("body, message", [
     (f.encode_hello(f.Hello(b"n" * 16, b"s" * 16, 1, "a"))[:-2], "name"),
     (f.encode_hello(f.Hello(b"n" * 16, b"s" * 16, 1, "a")) + b"x", "name"),
