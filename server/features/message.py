@@ -73,14 +73,21 @@ async def _store_offline(ctx, user: JID, stanza: ET.Element) -> None:
         await flush_offline(ctx, SessionAvailable(max(candidates, key=lambda s: s.priority)))
 
 
+def _recipients(candidates: list[Session], kind: str) -> list[Session]:
+    """§8.5.2.1, of the available resources of non-negative priority: a headline goes
+    to all of them, chat and normal to those of the highest priority."""
+    if kind == "headline" or len(candidates) < 2:
+        return candidates
+    top = max(s.priority for s in candidates)
+    return [s for s in candidates if s.priority == top]
+
+
 async def _to_bare(ctx, user: JID, stanza: ET.Element, kind: str) -> None:
     if kind == "groupchat":
         raise StanzaError(Condition.SERVICE_UNAVAILABLE, "no groupchat service for user accounts")
     candidates = [s for s in ctx.sessions.available(user) if s.priority >= 0]
     if candidates:
-        top = max(s.priority for s in candidates)
-        targets = candidates if kind == "headline" else [s for s in candidates if s.priority == top]
-        await _hand(ctx, stanza, targets)
+        await _hand(ctx, stanza, _recipients(candidates, kind))
     elif kind != "headline":
         await _store_offline(ctx, user, stanza)
 
@@ -117,12 +124,10 @@ def deliver_now(ctx, stanza: ET.Element, to: JID, wire: bytes) -> bool:
             return False
         targets = [target]
     else:
-        targets = [s for s in resources if s.kind is SessionKind.ACTIVE and s.available and s.priority >= 0]
-        if not targets:
+        candidates = [s for s in resources if s.kind is SessionKind.ACTIVE and s.available and s.priority >= 0]
+        if not candidates:
             return False
-        if kind != "headline" and len(targets) > 1:
-            top = max(s.priority for s in targets)
-            targets = [s for s in targets if s.priority == top]
+        targets = _recipients(candidates, kind)
     for session in targets:
         session.send(stanza, wire)
     return True

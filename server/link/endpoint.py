@@ -53,7 +53,6 @@ from server.link.state import WITHDRAWN, LinkConfig, PeerLinks
 
 log = logging.getLogger(__name__)
 
-READ_SIZE = 1 << 16
 DECODE_SLICE = 1 << 13  # about 50 routed stanzas
 BUSY_S = 0.0003  # a link that wrote this recently is busy: a turn's frames all go in one write
 

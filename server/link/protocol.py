@@ -119,9 +119,9 @@ class ConnState(enum.Enum):
     FAILED = "failed"
 
 
-_FRAME_TYPES = {t.value: t for t in FrameType}
+_FRAME_TYPES = {t.value: t for t in FrameType}  # dict lookup: Enum() is slow per frame
 _DATA = int(FrameType.DATA)
-_DATA_HEADER = f.DATA_HEADER_LEN  # dict lookup: Enum() is slow per frame
+_DATA_HEADER = f.DATA_HEADER_LEN
 # Frame types each state accepts; anything else is a protocol error.
 _ACCEPTS: dict[ConnState, frozenset[FrameType]] = {
     ConnState.AWAITING_HELLO: frozenset({FrameType.HELLO, FrameType.ERROR}),
@@ -226,20 +226,22 @@ class LinkConnection:
 
     def send_message(self, kind: Kind, payload: bytes) -> bytes:
         """`send(Message(kind, payload))` for a reliable message, without the object."""
-        name = self._peer.name if self._peer else self._expected
-        if name is None or kind is Kind.HEARTBEAT:
+        if kind is Kind.HEARTBEAT:
             return self.send(Message(kind, payload))
-        self._links.queue(name, kind, payload)
-        data = self._flush_new() if self._is_current() else b""
+        data = self._queue(kind, payload)
         return self.data_to_send() + data if self._out else data
+
+    def _queue(self, kind: Kind, payload: bytes) -> bytes:
+        """Buffer a reliable message; the bytes that send it now, if the link is up."""
+        name = self._peer.name if self._peer else self._expected
+        if name is None:
+            raise LocalProtocolError("no peer yet: queue through PeerLinks.queue")
+        self._links.queue(name, kind, payload)
+        return self._flush_new() if self._is_current() else b""
 
     def _encode(self, msg: Message | Keepalive | DelayedAck) -> bytes:
         if isinstance(msg, Message) and msg.kind is not Kind.HEARTBEAT:
-            name = self._peer.name if self._peer else self._expected
-            if name is None:
-                raise LocalProtocolError("no peer yet: queue through PeerLinks.queue")
-            self._links.queue(name, msg.kind, msg.payload)
-            return self._flush_new() if self._is_current() else b""
+            return self._queue(msg.kind, msg.payload)
         if not self._is_current():
             return b""
         if isinstance(msg, Keepalive):
@@ -437,9 +439,7 @@ class LinkConnection:
         return tag
 
     def _seal(self, body: bytes) -> bytes:
-        tag = self._send_tag.tag(self._send_ctr, body)
-        self._send_ctr += 1
-        return f.frame(body + tag)
+        return f.frame(body + self._tag_next(body))
 
     def _unseal(self, body: bytes) -> bytes:
         return body[: self._unsealed_end(body, 0, len(body))]
@@ -464,11 +464,12 @@ class LinkConnection:
         self._events.append(ProtocolFailed(reason))
 
 
+# DATA is not here: it is accepted only once established, where `receive_data` checks
+# it on the read buffer and calls `_on_data` itself.
 _HANDLERS = {
     FrameType.HELLO: LinkConnection._on_hello,
     FrameType.CHALLENGE: LinkConnection._on_challenge,
     FrameType.AUTH: LinkConnection._on_auth,
-    FrameType.DATA: lambda self, body: self._on_data(body, 0, len(body)),
     FrameType.ACK: LinkConnection._on_ack,
     FrameType.ERROR: LinkConnection._on_error,
 }
