@@ -17,8 +17,8 @@ from collections.abc import AsyncIterator
 
 import click
 
-from client.dual import ClientEvent, ConnectionEvent, DualClient, LoginError, MessageReceived, PresenceChanged
-from client.policy import Endpoint
+from presence_ha.client.dual import ClientEvent, ConnectionEvent, DualClient, LoginError, MessageReceived, PresenceChanged
+from presence_ha.client.policy import Endpoint
 
 SHOWS = {"online": "", "away": "away", "chat": "chat", "dnd": "dnd", "xa": "xa"}
 

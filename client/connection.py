@@ -26,7 +26,7 @@ from slixmpp.exceptions import IqError, IqTimeout
 from slixmpp.xmlstream.handler import Callback
 from slixmpp.xmlstream.matcher import MatchXPath
 
-from client.policy import DEFAULT_RELOGIN_S, BackupInfo, Endpoint
+from presence_ha.client.policy import DEFAULT_RELOGIN_S, BackupInfo, Endpoint
 
 log = logging.getLogger(__name__)
 

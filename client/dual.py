@@ -24,8 +24,8 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
-from client.connection import BackupRefused, ConnectionHooks, LoginFailed, NodeConnection
-from client.policy import (
+from presence_ha.client.connection import BackupRefused, ConnectionHooks, LoginFailed, NodeConnection
+from presence_ha.client.policy import (
     Action, Activate, ActivationDone, ActivationRefused, BackupInfoReceived, CancelTimer, Connect, ConnectFailed,
     Connected, ConnectionLost, Disconnect, DualPolicy, Endpoint, Event, HoldRefused, Link, PolicyConfig, Promote,
     QueryBackup, Report, Role, SendPresence, Started, StartTimer, Stopped, Timer, TimerFired,

@@ -15,12 +15,12 @@ from collections import Counter
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from db.engine import translate_errors
-from db.errors import FailoverInProgress, NotFound
-from db.models import Node, RedundancyGroup, User
-from db.parameters import assignment_mode
-from db.srm_state import failed_over_nodes
-from server.assignment import AssignmentMode, moves, plan
+from presence_ha.db.engine import translate_errors
+from presence_ha.db.errors import FailoverInProgress, NotFound
+from presence_ha.db.models import Node, RedundancyGroup, User
+from presence_ha.db.parameters import assignment_mode
+from presence_ha.db.srm_state import failed_over_nodes
+from presence_ha.server.assignment import AssignmentMode, moves, plan
 
 UPDATE_CHUNK = 500  # ids per UPDATE ... WHERE id IN (...), below SQLite's variable limit
 

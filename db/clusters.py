@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from db.engine import translate_errors
-from db.errors import AlreadyExists, InvalidValue, NotFound
-from db.models import Cluster
-from server.xmpp.jid import InvalidJid, prep_domain
+from presence_ha.db.engine import translate_errors
+from presence_ha.db.errors import AlreadyExists, InvalidValue, NotFound
+from presence_ha.db.models import Cluster
+from presence_ha.server.xmpp.jid import InvalidJid, prep_domain
 
 CLUSTER_NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 

@@ -10,7 +10,7 @@ Rules of this module:
 
 from __future__ import annotations
 
-from db.engine import DatabaseUnavailable
+from presence_ha.db.engine import DatabaseUnavailable
 
 __all__ = [
     "AlreadyExists",

@@ -24,12 +24,12 @@ from dataclasses import dataclass
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from db.clusters import get_cluster
-from db.engine import translate_errors
-from db.errors import AlreadyExists, InvalidValue, NotFound, ProvisioningError
-from db.models import Node, RedundancyGroup
-from db.nodes import NodeInfo, get_node
-from db.replication import replication_status
+from presence_ha.db.clusters import get_cluster
+from presence_ha.db.engine import translate_errors
+from presence_ha.db.errors import AlreadyExists, InvalidValue, NotFound, ProvisioningError
+from presence_ha.db.models import Node, RedundancyGroup
+from presence_ha.db.nodes import NodeInfo, get_node
+from presence_ha.db.replication import replication_status
 
 GROUP_NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,128}")
 DESCRIPTION_MAX = 128

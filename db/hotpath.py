@@ -37,7 +37,7 @@ from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from db.engine import DatabaseUnavailable, _sqlite_on_connect, normalize_url, track_writes
+from presence_ha.db.engine import DatabaseUnavailable, _sqlite_on_connect, normalize_url, track_writes
 
 T = TypeVar("T")
 Operation = Callable[..., T]

@@ -21,10 +21,10 @@ from dataclasses import dataclass, replace
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from db.clusters import get_cluster
-from db.engine import translate_errors
-from db.errors import AlreadyExists, InvalidValue, NotFound
-from db.models import Node, RedundancyGroup
+from presence_ha.db.clusters import get_cluster
+from presence_ha.db.engine import translate_errors
+from presence_ha.db.errors import AlreadyExists, InvalidValue, NotFound
+from presence_ha.db.models import Node, RedundancyGroup
 
 NODE_NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 PORT_FIELDS = ("client_port", "srm_port", "admin_port", "link_port", "metrics_port")

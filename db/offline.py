@@ -14,8 +14,8 @@ from __future__ import annotations
 from sqlalchemy import Integer, Text, bindparam, delete, func, insert, select
 from sqlalchemy.engine import Connection
 
-from db.models import Cluster, OfflineMessage, User
-from db.roster import user_id_of
+from presence_ha.db.models import Cluster, OfflineMessage, User
+from presence_ha.db.roster import user_id_of
 
 _COUNT = select(func.count()).select_from(OfflineMessage).where(OfflineMessage.user_id == bindparam("uid"))
 

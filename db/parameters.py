@@ -23,12 +23,12 @@ from typing import Any
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from db.clusters import get_cluster
-from db.engine import translate_errors
-from db.errors import InvalidValue, NotFound
-from db.models import Node, Parameter
-from db.nodes import get_node
-from server.assignment import AssignmentMode
+from presence_ha.db.clusters import get_cluster
+from presence_ha.db.engine import translate_errors
+from presence_ha.db.errors import InvalidValue, NotFound
+from presence_ha.db.models import Node, Parameter
+from presence_ha.db.nodes import get_node
+from presence_ha.server.assignment import AssignmentMode
 
 Value = int | bool | str
 

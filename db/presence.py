@@ -24,8 +24,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from db.models import Cluster, Node, PresenceRecord, User
-from db.roster import user_id_of
+from presence_ha.db.models import Cluster, Node, PresenceRecord, User
+from presence_ha.db.roster import user_id_of
 
 
 @dataclass(frozen=True)

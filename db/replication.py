@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from db.engine import translate_errors
-from db.models import Node, NodeHaState, metadata
+from presence_ha.db.engine import translate_errors
+from presence_ha.db.models import Node, NodeHaState, metadata
 
 HEALTHY, NOT_STREAMING, MISMATCH, IN_RECOVERY = 2, 1, 3, 4
 

@@ -24,7 +24,7 @@ from sqlalchemy import bindparam, delete, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from db.models import Cluster, PendingSubscription, RosterItem, User
+from presence_ha.db.models import Cluster, PendingSubscription, RosterItem, User
 
 
 @dataclass(frozen=True)

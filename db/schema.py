@@ -12,14 +12,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import migrations
+from presence_ha import migrations
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection
 
-from db.engine import make_engine, translate_errors
+from presence_ha.db.engine import make_engine, translate_errors
 
 MIGRATIONS_DIR = Path(migrations.__file__).resolve().parent
 

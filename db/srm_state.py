@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from db.engine import translate_errors
-from db.errors import FencingConflict, InvalidValue, NotFound
-from db.models import HaEvent, Node, NodeHaState, RedundancyGroup, User
+from presence_ha.db.engine import translate_errors
+from presence_ha.db.errors import FencingConflict, InvalidValue, NotFound
+from presence_ha.db.models import HaEvent, Node, NodeHaState, RedundancyGroup, User
 
 HA_STATES = (
     "Initializing", "Idle", "Normal", "Running in Backup Mode", "Taking Over", "Failing Over",

@@ -25,14 +25,14 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
-from db.assignments import mode_and_topology, node_loads, refuse_during_failover
-from db.clusters import get_cluster
-from db.credentials import DEFAULT_ITERATIONS, MECHANISMS, ScramCredentials, derive_many
-from db.engine import translate_errors
-from db.errors import AlreadyExists, InvalidValue, NotFound
-from db.models import Node, User, UserCredential
-from server.assignment import choose_node
-from server.xmpp.jid import InvalidJid, prep_localpart
+from presence_ha.db.assignments import mode_and_topology, node_loads, refuse_during_failover
+from presence_ha.db.clusters import get_cluster
+from presence_ha.db.credentials import DEFAULT_ITERATIONS, MECHANISMS, ScramCredentials, derive_many
+from presence_ha.db.engine import translate_errors
+from presence_ha.db.errors import AlreadyExists, InvalidValue, NotFound
+from presence_ha.db.models import Node, User, UserCredential
+from presence_ha.server.assignment import choose_node
+from presence_ha.server.xmpp.jid import InvalidJid, prep_localpart
 
 __all__ = [
     "ImportReport", "LoginRecord", "ScramCredentials", "UserInfo", "active_node_of", "add_user", "bulk_import",

@@ -27,9 +27,9 @@ import xml.etree.ElementTree as ET
 from collections import Counter, deque
 from dataclasses import dataclass, field
 
-from loadtest import scenario
-from loadtest.scenario import NodeAddr, Plan, UserSpec
-from loadtest.xmpp_client import ClientConfig, XmppClient, XmppError, local_tag
+from presence_ha.loadtest import scenario
+from presence_ha.loadtest.scenario import NodeAddr, Plan, UserSpec
+from presence_ha.loadtest.xmpp_client import ClientConfig, XmppClient, XmppError, local_tag
 
 NS_BACKUP = "urn:presence-ha:backup:0"
 NS_CLIENT = "jabber:client"

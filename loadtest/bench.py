@@ -25,7 +25,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
-from loadtest.xmpp_client import NS_CLIENT, ClientConfig, XmppClient, XmppError, local_tag
+from presence_ha.loadtest.xmpp_client import NS_CLIENT, ClientConfig, XmppClient, XmppError, local_tag
 
 SCENARIOS = ("login", "chat", "presence", "memory")
 _BODY = f"{{{NS_CLIENT}}}body"

@@ -17,9 +17,9 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from loadtest.bench import SCENARIOS, Settings, Target, groups_of, run_benchmark
-from loadtest.prosody import ProsodyInstance
-from loadtest.xmpp_client import MECHANISMS
+from presence_ha.loadtest.bench import SCENARIOS, Settings, Target, groups_of, run_benchmark
+from presence_ha.loadtest.prosody import ProsodyInstance
+from presence_ha.loadtest.xmpp_client import MECHANISMS
 
 log = logging.getLogger(__name__)
 console = Console(width=max(Console().width, 150))  # the table is wide
@@ -184,7 +184,7 @@ def bench_prosody(prosody_log: str, **opts) -> None:
     finish(result, opts["json_path"])
 
 
-from loadtest.failover import failover_command  # noqa: E402 - registered after `main` exists
+from presence_ha.loadtest.failover import failover_command  # noqa: E402 - registered after `main` exists
 
 main.add_command(failover_command)
 

@@ -4,7 +4,7 @@ Rules: it drives a running cluster (`presence-ha up --nodes 4 --users 40 --data-
 with the raw `loadtest.xmpp_client` clients, each logged in on the node that serves
 its user (read from the database named in `D/cluster.json`). Senders and receivers
 run in this one process, so one clock stamps both ends. Nothing here asserts on time.
-    .venv/bin/python -m loadtest.cluster_bench --cluster D/cluster.json
+    .venv/bin/python -m presence_ha.loadtest.cluster_bench --cluster D/cluster.json
 Phases, each for same-node and cross-node (other group) pairs:
 1. latency: one message at a time, wait for it to arrive (p50, p95, p99);
 2. throughput: `--pairs` pairs each send `--burst` messages at once; messages/s
@@ -26,9 +26,9 @@ import xml.etree.ElementTree as ET
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from db import users as db_users
-from db.engine import make_engine, make_session_factory
-from loadtest.xmpp_client import ClientConfig, XmppClient, local_tag
+from presence_ha.db import users as db_users
+from presence_ha.db.engine import make_engine, make_session_factory
+from presence_ha.loadtest.xmpp_client import ClientConfig, XmppClient, local_tag
 
 
 _ENDED: dict[str, str] = {}  # user -> why its stream ended (a benchmark stream must not end)

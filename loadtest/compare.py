@@ -39,11 +39,11 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from loadtest.bench import Settings, Target, groups_of, run_benchmark
-from loadtest.cli import console, main, scenario_options, settings_from, target_from
-from loadtest.localpair import free_ports
-from loadtest.prosody import SCRAM_ITERATIONS, ProsodyInstance, _raise_nofile
-from loadtest.xmpp_client import XmppClient, XmppError
+from presence_ha.loadtest.bench import Settings, Target, groups_of, run_benchmark
+from presence_ha.loadtest.cli import console, main, scenario_options, settings_from, target_from
+from presence_ha.loadtest.localpair import free_ports
+from presence_ha.loadtest.prosody import SCRAM_ITERATIONS, ProsodyInstance, _raise_nofile
+from presence_ha.loadtest.xmpp_client import XmppClient, XmppError
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +58,9 @@ SERVERS = ("ours", "prosody")
 async def _provision(url: str, domain: str, users: list[tuple[str, str]], ports: dict[str, int],
                      groups: list[list[str]]) -> None:
     """Schema, cluster, one node in a one-node group (HA off), users, mutual rosters."""
-    from db import clusters, groups as db_groups, nodes, roster, schema
-    from db import users as db_users
-    from db.engine import make_engine, make_session_factory
+    from presence_ha.db import clusters, groups as db_groups, nodes, roster, schema
+    from presence_ha.db import users as db_users
+    from presence_ha.db.engine import make_engine, make_session_factory
 
     await schema.upgrade(url)
     engine = make_engine(url)
@@ -124,7 +124,7 @@ class OurInstance:
                  self.users, time.monotonic() - started, self.base)
 
     def argv(self) -> list[str]:
-        from server.cli.run import node_command
+        from presence_ha.server.cli.run import node_command
 
         args = ["node", "run", "--name", NODE_NAME, "--db", self.db_url,
                 "--data-dir", str(self.base)]

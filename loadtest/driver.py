@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 
 import uvloop
 
-from loadtest.agent import Recorder, UserAgent
-from loadtest.scenario import Plan, UserSpec
+from presence_ha.loadtest.agent import Recorder, UserAgent
+from presence_ha.loadtest.scenario import Plan, UserSpec
 
 STATUS_EVERY_S = 0.5
 DRAIN_S = 3.0

@@ -29,10 +29,10 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from loadtest import faults, localpair, report
-from loadtest.driver import Drivers, raise_nofile
-from loadtest.monitor import Monitor
-from loadtest.scenario import Ledger, NodeAddr, Plan, UserSpec, from_tuple, roster_pairs, rosters
+from presence_ha.loadtest import faults, localpair, report
+from presence_ha.loadtest.driver import Drivers, raise_nofile
+from presence_ha.loadtest.monitor import Monitor
+from presence_ha.loadtest.scenario import Ledger, NodeAddr, Plan, UserSpec, from_tuple, roster_pairs, rosters
 
 log = logging.getLogger(__name__)
 console = Console(width=max(Console().width, 160))

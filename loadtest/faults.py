@@ -16,10 +16,10 @@ import os
 import signal
 from dataclasses import dataclass
 
-from db import clusters
-from db import nodes as db_nodes
-from db.engine import make_engine, make_session_factory
-from server.net.admin_rpc import AdminRpcError, admin_token, call_node
+from presence_ha.db import clusters
+from presence_ha.db import nodes as db_nodes
+from presence_ha.db.engine import make_engine, make_session_factory
+from presence_ha.server.net.admin_rpc import AdminRpcError, admin_token, call_node
 
 FAULTS = ("kill", "term", "stop", "service", "db", "partition", "manual")
 SIGNALS = {"kill": signal.SIGKILL, "term": signal.SIGTERM, "stop": signal.SIGSTOP}

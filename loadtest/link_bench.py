@@ -2,7 +2,7 @@
 
 Rules: both ends run in this one process and event loop (so the figures are for one
 CPU doing both sides' work); nothing here asserts on time. Run:
-    .venv/bin/python -m loadtest.link_bench [--frames 50000] [--size 1024]
+    .venv/bin/python -m presence_ha.loadtest.link_bench [--frames 50000] [--size 1024]
 Phase 1 streams frames as fast as the send window allows and reports throughput plus
 one-way latency under load (queueing included). Phase 2 sends one frame at a time and
 waits for the echo: round-trip latency of an idle link.
@@ -17,7 +17,7 @@ import random
 import statistics
 import time
 
-from server.link import Kind, LinkClient, LinkConfig, LinkOptions, LinkServer
+from presence_ha.server.link import Kind, LinkClient, LinkConfig, LinkOptions, LinkServer
 
 SECRET = b"benchmark-cluster-secret-000000"
 

@@ -24,12 +24,12 @@ from pathlib import Path
 
 from sqlalchemy import insert, select
 
-from db import clusters, groups, nodes, parameters, schema, srm_state
-from db import users as db_users
-from db.engine import make_engine, make_session_factory
-from db.models import RosterItem, User
-from loadtest import scenario
-from loadtest.scenario import NodeAddr
+from presence_ha.db import clusters, groups, nodes, parameters, schema, srm_state
+from presence_ha.db import users as db_users
+from presence_ha.db.engine import make_engine, make_session_factory
+from presence_ha.db.models import RosterItem, User
+from presence_ha.loadtest import scenario
+from presence_ha.loadtest.scenario import NodeAddr
 
 FAST_PARAMS = {"heartbeat_interval_s": 1, "heartbeat_timeout_s": 2, "init_heartbeat_timeout_s": 3,
                "critical_service_delay_s": 1, "see_other_host_redirect": "true"}
@@ -133,7 +133,7 @@ class NodeProc:
         return self.process.pid if self.process is not None else None
 
     def start(self) -> None:
-        from server.cli.run import node_command
+        from presence_ha.server.cli.run import node_command
 
         verbose = ["-v"] if os.environ.get(NODE_LOG_ENV, "").lower() == "info" else []
         argv = node_command(*verbose, "node", "run", "--name", self.name, "--db", self.url, "--data-dir", str(self.data_dir))

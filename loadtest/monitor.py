@@ -20,11 +20,11 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 
-from db import clusters, nodes
-from db.engine import make_engine, make_session_factory
-from loadtest.localpair import rss_kb
-from server.net.admin_page import overlay_live, read_overview, rpc_probe
-from server.net.admin_rpc import admin_token
+from presence_ha.db import clusters, nodes
+from presence_ha.db.engine import make_engine, make_session_factory
+from presence_ha.loadtest.localpair import rss_kb
+from presence_ha.server.net.admin_page import overlay_live, read_overview, rpc_probe
+from presence_ha.server.net.admin_rpc import admin_token
 
 log = logging.getLogger(__name__)
 GAUGES = ("jsm_sessions_client", "jsm_sessions_client_inactive", "active_jsm_sessions", "inactive_jsm_sessions")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from loadtest.scenario import Ledger, cdf, summary_ms
+from presence_ha.loadtest.scenario import Ledger, cdf, summary_ms
 
 
 def _ms(seconds: float | None) -> float | None:

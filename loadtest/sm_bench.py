@@ -8,7 +8,7 @@ Starts a real HA pair (SQLite) twice, with replication on and off
 - acked: alice sends M messages, each followed by <r/>, and waits for each <a/>
   (the server's ack waits for the backup's copy): mean round trip per acked stanza.
 
-Usage: .venv/bin/python -m loadtest.sm_bench [--messages 5000] [--acked 500]
+Usage: .venv/bin/python -m presence_ha.loadtest.sm_bench [--messages 5000] [--acked 500]
 """
 
 from __future__ import annotations

@@ -27,8 +27,8 @@ from alembic import context
 from sqlalchemy import text
 from sqlalchemy.engine import Connection, make_url
 
-from db.engine import ENV_DB_URL, make_engine
-from db.models import metadata
+from presence_ha.db.engine import ENV_DB_URL, make_engine
+from presence_ha.db.models import metadata
 
 # Arbitrary constant shared by every node: "presence-ha migrations".
 ADVISORY_LOCK_KEY = 0x70686D69

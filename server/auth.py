@@ -27,12 +27,12 @@ from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from db import groups, nodes, parameters, users
-from db.errors import AlreadyExists, FailoverInProgress, InvalidValue
-from db.hotpath import HotPath
-from server.xmpp.errors import Condition, StanzaError, StreamCondition, StreamError
-from server.xmpp.negotiation import SaslFailure
-from server.xmpp.sasl import SaslCondition
+from presence_ha.db import groups, nodes, parameters, users
+from presence_ha.db.errors import AlreadyExists, FailoverInProgress, InvalidValue
+from presence_ha.db.hotpath import HotPath
+from presence_ha.server.xmpp.errors import Condition, StanzaError, StreamCondition, StreamError
+from presence_ha.server.xmpp.negotiation import SaslFailure
+from presence_ha.server.xmpp.sasl import SaslCondition
 
 PARAMETER_CACHE_S = 5.0
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from db.engine import ENV_DB_URL, sqlite_url_for
+from presence_ha.db.engine import ENV_DB_URL, sqlite_url_for
 
 ENV_NODE = "PRESENCE_HA_NODE"
 ENV_DATA_DIR = "PRESENCE_HA_DATA_DIR"

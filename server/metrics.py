@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from server.sessions import SessionRegistry, SessionTally
+from presence_ha.server.sessions import SessionRegistry, SessionTally
 
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
 

@@ -24,28 +24,28 @@ import signal
 from dataclasses import dataclass
 from typing import Any
 
-from db import clusters, groups, nodes, parameters, users
-from db.engine import DatabaseUnavailable, make_engine, make_session_factory
-from db.errors import ProvisioningError
-from db.hotpath import HotPath
-from server.auth import Accounts
-from server.cluster import ClusterService
-from server.config import NodeConfig
-from server.features import FEATURE_MODULES
-from server.features.context import FeatureContext
-from server.metrics import Metrics
-from server.net.admin_page import build_admin_server
-from server.net.admin_rpc import DEFAULT_BIND_HOST as ADMIN_BIND_HOST
-from server.net.admin_rpc import AdminServer
-from server.net.clients import ClientPort
-from server.net.metrics_http import MetricsServer
-from server.router import Router
-from server.services import ClientProfile, ClientProfileAgent, CriticalServices, RouterComponent, Switch, SyncAgent
-from server.sessions import SessionKind, SessionRegistry
-from server.srm.events import CriticalServiceStartFailed
-from server.srm.runner import SrmRunner
-from server.store import Store
-from server.tls import ensure_self_signed, server_context
+from presence_ha.db import clusters, groups, nodes, parameters, users
+from presence_ha.db.engine import DatabaseUnavailable, make_engine, make_session_factory
+from presence_ha.db.errors import ProvisioningError
+from presence_ha.db.hotpath import HotPath
+from presence_ha.server.auth import Accounts
+from presence_ha.server.cluster import ClusterService
+from presence_ha.server.config import NodeConfig
+from presence_ha.server.features import FEATURE_MODULES
+from presence_ha.server.features.context import FeatureContext
+from presence_ha.server.metrics import Metrics
+from presence_ha.server.net.admin_page import build_admin_server
+from presence_ha.server.net.admin_rpc import DEFAULT_BIND_HOST as ADMIN_BIND_HOST
+from presence_ha.server.net.admin_rpc import AdminServer
+from presence_ha.server.net.clients import ClientPort
+from presence_ha.server.net.metrics_http import MetricsServer
+from presence_ha.server.router import Router
+from presence_ha.server.services import ClientProfile, ClientProfileAgent, CriticalServices, RouterComponent, Switch, SyncAgent
+from presence_ha.server.sessions import SessionKind, SessionRegistry
+from presence_ha.server.srm.events import CriticalServiceStartFailed
+from presence_ha.server.srm.runner import SrmRunner
+from presence_ha.server.store import Store
+from presence_ha.server.tls import ensure_self_signed, server_context
 
 log = logging.getLogger(__name__)
 SRM_POOL_SIZE = 2

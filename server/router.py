@@ -28,12 +28,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from server.sessions import Session
-from server.xmpp.errors import Condition, StanzaError, error_reply
-from server.xmpp.jid import JID, InvalidJid
+from presence_ha.server.sessions import Session
+from presence_ha.server.xmpp.errors import Condition, StanzaError, error_reply
+from presence_ha.server.xmpp.jid import JID, InvalidJid
 
 if TYPE_CHECKING:
-    from server.features.context import FeatureContext
+    from presence_ha.server.features.context import FeatureContext
 
 log = logging.getLogger(__name__)
 

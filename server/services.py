@@ -28,8 +28,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from db.engine import DatabaseUnavailable
-from server.srm.events import CriticalServiceDown, CriticalServicesRestored, CriticalServiceStartFailed, Event
+from presence_ha.db.engine import DatabaseUnavailable
+from presence_ha.server.srm.events import CriticalServiceDown, CriticalServicesRestored, CriticalServiceStartFailed, Event
 
 log = logging.getLogger(__name__)
 

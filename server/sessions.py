@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from server.xmpp.jid import JID
+from presence_ha.server.xmpp.jid import JID
 
 
 class SessionKind(enum.Enum):

@@ -34,14 +34,14 @@ from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from db import groups, nodes, offline, parameters, presence, roster, users
-from db.engine import translate_errors
-from db.hotpath import HotPath
-from db.roster import RosterRow
-from server.presence_writes import GroupCommit
-from server.roster_cache import Roster, RosterCache
-from server.xmpp.jid import JID
-from server.xmpp.stanzas import serialize
+from presence_ha.db import groups, nodes, offline, parameters, presence, roster, users
+from presence_ha.db.engine import translate_errors
+from presence_ha.db.hotpath import HotPath
+from presence_ha.db.roster import RosterRow
+from presence_ha.server.presence_writes import GroupCommit
+from presence_ha.server.roster_cache import Roster, RosterCache
+from presence_ha.server.xmpp.jid import JID
+from presence_ha.server.xmpp.stanzas import serialize
 
 __all__ = ["BackupProfile", "RosterRow", "Store", "StoredPresence", "SubscriptionState", "SubscriptionUpdate", "UnknownUser"]
 

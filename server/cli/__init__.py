@@ -13,18 +13,18 @@ import click
 
 # (module, attribute) of every top-level sub-command, in --help order.
 SUBCOMMANDS: list[tuple[str, str]] = [
-    ("server.cli.provision", "db_group"),
-    ("server.cli.provision", "cluster_group"),
-    ("server.cli.provision", "node_group"),
-    ("server.cli.provision", "group_group"),
-    ("server.cli.users", "user_group"),
-    ("server.cli.params", "param_group"),
-    ("server.cli.dbreplication", "dbreplication_group"),
-    ("server.cli.run", "up_command"),  # also adds `node run` and `node metrics`
-    ("server.cli.ha", "ha_group"),
-    ("server.cli.ha", "service_group"),
-    ("client.cli", "client_command"),  # SPEC §8 dual-connection client
-    ("loadtest.compare", "loadtest_group"),  # bench, bench-prosody, bench-compare
+    ("presence_ha.server.cli.provision", "db_group"),
+    ("presence_ha.server.cli.provision", "cluster_group"),
+    ("presence_ha.server.cli.provision", "node_group"),
+    ("presence_ha.server.cli.provision", "group_group"),
+    ("presence_ha.server.cli.users", "user_group"),
+    ("presence_ha.server.cli.params", "param_group"),
+    ("presence_ha.server.cli.dbreplication", "dbreplication_group"),
+    ("presence_ha.server.cli.run", "up_command"),  # also adds `node run` and `node metrics`
+    ("presence_ha.server.cli.ha", "ha_group"),
+    ("presence_ha.server.cli.ha", "service_group"),
+    ("presence_ha.client.cli", "client_command"),  # SPEC §8 dual-connection client
+    ("presence_ha.loadtest.compare", "loadtest_group"),  # bench, bench-prosody, bench-compare
 ]
 
 

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import click
 
-from db.engine import ENV_DB_URL, DatabaseUnavailable, sqlite_url_for
+from presence_ha.db.engine import ENV_DB_URL, DatabaseUnavailable, sqlite_url_for
 
 DEFAULT_DATA_DIR = "data"
 T = TypeVar("T")

@@ -19,10 +19,10 @@ import click
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from db.engine import make_engine, make_session_factory, translate_errors
-from db.errors import ProvisioningError
-from db.schema import head_revision
-from server.cli.common import run_async
+from presence_ha.db.engine import make_engine, make_session_factory, translate_errors
+from presence_ha.db.errors import ProvisioningError
+from presence_ha.db.schema import head_revision
+from presence_ha.server.cli.common import run_async
 
 T = TypeVar("T")
 

@@ -16,9 +16,9 @@ import contextlib
 import click
 from sqlalchemy.engine import make_url
 
-from db.replication import ReplicationReport, replication_status
-from server.cli.common import db_options
-from server.cli.database import echo_table, open_session, run
+from presence_ha.db.replication import ReplicationReport, replication_status
+from presence_ha.server.cli.common import db_options
+from presence_ha.server.cli.database import echo_table, open_session, run
 
 replica_option = click.option(
     "--replica", "replicas", multiple=True, metavar="URL",

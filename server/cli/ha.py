@@ -27,11 +27,11 @@ from typing import Any
 
 import click
 
-from db import clusters, groups, nodes
-from server.cli.common import db_options
-from server.cli.database import echo_table, on_off, open_session, run
-from server.net.admin_page import GroupRow, overlay_live, overview_json, read_overview, rpc_probe
-from server.net.admin_rpc import AdminRpcError, admin_token, call_node
+from presence_ha.db import clusters, groups, nodes
+from presence_ha.server.cli.common import db_options
+from presence_ha.server.cli.database import echo_table, on_off, open_session, run
+from presence_ha.server.net.admin_page import GroupRow, overlay_live, overview_json, read_overview, rpc_probe
+from presence_ha.server.net.admin_rpc import AdminRpcError, admin_token, call_node
 
 ENV_ADMIN_HOST = "PRESENCE_HA_ADMIN_HOST"
 DEFAULT_ADMIN_HOST = "127.0.0.1"

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import click
 
-from db import assignments, parameters
-from db.errors import FailoverInProgress
-from server.cli.common import db_options
-from server.cli.database import echo_table, open_session, run
+from presence_ha.db import assignments, parameters
+from presence_ha.db.errors import FailoverInProgress
+from presence_ha.server.cli.common import db_options
+from presence_ha.server.cli.database import echo_table, open_session, run
 
 MODE_KEY = "user_assignment_mode"
 

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import click
 
-from db import assignments, clusters, groups, nodes, parameters, schema, srm_state
-from db.errors import FailoverInProgress
-from server.cli.common import db_options
-from server.cli.database import echo_table, on_off, open_session, run
+from presence_ha.db import assignments, clusters, groups, nodes, parameters, schema, srm_state
+from presence_ha.db.errors import FailoverInProgress
+from presence_ha.server.cli.common import db_options
+from presence_ha.server.cli.database import echo_table, on_off, open_session, run
 
 PORT_OPTIONS = (
     ("--client-port", "client_port", "XMPP client-to-server port"),

@@ -29,13 +29,13 @@ from pathlib import Path
 
 import click
 
-from db import clusters, groups, nodes, schema, users
-from db.engine import sqlite_url_for
-from server.cli.common import db_options
-from server.cli.database import open_session, run
-from server.cli.provision import node_group
-from server.config import ConfigError, load_config
-from server.node import NodeStartError, run_node
+from presence_ha.db import clusters, groups, nodes, schema, users
+from presence_ha.db.engine import sqlite_url_for
+from presence_ha.server.cli.common import db_options
+from presence_ha.server.cli.database import open_session, run
+from presence_ha.server.cli.provision import node_group
+from presence_ha.server.config import ConfigError, load_config
+from presence_ha.server.node import NodeStartError, run_node
 
 START_DEADLINE_S = 30.0
 STOP_DEADLINE_S = 15.0

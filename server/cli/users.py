@@ -15,9 +15,9 @@ import sys
 
 import click
 
-from db import assignments, users
-from server.cli.common import db_options
-from server.cli.database import echo_table, open_session, run
+from presence_ha.db import assignments, users
+from presence_ha.server.cli.common import db_options
+from presence_ha.server.cli.database import echo_table, open_session, run
 
 
 @click.group("user")

@@ -8,6 +8,6 @@ router's remote-route hook), `relay.py` (sessions of clients that dialled anothe
 node) and `service.py` (wiring, for `server.node`).
 """
 
-from server.cluster.service import ClusterService, ClusterTimers
+from presence_ha.server.cluster.service import ClusterService, ClusterTimers
 
 __all__ = ["ClusterService", "ClusterTimers"]

@@ -24,7 +24,7 @@ import logging
 from collections import deque
 from collections.abc import Callable
 
-from server.link import Kind, LinkClient, LinkClosed
+from presence_ha.server.link import Kind, LinkClient, LinkClosed
 
 log = logging.getLogger(__name__)
 

@@ -22,9 +22,9 @@ import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from server.cluster.channel import PeerChannel
-from server.link import (Kind, LinkClient, LinkConfig, LinkOptions, LinkServer, PeerRestarted)
-from server.link.status import LinkDown, LinkStatus
+from presence_ha.server.cluster.channel import PeerChannel
+from presence_ha.server.link import (Kind, LinkClient, LinkConfig, LinkOptions, LinkServer, PeerRestarted)
+from presence_ha.server.link.status import LinkDown, LinkStatus
 
 log = logging.getLogger(__name__)
 

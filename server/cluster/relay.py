@@ -28,17 +28,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from server.cluster import wire
-from server.cluster.links import LinkMesh
-from server.cluster.locations import LocationCache
-from server.features.context import FeatureContext
-from server.link import Kind
-from server.router import SessionBound, SessionClosed
-from server.sessions import Session
-from server.xmpp.errors import Condition, StanzaError, StreamCondition, StreamError, error_reply
-from server.xmpp.jid import JID, InvalidJid
-from server.xmpp.negotiation import SaslFailure
-from server.xmpp.sasl import SaslCondition
+from presence_ha.server.cluster import wire
+from presence_ha.server.cluster.links import LinkMesh
+from presence_ha.server.cluster.locations import LocationCache
+from presence_ha.server.features.context import FeatureContext
+from presence_ha.server.link import Kind
+from presence_ha.server.router import SessionBound, SessionClosed
+from presence_ha.server.sessions import Session
+from presence_ha.server.xmpp.errors import Condition, StanzaError, StreamCondition, StreamError, error_reply
+from presence_ha.server.xmpp.jid import JID, InvalidJid
+from presence_ha.server.xmpp.negotiation import SaslFailure
+from presence_ha.server.xmpp.sasl import SaslCondition
 
 log = logging.getLogger(__name__)
 

@@ -40,17 +40,17 @@ from collections.abc import Callable
 import xml.etree.ElementTree as ET
 from typing import TYPE_CHECKING
 
-from server.cluster import wire
-from server.cluster.links import LinkMesh
-from server.cluster.locations import LocationCache, Miss
-from server.features import message, presence
-from server.link import Kind
-from server.xmpp.errors import Condition, StanzaError
-from server.xmpp.jid import JID, InvalidJid
+from presence_ha.server.cluster import wire
+from presence_ha.server.cluster.links import LinkMesh
+from presence_ha.server.cluster.locations import LocationCache, Miss
+from presence_ha.server.features import message, presence
+from presence_ha.server.link import Kind
+from presence_ha.server.xmpp.errors import Condition, StanzaError
+from presence_ha.server.xmpp.jid import JID, InvalidJid
 
 if TYPE_CHECKING:
-    from server.features.context import FeatureContext
-    from server.sessions import Session
+    from presence_ha.server.features.context import FeatureContext
+    from presence_ha.server.sessions import Session
 
 log = logging.getLogger(__name__)
 

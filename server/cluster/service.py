@@ -25,19 +25,19 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from db import groups, nodes, users
-from db.engine import DatabaseUnavailable
-from db.hotpath import HotPath
-from server.cluster import wire
-from server.cluster.inbox import Inbox
-from server.cluster.links import LinkMesh, PeerAddress
-from server.cluster.locations import LocationCache
-from server.cluster.relay import RelayDialer, RelayHost
-from server.cluster.routing import (ClusterRoute, decode_routed, deliver_routed, deliver_routed_frame,
+from presence_ha.db import groups, nodes, users
+from presence_ha.db.engine import DatabaseUnavailable
+from presence_ha.db.hotpath import HotPath
+from presence_ha.server.cluster import wire
+from presence_ha.server.cluster.inbox import Inbox
+from presence_ha.server.cluster.links import LinkMesh, PeerAddress
+from presence_ha.server.cluster.locations import LocationCache
+from presence_ha.server.cluster.relay import RelayDialer, RelayHost
+from presence_ha.server.cluster.routing import (ClusterRoute, decode_routed, deliver_routed, deliver_routed_frame,
                                     deliver_routed_now, recipient_key, routed_frame_key)
-from server.cluster.sm_mirror import ReplicationSettings, SmReplication
-from server.features.context import FeatureContext
-from server.link import Kind
+from presence_ha.server.cluster.sm_mirror import ReplicationSettings, SmReplication
+from presence_ha.server.features.context import FeatureContext
+from presence_ha.server.link import Kind
 
 log = logging.getLogger(__name__)
 ACTIVATION_WAIT_S = 2.0  # users moved here: longest wait for their activation before re-routing

@@ -43,16 +43,16 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from db.engine import DatabaseUnavailable
-from server.cluster import wire
-from server.cluster.links import LinkMesh
-from server.cluster.sm_replica import Replica, ReplicaError, ReplicaStore, parse_stanza
-from server.features.inactive_session import announce, record_key, records_for, turn_active
-from server.link import Kind
-from server.sessions import Session
-from server.xmpp.jid import JID
-from server.xmpp.sm import StreamManagement
-from server.xmpp.stanzas import serialize
+from presence_ha.db.engine import DatabaseUnavailable
+from presence_ha.server.cluster import wire
+from presence_ha.server.cluster.links import LinkMesh
+from presence_ha.server.cluster.sm_replica import Replica, ReplicaError, ReplicaStore, parse_stanza
+from presence_ha.server.features.inactive_session import announce, record_key, records_for, turn_active
+from presence_ha.server.link import Kind
+from presence_ha.server.sessions import Session
+from presence_ha.server.xmpp.jid import JID
+from presence_ha.server.xmpp.sm import StreamManagement
+from presence_ha.server.xmpp.stanzas import serialize
 
 log = logging.getLogger(__name__)
 

@@ -31,9 +31,9 @@ from typing import Any
 
 import defusedxml.ElementTree as SafeET
 
-from server.xmpp.jid import JID, InvalidJid
-from server.xmpp.sm import MOD, StreamManagement
-from server.xmpp.stanzas import STANZA_TAGS
+from presence_ha.server.xmpp.jid import JID, InvalidJid
+from presence_ha.server.xmpp.sm import MOD, StreamManagement
+from presence_ha.server.xmpp.stanzas import STANZA_TAGS
 
 
 class ReplicaError(ValueError):

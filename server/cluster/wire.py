@@ -40,8 +40,8 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from typing import Any
 
-from server.xmpp.jid import JID, InvalidJid
-from server.xmpp.stanzas import STANZA_TAGS, serialize
+from presence_ha.server.xmpp.jid import JID, InvalidJid
+from presence_ha.server.xmpp.stanzas import STANZA_TAGS, serialize
 
 ROUTED = b"R"
 ROUTED_PREFIX = ROUTED + b"\n"  # how a routed frame starts

@@ -7,14 +7,14 @@ route raises `DuplicateRoute` at start-up. Features see the server only through
 """
 
 FEATURE_MODULES: list[str] = [
-    "server.features.ping",  # XEP-0199
-    "server.features.disco",  # XEP-0030
-    "server.features.version",  # XEP-0092
-    "server.features.roster",  # RFC 6121 §2
-    "server.features.subscription",  # RFC 6121 §3
-    "server.features.presence",  # RFC 6121 §4
-    "server.features.message",  # RFC 6121 §5, §8.5
-    "server.features.carbons",  # XEP-0280
-    "server.features.inactive_session",  # SPEC §8 inactive sessions, activation
-    "server.features.ha_backup_info",  # SPEC §8 backup node for clients
+    "presence_ha.server.features.ping",  # XEP-0199
+    "presence_ha.server.features.disco",  # XEP-0030
+    "presence_ha.server.features.version",  # XEP-0092
+    "presence_ha.server.features.roster",  # RFC 6121 §2
+    "presence_ha.server.features.subscription",  # RFC 6121 §3
+    "presence_ha.server.features.presence",  # RFC 6121 §4
+    "presence_ha.server.features.message",  # RFC 6121 §5, §8.5
+    "presence_ha.server.features.carbons",  # XEP-0280
+    "presence_ha.server.features.inactive_session",  # SPEC §8 inactive sessions, activation
+    "presence_ha.server.features.ha_backup_info",  # SPEC §8 backup node for clients
 ]

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
-from server.router import IqType, MessageDelivered, MessageSent, Router
-from server.sessions import Session
-from server.xmpp.jid import JID
+from presence_ha.server.router import IqType, MessageDelivered, MessageSent, Router
+from presence_ha.server.sessions import Session
+from presence_ha.server.xmpp.jid import JID
 
 NS_CARBONS = "urn:xmpp:carbons:2"
 NS_FORWARD = "urn:xmpp:forward:0"

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from server.router import Router
-    from server.sessions import Session, SessionRegistry
+    from presence_ha.server.router import Router
+    from presence_ha.server.sessions import Session, SessionRegistry
 
 
 @dataclass

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
-from server.router import IqType, Router
-from server.sessions import Session
-from server.xmpp.errors import Condition, StanzaError
-from server.xmpp.stanzas import NS_DISCO_INFO, NS_DISCO_ITEMS
+from presence_ha.server.router import IqType, Router
+from presence_ha.server.sessions import Session
+from presence_ha.server.xmpp.errors import Condition, StanzaError
+from presence_ha.server.xmpp.stanzas import NS_DISCO_INFO, NS_DISCO_ITEMS
 
 INFO = f"{{{NS_DISCO_INFO}}}query"
 ITEMS = f"{{{NS_DISCO_ITEMS}}}query"

@@ -19,9 +19,9 @@ import logging
 import time
 import xml.etree.ElementTree as ET
 
-from server.features.inactive_session import NS_BACKUP
-from server.router import IqType, Router
-from server.sessions import Session
+from presence_ha.server.features.inactive_session import NS_BACKUP
+from presence_ha.server.router import IqType, Router
+from presence_ha.server.sessions import Session
 
 BACKUP = f"{{{NS_BACKUP}}}backup"
 

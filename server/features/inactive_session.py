@@ -32,11 +32,11 @@ import logging
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 
-from server.features import presence
-from server.router import IqType, Router
-from server.sessions import Session, SessionKind
-from server.store import StoredPresence
-from server.xmpp.errors import Condition, ErrorType, StanzaError
+from presence_ha.server.features import presence
+from presence_ha.server.router import IqType, Router
+from presence_ha.server.sessions import Session, SessionKind
+from presence_ha.server.store import StoredPresence
+from presence_ha.server.xmpp.errors import Condition, ErrorType, StanzaError
 
 log = logging.getLogger(__name__)
 

@@ -31,10 +31,10 @@ from __future__ import annotations
 import datetime as dt
 import xml.etree.ElementTree as ET
 
-from server.router import Direction, MessageDelivered, MessageSent, Router, SessionAvailable, StanzaKind
-from server.sessions import Session, SessionKind
-from server.xmpp.errors import Condition, StanzaError
-from server.xmpp.jid import JID
+from presence_ha.server.router import Direction, MessageDelivered, MessageSent, Router, SessionAvailable, StanzaKind
+from presence_ha.server.sessions import Session, SessionKind
+from presence_ha.server.xmpp.errors import Condition, StanzaError
+from presence_ha.server.xmpp.jid import JID
 
 OFFLINE_LIMIT = 200
 DELAY = "{urn:xmpp:delay}delay"

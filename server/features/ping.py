@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
-from server.router import IqType, Router
-from server.sessions import Session
-from server.xmpp.stanzas import NS_PING
+from presence_ha.server.router import IqType, Router
+from presence_ha.server.sessions import Session
+from presence_ha.server.xmpp.stanzas import NS_PING
 
 PING = f"{{{NS_PING}}}ping"
 

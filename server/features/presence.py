@@ -35,10 +35,10 @@ from __future__ import annotations
 import asyncio
 import xml.etree.ElementTree as ET
 
-from server.router import Direction, Router, SessionAvailable, SessionClosed, StanzaKind
-from server.sessions import Session, SessionKind
-from server.xmpp.errors import Condition, StanzaError
-from server.xmpp.jid import JID
+from presence_ha.server.router import Direction, Router, SessionAvailable, SessionClosed, StanzaKind
+from presence_ha.server.sessions import Session, SessionKind
+from presence_ha.server.xmpp.errors import Condition, StanzaError
+from presence_ha.server.xmpp.jid import JID
 
 SEE_ME = ("from", "both")  # contacts subscribed to the user's presence
 I_SEE = ("to", "both")  # contacts whose presence the user subscribed to

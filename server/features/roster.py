@@ -22,10 +22,10 @@ from __future__ import annotations
 import uuid
 import xml.etree.ElementTree as ET
 
-from server.router import IqType, RosterItemChanged, Router
-from server.sessions import Session
-from server.xmpp.errors import Condition, StanzaError
-from server.xmpp.jid import JID, InvalidJid
+from presence_ha.server.router import IqType, RosterItemChanged, Router
+from presence_ha.server.sessions import Session
+from presence_ha.server.xmpp.errors import Condition, StanzaError
+from presence_ha.server.xmpp.jid import JID, InvalidJid
 
 NS_ROSTER = "jabber:iq:roster"
 QUERY = f"{{{NS_ROSTER}}}query"

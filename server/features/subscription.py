@@ -22,11 +22,11 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from dataclasses import replace
 
-from server.features.subscription_rules import Decision, Effect, Kind, State, Sub, Way, decide
-from server.router import Direction, RosterItemChanged, Router, SessionAvailable, StanzaKind
-from server.sessions import Session
-from server.xmpp.errors import Condition, StanzaError
-from server.xmpp.jid import JID
+from presence_ha.server.features.subscription_rules import Decision, Effect, Kind, State, Sub, Way, decide
+from presence_ha.server.router import Direction, RosterItemChanged, Router, SessionAvailable, StanzaKind
+from presence_ha.server.sessions import Session
+from presence_ha.server.xmpp.errors import Condition, StanzaError
+from presence_ha.server.xmpp.jid import JID
 
 SUBSCRIPTION_TYPES = tuple(kind.value for kind in Kind)
 

@@ -13,7 +13,7 @@ Rules of this module:
   auto-reply to a request already granted (§3.1.3), storing or dropping the pending
   inbound request, presence to send when "from" is gained or lost (§3.1.5, §3.2.2,
   §3.3.3), and the roster push when the visible item changes (§3.1.2 ff.).
-- `python -m server.features.subscription_rules` prints the table.
+- `python -m presence_ha.server.features.subscription_rules` prints the table.
 """
 
 from __future__ import annotations

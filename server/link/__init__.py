@@ -5,12 +5,12 @@ Layout: `frames.py` (wire format), `state.py` (per-peer state across reconnects)
 `connection.py` (the asyncio adapter: `LinkServer`, `LinkClient`).
 """
 
-from server.link.connection import LinkClient, LinkClosed, LinkOptions, LinkServer
-from server.link.frames import Kind
-from server.link.protocol import (AckReceived, FrameReceived, HandshakeComplete,
+from presence_ha.server.link.connection import LinkClient, LinkClosed, LinkOptions, LinkServer
+from presence_ha.server.link.frames import Kind
+from presence_ha.server.link.protocol import (AckReceived, FrameReceived, HandshakeComplete,
                                   LinkConnection, ProtocolFailed, Role)
-from server.link.state import LinkConfig, LocalProtocolError, PeerLinks
-from server.link.status import (LinkCrashed, LinkRejected, LinkUp, PeerClosed, PeerRefused,
+from presence_ha.server.link.state import LinkConfig, LocalProtocolError, PeerLinks
+from presence_ha.server.link.status import (LinkCrashed, LinkRejected, LinkUp, PeerClosed, PeerRefused,
                                 PeerRestarted, PeerSilent, PeerUnreachable)
 
 __all__ = [

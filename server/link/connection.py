@@ -19,12 +19,12 @@ import os
 import random
 import ssl as ssl_lib
 
-from server.link import status as st
-from server.link.backoff import backoff_delay
-from server.link.endpoint import Conn, Endpoint, LinkClosed, LinkOptions, OnDown, OnFrame, OnUp, Wire
-from server.link.frames import Kind
-from server.link.protocol import LinkConnection, Role
-from server.link.state import LinkConfig
+from presence_ha.server.link import status as st
+from presence_ha.server.link.backoff import backoff_delay
+from presence_ha.server.link.endpoint import Conn, Endpoint, LinkClosed, LinkOptions, OnDown, OnFrame, OnUp, Wire
+from presence_ha.server.link.frames import Kind
+from presence_ha.server.link.protocol import LinkConnection, Role
+from presence_ha.server.link.state import LinkConfig
 
 __all__ = ["LinkClient", "LinkClosed", "LinkOptions", "LinkServer"]
 

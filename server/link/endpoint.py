@@ -44,12 +44,12 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from server.link import status as st
-from server.link.frames import Kind
-from server.link.protocol import (AckOwed, AckReceived, DelayedAck, FrameReceived,
+from presence_ha.server.link import status as st
+from presence_ha.server.link.frames import Kind
+from presence_ha.server.link.protocol import (AckOwed, AckReceived, DelayedAck, FrameReceived,
                                   HandshakeComplete, Keepalive, LinkConnection, Message,
                                   ProtocolFailed)
-from server.link.state import WITHDRAWN, LinkConfig, PeerLinks
+from presence_ha.server.link.state import WITHDRAWN, LinkConfig, PeerLinks
 
 log = logging.getLogger(__name__)
 

@@ -44,11 +44,11 @@ import hmac
 import itertools
 from dataclasses import dataclass
 
-from server.link import frames as f
-from server.link.crypto import TAG_LEN, FrameTag
-from server.link.crypto import mac as _mac
-from server.link.frames import FrameError, FrameType, Kind
-from server.link.state import LocalProtocolError, PeerLink, PeerLinks
+from presence_ha.server.link import frames as f
+from presence_ha.server.link.crypto import TAG_LEN, FrameTag
+from presence_ha.server.link.crypto import mac as _mac
+from presence_ha.server.link.frames import FrameError, FrameType, Kind
+from presence_ha.server.link.state import LocalProtocolError, PeerLink, PeerLinks
 
 _LABEL = b"presence-ha/link/1 "
 

@@ -26,9 +26,9 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
-from server.link import frames as f
-from server.link.crypto import TAG_LEN
-from server.link.frames import Kind
+from presence_ha.server.link import frames as f
+from presence_ha.server.link.crypto import TAG_LEN
+from presence_ha.server.link.frames import Kind
 
 MIN_SECRET_LEN = 16
 WITHDRAWN = (Kind.CONTROL, b"")  # a message taken back by its sender: never delivered

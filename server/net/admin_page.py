@@ -26,10 +26,10 @@ from urllib.parse import quote
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from db import groups, nodes, parameters, srm_state
-from db.engine import DatabaseUnavailable
-from db.errors import ProvisioningError
-from server.net.admin_rpc import (
+from presence_ha.db import groups, nodes, parameters, srm_state
+from presence_ha.db.engine import DatabaseUnavailable
+from presence_ha.db.errors import ProvisioningError
+from presence_ha.server.net.admin_rpc import (
     DEFAULT_BIND_HOST,
     TOKEN_COOKIE,
     AdminRpcError,
@@ -43,9 +43,9 @@ from server.net.admin_rpc import (
     call_node,
     token_matches,
 )
-from server.services import CriticalServices
-from server.srm.events import AdminRequestedFailover, AdminRequestedFallback, Event
-from server.srm.table import NodeState, Reason, Step, rows_for
+from presence_ha.server.services import CriticalServices
+from presence_ha.server.srm.events import AdminRequestedFailover, AdminRequestedFallback, Event
+from presence_ha.server.srm.table import NodeState, Reason, Step, rows_for
 
 FAILED_STATES = frozenset({NodeState.RUNNING_IN_FAILED_MODE, NodeState.UNKNOWN})
 NODE_ACTIONS: tuple[tuple[str, Event], ...] = (

@@ -31,9 +31,9 @@ from http.cookies import CookieError, SimpleCookie
 from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
-from db.engine import DatabaseUnavailable
-from server.services import CriticalServices, ServiceError, UnknownService
-from server.srm.events import AdminRequestedFailover, AdminRequestedFallback, Event
+from presence_ha.db.engine import DatabaseUnavailable
+from presence_ha.server.services import CriticalServices, ServiceError, UnknownService
+from presence_ha.server.srm.events import AdminRequestedFailover, AdminRequestedFallback, Event
 
 log = logging.getLogger(__name__)
 

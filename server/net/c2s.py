@@ -35,21 +35,21 @@ import xml.etree.ElementTree as ET
 from collections import deque
 from typing import TYPE_CHECKING
 
-from db.engine import DatabaseUnavailable
-from server.auth import RelayTo, backup_kick
-from server.features.inactive_session import is_hold_request
-from server.net.limits import TokenBucket
-from server.router import SessionBound
-from server.sessions import Session, SessionKind
-from server.net.transport import READ_SIZE, ClientTransport
-from server.xmpp import events as ev
-from server.xmpp.errors import Condition, StanzaError, StreamCondition, StreamError, error_reply
-from server.xmpp.negotiation import SaslFailure
-from server.xmpp.sasl import SaslCondition, salted_password
-from server.xmpp.stream import StreamSettings, Timer, XmppStream
+from presence_ha.db.engine import DatabaseUnavailable
+from presence_ha.server.auth import RelayTo, backup_kick
+from presence_ha.server.features.inactive_session import is_hold_request
+from presence_ha.server.net.limits import TokenBucket
+from presence_ha.server.router import SessionBound
+from presence_ha.server.sessions import Session, SessionKind
+from presence_ha.server.net.transport import READ_SIZE, ClientTransport
+from presence_ha.server.xmpp import events as ev
+from presence_ha.server.xmpp.errors import Condition, StanzaError, StreamCondition, StreamError, error_reply
+from presence_ha.server.xmpp.negotiation import SaslFailure
+from presence_ha.server.xmpp.sasl import SaslCondition, salted_password
+from presence_ha.server.xmpp.stream import StreamSettings, Timer, XmppStream
 
 if TYPE_CHECKING:
-    from server.net.clients import ClientPort
+    from presence_ha.server.net.clients import ClientPort
 
 log = logging.getLogger(__name__)
 CLOSE_FLUSH_S = 5.0  # how long the closing bytes may take to leave

@@ -37,22 +37,22 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from db.engine import DatabaseUnavailable
-from server.auth import Accounts
-from server.config import LimitsConfig, NodeConfig
-from server.features.context import FeatureContext
-from server.metrics import Metrics
-from server.net.c2s import Connection
-from server.net.transport import ClientTransport
-from server.loop_lag import lateness
-from server.net.limits import AuthThrottle, LoginGate
-from server.router import SessionClosed
-from server.sessions import Session, SessionKind
-from server.xmpp.errors import StreamCondition, StreamError
-from server.xmpp.jid import JID
-from server.xmpp.negotiation import SaslFailure
-from server.xmpp.sm import StreamManagement
-from server.xmpp.stream import StreamSettings
+from presence_ha.db.engine import DatabaseUnavailable
+from presence_ha.server.auth import Accounts
+from presence_ha.server.config import LimitsConfig, NodeConfig
+from presence_ha.server.features.context import FeatureContext
+from presence_ha.server.metrics import Metrics
+from presence_ha.server.net.c2s import Connection
+from presence_ha.server.net.transport import ClientTransport
+from presence_ha.server.loop_lag import lateness
+from presence_ha.server.net.limits import AuthThrottle, LoginGate
+from presence_ha.server.router import SessionClosed
+from presence_ha.server.sessions import Session, SessionKind
+from presence_ha.server.xmpp.errors import StreamCondition, StreamError
+from presence_ha.server.xmpp.jid import JID
+from presence_ha.server.xmpp.negotiation import SaslFailure
+from presence_ha.server.xmpp.sm import StreamManagement
+from presence_ha.server.xmpp.stream import StreamSettings
 
 log = logging.getLogger(__name__)
 REGISTRATION_CHECK_S = 1.0  # on top of `server.auth`'s parameter cache

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from server.metrics import CONTENT_TYPE_LATEST, Metrics
+from presence_ha.server.metrics import CONTENT_TYPE_LATEST, Metrics
 
 log = logging.getLogger(__name__)
 MAX_REQUEST_BYTES = 8192

@@ -7,5 +7,5 @@
 - `runner`: `SrmRunner`, the asyncio adapter (timers, database, peer link, services).
 
 Only `runner` does I/O; it feeds events and executes actions in order.
-The package imports nothing eagerly, so `python -m server.srm.table` runs cleanly.
+The package imports nothing eagerly, so `python -m presence_ha.server.srm.table` runs cleanly.
 """

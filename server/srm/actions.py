@@ -22,8 +22,8 @@ from enum import Enum
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from server.srm.events import Event, PeerMessage, Timer
-    from server.srm.table import NodeState, Reason
+    from presence_ha.server.srm.events import Event, PeerMessage, Timer
+    from presence_ha.server.srm.table import NodeState, Reason
 
 
 class ClientKind(Enum):

@@ -22,7 +22,7 @@ from enum import Enum
 from typing import TYPE_CHECKING, Union
 
 if TYPE_CHECKING:
-    from server.srm.table import NodeState, Reason
+    from presence_ha.server.srm.table import NodeState, Reason
 
 
 class Timer(Enum):

@@ -19,10 +19,10 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from db.engine import DatabaseUnavailable
-from server.features import inactive_session, presence
-from server.services import HANDOVER_CLOSE_S
-from server.sessions import SessionKind
+from presence_ha.db.engine import DatabaseUnavailable
+from presence_ha.server.features import inactive_session, presence
+from presence_ha.server.services import HANDOVER_CLOSE_S
+from presence_ha.server.sessions import SessionKind
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from server.srm.actions import (
+from presence_ha.server.srm.actions import (
     Action,
     ActivateInactiveSessions,
     CancelTimer,
@@ -35,7 +35,7 @@ from server.srm.actions import (
     StartTimer,
     StopCriticalServices,
 )
-from server.srm.events import (
+from presence_ha.server.srm.events import (
     TIMER_EVENTS,
     AdminRequestedRecovery,
     Event,
@@ -57,7 +57,7 @@ from server.srm.events import (
     UsersMoved,
     observed_epoch,
 )
-from server.srm.table import (
+from presence_ha.server.srm.table import (
     SERVES,
     InvalidTransition,
     NodeState,

@@ -21,7 +21,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from server.srm.events import (
+from presence_ha.server.srm.events import (
     HeartbeatReceived,
     PeerEnteredFailedMode,
     PeerMessage,
@@ -33,7 +33,7 @@ from server.srm.events import (
     PeerTookBack,
     PeerTookOver,
 )
-from server.srm.table import NodeState, Reason
+from presence_ha.server.srm.table import NodeState, Reason
 
 MAX_MESSAGE_BYTES = 4096
 

@@ -34,30 +34,30 @@ from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from db import groups, nodes, parameters, srm_state, users
-from db.engine import WRITES, DatabaseUnavailable
-from db.errors import FencingConflict
-from server.auth import host_port
-from server.link import Kind, LinkClient, LinkConfig, LinkOptions, LinkServer, PeerRefused
-from server.loop_lag import LoopLag
-from server.services import CriticalServices, StopCause
-from server.sessions import SessionRegistry
-from server.srm import peer_protocol
-from server.srm.handover import Handover
-from server.srm.actions import (
+from presence_ha.db import groups, nodes, parameters, srm_state, users
+from presence_ha.db.engine import WRITES, DatabaseUnavailable
+from presence_ha.db.errors import FencingConflict
+from presence_ha.server.auth import host_port
+from presence_ha.server.link import Kind, LinkClient, LinkConfig, LinkOptions, LinkServer, PeerRefused
+from presence_ha.server.loop_lag import LoopLag
+from presence_ha.server.services import CriticalServices, StopCause
+from presence_ha.server.sessions import SessionRegistry
+from presence_ha.server.srm import peer_protocol
+from presence_ha.server.srm.handover import Handover
+from presence_ha.server.srm.actions import (
     Action, ActivateInactiveSessions, CancelTimer, CheckPeerLiveness, ClientKind, DisconnectClients, MoveUsers,
     NotifyPeer, PersistState, RefuseAdminRequest, StartCriticalServices, StartTimer, StopCriticalServices,
 )
-from server.srm.events import (
+from presence_ha.server.srm.events import (
     DbRestored, DbUnavailable, Event, HeartbeatReceived, InternalErrorOccurred, MoveUsersFailed,
     NodeShuttingDown, PeerAliveInDatabase, PeerConnectionRefused, PeerDeadInDatabase, SrmStarted, Timer,
     TimerFired, UsersMoved,
 )
-from server.srm.machine import SrmMachine, SrmTimers
-from server.srm.table import InvalidTransition, NodeState, Reason
-from server.xmpp.errors import StreamCondition, StreamError
-from server.xmpp.negotiation import SaslFailure
-from server.xmpp.sasl import SaslCondition
+from presence_ha.server.srm.machine import SrmMachine, SrmTimers
+from presence_ha.server.srm.table import InvalidTransition, NodeState, Reason
+from presence_ha.server.xmpp.errors import StreamCondition, StreamError
+from presence_ha.server.xmpp.negotiation import SaslFailure
+from presence_ha.server.xmpp.sasl import SaslCondition
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from enum import Enum, auto
 from typing import Protocol
 
-from server.srm.events import (
+from presence_ha.server.srm.events import (
     AdminRequestedFailover,
     AdminRequestedFallback,
     AdminRequestedRecovery,
@@ -484,9 +484,9 @@ def render_markdown() -> str:
 
 
 def main(argv: list[str]) -> int:
-    """`python -m server.srm.table --markdown`."""
+    """`python -m presence_ha.server.srm.table --markdown`."""
     if argv != ["--markdown"]:
-        print("usage: python -m server.srm.table --markdown", file=sys.stderr)
+        print("usage: python -m presence_ha.server.srm.table --markdown", file=sys.stderr)
         return 2
     sys.stdout.write(render_markdown())
     return 0

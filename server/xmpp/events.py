@@ -13,9 +13,9 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 
-from server.xmpp.errors import StreamError
-from server.xmpp.jid import JID
-from server.xmpp.sasl import SaslCondition
+from presence_ha.server.xmpp.errors import StreamError
+from presence_ha.server.xmpp.jid import JID
+from presence_ha.server.xmpp.sasl import SaslCondition
 
 
 @dataclass(slots=True)  # made per stanza: not frozen (a frozen __init__ costs 3x)

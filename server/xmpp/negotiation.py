@@ -20,9 +20,9 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from server.xmpp import sasl
-from server.xmpp.errors import Condition, StanzaError, StreamCondition, StreamError, error_reply
-from server.xmpp.events import (
+from presence_ha.server.xmpp import sasl
+from presence_ha.server.xmpp.errors import Condition, StanzaError, StreamCondition, StreamError, error_reply
+from presence_ha.server.xmpp.events import (
     AuthFailed,
     CredentialsRequested,
     DerivationRequested,
@@ -32,8 +32,8 @@ from server.xmpp.events import (
     RegistrationRequested,
     ResourceBound,
 )
-from server.xmpp.jid import JID, InvalidJid, prep_localpart, prep_resource
-from server.xmpp.stanzas import (
+from presence_ha.server.xmpp.jid import JID, InvalidJid, prep_localpart, prep_resource
+from presence_ha.server.xmpp.stanzas import (
     NS_BIND,
     NS_CSI,
     NS_REGISTER,
@@ -50,7 +50,7 @@ from server.xmpp.stanzas import (
 )
 
 if TYPE_CHECKING:
-    from server.xmpp.stream import StreamSettings
+    from presence_ha.server.xmpp.stream import StreamSettings
 
 
 class Phase(enum.Enum):

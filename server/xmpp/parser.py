@@ -31,8 +31,8 @@ import xml.parsers.expat as expat
 from xml.sax.saxutils import quoteattr
 from dataclasses import dataclass, field
 
-from server.xmpp.errors import StreamCondition, StreamError
-from server.xmpp.stanzas import MAX_DEPTH, NS_CLIENT, NS_STREAM
+from presence_ha.server.xmpp.errors import StreamCondition, StreamError
+from presence_ha.server.xmpp.stanzas import MAX_DEPTH, NS_CLIENT, NS_STREAM
 
 SEPARATOR = " "  # cannot occur in a namespace name (a URI) or a local name
 FEED_SLICE = 16 * 1024  # the size limit is checked at least every slice

@@ -29,7 +29,7 @@ from typing import Protocol
 from scramp import ScramException, ScramMechanism
 from scramp.utils import ServerError, saslprep
 
-from server.xmpp.jid import InvalidJid, prep_localpart
+from presence_ha.server.xmpp.jid import InvalidJid, prep_localpart
 
 SCRAM_MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-1")
 PLAIN = "PLAIN"

@@ -23,10 +23,10 @@ import random
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
-from server.xmpp import negotiation as neg
-from server.xmpp.negotiation import Phase, SaslFailure, Waiting
-from server.xmpp.errors import Condition, StanzaError, StreamCondition, StreamError
-from server.xmpp.events import (
+from presence_ha.server.xmpp import negotiation as neg
+from presence_ha.server.xmpp.negotiation import Phase, SaslFailure, Waiting
+from presence_ha.server.xmpp.errors import Condition, StanzaError, StreamCondition, StreamError
+from presence_ha.server.xmpp.events import (
     ClientStateChanged,
     Event,
     Outgoing,
@@ -37,10 +37,10 @@ from server.xmpp.events import (
     StreamManagementEnabled,
     TlsRequested,
 )
-from server.xmpp.jid import JID, InvalidJid
-from server.xmpp.parser import ElementParsed, FooterParsed, HeaderParsed, ParseEvent, ParseFault, StreamParser
-from server.xmpp.sm import AckTooHigh, StreamManagement
-from server.xmpp.stanzas import (
+from presence_ha.server.xmpp.jid import JID, InvalidJid
+from presence_ha.server.xmpp.parser import ElementParsed, FooterParsed, HeaderParsed, ParseEvent, ParseFault, StreamParser
+from presence_ha.server.xmpp.sm import AckTooHigh, StreamManagement
+from presence_ha.server.xmpp.stanzas import (
     NS_BIND,
     NS_CLIENT,
     NS_CSI,

@@ -36,7 +36,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from server.cli import main as cli_main
+from presence_ha.server.cli import main as cli_main
 
 START_DEADLINE_S = 30.0
 STOP_DEADLINE_S = 15.0
@@ -397,7 +397,7 @@ FAST_SRM = {"heartbeat_interval_s": 1, "heartbeat_timeout_s": 2, "init_heartbeat
 
 def db_call(db_url: str, fn: Callable) -> object:
     """Run `await fn(session)` on a fresh engine, on a worker thread (usable from async tests)."""
-    from db.engine import make_engine, make_session_factory
+    from presence_ha.db.engine import make_engine, make_session_factory
 
     async def go():
         engine = make_engine(db_url)
@@ -413,7 +413,7 @@ def db_call(db_url: str, fn: Callable) -> object:
 
 def ha_states(db_url: str, names: tuple[str, ...] = ("n1", "n2")) -> dict[str, tuple[str, str] | None]:
     """{node: (state, reason)} as the SRMs persisted them."""
-    from db import srm_state
+    from presence_ha.db import srm_state
 
     async def read(session):
         rows = {name: await srm_state.read_state(session, name) for name in names}
@@ -424,7 +424,7 @@ def ha_states(db_url: str, names: tuple[str, ...] = ("n1", "n2")) -> dict[str, t
 
 def active_nodes(db_url: str) -> dict[str, str | None]:
     """{username: active node} from the database."""
-    from db import users
+    from presence_ha.db import users
 
     async def read(session):
         return {u.username: u.active_node for u in await users.list_users(session)}

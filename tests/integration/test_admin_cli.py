@@ -13,9 +13,9 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from db import srm_state
-from db.engine import make_engine, make_session_factory
-from server.cli import main as cli_main
+from presence_ha.db import srm_state
+from presence_ha.db.engine import make_engine, make_session_factory
+from presence_ha.server.cli import main as cli_main
 from tests.integration.cluster import cli, free_ports
 
 

@@ -33,8 +33,8 @@ from pathlib import Path
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
-from db import srm_state, users
-from db.engine import make_engine, make_session_factory
+from presence_ha.db import srm_state, users
+from presence_ha.db.engine import make_engine, make_session_factory
 from tests.integration.cluster import DOMAIN, NodeProcess, cli, free_ports, poll_until
 from tests.integration.faultproxy import FaultProxy
 
@@ -244,7 +244,7 @@ class HaPair:
 
     def restart_srm(self, name: str) -> None:
         """Restart only node `name`'s SRM (the Recovery operation on one node)."""
-        from server.net.admin_rpc import admin_token, call_node  # the same client as the CLI
+        from presence_ha.server.net.admin_rpc import admin_token, call_node  # the same client as the CLI
 
         secret = db_read(self.db_url, _cluster_secret)
         asyncio.run(call_node("127.0.0.1", self.ports[name][2], admin_token(secret), {"op": "recover", "node": name}))
@@ -291,7 +291,7 @@ class HaPair:
 
 
 async def _cluster_secret(session) -> str:
-    from db.clusters import cluster_secret
+    from presence_ha.db.clusters import cluster_secret
 
     return await cluster_secret(session)
 

@@ -18,8 +18,8 @@ import urllib.request
 
 import pytest
 
-from db.clusters import cluster_secret
-from server.net.admin_rpc import MAX_BODY_BYTES, admin_token
+from presence_ha.db.clusters import cluster_secret
+from presence_ha.server.net.admin_rpc import MAX_BODY_BYTES, admin_token
 from tests.conftest import _new_postgres_url, _pg_drop
 from tests.integration.test_admin_pair import HaPair, db_read, is_postgres, start_pair
 

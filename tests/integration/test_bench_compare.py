@@ -15,8 +15,8 @@ import os
 import pytest
 from click.testing import CliRunner
 
-from loadtest.prosody import prosody_available
-from server.cli import main
+from presence_ha.loadtest.prosody import prosody_available
+from presence_ha.server.cli import main
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 

@@ -15,9 +15,9 @@ import os
 import pytest
 from click.testing import CliRunner
 
-from loadtest.bench import Settings, Target, run_benchmark
-from loadtest.cli import main
-from loadtest.prosody import ProsodyInstance, prosody_available
+from presence_ha.loadtest.bench import Settings, Target, run_benchmark
+from presence_ha.loadtest.cli import main
+from presence_ha.loadtest.prosody import ProsodyInstance, prosody_available
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from server.link import Kind, LinkClient, LinkConfig, LinkOptions, LinkRejected
+from presence_ha.server.link import Kind, LinkClient, LinkConfig, LinkOptions, LinkRejected
 
 from .cluster import DOMAIN, FAST_LIMITS, Cluster, NodeProcess, cli, free_ports, wait_until
 from .faultproxy import FaultProxy

@@ -22,7 +22,7 @@ import time
 
 import pytest
 
-from client.policy import Link, Role
+from presence_ha.client.policy import Link, Role
 from tests.integration.cluster import (  # noqa: F401
     Cluster, active_nodes, ha_pair_factory, ha_states, slix_disconnect, slix_login, wait_until,
 )

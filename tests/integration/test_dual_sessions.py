@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from client.dual import ClientEvent, ConnectionEvent, DualClient, MessageReceived, PresenceChanged
-from client.policy import Endpoint, Link
+from presence_ha.client.dual import ClientEvent, ConnectionEvent, DualClient, MessageReceived, PresenceChanged
+from presence_ha.client.policy import Endpoint, Link
 from tests.integration.cluster import (  # noqa: F401
     Cluster, RawClient, cluster_factory, ha_pair_factory, wait_until,
 )

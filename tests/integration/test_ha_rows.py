@@ -27,7 +27,7 @@ import socket
 import pytest
 from click.testing import CliRunner
 
-from server.cli import main as cli_main
+from presence_ha.server.cli import main as cli_main
 from tests.conftest import _new_postgres_url, _pg_drop
 from tests.integration.test_admin_pair import NORMAL, HaPair, is_postgres, start_pair
 

@@ -17,10 +17,10 @@ import ssl
 
 import pytest
 
-from server.link import (Kind, LinkClient, LinkConfig, LinkOptions, LinkRejected, LinkServer,
+from presence_ha.server.link import (Kind, LinkClient, LinkConfig, LinkOptions, LinkRejected, LinkServer,
                          LinkUp, PeerClosed, PeerRefused, PeerRestarted, PeerSilent)
-from server.link.endpoint import DECODE_SLICE
-from server.link.status import LinkCrashed
+from presence_ha.server.link.endpoint import DECODE_SLICE
+from presence_ha.server.link.status import LinkCrashed
 
 from .faultproxy import FaultProxy
 

@@ -16,8 +16,8 @@ from collections import Counter
 
 import pytest
 
-from loadtest.scenario import is_retryable, retry_backoff
-from loadtest.xmpp_client import ClientConfig, XmppClient, XmppError
+from presence_ha.loadtest.scenario import is_retryable, retry_backoff
+from presence_ha.loadtest.xmpp_client import ClientConfig, XmppClient, XmppError
 from tests.integration.cluster import DOMAIN, FAST_LIMITS, cluster_factory  # noqa: F401
 
 USERS = 150

@@ -7,7 +7,7 @@ from collections import Counter
 from hypothesis import given
 from hypothesis import strategies as st
 
-from server.assignment import (
+from presence_ha.server.assignment import (
     AssignmentMode,
     all_nodes,
     choose_node,

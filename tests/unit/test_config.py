@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from server.config import ConfigError, load_config
+from presence_ha.server.config import ConfigError, load_config
 
 
 def test_precedence(tmp_path):

@@ -2,7 +2,7 @@
 
 import pytest
 
-from server.xmpp.jid import JID, InvalidJid
+from presence_ha.server.xmpp.jid import JID, InvalidJid
 
 
 @pytest.mark.parametrize(

@@ -6,8 +6,8 @@ from __future__ import annotations
 import asyncio
 import time
 
-from server.loop_lag import TICK_S as LAG_TICK_S
-from server.loop_lag import LoopLag
+from presence_ha.server.loop_lag import TICK_S as LAG_TICK_S
+from presence_ha.server.loop_lag import LoopLag
 
 
 async def test_an_idle_loop_is_not_late():

@@ -3,7 +3,7 @@
 import pytest
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 
-from server.metrics import Metrics
+from presence_ha.server.metrics import Metrics
 
 
 def test_loop_counters_are_exported_as_prometheus_counters():

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from server.presence_writes import GroupCommit
+from presence_ha.server.presence_writes import GroupCommit
 
 
 class Recorder:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from server.roster_cache import RosterCache
+from presence_ha.server.roster_cache import RosterCache
 
 ROSTER = {"bob@example.test": ("bob@example.test", "both")}
 

@@ -7,11 +7,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from server.features.context import FeatureContext
-from server.router import DuplicateRoute, IqType, Router
-from server.sessions import Session, SessionRegistry
-from server.xmpp.errors import Condition, StanzaError
-from server.xmpp.jid import JID
+from presence_ha.server.features.context import FeatureContext
+from presence_ha.server.router import DuplicateRoute, IqType, Router
+from presence_ha.server.sessions import Session, SessionRegistry
+from presence_ha.server.xmpp.errors import Condition, StanzaError
+from presence_ha.server.xmpp.jid import JID
 
 NS_STANZAS = "{urn:ietf:params:xml:ns:xmpp-stanzas}"
 

@@ -1,8 +1,8 @@
 """SessionRegistry.tally(): the SPEC §8 session counters in one pass."""
 
-from server.metrics import Metrics
-from server.sessions import Session, SessionKind, SessionRegistry
-from server.xmpp.jid import JID
+from presence_ha.server.metrics import Metrics
+from presence_ha.server.sessions import Session, SessionKind, SessionRegistry
+from presence_ha.server.xmpp.jid import JID
 
 
 def _session(jid: str, kind: SessionKind) -> Session:

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import pytest
 from click.testing import CliRunner, Result
 
-from db.engine import make_engine, make_session_factory
-from server.cli import main
+from presence_ha.db.engine import make_engine, make_session_factory
+from presence_ha.server.cli import main
 
 
 @dataclass

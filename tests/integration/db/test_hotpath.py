@@ -7,10 +7,10 @@ import asyncio
 
 import pytest
 
-from db import offline, presence, roster, schema, users
-from db.engine import DatabaseUnavailable, make_engine, make_session_factory
-from db.hotpath import HotPath
-from db.roster import user_id
+from presence_ha.db import offline, presence, roster, schema, users
+from presence_ha.db.engine import DatabaseUnavailable, make_engine, make_session_factory
+from presence_ha.db.hotpath import HotPath
+from presence_ha.db.roster import user_id
 from tests.integration.db.conftest import Cli, provision_pairs
 
 DOMAIN = "example.com"

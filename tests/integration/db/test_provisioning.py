@@ -6,7 +6,7 @@ from collections import Counter
 
 from scramp import ScramClient, ScramMechanism
 
-from db import parameters, users
+from presence_ha.db import parameters, users
 from tests.integration.db.conftest import provision_pairs, query, write_csv
 
 

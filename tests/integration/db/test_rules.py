@@ -3,8 +3,8 @@ the CLI: one line, the reason, a non-zero exit, nothing changed. Both backends."
 
 from __future__ import annotations
 
-from db import groups, nodes
-from db.models import Cluster, Node
+from presence_ha.db import groups, nodes
+from presence_ha.db.models import Cluster, Node
 from tests.integration.db.conftest import query
 
 # (command, expected fragment of the one-line error)

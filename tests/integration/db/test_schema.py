@@ -11,9 +11,9 @@ from pathlib import Path
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
-from db import schema
-from db.engine import make_engine
-from db.models import metadata
+from presence_ha.db import schema
+from presence_ha.db.engine import make_engine
+from presence_ha.db.models import metadata
 
 ROOT = Path(__file__).resolve().parents[3]
 

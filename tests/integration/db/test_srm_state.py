@@ -7,10 +7,10 @@ import asyncio
 
 import pytest
 
-from db import assignments, schema, srm_state, users
-from db.engine import DatabaseUnavailable, make_engine, make_session_factory
-from db.clusters import get_cluster
-from db.errors import FailoverInProgress, FencingConflict, InvalidValue, NotFound
+from presence_ha.db import assignments, schema, srm_state, users
+from presence_ha.db.engine import DatabaseUnavailable, make_engine, make_session_factory
+from presence_ha.db.clusters import get_cluster
+from presence_ha.db.errors import FailoverInProgress, FencingConflict, InvalidValue, NotFound
 from tests.integration.db.conftest import Cli, provision_pairs, query
 
 

@@ -6,7 +6,7 @@ import datetime as dt
 
 import pytest
 
-from server.net.admin_page import (
+from presence_ha.server.net.admin_page import (
     GroupRow,
     NodeRow,
     StoredView,
@@ -17,10 +17,10 @@ from server.net.admin_page import (
     render_page,
     table_allows,
 )
-from server.srm.events import AdminRequestedFailover, AdminRequestedFallback
-from server.srm.machine import SrmMachine
-from server.srm.table import NodeState as S
-from server.srm.table import Reason as R
+from presence_ha.server.srm.events import AdminRequestedFailover, AdminRequestedFallback
+from presence_ha.server.srm.machine import SrmMachine
+from presence_ha.server.srm.table import NodeState as S
+from presence_ha.server.srm.table import Reason as R
 
 
 def group(n1: tuple[str, str], n2: tuple[str, str], ha: bool = True, alive: tuple[bool, bool] = (True, True)) -> GroupRow:

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from server.net.admin_rpc import (
+from presence_ha.server.net.admin_rpc import (
     MAX_BODY_BYTES,
     OPS,
     AdminRpcError,
@@ -24,7 +24,7 @@ from server.net.admin_rpc import (
     to_json,
     token_matches,
 )
-from server.srm.table import NodeState
+from presence_ha.server.srm.table import NodeState
 
 
 def test_token_is_hmac_sha256_of_the_cluster_secret() -> None:

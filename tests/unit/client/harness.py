@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 
-from client.policy import (
+from presence_ha.client.policy import (
     Action, BackupInfo, BackupInfoReceived, CancelTimer, Connected, DualPolicy, Endpoint, Event, PolicyConfig, Role,
     Started, StartTimer, Timer, TimerFired,
 )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from client.policy import Endpoint
+from presence_ha.client.policy import Endpoint
 
 
 @pytest.mark.parametrize(("text", "expected"), [

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from client.policy import (
+from presence_ha.client.policy import (
     Activate, ActivationDone, ActivationRefused, BackupInfoReceived, Connect, ConnectFailed, Connected,
     ConnectionLost, Disconnect, HoldRefused, Link, Promote, QueryBackup, Role, SendPresence, Started, StartTimer,
     Stopped, Timer,

@@ -9,11 +9,11 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from server.cluster.locations import LocationCache
-from server.cluster.routing import ClusterRoute
-from server.sessions import Session
-from server.xmpp.errors import StanzaError
-from server.xmpp.jid import JID
+from presence_ha.server.cluster.locations import LocationCache
+from presence_ha.server.cluster.routing import ClusterRoute
+from presence_ha.server.sessions import Session
+from presence_ha.server.xmpp.errors import StanzaError
+from presence_ha.server.xmpp.jid import JID
 
 
 class FullChannel:

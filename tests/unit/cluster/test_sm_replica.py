@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from server.cluster.sm_replica import Dropped, ReplicaError, ReplicaStore
-from server.xmpp.jid import JID
+from presence_ha.server.cluster.sm_replica import Dropped, ReplicaError, ReplicaStore
+from presence_ha.server.xmpp.jid import JID
 
 ALICE = "alice@example.test/phone"
 

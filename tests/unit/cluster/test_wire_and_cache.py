@@ -7,10 +7,10 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from server.cluster import wire
-from server.cluster.inbox import Inbox
-from server.cluster.links import dial_overrides
-from server.cluster.locations import LocationCache
+from presence_ha.server.cluster import wire
+from presence_ha.server.cluster.inbox import Inbox
+from presence_ha.server.cluster.links import dial_overrides
+from presence_ha.server.cluster.locations import LocationCache
 
 
 def message(frm: str = "alice@example.test/a") -> ET.Element:

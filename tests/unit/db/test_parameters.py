@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from db.errors import InvalidValue
-from db.parameters import REGISTRY, Kind, Scope, check_cross_rules, defaults, spec_for
+from presence_ha.db.errors import InvalidValue
+from presence_ha.db.parameters import REGISTRY, Kind, Scope, check_cross_rules, defaults, spec_for
 
 SPEC_DEFAULTS = {
     "srm_port": 22001,

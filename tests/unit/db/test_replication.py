@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from db import replication
+from presence_ha.db import replication
 
 
 @pytest.mark.parametrize(

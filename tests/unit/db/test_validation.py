@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 from scramp import ScramClient, ScramMechanism
 
-from db.credentials import DEFAULT_ITERATIONS, MECHANISMS, derive
-from db.errors import InvalidValue, ProvisioningError
-from db.groups import check_members, validate_description, validate_group_name
-from db.nodes import NodeInfo, NodePorts, pick_ports, validate_node_name, validate_ports
-from db.users import _validate_rows, validate_username
+from presence_ha.db.credentials import DEFAULT_ITERATIONS, MECHANISMS, derive
+from presence_ha.db.errors import InvalidValue, ProvisioningError
+from presence_ha.db.groups import check_members, validate_description, validate_group_name
+from presence_ha.db.nodes import NodeInfo, NodePorts, pick_ports, validate_node_name, validate_ports
+from presence_ha.db.users import _validate_rows, validate_username
 
 
 @pytest.mark.parametrize("name", ["g", "A-b_9", "x" * 128])

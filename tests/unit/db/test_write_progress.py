@@ -7,8 +7,8 @@ import time
 
 from sqlalchemy import text
 
-from db.engine import WRITES, make_engine
-from db.hotpath import HotPath
+from presence_ha.db.engine import WRITES, make_engine
+from presence_ha.db.hotpath import HotPath
 
 
 async def test_writes_are_noted_and_reads_are_not(tmp_path):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from types import SimpleNamespace
 
-from server.features.inactive_session import _Lookups
+from presence_ha.server.features.inactive_session import _Lookups
 
 
 class SlowStore:

@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from server.features import ha_backup_info
-from server.features.ha_backup_info import _ProfileCache
+from presence_ha.server.features import ha_backup_info
+from presence_ha.server.features.ha_backup_info import _ProfileCache
 
 
 class Store:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from server.sessions import SessionKind
-from server.xmpp.jid import JID
+from presence_ha.server.sessions import SessionKind
+from presence_ha.server.xmpp.jid import JID
 
 NS_ERR = "urn:ietf:params:xml:ns:xmpp-stanzas"
 

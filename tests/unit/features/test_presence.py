@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 
-from server.features import presence
-from server.sessions import SessionKind
-from server.store import SubscriptionState
-from server.xmpp.jid import JID
+from presence_ha.server.features import presence
+from presence_ha.server.sessions import SessionKind
+from presence_ha.server.store import SubscriptionState
+from presence_ha.server.xmpp.jid import JID
 from tests.unit.features.helpers import befriend
 from tests.unit.features.transcript import parse
 
@@ -166,7 +166,7 @@ async def test_concurrent_broadcasts_share_one_record_transaction(world):
 
 async def test_an_activated_session_that_keeps_its_contacts_is_not_sent_their_presence_again(world):
     """Backup protocol §4: `<hold contacts='kept'/>`; without it, an activation probes."""
-    from server.features import inactive_session
+    from presence_ha.server.features import inactive_session
 
     alice = await world.online("alice@example.test/home")
     bob = await world.online("bob@example.test/pc", "<presence><show>away</show></presence>")
@@ -190,7 +190,7 @@ async def test_an_activated_session_that_keeps_its_contacts_is_not_sent_their_pr
 async def test_activating_a_session_the_takeover_activated_already_reads_nothing(world, monkeypatch):
     """After a takeover every client may ask at once, its next stanzas queued behind
     the answer: a session already active is answered from memory."""
-    from server.features import inactive_session
+    from presence_ha.server.features import inactive_session
 
     inactive_session.register(world.router)
     alice = await world.online("alice@example.test/home")

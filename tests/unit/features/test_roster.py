@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from server.features import roster
-from server.xmpp.errors import Condition, StanzaError
-from server.xmpp.jid import JID
+from presence_ha.server.features import roster
+from presence_ha.server.xmpp.errors import Condition, StanzaError
+from presence_ha.server.xmpp.jid import JID
 from tests.unit.features.transcript import parse
 
 NS_ERR = "urn:ietf:params:xml:ns:xmpp-stanzas"

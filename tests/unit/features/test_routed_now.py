@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
-from server.cluster import wire
-from server.cluster.routing import decode_routed, deliver_routed_now
-from server.features import carbons
-from server.router import MessageDelivered
-from server.sessions import SessionKind
+from presence_ha.server.cluster import wire
+from presence_ha.server.cluster.routing import decode_routed, deliver_routed_now
+from presence_ha.server.features import carbons
+from presence_ha.server.router import MessageDelivered
+from presence_ha.server.sessions import SessionKind
 from tests.unit.features.transcript import parse
 
 ALICE = "alice@example.test/home"

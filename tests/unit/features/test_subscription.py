@@ -13,9 +13,9 @@ from dataclasses import replace
 
 import pytest
 
-from server.features.subscription_rules import STATES, TABLE, Way, decide
-from server.store import SubscriptionState
-from server.xmpp.jid import JID
+from presence_ha.server.features.subscription_rules import STATES, TABLE, Way, decide
+from presence_ha.server.store import SubscriptionState
+from presence_ha.server.xmpp.jid import JID
 
 ALICE = JID.parse("alice@example.test")
 BOB = JID.parse("bob@example.test")

@@ -18,16 +18,16 @@ from types import SimpleNamespace
 
 from sqlalchemy import insert
 
-from db.engine import make_engine, make_session_factory
-from db.hotpath import HotPath
-from db.models import Cluster, Node, User, metadata
-from server.features import carbons, message, presence, roster, subscription
-from server.features.context import FeatureContext
-from server.router import Router, SessionBound, SessionClosed
-from server.sessions import Session, SessionKind, SessionRegistry
-from server.store import Store
-from server.xmpp.jid import JID
-from server.xmpp.stanzas import serialize
+from presence_ha.db.engine import make_engine, make_session_factory
+from presence_ha.db.hotpath import HotPath
+from presence_ha.db.models import Cluster, Node, User, metadata
+from presence_ha.server.features import carbons, message, presence, roster, subscription
+from presence_ha.server.features.context import FeatureContext
+from presence_ha.server.router import Router, SessionBound, SessionClosed
+from presence_ha.server.sessions import Session, SessionKind, SessionRegistry
+from presence_ha.server.store import Store
+from presence_ha.server.xmpp.jid import JID
+from presence_ha.server.xmpp.stanzas import serialize
 
 DOMAIN = "example.test"
 USERS = ("alice", "bob", "carol", "dave")

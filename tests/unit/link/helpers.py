@@ -10,10 +10,10 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, field
 
-from server.link.frames import Kind
-from server.link.protocol import (FrameReceived, HandshakeComplete, LinkConnection, Message,
+from presence_ha.server.link.frames import Kind
+from presence_ha.server.link.protocol import (FrameReceived, HandshakeComplete, LinkConnection, Message,
                                   ProtocolFailed, Role)
-from server.link.state import LinkConfig, PeerLinks
+from presence_ha.server.link.state import LinkConfig, PeerLinks
 
 SECRET = b"cluster-secret-0123456789abcdef"
 _nonces = itertools.count(1)

@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from server.link.backoff import backoff_delay
+from presence_ha.server.link.backoff import backoff_delay
 
 
 def test_delays_grow_then_cap_and_stay_in_the_jitter_band():

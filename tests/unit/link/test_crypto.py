@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from server.link.crypto import TAG_LEN, FrameTag, mac
+from presence_ha.server.link.crypto import TAG_LEN, FrameTag, mac
 
 
 @given(st.binary(max_size=200), st.lists(st.binary(max_size=3000), max_size=4))

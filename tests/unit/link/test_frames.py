@@ -2,8 +2,8 @@
 
 import pytest
 
-from server.link import frames as f
-from server.link.frames import FrameError, FrameReader, Kind
+from presence_ha.server.link import frames as f
+from presence_ha.server.link.frames import FrameError, FrameReader, Kind
 
 
 def test_hello_round_trip():

@@ -4,11 +4,11 @@ import hmac
 
 import pytest
 
-from server.link import frames as f
-from server.link.frames import Kind
-from server.link.protocol import (ConnState, HandshakeComplete, LinkConnection, Message,
+from presence_ha.server.link import frames as f
+from presence_ha.server.link.frames import Kind
+from presence_ha.server.link.protocol import (ConnState, HandshakeComplete, LinkConnection, Message,
                                   ProtocolFailed, Role)
-from server.link.state import LinkConfig, LocalProtocolError
+from presence_ha.server.link.state import LinkConfig, LocalProtocolError
 
 from .helpers import SECRET, Pair, nonce, node, session
 

@@ -4,9 +4,9 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from server.link import frames as f
-from server.link.frames import Kind
-from server.link.protocol import (AckOwed, AckReceived, DelayedAck, FrameReceived, HandshakeComplete,
+from presence_ha.server.link import frames as f
+from presence_ha.server.link.frames import Kind
+from presence_ha.server.link.protocol import (AckOwed, AckReceived, DelayedAck, FrameReceived, HandshakeComplete,
                                   Keepalive, Message, ProtocolFailed)
 
 from .helpers import Pair, node, session
@@ -382,7 +382,7 @@ def test_withdrawn_frames_come_back_in_order_and_keep_the_sequence_gapless():
 
 
 def test_held_frames_are_acknowledged_only_once_processed_and_come_again_after_a_reconnect():
-    from server.link.protocol import DelayedAck
+    from presence_ha.server.link.protocol import DelayedAck
 
     a, b = node("a", 1), node("b", 2, ack_every=100)  # b's acks wait for DelayedAck, as in the adapter
     first = Pair(a, b)

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from loadtest.bench import (
+from presence_ha.loadtest.bench import (
     Settings, Target, failure_summary, groups_of, marker, parse_marker, percentile, schedule,
     shard, summarize_ms,
 )

@@ -6,7 +6,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from loadtest.cli import main, render, settings_from
+from presence_ha.loadtest.cli import main, render, settings_from
 
 
 def _opts(**over):

@@ -4,7 +4,7 @@ import base64
 
 import scramp
 
-from loadtest.prosody import lua_str, prosody_encode, roster_file, scram_sha1_account
+from presence_ha.loadtest.prosody import lua_str, prosody_encode, roster_file, scram_sha1_account
 
 
 def test_paths_are_encoded_like_prosody_datamanager():

@@ -7,8 +7,8 @@ import random
 
 import pytest
 
-from loadtest import scenario
-from loadtest.scenario import Acked, Ledger, Received, Sent, Served
+from presence_ha.loadtest import scenario
+from presence_ha.loadtest.scenario import Acked, Ledger, Received, Sent, Served
 
 F = 100.0  # the fault, in the run's clock
 

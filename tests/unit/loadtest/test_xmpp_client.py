@@ -4,7 +4,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from loadtest.xmpp_client import (
+from presence_ha.loadtest.xmpp_client import (
     NS_CLIENT, NS_STREAM, RosterItem, StanzaReader, StreamClosed, StreamOpened, local_tag,
     message_xml, parse_roster, presence_xml, stream_header,
 )

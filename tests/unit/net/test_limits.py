@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from server.net.limits import AuthThrottle, LoginGate, TokenBucket
+from presence_ha.server.net.limits import AuthThrottle, LoginGate, TokenBucket
 
 
 def test_token_bucket_refills_up_to_burst():

@@ -8,8 +8,8 @@ import ssl
 
 import pytest
 
-from server.net.transport import ClientTransport
-from server.tls import ensure_self_signed, server_context
+from presence_ha.server.net.transport import ClientTransport
+from presence_ha.server.tls import ensure_self_signed, server_context
 
 
 class FakeSocket(asyncio.Transport):
@@ -227,7 +227,7 @@ async def test_writes_of_one_turn_go_out_together():
 
 
 async def test_a_big_turn_goes_out_in_pieces_and_close_or_abort_settle_what_waits():
-    from server.net.transport import PENDING_MAX
+    from presence_ha.server.net.transport import PENDING_MAX
     transport, sock, receiver = connect()
     transport.write(b"<first/>")
     chunk = b"x" * 1000

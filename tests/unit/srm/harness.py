@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
-from server.srm.actions import (
+from presence_ha.server.srm.actions import (
     Action,
     CancelTimer,
     CheckPeerLiveness,
@@ -35,7 +35,7 @@ from server.srm.actions import (
     StartTimer,
     StopCriticalServices,
 )
-from server.srm.events import (
+from presence_ha.server.srm.events import (
     AdminRequestedFailover,
     AdminRequestedFallback,
     AdminRequestedRecovery,
@@ -56,8 +56,8 @@ from server.srm.events import (
     TimerFired,
     UsersMoved,
 )
-from server.srm.machine import SrmMachine, SrmTimers
-from server.srm.table import InvalidTransition, NodeState, Reason
+from presence_ha.server.srm.machine import SrmMachine, SrmTimers
+from presence_ha.server.srm.table import InvalidTransition, NodeState, Reason
 
 MAX_STEPS = 5000
 USERS_PER_NODE = 3

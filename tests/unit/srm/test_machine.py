@@ -12,9 +12,9 @@ import inspect
 
 import pytest
 
-from server.srm import machine as machine_module
-from server.srm import table as table_module
-from server.srm.actions import (
+from presence_ha.server.srm import machine as machine_module
+from presence_ha.server.srm import table as table_module
+from presence_ha.server.srm.actions import (
     CheckPeerLiveness,
     MoveUsers,
     NotifyPeer,
@@ -24,7 +24,7 @@ from server.srm.actions import (
     StartTimer,
     StopCriticalServices,
 )
-from server.srm.events import (
+from presence_ha.server.srm.events import (
     AdminRequestedFailover,
     AdminRequestedFallback,
     HeartbeatReceived,
@@ -37,8 +37,8 @@ from server.srm.events import (
     TimerFired,
     UsersMoved,
 )
-from server.srm.machine import SrmMachine, SrmTimers
-from server.srm.table import InvalidTransition, NodeState, Reason
+from presence_ha.server.srm.machine import SrmMachine, SrmTimers
+from presence_ha.server.srm.table import InvalidTransition, NodeState, Reason
 
 N, R = NodeState, Reason
 

@@ -7,8 +7,8 @@ import typing
 
 import pytest
 
-from server.srm import peer_protocol as pp
-from server.srm.events import (
+from presence_ha.server.srm import peer_protocol as pp
+from presence_ha.server.srm.events import (
     HeartbeatReceived,
     PeerEnteredFailedMode,
     PeerMessage,
@@ -20,8 +20,8 @@ from server.srm.events import (
     PeerTookBack,
     PeerTookOver,
 )
-from server.srm.machine import SrmMachine
-from server.srm.table import NodeState, Reason
+from presence_ha.server.srm.machine import SrmMachine
+from presence_ha.server.srm.table import NodeState, Reason
 
 SESSION = bytes(range(16))
 MESSAGES = [
@@ -67,7 +67,7 @@ def test_message_for_an_earlier_process_is_not_for_me():
 
 
 def test_only_peer_messages_are_encoded():
-    from server.srm.events import PeerConnectionRefused
+    from presence_ha.server.srm.events import PeerConnectionRefused
 
     with pytest.raises(TypeError):
         pp.encode(PeerConnectionRefused(), None)  # type: ignore[arg-type]

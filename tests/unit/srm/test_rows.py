@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import pytest
 
-from server.srm.machine import SrmTimers
-from server.srm.table import NodeState as S
-from server.srm.table import Reason as R
+from presence_ha.server.srm.machine import SrmTimers
+from presence_ha.server.srm.table import NodeState as S
+from presence_ha.server.srm.table import Reason as R
 
 from tests.unit.srm.harness import Pair
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from server.srm.machine import SrmTimers
+from presence_ha.server.srm.machine import SrmTimers
 
 from tests.unit.srm.harness import Pair
 

@@ -13,9 +13,9 @@ import subprocess
 import sys
 from collections.abc import Iterator
 
-from server.srm import table
-from server.srm.events import AdminRequestedRecovery, SrmStarted
-from server.srm.table import (
+from presence_ha.server.srm import table
+from presence_ha.server.srm.events import AdminRequestedRecovery, SrmStarted
+from presence_ha.server.srm.table import (
     ANY_STATE,
     JOINT,
     JOINT_DEFAULTS,
@@ -117,7 +117,7 @@ def test_rows_are_one_per_key() -> None:
 
 def test_markdown_cli() -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "server.srm.table", "--markdown"],
+        [sys.executable, "-m", "presence_ha.server.srm.table", "--markdown"],
         check=True, capture_output=True, text=True,
     )
     assert "| Normal | AdminRequestedFailover | peer_is_normal | Failing Over | On Admin Request |" in out.stdout

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from server.xmpp.errors import StreamCondition
-from server.xmpp.parser import TEXT_BUFFER, ElementParsed, FooterParsed, HeaderParsed, ParseFault, StreamParser
+from presence_ha.server.xmpp.errors import StreamCondition
+from presence_ha.server.xmpp.parser import TEXT_BUFFER, ElementParsed, FooterParsed, HeaderParsed, ParseFault, StreamParser
 
 HEADER = b"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='d' version='1.0'>"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from server.xmpp import sasl
+from presence_ha.server.xmpp import sasl
 from tests.unit.xmpp.transcript import keys_for
 
 

@@ -6,7 +6,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from server.xmpp.sm import MOD, AckTooHigh, StreamManagement
+from presence_ha.server.xmpp.sm import MOD, AckTooHigh, StreamManagement
 
 
 class Journal:

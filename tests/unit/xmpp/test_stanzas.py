@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
-from server.xmpp.parser import ElementParsed, StreamParser
-from server.xmpp.stanzas import serialize, stream_error, stream_header
+from presence_ha.server.xmpp.parser import ElementParsed, StreamParser
+from presence_ha.server.xmpp.stanzas import serialize, stream_error, stream_header
 
 HEADER = b"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='d' version='1.0'>"
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from server.xmpp import events as ev
-from server.xmpp import sasl
-from server.xmpp.errors import StreamCondition, StreamError
-from server.xmpp.negotiation import SaslFailure
-from server.xmpp.sasl import SaslCondition
-from server.xmpp.stream import Phase, Timer
+from presence_ha.server.xmpp import events as ev
+from presence_ha.server.xmpp import sasl
+from presence_ha.server.xmpp.errors import StreamCondition, StreamError
+from presence_ha.server.xmpp.negotiation import SaslFailure
+from presence_ha.server.xmpp.sasl import SaslCondition
+from presence_ha.server.xmpp.stream import Phase, Timer
 from tests.unit.xmpp.transcript import DOMAIN, HEADER, SASL, Transcript, b64, keys_for
 
 STREAMS = "urn:ietf:params:xml:ns:xmpp-streams"

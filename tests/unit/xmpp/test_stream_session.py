@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
-from server.xmpp import events as ev
-from server.xmpp.stream import Phase
+from presence_ha.server.xmpp import events as ev
+from presence_ha.server.xmpp.stream import Phase
 from tests.unit.xmpp.transcript import DOMAIN, HEADER, Transcript, keys_for
 
 STREAMS = "urn:ietf:params:xml:ns:xmpp-streams"

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 from scramp import ScramClient, ScramMechanism
 
-from server.xmpp import events as ev
-from server.xmpp.stream import StreamSettings, XmppStream
+from presence_ha.server.xmpp import events as ev
+from presence_ha.server.xmpp.stream import StreamSettings, XmppStream
 
 DOMAIN = "example.test"
 HEADER = (
