@@ -32,7 +32,7 @@ from presence_ha.server.auth import Accounts
 from presence_ha.server.cluster import ClusterService
 from presence_ha.server.config import NodeConfig
 from presence_ha.server.features import FEATURE_MODULES
-from presence_ha.server.features.context import FeatureContext
+from presence_ha.server.context import FeatureContext
 from presence_ha.server.metrics import Metrics
 from presence_ha.server.net.admin_page import build_admin_server
 from presence_ha.server.net.admin_rpc import DEFAULT_BIND_HOST as ADMIN_BIND_HOST

@@ -31,7 +31,7 @@ from typing import Any, Protocol
 from presence_ha.server.cluster import wire
 from presence_ha.server.cluster.links import LinkMesh
 from presence_ha.server.cluster.locations import LocationCache
-from presence_ha.server.features.context import FeatureContext
+from presence_ha.server.context import FeatureContext
 from presence_ha.server.link import Kind
 from presence_ha.server.router import SessionBound, SessionClosed
 from presence_ha.server.sessions import Session

@@ -49,7 +49,7 @@ from presence_ha.server.xmpp.errors import Condition, StanzaError
 from presence_ha.server.xmpp.jid import JID, InvalidJid
 
 if TYPE_CHECKING:
-    from presence_ha.server.features.context import FeatureContext
+    from presence_ha.server.context import FeatureContext
     from presence_ha.server.sessions import Session
 
 log = logging.getLogger(__name__)

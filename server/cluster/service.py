@@ -36,7 +36,7 @@ from presence_ha.server.cluster.relay import RelayDialer, RelayHost
 from presence_ha.server.cluster.routing import (ClusterRoute, decode_routed, deliver_routed, deliver_routed_frame,
                                     deliver_routed_now, recipient_key, routed_frame_key)
 from presence_ha.server.cluster.sm_mirror import ReplicationSettings, SmReplication
-from presence_ha.server.features.context import FeatureContext
+from presence_ha.server.context import FeatureContext
 from presence_ha.server.link import Kind
 
 log = logging.getLogger(__name__)

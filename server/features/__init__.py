@@ -3,7 +3,7 @@
 Rules: `FEATURE_MODULES` lists, in registration order, the modules the node loads
 (`server.node` imports each and calls `register(router)`). Append yours; a duplicate
 route raises `DuplicateRoute` at start-up. Features see the server only through
-`FeatureContext` (`server.features.context`).
+`FeatureContext` (`server.context`).
 """
 
 FEATURE_MODULES: list[str] = [

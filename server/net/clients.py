@@ -40,7 +40,7 @@ from typing import Any
 from presence_ha.db.engine import DatabaseUnavailable
 from presence_ha.server.auth import Accounts
 from presence_ha.server.config import LimitsConfig, NodeConfig
-from presence_ha.server.features.context import FeatureContext
+from presence_ha.server.context import FeatureContext
 from presence_ha.server.metrics import Metrics
 from presence_ha.server.net.c2s import Connection
 from presence_ha.server.net.transport import ClientTransport

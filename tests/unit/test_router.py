@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from presence_ha.server.features.context import FeatureContext
+from presence_ha.server.context import FeatureContext
 from presence_ha.server.router import DuplicateRoute, IqType, Router
 from presence_ha.server.sessions import Session, SessionRegistry
 from presence_ha.server.xmpp.errors import Condition, StanzaError
