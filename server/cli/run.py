@@ -46,7 +46,7 @@ def node_command(*args: str) -> list[str]:
     script = Path(sys.executable).with_name("presence-ha")
     if script.exists():
         return [str(script), *args]
-    return [sys.executable, "-c", "from server.cli import main; main()", *args]
+    return [sys.executable, "-c", "from presence_ha.server.cli import main; main()", *args]
 
 
 @node_group.command("run")

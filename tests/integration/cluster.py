@@ -110,7 +110,7 @@ def cli(db_url: str, *args: str) -> str:
 
 def node_argv(*args: str) -> list[str]:
     script = Path(sys.executable).with_name("presence-ha")
-    return [str(script), *args] if script.exists() else [sys.executable, "-c", "from server.cli import main; main()", *args]
+    return [str(script), *args] if script.exists() else [sys.executable, "-c", "from presence_ha.server.cli import main; main()", *args]
 
 
 @dataclass

@@ -29,7 +29,7 @@ from tests.integration.cluster import _bindable, free_ports  # noqa: E402
 
 PASSWORD = "secret-pw"
 DEADLINE_S = 15.0
-CLI = [sys.executable, "-c", "from server.cli import main; main()"]
+CLI = [sys.executable, "-c", "from presence_ha.server.cli import main; main()"]
 
 
 def _free_base_port() -> int:

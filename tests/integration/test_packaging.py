@@ -10,6 +10,7 @@ from outside the repository.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -24,9 +25,12 @@ TOP_LEVEL_FOLDERS = ("server", "client", "db", "migrations", "loadtest")
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
-    build = tmp_path_factory.mktemp("build")  # setuptools' build/ and egg-info stay out of the checkout
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", str(out), str(ROOT)],
-                   check=True, cwd=build, timeout=300, capture_output=True)
+    # Built from a copy: setuptools writes build/ and an egg-info into the source tree.
+    source = tmp_path_factory.mktemp("source") / "presence-ha"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".venv", ".git", "build", "*.egg-info", "__pycache__",
+                                                                "data", "reports", "tests"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", str(out), str(source)],
+                   check=True, timeout=300, capture_output=True)
     (found,) = out.glob("presence_ha-*.whl")
     return found
 
