@@ -12,7 +12,9 @@ Rules of this module:
   is relayed to the user's node, `server.cluster`). It starts each node as a real
   `presence-ha node run`
   subprocess, waits (with a deadline) until every client port accepts, writes
-  `DIR/cluster.json`, and stops the nodes with SIGTERM (then SIGKILL) on Ctrl-C.
+  `DIR/cluster.json`, and supervises them: a node that dies is reported and started
+  again after `--restart-delay` (systemd's `Restart=on-failure`), the others keep
+  serving. Ctrl-C stops the nodes with SIGTERM (then SIGKILL).
 """
 
 from __future__ import annotations
@@ -39,6 +41,9 @@ from presence_ha.server.node import NodeStartError, run_node
 
 START_DEADLINE_S = 30.0
 STOP_DEADLINE_S = 15.0
+RESTART_DELAY_S = 5.0  # `up` starts a dead node again after this (systemd's RestartSec)
+STABLE_S = 30.0  # a node that dies sooner after its start waits twice as long next time...
+MAX_RESTART_DELAY_S = 60.0  # ...up to this
 
 
 def node_command(*args: str) -> list[str]:
@@ -155,8 +160,15 @@ def stop_processes(processes: list[subprocess.Popen]) -> None:
 @click.option("--domain", default="localhost", show_default=True, help="XMPP domain of the cluster.")
 @click.option("--nodes", "node_count", type=click.IntRange(1, 64), default=2, show_default=True,
               help="Number of nodes, in groups of two.")
-def up_command(data_dir: str, db_url: str | None, base_port: int, user_count: int, domain: str, node_count: int) -> None:
-    """Provision (if empty) and run a local cluster of N nodes in pairs, until Ctrl-C."""
+@click.option("--restart-delay", "restart_delay_s", type=click.FloatRange(0.1, 3600), default=RESTART_DELAY_S,
+              show_default=True, help="Seconds before a node that died is started again (the others keep serving).")
+def up_command(data_dir: str, db_url: str | None, base_port: int, user_count: int, domain: str, node_count: int,
+               restart_delay_s: float) -> None:
+    """Provision (if empty) and run a local cluster of N nodes in pairs, until Ctrl-C.
+
+    A node that dies is reported and started again after --restart-delay; meanwhile its
+    peer serves its users (failover), and it comes back Failed Over until an admin's
+    `ha fallback` (SPEC §6 rows 17-18). Ctrl-C stops every node."""
     directory = Path(data_dir).resolve()
     directory.mkdir(parents=True, exist_ok=True)
     url = db_url or sqlite_url_for(directory)
@@ -165,42 +177,102 @@ def up_command(data_dir: str, db_url: str | None, base_port: int, user_count: in
     domain, infos = run(cluster_layout(url))
     old = _read_previous_users(directory / "cluster.json")
     passwords = passwords or old
-    signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops the nodes as Ctrl-C does
-    processes = _start_nodes(directory, url, infos)
+    for sig in (signal.SIGINT, signal.SIGTERM):  # `kill` stops the nodes as Ctrl-C does, and Ctrl-C
+        signal.signal(sig, _interrupt)  # works even where a shell started `up` with SIGINT ignored
+    supervisor = Supervisor({info.name: _node_argv(directory, url, info.name) for info in infos}, directory,
+                            restart_delay_s)
     try:
+        supervisor.start_all(infos)
         _write_cluster_json(directory / "cluster.json", domain, url, infos, passwords)
         _print_welcome(domain, infos, passwords, directory)
-        while all(p.poll() is None for p in processes):
-            time.sleep(0.5)
-        click.echo("a node process exited; stopping the cluster", err=True)
+        supervisor.watch()
+        click.echo("every node exited cleanly; stopping", err=True)
     except KeyboardInterrupt:
         click.echo("\nstopping nodes...")
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C must not orphan a node
             signal.signal(sig, signal.SIG_IGN)
-        stop_processes(processes)
+        supervisor.stop_all()
 
 
 def _interrupt(_signum: int, _frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def _start_nodes(directory: Path, url: str, infos: list[nodes.NodeInfo]) -> list[subprocess.Popen]:
-    processes: list[subprocess.Popen] = []
-    try:
+def _node_argv(directory: Path, url: str, name: str) -> list[str]:
+    return node_command("-v", "node", "run", "--name", name, "--db", url, "--data-dir", str(directory))
+
+
+class Supervisor:
+    """`up`'s nodes, kept running as systemd's `Restart=on-failure` would keep them.
+
+    A node that dies (a signal, or a non-zero exit) is reported and started again after
+    `restart_delay_s`; the others keep serving meanwhile. A node that dies again within
+    `STABLE_S` of its start waits twice as long before the next start (at most
+    `MAX_RESTART_DELAY_S`), so a node that cannot start does not spin. A node that
+    exits cleanly (status 0: someone stopped it on purpose) is not started again.
+    """
+
+    def __init__(self, argv: dict[str, list[str]], directory: Path, restart_delay_s: float) -> None:
+        self.argv, self.directory, self.restart_delay_s = argv, directory, restart_delay_s
+        self.processes: dict[str, subprocess.Popen] = {}
+        self.started_at: dict[str, float] = {}
+        self.delay: dict[str, float] = {name: restart_delay_s for name in argv}
+        self.restart_at: dict[str, float] = {}  # dead nodes and when they start again
+
+    def spawn(self, name: str) -> subprocess.Popen:
+        with open(self.directory / f"{name}.log", "ab") as log:  # the child keeps its own descriptor
+            process = subprocess.Popen(self.argv[name], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.processes[name], self.started_at[name] = process, time.monotonic()
+        return process
+
+    def start_all(self, infos: list[nodes.NodeInfo]) -> None:
+        """Start every node and wait (with a deadline) until each accepts clients."""
         for info in infos:
-            log = open(directory / f"{info.name}.log", "ab")  # noqa: SIM115 - owned by the child
-            processes.append(subprocess.Popen(
-                node_command("-v", "node", "run", "--name", info.name, "--db", url, "--data-dir", str(directory)),
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            ))
+            self.spawn(info.name)
         deadline = time.monotonic() + START_DEADLINE_S
-        for info, process in zip(infos, processes, strict=True):
-            wait_for_port(info.host, info.ports.client_port, process, deadline)
-    except BaseException:
-        stop_processes(processes)
-        raise
-    return processes
+        for info in infos:
+            wait_for_port(info.host, info.ports.client_port, self.processes[info.name], deadline)
+
+    def watch(self, poll_s: float = 0.5) -> None:
+        """Until every node has exited cleanly (or KeyboardInterrupt): restart the dead."""
+        while self.processes or self.restart_at:
+            self.check(time.monotonic())
+            time.sleep(poll_s)
+
+    def check(self, now: float) -> None:
+        for name, process in list(self.processes.items()):
+            code = process.poll()
+            if code is None:
+                continue
+            del self.processes[name]
+            if code == 0:
+                click.echo(f"node {name} exited cleanly; not restarting it", err=True)
+                continue
+            quick = now - self.started_at[name] < STABLE_S
+            self.delay[name] = min(MAX_RESTART_DELAY_S, self.delay[name] * 2) if quick else self.restart_delay_s
+            self.restart_at[name] = now + self.delay[name]
+            click.echo(f"node {name} died ({_exit_text(code)}); the others keep serving; restarting it in "
+                       f"{self.delay[name]:g}s (log: {self.directory / (name + '.log')})", err=True)
+        for name, when in list(self.restart_at.items()):
+            if now >= when:
+                del self.restart_at[name]
+                self.spawn(name)
+                click.echo(f"node {name} restarted (pid {self.processes[name].pid}); it comes back Failed Over "
+                           f"if its peer took over: `presence-ha ha fallback {name}` hands its users back", err=True)
+
+    def stop_all(self) -> None:
+        self.restart_at.clear()
+        stop_processes(list(self.processes.values()))
+
+
+def _exit_text(code: int) -> str:
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit status {code}"
 
 
 def _read_previous_users(path: Path) -> dict[str, str]:
