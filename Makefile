@@ -6,7 +6,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DATA_DIR ?= data
-BASE_PORT ?= 5222
+BASE_PORT ?= 15222
+SERVICE_PORT ?= 5222
 USERS ?= 10
 NODES ?= 2
 DOMAIN ?= localhost
@@ -23,7 +24,8 @@ install: $(STAMP)
 
 ## run: a local pair of nodes on the embedded SQLite default, ready for clients
 run: $(STAMP)
-	$(BIN)/presence-ha up --data-dir $(DATA_DIR) --base-port $(BASE_PORT) --users $(USERS) --nodes $(NODES) --domain $(DOMAIN)
+	@./scripts/ensure-debian.sh haproxy=haproxy
+	$(BIN)/presence-ha up --data-dir $(DATA_DIR) --service-port $(SERVICE_PORT) --base-port $(BASE_PORT) --users $(USERS) --nodes $(NODES) --domain $(DOMAIN)
 
 ## test: every test, on SQLite and on the real PostgreSQL
 test: $(STAMP)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Make sure what the tests talk to is there: the local PostgreSQL server, and Debian's
-# prosody (the reference server of the benchmark test). Installs or starts them when
-# missing and possible; with CI=true a PostgreSQL that cannot be reached is an error.
+# Make sure what the tests talk to is there: the local PostgreSQL server, Debian's
+# prosody (the reference server of the benchmark test) and haproxy (`up`'s service
+# address). Installs or starts them when missing and possible; with CI=true a
+# PostgreSQL that cannot be reached is an error.
 set -u
 
 pg_up() { pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; }
@@ -19,10 +20,8 @@ if ! pg_up; then
   echo "test-services: PostgreSQL not reachable; its tests will be skipped" >&2
 fi
 
-if ! command -v prosody >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-  echo "test-services: installing Debian's prosody (reference server for the benchmark test)" >&2
-  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prosody) >/dev/null 2>&1 \
-    || echo "test-services: could not install prosody" >&2
-  # The package may start a system instance; our tests run private instances on free ports.
-fi
+# Debian's prosody is the reference server of the benchmark test (its package may start a
+# system instance; our tests run private instances on free ports); haproxy is `up`'s
+# service address.
+"$(dirname "$0")/ensure-debian.sh" prosody=prosody haproxy=haproxy
 exit 0

@@ -35,6 +35,7 @@ from presence_ha.db import clusters, groups, nodes, schema, users
 from presence_ha.db.engine import sqlite_url_for
 from presence_ha.server.cli.common import db_options
 from presence_ha.server.cli.database import open_session, run
+from presence_ha.server.cli.haproxy import Backend, ServiceAddress, haproxy_binary
 from presence_ha.server.cli.provision import node_group
 from presence_ha.server.config import ConfigError, load_config
 from presence_ha.server.node import NodeStartError, run_node
@@ -44,6 +45,8 @@ STOP_DEADLINE_S = 15.0
 RESTART_DELAY_S = 5.0  # `up` starts a dead node again after this (systemd's RestartSec)
 STABLE_S = 30.0  # a node that dies sooner after its start waits twice as long next time...
 MAX_RESTART_DELAY_S = 60.0  # ...up to this
+SERVICE_PORT = 5222  # the cluster's service address (HAProxy); the nodes listen from --base-port
+SERVICE = "haproxy"  # its name among the supervised processes
 
 
 def node_command(*args: str) -> list[str]:
@@ -129,7 +132,7 @@ def wait_for_port(host: str, port: int, process: subprocess.Popen, deadline: flo
 
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise click.ClickException(f"node process exited with {process.returncode} before accepting clients")
+            raise click.ClickException(f"the process exited with {process.returncode} before accepting connections")
         try:
             with socket.create_connection((host, port), timeout=0.5):
                 return
@@ -162,8 +165,11 @@ def stop_processes(processes: list[subprocess.Popen]) -> None:
               help="Number of nodes, in groups of two.")
 @click.option("--restart-delay", "restart_delay_s", type=click.FloatRange(0.1, 3600), default=RESTART_DELAY_S,
               show_default=True, help="Seconds before a node that died is started again (the others keep serving).")
+@click.option("--service-port", type=click.IntRange(0, 65535), default=SERVICE_PORT, show_default=True,
+              help="The cluster's one client address (HAProxy in front of the nodes); 0: none.")
+@click.option("--service-host", default="127.0.0.1", show_default=True, help="Where the service address listens.")
 def up_command(data_dir: str, db_url: str | None, base_port: int, user_count: int, domain: str, node_count: int,
-               restart_delay_s: float) -> None:
+               restart_delay_s: float, service_port: int, service_host: str) -> None:
     """Provision (if empty) and run a local cluster of N nodes in pairs, until Ctrl-C.
 
     A node that dies is reported and started again after --restart-delay; meanwhile its
@@ -179,12 +185,16 @@ def up_command(data_dir: str, db_url: str | None, base_port: int, user_count: in
     passwords = passwords or old
     for sig in (signal.SIGINT, signal.SIGTERM):  # `kill` stops the nodes as Ctrl-C does, and Ctrl-C
         signal.signal(sig, _interrupt)  # works even where a shell started `up` with SIGINT ignored
-    supervisor = Supervisor({info.name: _node_argv(directory, url, info.name) for info in infos}, directory,
-                            restart_delay_s)
+    proxy = _service_address(directory, domain, service_host, service_port, infos)
+    argv = {info.name: _node_argv(directory, url, info.name) for info in infos}
+    supervisor = Supervisor(argv | ({SERVICE: proxy.argv()} if proxy else {}), directory, restart_delay_s)
     try:
         supervisor.start_all(infos)
-        _write_cluster_json(directory / "cluster.json", domain, url, infos, passwords)
-        _print_welcome(domain, infos, passwords, directory)
+        if proxy is not None:
+            supervisor.wait_ready(SERVICE, proxy.host, proxy.port)
+        service = (proxy.host, proxy.port) if proxy is not None else None
+        _write_cluster_json(directory / "cluster.json", domain, url, infos, passwords, service)
+        _print_welcome(domain, infos, passwords, directory, service)
         supervisor.watch()
         click.echo("every node exited cleanly; stopping", err=True)
     except KeyboardInterrupt:
@@ -227,12 +237,19 @@ class Supervisor:
         return process
 
     def start_all(self, infos: list[nodes.NodeInfo]) -> None:
-        """Start every node and wait (with a deadline) until each accepts clients."""
-        for info in infos:
-            self.spawn(info.name)
+        """Start every process and wait (with a deadline) until each node accepts clients."""
+        for name in self.argv:
+            self.spawn(name)
         deadline = time.monotonic() + START_DEADLINE_S
         for info in infos:
             wait_for_port(info.host, info.ports.client_port, self.processes[info.name], deadline)
+
+    def wait_ready(self, name: str, host: str, port: int) -> None:
+        try:
+            wait_for_port(host, port, self.processes[name], time.monotonic() + START_DEADLINE_S)
+        except click.ClickException as exc:
+            tail = (self.directory / f"{name}.log").read_text(errors="replace").strip().splitlines()[-3:]
+            raise click.ClickException(f"{name} on {host}:{port}: {exc.message}: {' / '.join(tail)}") from exc
 
     def watch(self, poll_s: float = 0.5) -> None:
         """Until every node has exited cleanly (or KeyboardInterrupt): restart the dead."""
@@ -247,23 +264,46 @@ class Supervisor:
                 continue
             del self.processes[name]
             if code == 0:
-                click.echo(f"node {name} exited cleanly; not restarting it", err=True)
+                click.echo(f"{_title(name)} exited cleanly; not restarting it", err=True)
                 continue
             quick = now - self.started_at[name] < STABLE_S
             self.delay[name] = min(MAX_RESTART_DELAY_S, self.delay[name] * 2) if quick else self.restart_delay_s
             self.restart_at[name] = now + self.delay[name]
-            click.echo(f"node {name} died ({_exit_text(code)}); the others keep serving; restarting it in "
+            click.echo(f"{_title(name)} died ({_exit_text(code)}); the others keep serving; restarting it in "
                        f"{self.delay[name]:g}s (log: {self.directory / (name + '.log')})", err=True)
         for name, when in list(self.restart_at.items()):
             if now >= when:
                 del self.restart_at[name]
                 self.spawn(name)
-                click.echo(f"node {name} restarted (pid {self.processes[name].pid}); it comes back Failed Over "
-                           f"if its peer took over: `presence-ha ha fallback {name}` hands its users back", err=True)
+                hint = "" if name == SERVICE else (f"; it comes back Failed Over if its peer took over: "
+                                                   f"`presence-ha ha fallback {name}` hands its users back")
+                click.echo(f"{_title(name)} restarted (pid {self.processes[name].pid}){hint}", err=True)
 
     def stop_all(self) -> None:
         self.restart_at.clear()
         stop_processes(list(self.processes.values()))
+
+
+def _title(name: str) -> str:
+    return name if name == SERVICE else f"node {name}"
+
+
+def _service_address(directory: Path, domain: str, host: str, port: int,
+                     infos: list[nodes.NodeInfo]) -> ServiceAddress | None:
+    """HAProxy in front of the nodes, or None (`--service-port 0`, or no haproxy here)."""
+    if port == 0:
+        return None
+    binary = haproxy_binary()
+    if binary is None:
+        click.echo("haproxy is not installed (Debian: apt-get install haproxy): no service address; "
+                   "clients dial a node directly", err=True)
+        return None
+    backends = [Backend(i.name, i.host, i.ports.client_port) for i in infos]
+    proxy = ServiceAddress(binary, directory, domain, host, port, backends)
+    problem = proxy.check_config()
+    if problem is not None:
+        raise click.ClickException(f"haproxy refuses {proxy.config_path}: {problem}")
+    return proxy
 
 
 def _exit_text(code: int) -> str:
@@ -282,9 +322,11 @@ def _read_previous_users(path: Path) -> dict[str, str]:
         return {}
 
 
-def _write_cluster_json(path: Path, domain: str, url: str, infos: list[nodes.NodeInfo], passwords: dict[str, str]) -> None:
+def _write_cluster_json(path: Path, domain: str, url: str, infos: list[nodes.NodeInfo], passwords: dict[str, str],
+                        service: tuple[str, int] | None = None) -> None:
     data = {
         "domain": domain,
+        "service": {"host": service[0], "port": service[1]} if service else None,
         "database_url": url,
         "nodes": [
             {"name": n.name, "host": n.host, "client_port": n.ports.client_port, "metrics_port": n.ports.metrics_port}
@@ -296,14 +338,18 @@ def _write_cluster_json(path: Path, domain: str, url: str, infos: list[nodes.Nod
     path.chmod(0o600)
 
 
-def _print_welcome(domain: str, infos: list[nodes.NodeInfo], passwords: dict[str, str], directory: Path) -> None:
+def _print_welcome(domain: str, infos: list[nodes.NodeInfo], passwords: dict[str, str], directory: Path,
+                   service: tuple[str, int] | None) -> None:
+    if service is not None:
+        click.echo(f"service address: {service[0]}:{service[1]} (HAProxy; dial this one: it leads to a live node)")
     for info in infos:
         click.echo(f"node {info.name}: client {info.host}:{info.ports.client_port}, metrics :{info.ports.metrics_port}")
     for username, password in list(sorted(passwords.items()))[:5]:
         click.echo(f"  {username}@{domain}  password {password}")
     if len(passwords) > 5:
         click.echo(f"  ... {len(passwords) - 5} more in {directory / 'cluster.json'}")
+    first = service or (infos[0].host, infos[0].ports.client_port)
     click.echo(
-        f"Connect any XMPP client to {infos[0].host}:{infos[0].ports.client_port} (STARTTLS, self-signed certificate "
+        f"Connect any XMPP client to {first[0]}:{first[1]} (STARTTLS, self-signed certificate "
         f"in {directory / 'tls'}); any node serves any user (relayed to its node). Ctrl-C stops the cluster."
     )

@@ -1,7 +1,9 @@
 """`presence-ha up` supervises its nodes (issue: an `up` that survives its nodes).
 
-Scenario: `up` runs a pair on SQLite; node2 is killed with SIGKILL. `up` says so and
-keeps running, node1 keeps accepting clients and takes node2's users over; after the
+Scenario: `up` runs a pair on SQLite behind its service address (HAProxy, both nodes
+UP); node2 is killed with SIGKILL. `up` says so and keeps running, HAProxy takes node2
+out of the rotation (the service address keeps answering with stream features), node1
+keeps accepting clients and takes node2's users over; after the
 restart delay node2 is started again and comes back Failed Over (SPEC §6 rows 17-18),
 waiting for the admin's fallback. Ctrl-C (SIGINT) then stops everything.
 """
@@ -19,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from presence_ha.server.cli.haproxy import stream_header
 from tests.integration.cluster import cli, node_argv
 
 DEADLINE_S = 60.0
@@ -91,8 +94,8 @@ def up(tmp_path: Path) -> Iterator[tuple[subprocess.Popen, Path, Path]]:
     out = tmp_path / "up.out"
     with open(out, "wb") as sink:
         process = subprocess.Popen(
-            node_argv("up", "--data-dir", str(tmp_path), "--base-port", str(free_block()), "--users", "4",
-                      "--restart-delay", "1"),
+            node_argv("up", "--data-dir", str(tmp_path), "--base-port", str(base := free_block()), "--users", "4",
+                      "--restart-delay", "1", "--service-port", str(base + 19)),
             stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
     seen: set[int] = set()
     try:
@@ -108,6 +111,34 @@ def up(tmp_path: Path) -> Iterator[tuple[subprocess.Popen, Path, Path]]:
         for pid in seen:
             if alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+def features(port: int) -> bool:
+    """Whether `port` answers an XMPP stream header with stream features (RFC 6120 §4.3.2)."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
+            sock.sendall(stream_header("localhost").encode())
+            seen = b""
+            while b"<stream:features" not in seen:
+                chunk = sock.recv(4096)
+                if not chunk:
+                    return False
+                seen += chunk
+            return True
+    except OSError:
+        return False
+
+
+def haproxy_status(directory: Path) -> dict[str, str]:
+    """`{server: UP/DOWN}` from HAProxy's stats socket."""
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.connect(str(directory / "haproxy.sock"))
+        sock.sendall(b"show stat\n")
+        text = b""
+        while chunk := sock.recv(65536):
+            text += chunk
+    rows = [line.split(",") for line in text.decode().splitlines() if line.startswith("nodes,")]
+    return {row[1]: row[17] for row in rows if row[1] not in ("BACKEND",)}
 
 
 def wait_states(db_url: str, expected: dict[str, str]) -> None:
@@ -131,10 +162,17 @@ def test_a_killed_node_is_restarted_and_the_other_keeps_serving(up: tuple[subpro
     # run, so that the kill tests supervision and not that window.
     time.sleep(1.0)
 
+    service = spec["service"]["port"]
+    assert out.read_text().startswith(f"service address: 127.0.0.1:{service}")
+    wait_until(lambda: haproxy_status(directory) == {"node1": "UP", "node2": "UP"}, "both nodes UP in HAProxy")
+    assert features(service)
+
     os.kill(pids["node2"], signal.SIGKILL)
     wait_until(lambda: "node node2 died (killed by SIGKILL)" in out.read_text(), "up reporting the death")
     assert process.poll() is None, out.read_text()
     assert accepts(port["node1"]) and alive(pids["node1"])
+    wait_until(lambda: haproxy_status(directory)["node2"].startswith("DOWN"), "HAProxy marking node2 down", 10)
+    assert all(features(service) for _ in range(10)), "the service address led a client to the dead node"
 
     wait_until(lambda: "node node2 restarted" in out.read_text(), "the restart")
     wait_until(lambda: accepts(port["node2"]), "node2 accepting clients again")

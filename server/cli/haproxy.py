@@ -1,0 +1,106 @@
+"""The cluster's one service address: Debian's HAProxy, in TCP mode, in front of the nodes.
+
+Rules of this module:
+- HAProxy, not a proxy of our own: it is the well-kept, widely deployed TCP balancer,
+  its health checks and `on-marked-down shutdown-sessions` are what a client needs to
+  be led away from a dead node, and Debian ships it. TLS passes through untouched:
+  clients still negotiate STARTTLS with the node itself.
+- The health check speaks XMPP: it opens a stream and expects `<stream:features`. A
+  node whose client port is closed (Initializing, Idle, Failed Over: SPEC §6) or that
+  no longer answers is taken out of the rotation within `fall` checks, and the
+  connections it still had are cut at once, so their clients reconnect (to the
+  survivor) instead of waiting for a TCP timeout.
+- `balance leastconn`: a client may dial any node; the node relays a session to the
+  user's serving node (server.cluster.relay).
+- `config_text` is pure (tested as text); `ServiceAddress` runs `haproxy -db` as a
+  child process of `up`, which supervises it like a node.
+"""
+
+from __future__ import annotations
+
+import resource
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+CHECK_INTERVAL_MS = 1000  # a dead node is out of the rotation after fall * inter (2 s)
+CHECK_FALL = 2
+CHECK_RISE = 2
+MAX_CONNECTIONS = 50_000
+CLIENT_TIMEOUT = "1h"  # XMPP streams are long-lived; clients ping (XEP-0199) well within this
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    host: str
+    port: int
+
+
+def stream_header(domain: str) -> str:
+    return (f"<?xml version='1.0'?><stream:stream to='{domain}' xmlns='jabber:client' "
+            "xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>")
+
+
+def max_connections(fd_limit: int) -> int:
+    """What HAProxy may accept: it needs two descriptors a connection (client and node)."""
+    return max(100, min(MAX_CONNECTIONS, (fd_limit - 100) // 2))
+
+
+def config_text(domain: str, bind_host: str, bind_port: int, backends: list[Backend], directory: Path,
+                maxconn: int) -> str:
+    """haproxy.cfg for one cluster: one TCP frontend, the nodes as checked servers."""
+    servers = "\n".join(f"    server {b.name} {b.host}:{b.port} check" for b in backends)
+    return f"""# Written by `presence-ha up`: the cluster's service address ({bind_host}:{bind_port}).
+global
+    maxconn {maxconn}
+    pidfile {directory / 'haproxy.pid'}
+    stats socket {directory / 'haproxy.sock'} mode 600 level admin
+
+defaults
+    mode tcp
+    option dontlognull
+    timeout connect 2s
+    timeout client {CLIENT_TIMEOUT}
+    timeout server {CLIENT_TIMEOUT}
+    timeout check 2s
+
+frontend xmpp_client
+    bind {bind_host}:{bind_port}
+    default_backend nodes
+
+backend nodes
+    balance leastconn
+    option tcp-check
+    tcp-check connect
+    tcp-check send "{stream_header(domain)}"
+    tcp-check expect string <stream:features
+    default-server inter {CHECK_INTERVAL_MS}ms fall {CHECK_FALL} rise {CHECK_RISE} on-marked-down shutdown-sessions
+{servers}
+"""
+
+
+def haproxy_binary() -> str | None:
+    return shutil.which("haproxy") or next((p for p in ("/usr/sbin/haproxy",) if Path(p).exists()), None)
+
+
+class ServiceAddress:
+    """HAProxy for `up`: `argv()` to start it (the supervisor owns the process)."""
+
+    def __init__(self, binary: str, directory: Path, domain: str, host: str, port: int,
+                 backends: list[Backend]) -> None:
+        self.binary, self.host, self.port = binary, host, port
+        self.config_path = directory / "haproxy.cfg"
+        limit = resource.getrlimit(resource.RLIMIT_NOFILE)[1]  # haproxy raises its soft limit up to this
+        self.config_path.write_text(config_text(domain, host, port, backends, directory, max_connections(limit)))
+        self.config_path.chmod(0o600)
+
+    def check_config(self) -> str | None:
+        """HAProxy's own verdict on the file (`-c`): None when valid, else its message."""
+        result = subprocess.run([self.binary, "-c", "-q", "-f", str(self.config_path)],
+                                capture_output=True, text=True, timeout=30)
+        return None if result.returncode == 0 else (result.stderr or result.stdout).strip()
+
+    def argv(self) -> list[str]:
+        return [self.binary, "-db", "-f", str(self.config_path)]  # -db: foreground, no daemon
