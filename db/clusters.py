@@ -6,6 +6,8 @@ Rules of this module:
   "both nodes in the same cluster" (SPEC §3) holds by construction for nodes created
   here; `db.groups` still checks it.
 - The cluster secret is random (`secrets.token_urlsafe`) and never printed by `show`.
+- The cluster CA is made by the caller's function (`server.tls.make_ca`; this layer
+  does no cryptography) the first time it is asked for, and stored once.
 - Write functions commit; read functions do not.
 """
 
@@ -14,9 +16,10 @@ from __future__ import annotations
 import datetime as dt
 import re
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from presence_ha.db.engine import translate_errors
@@ -78,6 +81,23 @@ async def get_cluster(session: AsyncSession) -> ClusterInfo:
     if info is None:
         raise NotFound("no cluster in this database: run `presence-ha cluster init` first")
     return info
+
+
+async def cluster_ca(session: AsyncSession, make_ca: Callable[[str], tuple[str, str]]) -> tuple[str, str]:
+    """The cluster CA (certificate PEM, key PEM), made with `make_ca(domain)` if there is
+    none yet. Two nodes starting at once may both make one: the first to commit wins
+    (compare-and-set on the empty column) and the other reads the winner's."""
+    cluster = await get_cluster(session)
+    async with translate_errors():
+        row = (await session.execute(select(Cluster.ca_cert, Cluster.ca_key).where(Cluster.id == cluster.id))).one()
+        if row.ca_cert is None or row.ca_key is None:
+            cert, key = make_ca(cluster.domain)
+            await session.execute(update(Cluster).where(Cluster.id == cluster.id, Cluster.ca_cert.is_(None))
+                                  .values(ca_cert=cert, ca_key=key))
+            await session.commit()
+            row = (await session.execute(select(Cluster.ca_cert, Cluster.ca_key)
+                                         .where(Cluster.id == cluster.id))).one()
+        return row.ca_cert, row.ca_key
 
 
 async def cluster_secret(session: AsyncSession) -> str:

@@ -59,6 +59,11 @@ class Cluster(Base):
     # Shared secret of the node-to-node and SRM links and the admin RPC token seed.
     # Stored here because every node reads the same database (SPEC §1).
     secret: Mapped[str] = mapped_column(String(128))
+    # The cluster's CA (PEM), which signs every node's client certificate (server.tls):
+    # kept here for the same reason as the secret. NULL until the first node or
+    # `cluster init` makes it.
+    ca_cert: Mapped[str | None] = mapped_column(Text, nullable=True)
+    ca_key: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[dt.datetime] = _now()
 
 

@@ -45,7 +45,7 @@ from presence_ha.server.sessions import SessionKind, SessionRegistry
 from presence_ha.server.srm.events import CriticalServiceStartFailed
 from presence_ha.server.srm.runner import SrmRunner
 from presence_ha.server.store import Store
-from presence_ha.server.tls import ensure_self_signed, server_context
+from presence_ha.server.tls import ensure_node_certificate, make_ca, server_context
 
 log = logging.getLogger(__name__)
 SRM_POOL_SIZE = 2
@@ -92,25 +92,26 @@ class Node:
         self.admin_server: AdminServer | None = None  # SPEC §7 admin RPC and web page
         self.cluster: ClusterService | None = None  # links to the other nodes (server.cluster)
 
-    async def _load(self) -> tuple[clusters.ClusterInfo, nodes.NodeInfo, dict[str, Any], str]:
+    async def _load(self) -> tuple[clusters.ClusterInfo, nodes.NodeInfo, dict[str, Any], str, tuple[str, str]]:
         try:
             async with self.session_factory() as session:
                 cluster = await clusters.get_cluster(session)
                 info = await nodes.get_node(session, self.config.node_name)
                 params = await parameters.effective_parameters(session, self.config.node_name)
                 secret = await clusters.cluster_secret(session)
+                ca = await clusters.cluster_ca(session, make_ca)
         except (DatabaseUnavailable, ProvisioningError) as exc:
             raise NodeStartError(f"cannot start node {self.config.node_name}: {exc}") from exc
-        return cluster, info, params, secret
+        return cluster, info, params, secret, ca
 
     async def start(self) -> None:
-        cluster, info, params, secret = await self._load()
+        cluster, info, params, secret, ca = await self._load()
         host = self.config.listen_host or info.host
         tls = self.config.tls
         if tls.cert_path and tls.key_path:
             cert, key = tls.cert_path, tls.key_path
-        else:
-            cert, key = ensure_self_signed(self.config.data_path, info.name, cluster.domain, [info.host])
+        else:  # one CA per cluster: a client trusts every node of it alike (server.tls)
+            cert, key = ensure_node_certificate(self.config.data_path, info.name, cluster.domain, [info.host], ca)
         settings = NodeSettings(self.config, params, info.host, info.ports.client_port)
         router = build_router()
         store = Store(self.session_factory, self.hot, cluster.domain, info.name)

@@ -1,11 +1,19 @@
-"""TLS for client connections: configured PEM files, or a self-signed local default.
+"""TLS for client connections: configured PEM files, or certificates of the cluster's own CA.
 
 Rules of this module:
-- With `tls.cert_path`/`tls.key_path` configured, those files are used as they are.
-- Otherwise the node uses `<data_dir>/tls/<node>.crt|.key`, generated once
-  (cryptography, EC P-256, one year) with the domain, `localhost` and the node's
-  host as subject alternative names. Files are written atomically (temp + rename) and
-  the key is mode 0600, so two nodes sharing a data dir never see half a file.
+- With `tls.cert_path`/`tls.key_path` configured, those files are used as they are
+  (an ACME or enterprise certificate for the domain).
+- Otherwise every node of a cluster presents a certificate of one cluster CA, so a
+  client trusts one certificate (`presence-ha cluster ca`) whichever node it reaches,
+  before and after a failover. The CA (EC P-256, ten years) is made once per cluster
+  and kept in the availability database beside the cluster secret (`db.clusters`),
+  because that database is all the nodes of a cluster share, on one host or many.
+- A node issues its own certificate from that CA (one year) for the domain (what
+  XMPP clients verify, RFC 6120 §13.7.2.1), `localhost`, its host and the service
+  address, and keeps it in `<data_dir>/tls/<node>.crt|.key` with the CA beside it as
+  `ca.crt`. It issues a new one when the CA changed, a name is missing, or less than
+  thirty days remain. Files are written atomically (temp + rename) and keys are mode
+  0600, so two nodes sharing a data dir never see half a file.
 - TLS 1.2 is the minimum (RFC 7590 §3.1). No session tickets: XMPP clients keep one
   long connection, so a ticket is rarely used, and minting two per handshake (OpenSSL's
   TLS 1.3 default) was login CPU and bytes; Prosody's default is `no_ticket` too.
@@ -21,11 +29,14 @@ import ssl
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 VALIDITY = dt.timedelta(days=365)
+CA_VALIDITY = dt.timedelta(days=3650)
+RENEW_BEFORE = dt.timedelta(days=30)
 
 
 def _san(names: list[str]) -> x509.SubjectAlternativeName:
@@ -38,27 +49,91 @@ def _san(names: list[str]) -> x509.SubjectAlternativeName:
     return x509.SubjectAlternativeName(entries)
 
 
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+def _builder(subject: x509.Name, issuer: x509.Name, public: ec.EllipticCurvePublicKey,
+             validity: dt.timedelta) -> x509.CertificateBuilder:
+    now = dt.datetime.now(dt.timezone.utc)
+    return (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer).public_key(public)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + validity))
+
+
+def _name(common_name: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+
 def make_self_signed(common_name: str, names: list[str]) -> tuple[bytes, bytes]:
     """A fresh self-signed (certificate PEM, key PEM) for `names`."""
     key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    now = dt.datetime.now(dt.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + VALIDITY)
-        .add_extension(_san([common_name, *names]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    return cert.public_bytes(serialization.Encoding.PEM), key_pem
+    cert = (_builder(_name(common_name), _name(common_name), key.public_key(), VALIDITY)
+            .add_extension(_san([common_name, *names]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    return cert.public_bytes(serialization.Encoding.PEM), _key_pem(key)
+
+
+def make_ca(domain: str) -> tuple[str, str]:
+    """A fresh cluster CA: (certificate PEM, key PEM), as text for the database."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = _name(f"presence-ha cluster CA for {domain}")
+    cert = (_builder(subject, subject, key.public_key(), CA_VALIDITY)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+                                         content_commitment=False, key_encipherment=False, data_encipherment=False,
+                                         key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+            .sign(key, hashes.SHA256()))
+    return cert.public_bytes(serialization.Encoding.PEM).decode(), _key_pem(key).decode()
+
+
+def issue(ca_cert_pem: str, ca_key_pem: str, common_name: str, names: list[str]) -> tuple[bytes, bytes]:
+    """A server certificate for `names`, signed by the CA: (certificate PEM, key PEM)."""
+    ca_cert = x509.load_pem_x509_certificate(ca_cert_pem.encode())
+    ca_key = serialization.load_pem_private_key(ca_key_pem.encode(), password=None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey), "the cluster CA key is EC P-256"
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (_builder(_name(common_name), ca_cert.subject, key.public_key(), VALIDITY)
+            .add_extension(_san([common_name, *names]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    return cert.public_bytes(serialization.Encoding.PEM), _key_pem(key)
+
+
+def _still_good(cert_path: Path, ca_cert_pem: str, names: list[str]) -> bool:
+    """Whether the certificate on disk was issued by this CA, names `names`, and is not near its end."""
+    try:
+        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+        ca = x509.load_pem_x509_certificate(ca_cert_pem.encode())
+        cert.verify_directly_issued_by(ca)
+    except (OSError, ValueError, TypeError, InvalidSignature):
+        return False
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    present = {str(v) for v in san.get_values_for_type(x509.DNSName)}
+    present |= {str(v) for v in san.get_values_for_type(x509.IPAddress)}
+    remaining = cert.not_valid_after_utc - dt.datetime.now(dt.timezone.utc)
+    return set(names) <= present and remaining > RENEW_BEFORE
+
+
+def ensure_node_certificate(data_dir: Path, node_name: str, domain: str, hosts: list[str],
+                            ca: tuple[str, str]) -> tuple[Path, Path]:
+    """The node's certificate from the cluster CA (issued if missing or stale), and its key."""
+    tls_dir = data_dir / "tls"
+    tls_dir.mkdir(parents=True, exist_ok=True)
+    ca_cert_pem, ca_key_pem = ca
+    cert_path, key_path = tls_dir / f"{node_name}.crt", tls_dir / f"{node_name}.key"
+    names = list(dict.fromkeys([domain, "localhost", *hosts]))
+    if not (key_path.exists() and _still_good(cert_path, ca_cert_pem, names)):
+        cert_pem, key_pem = issue(ca_cert_pem, ca_key_pem, domain, names)
+        _write_atomic(key_path, key_pem, 0o600)
+        _write_atomic(cert_path, cert_pem + ca_cert_pem.encode(), 0o644)  # the chain: leaf, then the CA
+    _write_atomic(tls_dir / "ca.crt", ca_cert_pem.encode(), 0o644)
+    return cert_path, key_path
 
 
 def _write_atomic(path: Path, data: bytes, mode: int) -> None:

@@ -12,12 +12,15 @@ Rules of this module:
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from presence_ha.db import assignments, clusters, groups, nodes, parameters, schema, srm_state
 from presence_ha.db.errors import FailoverInProgress
 from presence_ha.server.cli.common import db_options
 from presence_ha.server.cli.database import echo_table, on_off, open_session, run
+from presence_ha.server.tls import make_ca
 
 PORT_OPTIONS = (
     ("--client-port", "client_port", "XMPP client-to-server port"),
@@ -64,10 +67,34 @@ def cluster_init(db_url: str, name: str, domain: str) -> None:
 
     async def go() -> clusters.ClusterInfo:
         async with open_session(db_url) as session:
-            return await clusters.create_cluster(session, name, domain)
+            info = await clusters.create_cluster(session, name, domain)
+            await clusters.cluster_ca(session, make_ca)
+            return info
 
     info = run(go())
-    click.echo(f"cluster {info.name!r} created for domain {info.domain}")
+    click.echo(f"cluster {info.name!r} created for domain {info.domain}, with its own CA "
+               "(`presence-ha cluster ca` prints the certificate clients should trust)")
+
+
+@cluster_group.command("ca")
+@click.option("--out", type=click.Path(dir_okay=False, writable=True), help="Write it to this file instead.")
+@db_options
+def cluster_ca(db_url: str, out: str | None) -> None:
+    """Print the cluster CA's certificate (PEM): trust it in clients, and every node is trusted.
+
+    Nodes configured with `tls.cert_path`/`tls.key_path` (an ACME or enterprise
+    certificate) present that instead, and clients need no extra trust."""
+
+    async def go() -> str:
+        async with open_session(db_url) as session:
+            return (await clusters.cluster_ca(session, make_ca))[0]
+
+    pem = run(go())
+    if out is None:
+        click.echo(pem, nl=False)
+    else:
+        Path(out).write_text(pem)
+        click.echo(f"cluster CA certificate written to {out}")
 
 
 @cluster_group.command("show")

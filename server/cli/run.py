@@ -39,6 +39,7 @@ from presence_ha.server.cli.haproxy import Backend, ServiceAddress, haproxy_bina
 from presence_ha.server.cli.provision import node_group
 from presence_ha.server.config import ConfigError, load_config
 from presence_ha.server.node import NodeStartError, run_node
+from presence_ha.server.tls import make_ca
 
 START_DEADLINE_S = 30.0
 STOP_DEADLINE_S = 15.0
@@ -105,6 +106,7 @@ async def provision_demo(db_url: str, domain: str, base_port: int, node_names: l
         if await clusters.find_cluster(session) is not None:
             return {}
         await clusters.create_cluster(session, "demo", domain)
+        await clusters.cluster_ca(session, make_ca)
         for index, name in enumerate(node_names):
             await nodes.add_node(session, name, base_port=base_port + index * nodes.PORT_STRIDE)
         for number, members in enumerate(pairs(node_names), start=1):
@@ -350,6 +352,7 @@ def _print_welcome(domain: str, infos: list[nodes.NodeInfo], passwords: dict[str
         click.echo(f"  ... {len(passwords) - 5} more in {directory / 'cluster.json'}")
     first = service or (infos[0].host, infos[0].ports.client_port)
     click.echo(
-        f"Connect any XMPP client to {first[0]}:{first[1]} (STARTTLS, self-signed certificate "
-        f"in {directory / 'tls'}); any node serves any user (relayed to its node). Ctrl-C stops the cluster."
+        f"Connect any XMPP client to {first[0]}:{first[1]} (STARTTLS; every node's certificate is signed by the "
+        f"cluster CA {directory / 'tls' / 'ca.crt'}: trust it once); any node serves any user (relayed to its node). "
+        "Ctrl-C stops the cluster."
     )

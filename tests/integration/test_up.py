@@ -1,7 +1,7 @@
 """`presence-ha up` supervises its nodes (issue: an `up` that survives its nodes).
 
 Scenario: `up` runs a pair on SQLite behind its service address (HAProxy, both nodes
-UP); node2 is killed with SIGKILL. `up` says so and keeps running, HAProxy takes node2
+UP, one cluster CA trusted for all); node2 is killed with SIGKILL. `up` says so and keeps running, HAProxy takes node2
 out of the rotation (the service address keeps answering with stream features), node1
 keeps accepting clients and takes node2's users over; after the
 restart delay node2 is started again and comes back Failed Over (SPEC §6 rows 17-18),
@@ -14,6 +14,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -129,6 +130,24 @@ def features(port: int) -> bool:
         return False
 
 
+def starttls_verified(port: int, cafile: Path, domain: str = "localhost") -> str:
+    """STARTTLS on `port`, verifying the certificate for `domain` against `cafile` only;
+    returns the certificate's serial number (raises if the client would refuse it)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(stream_header(domain).encode())
+        seen = b""
+        while b"</stream:features>" not in seen:
+            seen += sock.recv(4096)
+        sock.sendall(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+        while b"<proceed" not in seen:
+            seen += sock.recv(4096)
+        context = ssl.create_default_context(cafile=str(cafile))
+        with context.wrap_socket(sock, server_hostname=domain) as tls:
+            cert = tls.getpeercert()
+            assert cert is not None
+            return str(cert["serialNumber"])
+
+
 def haproxy_status(directory: Path) -> dict[str, str]:
     """`{server: UP/DOWN}` from HAProxy's stats socket."""
     with socket.socket(socket.AF_UNIX) as sock:
@@ -166,6 +185,9 @@ def test_a_killed_node_is_restarted_and_the_other_keeps_serving(up: tuple[subpro
     assert out.read_text().startswith(f"service address: 127.0.0.1:{service}")
     wait_until(lambda: haproxy_status(directory) == {"node1": "UP", "node2": "UP"}, "both nodes UP in HAProxy")
     assert features(service)
+    ca = directory / "tls" / "ca.crt"  # one CA for the cluster: both nodes and the service address verify
+    serials = {starttls_verified(port["node1"], ca), starttls_verified(port["node2"], ca)}
+    assert len(serials) == 2 and starttls_verified(service, ca) in serials
 
     os.kill(pids["node2"], signal.SIGKILL)
     wait_until(lambda: "node node2 died (killed by SIGKILL)" in out.read_text(), "up reporting the death")
