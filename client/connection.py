@@ -74,7 +74,8 @@ def _refused(exc: IqError) -> BackupRefused:
 
 
 class NodeConnection:
-    def __init__(self, jid: str, password: str, endpoint: Endpoint, hooks: ConnectionHooks, *, insecure: bool = False) -> None:
+    def __init__(self, jid: str, password: str, endpoint: Endpoint, hooks: ConnectionHooks, *,
+                 insecure: bool = False) -> None:
         self.endpoint = endpoint
         self.hooks = hooks
         self.closed = False

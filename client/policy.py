@@ -349,7 +349,7 @@ class DualPolicy:
         if usable and s.inactive is Link.UP:
             return actions + self._begin_activation(s)
         if usable and s.inactive is Link.CONNECTING:
-            return actions + [Report("active connection lost; waiting for the inactive one")]
+            return [*actions, Report("active connection lost; waiting for the inactive one")]
         return actions + self._drop_inactive(s) + self._relogin(s, lost, e.redirect)
 
     def _on_info(self, s: PolicyState, e: BackupInfoReceived) -> list[Action]:
@@ -357,7 +357,7 @@ class DualPolicy:
         self._remember(e.info.endpoint)
         if not self.config.dual or e.info.endpoint is None:
             why = "single mode" if not self.config.dual else f"no backup offered ({e.info.reason})"
-            return [CancelTimer(Timer.OPEN_INACTIVE)] + self._drop_inactive(s) + [Report(f"no inactive connection: {why}")]
+            return [CancelTimer(Timer.OPEN_INACTIVE), *self._drop_inactive(s), Report(f"no inactive connection: {why}")]
         if s.inactive is Link.DOWN and s.active is Link.UP:
             return self._schedule_open(s)
         return []
@@ -366,7 +366,7 @@ class DualPolicy:
         if s.inactive is not Link.CONNECTING:
             return []
         s.inactive = Link.UP
-        return [Report("the backup node serves us already")] + self._on_activated(s, ActivationDone(False))
+        return [Report("the backup node serves us already"), *self._on_activated(s, ActivationDone(False))]
 
     def _on_activated(self, s: PolicyState, e: ActivationDone) -> list[Action]:
         if s.inactive is Link.DOWN:
@@ -400,4 +400,4 @@ class DualPolicy:
             return [Activate()] if s.activating and s.inactive is Link.UP else []
         if not s.activating:
             return []
-        return [Report("activation timed out")] + self._drop_inactive(s) + self._relogin(s, None)
+        return [Report("activation timed out"), *self._drop_inactive(s), *self._relogin(s, None)]

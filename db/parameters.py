@@ -85,7 +85,7 @@ class ParamSpec:
             value = int(str(raw).strip())
         except ValueError:
             raise InvalidValue(self.name, f"{raw!r} is not an integer") from None
-        if self.minimum is not None and value < self.minimum or self.maximum is not None and value > self.maximum:
+        if (self.minimum is not None and value < self.minimum) or (self.maximum is not None and value > self.maximum):
             raise InvalidValue(self.name, f"{value} is outside {self.minimum}..{self.maximum}")
         return value
 
@@ -102,8 +102,10 @@ REGISTRY: dict[str, ParamSpec] = {
         ParamSpec("admin_rpc_port", _S, _C, int, 20075, "Admin RPC Port", 1, 65535),
         ParamSpec("critical_service_delay_s", _S, _C, int, 90, "Critical Service Delay", 1, 3600),
         ParamSpec("auto_fallback_enabled", _S, _C, bool, False, "Enable Automatic Fallback"),
-        ParamSpec("auto_fallback_delay_s", _S, _C, int, 1800, "Automatic fallback after the primary is healthy for", 1, 86400),
-        ParamSpec("init_heartbeat_timeout_s", _S, _C, int, 120, "Initialization Keep Alive (Heartbeat) Timeout", 1, 3600),
+        ParamSpec("auto_fallback_delay_s", _S, _C, int, 1800,
+                  "Automatic fallback after the primary is healthy for", 1, 86400),
+        ParamSpec("init_heartbeat_timeout_s", _S, _C, int, 120,
+                  "Initialization Keep Alive (Heartbeat) Timeout", 1, 3600),
         ParamSpec("heartbeat_timeout_s", _S, _C, int, 60, "Keep Alive (Heartbeat) Timeout", 1, 3600),
         ParamSpec("heartbeat_interval_s", _S, _C, int, 15, "Keep Alive (Heartbeat) Interval", 1, 600),
         ParamSpec("monitor_auth_service", _S, _C, bool, False, "Enable monitoring of XCP Authentication Service"),
@@ -116,7 +118,8 @@ REGISTRY: dict[str, ParamSpec] = {
             "User Assignment Mode for Presence Server", choices=tuple(m.value for m in AssignmentMode),
         ),
         ParamSpec("inband_registration", _E, _C, bool, False, "Allow in-band registration (XEP-0077)"),
-        ParamSpec("see_other_host_redirect", _E, _C, bool, False, "Redirect clients to their active node (see-other-host)"),
+        ParamSpec("see_other_host_redirect", _E, _C, bool, False,
+                  "Redirect clients to their active node (see-other-host)"),
     )
 }
 

@@ -15,9 +15,8 @@ Rules of this module:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from collections.abc import Collection, Mapping
+from dataclasses import dataclass
 
 from sqlalchemy import Integer, String, Text, bindparam, delete, func, select, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
@@ -44,7 +43,7 @@ async def _node_id(session: AsyncSession, node_name: str | None) -> int | None:
     return (await session.execute(_NODE_ID, {"name": node_name})).scalar_one_or_none()
 
 
-def _upsert_statement(dialect):  # noqa: ANN001 - the postgresql or sqlite dialect module
+def _upsert_statement(dialect):
     """One upsert of a record, with bound values (built once per dialect and reused)."""
     stmt = dialect.insert(PresenceRecord).values(
         user_id=bindparam("uid"), resource=bindparam("res"), node_id=bindparam("node"),
@@ -91,7 +90,8 @@ async def write_many(
         if value is None:
             await delete_one(session, uid, resource)
             continue
-        await session.execute(upsert, {"uid": uid, "res": resource, "node": node_id, "prio": value[0], "stanza": value[1]})
+        await session.execute(upsert, {"uid": uid, "res": resource, "node": node_id,
+                                       "prio": value[0], "stanza": value[1]})
 
 
 def _uid_of_name():
@@ -100,7 +100,7 @@ def _uid_of_name():
     return select(User.id).where(User.cluster_id == cluster, User.username == bindparam("name"))
 
 
-def _batch_upsert_statement(dialect):  # noqa: ANN001 - the postgresql or sqlite dialect module
+def _batch_upsert_statement(dialect):
     """Upsert of one record by username: the user and node ids are subselects, so a
     batch needs no reads first; an unknown user inserts no row (rowcount 0)."""
     node = select(Node.id).where(Node.name == bindparam("node", type_=String)).scalar_subquery()

@@ -108,7 +108,8 @@ async def _postgres_role(session: AsyncSession) -> tuple[bool, tuple[Standby, ..
 
 
 async def _node_lines(session: AsyncSession, value: int) -> tuple[NodeReplication, ...]:
-    query = select(Node.name, NodeHaState.alive_at).outerjoin(NodeHaState, NodeHaState.node_id == Node.id).order_by(Node.name)
+    query = (select(Node.name, NodeHaState.alive_at)
+             .outerjoin(NodeHaState, NodeHaState.node_id == Node.id).order_by(Node.name))
     async with translate_errors():
         rows = (await session.execute(query)).all()
     return tuple(NodeReplication(name, value, alive_at) for name, alive_at in rows)

@@ -69,7 +69,7 @@ async def user_id(session: AsyncSession, domain: str, username: str) -> int | No
 async def user_ids(session: AsyncSession, domain: str, usernames: Collection[str]) -> dict[str, int]:
     """`user_id` for many localparts in one query; unknown ones are missing."""
     rows = await session.execute(_USER_IDS, {"domain": domain, "usernames": list(usernames)})
-    return {name: uid for name, uid in rows.all()}
+    return dict(rows.all())
 
 
 _SUBSCRIPTIONS = (select(RosterItem.contact_jid, RosterItem.subscription)

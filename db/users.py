@@ -15,7 +15,6 @@ Rules of this module:
 from __future__ import annotations
 
 import functools
-
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
@@ -36,7 +35,8 @@ from presence_ha.server.xmpp.jid import InvalidJid, prep_localpart
 
 __all__ = [
     "ImportReport", "LoginRecord", "ScramCredentials", "UserInfo", "active_node_of", "add_user", "bulk_import",
-    "get_credentials", "list_users", "login_record", "remove_user", "user_location", "usernames_active_on", "validate_username",
+    "get_credentials", "list_users", "login_record", "remove_user", "user_location", "usernames_active_on",
+    "validate_username",
 ]
 
 INSERT_BATCH = 1000
@@ -107,7 +107,8 @@ async def _insert(session: AsyncSession, cluster_id: int, rows: list[tuple[str, 
             if node is not None:
                 load[node] += 1
             node_id = ids[node] if node is not None else None
-            values.append({"cluster_id": cluster_id, "username": name, "assigned_node_id": node_id, "active_node_id": node_id})
+            values.append({"cluster_id": cluster_id, "username": name,
+                           "assigned_node_id": node_id, "active_node_id": node_id})
         await session.execute(insert(User), values)
         user_ids = dict((await session.execute(
             select(User.username, User.id).where(User.username.in_([name for name, _ in batch]))
@@ -266,7 +267,7 @@ async def active_nodes(session: AsyncSession, usernames: Iterable[str] | None = 
     if usernames is not None:
         query = query.where(User.username.in_(list(usernames)))
     async with translate_errors():
-        return {name: node for name, node in (await session.execute(query)).all()}
+        return dict((await session.execute(query)).all())
 
 
 _ACTIVE_ON = select(User.username).join(Node, Node.id == User.active_node_id).where(Node.name == bindparam("node"))

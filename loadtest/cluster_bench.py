@@ -25,11 +25,11 @@ import time
 import xml.etree.ElementTree as ET
 from collections import defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from presence_ha.db import users as db_users
 from presence_ha.db.engine import make_engine, make_session_factory
 from presence_ha.loadtest.xmpp_client import ClientConfig, XmppClient, local_tag
-
 
 _ENDED: dict[str, str] = {}  # user -> why its stream ended (a benchmark stream must not end)
 _WAITING: set[Peer] = set()  # peers a `wait_for` is waiting on
@@ -69,8 +69,9 @@ class Peer:
             while key not in self.arrivals:
                 if _ENDED:
                     who, why = next(iter(_ENDED.items()))
-                    raise SystemExit(f"{who}'s stream ended during the benchmark ({why}); a stream that sends more "
-                                     "than the server's per-connection rate limit is ended: use fewer --repeat or --burst")
+                    raise SystemExit(f"{who}'s stream ended during the benchmark ({why}); a stream that sends "
+                                     "more than the server's per-connection rate limit is ended: "
+                                     "use fewer --repeat or --burst")
                 self.events.clear()
                 await asyncio.wait_for(self.events.wait(), max(0.001, deadline - time.perf_counter()))
         finally:
@@ -118,7 +119,8 @@ def choose_pairs(where: dict[str, str], count: int, cross: bool, used: set[str])
         a = nodes[i % len(nodes)]
         b = nodes[(i + len(nodes) // 2) % len(nodes)] if cross else a  # nodeK and nodeK+N/2: other group
         if not by_node[a] or not by_node[b] or (a == b and len(by_node[a]) < 2):
-            raise SystemExit(f"not enough users for {count} {'cross' if cross else 'same'}-node pairs: use more --users")
+            kind = "cross" if cross else "same"
+            raise SystemExit(f"not enough users for {count} {kind}-node pairs: use more --users")
         pairs.append((by_node[a].pop(), by_node[b].pop()))
     used.update(u for pair in pairs for u in pair)
     return pairs
@@ -179,11 +181,12 @@ def report(name: str, samples: list[float]) -> str:
 
 
 async def run(args: argparse.Namespace) -> dict:
-    spec = json.loads(open(args.cluster).read())
+    spec = json.loads(Path(args.cluster).read_text())  # noqa: ASYNC240 -- once, before any client
     passwords = {u["username"]: u["password"] for u in spec["users"]}
     where = {u: n for u, n in (await locations(spec["database_url"])).items() if u in passwords}
     used: set[str] = set()
-    groups = {"same": choose_pairs(where, args.pairs, False, used), "cross": choose_pairs(where, args.pairs, True, used)}
+    groups = {"same": choose_pairs(where, args.pairs, False, used),
+              "cross": choose_pairs(where, args.pairs, True, used)}
     peers = {u: Peer(u, where[u]) for pairs in groups.values() for pair in pairs for u in pair}
     await asyncio.gather(*(login(spec, p, passwords) for p in peers.values()))
     result: dict = {f"{kind}_{what}": [] for kind in groups for what in ("latency", "throughputs")}

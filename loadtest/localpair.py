@@ -136,7 +136,8 @@ class NodeProc:
         from presence_ha.server.cli.run import node_command
 
         verbose = ["-v"] if os.environ.get(NODE_LOG_ENV, "").lower() == "info" else []
-        argv = node_command(*verbose, "node", "run", "--name", self.name, "--db", self.url, "--data-dir", str(self.data_dir))
+        argv = node_command(*verbose, "node", "run", "--name", self.name, "--db", self.url,
+                            "--data-dir", str(self.data_dir))
         for item in NODE_SETS:
             argv += ["--set", item]
         with open(self.data_dir / f"{self.name}.log", "ab") as log:

@@ -138,7 +138,7 @@ def message_xml(to: str, body: str, id_: str | None = None) -> str:
 
 def stream_error(elem: ET.Element) -> XmppError:
     """The XmppError for a received <stream:error/> (with a see-other-host target)."""
-    cond = next((local_tag(c) for c in elem if not local_tag(c) == "text"), "?")
+    cond = next((local_tag(c) for c in elem if local_tag(c) != "text"), "?")
     other = None
     if cond == "see-other-host":
         other = next((c.text for c in elem if local_tag(c) == "see-other-host"), None)
@@ -213,8 +213,7 @@ class XmppClient:
         start = time.monotonic()
         try:
             await asyncio.wait_for(self._negotiate(), self.config.timeout_s)
-        except (OSError, asyncio.TimeoutError, ssl.SSLError, ET.ParseError,
-                scramp.ScramException) as exc:
+        except (TimeoutError, OSError, ssl.SSLError, ET.ParseError, scramp.ScramException) as exc:
             self.abort()
             raise XmppError(f"{type(exc).__name__}: {exc or 'no detail'}") from exc
         except XmppError:
@@ -452,7 +451,7 @@ class XmppClient:
         if self._task is not None:
             try:
                 await asyncio.wait_for(asyncio.shield(self._task), timeout_s)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 self._task.cancel()
         self.abort()
 

@@ -42,7 +42,7 @@ def make_self_signed(common_name: str, names: list[str]) -> tuple[bytes, bytes]:
     """A fresh self-signed (certificate PEM, key PEM) for `names`."""
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     cert = (
         x509.CertificateBuilder()
         .subject_name(subject)

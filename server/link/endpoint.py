@@ -46,9 +46,17 @@ from dataclasses import dataclass
 
 from presence_ha.server.link import status as st
 from presence_ha.server.link.frames import Kind
-from presence_ha.server.link.protocol import (AckOwed, AckReceived, DelayedAck, FrameReceived,
-                                  HandshakeComplete, Keepalive, LinkConnection, Message,
-                                  ProtocolFailed)
+from presence_ha.server.link.protocol import (
+    AckOwed,
+    AckReceived,
+    DelayedAck,
+    FrameReceived,
+    HandshakeComplete,
+    Keepalive,
+    LinkConnection,
+    Message,
+    ProtocolFailed,
+)
 from presence_ha.server.link.state import WITHDRAWN, LinkConfig, PeerLinks
 
 log = logging.getLogger(__name__)
@@ -82,8 +90,21 @@ class LinkOptions:
 
 
 class Conn:
-    __slots__ = ("transport", "core", "peer", "up", "replaced", "pending", "ack_timer", "watch", "last_rx",
-                 "last_tx", "opened", "rest", "done")
+    __slots__ = (
+        "ack_timer",
+        "core",
+        "done",
+        "last_rx",
+        "last_tx",
+        "opened",
+        "peer",
+        "pending",
+        "replaced",
+        "rest",
+        "transport",
+        "up",
+        "watch",
+    )
 
     def __init__(self, transport: asyncio.Transport, core: LinkConnection, peer: str | None) -> None:
         self.transport, self.core, self.peer = transport, core, peer

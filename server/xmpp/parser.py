@@ -28,8 +28,8 @@ from __future__ import annotations
 import re
 import xml.etree.ElementTree as ET
 import xml.parsers.expat as expat
-from xml.sax.saxutils import quoteattr
 from dataclasses import dataclass, field
+from xml.sax.saxutils import quoteattr
 
 from presence_ha.server.xmpp.errors import StreamCondition, StreamError
 from presence_ha.server.xmpp.stanzas import MAX_DEPTH, NS_CLIENT, NS_STREAM
@@ -242,7 +242,8 @@ class StreamParser:
             written = _QNAME.match(self._parser.GetInputContext() or b"")
             if written is not None:
                 self._root_qname = written.group(1)
-            self._events.append(HeaderParsed(clark(name), {clark(k): v for k, v in attrs.items()}, self._pending_default_ns))
+            header_attrs = {clark(k): v for k, v in attrs.items()}
+            self._events.append(HeaderParsed(clark(name), header_attrs, self._pending_default_ns))
             return
         attrib = {clark(k): v for k, v in attrs.items()}
         if self._depth > MAX_DEPTH:
