@@ -31,6 +31,7 @@ import enum
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 DEFAULT_RELOGIN_S = (120, 537)  # SPEC §5 defaults, until the node tells its own
 
@@ -232,7 +233,8 @@ class DualPolicy:
         self.config = config
         self._rng = rng
         self._s = PolicyState(known=[config.home])
-        self._handlers: dict[type, Callable[[PolicyState, object], list[Action]]] = {
+        # each handler takes its own event class, which a dict's value type cannot say
+        self._handlers: dict[type, Callable[[PolicyState, Any], list[Action]]] = {
             Started: self._on_started, Stopped: self._on_stopped, Connected: self._on_connected,
             ConnectFailed: self._on_connect_failed, ConnectionLost: self._on_lost,
             BackupInfoReceived: self._on_info, HoldRefused: self._on_hold_refused,
@@ -298,7 +300,7 @@ class DualPolicy:
 
     def _on_stopped(self, s: PolicyState, _e: Stopped) -> list[Action]:
         s.stopped, s.active, s.inactive, s.activating = True, Link.DOWN, Link.DOWN, False
-        return [CancelTimer(t) for t in Timer] + [Disconnect(Role.INACTIVE), Disconnect(Role.ACTIVE)]
+        return [*(CancelTimer(t) for t in Timer), Disconnect(Role.INACTIVE), Disconnect(Role.ACTIVE)]
 
     def _on_connected(self, s: PolicyState, e: Connected) -> list[Action]:
         if e.role is Role.ACTIVE:
@@ -345,7 +347,7 @@ class DualPolicy:
         lost, s.active = s.active_endpoint, Link.DOWN
         s.last_lost = lost
         usable = e.redirect is None or e.redirect == s.inactive_endpoint
-        actions: list[Action] = [CancelTimer(Timer.OPEN_INACTIVE)]
+        actions = [CancelTimer(Timer.OPEN_INACTIVE)]
         if usable and s.inactive is Link.UP:
             return actions + self._begin_activation(s)
         if usable and s.inactive is Link.CONNECTING:
@@ -373,7 +375,7 @@ class DualPolicy:
             return []
         s.active, s.active_endpoint = Link.UP, s.inactive_endpoint
         s.inactive, s.inactive_endpoint, s.activating, s.failures = Link.DOWN, None, False, 0
-        actions: list[Action] = [CancelTimer(t) for t in Timer] + [Promote()]
+        actions: list[Action] = [*(CancelTimer(t) for t in Timer), Promote()]
         by = "the server" if e.by_server else "the client"
         actions.append(Report(f"inactive connection to {s.active_endpoint} activated by {by}"))
         return actions + ([] if e.presence_restored else [SendPresence()]) + [QueryBackup()]

@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from presence_ha.db.clusters import get_cluster
-from presence_ha.db.engine import translate_errors
+from presence_ha.db.engine import rowcount, translate_errors
 from presence_ha.db.errors import InvalidValue, NotFound
 from presence_ha.db.models import Node, Parameter
 from presence_ha.db.nodes import get_node
@@ -155,7 +155,7 @@ def defaults() -> dict[str, Value]:
 
 def check_cross_rules(values: dict[str, Value], where: str) -> None:
     for small, large, strict in CROSS_RULES:
-        a, b = values[small], values[large]
+        a, b = cast(int, values[small]), cast(int, values[large])  # cross rules pair int parameters
         if a > b or (strict and a == b):
             op = "<" if strict else "<="
             raise InvalidValue(small, f"must be {op} {large} ({a} vs {b}) {where}")
@@ -250,7 +250,7 @@ async def reset_parameter(session: AsyncSession, key: str, node_name: str | None
             delete(Parameter).where(Parameter.cluster_id == cluster.id, Parameter.name == key, condition)
         )
         await session.commit()
-    if result.rowcount == 0:
+    if rowcount(result) == 0:
         raise NotFound(f"{key}: not set {'on node ' + repr(node_name) if node_name else 'for the cluster'}")
 
 

@@ -135,7 +135,8 @@ async def replication_status(
     backend = session.get_bind().dialect.name
     compared, mismatches = await compare_tables(session, replicas or {})
     if backend == "sqlite":
-        in_recovery, standbys, role = False, (), "single shared database file, no replication"
+        standbys: tuple[Standby, ...] = ()
+        in_recovery, role = False, "single shared database file, no replication"
         value = MISMATCH if mismatches else HEALTHY
         summary = (
             f"{len(mismatches)} table(s) differ from the compared database file" if mismatches

@@ -27,7 +27,7 @@ from sqlalchemy.orm import aliased
 from presence_ha.db.assignments import mode_and_topology, node_loads, refuse_during_failover
 from presence_ha.db.clusters import get_cluster
 from presence_ha.db.credentials import DEFAULT_ITERATIONS, MECHANISMS, ScramCredentials, derive_many
-from presence_ha.db.engine import translate_errors
+from presence_ha.db.engine import rowcount, translate_errors
 from presence_ha.db.errors import AlreadyExists, InvalidValue, NotFound
 from presence_ha.db.models import Node, User, UserCredential
 from presence_ha.server.assignment import choose_node
@@ -161,7 +161,7 @@ async def remove_user(session: AsyncSession, username: str) -> None:
     async with translate_errors():
         result = await session.execute(delete(User).where(User.username == name))
         await session.commit()
-    if result.rowcount == 0:
+    if rowcount(result) == 0:
         raise NotFound(f"user {name!r} does not exist")
 
 

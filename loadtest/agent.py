@@ -174,10 +174,12 @@ class UserAgent:
         if node is None or answer.get("type") != "result":
             self.backup_node = None  # §3.3: HA off or no peer: one connection only
             return
-        named = self.plan.node_by_address(f"{node.get('host')}:{node.get('port')}")
+        host, port = node.get("host"), node.get("port")
+        if relogin is None or host is None or port is None:
+            raise XmppError("backup answer without host, port or relogin")
+        named = self.plan.node_by_address(f"{host}:{port}")
         lower, upper = float(relogin.get("lower", 1)), float(relogin.get("upper", 1))
-        self.backup_node = named or NodeAddr(node.get("name", "?"), node.get("host"), int(node.get("port")),
-                                             lower, upper)
+        self.backup_node = named or NodeAddr(node.get("name", "?"), host, int(port), lower, upper)
         await self._open_backup(link, lower, upper)
 
     async def _open_backup(self, owner: Link, lower: float, upper: float) -> None:

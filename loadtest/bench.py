@@ -274,7 +274,7 @@ def _worker(scenario: Scenario, conn) -> None:
     asyncio.run(main())
 
 
-def run_workers(scenarios: list[Scenario], pid: int | None = None,
+def run_workers(scenarios: Sequence[Scenario], pid: int | None = None,
                 on_ready: Callable[[], dict] | None = None,
                 timeout_s: float = 900.0) -> tuple[list[dict], list[dict], dict]:
     """Fork one process per scenario part; return (setup infos, results, extra).
@@ -298,7 +298,7 @@ def run_workers(scenarios: list[Scenario], pid: int | None = None,
             p.send(start_at)
         results = [_receive(p, proc, timeout_s) for p, proc in zip(pipes, procs, strict=True)]
         cpu1 = read_cpu_s(pid)
-        extra.update(start_at=start_at, cpu_s=None if cpu0 is None else cpu1 - cpu0)
+        extra.update(start_at=start_at, cpu_s=None if cpu0 is None or cpu1 is None else cpu1 - cpu0)
         for p in pipes:
             p.send("stop")
     finally:
@@ -562,7 +562,7 @@ def quiesce(pid: int | None, timeout_s: float = 60.0, busy: float = 0.1) -> floa
     while last is not None and time.monotonic() - start < timeout_s:
         time.sleep(0.5)
         now = read_cpu_s(pid)
-        if now - last < busy * 0.5:
+        if now is None or now - last < busy * 0.5:
             break
         last = now
     return round(time.monotonic() - start, 1)

@@ -46,6 +46,12 @@ class Peer:
     events: asyncio.Event = field(default_factory=asyncio.Event)
     closing: bool = False
 
+    @property
+    def session(self) -> XmppClient:
+        """The logged-in client."""
+        assert self.client is not None, f"{self.username} is not logged in"
+        return self.client
+
     def on_closed(self, reason: str) -> None:
         if self.closing:
             return  # we ended it
@@ -80,7 +86,7 @@ class Peer:
 
     async def close(self) -> None:
         self.closing = True
-        await self.client.close()
+        await self.session.close()
 
 
 def pct(samples: list[float], q: int) -> float:
@@ -103,7 +109,7 @@ async def login(spec: dict, peer: Peer, passwords: dict[str, str]) -> Peer:
     peer.client = XmppClient(config, on_stanza=peer.on_stanza)
     peer.client.on_closed = peer.on_closed
     await peer.client.login()
-    peer.client.send_presence()
+    peer.session.send_presence()
     return peer
 
 
@@ -131,7 +137,7 @@ async def latency(sender: Peer, receiver: Peer, count: int, tag: str) -> list[fl
     for i in range(count):
         key = f"{tag}-lat-{i}"
         start = time.perf_counter()
-        sender.client.send_message(f"{receiver.username}@{sender.client.config.domain}", key)
+        sender.session.send_message(f"{receiver.username}@{sender.session.config.domain}", key)
         samples.append(await receiver.wait_for(key) - start)
     return samples
 
@@ -139,9 +145,9 @@ async def latency(sender: Peer, receiver: Peer, count: int, tag: str) -> list[fl
 async def throughput(pairs: list[tuple[Peer, Peer]], burst: int, tag: str) -> float:
     start = time.perf_counter()
     for sender, receiver in pairs:
-        to = f"{receiver.username}@{sender.client.config.domain}"
+        to = f"{receiver.username}@{sender.session.config.domain}"
         for i in range(burst):
-            sender.client.send_message(to, f"{tag}-tp-{sender.username}-{i}")
+            sender.session.send_message(to, f"{tag}-tp-{sender.username}-{i}")
         await asyncio.sleep(0)
     ends = await asyncio.gather(*(r.wait_for(f"{tag}-tp-{s.username}-{burst - 1}", 120) for s, r in pairs))
     missing = sum(1 for s, r in pairs for i in range(burst) if f"{tag}-tp-{s.username}-{i}" not in r.arrivals)
@@ -152,12 +158,12 @@ async def throughput(pairs: list[tuple[Peer, Peer]], burst: int, tag: str) -> fl
 
 async def subscribe_all(hub: Peer, contacts: list[Peer]) -> None:
     """Each contact subscribes to the hub's presence; the hub approves (RFC 6121 §3)."""
-    domain = hub.client.config.domain
+    domain = hub.session.config.domain
     for contact in contacts:
-        contact.client.send_presence(f"{hub.username}@{domain}", "subscribe")
+        contact.session.send_presence(f"{hub.username}@{domain}", "subscribe")
     await asyncio.sleep(0.5)
     for contact in contacts:
-        hub.client.send_presence(f"{contact.username}@{domain}", "subscribed")
+        hub.session.send_presence(f"{contact.username}@{domain}", "subscribed")
 
 
 async def fan_out(hub: Peer, contacts: list[Peer], rounds: int, tag: str) -> list[float]:
@@ -168,7 +174,7 @@ async def fan_out(hub: Peer, contacts: list[Peer], rounds: int, tag: str) -> lis
     for i in range(rounds):
         key = f"{tag}-fan-{i}"
         start = time.perf_counter()
-        hub.client.send_presence(status=key)
+        hub.session.send_presence(status=key)
         ends = await asyncio.gather(*(c.wait_for(key) for c in contacts))
         spans.append(max(ends) - start)
     return spans
@@ -214,7 +220,7 @@ async def fan_out_phase(spec: dict, where: dict[str, str], used: set[str], passw
     local = [u for u in free if where[u] == where[hub_name]][: args.contacts]
     spread = [u for u in free if u not in local][: args.contacts]
     hub = await login(spec, Peer(hub_name, where[hub_name]), passwords)
-    out = {}
+    out: dict[str, object] = {}
     for kind, names in (("local", local), ("spread", spread)):
         contacts = list(await asyncio.gather(*(login(spec, Peer(u, where[u]), passwords) for u in names)))
         out[f"fanout_{kind}"] = await fan_out(hub, contacts, args.rounds, kind)

@@ -74,6 +74,7 @@ async def _provision(url: str, domain: str, users: list[tuple[str, str]], ports:
             for group in groups:
                 ids = {name: await roster.user_id(session, domain, name) for name in group}
                 for name, uid in ids.items():
+                    assert uid is not None  # imported above
                     for other in group:
                         if other != name:
                             await roster.put_item(session, uid, roster.RosterRow(
@@ -283,13 +284,13 @@ def run_compare(servers: Servers, s: Settings, repeat: int = 1,
 def summarize(servers: Servers, s: Settings, repeat: int, runs: dict) -> dict:
     chosen = {name: {label: median_run(label, results) for label, results in by_label.items()}
               for name, by_label in runs.items()}
+    results = {name: merge(by_label) for name, by_label in chosen.items()}
     out = {"settings": asdict(s), "repeat": repeat,
            "target": {k: v for k, v in asdict(servers.targets["ours"]).items()
                       if k not in ("password", "port")},
            "ports": {name: t.port for name, t in servers.targets.items()},
-           "results": {name: merge(by_label) for name, by_label in chosen.items()},
-           "runs": runs}
-    out["comparison"] = comparison(out["results"]["ours"], out["results"]["prosody"])
+           "results": results, "runs": runs}
+    out["comparison"] = comparison(results["ours"], results["prosody"])
     return out
 
 

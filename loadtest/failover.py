@@ -185,7 +185,8 @@ def run_mode(opts: dict, mode: str) -> dict:
 
 def _summarize(drivers: Drivers, monitor: Monitor, mode: str, users: int, injected, fault_at, start, end) -> dict:
     ledger = Ledger()
-    counts, errors = {}, {}
+    counts: dict[str, int] = {}
+    errors: dict[str, int] = {}
     for result in drivers.done.values():
         ledger.feed(from_tuple(row) for row in result["events"])
         for key, value in result["counts"].items():

@@ -87,6 +87,8 @@ def _stop_service(db_url: str, node: str) -> str:
 def inject(fault: str, node: str, pid: int | None, db_url: str, cut_db=None) -> Injected:
     """Inject `fault` on `node` now."""
     if fault in SIGNALS:
+        if pid is None:
+            raise ValueError(f"fault {fault} needs the pid of {node}")
         os.kill(pid, SIGNALS[fault])
         return Injected(fault, node, f"{SIGNALS[fault].name} sent to {node} (pid {pid})", pid)
     if fault == "service":

@@ -184,8 +184,10 @@ class ProsodyInstance:
         """Launch Prosody in the foreground and wait until the c2s port accepts."""
         if self.base is None:
             self.prepare()
-        cfg = str(self.base / "prosody.cfg.lua")
-        with open(self.base / "stderr.log", "wb") as stderr:  # the child keeps its own copy
+        base = self.base
+        assert base is not None  # prepare() made it
+        cfg = str(base / "prosody.cfg.lua")
+        with open(base / "stderr.log", "wb") as stderr:  # the child keeps its own copy
             self.process = subprocess.Popen(
                 ["prosody", "--config", cfg, "-F"],
                 stdout=subprocess.DEVNULL, stderr=stderr,

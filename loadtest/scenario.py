@@ -28,7 +28,7 @@ import itertools
 import math
 import random
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 RETRYABLE_LOGIN = ("temporary-auth-failure", "policy-violation", "resource-constraint")
@@ -126,7 +126,7 @@ class Plan:
 
 # ---- schedule ------------------------------------------------------------------------
 
-def roster_pairs(by_node: dict[str, Sequence[str]], contacts: int = 20) -> set[frozenset[str]]:
+def roster_pairs(by_node: Mapping[str, Sequence[str]], contacts: int = 20) -> set[frozenset[str]]:
     """Mutual contact pairs: about `contacts` per user, half on its node, half on others.
 
     Same node: a ring of +-contacts/4 neighbours. Other node: user k of node A with

@@ -83,7 +83,7 @@ def plan(
     homeless: list[str] = []
     for user in sorted(current):
         node = current[user]
-        members.get(node, homeless).append(user)
+        (homeless if node is None else members.get(node, homeless)).append(user)
     quota = quotas(nodes, len(current), {node: len(users) for node, users in members.items()})
     result: dict[str, str | None] = {}
     for node, users in members.items():

@@ -29,9 +29,10 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 from click.testing import CliRunner
@@ -201,13 +202,13 @@ class Cluster:
 
     def stop(self) -> None:
         for node in self.nodes.values():
-            if node.alive():
+            if node.process is not None and node.alive():
                 node.process.send_signal(signal.SIGTERM)
         for node in self.nodes.values():
             node.stop()
 
 
-def _provision(db_url: str, names: list[str], ports: dict[str, list[int]], users, placement, params) -> None:
+def _provision(db_url: str, names: list[str], ports: dict[str, Any], users, placement, params) -> None:
     cli(db_url, "db", "upgrade")
     cli(db_url, "cluster", "init", "--name", "test", "--domain", DOMAIN)
     flags = ("--client-port", "--srm-port", "--admin-port", "--link-port", "--metrics-port")
@@ -229,7 +230,7 @@ def start_cluster(
     db_url: str,
     tmp_path: Path,
     nodes: int = 2,
-    users: list[tuple[str, str]] = (("alice", "alice-pw"), ("bob", "bob-pw")),
+    users: Sequence[tuple[str, str]] = (("alice", "alice-pw"), ("bob", "bob-pw")),
     placement: dict[str, str] | None = None,
     params: dict[str, object] | None = None,
     sets: tuple[str, ...] = FAST_LIMITS,
@@ -397,11 +398,13 @@ async def slix_disconnect(client, timeout: float = 10.0) -> None:
 # heard its peer (SPEC §6), so both processes are spawned first and readiness is the
 # state the SRMs persist in the database.
 
+T = TypeVar("T")
+
 FAST_SRM = {"heartbeat_interval_s": 1, "heartbeat_timeout_s": 2, "init_heartbeat_timeout_s": 3,
             "critical_service_delay_s": 1}
 
 
-def db_call(db_url: str, fn: Callable) -> object:
+def db_call(db_url: str, fn: Callable[[Any], Awaitable[T]]) -> T:
     """Run `await fn(session)` on a fresh engine, on a worker thread (usable from async tests)."""
     from presence_ha.db.engine import make_engine, make_session_factory
 
@@ -493,6 +496,6 @@ def ha_pair_factory(db_url, tmp_path) -> Iterator[Callable[..., Cluster]]:
     yield factory
     for cluster in started:
         for node in cluster.nodes.values():
-            if node.alive():
+            if node.process is not None and node.alive():
                 node.process.send_signal(signal.SIGCONT)  # a SIGSTOPped node cannot exit
         cluster.stop()
