@@ -8,23 +8,23 @@ Layout: `frames.py` (wire format), `state.py` (per-peer state across reconnects)
 from presence_ha.server.link.connection import LinkClient, LinkClosed, LinkOptions, LinkServer
 from presence_ha.server.link.frames import Kind
 from presence_ha.server.link.protocol import (
-                                  AckReceived,
-                                  FrameReceived,
-                                  HandshakeComplete,
-                                  LinkConnection,
-                                  ProtocolFailed,
-                                  Role,
+    AckReceived,
+    FrameReceived,
+    HandshakeComplete,
+    LinkConnection,
+    ProtocolFailed,
+    Role,
 )
 from presence_ha.server.link.state import LinkConfig, LocalProtocolError, PeerLinks
 from presence_ha.server.link.status import (
-                                  LinkCrashed,
-                                  LinkRejected,
-                                  LinkUp,
-                                  PeerClosed,
-                                  PeerRefused,
-                                  PeerRestarted,
-                                  PeerSilent,
-                                  PeerUnreachable,
+    LinkCrashed,
+    LinkRejected,
+    LinkUp,
+    PeerClosed,
+    PeerRefused,
+    PeerRestarted,
+    PeerSilent,
+    PeerUnreachable,
 )
 
 __all__ = [
