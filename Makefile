@@ -28,12 +28,14 @@ run: $(STAMP)
 ## lint: ruff, then mypy; the settings are in pyproject.toml
 # mypy checks the installed names (presence_ha.server, ...), but the editable install maps
 # them with an import hook that mypy cannot follow. A link named presence_ha to the
-# repository root, in a folder given to mypy as mypy_path, gives mypy the same names.
+# repository root, in a folder given to mypy as mypy_path, gives mypy the same names
+# (its error paths start with .venv/mypy_path/presence_ha/). ruff takes ~1 s, mypy
+# ~15 s of CPU from a cold cache and ~1 s warm.
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	mkdir -p $(VENV)/mypy_path
 	ln -sfn ../.. $(VENV)/mypy_path/presence_ha
-	$(BIN)/mypy
+	MYPYPATH=$(VENV)/mypy_path $(BIN)/mypy
 
 ## test: lint, then every test, on SQLite and on the real PostgreSQL
 test: lint
