@@ -12,7 +12,7 @@ USERS ?= 10
 NODES ?= 2
 DOMAIN ?= localhost
 
-.PHONY: run test install unit integration bench clean
+.PHONY: run test lint install unit integration bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,8 +27,20 @@ run: $(STAMP)
 	@./scripts/ensure-debian.sh haproxy=haproxy
 	$(BIN)/presence-ha up --data-dir $(DATA_DIR) --service-port $(SERVICE_PORT) --base-port $(BASE_PORT) --users $(USERS) --nodes $(NODES) --domain $(DOMAIN)
 
-## test: every test, on SQLite and on the real PostgreSQL
-test: $(STAMP)
+## lint: ruff, then mypy; the settings are in pyproject.toml
+# mypy checks the installed names (presence_ha.server, ...), but the editable install maps
+# them with an import hook that mypy cannot follow. A link named presence_ha to the
+# repository root, in a folder given to mypy as mypy_path, gives mypy the same names
+# (its error paths start with .venv/mypy_path/presence_ha/). ruff takes ~1 s, mypy
+# ~15 s of CPU from a cold cache and ~1 s warm.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	mkdir -p $(VENV)/mypy_path
+	ln -sfn ../.. $(VENV)/mypy_path/presence_ha
+	MYPYPATH=$(VENV)/mypy_path $(BIN)/mypy
+
+## test: lint, then every test, on SQLite and on the real PostgreSQL
+test: lint
 	./scripts/test-services.sh
 	$(BIN)/python -m pytest -q -p no:cacheprovider -n 3 --dist loadfile -m 'not serial' tests
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m serial tests
@@ -41,4 +53,4 @@ integration: $(STAMP)
 	$(BIN)/python -m pytest -q tests/integration
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .hypothesis .ruff_cache .mypy_cache

@@ -17,7 +17,13 @@ from collections.abc import AsyncIterator
 
 import click
 
-from presence_ha.client.dual import ClientEvent, ConnectionEvent, DualClient, LoginError, MessageReceived, PresenceChanged
+from presence_ha.client.dual import (
+    ClientEvent,
+    ConnectionEvent,
+    DualClient,
+    LoginError,
+    MessageReceived,
+)
 from presence_ha.client.policy import Endpoint
 
 SHOWS = {"online": "", "away": "away", "chat": "chat", "dnd": "dnd", "xa": "xa"}
@@ -75,7 +81,9 @@ def command(client: DualClient, domain: str, line: str) -> str | None:
             show, text = "online", rest
         client.set_presence(SHOWS.get(show or "online", ""), text)
         return None
-    return "commands: /msg USER TEXT, /status [online|away|chat|dnd|xa] [TEXT], /roster, /quit" if line.strip() else None
+    if not line.strip():
+        return None
+    return "commands: /msg USER TEXT, /status [online|away|chat|dnd|xa] [TEXT], /roster, /quit"
 
 
 async def run_client(jid: str, password: str, server: Endpoint, dual: bool, insecure: bool) -> None:

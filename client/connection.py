@@ -19,7 +19,7 @@ import ssl
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import slixmpp
 from slixmpp.exceptions import IqError, IqTimeout
@@ -74,7 +74,8 @@ def _refused(exc: IqError) -> BackupRefused:
 
 
 class NodeConnection:
-    def __init__(self, jid: str, password: str, endpoint: Endpoint, hooks: ConnectionHooks, *, insecure: bool = False) -> None:
+    def __init__(self, jid: str, password: str, endpoint: Endpoint, hooks: ConnectionHooks, *,
+                 insecure: bool = False) -> None:
         self.endpoint = endpoint
         self.hooks = hooks
         self.closed = False
@@ -181,7 +182,7 @@ class NodeConnection:
         self.hooks.activated(self, payload is not None and payload.get("presence") == "restored")
 
     # -- requests ---------------------------------------------------------------------------
-    async def _iq(self, itype: str, payload: ET.Element):
+    async def _iq(self, itype: Literal["get", "set"], payload: ET.Element) -> Any:
         iq = self.xmpp.make_iq(itype=itype)
         iq.append(payload)
         try:
@@ -235,7 +236,7 @@ class NodeConnection:
         self.xmpp.send_presence(pshow=show or None, pstatus=status or None)
 
     def send_message(self, to: str, body: str) -> None:
-        self.xmpp.send_message(mto=to, mbody=body, mtype="chat")
+        self.xmpp.send_message(mto=slixmpp.JID(to), mbody=body, mtype="chat")
 
 
 
@@ -243,9 +244,19 @@ def parse_backup(payload: ET.Element | None) -> BackupInfo:
     if payload is None:
         return BackupInfo(None, None, *DEFAULT_RELOGIN_S, reason="unsupported: empty answer")
     relogin = payload.find(f"{{{NS_BACKUP}}}relogin")
-    limits = (float(relogin.get("lower")), float(relogin.get("upper"))) if relogin is not None else DEFAULT_RELOGIN_S
+    lower, upper = (DEFAULT_RELOGIN_S if relogin is None
+                    else (float(_required(relogin, "lower")), float(_required(relogin, "upper"))))
     node = payload.find(f"{{{NS_BACKUP}}}node")
     if node is None:
         none = payload.find(f"{{{NS_BACKUP}}}none")
-        return BackupInfo(None, None, *limits, reason=none.get("reason") if none is not None else "none")
-    return BackupInfo(node.get("name"), Endpoint(node.get("host"), int(node.get("port"))), *limits)
+        return BackupInfo(None, None, lower, upper, reason=none.get("reason") if none is not None else "none")
+    endpoint = Endpoint(_required(node, "host"), int(_required(node, "port")))
+    return BackupInfo(node.get("name"), endpoint, lower, upper)
+
+
+def _required(elem: ET.Element, name: str) -> str:
+    """A mandatory attribute of the server's answer (docs/xep-presence-ha-backup.md §3)."""
+    value = elem.get(name)
+    if value is None:
+        raise ValueError(f"<{elem.tag}/> without {name}")
+    return value

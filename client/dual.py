@@ -22,13 +22,37 @@ import random
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from presence_ha.client.connection import BackupRefused, ConnectionHooks, LoginFailed, NodeConnection
 from presence_ha.client.policy import (
-    Action, Activate, ActivationDone, ActivationRefused, BackupInfoReceived, CancelTimer, Connect, ConnectFailed,
-    Connected, ConnectionLost, Disconnect, DualPolicy, Endpoint, Event, HoldRefused, Link, PolicyConfig, Promote,
-    QueryBackup, Report, Role, SendPresence, Started, StartTimer, Stopped, Timer, TimerFired,
+    Action,
+    Activate,
+    ActivationDone,
+    ActivationRefused,
+    BackupInfoReceived,
+    CancelTimer,
+    Connect,
+    Connected,
+    ConnectFailed,
+    ConnectionLost,
+    Disconnect,
+    DualPolicy,
+    Endpoint,
+    Event,
+    HoldRefused,
+    Link,
+    PolicyConfig,
+    Promote,
+    QueryBackup,
+    Report,
+    Role,
+    SendPresence,
+    Started,
+    StartTimer,
+    Stopped,
+    Timer,
+    TimerFired,
 )
 
 log = logging.getLogger(__name__)
@@ -196,7 +220,7 @@ class DualClient:
     async def _load_roster(self, conn: NodeConnection) -> None:
         try:
             items = await conn.roster()
-        except Exception as exc:  # roster view only; the session carries on without it
+        except Exception as exc:  # noqa: BLE001 -- roster view only; the session carries on without it
             log.warning("roster not loaded from %s: %s", conn.endpoint, exc)
             return
         for jid, name, subscription in items:
@@ -267,7 +291,7 @@ class DualClient:
     def _do_report(self, a: Report) -> None:
         self._emit_conn("decision", None, None, a.text)
 
-    _ACTIONS: dict[type, Callable[[DualClient, Any], None]] = {
+    _ACTIONS: ClassVar[dict[type, Callable[[DualClient, Any], None]]] = {
         Connect: _do_connect, Disconnect: _do_disconnect, QueryBackup: _do_query_backup, Activate: _do_activate,
         Promote: _do_promote, SendPresence: _do_send_presence, StartTimer: _do_start_timer,
         CancelTimer: _do_cancel_timer, Report: _do_report,

@@ -31,6 +31,7 @@ import enum
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 DEFAULT_RELOGIN_S = (120, 537)  # SPEC §5 defaults, until the node tells its own
 
@@ -232,7 +233,8 @@ class DualPolicy:
         self.config = config
         self._rng = rng
         self._s = PolicyState(known=[config.home])
-        self._handlers: dict[type, Callable[[PolicyState, object], list[Action]]] = {
+        # each handler takes its own event class, which a dict's value type cannot say
+        self._handlers: dict[type, Callable[[PolicyState, Any], list[Action]]] = {
             Started: self._on_started, Stopped: self._on_stopped, Connected: self._on_connected,
             ConnectFailed: self._on_connect_failed, ConnectionLost: self._on_lost,
             BackupInfoReceived: self._on_info, HoldRefused: self._on_hold_refused,
@@ -298,7 +300,7 @@ class DualPolicy:
 
     def _on_stopped(self, s: PolicyState, _e: Stopped) -> list[Action]:
         s.stopped, s.active, s.inactive, s.activating = True, Link.DOWN, Link.DOWN, False
-        return [CancelTimer(t) for t in Timer] + [Disconnect(Role.INACTIVE), Disconnect(Role.ACTIVE)]
+        return [*(CancelTimer(t) for t in Timer), Disconnect(Role.INACTIVE), Disconnect(Role.ACTIVE)]
 
     def _on_connected(self, s: PolicyState, e: Connected) -> list[Action]:
         if e.role is Role.ACTIVE:
@@ -345,11 +347,11 @@ class DualPolicy:
         lost, s.active = s.active_endpoint, Link.DOWN
         s.last_lost = lost
         usable = e.redirect is None or e.redirect == s.inactive_endpoint
-        actions: list[Action] = [CancelTimer(Timer.OPEN_INACTIVE)]
+        actions = [CancelTimer(Timer.OPEN_INACTIVE)]
         if usable and s.inactive is Link.UP:
             return actions + self._begin_activation(s)
         if usable and s.inactive is Link.CONNECTING:
-            return actions + [Report("active connection lost; waiting for the inactive one")]
+            return [*actions, Report("active connection lost; waiting for the inactive one")]
         return actions + self._drop_inactive(s) + self._relogin(s, lost, e.redirect)
 
     def _on_info(self, s: PolicyState, e: BackupInfoReceived) -> list[Action]:
@@ -357,7 +359,7 @@ class DualPolicy:
         self._remember(e.info.endpoint)
         if not self.config.dual or e.info.endpoint is None:
             why = "single mode" if not self.config.dual else f"no backup offered ({e.info.reason})"
-            return [CancelTimer(Timer.OPEN_INACTIVE)] + self._drop_inactive(s) + [Report(f"no inactive connection: {why}")]
+            return [CancelTimer(Timer.OPEN_INACTIVE), *self._drop_inactive(s), Report(f"no inactive connection: {why}")]
         if s.inactive is Link.DOWN and s.active is Link.UP:
             return self._schedule_open(s)
         return []
@@ -366,14 +368,14 @@ class DualPolicy:
         if s.inactive is not Link.CONNECTING:
             return []
         s.inactive = Link.UP
-        return [Report("the backup node serves us already")] + self._on_activated(s, ActivationDone(False))
+        return [Report("the backup node serves us already"), *self._on_activated(s, ActivationDone(False))]
 
     def _on_activated(self, s: PolicyState, e: ActivationDone) -> list[Action]:
         if s.inactive is Link.DOWN:
             return []
         s.active, s.active_endpoint = Link.UP, s.inactive_endpoint
         s.inactive, s.inactive_endpoint, s.activating, s.failures = Link.DOWN, None, False, 0
-        actions: list[Action] = [CancelTimer(t) for t in Timer] + [Promote()]
+        actions: list[Action] = [*(CancelTimer(t) for t in Timer), Promote()]
         by = "the server" if e.by_server else "the client"
         actions.append(Report(f"inactive connection to {s.active_endpoint} activated by {by}"))
         return actions + ([] if e.presence_restored else [SendPresence()]) + [QueryBackup()]
@@ -400,4 +402,4 @@ class DualPolicy:
             return [Activate()] if s.activating and s.inactive is Link.UP else []
         if not s.activating:
             return []
-        return [Report("activation timed out")] + self._drop_inactive(s) + self._relogin(s, None)
+        return [Report("activation timed out"), *self._drop_inactive(s), *self._relogin(s, None)]

@@ -15,7 +15,7 @@ from collections import Counter
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from presence_ha.db.engine import translate_errors
+from presence_ha.db.engine import rowcount, translate_errors
 from presence_ha.db.errors import FailoverInProgress, NotFound
 from presence_ha.db.models import Node, RedundancyGroup, User
 from presence_ha.db.parameters import assignment_mode
@@ -101,7 +101,7 @@ async def assign_user(session: AsyncSession, username: str, node_name: str | Non
             .values(assigned_node_id=ids.get(node_name or ""), active_node_id=ids.get(node_name or ""))
         )
         await session.commit()
-    if result.rowcount == 0:
+    if rowcount(result) == 0:
         raise NotFound(f"user {username!r} does not exist")
 
 

@@ -19,9 +19,10 @@ import os
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any, cast
 
 from sqlalchemy import event
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import CursorResult, Result, make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
@@ -138,3 +139,9 @@ async def translate_errors() -> AsyncIterator[None]:
         raise
     except (OSError, ConnectionError) as exc:
         raise DatabaseUnavailable(str(exc)) from exc
+
+
+def rowcount(result: Result[Any]) -> int:
+    """The rows an UPDATE or DELETE matched: `AsyncSession.execute` is typed as returning
+    `Result`, but for these statements it returns a `CursorResult`, which counts them."""
+    return cast("CursorResult[Any]", result).rowcount

@@ -33,9 +33,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import create_engine, event
-from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from presence_ha.db.engine import DatabaseUnavailable, _sqlite_on_connect, normalize_url, track_writes
 
@@ -67,6 +67,9 @@ class HotPath:
     def __init__(self, url: str) -> None:
         full = normalize_url(url)
         self.dialect = make_url(full).get_backend_name()
+        self._sync: Engine | None  # SQLite: a sync engine on worker threads
+        self._threads: concurrent.futures.ThreadPoolExecutor | None
+        self._async: AsyncEngine | None  # PostgreSQL
         if self.dialect == "sqlite":
             sync_url = make_url(full).set(drivername="sqlite+pysqlite")
             path = sync_url.database
@@ -95,6 +98,7 @@ class HotPath:
                     if self._sync is not None:
                         loop = asyncio.get_running_loop()
                         return await loop.run_in_executor(self._threads, self._run_sync, fn, args)
+                    assert self._async is not None  # PostgreSQL
                     async with self._async.connect() as conn:
                         return await conn.run_sync(fn, *args)
             except DatabaseUnavailable as exc:
@@ -103,14 +107,17 @@ class HotPath:
         raise AssertionError("unreachable")
 
     def _run_sync(self, fn: Operation[T], args: tuple[Any, ...]) -> T:
+        assert self._sync is not None  # SQLite
         with self._sync.begin() as conn:
             return fn(conn, *args)
 
     async def dispose(self) -> None:
         if self._sync is not None:
+            assert self._threads is not None  # made with the sync engine
             self._threads.shutdown(wait=True)
             self._sync.dispose()
         else:
+            assert self._async is not None  # PostgreSQL
             await self._async.dispose()
 
 

@@ -52,5 +52,6 @@ def take_by_name(conn: Connection, domain: str, username: str) -> list[str] | No
         return None
     if not conn.execute(_COUNT, {"uid": uid}).scalar_one():
         return []  # the usual case at login: a read, no write lock
-    taken = delete(OfflineMessage).where(OfflineMessage.user_id == uid).returning(OfflineMessage.id, OfflineMessage.stanza)
+    taken = (delete(OfflineMessage).where(OfflineMessage.user_id == uid)
+             .returning(OfflineMessage.id, OfflineMessage.stanza))
     return [stanza for _id, stanza in sorted(conn.execute(taken).all())]

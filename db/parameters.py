@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from presence_ha.db.clusters import get_cluster
-from presence_ha.db.engine import translate_errors
+from presence_ha.db.engine import rowcount, translate_errors
 from presence_ha.db.errors import InvalidValue, NotFound
 from presence_ha.db.models import Node, Parameter
 from presence_ha.db.nodes import get_node
@@ -85,7 +85,7 @@ class ParamSpec:
             value = int(str(raw).strip())
         except ValueError:
             raise InvalidValue(self.name, f"{raw!r} is not an integer") from None
-        if self.minimum is not None and value < self.minimum or self.maximum is not None and value > self.maximum:
+        if (self.minimum is not None and value < self.minimum) or (self.maximum is not None and value > self.maximum):
             raise InvalidValue(self.name, f"{value} is outside {self.minimum}..{self.maximum}")
         return value
 
@@ -102,8 +102,10 @@ REGISTRY: dict[str, ParamSpec] = {
         ParamSpec("admin_rpc_port", _S, _C, int, 20075, "Admin RPC Port", 1, 65535),
         ParamSpec("critical_service_delay_s", _S, _C, int, 90, "Critical Service Delay", 1, 3600),
         ParamSpec("auto_fallback_enabled", _S, _C, bool, False, "Enable Automatic Fallback"),
-        ParamSpec("auto_fallback_delay_s", _S, _C, int, 1800, "Automatic fallback after the primary is healthy for", 1, 86400),
-        ParamSpec("init_heartbeat_timeout_s", _S, _C, int, 120, "Initialization Keep Alive (Heartbeat) Timeout", 1, 3600),
+        ParamSpec("auto_fallback_delay_s", _S, _C, int, 1800,
+                  "Automatic fallback after the primary is healthy for", 1, 86400),
+        ParamSpec("init_heartbeat_timeout_s", _S, _C, int, 120,
+                  "Initialization Keep Alive (Heartbeat) Timeout", 1, 3600),
         ParamSpec("heartbeat_timeout_s", _S, _C, int, 60, "Keep Alive (Heartbeat) Timeout", 1, 3600),
         ParamSpec("heartbeat_interval_s", _S, _C, int, 15, "Keep Alive (Heartbeat) Interval", 1, 600),
         ParamSpec("monitor_auth_service", _S, _C, bool, False, "Enable monitoring of XCP Authentication Service"),
@@ -116,7 +118,8 @@ REGISTRY: dict[str, ParamSpec] = {
             "User Assignment Mode for Presence Server", choices=tuple(m.value for m in AssignmentMode),
         ),
         ParamSpec("inband_registration", _E, _C, bool, False, "Allow in-band registration (XEP-0077)"),
-        ParamSpec("see_other_host_redirect", _E, _C, bool, False, "Redirect clients to their active node (see-other-host)"),
+        ParamSpec("see_other_host_redirect", _E, _C, bool, False,
+                  "Redirect clients to their active node (see-other-host)"),
     )
 }
 
@@ -152,7 +155,7 @@ def defaults() -> dict[str, Value]:
 
 def check_cross_rules(values: dict[str, Value], where: str) -> None:
     for small, large, strict in CROSS_RULES:
-        a, b = values[small], values[large]
+        a, b = cast(int, values[small]), cast(int, values[large])  # cross rules pair int parameters
         if a > b or (strict and a == b):
             op = "<" if strict else "<="
             raise InvalidValue(small, f"must be {op} {large} ({a} vs {b}) {where}")
@@ -247,7 +250,7 @@ async def reset_parameter(session: AsyncSession, key: str, node_name: str | None
             delete(Parameter).where(Parameter.cluster_id == cluster.id, Parameter.name == key, condition)
         )
         await session.commit()
-    if result.rowcount == 0:
+    if rowcount(result) == 0:
         raise NotFound(f"{key}: not set {'on node ' + repr(node_name) if node_name else 'for the cluster'}")
 
 

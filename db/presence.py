@@ -15,15 +15,17 @@ Rules of this module:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
 
 from sqlalchemy import Integer, String, Text, bindparam, delete, func, select, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from presence_ha.db.engine import rowcount
 from presence_ha.db.models import Cluster, Node, PresenceRecord, User
 from presence_ha.db.roster import user_id_of
 
@@ -44,7 +46,7 @@ async def _node_id(session: AsyncSession, node_name: str | None) -> int | None:
     return (await session.execute(_NODE_ID, {"name": node_name})).scalar_one_or_none()
 
 
-def _upsert_statement(dialect):  # noqa: ANN001 - the postgresql or sqlite dialect module
+def _upsert_statement(dialect: ModuleType) -> Any:  # the postgresql or sqlite dialect module
     """One upsert of a record, with bound values (built once per dialect and reused)."""
     stmt = dialect.insert(PresenceRecord).values(
         user_id=bindparam("uid"), resource=bindparam("res"), node_id=bindparam("node"),
@@ -91,7 +93,8 @@ async def write_many(
         if value is None:
             await delete_one(session, uid, resource)
             continue
-        await session.execute(upsert, {"uid": uid, "res": resource, "node": node_id, "prio": value[0], "stanza": value[1]})
+        await session.execute(upsert, {"uid": uid, "res": resource, "node": node_id,
+                                       "prio": value[0], "stanza": value[1]})
 
 
 def _uid_of_name():
@@ -100,7 +103,7 @@ def _uid_of_name():
     return select(User.id).where(User.cluster_id == cluster, User.username == bindparam("name"))
 
 
-def _batch_upsert_statement(dialect):  # noqa: ANN001 - the postgresql or sqlite dialect module
+def _batch_upsert_statement(dialect: ModuleType) -> Any:  # the postgresql or sqlite dialect module
     """Upsert of one record by username: the user and node ids are subselects, so a
     batch needs no reads first; an unknown user inserts no row (rowcount 0)."""
     node = select(Node.id).where(Node.name == bindparam("node", type_=String)).scalar_subquery()
@@ -130,7 +133,7 @@ def write_batch(conn: Connection, domain: str, node_name: str | None,
     upsert = _BATCH_UPSERT["postgresql" if conn.dialect.name == "postgresql" else "sqlite"]
     unknown: set[str] = set()
     for (name, resource), value in writes.items():
-        params = {"domain": domain, "name": name, "res": resource}
+        params: dict[str, object] = {"domain": domain, "name": name, "res": resource}
         if value is not None:
             params.update(node=node_name, prio=value[0], stanza=value[1])
             written = conn.execute(upsert, params).rowcount
@@ -145,7 +148,7 @@ def write_batch(conn: Connection, domain: str, node_name: str | None,
 
 async def delete_one(session: AsyncSession, uid: int, resource: str) -> bool:
     result = await session.execute(_DELETE, {"uid": uid, "res": resource})
-    return result.rowcount > 0
+    return rowcount(result) > 0
 
 
 _LIST_FOR = (select(PresenceRecord.resource, PresenceRecord.priority, PresenceRecord.stanza)
@@ -223,4 +226,4 @@ async def delete_for_node(session: AsyncSession, node_name: str) -> int:
     if node_id is None:
         return 0
     result = await session.execute(delete(PresenceRecord).where(PresenceRecord.node_id == node_id))
-    return result.rowcount
+    return rowcount(result)

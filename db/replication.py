@@ -108,7 +108,8 @@ async def _postgres_role(session: AsyncSession) -> tuple[bool, tuple[Standby, ..
 
 
 async def _node_lines(session: AsyncSession, value: int) -> tuple[NodeReplication, ...]:
-    query = select(Node.name, NodeHaState.alive_at).outerjoin(NodeHaState, NodeHaState.node_id == Node.id).order_by(Node.name)
+    query = (select(Node.name, NodeHaState.alive_at)
+             .outerjoin(NodeHaState, NodeHaState.node_id == Node.id).order_by(Node.name))
     async with translate_errors():
         rows = (await session.execute(query)).all()
     return tuple(NodeReplication(name, value, alive_at) for name, alive_at in rows)
@@ -134,7 +135,8 @@ async def replication_status(
     backend = session.get_bind().dialect.name
     compared, mismatches = await compare_tables(session, replicas or {})
     if backend == "sqlite":
-        in_recovery, standbys, role = False, (), "single shared database file, no replication"
+        standbys: tuple[Standby, ...] = ()
+        in_recovery, role = False, "single shared database file, no replication"
         value = MISMATCH if mismatches else HEALTHY
         summary = (
             f"{len(mismatches)} table(s) differ from the compared database file" if mismatches

@@ -17,13 +17,15 @@ Rules of this module:
 from __future__ import annotations
 
 import json
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import bindparam, delete, select
-from sqlalchemy.engine import Connection
+from sqlalchemy import Select, bindparam, delete, select
+from sqlalchemy.engine import Connection, Row
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from presence_ha.db.engine import rowcount
 from presence_ha.db.models import Cluster, PendingSubscription, RosterItem, User
 
 
@@ -69,7 +71,7 @@ async def user_id(session: AsyncSession, domain: str, username: str) -> int | No
 async def user_ids(session: AsyncSession, domain: str, usernames: Collection[str]) -> dict[str, int]:
     """`user_id` for many localparts in one query; unknown ones are missing."""
     rows = await session.execute(_USER_IDS, {"domain": domain, "usernames": list(usernames)})
-    return {name: uid for name, uid in rows.all()}
+    return dict(rows.all())
 
 
 _SUBSCRIPTIONS = (select(RosterItem.contact_jid, RosterItem.subscription)
@@ -97,7 +99,8 @@ def user_id_of(conn: Connection, domain: str, username: str) -> int | None:
     return conn.execute(_USER_ID, {"domain": domain, "username": username}).scalar_one_or_none()
 
 
-def _by_name(conn: Connection, domain: str, username: str, stmt) -> list | None:
+def _by_name(conn: Connection, domain: str, username: str,
+             stmt: Select[*tuple[Any, ...]]) -> Sequence[Row[*tuple[Any, ...]]] | None:
     uid = user_id_of(conn, domain, username)
     return None if uid is None else conn.execute(stmt, {"uid": uid}).all()
 
@@ -150,7 +153,7 @@ async def delete_item(session: AsyncSession, uid: int, contact: str) -> bool:
     result = await session.execute(
         delete(RosterItem).where(RosterItem.user_id == uid, RosterItem.contact_jid == contact)
     )
-    return result.rowcount > 0
+    return rowcount(result) > 0
 
 
 async def contacts_with(session: AsyncSession, uid: int, subscriptions: Collection[str]) -> list[str]:
@@ -190,4 +193,4 @@ async def delete_pending(session: AsyncSession, uid: int, contact: str) -> bool:
             PendingSubscription.user_id == uid, PendingSubscription.from_jid == contact
         )
     )
-    return result.rowcount > 0
+    return rowcount(result) > 0

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from presence_ha import migrations
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection
 
+from presence_ha import migrations
 from presence_ha.db.engine import make_engine, translate_errors
 
 MIGRATIONS_DIR = Path(migrations.__file__).resolve().parent
@@ -67,8 +67,7 @@ async def current_revision(url: str) -> str | None:
     """The revision the database at `url` is at (None: never migrated)."""
     engine = make_engine(url, pool_size=1)
     try:
-        async with translate_errors():
-            async with engine.connect() as connection:
-                return await connection.run_sync(_current)
+        async with translate_errors(), engine.connect() as connection:
+            return await connection.run_sync(_current)
     finally:
         await engine.dispose()

@@ -15,7 +15,6 @@ Rules of this module:
 from __future__ import annotations
 
 import functools
-
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
@@ -28,7 +27,7 @@ from sqlalchemy.orm import aliased
 from presence_ha.db.assignments import mode_and_topology, node_loads, refuse_during_failover
 from presence_ha.db.clusters import get_cluster
 from presence_ha.db.credentials import DEFAULT_ITERATIONS, MECHANISMS, ScramCredentials, derive_many
-from presence_ha.db.engine import translate_errors
+from presence_ha.db.engine import rowcount, translate_errors
 from presence_ha.db.errors import AlreadyExists, InvalidValue, NotFound
 from presence_ha.db.models import Node, User, UserCredential
 from presence_ha.server.assignment import choose_node
@@ -36,7 +35,8 @@ from presence_ha.server.xmpp.jid import InvalidJid, prep_localpart
 
 __all__ = [
     "ImportReport", "LoginRecord", "ScramCredentials", "UserInfo", "active_node_of", "add_user", "bulk_import",
-    "get_credentials", "list_users", "login_record", "remove_user", "user_location", "usernames_active_on", "validate_username",
+    "get_credentials", "list_users", "login_record", "remove_user", "user_location", "usernames_active_on",
+    "validate_username",
 ]
 
 INSERT_BATCH = 1000
@@ -107,7 +107,8 @@ async def _insert(session: AsyncSession, cluster_id: int, rows: list[tuple[str, 
             if node is not None:
                 load[node] += 1
             node_id = ids[node] if node is not None else None
-            values.append({"cluster_id": cluster_id, "username": name, "assigned_node_id": node_id, "active_node_id": node_id})
+            values.append({"cluster_id": cluster_id, "username": name,
+                           "assigned_node_id": node_id, "active_node_id": node_id})
         await session.execute(insert(User), values)
         user_ids = dict((await session.execute(
             select(User.username, User.id).where(User.username.in_([name for name, _ in batch]))
@@ -160,7 +161,7 @@ async def remove_user(session: AsyncSession, username: str) -> None:
     async with translate_errors():
         result = await session.execute(delete(User).where(User.username == name))
         await session.commit()
-    if result.rowcount == 0:
+    if rowcount(result) == 0:
         raise NotFound(f"user {name!r} does not exist")
 
 
@@ -266,7 +267,7 @@ async def active_nodes(session: AsyncSession, usernames: Iterable[str] | None = 
     if usernames is not None:
         query = query.where(User.username.in_(list(usernames)))
     async with translate_errors():
-        return {name: node for name, node in (await session.execute(query)).all()}
+        return dict((await session.execute(query)).all())
 
 
 _ACTIVE_ON = select(User.username).join(Node, Node.id == User.active_node_id).where(Node.name == bindparam("node"))

@@ -161,7 +161,7 @@ class UserAgent:
     async def _arm_backup(self, link: Link) -> None:
         try:
             answer = await link.client.iq("get", f"<backup xmlns='{NS_BACKUP}'/>", 10)
-        except (XmppError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, XmppError) as exc:
             # No usable answer: carry on with one connection (counted, so a run shows it).
             self.rec.counts["backup_query_failures"] += 1
             self.rec.errors[f"backup query: {getattr(exc, 'condition', None) or type(exc).__name__}"[:60]] += 1
@@ -174,9 +174,12 @@ class UserAgent:
         if node is None or answer.get("type") != "result":
             self.backup_node = None  # §3.3: HA off or no peer: one connection only
             return
-        named = self.plan.node_by_address(f"{node.get('host')}:{node.get('port')}")
+        host, port = node.get("host"), node.get("port")
+        if relogin is None or host is None or port is None:
+            raise XmppError("backup answer without host, port or relogin")
+        named = self.plan.node_by_address(f"{host}:{port}")
         lower, upper = float(relogin.get("lower", 1)), float(relogin.get("upper", 1))
-        self.backup_node = named or NodeAddr(node.get("name", "?"), node.get("host"), int(node.get("port")), lower, upper)
+        self.backup_node = named or NodeAddr(node.get("name", "?"), host, int(port), lower, upper)
         await self._open_backup(link, lower, upper)
 
     async def _open_backup(self, owner: Link, lower: float, upper: float) -> None:
@@ -188,7 +191,7 @@ class UserAgent:
             try:
                 link = await self._connect(self.backup_node, inactive=True)
                 answer = await link.client.iq("set", f"<hold xmlns='{NS_BACKUP}' contacts='kept'/>", 10)
-            except (XmppError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, XmppError) as exc:
                 self.rec.counts["backup_open_failures"] += 1
                 reason = getattr(exc, "condition", None) or type(exc).__name__
                 self.rec.errors[f"backup: {reason}"[:60]] += 1
@@ -212,7 +215,7 @@ class UserAgent:
             link.client.send_stanza(f"<iq type='set' id='{self._activation[0]}'><activate xmlns='{NS_BACKUP}'/></iq>")
             try:
                 answer = await asyncio.wait_for(self._activation[1], 10)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 return False
             if self.active is link:
                 return True  # activated (by the result, in stream order, or by the §6 push)

@@ -223,7 +223,7 @@ class Scenario:
             except XmppError as exc:
                 self.failures.append(str(exc))
             return time.monotonic()
-        finished = await asyncio.gather(*(one(i, start_at + o) for i, o in zip(users, offsets)))
+        finished = await asyncio.gather(*(one(i, start_at + o) for i, o in zip(users, offsets, strict=False)))
         return max(finished, default=start_at)
 
     async def setup(self) -> dict:
@@ -274,7 +274,7 @@ def _worker(scenario: Scenario, conn) -> None:
     asyncio.run(main())
 
 
-def run_workers(scenarios: list[Scenario], pid: int | None = None,
+def run_workers(scenarios: Sequence[Scenario], pid: int | None = None,
                 on_ready: Callable[[], dict] | None = None,
                 timeout_s: float = 900.0) -> tuple[list[dict], list[dict], dict]:
     """Fork one process per scenario part; return (setup infos, results, extra).
@@ -290,15 +290,15 @@ def run_workers(scenarios: list[Scenario], pid: int | None = None,
         pipes.append(parent)
         procs.append(proc)
     try:
-        infos = [_receive(p, proc, timeout_s) for p, proc in zip(pipes, procs)]
+        infos = [_receive(p, proc, timeout_s) for p, proc in zip(pipes, procs, strict=True)]
         extra = on_ready() if on_ready else {}
         cpu0 = read_cpu_s(pid)
         start_at = time.monotonic() + 0.2
         for p in pipes:
             p.send(start_at)
-        results = [_receive(p, proc, timeout_s) for p, proc in zip(pipes, procs)]
+        results = [_receive(p, proc, timeout_s) for p, proc in zip(pipes, procs, strict=True)]
         cpu1 = read_cpu_s(pid)
-        extra.update(start_at=start_at, cpu_s=None if cpu0 is None else cpu1 - cpu0)
+        extra.update(start_at=start_at, cpu_s=None if cpu0 is None or cpu1 is None else cpu1 - cpu0)
         for p in pipes:
             p.send("stop")
     finally:
@@ -421,7 +421,7 @@ class PresenceScenario(Scenario):
         async def all_missing() -> list[tuple[int, int]]:
             todo = [(i, g) for g in self.groups for i in g if i in self.clients]
             found = await asyncio.gather(*(missing(i, g) for i, g in todo))
-            return [(i, j) for (i, _g), js in zip(todo, found) for j in js]
+            return [(i, j) for (i, _g), js in zip(todo, found, strict=True) for j in js]
 
         pairs = await all_missing()
         for i, j in pairs:
@@ -562,7 +562,7 @@ def quiesce(pid: int | None, timeout_s: float = 60.0, busy: float = 0.1) -> floa
     while last is not None and time.monotonic() - start < timeout_s:
         time.sleep(0.5)
         now = read_cpu_s(pid)
-        if now - last < busy * 0.5:
+        if now is None or now - last < busy * 0.5:
             break
         last = now
     return round(time.monotonic() - start, 1)

@@ -25,11 +25,11 @@ import time
 import xml.etree.ElementTree as ET
 from collections import defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from presence_ha.db import users as db_users
 from presence_ha.db.engine import make_engine, make_session_factory
 from presence_ha.loadtest.xmpp_client import ClientConfig, XmppClient, local_tag
-
 
 _ENDED: dict[str, str] = {}  # user -> why its stream ended (a benchmark stream must not end)
 _WAITING: set[Peer] = set()  # peers a `wait_for` is waiting on
@@ -45,6 +45,12 @@ class Peer:
     arrivals: dict[str, float] = field(default_factory=dict)
     events: asyncio.Event = field(default_factory=asyncio.Event)
     closing: bool = False
+
+    @property
+    def session(self) -> XmppClient:
+        """The logged-in client."""
+        assert self.client is not None, f"{self.username} is not logged in"
+        return self.client
 
     def on_closed(self, reason: str) -> None:
         if self.closing:
@@ -69,8 +75,9 @@ class Peer:
             while key not in self.arrivals:
                 if _ENDED:
                     who, why = next(iter(_ENDED.items()))
-                    raise SystemExit(f"{who}'s stream ended during the benchmark ({why}); a stream that sends more "
-                                     "than the server's per-connection rate limit is ended: use fewer --repeat or --burst")
+                    raise SystemExit(f"{who}'s stream ended during the benchmark ({why}); a stream that sends "
+                                     "more than the server's per-connection rate limit is ended: "
+                                     "use fewer --repeat or --burst")
                 self.events.clear()
                 await asyncio.wait_for(self.events.wait(), max(0.001, deadline - time.perf_counter()))
         finally:
@@ -79,7 +86,7 @@ class Peer:
 
     async def close(self) -> None:
         self.closing = True
-        await self.client.close()
+        await self.session.close()
 
 
 def pct(samples: list[float], q: int) -> float:
@@ -102,7 +109,7 @@ async def login(spec: dict, peer: Peer, passwords: dict[str, str]) -> Peer:
     peer.client = XmppClient(config, on_stanza=peer.on_stanza)
     peer.client.on_closed = peer.on_closed
     await peer.client.login()
-    peer.client.send_presence()
+    peer.session.send_presence()
     return peer
 
 
@@ -118,7 +125,8 @@ def choose_pairs(where: dict[str, str], count: int, cross: bool, used: set[str])
         a = nodes[i % len(nodes)]
         b = nodes[(i + len(nodes) // 2) % len(nodes)] if cross else a  # nodeK and nodeK+N/2: other group
         if not by_node[a] or not by_node[b] or (a == b and len(by_node[a]) < 2):
-            raise SystemExit(f"not enough users for {count} {'cross' if cross else 'same'}-node pairs: use more --users")
+            kind = "cross" if cross else "same"
+            raise SystemExit(f"not enough users for {count} {kind}-node pairs: use more --users")
         pairs.append((by_node[a].pop(), by_node[b].pop()))
     used.update(u for pair in pairs for u in pair)
     return pairs
@@ -129,7 +137,7 @@ async def latency(sender: Peer, receiver: Peer, count: int, tag: str) -> list[fl
     for i in range(count):
         key = f"{tag}-lat-{i}"
         start = time.perf_counter()
-        sender.client.send_message(f"{receiver.username}@{sender.client.config.domain}", key)
+        sender.session.send_message(f"{receiver.username}@{sender.session.config.domain}", key)
         samples.append(await receiver.wait_for(key) - start)
     return samples
 
@@ -137,9 +145,9 @@ async def latency(sender: Peer, receiver: Peer, count: int, tag: str) -> list[fl
 async def throughput(pairs: list[tuple[Peer, Peer]], burst: int, tag: str) -> float:
     start = time.perf_counter()
     for sender, receiver in pairs:
-        to = f"{receiver.username}@{sender.client.config.domain}"
+        to = f"{receiver.username}@{sender.session.config.domain}"
         for i in range(burst):
-            sender.client.send_message(to, f"{tag}-tp-{sender.username}-{i}")
+            sender.session.send_message(to, f"{tag}-tp-{sender.username}-{i}")
         await asyncio.sleep(0)
     ends = await asyncio.gather(*(r.wait_for(f"{tag}-tp-{s.username}-{burst - 1}", 120) for s, r in pairs))
     missing = sum(1 for s, r in pairs for i in range(burst) if f"{tag}-tp-{s.username}-{i}" not in r.arrivals)
@@ -150,12 +158,12 @@ async def throughput(pairs: list[tuple[Peer, Peer]], burst: int, tag: str) -> fl
 
 async def subscribe_all(hub: Peer, contacts: list[Peer]) -> None:
     """Each contact subscribes to the hub's presence; the hub approves (RFC 6121 §3)."""
-    domain = hub.client.config.domain
+    domain = hub.session.config.domain
     for contact in contacts:
-        contact.client.send_presence(f"{hub.username}@{domain}", "subscribe")
+        contact.session.send_presence(f"{hub.username}@{domain}", "subscribe")
     await asyncio.sleep(0.5)
     for contact in contacts:
-        hub.client.send_presence(f"{contact.username}@{domain}", "subscribed")
+        hub.session.send_presence(f"{contact.username}@{domain}", "subscribed")
 
 
 async def fan_out(hub: Peer, contacts: list[Peer], rounds: int, tag: str) -> list[float]:
@@ -166,7 +174,7 @@ async def fan_out(hub: Peer, contacts: list[Peer], rounds: int, tag: str) -> lis
     for i in range(rounds):
         key = f"{tag}-fan-{i}"
         start = time.perf_counter()
-        hub.client.send_presence(status=key)
+        hub.session.send_presence(status=key)
         ends = await asyncio.gather(*(c.wait_for(key) for c in contacts))
         spans.append(max(ends) - start)
     return spans
@@ -179,11 +187,12 @@ def report(name: str, samples: list[float]) -> str:
 
 
 async def run(args: argparse.Namespace) -> dict:
-    spec = json.loads(open(args.cluster).read())
+    spec = json.loads(Path(args.cluster).read_text())  # noqa: ASYNC240 -- once, before any client
     passwords = {u["username"]: u["password"] for u in spec["users"]}
     where = {u: n for u, n in (await locations(spec["database_url"])).items() if u in passwords}
     used: set[str] = set()
-    groups = {"same": choose_pairs(where, args.pairs, False, used), "cross": choose_pairs(where, args.pairs, True, used)}
+    groups = {"same": choose_pairs(where, args.pairs, False, used),
+              "cross": choose_pairs(where, args.pairs, True, used)}
     peers = {u: Peer(u, where[u]) for pairs in groups.values() for pair in pairs for u in pair}
     await asyncio.gather(*(login(spec, p, passwords) for p in peers.values()))
     result: dict = {f"{kind}_{what}": [] for kind in groups for what in ("latency", "throughputs")}
@@ -211,7 +220,7 @@ async def fan_out_phase(spec: dict, where: dict[str, str], used: set[str], passw
     local = [u for u in free if where[u] == where[hub_name]][: args.contacts]
     spread = [u for u in free if u not in local][: args.contacts]
     hub = await login(spec, Peer(hub_name, where[hub_name]), passwords)
-    out = {}
+    out: dict[str, object] = {}
     for kind, names in (("local", local), ("spread", spread)):
         contacts = list(await asyncio.gather(*(login(spec, Peer(u, where[u]), passwords) for u in names)))
         out[f"fanout_{kind}"] = await fan_out(hub, contacts, args.rounds, kind)

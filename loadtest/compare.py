@@ -58,7 +58,8 @@ SERVERS = ("ours", "prosody")
 async def _provision(url: str, domain: str, users: list[tuple[str, str]], ports: dict[str, int],
                      groups: list[list[str]]) -> None:
     """Schema, cluster, one node in a one-node group (HA off), users, mutual rosters."""
-    from presence_ha.db import clusters, groups as db_groups, nodes, roster, schema
+    from presence_ha.db import clusters, nodes, roster, schema
+    from presence_ha.db import groups as db_groups
     from presence_ha.db import users as db_users
     from presence_ha.db.engine import make_engine, make_session_factory
 
@@ -73,6 +74,7 @@ async def _provision(url: str, domain: str, users: list[tuple[str, str]], ports:
             for group in groups:
                 ids = {name: await roster.user_id(session, domain, name) for name in group}
                 for name, uid in ids.items():
+                    assert uid is not None  # imported above
                     for other in group:
                         if other != name:
                             await roster.put_item(session, uid, roster.RosterRow(
@@ -114,7 +116,7 @@ class OurInstance:
         """Temp dir, database, node, users (4096 SCRAM iterations) and rosters."""
         self.base = Path(tempfile.mkdtemp(prefix="bench-presence-ha-"))
         names = ("client_port", "srm_port", "admin_port", "link_port", "metrics_port")
-        self.ports = dict(zip(names, free_ports(len(names))))
+        self.ports = dict(zip(names, free_ports(len(names)), strict=True))
         self.port = self.ports["client_port"]
         rows = [(f"{self.user_prefix}{i}", self.password) for i in range(self.users)]
         groups = [[f"{self.user_prefix}{i}" for i in g] for g in roster_groups]
@@ -198,13 +200,11 @@ def probe_login(target: Target, deadline_s: float = 30.0) -> None:
 
 def scenario_groups(s: Settings) -> list[tuple[str, Settings]]:
     """(label, settings) of each group that runs on a freshly started server."""
-    out = []
-    for level in sorted(s.memory_levels) if "memory" in s.scenarios else ():
-        if level <= s.users:
-            out.append((f"memory {level}", replace(s, scenarios=("memory",), memory_levels=(level,))))
-    for name in ("login", "chat", "presence"):
-        if name in s.scenarios:
-            out.append((name, replace(s, scenarios=(name,))))
+    levels = sorted(s.memory_levels) if "memory" in s.scenarios else []
+    out = [(f"memory {level}", replace(s, scenarios=("memory",), memory_levels=(level,)))
+           for level in levels if level <= s.users]
+    out.extend((name, replace(s, scenarios=(name,)))
+               for name in ("login", "chat", "presence") if name in s.scenarios)
     return out
 
 
@@ -284,13 +284,13 @@ def run_compare(servers: Servers, s: Settings, repeat: int = 1,
 def summarize(servers: Servers, s: Settings, repeat: int, runs: dict) -> dict:
     chosen = {name: {label: median_run(label, results) for label, results in by_label.items()}
               for name, by_label in runs.items()}
+    results = {name: merge(by_label) for name, by_label in chosen.items()}
     out = {"settings": asdict(s), "repeat": repeat,
            "target": {k: v for k, v in asdict(servers.targets["ours"]).items()
                       if k not in ("password", "port")},
            "ports": {name: t.port for name, t in servers.targets.items()},
-           "results": {name: merge(by_label) for name, by_label in chosen.items()},
-           "runs": runs}
-    out["comparison"] = comparison(out["results"]["ours"], out["results"]["prosody"])
+           "results": results, "runs": runs}
+    out["comparison"] = comparison(results["ours"], results["prosody"])
     return out
 
 
@@ -385,7 +385,7 @@ def comparison(ours: dict, prosody: dict) -> list[dict]:
     mine, theirs = figures(ours), figures(prosody)
     rows = []
     for label in dict.fromkeys([*mine, *theirs]):
-        value, unit, better = mine.get(label) or theirs[label]
+        _value, unit, better = mine.get(label) or theirs[label]
         a = mine[label][0] if label in mine else None
         b = theirs[label][0] if label in theirs else None
         rows.append({"figure": label, "unit": unit, "better": better, "ours": a,

@@ -15,6 +15,7 @@ Rules of this module:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import multiprocessing
 import random
@@ -170,7 +171,7 @@ class Drivers:
     def poll(self, timeout_s: float = 0.1) -> None:
         """Read whatever the workers sent; raise if one died before reporting."""
         deadline = time.monotonic() + timeout_s
-        for index, (pipe, proc) in enumerate(zip(self.pipes, self.procs)):
+        for index, (pipe, proc) in enumerate(zip(self.pipes, self.procs, strict=True)):
             while index not in self.done and pipe.poll(max(0.0, deadline - time.monotonic())):
                 try:
                     kind, data = pipe.recv()
@@ -216,10 +217,8 @@ class Drivers:
         """Join the workers; kill (by PID, via the Process object) any that hangs."""
         for index, pipe in enumerate(self.pipes):
             if index not in self.done:
-                try:
+                with contextlib.suppress(OSError):
                     pipe.send(("stop",))
-                except OSError:
-                    pass
         for proc in self.procs:
             proc.join(timeout=15)
             if proc.is_alive():

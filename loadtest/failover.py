@@ -63,7 +63,7 @@ def local_target(opts: dict, mode: str) -> Target:
     users = [(f"lt{i}", PASSWORD) for i in range(opts["users"])]
     asyncio.run(localpair.provision_pair(url, "loadtest.test", users, (lower, upper)))
     procs = localpair.start_pair(url, base)
-    target = _read_target(url, {u: p for u, p in users}, procs)
+    target = _read_target(url, dict(users), procs)
     console.print(f"[dim]local HA pair in {base} (logs {base}/n1.log, n2.log)[/dim]")
     return target
 
@@ -185,7 +185,8 @@ def run_mode(opts: dict, mode: str) -> dict:
 
 def _summarize(drivers: Drivers, monitor: Monitor, mode: str, users: int, injected, fault_at, start, end) -> dict:
     ledger = Ledger()
-    counts, errors = {}, {}
+    counts: dict[str, int] = {}
+    errors: dict[str, int] = {}
     for result in drivers.done.values():
         ledger.feed(from_tuple(row) for row in result["events"])
         for key, value in result["counts"].items():
@@ -221,7 +222,8 @@ def _pair(_ctx, _param, value: str) -> tuple[int, int]:
 @click.option("--warmup", default=5.0, show_default=True, help="Seconds of steady traffic before the fault.")
 @click.option("--after", default=60.0, show_default=True, help="Longest wait for recovery after the fault (s).")
 @click.option("--settle", default=3.0, show_default=True, help="Traffic kept after every user is back (s).")
-@click.option("--relogin", default="1,3", callback=_pair, show_default=True, help="Local pair re-login limits LOWER,UPPER s.")
+@click.option("--relogin", default="1,3", callback=_pair, show_default=True,
+              help="Local pair re-login limits LOWER,UPPER s.")
 @click.option("--probe-interval", default=0.5, show_default=True, help="Seconds between round-trip probes per user.")
 @click.option("--chat-interval", default=4.0, show_default=True, help="Mean seconds between chat messages per user.")
 @click.option("--presence-interval", default=20.0, show_default=True, help="Mean seconds between presence changes.")
@@ -250,7 +252,7 @@ def failover_command(**opts) -> None:
     console.print(report.table(runs))
     if opts["report_dir"]:
         directory = Path(opts["report_dir"])
-        path = report.write_json(directory, {"runs": runs, "options": {k: v for k, v in opts.items()}})
+        path = report.write_json(directory, {"runs": runs, "options": dict(opts.items())})
         for plot in report.write_plots(directory, runs):
             console.print(f"plot: {plot}")
         console.print(f"report: {path}")

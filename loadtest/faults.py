@@ -12,6 +12,7 @@ Rules of this module:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 from dataclasses import dataclass
@@ -86,6 +87,8 @@ def _stop_service(db_url: str, node: str) -> str:
 def inject(fault: str, node: str, pid: int | None, db_url: str, cut_db=None) -> Injected:
     """Inject `fault` on `node` now."""
     if fault in SIGNALS:
+        if pid is None:
+            raise ValueError(f"fault {fault} needs the pid of {node}")
         os.kill(pid, SIGNALS[fault])
         return Injected(fault, node, f"{SIGNALS[fault].name} sent to {node} (pid {pid})", pid)
     if fault == "service":
@@ -102,7 +105,5 @@ def inject(fault: str, node: str, pid: int | None, db_url: str, cut_db=None) -> 
 def restore(injected: Injected | None) -> None:
     """Undo what must be undone once the run is over (a SIGSTOPped node gets SIGCONT)."""
     if injected is not None and injected.fault == "stop" and injected.pid is not None:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(injected.pid, signal.SIGCONT)
-        except ProcessLookupError:
-            pass

@@ -22,7 +22,7 @@ from presence_ha.server.link import Kind, LinkClient, LinkConfig, LinkOptions, L
 SECRET = b"benchmark-cluster-secret-000000"
 
 
-def percentile(samples: list[float], q: float) -> float:
+def percentile(samples: list[float], q: int) -> float:
     return statistics.quantiles(samples, n=100, method="inclusive")[q - 1] if len(
         samples) > 1 else samples[0]
 

@@ -136,7 +136,8 @@ class NodeProc:
         from presence_ha.server.cli.run import node_command
 
         verbose = ["-v"] if os.environ.get(NODE_LOG_ENV, "").lower() == "info" else []
-        argv = node_command(*verbose, "node", "run", "--name", self.name, "--db", self.url, "--data-dir", str(self.data_dir))
+        argv = node_command(*verbose, "node", "run", "--name", self.name, "--db", self.url,
+                            "--data-dir", str(self.data_dir))
         for item in NODE_SETS:
             argv += ["--set", item]
         with open(self.data_dir / f"{self.name}.log", "ab") as log:
@@ -146,15 +147,16 @@ class NodeProc:
         return self.process is not None and self.process.poll() is None
 
     def stop(self) -> None:
-        if not self.alive():
+        process = self.process
+        if process is None or process.poll() is not None:  # not alive()
             return
-        self.process.send_signal(signal.SIGCONT)
-        self.process.send_signal(signal.SIGTERM)
+        process.send_signal(signal.SIGCONT)
+        process.send_signal(signal.SIGTERM)
         try:
-            self.process.wait(timeout=STOP_DEADLINE_S)
+            process.wait(timeout=STOP_DEADLINE_S)
         except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+            process.kill()
+            process.wait()
 
 
 def start_pair(url: str, data_dir: Path) -> list[NodeProc]:

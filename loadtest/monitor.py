@@ -95,7 +95,7 @@ class Monitor:
             async with factory() as session:
                 overview = await read_overview(session)
             overview = await overlay_live(overview, probe)
-        except Exception as exc:  # noqa: BLE001 - a DB hiccup must not end the monitor; logged
+        except Exception as exc:  # noqa: BLE001 -- a DB hiccup must not end the monitor; logged
             log.warning("ha status poll failed: %s", exc)
             return
         now = time.monotonic()

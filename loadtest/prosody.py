@@ -93,8 +93,7 @@ def scram_sha1_account(password: str, salt: str, iterations: int = SCRAM_ITERATI
 def roster_file(contacts: list[str]) -> str:
     """Lua source of a roster store where every contact is a mutual ('both') subscription."""
     lines = ["return {", '\t[false] = { ["version"] = 1; ["pending"] = {}; };']
-    for jid in contacts:
-        lines.append(f'\t[{lua_str(jid)}] = {{ ["subscription"] = "both"; ["groups"] = {{}}; }};')
+    lines.extend(f'\t[{lua_str(jid)}] = {{ ["subscription"] = "both"; ["groups"] = {{}}; }};' for jid in contacts)
     lines.append("};")
     return "\n".join(lines) + "\n"
 
@@ -108,7 +107,7 @@ def write_self_signed(base: Path, domain: str) -> None:
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, domain)])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder().subject_name(name).issuer_name(name)
         .public_key(key.public_key()).serial_number(x509.random_serial_number())
@@ -185,12 +184,15 @@ class ProsodyInstance:
         """Launch Prosody in the foreground and wait until the c2s port accepts."""
         if self.base is None:
             self.prepare()
-        cfg = str(self.base / "prosody.cfg.lua")
-        self.process = subprocess.Popen(
-            ["prosody", "--config", cfg, "-F"],
-            stdout=subprocess.DEVNULL, stderr=open(self.base / "stderr.log", "wb"),
-            preexec_fn=_raise_nofile, start_new_session=True,
-        )
+        base = self.base
+        assert base is not None  # prepare() made it
+        cfg = str(base / "prosody.cfg.lua")
+        with open(base / "stderr.log", "wb") as stderr:  # the child keeps its own copy
+            self.process = subprocess.Popen(
+                ["prosody", "--config", cfg, "-F"],
+                stdout=subprocess.DEVNULL, stderr=stderr,
+                preexec_fn=_raise_nofile, start_new_session=True,
+            )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

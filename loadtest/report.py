@@ -42,7 +42,8 @@ def summarize(ledger: Ledger, *, mode: str, users: int, fault: dict, fault_at: f
         "mode": mode, "users": users, "fault": fault, "affected_users": len(affected),
         "not_recovered": sum(1 for d in downtimes if math.isinf(d)),
         "downtime_ms": summary_ms(downtimes), "recovery_ms": summary_ms(recoveries),
-        "takeover_ms": _ms(takeover), "messages": ledger.messages(), "lost_acked_sample": _lost_detail(ledger, fault_at),
+        "takeover_ms": _ms(takeover), "messages": ledger.messages(),
+        "lost_acked_sample": _lost_detail(ledger, fault_at),
         "double_served": len(double), "double_served_users": double[:20],
         "login_retries": counts.get("login_retries", 0), "retryable_refusals": counts.get("retryable_refusals", 0),
         "counters": counts, "login_errors": errors, "rss_kb": monitor.rss_summary(),
@@ -62,7 +63,8 @@ def _lost_detail(ledger: Ledger, fault_at: float) -> list[dict]:
         sent = ledger.sent[msg_id]
         out.append({"id": msg_id, "from": sent.sender, "to": sent.recipient, "sent_t": _rel(sent.at, fault_at),
                     "acked_t": _rel(ledger.acked[msg_id], fault_at),
-                    "from_node": ledger.node_at(sent.sender, sent.at), "to_node": ledger.node_at(sent.recipient, sent.at)})
+                    "from_node": ledger.node_at(sent.sender, sent.at),
+                    "to_node": ledger.node_at(sent.recipient, sent.at)})
     return out
 
 

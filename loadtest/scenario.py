@@ -24,10 +24,11 @@ Rules of this module:
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 RETRYABLE_LOGIN = ("temporary-auth-failure", "policy-violation", "resource-constraint")
@@ -125,7 +126,7 @@ class Plan:
 
 # ---- schedule ------------------------------------------------------------------------
 
-def roster_pairs(by_node: dict[str, Sequence[str]], contacts: int = 20) -> set[frozenset[str]]:
+def roster_pairs(by_node: Mapping[str, Sequence[str]], contacts: int = 20) -> set[frozenset[str]]:
     """Mutual contact pairs: about `contacts` per user, half on its node, half on others.
 
     Same node: a ring of +-contacts/4 neighbours. Other node: user k of node A with
@@ -217,7 +218,7 @@ def downtime(round_trips: Sequence[float], fault_at: float) -> tuple[float, floa
 
 def switches(nodes_in_time_order: Sequence[str]) -> int:
     """How many times the serving node changed along a delivery sequence."""
-    return sum(1 for a, b in zip(nodes_in_time_order, nodes_in_time_order[1:]) if a != b)
+    return sum(1 for a, b in itertools.pairwise(nodes_in_time_order) if a != b)
 
 
 def went_back(nodes_in_time_order: Sequence[str]) -> bool:
@@ -336,7 +337,7 @@ class Ledger:
                 series[name][i] += 1 / step_s
         for s in self.sent.values():
             add("sent", s.at)
-        for msg_id, at in self.acked.items():
+        for at in self.acked.values():
             add("acked", at)
         for rx in self.received.values():
             add("delivered", min(r.at for r in rx))

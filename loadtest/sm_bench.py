@@ -16,8 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import re
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -59,7 +57,8 @@ async def measure(node, backup, messages: int, acked: int) -> dict[str, float]:
     pid = node.process.pid
     cpu0, t0, backup_cpu0 = cpu_s(pid), time.perf_counter(), cpu_s(backup.process.pid)
     reader = asyncio.ensure_future(alice_reader(alice, messages))
-    chunk = "".join(f"<message to='alice@example.test/phone' type='chat'><body>m{i}</body></message>" for i in range(100))
+    chunk = "".join(f"<message to='alice@example.test/phone' type='chat'><body>m{i}</body></message>"
+                    for i in range(100))
     for _ in range(messages // 100):
         await bob.send(chunk)
     await asyncio.wait_for(reader, 120)
@@ -68,7 +67,8 @@ async def measure(node, backup, messages: int, acked: int) -> dict[str, float]:
 
     t0 = time.perf_counter()
     for i in range(acked):
-        await alice.send(f"<message to='bob@example.test/desk' type='chat'><body>a{i}</body></message><r xmlns='{SM}'/>")
+        await alice.send(f"<message to='bob@example.test/desk' type='chat'><body>a{i}</body></message>"
+                         f"<r xmlns='{SM}'/>")
         await alice.expect(rf"<a xmlns='{SM}' h='{i + 1}'/>")
     rtt_ms = (time.perf_counter() - t0) / acked * 1000
     alice.close()

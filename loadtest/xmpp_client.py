@@ -23,8 +23,9 @@ import logging
 import ssl
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import cast
 from xml.sax.saxutils import escape, quoteattr
 
 import scramp
@@ -86,7 +87,7 @@ class StanzaReader:
 
     def restart(self) -> None:
         """Start a fresh XML document (after STARTTLS or SASL success, RFC 6120 §4.3.3)."""
-        self._parser = ET.XMLPullParser(events=("start", "end"))
+        self._parser: ET.XMLPullParser = ET.XMLPullParser(events=("start", "end"))
         self._depth = 0
         self._root: ET.Element | None = None
 
@@ -94,7 +95,9 @@ class StanzaReader:
         """Parse `data`; return the complete events it finished, in order."""
         self._parser.feed(data)
         out: list[StreamOpened | StreamClosed | ET.Element] = []
-        for event, elem in self._parser.read_events():
+        # only "start" and "end" were asked for: every event carries an element
+        events = cast(Iterator[tuple[str, ET.Element]], self._parser.read_events())
+        for event, elem in events:
             if event == "start":
                 self._depth += 1
                 if self._depth == 1:
@@ -138,7 +141,7 @@ def message_xml(to: str, body: str, id_: str | None = None) -> str:
 
 def stream_error(elem: ET.Element) -> XmppError:
     """The XmppError for a received <stream:error/> (with a see-other-host target)."""
-    cond = next((local_tag(c) for c in elem if not local_tag(c) == "text"), "?")
+    cond = next((local_tag(c) for c in elem if local_tag(c) != "text"), "?")
     other = None
     if cond == "see-other-host":
         other = next((c.text for c in elem if local_tag(c) == "see-other-host"), None)
@@ -213,8 +216,7 @@ class XmppClient:
         start = time.monotonic()
         try:
             await asyncio.wait_for(self._negotiate(), self.config.timeout_s)
-        except (OSError, asyncio.TimeoutError, ssl.SSLError, ET.ParseError,
-                scramp.ScramException) as exc:
+        except (TimeoutError, OSError, ssl.SSLError, ET.ParseError, scramp.ScramException) as exc:
             self.abort()
             raise XmppError(f"{type(exc).__name__}: {exc or 'no detail'}") from exc
         except XmppError:
@@ -242,6 +244,7 @@ class XmppClient:
     async def _open_stream(self) -> None:
         self._reader.restart()
         self._pending.clear()
+        assert self._tx is not None  # connected
         self._tx.write(stream_header(self.config.domain))
         while not isinstance(await self._next_event(), StreamOpened):
             pass
@@ -259,12 +262,14 @@ class XmppClient:
         self.send_raw(f"<starttls xmlns='{NS_TLS}'/>")
         if local_tag(await self._next_element()) != "proceed":
             raise XmppError("STARTTLS refused")
+        assert self._tx is not None  # connected
         await self._tx.start_tls(_tls_context(), server_hostname=self.config.domain)
         await self._open_stream()
 
     async def _authenticate(self) -> None:
         cfg = self.config
-        offered = {m.text for m in self.features.iter(f"{{{NS_SASL}}}mechanism")}
+        assert self.features is not None  # _open_stream read them
+        offered = {m.text or "" for m in self.features.iter(f"{{{NS_SASL}}}mechanism")}
         if cfg.mech not in offered:
             raise XmppError(f"mechanism {cfg.mech} not offered (offered: {sorted(offered)})")
         if cfg.mech == "PLAIN":
@@ -306,6 +311,7 @@ class XmppClient:
             f"<bind xmlns='{NS_BIND}'><resource>{res}</resource></bind>")
         jid = answer.find(f"{{{NS_BIND}}}bind/{{{NS_BIND}}}jid")
         self.jid = jid.text if jid is not None and jid.text else ""
+        assert self.features is not None  # _open_stream read them
         session = self.features.find(f"{{{NS_SESSION}}}session")
         if session is not None and session.find(f"{{{NS_SESSION}}}optional") is None:
             await self._negotiation_iq(f"<session xmlns='{NS_SESSION}'/>")
@@ -322,6 +328,7 @@ class XmppClient:
         return answer
 
     async def _next_event(self) -> StreamOpened | StreamClosed | ET.Element:
+        assert self._rx is not None  # connected
         while not self._pending:
             data = await self._rx.read(65536)
             if not data:
@@ -333,7 +340,9 @@ class XmppClient:
         event = await self._next_event()
         if isinstance(event, StreamClosed):
             raise XmppError("stream closed by server")
-        if isinstance(event, ET.Element) and event.tag == f"{{{NS_STREAM}}}error":
+        if isinstance(event, StreamOpened):
+            raise XmppError("unexpected stream header")
+        if event.tag == f"{{{NS_STREAM}}}error":
             raise stream_error(event)
         return event
 
@@ -452,7 +461,7 @@ class XmppClient:
         if self._task is not None:
             try:
                 await asyncio.wait_for(asyncio.shield(self._task), timeout_s)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 self._task.cancel()
         self.abort()
 

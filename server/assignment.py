@@ -78,20 +78,19 @@ def plan(
         return {user: (node if node in known else None) for user, node in current.items()}
     nodes = eligible_nodes(mode, groups)
     if not nodes:
-        return {user: None for user in current}
+        return dict.fromkeys(current)
     members: dict[str, list[str]] = {node: [] for node in nodes}
     homeless: list[str] = []
     for user in sorted(current):
         node = current[user]
-        (members[node] if node in members else homeless).append(user)
+        (homeless if node is None else members.get(node, homeless)).append(user)
     quota = quotas(nodes, len(current), {node: len(users) for node, users in members.items()})
     result: dict[str, str | None] = {}
     for node, users in members.items():
         result.update((user, node) for user in users[: quota[node]])
         homeless.extend(users[quota[node] :])
     free = [node for node in nodes for _ in range(quota[node] - len(members[node]))]
-    for user, node in zip(sorted(homeless), free, strict=True):
-        result[user] = node
+    result.update(zip(sorted(homeless), free, strict=True))
     return result
 
 

@@ -29,7 +29,7 @@ disable_created_metrics()  # the *_created series only add noise to a scrape
 class LoopCounter:
     """A monotonic counter of the event loop's thread (see the module rules)."""
 
-    __slots__ = ("name", "documentation", "value")
+    __slots__ = ("documentation", "name", "value")
 
     def __init__(self, name: str, documentation: str) -> None:
         self.name, self.documentation, self.value = name, documentation, 0
@@ -80,7 +80,8 @@ class Metrics:
         self.stanzas_out = LoopCounter("stanzas_out", "Stanzas sent to bound clients")
         r.register(_LoopCounters([self.stanzas_in, self.stanzas_out]))
         self.auth_failures = Counter("auth_failures", "Failed SASL authentication attempts", registry=r)
-        self.handler_errors = Counter("handler_errors", "Feature handler exceptions (internal-server-error)", registry=r)
+        self.handler_errors = Counter("handler_errors", "Feature handler exceptions (internal-server-error)",
+                                      registry=r)
         self.stream_errors = Counter("stream_errors", "Stream errors sent, by condition", ["condition"], registry=r)
         # Server Recovery Manager (server.srm.runner): SPEC §6 transitions and faults.
         self.srm_transitions = Counter(

@@ -18,185 +18,230 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = '0001'
+revision: str = "0001"
 down_revision: str | Sequence[str] | None = None
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    op.create_table('clusters',
-    sa.Column('id', sa.Integer(), nullable=False),
-    sa.Column('name', sa.String(length=128), nullable=False),
-    sa.Column('domain', sa.String(length=255), nullable=False),
-    sa.Column('secret', sa.String(length=128), nullable=False),
-    sa.Column('created_at', sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False),
-    sa.PrimaryKeyConstraint('id', name=op.f('pk_clusters')),
-    sa.UniqueConstraint('name', name=op.f('uq_clusters_name'))
+    op.create_table(
+        "clusters",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("name", sa.String(length=128), nullable=False),
+        sa.Column("domain", sa.String(length=255), nullable=False),
+        sa.Column("secret", sa.String(length=128), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_clusters")),
+        sa.UniqueConstraint("name", name=op.f("uq_clusters_name")),
     )
-    op.create_table('redundancy_groups',
-    sa.Column('id', sa.Integer(), nullable=False),
-    sa.Column('cluster_id', sa.Integer(), nullable=False),
-    sa.Column('name', sa.String(length=128), nullable=False),
-    sa.Column('description', sa.String(length=128), nullable=False),
-    sa.Column('ha_enabled', sa.Boolean(), nullable=False),
-    sa.Column('epoch', sa.BigInteger(), nullable=False),
-    sa.Column('created_at', sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False),
-    sa.ForeignKeyConstraint(['cluster_id'], ['clusters.id'], name=op.f('fk_redundancy_groups_cluster_id_clusters'), ondelete='CASCADE'),
-    sa.PrimaryKeyConstraint('id', name=op.f('pk_redundancy_groups')),
-    sa.UniqueConstraint('name', name=op.f('uq_redundancy_groups_name'))
+    op.create_table(
+        "redundancy_groups",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("cluster_id", sa.Integer(), nullable=False),
+        sa.Column("name", sa.String(length=128), nullable=False),
+        sa.Column("description", sa.String(length=128), nullable=False),
+        sa.Column("ha_enabled", sa.Boolean(), nullable=False),
+        sa.Column("epoch", sa.BigInteger(), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["cluster_id"], ["clusters.id"], name=op.f("fk_redundancy_groups_cluster_id_clusters"), ondelete="CASCADE"
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_redundancy_groups")),
+        sa.UniqueConstraint("name", name=op.f("uq_redundancy_groups_name")),
     )
-    op.create_table('nodes',
-    sa.Column('id', sa.Integer(), nullable=False),
-    sa.Column('cluster_id', sa.Integer(), nullable=False),
-    sa.Column('name', sa.String(length=128), nullable=False),
-    sa.Column('software_version', sa.String(length=64), nullable=False),
-    sa.Column('host', sa.String(length=255), nullable=False),
-    sa.Column('client_port', sa.Integer(), nullable=False),
-    sa.Column('srm_port', sa.Integer(), nullable=False),
-    sa.Column('admin_port', sa.Integer(), nullable=False),
-    sa.Column('link_port', sa.Integer(), nullable=False),
-    sa.Column('metrics_port', sa.Integer(), nullable=False),
-    sa.Column('group_id', sa.Integer(), nullable=True),
-    sa.Column('group_position', sa.Integer(), nullable=True),
-    sa.Column('created_at', sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False),
-    sa.ForeignKeyConstraint(['cluster_id'], ['clusters.id'], name=op.f('fk_nodes_cluster_id_clusters'), ondelete='CASCADE'),
-    sa.ForeignKeyConstraint(['group_id'], ['redundancy_groups.id'], name=op.f('fk_nodes_group_id_redundancy_groups'), ondelete='SET NULL'),
-    sa.PrimaryKeyConstraint('id', name=op.f('pk_nodes')),
-    sa.UniqueConstraint('name', name=op.f('uq_nodes_name'))
+    op.create_table(
+        "nodes",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("cluster_id", sa.Integer(), nullable=False),
+        sa.Column("name", sa.String(length=128), nullable=False),
+        sa.Column("software_version", sa.String(length=64), nullable=False),
+        sa.Column("host", sa.String(length=255), nullable=False),
+        sa.Column("client_port", sa.Integer(), nullable=False),
+        sa.Column("srm_port", sa.Integer(), nullable=False),
+        sa.Column("admin_port", sa.Integer(), nullable=False),
+        sa.Column("link_port", sa.Integer(), nullable=False),
+        sa.Column("metrics_port", sa.Integer(), nullable=False),
+        sa.Column("group_id", sa.Integer(), nullable=True),
+        sa.Column("group_position", sa.Integer(), nullable=True),
+        sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["cluster_id"], ["clusters.id"], name=op.f("fk_nodes_cluster_id_clusters"), ondelete="CASCADE"
+        ),
+        sa.ForeignKeyConstraint(
+            ["group_id"],
+            ["redundancy_groups.id"],
+            name=op.f("fk_nodes_group_id_redundancy_groups"),
+            ondelete="SET NULL",
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_nodes")),
+        sa.UniqueConstraint("name", name=op.f("uq_nodes_name")),
     )
-    op.create_table('ha_events',
-    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
-    sa.Column('node_id', sa.Integer(), nullable=False),
-    sa.Column('at', sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False),
-    sa.Column('from_state', sa.String(length=64), nullable=False),
-    sa.Column('to_state', sa.String(length=64), nullable=False),
-    sa.Column('reason', sa.String(length=64), nullable=False),
-    sa.Column('event', sa.String(length=255), nullable=False),
-    sa.ForeignKeyConstraint(['node_id'], ['nodes.id'], name=op.f('fk_ha_events_node_id_nodes'), ondelete='CASCADE'),
-    sa.PrimaryKeyConstraint('id', name=op.f('pk_ha_events'))
+    op.create_table(
+        "ha_events",
+        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
+        sa.Column("node_id", sa.Integer(), nullable=False),
+        sa.Column("at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False),
+        sa.Column("from_state", sa.String(length=64), nullable=False),
+        sa.Column("to_state", sa.String(length=64), nullable=False),
+        sa.Column("reason", sa.String(length=64), nullable=False),
+        sa.Column("event", sa.String(length=255), nullable=False),
+        sa.ForeignKeyConstraint(["node_id"], ["nodes.id"], name=op.f("fk_ha_events_node_id_nodes"), ondelete="CASCADE"),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_ha_events")),
     )
-    with op.batch_alter_table('ha_events', schema=None) as batch_op:
-        batch_op.create_index(batch_op.f('ix_ha_events_node_id'), ['node_id'], unique=False)
+    with op.batch_alter_table("ha_events", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_ha_events_node_id"), ["node_id"], unique=False)
 
-    op.create_table('node_ha_states',
-    sa.Column('node_id', sa.Integer(), nullable=False),
-    sa.Column('state', sa.String(length=64), nullable=False),
-    sa.Column('reason', sa.String(length=64), nullable=False),
-    sa.Column('since', sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False),
-    sa.Column('epoch', sa.BigInteger(), nullable=False),
-    sa.Column('alive_at', sa.DateTime(timezone=True), nullable=True),
-    sa.ForeignKeyConstraint(['node_id'], ['nodes.id'], name=op.f('fk_node_ha_states_node_id_nodes'), ondelete='CASCADE'),
-    sa.PrimaryKeyConstraint('node_id', name=op.f('pk_node_ha_states'))
+    op.create_table(
+        "node_ha_states",
+        sa.Column("node_id", sa.Integer(), nullable=False),
+        sa.Column("state", sa.String(length=64), nullable=False),
+        sa.Column("reason", sa.String(length=64), nullable=False),
+        sa.Column("since", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False),
+        sa.Column("epoch", sa.BigInteger(), nullable=False),
+        sa.Column("alive_at", sa.DateTime(timezone=True), nullable=True),
+        sa.ForeignKeyConstraint(
+            ["node_id"], ["nodes.id"], name=op.f("fk_node_ha_states_node_id_nodes"), ondelete="CASCADE"
+        ),
+        sa.PrimaryKeyConstraint("node_id", name=op.f("pk_node_ha_states")),
     )
-    op.create_table('parameters',
-    sa.Column('id', sa.Integer(), nullable=False),
-    sa.Column('cluster_id', sa.Integer(), nullable=False),
-    sa.Column('node_id', sa.Integer(), nullable=True),
-    sa.Column('kind', sa.String(length=16), nullable=False),
-    sa.Column('name', sa.String(length=64), nullable=False),
-    sa.Column('value', sa.String(length=255), nullable=False),
-    sa.ForeignKeyConstraint(['cluster_id'], ['clusters.id'], name=op.f('fk_parameters_cluster_id_clusters'), ondelete='CASCADE'),
-    sa.ForeignKeyConstraint(['node_id'], ['nodes.id'], name=op.f('fk_parameters_node_id_nodes'), ondelete='CASCADE'),
-    sa.PrimaryKeyConstraint('id', name=op.f('pk_parameters')),
-    sa.UniqueConstraint('cluster_id', 'node_id', 'name', name=op.f('uq_parameters_cluster_id'))
+    op.create_table(
+        "parameters",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("cluster_id", sa.Integer(), nullable=False),
+        sa.Column("node_id", sa.Integer(), nullable=True),
+        sa.Column("kind", sa.String(length=16), nullable=False),
+        sa.Column("name", sa.String(length=64), nullable=False),
+        sa.Column("value", sa.String(length=255), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["cluster_id"], ["clusters.id"], name=op.f("fk_parameters_cluster_id_clusters"), ondelete="CASCADE"
+        ),
+        sa.ForeignKeyConstraint(
+            ["node_id"], ["nodes.id"], name=op.f("fk_parameters_node_id_nodes"), ondelete="CASCADE"
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_parameters")),
+        sa.UniqueConstraint("cluster_id", "node_id", "name", name=op.f("uq_parameters_cluster_id")),
     )
-    op.create_table('users',
-    sa.Column('id', sa.Integer(), nullable=False),
-    sa.Column('cluster_id', sa.Integer(), nullable=False),
-    sa.Column('username', sa.String(length=255), nullable=False),
-    sa.Column('assigned_node_id', sa.Integer(), nullable=True),
-    sa.Column('active_node_id', sa.Integer(), nullable=True),
-    sa.Column('created_at', sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False),
-    sa.ForeignKeyConstraint(['active_node_id'], ['nodes.id'], name=op.f('fk_users_active_node_id_nodes'), ondelete='SET NULL'),
-    sa.ForeignKeyConstraint(['assigned_node_id'], ['nodes.id'], name=op.f('fk_users_assigned_node_id_nodes'), ondelete='SET NULL'),
-    sa.ForeignKeyConstraint(['cluster_id'], ['clusters.id'], name=op.f('fk_users_cluster_id_clusters'), ondelete='CASCADE'),
-    sa.PrimaryKeyConstraint('id', name=op.f('pk_users')),
-    sa.UniqueConstraint('cluster_id', 'username', name=op.f('uq_users_cluster_id'))
+    op.create_table(
+        "users",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("cluster_id", sa.Integer(), nullable=False),
+        sa.Column("username", sa.String(length=255), nullable=False),
+        sa.Column("assigned_node_id", sa.Integer(), nullable=True),
+        sa.Column("active_node_id", sa.Integer(), nullable=True),
+        sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["active_node_id"], ["nodes.id"], name=op.f("fk_users_active_node_id_nodes"), ondelete="SET NULL"
+        ),
+        sa.ForeignKeyConstraint(
+            ["assigned_node_id"], ["nodes.id"], name=op.f("fk_users_assigned_node_id_nodes"), ondelete="SET NULL"
+        ),
+        sa.ForeignKeyConstraint(
+            ["cluster_id"], ["clusters.id"], name=op.f("fk_users_cluster_id_clusters"), ondelete="CASCADE"
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_users")),
+        sa.UniqueConstraint("cluster_id", "username", name=op.f("uq_users_cluster_id")),
     )
-    with op.batch_alter_table('users', schema=None) as batch_op:
-        batch_op.create_index(batch_op.f('ix_users_active_node_id'), ['active_node_id'], unique=False)
-        batch_op.create_index(batch_op.f('ix_users_assigned_node_id'), ['assigned_node_id'], unique=False)
-        batch_op.create_index(batch_op.f('ix_users_username'), ['username'], unique=False)
+    with op.batch_alter_table("users", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_users_active_node_id"), ["active_node_id"], unique=False)
+        batch_op.create_index(batch_op.f("ix_users_assigned_node_id"), ["assigned_node_id"], unique=False)
+        batch_op.create_index(batch_op.f("ix_users_username"), ["username"], unique=False)
 
-    op.create_table('offline_messages',
-    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
-    sa.Column('user_id', sa.Integer(), nullable=False),
-    sa.Column('stanza', sa.Text(), nullable=False),
-    sa.Column('created_at', sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False),
-    sa.ForeignKeyConstraint(['user_id'], ['users.id'], name=op.f('fk_offline_messages_user_id_users'), ondelete='CASCADE'),
-    sa.PrimaryKeyConstraint('id', name=op.f('pk_offline_messages'))
+    op.create_table(
+        "offline_messages",
+        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
+        sa.Column("user_id", sa.Integer(), nullable=False),
+        sa.Column("stanza", sa.Text(), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["user_id"], ["users.id"], name=op.f("fk_offline_messages_user_id_users"), ondelete="CASCADE"
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_offline_messages")),
     )
-    with op.batch_alter_table('offline_messages', schema=None) as batch_op:
-        batch_op.create_index(batch_op.f('ix_offline_messages_user_id'), ['user_id'], unique=False)
+    with op.batch_alter_table("offline_messages", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_offline_messages_user_id"), ["user_id"], unique=False)
 
-    op.create_table('pending_subscriptions',
-    sa.Column('id', sa.Integer(), nullable=False),
-    sa.Column('user_id', sa.Integer(), nullable=False),
-    sa.Column('from_jid', sa.String(length=3071), nullable=False),
-    sa.Column('stanza', sa.Text(), nullable=False),
-    sa.Column('created_at', sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False),
-    sa.ForeignKeyConstraint(['user_id'], ['users.id'], name=op.f('fk_pending_subscriptions_user_id_users'), ondelete='CASCADE'),
-    sa.PrimaryKeyConstraint('id', name=op.f('pk_pending_subscriptions')),
-    sa.UniqueConstraint('user_id', 'from_jid', name=op.f('uq_pending_subscriptions_user_id'))
+    op.create_table(
+        "pending_subscriptions",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("user_id", sa.Integer(), nullable=False),
+        sa.Column("from_jid", sa.String(length=3071), nullable=False),
+        sa.Column("stanza", sa.Text(), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["user_id"], ["users.id"], name=op.f("fk_pending_subscriptions_user_id_users"), ondelete="CASCADE"
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_pending_subscriptions")),
+        sa.UniqueConstraint("user_id", "from_jid", name=op.f("uq_pending_subscriptions_user_id")),
     )
-    op.create_table('presence_records',
-    sa.Column('user_id', sa.Integer(), nullable=False),
-    sa.Column('resource', sa.String(length=1023), nullable=False),
-    sa.Column('node_id', sa.Integer(), nullable=True),
-    sa.Column('priority', sa.Integer(), nullable=False),
-    sa.Column('stanza', sa.Text(), nullable=False),
-    sa.Column('updated_at', sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False),
-    sa.ForeignKeyConstraint(['node_id'], ['nodes.id'], name=op.f('fk_presence_records_node_id_nodes'), ondelete='SET NULL'),
-    sa.ForeignKeyConstraint(['user_id'], ['users.id'], name=op.f('fk_presence_records_user_id_users'), ondelete='CASCADE'),
-    sa.PrimaryKeyConstraint('user_id', 'resource', name=op.f('pk_presence_records'))
+    op.create_table(
+        "presence_records",
+        sa.Column("user_id", sa.Integer(), nullable=False),
+        sa.Column("resource", sa.String(length=1023), nullable=False),
+        sa.Column("node_id", sa.Integer(), nullable=True),
+        sa.Column("priority", sa.Integer(), nullable=False),
+        sa.Column("stanza", sa.Text(), nullable=False),
+        sa.Column("updated_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["node_id"], ["nodes.id"], name=op.f("fk_presence_records_node_id_nodes"), ondelete="SET NULL"
+        ),
+        sa.ForeignKeyConstraint(
+            ["user_id"], ["users.id"], name=op.f("fk_presence_records_user_id_users"), ondelete="CASCADE"
+        ),
+        sa.PrimaryKeyConstraint("user_id", "resource", name=op.f("pk_presence_records")),
     )
-    op.create_table('roster_items',
-    sa.Column('id', sa.Integer(), nullable=False),
-    sa.Column('user_id', sa.Integer(), nullable=False),
-    sa.Column('contact_jid', sa.String(length=3071), nullable=False),
-    sa.Column('name', sa.String(length=1023), nullable=True),
-    sa.Column('subscription', sa.String(length=8), nullable=False),
-    sa.Column('ask_subscribe', sa.Boolean(), nullable=False),
-    sa.Column('approved', sa.Boolean(), nullable=False),
-    sa.Column('groups', sa.Text(), nullable=False),
-    sa.ForeignKeyConstraint(['user_id'], ['users.id'], name=op.f('fk_roster_items_user_id_users'), ondelete='CASCADE'),
-    sa.PrimaryKeyConstraint('id', name=op.f('pk_roster_items')),
-    sa.UniqueConstraint('user_id', 'contact_jid', name=op.f('uq_roster_items_user_id'))
+    op.create_table(
+        "roster_items",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("user_id", sa.Integer(), nullable=False),
+        sa.Column("contact_jid", sa.String(length=3071), nullable=False),
+        sa.Column("name", sa.String(length=1023), nullable=True),
+        sa.Column("subscription", sa.String(length=8), nullable=False),
+        sa.Column("ask_subscribe", sa.Boolean(), nullable=False),
+        sa.Column("approved", sa.Boolean(), nullable=False),
+        sa.Column("groups", sa.Text(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["user_id"], ["users.id"], name=op.f("fk_roster_items_user_id_users"), ondelete="CASCADE"
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_roster_items")),
+        sa.UniqueConstraint("user_id", "contact_jid", name=op.f("uq_roster_items_user_id")),
     )
-    op.create_table('user_credentials',
-    sa.Column('user_id', sa.Integer(), nullable=False),
-    sa.Column('mechanism', sa.String(length=32), nullable=False),
-    sa.Column('salt', sa.LargeBinary(), nullable=False),
-    sa.Column('iterations', sa.Integer(), nullable=False),
-    sa.Column('stored_key', sa.LargeBinary(), nullable=False),
-    sa.Column('server_key', sa.LargeBinary(), nullable=False),
-    sa.ForeignKeyConstraint(['user_id'], ['users.id'], name=op.f('fk_user_credentials_user_id_users'), ondelete='CASCADE'),
-    sa.PrimaryKeyConstraint('user_id', 'mechanism', name=op.f('pk_user_credentials'))
+    op.create_table(
+        "user_credentials",
+        sa.Column("user_id", sa.Integer(), nullable=False),
+        sa.Column("mechanism", sa.String(length=32), nullable=False),
+        sa.Column("salt", sa.LargeBinary(), nullable=False),
+        sa.Column("iterations", sa.Integer(), nullable=False),
+        sa.Column("stored_key", sa.LargeBinary(), nullable=False),
+        sa.Column("server_key", sa.LargeBinary(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["user_id"], ["users.id"], name=op.f("fk_user_credentials_user_id_users"), ondelete="CASCADE"
+        ),
+        sa.PrimaryKeyConstraint("user_id", "mechanism", name=op.f("pk_user_credentials")),
     )
 
 
 def downgrade() -> None:
-    op.drop_table('user_credentials')
-    op.drop_table('roster_items')
-    op.drop_table('presence_records')
-    op.drop_table('pending_subscriptions')
-    with op.batch_alter_table('offline_messages', schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f('ix_offline_messages_user_id'))
+    op.drop_table("user_credentials")
+    op.drop_table("roster_items")
+    op.drop_table("presence_records")
+    op.drop_table("pending_subscriptions")
+    with op.batch_alter_table("offline_messages", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_offline_messages_user_id"))
 
-    op.drop_table('offline_messages')
-    with op.batch_alter_table('users', schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f('ix_users_username'))
-        batch_op.drop_index(batch_op.f('ix_users_assigned_node_id'))
-        batch_op.drop_index(batch_op.f('ix_users_active_node_id'))
+    op.drop_table("offline_messages")
+    with op.batch_alter_table("users", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_users_username"))
+        batch_op.drop_index(batch_op.f("ix_users_assigned_node_id"))
+        batch_op.drop_index(batch_op.f("ix_users_active_node_id"))
 
-    op.drop_table('users')
-    op.drop_table('parameters')
-    op.drop_table('node_ha_states')
-    with op.batch_alter_table('ha_events', schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f('ix_ha_events_node_id'))
+    op.drop_table("users")
+    op.drop_table("parameters")
+    op.drop_table("node_ha_states")
+    with op.batch_alter_table("ha_events", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_ha_events_node_id"))
 
-    op.drop_table('ha_events')
-    op.drop_table('nodes')
-    op.drop_table('redundancy_groups')
-    op.drop_table('clusters')
+    op.drop_table("ha_events")
+    op.drop_table("nodes")
+    op.drop_table("redundancy_groups")
+    op.drop_table("clusters")

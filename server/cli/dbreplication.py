@@ -78,6 +78,7 @@ def runtimestate(db_url: str, replicas: tuple[str, ...]) -> None:
         )
     echo_table(
         ("node", "replication setup", "last seen in database"),
-        [(n.node, n.setup_value, n.last_seen.isoformat(timespec="seconds") if n.last_seen else None) for n in report.nodes],
+        [(n.node, n.setup_value, n.last_seen.isoformat(timespec="seconds") if n.last_seen else None)
+         for n in report.nodes],
     )
     _finish(report)

@@ -175,7 +175,8 @@ def node_list(db_url: str) -> None:
                     p.link_port, p.metrics_port, n.software_version,
                     f"{state.state} / {state.reason}" if state else "never started",
                 ))
-        echo_table(("node", "group", "pos", "host", "client", "srm", "admin", "link", "metrics", "version", "HA state"), rows)
+        echo_table(("node", "group", "pos", "host", "client", "srm", "admin", "link", "metrics", "version",
+                    "HA state"), rows)
 
     run(go())
 
@@ -196,7 +197,8 @@ async def _rebalance_after_change(session) -> str:
 @group_group.command("add")
 @click.argument("name")
 @click.option("--description", default="", help='At most 128 characters, none of " % & \\ < >.')
-@click.option("--node", "node_names", multiple=True, required=True, help="A member node; give one or two (first = primary).")
+@click.option("--node", "node_names", multiple=True, required=True,
+              help="A member node; give one or two (first = primary).")
 @db_options
 def group_add(db_url: str, name: str, description: str, node_names: tuple[str, ...]) -> None:
     """Create group NAME of one node or a pair, with HA off; rebalance users."""

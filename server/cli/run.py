@@ -63,8 +63,10 @@ def node_command(*args: str) -> list[str]:
 @click.option("--db", "db_url", metavar="URL", help="Database URL (else $PRESENCE_HA_DB, config, --data-dir).")
 @click.option("--data-dir", type=click.Path(file_okay=False), help="Data directory (SQLite file, TLS files).")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False, exists=True), help="TOML config file.")
-@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a config key, e.g. limits.auth_timeout_s=5.")
-def node_run(node_name: str | None, db_url: str | None, data_dir: str | None, config_file: str | None, sets: tuple[str, ...]) -> None:
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="Override a config key, e.g. limits.auth_timeout_s=5.")
+def node_run(node_name: str | None, db_url: str | None, data_dir: str | None, config_file: str | None,
+             sets: tuple[str, ...]) -> None:
     """Run node NAME: serve XMPP clients until SIGTERM/SIGINT, then shut down gracefully."""
     flags = {"node_name": node_name, "db_url": db_url, "data_dir": data_dir}
     try:
@@ -99,7 +101,8 @@ def node_metrics(db_url: str, name: str) -> None:
         raise click.ClickException(f"node {name} metrics unreachable at {url}: {exc}") from exc
 
 
-async def provision_demo(db_url: str, domain: str, base_port: int, node_names: list[str], user_count: int) -> dict[str, str]:
+async def provision_demo(db_url: str, domain: str, base_port: int, node_names: list[str],
+                         user_count: int) -> dict[str, str]:
     """Create the schema, cluster, nodes, groups of two (HA on for pairs) and demo users."""
     await schema.upgrade(db_url)
     async with open_session(db_url) as session:
@@ -158,9 +161,11 @@ def stop_processes(processes: list[subprocess.Popen]) -> None:
 
 
 @click.command("up")
-@click.option("--data-dir", required=True, type=click.Path(file_okay=False), help="Where the database, TLS files and logs go.")
+@click.option("--data-dir", required=True, type=click.Path(file_okay=False),
+              help="Where the database, TLS files and logs go.")
 @click.option("--db", "db_url", metavar="URL", help="Use this database instead of DIR's SQLite file.")
-@click.option("--base-port", type=int, default=nodes.DEFAULT_BASE_PORT, show_default=True, help="First node's client port.")
+@click.option("--base-port", type=int, default=nodes.DEFAULT_BASE_PORT, show_default=True,
+              help="First node's client port.")
 @click.option("--users", "user_count", type=click.IntRange(0, 100_000), default=10, show_default=True)
 @click.option("--domain", default="localhost", show_default=True, help="XMPP domain of the cluster.")
 @click.option("--nodes", "node_count", type=click.IntRange(1, 64), default=2, show_default=True,
@@ -346,7 +351,7 @@ def _print_welcome(domain: str, infos: list[nodes.NodeInfo], passwords: dict[str
         click.echo(f"service address: {service[0]}:{service[1]} (HAProxy; dial this one: it leads to a live node)")
     for info in infos:
         click.echo(f"node {info.name}: client {info.host}:{info.ports.client_port}, metrics :{info.ports.metrics_port}")
-    for username, password in list(sorted(passwords.items()))[:5]:
+    for username, password in sorted(passwords.items())[:5]:
         click.echo(f"  {username}@{domain}  password {password}")
     if len(passwords) > 5:
         click.echo(f"  ... {len(passwords) - 5} more in {directory / 'cluster.json'}")

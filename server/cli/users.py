@@ -85,7 +85,7 @@ def _read_csv(path: str) -> list[tuple[str, str]]:
     rows = []
     with open(path, newline="", encoding="utf-8") as handle:
         for number, row in enumerate(csv.reader(handle), start=1):
-            if not row or number == 1 and [c.strip().lower() for c in row] == ["username", "password"]:
+            if not row or (number == 1 and [c.strip().lower() for c in row] == ["username", "password"]):
                 continue
             if len(row) != 2:
                 raise click.ClickException(f"{path} line {number}: expected username,password")

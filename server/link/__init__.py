@@ -7,11 +7,25 @@ Layout: `frames.py` (wire format), `state.py` (per-peer state across reconnects)
 
 from presence_ha.server.link.connection import LinkClient, LinkClosed, LinkOptions, LinkServer
 from presence_ha.server.link.frames import Kind
-from presence_ha.server.link.protocol import (AckReceived, FrameReceived, HandshakeComplete,
-                                  LinkConnection, ProtocolFailed, Role)
+from presence_ha.server.link.protocol import (
+    AckReceived,
+    FrameReceived,
+    HandshakeComplete,
+    LinkConnection,
+    ProtocolFailed,
+    Role,
+)
 from presence_ha.server.link.state import LinkConfig, LocalProtocolError, PeerLinks
-from presence_ha.server.link.status import (LinkCrashed, LinkRejected, LinkUp, PeerClosed, PeerRefused,
-                                PeerRestarted, PeerSilent, PeerUnreachable)
+from presence_ha.server.link.status import (
+    LinkCrashed,
+    LinkRejected,
+    LinkUp,
+    PeerClosed,
+    PeerRefused,
+    PeerRestarted,
+    PeerSilent,
+    PeerUnreachable,
+)
 
 __all__ = [
     "AckReceived", "FrameReceived", "HandshakeComplete", "Kind", "LinkClient", "LinkClosed",

@@ -15,5 +15,5 @@ def backoff_delay(attempt: int, initial_s: float, max_s: float, rng: random.Rand
     """Seconds to wait before retry number `attempt` (0 = the first retry)."""
     if attempt < 0 or initial_s <= 0 or max_s < initial_s:
         raise ValueError("need attempt >= 0 and 0 < initial_s <= max_s")
-    ceiling = min(max_s, initial_s * 2 ** min(attempt, 60))
+    ceiling = min(max_s, initial_s * 2.0 ** min(attempt, 60))
     return ceiling / 2 + rng.uniform(0, ceiling / 2)

@@ -18,6 +18,7 @@ import logging
 import os
 import random
 import ssl as ssl_lib
+from collections.abc import Callable
 
 from presence_ha.server.link import status as st
 from presence_ha.server.link.backoff import backoff_delay
@@ -50,7 +51,10 @@ class LinkServer(Endpoint):
 
     @property
     def port(self) -> int:
-        return self._server.sockets[0].getsockname()[1]
+        if self._server is None:
+            raise RuntimeError("the link server is not started")
+        port: int = self._server.sockets[0].getsockname()[1]
+        return port
 
     @property
     def peers_up(self) -> frozenset[str]:
@@ -84,15 +88,20 @@ class LinkServer(Endpoint):
         task.add_done_callback(self._tasks.discard)
 
     async def _serve_and_report(self, wire: Wire) -> None:
+        assert wire.conn is not None  # called from connection_made
         self._report_down(wire.conn, await self._serve(wire.conn))
 
 
 class _Accepted(Wire):
     """An accepted connection: served by a task of its own."""
 
+    def __init__(self, server: LinkServer, make_core: Callable[[], LinkConnection], peer: str | None) -> None:
+        super().__init__(server, make_core, peer)
+        self._server = server
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        self._endpoint._serve_accepted(self)
+        self._server._serve_accepted(self)
 
 
 class LinkClient(Endpoint):
@@ -166,4 +175,5 @@ class LinkClient(Endpoint):
             return None, st.LinkRejected(self._peer, f"TLS: {exc!r}")
         except OSError as exc:
             return None, st.PeerUnreachable(self._peer, repr(exc))
+        assert wire.conn is not None  # the connection is made
         return wire.conn, await self._serve(wire.conn)

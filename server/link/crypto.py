@@ -30,7 +30,7 @@ class FrameTag:
             raise ValueError(f"a frame key must be 1-{hashlib.blake2b.MAX_KEY_SIZE} bytes")
         self._keyed = hashlib.blake2b(key=key, digest_size=TAG_LEN)
 
-    def tag(self, counter: int, body: bytes, more: bytes = b"") -> bytes:
+    def tag(self, counter: int, body: bytes | memoryview, more: bytes = b"") -> bytes:
         """The tag of frame number `counter` whose body is `body + more` (fixed arity:
         a loop over parts cost a third more)."""
         h = self._keyed.copy()

@@ -46,9 +46,17 @@ from dataclasses import dataclass
 
 from presence_ha.server.link import status as st
 from presence_ha.server.link.frames import Kind
-from presence_ha.server.link.protocol import (AckOwed, AckReceived, DelayedAck, FrameReceived,
-                                  HandshakeComplete, Keepalive, LinkConnection, Message,
-                                  ProtocolFailed)
+from presence_ha.server.link.protocol import (
+    AckOwed,
+    AckReceived,
+    DelayedAck,
+    FrameReceived,
+    HandshakeComplete,
+    Keepalive,
+    LinkConnection,
+    Message,
+    ProtocolFailed,
+)
 from presence_ha.server.link.state import WITHDRAWN, LinkConfig, PeerLinks
 
 log = logging.getLogger(__name__)
@@ -82,8 +90,21 @@ class LinkOptions:
 
 
 class Conn:
-    __slots__ = ("transport", "core", "peer", "up", "replaced", "pending", "ack_timer", "watch", "last_rx",
-                 "last_tx", "opened", "rest", "done")
+    __slots__ = (
+        "ack_timer",
+        "core",
+        "done",
+        "last_rx",
+        "last_tx",
+        "opened",
+        "peer",
+        "pending",
+        "replaced",
+        "rest",
+        "transport",
+        "up",
+        "watch",
+    )
 
     def __init__(self, transport: asyncio.Transport, core: LinkConnection, peer: str | None) -> None:
         self.transport, self.core, self.peer = transport, core, peer
@@ -98,7 +119,8 @@ class Conn:
         self.done: asyncio.Future[st.LinkDown] = loop.create_future()  # why it ended
 
     @property
-    def name(self) -> str:
+    def name(self) -> str | None:
+        """The peer's name; None while an accepted connection has not heard it."""
         return self.peer or self.core.peer_name
 
     def end(self, down: st.LinkDown) -> None:
@@ -118,9 +140,11 @@ class Wire(asyncio.Protocol):
         self._endpoint._open(self.conn)
 
     def data_received(self, data: bytes) -> None:
+        assert self.conn is not None  # connection_made came first
         self._endpoint._received(self.conn, data)
 
     def eof_received(self) -> bool:
+        assert self.conn is not None  # connection_made came first
         self.conn.end(st.PeerClosed(self.conn.name, "end of stream"))
         return False
 
@@ -187,7 +211,9 @@ class Endpoint:
 
     def _heartbeat(self, peer: str, payload: bytes) -> bool:
         conn = self._current.get(peer)
-        data = conn.core.send(Message(Kind.HEARTBEAT, payload)) if conn else b""
+        if conn is None:
+            return False
+        data = conn.core.send(Message(Kind.HEARTBEAT, payload))
         self._write(conn, data)
         return bool(data)
 
@@ -255,7 +281,7 @@ class Endpoint:
                 if timer is not None:
                     timer.cancel()
             self._conns.discard(conn)
-            if self._current.get(conn.peer) is conn:
+            if conn.peer is not None and self._current.get(conn.peer) is conn:
                 del self._current[conn.peer]
             self._flush(conn)
             conn.transport.close()  # flushes a final ERROR frame, if any
@@ -313,6 +339,7 @@ class Endpoint:
         started = False
         for event in conn.core.events():
             if isinstance(event, FrameReceived):
+                assert conn.peer is not None  # set on HandshakeComplete, which comes first
                 if event.payload or event.kind is not WITHDRAWN[0]:  # not WITHDRAWN (state.py)
                     work = self._on_frame(conn.peer, event.kind, event.payload)
                     if work is not None:
@@ -320,6 +347,7 @@ class Endpoint:
                         if isinstance(work, asyncio.Future) and event.seq:
                             self._hold(conn.peer, event.seq, work)
             elif isinstance(event, AckReceived):
+                assert conn.peer is not None  # set on HandshakeComplete, which comes first
                 self._wake(conn.peer)
             elif isinstance(event, AckOwed):
                 if conn.ack_timer is None:

@@ -251,6 +251,7 @@ def encode_ack(ack: int) -> bytes:
 def decode_ack(body: bytes) -> int:
     if len(body) != _ACK.size:
         raise FrameError("bad ACK length")
+    ack: int
     _, ack = _ACK.unpack(body)
     _check_seq(ack)
     return ack

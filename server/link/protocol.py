@@ -162,7 +162,7 @@ class LinkConnection:
         self._owed = 0  # messages received (or duplicates) since our last ack went out
         self._sent_upto = 0  # last sequence number sealed on this connection
         self._state = ConnState.AWAITING_HELLO
-        if role is Role.INITIATOR:
+        if role is Role.INITIATOR and expected_peer is not None:  # checked above
             self._start_initiator(expected_peer)
 
     # -- readable state -------------------------------------------------------------
@@ -181,7 +181,8 @@ class LinkConnection:
             return
         reader = self._reader
         reader.feed(data)
-        while self._state is not ConnState.FAILED:
+        # the handlers called below may fail the connection: mypy keeps the narrowing above
+        while self._state is not ConnState.FAILED:  # type: ignore[comparison-overlap]
             try:
                 span = reader.next_span()
                 if span is None:
@@ -251,7 +252,9 @@ class LinkConnection:
             return out + self._seal_ack() if self._owed else out
         if len(msg.payload) > self._cfg.max_payload:
             raise LocalProtocolError("heartbeat payload too large")
-        return self._seal(f.encode_data(0, self._peer.ack_upto, msg.kind, msg.payload))
+        peer = self._peer
+        assert peer is not None  # _is_current
+        return self._seal(f.encode_data(0, peer.ack_upto, msg.kind, msg.payload))
 
     # -- handshake --------------------------------------------------------------------
     def _start_initiator(self, peer_name: str) -> None:
@@ -299,6 +302,7 @@ class LinkConnection:
         if not hmac.compare_digest(expected, auth.proof):
             raise _Refused("peer failed authentication (wrong cluster secret?)")
         hello = self._peer_hello
+        assert hello is not None  # AUTH is accepted only after our answer to a HELLO
         self._commit(hello.session_id, hello.first_unacked, auth.recv_seq)
         self._establish(body, hello.session_id)
 
@@ -315,12 +319,14 @@ class LinkConnection:
 
     def _recv_after_adopt(self, peer_session: bytes, peer_first_unacked: int) -> int:
         peer = self._peer
+        assert peer is not None  # named by our HELLO or theirs
         if peer.peer_session_id == peer_session:
             return peer.ack_upto  # the peer sends again what is not processed; duplicates are dropped
         return peer_first_unacked - 1
 
     def _commit(self, peer_session: bytes, peer_first_unacked: int, their_recv: int) -> None:
         """Adopt the peer's session and its report of our stream; checks come first."""
+        assert self._peer is not None  # named by our HELLO or theirs
         peer = self._peer = self._links.get(self._peer.name)  # may be registered by now
         if (peer.peer_session_id, peer.first_unacked) != self._snapshot:
             raise _Refused("link state changed during the handshake; retry")
@@ -346,6 +352,7 @@ class LinkConnection:
         self._send_tag, self._recv_tag = FrameTag(send), FrameTag(recv)
         self._state = ConnState.ESTABLISHED
         peer = self._peer
+        assert peer is not None  # set by _commit
         self._events.append(HandshakeComplete(peer.name, peer_session, self._restarted))
         self._apply_ack(self._their_recv)
         self._sent_upto = peer.first_unacked - 1
@@ -358,6 +365,7 @@ class LinkConnection:
         self._require_current()
         self._apply_ack(ack)
         peer = self._peer
+        assert peer is not None  # DATA is accepted only once established
         if (seq == 0) != (kind is Kind.HEARTBEAT):
             raise FrameError("HEARTBEAT frames, and only they, have seq 0")
         if kind is Kind.HEARTBEAT:
@@ -381,6 +389,7 @@ class LinkConnection:
 
     def _apply_ack(self, ack: int) -> None:
         peer = self._peer
+        assert peer is not None  # acks arrive once established
         if ack > peer.last_seq:
             raise FrameError(f"ack {ack} for a message never sent (last {peer.last_seq})")
         if peer.unacked and peer.unacked[0][0] <= ack:
@@ -402,6 +411,7 @@ class LinkConnection:
     def _flush_new(self) -> bytes:
         """Seal every buffered message not yet sent on this connection, in order."""
         peer, start = self._peer, self._sent_upto
+        assert peer is not None  # called only while current
         if start >= peer.last_seq:
             return b""
         self._sent_upto = peer.last_seq
@@ -418,15 +428,20 @@ class LinkConnection:
         return b"".join([self._seal_data(seq, ack, kind, payload) for seq, kind, payload in batch])
 
     def _is_current(self) -> bool:
-        return self._state is ConnState.ESTABLISHED and self._peer.epoch == self._epoch
+        peer = self._peer
+        return self._state is ConnState.ESTABLISHED and peer is not None and peer.epoch == self._epoch
 
     def _require_current(self) -> None:
-        if self._peer.epoch != self._epoch:
+        peer = self._peer
+        assert peer is not None  # called only once established
+        if peer.epoch != self._epoch:
             raise _Refused("superseded by a newer connection from the same peer")
 
     def _seal_ack(self) -> bytes:
         self._owed = 0
-        return self._seal(f.encode_ack(self._peer.ack_upto))
+        peer = self._peer
+        assert peer is not None  # acks are sealed only while current
+        return self._seal(f.encode_ack(peer.ack_upto))
 
     def _seal_data(self, seq: int, ack: int, kind: int, payload: bytes) -> bytes:
         """`_seal(encode_data(...))` with one copy of the payload."""

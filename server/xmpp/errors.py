@@ -124,9 +124,11 @@ def error_reply(stanza: ET.Element, error: StanzaError) -> ET.Element:
     """The error stanza answering `stanza` (RFC 6120 §8.3.1): addresses swapped."""
     reply = ET.Element(stanza.tag, {"type": "error"})
     for src, dst in (("from", "to"), ("to", "from")):
-        if stanza.get(src):
-            reply.set(dst, stanza.get(src))
-    if stanza.get("id") is not None:
-        reply.set("id", stanza.get("id"))
+        address = stanza.get(src)
+        if address:
+            reply.set(dst, address)
+    stanza_id = stanza.get("id")
+    if stanza_id is not None:
+        reply.set("id", stanza_id)
     reply.append(error.to_element())
     return reply

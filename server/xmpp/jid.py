@@ -9,7 +9,6 @@ given (NFC). Each part is at most 1023 bytes (RFC 7622 §3.1).
 from __future__ import annotations
 
 import functools
-
 import unicodedata
 from dataclasses import dataclass, field
 
@@ -27,7 +26,8 @@ def _check_part(value: str, what: str) -> None:
         raise InvalidJid(f"empty {what}")
     # ASCII fast path (JID parsing is on every routed stanza): there the only forbidden
     # characters are the controls (Cc: not printable) and, outside a resource, U+0020.
-    if value.isascii() and len(value) <= MAX_PART_BYTES and value.isprintable() and (what == "resource" or " " not in value):
+    if (value.isascii() and len(value) <= MAX_PART_BYTES and value.isprintable()
+            and (what == "resource" or " " not in value)):
         return
     if len(value.encode("utf-8")) > MAX_PART_BYTES:
         raise InvalidJid(f"{what} longer than {MAX_PART_BYTES} bytes")

@@ -129,7 +129,7 @@ class Negotiation:
     # -- features ---------------------------------------------------------------
     def mechanisms(self) -> list[str]:
         offered = list(sasl.SCRAM_MECHANISMS)
-        return offered + [sasl.PLAIN] if self.tls_active else offered
+        return [*offered, sasl.PLAIN] if self.tls_active else offered
 
     def _features(self) -> ET.Element:
         features = ET.Element(f"{{{NS_STREAM}}}features")
@@ -159,7 +159,8 @@ class Negotiation:
             self._fail_auth(None, mechanism, sasl.SaslCondition.MALFORMED_REQUEST, "an exchange is in progress")
             return
         if mechanism not in self.mechanisms():
-            condition = sasl.SaslCondition.ENCRYPTION_REQUIRED if mechanism == sasl.PLAIN else sasl.SaslCondition.INVALID_MECHANISM
+            condition = (sasl.SaslCondition.ENCRYPTION_REQUIRED if mechanism == sasl.PLAIN
+                         else sasl.SaslCondition.INVALID_MECHANISM)
             self._fail_auth(None, mechanism, condition, None)
             return
         nonce = f"{self.rng.getrandbits(192):048x}"
@@ -258,7 +259,8 @@ class Negotiation:
     # -- XEP-0077 in-band registration (before authentication) ---------------------
     def _on_preauth_iq(self, iq: ET.Element) -> None:
         payload = iq[0] if len(iq) == 1 else None
-        if not self.settings.registration_enabled or not self.tls_active or payload is None or payload.tag != f"{{{NS_REGISTER}}}query":
+        if (not self.settings.registration_enabled or not self.tls_active or payload is None
+                or payload.tag != f"{{{NS_REGISTER}}}query"):
             self.close(StreamError(StreamCondition.NOT_AUTHORIZED, "authenticate first"))
             return
         if iq.get("type") == "get":

@@ -28,8 +28,9 @@ from __future__ import annotations
 import re
 import xml.etree.ElementTree as ET
 import xml.parsers.expat as expat
-from xml.sax.saxutils import quoteattr
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from xml.sax.saxutils import quoteattr
 
 from presence_ha.server.xmpp.errors import StreamCondition, StreamError
 from presence_ha.server.xmpp.stanzas import MAX_DEPTH, NS_CLIENT, NS_STREAM
@@ -85,7 +86,7 @@ def _restricted(what: str) -> StreamError:
     return StreamError(StreamCondition.RESTRICTED_XML, f"{what} not allowed in XMPP (RFC 6120 §11.1)")
 
 
-def _refusing(what: str):
+def _refusing(what: str) -> Callable[..., None]:
     def handler(*_args: object) -> None:
         raise _restricted(what)  # propagates out of expat's Parse() into _feed_slice
     return handler
@@ -239,16 +240,19 @@ class StreamParser:
         self._depth += 1
         if self._depth == 1:
             self._header_open = True
+            assert self._parser is not None  # expat is calling us
             written = _QNAME.match(self._parser.GetInputContext() or b"")
             if written is not None:
                 self._root_qname = written.group(1)
-            self._events.append(HeaderParsed(clark(name), {clark(k): v for k, v in attrs.items()}, self._pending_default_ns))
+            header_attrs = {clark(k): v for k, v in attrs.items()}
+            self._events.append(HeaderParsed(clark(name), header_attrs, self._pending_default_ns))
             return
         attrib = {clark(k): v for k, v in attrs.items()}
         if self._depth > MAX_DEPTH:
             self._fail(StreamError(StreamCondition.POLICY_VIOLATION, f"elements nested deeper than {MAX_DEPTH}"))
         if self._depth == 2:
             self._builder = ET.TreeBuilder()
+            assert self._parser is not None  # expat is calling us
             self._element_start = self._parser.CurrentByteIndex
         assert self._builder is not None
         self._builder.start(clark(name), attrib)
@@ -261,6 +265,7 @@ class StreamParser:
         assert self._builder is not None
         self._builder.end(clark(name))
         if self._depth == 1:
+            assert self._parser is not None  # expat is calling us
             self._last_close = self._parser.CurrentByteIndex
             size = self._last_close - self._element_start
             if size > self.max_element_bytes:

@@ -65,10 +65,23 @@ class _Stage(enum.Enum):
 class StoredKeys(Protocol):
     """What the database keeps per user and hash (db.users.ScramCredentials)."""
 
-    salt: bytes
-    iterations: int
-    stored_key: bytes
-    server_key: bytes
+    @property
+    def salt(self) -> bytes: ...
+    @property
+    def iterations(self) -> int: ...
+    @property
+    def stored_key(self) -> bytes: ...
+    @property
+    def server_key(self) -> bytes: ...
+
+
+class _ScramServer(Protocol):
+    """The part of scramp's ScramServer used here (scramp ships no type information)."""
+
+    def set_client_first(self, client_first: str) -> None: ...
+    def get_server_first(self) -> str: ...
+    def set_client_final(self, client_final: str) -> None: ...
+    def get_server_final(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -182,9 +195,10 @@ def salted_password(password: bytes, salt: bytes, iterations: int) -> bytes:
 
 def _prepared(password: str) -> bytes | None:
     try:
-        return saslprep(password).encode("utf-8")
+        prepared: str = saslprep(password)
     except ScramException:
         return None
+    return prepared.encode("utf-8")
 
 
 def salted_matches(salted: bytes, keys: StoredKeys) -> bool:
@@ -212,7 +226,7 @@ class SaslExchange:
         self._username: str | None = None
         self._known_user = False
         self._payload = b""  # client-first (SCRAM) or the PLAIN message
-        self._server = None
+        self._server: _ScramServer | None = None
         self._keys: StoredKeys | None = None  # PLAIN: the keys the derivation is checked against
         self._stage = _Stage.START
 
@@ -230,6 +244,7 @@ class SaslExchange:
         return Failed(SaslCondition.MALFORMED_REQUEST, "unexpected response")
 
     def _first(self, data: bytes) -> Step:
+        authzid: str | None
         try:
             text = data.decode("utf-8")
             if self.mechanism == PLAIN:
@@ -281,10 +296,11 @@ class SaslExchange:
         def auth_fn(_username: str) -> tuple[bytes, bytes, bytes, int]:
             return keys.salt, keys.stored_key, keys.server_key, keys.iterations
 
-        self._server = ScramMechanism(self.mechanism).make_server(auth_fn, s_nonce=self._nonce)
+        server: _ScramServer = ScramMechanism(self.mechanism).make_server(auth_fn, s_nonce=self._nonce)
+        self._server = server
         try:
-            self._server.set_client_first(self._payload.decode("utf-8"))
-            server_first = self._server.get_server_first()
+            server.set_client_first(self._payload.decode("utf-8"))
+            server_first = server.get_server_first()
         except ScramException as exc:
             self._stage = _Stage.DONE
             return Failed(SaslCondition.MALFORMED_REQUEST, str(exc), self._username)

@@ -24,7 +24,6 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
 from presence_ha.server.xmpp import negotiation as neg
-from presence_ha.server.xmpp.negotiation import Phase, SaslFailure, Waiting
 from presence_ha.server.xmpp.errors import Condition, StanzaError, StreamCondition, StreamError
 from presence_ha.server.xmpp.events import (
     ClientStateChanged,
@@ -38,7 +37,15 @@ from presence_ha.server.xmpp.events import (
     TlsRequested,
 )
 from presence_ha.server.xmpp.jid import JID, InvalidJid
-from presence_ha.server.xmpp.parser import ElementParsed, FooterParsed, HeaderParsed, ParseEvent, ParseFault, StreamParser
+from presence_ha.server.xmpp.negotiation import Phase, SaslFailure, Waiting
+from presence_ha.server.xmpp.parser import (
+    ElementParsed,
+    FooterParsed,
+    HeaderParsed,
+    ParseEvent,
+    ParseFault,
+    StreamParser,
+)
 from presence_ha.server.xmpp.sm import AckTooHigh, StreamManagement
 from presence_ha.server.xmpp.stanzas import (
     NS_BIND,

@@ -29,9 +29,10 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 from click.testing import CliRunner
@@ -110,7 +111,9 @@ def cli(db_url: str, *args: str) -> str:
 
 def node_argv(*args: str) -> list[str]:
     script = Path(sys.executable).with_name("presence-ha")
-    return [str(script), *args] if script.exists() else [sys.executable, "-c", "from presence_ha.server.cli import main; main()", *args]
+    if script.exists():
+        return [str(script), *args]
+    return [sys.executable, "-c", "from presence_ha.server.cli import main; main()", *args]
 
 
 @dataclass
@@ -132,11 +135,13 @@ class NodeProcess:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def start(self) -> None:
-        argv = node_argv("-v", "node", "run", "--name", self.name, "--db", self.db_url, "--data-dir", str(self.data_dir))
+        argv = node_argv("-v", "node", "run", "--name", self.name, "--db", self.db_url,
+                         "--data-dir", str(self.data_dir))
         for item in self.sets:
             argv += ["--set", item]
         with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=os.environ.copy())
+            self.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                            env=os.environ.copy())
         try:
             poll_until(self._accepting, START_DEADLINE_S, f"node {self.name} on port {self.client_port}")
         except TimeoutError:
@@ -197,18 +202,18 @@ class Cluster:
 
     def stop(self) -> None:
         for node in self.nodes.values():
-            if node.alive():
+            if node.process is not None and node.alive():
                 node.process.send_signal(signal.SIGTERM)
         for node in self.nodes.values():
             node.stop()
 
 
-def _provision(db_url: str, names: list[str], ports: dict[str, list[int]], users, placement, params) -> None:
+def _provision(db_url: str, names: list[str], ports: dict[str, Any], users, placement, params) -> None:
     cli(db_url, "db", "upgrade")
     cli(db_url, "cluster", "init", "--name", "test", "--domain", DOMAIN)
     flags = ("--client-port", "--srm-port", "--admin-port", "--link-port", "--metrics-port")
     for name in names:
-        cli(db_url, "node", "add", name, *[x for pair in zip(flags, map(str, ports[name])) for x in pair])
+        cli(db_url, "node", "add", name, *[x for pair in zip(flags, map(str, ports[name]), strict=True) for x in pair])
     cli(db_url, "group", "add", "g1", *[x for name in names for x in ("--node", name)])
     cli(db_url, "param", "set", "user_assignment_mode", "None")
     for key, value in params.items():
@@ -225,7 +230,7 @@ def start_cluster(
     db_url: str,
     tmp_path: Path,
     nodes: int = 2,
-    users: list[tuple[str, str]] = (("alice", "alice-pw"), ("bob", "bob-pw")),
+    users: Sequence[tuple[str, str]] = (("alice", "alice-pw"), ("bob", "bob-pw")),
     placement: dict[str, str] | None = None,
     params: dict[str, object] | None = None,
     sets: tuple[str, ...] = FAST_LIMITS,
@@ -338,7 +343,8 @@ class RawClient:
         await self.starttls()
         assert await self.auth_plain(username, password) == "success"
         await self.open_stream()
-        await self.send(f"<iq type='set' id='bind'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>{resource}</resource></bind></iq>")
+        await self.send("<iq type='set' id='bind'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>"
+                        f"<resource>{resource}</resource></bind></iq>")
         await self.expect(r"<iq [^>]*id='bind'[^>]*>.*?</iq>")
 
     async def stream_error(self, timeout: float = 10.0) -> str:
@@ -392,10 +398,13 @@ async def slix_disconnect(client, timeout: float = 10.0) -> None:
 # heard its peer (SPEC §6), so both processes are spawned first and readiness is the
 # state the SRMs persist in the database.
 
-FAST_SRM = {"heartbeat_interval_s": 1, "heartbeat_timeout_s": 2, "init_heartbeat_timeout_s": 3, "critical_service_delay_s": 1}
+T = TypeVar("T")
+
+FAST_SRM = {"heartbeat_interval_s": 1, "heartbeat_timeout_s": 2, "init_heartbeat_timeout_s": 3,
+            "critical_service_delay_s": 1}
 
 
-def db_call(db_url: str, fn: Callable) -> object:
+def db_call(db_url: str, fn: Callable[[Any], Awaitable[T]]) -> T:
     """Run `await fn(session)` on a fresh engine, on a worker thread (usable from async tests)."""
     from presence_ha.db.engine import make_engine, make_session_factory
 
@@ -438,7 +447,8 @@ def spawn_node(node: NodeProcess) -> None:
     for item in node.sets:
         argv += ["--set", item]
     with open(node.log_path, "ab") as log:
-        node.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=os.environ.copy())
+        node.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                        env=os.environ.copy())
 
 
 def start_ha_pair(
@@ -486,6 +496,6 @@ def ha_pair_factory(db_url, tmp_path) -> Iterator[Callable[..., Cluster]]:
     yield factory
     for cluster in started:
         for node in cluster.nodes.values():
-            if node.alive():
+            if node.process is not None and node.alive():
                 node.process.send_signal(signal.SIGCONT)  # a SIGSTOPped node cannot exit
         cluster.stop()

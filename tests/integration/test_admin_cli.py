@@ -47,7 +47,8 @@ def invoke(db_url: str, *args: str):
 
 def test_status_json_reads_the_database_with_every_node_down(db_url: str) -> None:
     provision(db_url)
-    asyncio.run(write_states(db_url, {"n1": ("Idle", "On Admin Request"), "n2": ("Running in Backup Mode", "On Admin Request")}))
+    asyncio.run(write_states(db_url, {"n1": ("Idle", "On Admin Request"),
+                                      "n2": ("Running in Backup Mode", "On Admin Request")}))
     probed = json.loads(cli(db_url, "ha", "status", "--json"))  # nobody answers: stored states, not alive
     assert [n["alive"] for g in probed["groups"] for n in g["nodes"]] == [False, False, False]
     data = json.loads(cli(db_url, "ha", "status", "--json", "--offline"))

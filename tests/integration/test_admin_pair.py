@@ -130,7 +130,8 @@ class HaPair:
         cli(url, "cluster", "init", "--name", "test", "--domain", DOMAIN)
         flags = ("--client-port", "--srm-port", "--admin-port", "--link-port", "--metrics-port")
         for name in NAMES:
-            cli(url, "node", "add", name, *[x for pair in zip(flags, map(str, self.ports[name])) for x in pair])
+            ports = map(str, self.ports[name])
+            cli(url, "node", "add", name, *[x for pair in zip(flags, ports, strict=True) for x in pair])
         cli(url, "group", "add", "g1", "--node", "n1", "--node", "n2")
         cli(url, "param", "set", "user_assignment_mode", "None")
         for key, value in self.params.items():
@@ -216,7 +217,7 @@ class HaPair:
     def timeline(self, since: int) -> list[dict[str, tuple[str, str]]]:
         """The pairs the group went through after `event_mark()` returned `since`."""
         events = list(reversed(db_read(self.db_url, lambda s: srm_state.list_events(s, limit=100_000))))
-        pair = {name: NORMAL for name in NAMES}
+        pair = dict.fromkeys(NAMES, NORMAL)
         for event in events[:since]:
             pair[event.node] = (event.to_state, event.reason)
         seen = [dict(pair)]
@@ -273,7 +274,8 @@ class HaPair:
 
     def normal_moves(self) -> None:
         if is_postgres(self.db_url):
-            run_sql(self.db_url, f"DROP TRIGGER IF EXISTS {MOVE_TRIGGER} ON users", f"DROP FUNCTION IF EXISTS {MOVE_TRIGGER}()")
+            run_sql(self.db_url, f"DROP TRIGGER IF EXISTS {MOVE_TRIGGER} ON users",
+                    f"DROP FUNCTION IF EXISTS {MOVE_TRIGGER}()")
         else:
             run_sql(self.db_url, f"DROP TRIGGER IF EXISTS {MOVE_TRIGGER}")
 
@@ -282,12 +284,14 @@ class HaPair:
         if is_postgres(self.db_url):
             run_sql(
                 self.db_url,
-                f"CREATE FUNCTION {MOVE_TRIGGER}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN {body} RETURN NULL; END $$",
+                f"CREATE FUNCTION {MOVE_TRIGGER}() RETURNS trigger LANGUAGE plpgsql "
+                f"AS $$ BEGIN {body} RETURN NULL; END $$",
                 f"CREATE TRIGGER {MOVE_TRIGGER} BEFORE UPDATE OF active_node_id ON users "
                 f"FOR EACH STATEMENT EXECUTE FUNCTION {MOVE_TRIGGER}()",
             )
         else:
-            run_sql(self.db_url, f"CREATE TRIGGER {MOVE_TRIGGER} BEFORE UPDATE OF active_node_id ON users BEGIN {body} END")
+            run_sql(self.db_url,
+                    f"CREATE TRIGGER {MOVE_TRIGGER} BEFORE UPDATE OF active_node_id ON users BEGIN {body} END")
 
 
 async def _cluster_secret(session) -> str:

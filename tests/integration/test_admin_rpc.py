@@ -54,7 +54,8 @@ def raw(pair: HaPair, node: str, data: bytes) -> tuple[int, bytes]:
 
 def rpc(pair: HaPair, node: str, body: bytes, auth: str | None) -> tuple[int, dict]:
     headers = f"Authorization: Bearer {auth}\r\n" if auth is not None else ""
-    status, answer = raw(pair, node, f"POST /rpc HTTP/1.0\r\n{headers}Content-Length: {len(body)}\r\n\r\n".encode() + body)
+    head = f"POST /rpc HTTP/1.0\r\n{headers}Content-Length: {len(body)}\r\n\r\n"
+    status, answer = raw(pair, node, head.encode() + body)
     return status, json.loads(answer)
 
 
@@ -73,7 +74,7 @@ def test_admin_port_listens_on_loopback_only(pair: HaPair) -> None:
         outward = probe.getsockname()[0]
     if outward.startswith("127."):
         pytest.skip("this host has no non-loopback address to test with")
-    with pytest.raises(OSError):
+    with pytest.raises(OSError):  # noqa: PT011 -- refused, unreachable or timed out: each is a pass
         socket.create_connection((outward, port), timeout=2).close()
     socket.create_connection(("127.0.0.1", port), timeout=2).close()
 
@@ -89,7 +90,8 @@ def test_admin_port_listens_on_loopback_only(pair: HaPair) -> None:
         (b'{"op": "fallback"}', 409, "not allowed on n1 in state Normal"),
     ],
 )
-def test_bad_input_gets_a_clear_error_and_the_node_carries_on(pair: HaPair, body: bytes, status: int, words: str) -> None:
+def test_bad_input_gets_a_clear_error_and_the_node_carries_on(pair: HaPair, body: bytes, status: int,
+                                                              words: str) -> None:
     got, answer = rpc(pair, "n1", body, token(pair))
     assert got == status and answer["ok"] is False and words in answer["error"], answer
     ok, answer = rpc(pair, "n1", b'{"op": "status"}', token(pair))

@@ -52,7 +52,7 @@ def provision_groups(db_url: str, data_dir: Path, placement: dict[str, str], gro
     cli(db_url, "cluster", "init", "--name", "grid", "--domain", DOMAIN)
     flags = ("--client-port", "--srm-port", "--admin-port", "--link-port", "--metrics-port")
     for name in names:
-        cli(db_url, "node", "add", name, *[x for pair in zip(flags, map(str, ports[name])) for x in pair])
+        cli(db_url, "node", "add", name, *[x for pair in zip(flags, map(str, ports[name]), strict=True) for x in pair])
     for group, members in groups.items():
         cli(db_url, "group", "add", group, *[x for n in members for x in ("--node", n)])
     cli(db_url, "param", "set", "user_assignment_mode", "None")
@@ -275,11 +275,12 @@ async def test_a_cut_link_reconnects_and_loses_no_stanza(grid):
     cuts_at = {100, 200}
     for i in range(count):
         if i in cuts_at:
-            await wait_until(lambda: len(hank.bodies(f"gina@{DOMAIN}")) >= i - 50, DEADLINE_S, "traffic flowing")
+            await wait_until(lambda i=i: len(hank.bodies(f"gina@{DOMAIN}")) >= i - 50, DEADLINE_S, "traffic flowing")
             accepted = grid.proxy.connections_accepted
             grid.proxy.cut()
             grid.proxy.heal()
-            await wait_until(lambda: grid.proxy.connections_accepted > accepted, DEADLINE_S, "n1 to redial n3")
+            await wait_until(lambda accepted=accepted: grid.proxy.connections_accepted > accepted, DEADLINE_S,
+                             "n1 to redial n3")
         gina.send_message(mto=f"hank@{DOMAIN}/h", mbody=f"m{i:04d}", mtype="chat")
         if i % 25 == 0:
             await asyncio.sleep(0)  # let slixmpp write

@@ -51,7 +51,7 @@ class Redirected(slixmpp.ClientXMPP):
 
 
 @pytest.fixture(scope="module")
-def pair(module_db_url, tmp_path_factory):
+def pair(module_db_url, tmp_path_factory):  # noqa: F811 -- the imported fixture, by name
     cluster = make_cluster(module_db_url, tmp_path_factory.mktemp("redirect"), PLACEMENT, GROUPS,
                            params={"see_other_host_redirect": "true"})
     try:

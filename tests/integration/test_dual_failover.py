@@ -24,7 +24,13 @@ import pytest
 
 from presence_ha.client.policy import Link, Role
 from tests.integration.cluster import (  # noqa: F401
-    Cluster, active_nodes, ha_pair_factory, ha_states, slix_disconnect, slix_login, wait_until,
+    Cluster,
+    active_nodes,
+    ha_pair_factory,
+    ha_states,
+    slix_disconnect,
+    slix_login,
+    wait_until,
 )
 from tests.integration.test_dual_sessions import DEADLINE_S, FAST_RELOGIN, Party, endpoint, gauges, login  # noqa: F401
 
@@ -147,13 +153,16 @@ async def test_contacts_see_no_flap_for_the_switched_and_unavailable_after_the_g
 ) -> None:
     users = (("alice", "alice-pw"), ("dave", "dave-pw"), ("carol", "carol-pw"))
     grace_s = 3
-    cluster = ha_pair_factory(users=users, placement={"carol": "n2"}, params={**FAST_RELOGIN, "presence_grace_s": grace_s})
+    cluster = ha_pair_factory(users=users, placement={"carol": "n2"},
+                              params={**FAST_RELOGIN, "presence_grace_s": grace_s})
     await subscribed_pair(cluster, "alice", "carol", "n2")
     await subscribed_pair(cluster, "dave", "carol", "n2")
     carol = await slix_login(cluster, "carol", node="n2", resource="desk")
     seen: list[tuple[str, str, float]] = []
-    carol.add_event_handler("presence_available", lambda p: seen.append((str(p["from"]), "available", time.monotonic())))
-    carol.add_event_handler("presence_unavailable", lambda p: seen.append((str(p["from"]), "unavailable", time.monotonic())))
+    carol.add_event_handler("presence_available",
+                            lambda p: seen.append((str(p["from"]), "available", time.monotonic())))
+    carol.add_event_handler("presence_unavailable",
+                            lambda p: seen.append((str(p["from"]), "unavailable", time.monotonic())))
     alice_jid, dave_jid = f"{cluster.jid('alice')}/phone", f"{cluster.jid('dave')}/laptop"
     dave = await slix_login(cluster, "dave", resource="laptop")  # a plain client: it will not come back
     try:
@@ -227,7 +236,8 @@ async def test_manual_failover_and_fallback_show_contacts_no_flap(ha_pair_factor
         await slix_disconnect(carol)
 
 
-async def exchange_after(cluster: Cluster, sender: Party, receiver: Party, node: str, event_at: float, text: str) -> float:
+async def exchange_after(cluster: Cluster, sender: Party, receiver: Party, node: str, event_at: float,
+                         text: str) -> float:
     """Seconds from `event_at` until `sender`, active on `node`, got `text` to `receiver`."""
     await wait_until(lambda: active_on(sender, cluster, node) and active_on(receiver, cluster, node), 15,
                      f"both clients active on {node}", 0.005)

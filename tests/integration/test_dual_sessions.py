@@ -24,7 +24,11 @@ import pytest
 from presence_ha.client.dual import ClientEvent, ConnectionEvent, DualClient, MessageReceived, PresenceChanged
 from presence_ha.client.policy import Endpoint, Link
 from tests.integration.cluster import (  # noqa: F401
-    Cluster, RawClient, cluster_factory, ha_pair_factory, wait_until,
+    Cluster,
+    RawClient,
+    cluster_factory,
+    ha_pair_factory,
+    wait_until,
 )
 
 pytestmark = pytest.mark.timeout(120)
@@ -91,7 +95,8 @@ async def test_backup_info_then_inactive_connection_after_the_delay(ha_pair_fact
     alice = await login(cluster, "alice")
     await wait_until(lambda: alice.dual_up, DEADLINE_S, "alice's inactive connection")
     info = alice.client.policy.state.info
-    assert (info.node, info.endpoint, info.relogin_lower_s, info.relogin_upper_s) == ("n2", endpoint(cluster, "n2"), 1, 2)
+    got = (info.node, info.endpoint, info.relogin_lower_s, info.relogin_upper_s)
+    assert got == ("n2", endpoint(cluster, "n2"), 1, 2)
     (held,) = alice.connection_events("held")
     (connected,) = alice.connection_events("connected")
     assert held.endpoint == endpoint(cluster, "n2")

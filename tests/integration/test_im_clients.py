@@ -70,10 +70,10 @@ def node(db_url, tmp_path):
     users = tmp_path / "users.csv"
     users.write_text("".join(f"{user},{PASSWORD}\n" for user in ("alice", "bob", "carol")))
     _cli(db_url, "user", "import", str(users))
-    log = open(tmp_path / "node.log", "w")
     env = dict(os.environ, PRESENCE_HA_DB=db_url)
-    proc = subprocess.Popen(CLI + ["node", "run", "--name", "n1", "--data-dir", str(tmp_path)],
-                            env=env, stdout=log, stderr=subprocess.STDOUT)
+    with open(tmp_path / "node.log", "w") as log:  # the child keeps its own copy
+        proc = subprocess.Popen([*CLI, "node", "run", "--name", "n1", "--data-dir", str(tmp_path)],
+                                env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         _wait_port(base, proc)
         yield base
@@ -84,7 +84,6 @@ def node(db_url, tmp_path):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-        log.close()
 
 
 class Slix(slixmpp.ClientXMPP):

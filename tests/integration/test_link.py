@@ -9,16 +9,27 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-from dataclasses import replace
 import ipaddress
 import os
 import random
 import ssl
+from dataclasses import replace
 
 import pytest
 
-from presence_ha.server.link import (Kind, LinkClient, LinkConfig, LinkOptions, LinkRejected, LinkServer,
-                         LinkUp, PeerClosed, PeerRefused, PeerRestarted, PeerSilent)
+from presence_ha.server.link import (
+    Kind,
+    LinkClient,
+    LinkConfig,
+    LinkOptions,
+    LinkRejected,
+    LinkServer,
+    LinkUp,
+    PeerClosed,
+    PeerRefused,
+    PeerRestarted,
+    PeerSilent,
+)
 from presence_ha.server.link.endpoint import DECODE_SLICE
 from presence_ha.server.link.status import LinkCrashed
 
@@ -119,13 +130,13 @@ async def test_ten_thousand_frames_each_way_survive_three_cuts(endpoints, proxie
     senders = [asyncio.create_task(pump(lambda m: client.send(Kind.STANZA, m), to_b)),
                asyncio.create_task(pump(lambda m: server.send("a", Kind.STANZA, m), to_a))]
     for threshold in (2_500, 5_000, 7_500):
-        await wait_until(lambda: len(srec.frames) >= threshold, f"{threshold} frames")
+        await wait_until(lambda threshold=threshold: len(srec.frames) >= threshold, f"{threshold} frames")
         assert not senders[0].done(), "the cut must happen mid-stream"
         ups, downs = len(crec.ups), len(crec.downs)
         proxy.cut()
-        await wait_until(lambda: len(crec.downs) > downs, "the client to notice the cut")
+        await wait_until(lambda downs=downs: len(crec.downs) > downs, "the client to notice the cut")
         proxy.heal()
-        await wait_until(lambda: len(crec.ups) > ups, "the link to come back")
+        await wait_until(lambda ups=ups: len(crec.ups) > ups, "the link to come back")
     await asyncio.gather(*senders)
     await wait_until(lambda: len(srec.frames) == len(crec.frames) == 10_000, "all frames")
     assert srec.payloads() == to_b  # every frame exactly once, in order
@@ -320,7 +331,7 @@ async def test_restarted_peer_process_is_reported(endpoints):
     await wait_until(lambda: client.is_up, "the link")
     await server.close()
     await client.send(Kind.STANZA, b"sent while b is down")
-    reborn, rrec = await start_server(endpoints, port=port)  # same name, new session id
+    _reborn, rrec = await start_server(endpoints, port=port)  # same name, new session id
     await wait_until(lambda: len(crec.ups) == 2, "the link to the new process")
     assert isinstance(crec.ups[0], LinkUp) and isinstance(crec.ups[1], PeerRestarted)
     assert isinstance(rrec.ups[0], LinkUp)  # for the new b, "a" is a first contact
@@ -339,7 +350,7 @@ async def test_heartbeats_are_delivered_but_never_queued(endpoints):
     assert srec.frames == [("a", Kind.HEARTBEAT, b"srm state: normal")]
     assert crec.frames == [("b", Kind.HEARTBEAT, b"srm state: backup")]
     assert client.in_flight == 0
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="heartbeats are unreliable"):
         client.try_send(Kind.HEARTBEAT, b"not this way")
 
 
@@ -351,7 +362,7 @@ def _self_signed(tmp_path):
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "b.cluster.test")])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
             .public_key(key.public_key()).serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(minutes=1))

@@ -14,12 +14,8 @@ import pytest
 
 from tests.integration.cluster import FAST_LIMITS, RawClient, cluster_factory  # noqa: F401
 
-LIMITS = FAST_LIMITS + (
-    "limits.auth_timeout_s=3",
-    "limits.max_stanza_bytes=65536",
-    "limits.rate_bytes_per_s=20000",
-    "limits.rate_burst_bytes=100000",
-)
+LIMITS = (*FAST_LIMITS, "limits.auth_timeout_s=3", "limits.max_stanza_bytes=65536",
+          "limits.rate_bytes_per_s=20000", "limits.rate_burst_bytes=100000")
 STANZAS = "urn:ietf:params:xml:ns:xmpp-stanzas"
 
 

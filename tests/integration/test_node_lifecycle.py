@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import signal
 
-
 from tests.integration.cluster import RawClient, cluster_factory, wait_until  # noqa: F401
 
 
@@ -18,7 +17,8 @@ async def test_user_of_another_node_is_redirected_with_see_other_host(cluster_fa
     n1, n2 = cluster.node("n1"), cluster.node("n2")
     bob = await RawClient.connect(n1)
     await bob.starttls()
-    await bob.send("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AGJvYgBib2ItcHc=</auth>")  # \0bob\0bob-pw
+    # \0bob\0bob-pw
+    await bob.send("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AGJvYgBib2ItcHc=</auth>")
     match = await bob.expect(r"<see-other-host [^>]*>([^<]+)</see-other-host>")
     assert match.group(1) == f"127.0.0.1:{n2.client_port}"
     assert await bob.closed()

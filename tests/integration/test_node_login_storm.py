@@ -2,10 +2,11 @@
 
 Scenario (issue #7's re-login storm, scaled down): 150 users log in at once with the
 load tester's real client (TLS, PLAIN) to a node whose login gate admits about 10
-negotiating connections at a time (a floor of 10, a budget of 0.1 s at its rate). Some attempts are answered with the retryable stream error
-`resource-constraint` before TLS; those clients back off and try again, as the failover
-load test's agents do. In the end every user is logged in, no attempt failed with a
-non-retryable error, and the node is still at ease (a fresh login succeeds at once).
+negotiating connections at a time (a floor of 10, a budget of 0.1 s at its rate). Some
+attempts are answered with the retryable stream error `resource-constraint` before TLS;
+those clients back off and try again, as the failover load test's agents do. In the end
+every user is logged in, no attempt failed with a non-retryable error, and the node is
+still at ease (a fresh login succeeds at once).
 """
 
 from __future__ import annotations

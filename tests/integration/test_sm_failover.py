@@ -26,7 +26,14 @@ from types import SimpleNamespace
 import pytest
 
 from tests.integration.cluster import (  # noqa: F401
-    FAST_LIMITS, Cluster, RawClient, active_nodes, ha_pair_factory, slix_disconnect, slix_login, wait_until,
+    FAST_LIMITS,
+    Cluster,
+    RawClient,
+    active_nodes,
+    ha_pair_factory,
+    slix_disconnect,
+    slix_login,
+    wait_until,
 )
 
 pytestmark = [pytest.mark.timeout(180), pytest.mark.serial]
@@ -34,7 +41,7 @@ pytestmark = [pytest.mark.timeout(180), pytest.mark.serial]
 SM = "urn:xmpp:sm:3"
 DEADLINE_S = 20.0
 USERS = (("alice", "alice-pw"), ("bob", "bob-pw"))
-SETS = FAST_LIMITS + ("limits.sm_resume_timeout_s=60",)
+SETS = (*FAST_LIMITS, "limits.sm_resume_timeout_s=60")
 
 
 class EitherNode:
@@ -73,7 +80,8 @@ class EitherNode:
                     break
             else:
                 return
-            pipes = [asyncio.ensure_future(self._pipe(reader, up_writer)), asyncio.ensure_future(self._pipe(up_reader, writer))]
+            pipes = [asyncio.ensure_future(self._pipe(reader, up_writer)),
+                     asyncio.ensure_future(self._pipe(up_reader, writer))]
             await asyncio.wait(pipes, return_when=asyncio.FIRST_COMPLETED)
             for pipe in pipes:
                 pipe.cancel()
@@ -294,7 +302,8 @@ def aioxmpp_client(cluster: Cluster, front: EitherNode, username: str, resource:
     dispatcher = client.summon(aioxmpp.dispatcher.SimpleMessageDispatcher)
     dispatcher.register_callback(aioxmpp.MessageType.CHAT, None, lambda m: client.bodies.append(m.body.any()))
     for name in client.counts:
-        getattr(client, f"on_stream_{name}").connect(lambda *_a, name=name: client.counts.__setitem__(name, client.counts[name] + 1))
+        getattr(client, f"on_stream_{name}").connect(
+            lambda *_a, name=name: client.counts.__setitem__(name, client.counts[name] + 1))
     return client
 
 
@@ -316,7 +325,8 @@ async def test_aioxmpp_with_stream_management_resumes_on_the_backup(ha_pair_fact
             resumed_with = len(alice.bodies)
             await wait_until(lambda: len(alice.bodies) >= resumed_with + 10, DEADLINE_S, "more messages on n2")
             sent = await chatter.stop()
-            await wait_until(lambda: set(sent) <= set(alice.bodies), DEADLINE_S, "every message bob sent", interval_s=0.1)
+            await wait_until(lambda: set(sent) <= set(alice.bodies), DEADLINE_S, "every message bob sent",
+                             interval_s=0.1)
         finally:
             alice.stop()
     await slix_disconnect(bob)
@@ -332,7 +342,8 @@ async def test_clients_without_resumption_fail_over_by_logging_in_again(ha_pair_
         aio = aioxmpp_client(cluster, front, "alice", "aio", resumable=False)
 
         try:
-            await wait_until(lambda: slix.starts == 1 and aio.counts["established"] == 1, DEADLINE_S, "alice on n1, twice")
+            await wait_until(lambda: slix.starts == 1 and aio.counts["established"] == 1, DEADLINE_S,
+                             "alice on n1, twice")
             kill_n1(cluster)
             await wait_until(lambda: slix.starts == 2, DEADLINE_S, "slixmpp logged in again")
             await wait_until(lambda: aio.counts["established"] == 2, DEADLINE_S, "aioxmpp logged in again")

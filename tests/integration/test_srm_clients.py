@@ -26,7 +26,13 @@ import pytest
 import slixmpp
 
 from tests.integration.cluster import (  # noqa: F401
-    Cluster, active_nodes, ha_pair_factory, ha_states, poll_until, spawn_node, wait_until,
+    Cluster,
+    active_nodes,
+    ha_pair_factory,
+    ha_states,
+    poll_until,
+    spawn_node,
+    wait_until,
 )
 
 GAUGE = "active_jsm_sessions"
@@ -91,7 +97,8 @@ class FollowingClient:
             return
         if self._retry is not None:
             self._retry.cancel()
-        self._retry = asyncio.get_running_loop().call_later(0.2, lambda: self.client.connect(*self.addresses[self.target]))
+        self._retry = asyncio.get_running_loop().call_later(
+            0.2, lambda: self.client.connect(*self.addresses[self.target]))
 
     async def close(self) -> None:
         self._closing = True
@@ -196,7 +203,8 @@ async def test_clients_of_a_killed_node_chat_on_the_backup_and_come_home(ha_pair
     assert alice.logins == ["n1", "n2"], "one re-login, on the backup"
 
     spawn_node(cluster.node("n1"))
-    await wait_until(lambda: ha_states(cluster.db_url)["n1"] == ("Failed Over", "Initialization"), 30, "n1 back, Failed Over")
+    await wait_until(lambda: ha_states(cluster.db_url)["n1"] == ("Failed Over", "Initialization"), 30,
+                     "n1 back, Failed Over")
     assert ha_states(cluster.db_url)["n2"] == ("Running in Backup Mode", "Peer Down")
     await asyncio.to_thread(cluster.cli, "ha", "fallback", "n1")
     for client in (alice, bob):

@@ -20,7 +20,12 @@ import time
 import pytest
 
 from tests.integration.cluster import (  # noqa: F401
-    Cluster, active_nodes, cluster_factory, ha_pair_factory, ha_states, poll_until,
+    Cluster,
+    active_nodes,
+    cluster_factory,
+    ha_pair_factory,
+    ha_states,
+    poll_until,
 )
 
 TAKEN_OVER = ("Running in Backup Mode", "Taking Over")
@@ -35,7 +40,8 @@ def detect(cluster: Cluster, fault: int, reason: str) -> float:
     poll_until(lambda: ha_states(cluster.db_url)["n2"][0] in TAKEN_OVER, 30, "n2 to take over", 0.02)
     elapsed = time.monotonic() - started
     try:
-        poll_until(lambda: ha_states(cluster.db_url)["n2"] == ("Running in Backup Mode", reason), 10, f"n2 backup / {reason}")
+        poll_until(lambda: ha_states(cluster.db_url)["n2"] == ("Running in Backup Mode", reason), 10,
+                   f"n2 backup / {reason}")
         poll_until(lambda: set(active_nodes(cluster.db_url).values()) == {"n2"}, 10, "every user active on n2")
     except TimeoutError as exc:
         tail = "\n".join(f"--- {name}.log\n{cluster.node(name).log()[-4000:]}" for name in ("n1", "n2"))

@@ -30,7 +30,7 @@ def topologies(draw, min_groups=0):
 def scenarios(draw, min_groups=0):
     """(topology, current assignment) where users sit on known, vanished or no nodes."""
     groups = draw(topologies(min_groups))
-    places = all_nodes(groups) + ["gone1", "gone2", None]
+    places = [*all_nodes(groups), "gone1", "gone2", None]
     users = draw(st.lists(st.text("abcdefgh", min_size=1, max_size=6), unique=True, max_size=60))
     return groups, {user: draw(st.sampled_from(places)) for user in users}
 

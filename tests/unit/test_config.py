@@ -9,7 +9,8 @@ from presence_ha.server.config import ConfigError, load_config
 
 def test_precedence(tmp_path):
     path = tmp_path / "node.toml"
-    path.write_text('node_name = "from-file"\ndb_url = "sqlite:///f.db"\n[limits]\nauth_timeout_s = 7\nmax_stanza_bytes = 1000\n')
+    path.write_text('node_name = "from-file"\ndb_url = "sqlite:///f.db"\n'
+                    '[limits]\nauth_timeout_s = 7\nmax_stanza_bytes = 1000\n')
     env = {"PRESENCE_HA_NODE": "from-env", "PRESENCE_HA_DB": "sqlite:///e.db"}
     config = load_config(path, env, {"node_name": "from-flag"}, ["limits.auth_timeout_s=2.5", "tls.required=false"])
     assert config.node_name == "from-flag" and config.db_url == "sqlite:///e.db"

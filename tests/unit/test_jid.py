@@ -6,7 +6,7 @@ from presence_ha.server.xmpp.jid import JID, InvalidJid
 
 
 @pytest.mark.parametrize(
-    "text, local, domain, resource",
+    ("text", "local", "domain", "resource"),
     [
         ("example.com", None, "example.com", None),
         ("Alice@Example.COM", "alice", "example.com", None),

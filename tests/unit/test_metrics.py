@@ -19,5 +19,5 @@ def test_loop_counters_are_exported_as_prometheus_counters():
 
 
 def test_a_loop_counter_only_goes_up():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="counters only go up"):
         Metrics("n1").stanzas_in.inc(-1)

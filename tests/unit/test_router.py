@@ -61,7 +61,8 @@ async def test_routed_iq_returns_payload(world):
     async def ping(ctx, session, stanza):
         return None
 
-    await world.router.dispatch(world.ctx, world.alice, xml('<iq type="get" id="p1" to="example.test"><ping xmlns="urn:xmpp:ping"/></iq>'))
+    request = xml('<iq type="get" id="p1" to="example.test"><ping xmlns="urn:xmpp:ping"/></iq>')
+    await world.router.dispatch(world.ctx, world.alice, request)
     (reply,) = world.alice_out
     assert (reply.get("type"), reply.get("id"), reply.get("from")) == ("result", "p1", "example.test")
 
@@ -85,14 +86,18 @@ async def test_handler_stanza_error_and_crash_are_isolated(world):
 
 
 async def test_iq_to_full_jid_is_delivered_and_from_is_stamped(world):
-    await world.router.dispatch(world.ctx, world.alice, xml('<iq type="get" id="v" to="bob@example.test/pc" from="mallory@evil"><q xmlns="jabber:iq:version"/></iq>'))
+    spoofed = xml('<iq type="get" id="v" to="bob@example.test/pc" from="mallory@evil">'
+                  '<q xmlns="jabber:iq:version"/></iq>')
+    await world.router.dispatch(world.ctx, world.alice, spoofed)
     (got,) = world.bob_out
     assert got.get("from") == "alice@example.test/phone"
 
 
 async def test_iq_to_offline_full_jid_and_bad_jid(world):
-    await world.router.dispatch(world.ctx, world.alice, xml('<iq type="get" id="x" to="carol@example.test/r"><q xmlns="jabber:iq:version"/></iq>'))
-    await world.router.dispatch(world.ctx, world.alice, xml('<iq type="get" id="y" to="a@b@c"><q xmlns="jabber:iq:version"/></iq>'))
+    version_query = '<q xmlns="jabber:iq:version"/></iq>'
+    await world.router.dispatch(world.ctx, world.alice,
+                                xml('<iq type="get" id="x" to="carol@example.test/r">' + version_query))
+    await world.router.dispatch(world.ctx, world.alice, xml('<iq type="get" id="y" to="a@b@c">' + version_query))
     await world.router.dispatch(world.ctx, world.alice, xml('<message to="bob@other.test"><body>hi</body></message>'))
     conds = [r.find("error")[0].tag.split("}")[1] for r in world.alice_out]
     assert conds == ["service-unavailable", "jid-malformed", "remote-server-not-found"]

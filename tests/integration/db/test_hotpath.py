@@ -68,7 +68,8 @@ async def test_write_batch_upserts_deletes_and_names_unknown_users(hot):
         ("ghost", "x"): (0, "<presence/>"),
     })
     assert unknown == {"ghost"}
-    assert await _records(hot, "u0") == {("phone", 5, "<presence><show>away</show></presence>"), ("laptop", 0, "<presence/>")}
+    assert await _records(hot, "u0") == {("phone", 5, "<presence><show>away</show></presence>"),
+                                         ("laptop", 0, "<presence/>")}
 
     unknown = await hot.run(presence.write_batch, DOMAIN, "a2", {
         ("u0", "phone"): (1, "<presence><show>dnd</show></presence>"),  # an update, by another node

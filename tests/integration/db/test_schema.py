@@ -48,7 +48,8 @@ def test_two_nodes_upgrading_at_once(db_url, tmp_path):
     exe = Path(sys.executable).with_name("presence-ha")
     env = {**os.environ, "PRESENCE_HA_DB": db_url}
     procs = [
-        subprocess.Popen([str(exe), "db", "upgrade"], env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        subprocess.Popen([str(exe), "db", "upgrade"], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True)
         for _ in range(2)
     ]
     outputs = [proc.communicate(timeout=60)[0] for proc in procs]

@@ -8,8 +8,8 @@ import asyncio
 import pytest
 
 from presence_ha.db import assignments, schema, srm_state, users
-from presence_ha.db.engine import DatabaseUnavailable, make_engine, make_session_factory
 from presence_ha.db.clusters import get_cluster
+from presence_ha.db.engine import DatabaseUnavailable, make_engine, make_session_factory
 from presence_ha.db.errors import FailoverInProgress, FencingConflict, InvalidValue, NotFound
 from tests.integration.db.conftest import Cli, provision_pairs, query
 
@@ -83,9 +83,9 @@ async def test_states_events_and_liveness(sessions):
             ("Normal", "Normal", "Tick"),
             ("Initializing", "Normal", "PeerUp"),
         ]
-        with pytest.raises(InvalidValue, match="^state: 'Sleeping'"):
+        with pytest.raises(InvalidValue, match=r"^state: 'Sleeping'"):
             await srm_state.write_state(session, "a1", "Sleeping", "Normal")
-        with pytest.raises(InvalidValue, match="^reason: "):
+        with pytest.raises(InvalidValue, match=r"^reason: "):
             await srm_state.append_event(session, "a1", "Normal", "Normal", "Because", "x")
         assert await srm_state.failed_over_nodes(session) == ["a1"]
 

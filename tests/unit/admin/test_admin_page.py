@@ -23,7 +23,8 @@ from presence_ha.server.srm.table import NodeState as S
 from presence_ha.server.srm.table import Reason as R
 
 
-def group(n1: tuple[str, str], n2: tuple[str, str], ha: bool = True, alive: tuple[bool, bool] = (True, True)) -> GroupRow:
+def group(n1: tuple[str, str], n2: tuple[str, str], ha: bool = True,
+          alive: tuple[bool, bool] = (True, True)) -> GroupRow:
     return GroupRow("g1", ha, (NodeRow("n1", *n1, alive[0]), NodeRow("n2", *n2, alive[1])))
 
 
@@ -36,7 +37,8 @@ NORMAL = ("Normal", "Normal")
         (NORMAL, NORMAL, ("failover",), ("failover",)),  # row 1
         (("Idle", "On Admin Request"), ("Running in Backup Mode", "On Admin Request"), ("fallback",), ()),  # row 3
         (("Idle", "Initialization"), ("Running in Backup Mode", "Initialization"), ("fallback",), ()),  # row 6
-        (("Failed Over", "Critical Services Down"), ("Running in Backup Mode", "Critical Services Down"), ("fallback",), ()),  # row 11
+        (("Failed Over", "Critical Services Down"),
+         ("Running in Backup Mode", "Critical Services Down"), ("fallback",), ()),  # row 11
         (("Failed Over with Critical Services Not Running", "Critical Services Down"),
          ("Running in Backup Mode", "Critical Services Down"), (), ()),  # row 12: no fallback while down
         (("Failing Over", "On Admin Request"), ("Taking Over", "On Admin Request"), (), ()),  # row 2
@@ -58,7 +60,8 @@ def test_no_failover_button_when_the_peer_cannot_take_the_users() -> None:
 
 def test_recover_button_only_for_a_failed_group() -> None:
     assert group_buttons(group(NORMAL, NORMAL)) == ()
-    assert group_buttons(group(("Running in Failed Mode", "Unknown"), ("Running in Failed Mode", "Unknown"))) == ("recover",)
+    failed = ("Running in Failed Mode", "Unknown")
+    assert group_buttons(group(failed, failed)) == ("recover",)
     assert group_buttons(group(("Unknown", "Unknown"), ("Unknown", "Unknown"))) == ("recover",)
 
 
@@ -72,7 +75,7 @@ def test_table_allows_agrees_with_a_live_machine(state: S) -> None:
 
 
 def test_liveness_window() -> None:
-    now = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)
+    now = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
     assert is_alive(now - dt.timedelta(seconds=5), 10, now)
     assert not is_alive(now - dt.timedelta(seconds=11), 10, now)
     assert is_alive((now - dt.timedelta(seconds=1)).replace(tzinfo=None), 10, now)  # SQLite: naive UTC

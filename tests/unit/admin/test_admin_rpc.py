@@ -51,7 +51,8 @@ def test_parse_head_reads_method_path_query_and_headers() -> None:
     assert headers == {"host": "x", "cookie": "a=b"}
 
 
-@pytest.mark.parametrize("head", [b"GARBAGE", b"GET / SPDY/3", b"GET /\r\n", b"GET / HTTP/1.0\r\nno colon here", b"G-T / HTTP/1.0"])
+@pytest.mark.parametrize(
+    "head", [b"GARBAGE", b"GET / SPDY/3", b"GET /\r\n", b"GET / HTTP/1.0\r\nno colon here", b"G-T / HTTP/1.0"])
 def test_parse_head_rejects_malformed_heads(head: bytes) -> None:
     with pytest.raises(HttpError) as caught:
         parse_head(head)

@@ -10,8 +10,20 @@ from __future__ import annotations
 import random
 
 from presence_ha.client.policy import (
-    Action, BackupInfo, BackupInfoReceived, CancelTimer, Connected, DualPolicy, Endpoint, Event, PolicyConfig, Role,
-    Started, StartTimer, Timer, TimerFired,
+    Action,
+    BackupInfo,
+    BackupInfoReceived,
+    CancelTimer,
+    Connected,
+    DualPolicy,
+    Endpoint,
+    Event,
+    PolicyConfig,
+    Role,
+    Started,
+    StartTimer,
+    Timer,
+    TimerFired,
 )
 
 HOME = Endpoint("10.0.0.1", 5222)

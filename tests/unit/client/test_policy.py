@@ -5,9 +5,25 @@ from __future__ import annotations
 import pytest
 
 from presence_ha.client.policy import (
-    Activate, ActivationDone, ActivationRefused, BackupInfoReceived, Connect, ConnectFailed, Connected,
-    ConnectionLost, Disconnect, HoldRefused, Link, Promote, QueryBackup, Role, SendPresence, Started, StartTimer,
-    Stopped, Timer,
+    Activate,
+    ActivationDone,
+    ActivationRefused,
+    BackupInfoReceived,
+    Connect,
+    Connected,
+    ConnectFailed,
+    ConnectionLost,
+    Disconnect,
+    HoldRefused,
+    Link,
+    Promote,
+    QueryBackup,
+    Role,
+    SendPresence,
+    Started,
+    StartTimer,
+    Stopped,
+    Timer,
 )
 from tests.unit.client.harness import BACKUP, HOME, OTHER, Harness, backup_info, of_type
 
@@ -78,7 +94,8 @@ def test_active_lost_activates_then_retries_while_the_backup_is_not_serving_yet(
     actions = h.feed(ActivationDone(presence_restored=False))
     assert of_type(actions, Promote) and of_type(actions, SendPresence) and of_type(actions, QueryBackup)
     state = h.policy.state
-    assert (state.active, state.active_endpoint, state.inactive, state.activating) == (Link.UP, BACKUP, Link.DOWN, False)
+    got = (state.active, state.active_endpoint, state.inactive, state.activating)
+    assert got == (Link.UP, BACKUP, Link.DOWN, False)
 
 
 def test_restored_presence_is_not_sent_again() -> None:

@@ -80,7 +80,7 @@ def test_parse_rejects_naming_the_key(key, raw, why):
 
 
 def test_unknown_key_is_named():
-    with pytest.raises(InvalidValue, match="^heartbeat_s: unknown parameter"):
+    with pytest.raises(InvalidValue, match=r"^heartbeat_s: unknown parameter"):
         spec_for("heartbeat_s")
 
 
@@ -89,7 +89,8 @@ def test_unknown_key_is_named():
     [
         ({"relogin_lower_s": 600}, "relogin_lower_s"),
         ({"heartbeat_interval_s": 60}, "heartbeat_interval_s"),
-        ({"heartbeat_interval_s": 30, "init_heartbeat_timeout_s": 20, "heartbeat_timeout_s": 40}, "heartbeat_interval_s"),
+        ({"heartbeat_interval_s": 30, "init_heartbeat_timeout_s": 20, "heartbeat_timeout_s": 40},
+         "heartbeat_interval_s"),
     ],
 )
 def test_cross_rules(changes, key):

@@ -20,7 +20,7 @@ def test_group_name_ok(name):
 
 @pytest.mark.parametrize("name", ["", "x" * 129, "with space", "dot.ted", "ünï", "a/b", "a%b"])
 def test_group_name_rejected(name):
-    with pytest.raises(InvalidValue, match="^group name: "):
+    with pytest.raises(InvalidValue, match=r"^group name: "):
         validate_group_name(name)
 
 
@@ -31,7 +31,7 @@ def test_description_ok(text):
 
 @pytest.mark.parametrize("text", ['say "hi"', "100%", "a & b", "back\\slash", "<b>", "a>b", "z" * 129])
 def test_description_rejected(text):
-    with pytest.raises(InvalidValue, match="^description: "):
+    with pytest.raises(InvalidValue, match=r"^description: "):
         validate_description(text)
 
 
@@ -69,29 +69,29 @@ def test_ports_scheme_and_clashes():
         validate_ports(first, {first.srm_port})
     with pytest.raises(InvalidValue, match="distinct"):
         validate_ports(NodePorts(1, 1, 2, 3, 4), set())
-    with pytest.raises(InvalidValue, match="^client_port: "):
+    with pytest.raises(InvalidValue, match=r"^client_port: "):
         validate_ports(NodePorts(0, 1, 2, 3, 4), set())
 
 
 @pytest.mark.parametrize("name", ["", "a b", "n" * 129])
 def test_node_name_rejected(name):
-    with pytest.raises(InvalidValue, match="^node name: "):
+    with pytest.raises(InvalidValue, match=r"^node name: "):
         validate_node_name(name)
 
 
 def test_usernames_are_prepared_localparts():
     assert validate_username("Alice") == "alice"
     for bad in ("", "a@b", "a/b", "a b", "x" * 1024):
-        with pytest.raises(InvalidValue, match="^username: "):
+        with pytest.raises(InvalidValue, match=r"^username: "):
             validate_username(bad)
 
 
 def test_import_rows_validated_before_any_work():
-    with pytest.raises(InvalidValue, match="^row 2 username"):
+    with pytest.raises(InvalidValue, match=r"^row 2 username"):
         _validate_rows([("ok", "pw"), ("bad@x", "pw")])
-    with pytest.raises(InvalidValue, match="^row 2 username: 'alice' appears twice"):
+    with pytest.raises(InvalidValue, match=r"^row 2 username: 'alice' appears twice"):
         _validate_rows([("alice", "pw"), ("ALICE", "pw")])
-    with pytest.raises(InvalidValue, match="^row 1 password"):
+    with pytest.raises(InvalidValue, match=r"^row 1 password"):
         _validate_rows([("bob", "")])
 
 
@@ -117,5 +117,5 @@ def test_wrong_password_is_refused():
     client = ScramClient(["SCRAM-SHA-256"], "user", "pen")
     server.set_client_first(client.get_client_first())
     client.set_server_first(server.get_server_first())
-    with pytest.raises(Exception, match="(?i)invalid|proof|mismatch"):
+    with pytest.raises(Exception, match=r"(?i)invalid|proof|mismatch"):
         server.set_client_final(client.get_client_final())

@@ -11,8 +11,14 @@ import itertools
 from dataclasses import dataclass, field
 
 from presence_ha.server.link.frames import Kind
-from presence_ha.server.link.protocol import (FrameReceived, HandshakeComplete, LinkConnection, Message,
-                                  ProtocolFailed, Role)
+from presence_ha.server.link.protocol import (
+    FrameReceived,
+    HandshakeComplete,
+    LinkConnection,
+    Message,
+    ProtocolFailed,
+    Role,
+)
 from presence_ha.server.link.state import LinkConfig, PeerLinks
 
 SECRET = b"cluster-secret-0123456789abcdef"

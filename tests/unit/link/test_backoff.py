@@ -28,5 +28,5 @@ def test_huge_attempt_numbers_do_not_overflow():
 
 @pytest.mark.parametrize("args", [(-1, 0.1, 1.0), (0, 0.0, 1.0), (0, 2.0, 1.0)])
 def test_bad_arguments(args):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="need attempt >= 0"):
         backoff_delay(*args, random.Random(0))

@@ -31,5 +31,5 @@ def test_frame_tag_is_reusable_and_keyed():
 
 @pytest.mark.parametrize("key", [b"", b"k" * 65])
 def test_frame_tag_refuses_a_bad_key(key):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="frame key must be"):
         FrameTag(key)

@@ -24,7 +24,8 @@ def test_data_round_trip():
 def test_a_sealed_data_frame_is_the_framed_body_and_its_tag():
     seal = lambda head, payload: b"T" * 16 + head[:1] + payload[:1]  # noqa: E731 - depends on both parts
     body = f.encode_data(7, 6, Kind.STANZA, b"payload")
-    assert f.data_frame(7, 6, Kind.STANZA, b"payload", seal) == f.frame(body + seal(body[:f.DATA_HEADER_LEN], b"payload"))
+    expected = f.frame(body + seal(body[:f.DATA_HEADER_LEN], b"payload"))
+    assert f.data_frame(7, 6, Kind.STANZA, b"payload", seal) == expected
     reader = FrameReader(1024)
     reader.feed(f.frame(b"an earlier frame") + f.data_frame(7, 6, Kind.STANZA, b"payload", seal))
     first = reader.next_span()
@@ -34,7 +35,7 @@ def test_a_sealed_data_frame_is_the_framed_body_and_its_tag():
     assert reader.buffer[start + f.DATA_HEADER_LEN : end - 18] == b"payload"
 
 
-@pytest.mark.parametrize("body, message", [
+@pytest.mark.parametrize(("body", "message"), [
     (f.encode_hello(f.Hello(b"n" * 16, b"s" * 16, 1, "a"))[:-2], "name"),
     (f.encode_hello(f.Hello(b"n" * 16, b"s" * 16, 1, "a")) + b"x", "name"),
     (f.encode_hello(f.Hello(b"n" * 16, b"s" * 16, 0, "a")), "first unacked"),
@@ -49,7 +50,7 @@ def test_malformed_bodies_are_frame_errors(body, message):
 
 
 def test_name_too_long_is_refused_locally():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="node name must be"):
         f.encode_hello(f.Hello(b"n" * 16, b"s" * 16, 1, "x" * 256))
 
 

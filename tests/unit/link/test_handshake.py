@@ -6,11 +6,10 @@ import pytest
 
 from presence_ha.server.link import frames as f
 from presence_ha.server.link.frames import Kind
-from presence_ha.server.link.protocol import (ConnState, HandshakeComplete, LinkConnection, Message,
-                                  ProtocolFailed, Role)
+from presence_ha.server.link.protocol import ConnState, HandshakeComplete, LinkConnection, Message, ProtocolFailed, Role
 from presence_ha.server.link.state import LinkConfig, LocalProtocolError
 
-from .helpers import SECRET, Pair, nonce, node, session
+from .helpers import SECRET, Pair, node, nonce, session
 
 WRONG = b"not-the-cluster-secret-at-all!!"
 
@@ -62,7 +61,7 @@ def test_initiator_that_cannot_prove_the_secret_is_refused():
     [failed] = [e for e in conn.events() if isinstance(e, ProtocolFailed)]
     assert "failed authentication" in failed.reason
     assert conn.state is ConnState.FAILED
-    assert f.FrameType.ERROR == conn.data_to_send()[4]
+    assert conn.data_to_send()[4] == f.FrameType.ERROR
     assert "mallory" not in b._links  # an unauthenticated name leaves no state behind
 
 
@@ -197,14 +196,14 @@ def test_keys_differ_per_direction_and_connection():
     assert pair.a.received() == [] and pair.a.of(ProtocolFailed)
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(secret=b"short"), "secret"),
-    (dict(session_id=b"x"), "session_id"),
-    (dict(local_name=""), "name"),
-    (dict(max_frame_size=100), "max_frame_size"),
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"secret": b"short"}, "secret"),
+    ({"session_id": b"x"}, "session_id"),
+    ({"local_name": ""}, "name"),
+    ({"max_frame_size": 100}, "max_frame_size"),
 ])
 def test_bad_config_is_a_local_error(kwargs, message):
-    base = dict(local_name="a", secret=SECRET, session_id=session(1))
+    base = {"local_name": "a", "secret": SECRET, "session_id": session(1)}
     with pytest.raises(LocalProtocolError, match=message):
         LinkConfig(**{**base, **kwargs})
 

@@ -6,8 +6,16 @@ from hypothesis import strategies as st
 
 from presence_ha.server.link import frames as f
 from presence_ha.server.link.frames import Kind
-from presence_ha.server.link.protocol import (AckOwed, AckReceived, DelayedAck, FrameReceived, HandshakeComplete,
-                                  Keepalive, Message, ProtocolFailed)
+from presence_ha.server.link.protocol import (
+    AckOwed,
+    AckReceived,
+    DelayedAck,
+    FrameReceived,
+    HandshakeComplete,
+    Keepalive,
+    Message,
+    ProtocolFailed,
+)
 
 from .helpers import Pair, node, session
 
@@ -309,13 +317,11 @@ def unexpected(failures: list[str]) -> list[str]:
 
 # Overlap races are rare at random; pin the two that matter as explicit examples.
 UP = [("deliver", "a", None), ("deliver", "b", None), ("deliver", "a", None)]
-OLD_DATA_AFTER_NEW_HELLO = UP + [
-    ("send", "a", 2), ("overlap", "a", 0), ("deliver", "a", None),
-    ("deliver_old", "a", None), ("deliver", "b", None), ("deliver", "a", None)]
-OLD_ACK_MID_HANDSHAKE = UP + [
-    ("send", "a", 2), ("deliver", "a", None), ("overlap", "a", 0), ("deliver", "a", None),
-    ("deliver_old", "b", None), ("deliver", "b", None), ("deliver", "a", None),
-    ("send", "a", 1), ("deliver", "a", None)]
+OLD_DATA_AFTER_NEW_HELLO = [*UP, ("send", "a", 2), ("overlap", "a", 0), ("deliver", "a", None),
+                            ("deliver_old", "a", None), ("deliver", "b", None), ("deliver", "a", None)]
+OLD_ACK_MID_HANDSHAKE = [*UP, ("send", "a", 2), ("deliver", "a", None), ("overlap", "a", 0), ("deliver", "a", None),
+                         ("deliver_old", "b", None), ("deliver", "b", None), ("deliver", "a", None),
+                         ("send", "a", 1), ("deliver", "a", None)]
 
 
 @pytest.mark.parametrize("ack_every", [1, 3])

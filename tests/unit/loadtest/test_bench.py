@@ -5,8 +5,16 @@ import math
 import pytest
 
 from presence_ha.loadtest.bench import (
-    Settings, Target, failure_summary, groups_of, marker, parse_marker, percentile, schedule,
-    shard, summarize_ms,
+    Settings,
+    Target,
+    failure_summary,
+    groups_of,
+    marker,
+    parse_marker,
+    percentile,
+    schedule,
+    shard,
+    summarize_ms,
 )
 
 

@@ -10,10 +10,10 @@ from presence_ha.loadtest.cli import main, render, settings_from
 
 
 def _opts(**over):
-    base = dict(users=30, workers=1, setup_rate=100.0, login_count=0, login_rate=50.0,
-                chat_pairs=5, chat_rate=10.0, chat_duration=1.0, contacts=5, presence_users=12,
-                presence_rate=2.0, presence_duration=1.0, memory_levels=(10,), settle=0.5,
-                scenarios=("login", "memory"))
+    base = {"users": 30, "workers": 1, "setup_rate": 100.0, "login_count": 0, "login_rate": 50.0,
+                "chat_pairs": 5, "chat_rate": 10.0, "chat_duration": 1.0, "contacts": 5, "presence_users": 12,
+                "presence_rate": 2.0, "presence_duration": 1.0, "memory_levels": (10,), "settle": 0.5,
+                "scenarios": ("login", "memory")}
     base.update(over)
     return base
 

@@ -5,8 +5,17 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from presence_ha.loadtest.xmpp_client import (
-    NS_CLIENT, NS_STREAM, RosterItem, StanzaReader, StreamClosed, StreamOpened, local_tag,
-    message_xml, parse_roster, presence_xml, stream_header,
+    NS_CLIENT,
+    NS_STREAM,
+    RosterItem,
+    StanzaReader,
+    StreamClosed,
+    StreamOpened,
+    local_tag,
+    message_xml,
+    parse_roster,
+    presence_xml,
+    stream_header,
 )
 
 HEADER = (b"<?xml version='1.0'?><stream:stream xmlns='jabber:client' "

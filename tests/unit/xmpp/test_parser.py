@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 
 from presence_ha.server.xmpp.errors import StreamCondition
-from presence_ha.server.xmpp.parser import TEXT_BUFFER, ElementParsed, FooterParsed, HeaderParsed, ParseFault, StreamParser
+from presence_ha.server.xmpp.parser import (
+    TEXT_BUFFER,
+    ElementParsed,
+    FooterParsed,
+    HeaderParsed,
+    ParseFault,
+    StreamParser,
+)
 
 HEADER = b"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='d' version='1.0'>"
 
@@ -15,7 +22,8 @@ def faults(events) -> list[StreamCondition]:
 
 
 def test_header_stanza_footer():
-    events = StreamParser(1000).feed(HEADER + b" \n<message to='a@d'><body>hi &amp; &#x41;</body></message>\t</stream:stream>")
+    events = StreamParser(1000).feed(
+        HEADER + b" \n<message to='a@d'><body>hi &amp; &#x41;</body></message>\t</stream:stream>")
     header, message, footer = events
     assert isinstance(header, HeaderParsed) and header.default_ns == "jabber:client"
     assert header.name == "{http://etherx.jabber.org/streams}stream" and header.attrs["version"] == "1.0"
@@ -118,7 +126,8 @@ def test_size_limit_and_faults_apply_after_a_release():
     parser = StreamParser(100)
     parser.feed(HEADER + b"<presence/>")
     assert parser._parser is None
-    assert faults(parser.feed(b"<message><body>" + b"x" * 200 + b"</body></message>")) == [StreamCondition.POLICY_VIOLATION]
+    too_big = b"<message><body>" + b"x" * 200 + b"</body></message>"
+    assert faults(parser.feed(too_big)) == [StreamCondition.POLICY_VIOLATION]
     parser = StreamParser(1000)
     parser.feed(HEADER + b"<presence/>")
     assert faults(parser.feed(b"<!-- c -->")) == [StreamCondition.RESTRICTED_XML]

@@ -30,7 +30,8 @@ def test_jabber_client_is_unqualified_and_other_namespaces_declared_once():
 def test_jabber_client_inside_a_foreign_namespace_is_redeclared():
     fwd = ET.Element("{urn:xmpp:forward:0}forwarded")
     ET.SubElement(fwd, "message").text = "x"
-    assert serialize(fwd) == "<forwarded xmlns='urn:xmpp:forward:0'><message xmlns='jabber:client'>x</message></forwarded>"
+    assert serialize(fwd) == ("<forwarded xmlns='urn:xmpp:forward:0'>"
+                              "<message xmlns='jabber:client'>x</message></forwarded>")
 
 
 def test_escaping_and_xml_lang_round_trip():

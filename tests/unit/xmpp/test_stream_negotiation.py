@@ -121,7 +121,8 @@ def test_too_many_failures_end_the_stream():
         (f"<auth xmlns='{SASL}' mechanism='SCRAM-SHA-256'>{b64('garbage')}</auth>", "malformed-request"),
         (f"<auth xmlns='{SASL}' mechanism='SCRAM-SHA-256'>{b64(bytes([0xff, 0xfe]))}</auth>", "malformed-request"),
         (f"<auth xmlns='{SASL}' mechanism='DIGEST-MD5'/>", "invalid-mechanism"),
-        (f"<auth xmlns='{SASL}' mechanism='PLAIN'>{b64('bob@example.test' + chr(0) + 'alice' + chr(0) + 'x')}</auth>", "invalid-authzid"),
+        (f"<auth xmlns='{SASL}' mechanism='PLAIN'>{b64('bob@example.test' + chr(0) + 'alice' + chr(0) + 'x')}</auth>",
+         "invalid-authzid"),
         (f"<response xmlns='{SASL}'>{b64('x')}</response>", "malformed-request"),
         (f"<abort xmlns='{SASL}'/>", "aborted"),
     ],
@@ -190,7 +191,8 @@ def test_refused_login_see_other_host():
     t.facts()
     t.call("refuse_login", StreamError(StreamCondition.SEE_OTHER_HOST, other_host="127.0.0.1:5232"))
     assert t.sent() == (
-        f"<stream:error><see-other-host xmlns='{STREAMS}'>127.0.0.1:5232</see-other-host></stream:error></stream:stream>"
+        f"<stream:error><see-other-host xmlns='{STREAMS}'>127.0.0.1:5232</see-other-host></stream:error>"
+        "</stream:stream>"
     )
 
 
@@ -240,7 +242,8 @@ def test_requested_resource_and_invalid_resource():
     t2.call("accept_login")
     t2.recv(HEADER)
     t2.sent()
-    t2.recv("<iq type='set' id='b'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>\x7f</resource></bind></iq>")
+    t2.recv("<iq type='set' id='b'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>"
+            "<resource>\x7f</resource></bind></iq>")
     assert "<bad-request xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/>" in t2.sent()
     assert t2.stream.phase is Phase.BIND
 
@@ -250,7 +253,8 @@ def test_registration_form_and_request():
     assert "<register xmlns='http://jabber.org/features/iq-register'/>" in t.open()
     t.recv("<iq type='get' id='r1'><query xmlns='jabber:iq:register'/></iq>")
     assert "<username/><password/>" in t.sent()
-    t.recv("<iq type='set' id='r2'><query xmlns='jabber:iq:register'><username>Carol</username><password>pw</password></query></iq>")
+    t.recv("<iq type='set' id='r2'><query xmlns='jabber:iq:register'>"
+           "<username>Carol</username><password>pw</password></query></iq>")
     (request,) = t.facts()
     assert request == ev.RegistrationRequested("carol", "pw")
     t.call("registration_done", None)

@@ -98,6 +98,7 @@ class Transcript:
         self.call("accept_login")
         self.sent()
         self.recv(HEADER)
-        self.recv(f"<iq type='set' id='bind1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>{resource}</resource></bind></iq>")
+        self.recv("<iq type='set' id='bind1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>"
+                  f"<resource>{resource}</resource></bind></iq>")
         self.sent()
         self.facts()
