@@ -151,10 +151,13 @@ class Node:
         interval = float(params["heartbeat_interval_s"])
         close_s = self.config.limits.shutdown_timeout_s
 
+        def farewell(cause: StopCause) -> StreamError:
+            return redirect_error(name, self.srm.redirect_target() if self.srm else None, cause)
+
         async def enforce_assignment() -> int:
             async with self.session_factory() as session:
                 mine = await users.usernames_active_on(session, name)
-            error = redirect_error(name, self.srm.redirect_target())
+            error = farewell(StopCause.SRM)
             chosen = lambda s: s.kind is SessionKind.ACTIVE and s.jid.local not in mine  # noqa: E731
             return await port.close_sessions(chosen, lambda _u: error, close_s)
 
@@ -165,9 +168,6 @@ class Node:
                 peer = await groups.peer_of(session, name)
             ha = bool(group and group.ha_enabled)
             return ClientProfile(int(p["relogin_lower_s"]), int(p["relogin_upper_s"]), peer if ha else None, ha)
-
-        def farewell(cause: StopCause) -> StreamError:
-            return redirect_error(name, self.srm.redirect_target() if self.srm else None, cause)
 
         presence, auth, inbox = Switch(), Switch(), SrmInbox()
         self.services = CriticalServices({

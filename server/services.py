@@ -25,6 +25,7 @@ Rules of this module:
 from __future__ import annotations
 
 import asyncio
+import builtins
 import enum
 import logging
 from collections.abc import Awaitable, Callable
@@ -33,7 +34,9 @@ from typing import Protocol
 
 from presence_ha.db.engine import DatabaseUnavailable
 from presence_ha.server.sessions import Session
-from presence_ha.server.srm.events import CriticalServiceDown, CriticalServicesRestored, CriticalServiceStartFailed, Event
+from presence_ha.server.srm.events import (
+    CriticalServiceDown, CriticalServicesRestored, CriticalServiceStartFailed, Event,
+)
 from presence_ha.server.xmpp.errors import StreamError
 
 log = logging.getLogger(__name__)
@@ -57,7 +60,8 @@ class ServiceNotApplicable(ServiceError):
         super().__init__(name, f"service {name!r} is not applicable to this XMPP-only product (SPEC §4)")
 
 
-HANDOVER_CLOSE_S = 0.25  # longest wait for clients to close after a failover's redirect (their streams are already closed here)
+# Longest wait for clients to close after a failover's redirect (their streams are already closed here).
+HANDOVER_CLOSE_S = 0.25
 
 
 class StopCause(enum.Enum):
@@ -237,7 +241,7 @@ class CriticalServices:
             return CriticalServiceStartFailed(failed) if failed else CriticalServicesRestored()
 
     @property
-    def faults(self) -> list[str]:
+    def faults(self) -> builtins.list[str]:  # `list` here is the method above
         return [s.name for s in self._services.values() if s.faulty]
 
     # --- internals ---------------------------------------------------------------------
@@ -288,7 +292,8 @@ class CriticalServices:
 class ClientPortView(Protocol):
     """What the services need of `server.net.clients.ClientPort`."""
 
-    listening: bool
+    @property
+    def listening(self) -> bool: ...
 
     async def start(self, host: str, port: int) -> None: ...
     async def stop_listening(self, error: StreamError | None, timeout_s: float, *, handover: bool = False) -> None: ...

@@ -81,7 +81,8 @@ class PeerChannel:
     async def drain(self, timeout_s: float) -> None:
         """Wait (up to `timeout_s`) until the peer acknowledged what was sent."""
         deadline = time.monotonic() + timeout_s
-        while self._client is not None and self._client.is_up and self._client.in_flight and time.monotonic() < deadline:
+        client = self._client
+        while client is not None and client.is_up and client.in_flight and time.monotonic() < deadline:
             await asyncio.sleep(DRAIN_POLL_S)
 
     async def close(self) -> None:

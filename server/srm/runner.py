@@ -16,8 +16,8 @@ Rules of this module:
   `ActivateInactiveSessions`.
 - Timers carry a generation: a timer cancelled or restarted after it fired is dropped.
   Results of an action are only for the machine that asked (a restart drops them).
-- Database liveness (SPEC §9): every heartbeat interval this node renews its
-  `alive_at` and samples the peer's; `liveness` judges the samples.
+- Database liveness (SPEC §9): `LivenessWatch` renews this node's `alive_at` every
+  heartbeat interval and samples the peer's; `liveness` judges the samples.
 - `InvalidTransition` is logged, counted and fed back as `InternalErrorOccurred`.
 - Each transition is one log line: node, from, to, reason, event.
 """
@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -36,10 +35,9 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from presence_ha.db import srm_state, users
-from presence_ha.db.engine import WRITES, DatabaseUnavailable
+from presence_ha.db.engine import DatabaseUnavailable
 from presence_ha.db.errors import FencingConflict
-from presence_ha.server.loop_lag import LoopLag
-from presence_ha.server.srm import admission, liveness
+from presence_ha.server.srm import admission
 from presence_ha.server.srm.actions import (
     Action, ActivateInactiveSessions, CancelTimer, CheckPeerLiveness, ClientKind, DisconnectClients, MoveUsers,
     NotifyPeer, PersistState, RefuseAdminRequest, StartCriticalServices, StartTimer, StopCriticalServices,
@@ -55,6 +53,7 @@ from presence_ha.server.srm.redirect import RedirectTarget, redirect_error
 from presence_ha.server.srm.setup import Setup, load_setup
 from presence_ha.server.srm.state_signal import StateSignal
 from presence_ha.server.srm.table import InvalidTransition, NodeState, Reason
+from presence_ha.server.srm.watch import LivenessWatch
 from presence_ha.server.xmpp.negotiation import SaslFailure
 from presence_ha.server.xmpp.sasl import SaslCondition
 
@@ -86,9 +85,12 @@ class LabelledCounter(Protocol):
 class SrmMetrics(Protocol):
     """The SRM's counters in `server.metrics.Metrics`."""
 
-    srm_transitions: LabelledCounter
-    srm_invalid_transitions: CounterLike
-    srm_peer_protocol_errors: CounterLike
+    @property
+    def srm_transitions(self) -> LabelledCounter: ...
+    @property
+    def srm_invalid_transitions(self) -> CounterLike: ...
+    @property
+    def srm_peer_protocol_errors(self) -> CounterLike: ...
 
 
 @dataclass(frozen=True)
@@ -129,8 +131,7 @@ class SrmRunner:
         self._setup: Setup | None = None
         self._event: Event | None = None
         self._changed = StateSignal()
-        self._database = liveness.DatabaseLiveness()
-        self._peer_alive = liveness.PeerLiveness(time.monotonic())
+        self._watch = LivenessWatch(node, session_factory, inbox)
         self._peer = PeerChannel(node, port.secret, self.session_id, inbox, metrics.srm_peer_protocol_errors,
                                  lambda: self._machine.heartbeat() if self._machine is not None else None)
         self._handover = Handover(node, clients, self._spawn)
@@ -147,7 +148,7 @@ class SrmRunner:
         self._inbox.post(SrmStarted(setup.epoch))
         await self._peer.open(self._port.host, self._port.port, setup.peer, setup.timers)
         self._spawn(self._work())
-        self._spawn(self._watch_database())
+        self._spawn(self._watch.run())
         log.info("srm %s started: group %s, peer %s, HA %s, stored %s", self.node, setup.group,
                  setup.peer.name if setup.peer else None, "on" if setup.ha_enabled else "off",
                  setup.stored.state if setup.stored else "nothing")
@@ -277,12 +278,13 @@ class SrmRunner:
             assert self._setup is not None
             setup = self._setup
         self._install(setup)
-        self._database.forget()  # see liveness: the new machine assumes a healthy database
+        self._watch.machine_rebuilt()  # see liveness: the new machine assumes a healthy database
         log.info("srm %s: restarted from %s", self.node, setup.stored.state if setup.stored else "nothing")
         return self._handle(SrmStarted(setup.epoch))
 
     def _install(self, setup: Setup) -> None:
         self._setup = setup
+        self._watch.use(setup)
         self._machine_gen += 1
         self._services.set_monitored("xcp-auth", setup.monitor_auth)
         self._machine = SrmMachine(
@@ -306,7 +308,7 @@ class SrmRunner:
                 await result
         except DatabaseUnavailable as exc:
             log.warning("srm %s: %s failed: %s", self.node, action, exc)
-            self._database_failed()
+            self._watch.failed()
         except Exception as exc:  # a bug in an effect must not kill the SRM: SPEC §6 row 21
             log.exception("srm %s: executing %s failed", self.node, action)
             self._inbox.post(InternalErrorOccurred(repr(exc)))
@@ -318,7 +320,7 @@ class SrmRunner:
                                             event=type(self._event).__name__, epoch=a.epoch)
         except DatabaseUnavailable as exc:
             log.warning("srm %s: state not persisted: %s", self.node, exc)
-            self._database_failed()
+            self._watch.failed()
 
     async def _do_stop_services(self, _a: StopCriticalServices) -> None:
         await self._services.stop_all()
@@ -379,79 +381,10 @@ class SrmRunner:
         await self._handover.activate(a.owner, self._cluster.users_active)
 
     def _do_check_peer(self, a: CheckPeerLiveness) -> None:
-        self._spawn(self._probe(a.peer))
+        self._spawn(self._watch.probe(a.peer))
 
     def _do_refuse(self, a: RefuseAdminRequest) -> None:
         log.info("srm %s: refused %s in state %s", self.node, type(a.request).__name__, a.state.value)
-
-    # --- database and peer liveness (judged by `liveness`) -------------------------------
-
-    async def _watch_database(self) -> None:
-        """Renew this node's `alive_at` every interval and report the database's health."""
-        while True:
-            assert self._setup is not None
-            t = self._setup.timers
-            sample = await self._check_database(liveness.check_limit_s(t.heartbeat_timeout_s))
-            verdict = self._database.sample(sample)
-            self._log_verdict(sample, verdict)
-            if verdict.event is not None:
-                self._inbox.post(verdict.event)
-            await asyncio.sleep(t.heartbeat_interval_s)
-
-    async def _check_database(self, limit_s: float) -> liveness.DbSample:
-        lag = LoopLag()
-        try:
-            async with lag.watching(), asyncio.timeout(limit_s):
-                await self._renew_and_sample()
-        except TimeoutError:
-            return liveness.DbSample(liveness.Check.TIMED_OUT, limit_s, lag.worst_s, time.monotonic() - WRITES.at)
-        except DatabaseUnavailable as exc:
-            log.warning("srm %s: database unreachable: %s", self.node, exc)
-            return liveness.DbSample(liveness.Check.FAILED, limit_s)
-        return liveness.DbSample(liveness.Check.ANSWERED, limit_s)
-
-    def _log_verdict(self, s: liveness.DbSample, v: liveness.DbVerdict) -> None:
-        F = liveness.Finding
-        if v.finding is F.NODE_SATURATED:
-            log.warning("srm %s: database check took over %.0fs while this node's event loop ran up to %.1fs late: "
-                        "the node is saturated, not the database (not counted)", self.node, s.limit_s, s.loop_lag_s)
-        elif v.finding is F.DATABASE_BUSY:
-            log.warning("srm %s: database check took over %.0fs, but a write completed %.1fs ago: the database is "
-                        "busy, not lost (not counted)", self.node, s.limit_s, s.since_write_s)
-        elif v.finding is F.SLOW:
-            log.warning("srm %s: database check took over %.0fs (%d in a row)", self.node, s.limit_s, v.slow_in_a_row)
-
-    def _database_failed(self) -> None:
-        event = self._database.failed()
-        if event is not None:
-            self._inbox.post(event)
-
-    async def _renew_and_sample(self) -> liveness.PeerRow | None:
-        peer = self._setup.peer if self._setup is not None else None
-        async with self._db() as session:
-            await srm_state.renew_alive(session, self.node)
-            row = await srm_state.read_state(session, peer.name) if peer else None
-        sample = liveness.PeerRow(row.alive_at, NodeState(row.state), Reason(row.reason), row.epoch) if row else None
-        self._peer_alive.observe(sample, time.monotonic())
-        return sample
-
-    async def _probe(self, peer: str) -> None:
-        """CheckPeerLiveness: sample the peer's `alive_at` until `liveness` has a verdict."""
-        assert self._setup is not None
-        interval = self._setup.timers.heartbeat_interval_s
-        started = time.monotonic()
-        while True:
-            try:
-                row = await self._renew_and_sample()
-            except DatabaseUnavailable:
-                row = None  # no verdict without the database: try again
-            event = self._peer_alive.verdict(row, started, time.monotonic(), db_ok=self._database.ok,
-                                             stale_after=liveness.stale_after_s(interval),
-                                             ha_enabled=self._setup.ha_enabled)
-            if event is not None:
-                self._inbox.post(event)
-                return
-            await asyncio.sleep(liveness.probe_pause_s(interval))
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.create_task(coro)

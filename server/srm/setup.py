@@ -54,8 +54,9 @@ async def load_setup(session: AsyncSession, node: str) -> Setup:
     p = await parameters.effective_parameters(session, node)
     stored = await srm_state.read_state(session, node)
     epoch = await srm_state.group_epoch(session, group.name) if group else 0
-    timers = SrmTimers(p["heartbeat_interval_s"], p["heartbeat_timeout_s"], p["init_heartbeat_timeout_s"],
-                       p["critical_service_delay_s"], bool(p["auto_fallback_enabled"]), p["auto_fallback_delay_s"])
+    timers = SrmTimers(float(p["heartbeat_interval_s"]), float(p["heartbeat_timeout_s"]),
+                       float(p["init_heartbeat_timeout_s"]), float(p["critical_service_delay_s"]),
+                       bool(p["auto_fallback_enabled"]), float(p["auto_fallback_delay_s"]))
     ha = bool(group.ha_enabled) if group else False
     return Setup(group.name if group else None, ha, peer, timers, bool(p["monitor_auth_service"]), stored, epoch,
                  float(p["presence_grace_s"]))

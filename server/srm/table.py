@@ -284,12 +284,14 @@ K = Step
 IGNORE = (T(None, SAME),)  # §6: deliberately ignored (explicit, never a silent default)
 _FAIL_UNKNOWN = (T(S.RUNNING_IN_FAILED_MODE, R.UNKNOWN, (K.STOP_SERVICES, K.TELL_PEER_FAILED)),)  # §6 row 21
 _RESTART = (
-    T(S.NORMAL, R.NORMAL, (K.START_SERVICES, K.SEND_HEARTBEAT, K.ARM_HEARTBEAT), guard=ha_inactive),  # §6 row 1 (HA off)
+    T(S.NORMAL, R.NORMAL, (K.START_SERVICES, K.SEND_HEARTBEAT, K.ARM_HEARTBEAT),  # §6 row 1 (HA off)
+      guard=ha_inactive),
     T(S.INITIALIZING, R.INITIALIZATION,  # §6 rows 5-9
       (K.STOP_SERVICES, K.SEND_HEARTBEAT, K.ARM_HEARTBEAT, K.ARM_INIT_TIMEOUT)),
 )
 _RESTART_IDLE = (
-    T(S.NORMAL, R.NORMAL, (K.START_SERVICES, K.SEND_HEARTBEAT, K.ARM_HEARTBEAT), guard=ha_inactive),  # §6 row 1 (HA off)
+    T(S.NORMAL, R.NORMAL, (K.START_SERVICES, K.SEND_HEARTBEAT, K.ARM_HEARTBEAT),  # §6 row 1 (HA off)
+      guard=ha_inactive),
     T(S.IDLE, R.INITIALIZATION, (K.STOP_SERVICES, K.SEND_HEARTBEAT, K.ARM_HEARTBEAT)),  # §6 rows 5-6
 )
 _TAKEN_OVER = (
@@ -414,7 +416,8 @@ TRANSITIONS: dict[tuple[NodeState, type[Event]], tuple[Transition, ...]] = {
         T(None, SAME, (K.CANCEL_SERVICE_DELAY, K.ASK_PEER_TO_RELEASE)),  # §6 rows 4, 9, 10
     ),
     (S.TAKING_BACK, CriticalServiceStartFailed): (  # §6 row 14
-        T(S.RUNNING_IN_FAILED_MODE, R.CRITICAL_SERVICE_START_FAILED, (K.STOP_SERVICES, K.TELL_PEER_FAILED)),  # §6 row 14
+        T(S.RUNNING_IN_FAILED_MODE, R.CRITICAL_SERVICE_START_FAILED,  # §6 row 14
+          (K.STOP_SERVICES, K.TELL_PEER_FAILED)),
     ),
     (S.TAKING_BACK, PeerReleasedUsers): (  # §6 rows 4, 9, 10
         T(None, SAME, (K.TAKE_BACK_OWN_USERS,), guard=no_move_in_flight),  # §6 rows 4, 9, 10
