@@ -14,9 +14,9 @@ Rules of this module:
 - Health goes to the SRM as events through the `HealthSink` given at construction
   (the SRM's inbox): `CriticalServiceDown(name)` when the first fault appears,
   `CriticalServicesRestored()` when the last one clears.
+  The Critical Service Delay is the SRM machine's timer, not a timer here.
 - A component that can fail on its own is told whom to tell when it is started:
   `start(failed)`; it calls `failed(detail)` once it crashed.
-  The Critical Service Delay is the SRM machine's timer, not a timer here.
 - `stop_all`/`start_all` execute the SRM's StopCriticalServices/StartCriticalServices
   (idempotent); `start_all` returns its result event instead of reporting it.
 - Admin errors: `UnknownService(name)`, `ServiceNotApplicable(name)`.
