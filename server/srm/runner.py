@@ -29,7 +29,7 @@ import logging
 import os
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -42,13 +42,14 @@ from presence_ha.server.srm.actions import (
     Action, ActivateInactiveSessions, CancelTimer, CheckPeerLiveness, ClientKind, DisconnectClients, MoveUsers,
     NotifyPeer, PersistState, RefuseAdminRequest, StartCriticalServices, StartTimer, StopCriticalServices,
 )
+from presence_ha.server.srm.collaborators import ClusterNotifier, SrmMetrics, SrmServices
 from presence_ha.server.srm.events import (
     Event, InternalErrorOccurred, MoveUsersFailed, NodeShuttingDown, SrmStarted, Timer, TimerFired, UsersMoved,
 )
 from presence_ha.server.srm.handover import Handover, HandoverPort
 from presence_ha.server.srm.inbox import Item, SrmInbox
 from presence_ha.server.srm.machine import SrmMachine
-from presence_ha.server.srm.peer_link import CounterLike, PeerChannel
+from presence_ha.server.srm.peer_link import PeerChannel
 from presence_ha.server.srm.redirect import RedirectTarget, redirect_error
 from presence_ha.server.srm.setup import Setup, load_setup
 from presence_ha.server.srm.state_signal import StateSignal
@@ -61,36 +62,6 @@ log = logging.getLogger(__name__)
 
 CLOSE_TIMEOUT_S = 5.0  # how long closing client streams may take
 GOODBYE_TIMEOUT_S = 2.0  # how long a shutting-down node waits for the peer's ack
-
-
-class SrmServices(Protocol):
-    """What the SRM uses of `server.services.CriticalServices`."""
-
-    def set_monitored(self, name: str, monitored: bool) -> None: ...
-    async def stop_all(self) -> None: ...
-    async def start_all(self) -> Event: ...
-
-
-class ClusterNotifier(Protocol):
-    """What the SRM tells the cluster links (`server.cluster.ClusterService`)."""
-
-    def users_moved(self, arrived: bool) -> None: ...
-    def users_active(self) -> None: ...
-
-
-class LabelledCounter(Protocol):
-    def labels(self, *values: str) -> CounterLike: ...
-
-
-class SrmMetrics(Protocol):
-    """The SRM's counters in `server.metrics.Metrics`."""
-
-    @property
-    def srm_transitions(self) -> LabelledCounter: ...
-    @property
-    def srm_invalid_transitions(self) -> CounterLike: ...
-    @property
-    def srm_peer_protocol_errors(self) -> CounterLike: ...
 
 
 @dataclass(frozen=True)
