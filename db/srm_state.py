@@ -135,7 +135,8 @@ async def append_event(
     validate_state(to_state, reason)
     node_id = await _node_id(session, node_name)
     async with translate_errors():
-        session.add(HaEvent(node_id=node_id, at=utcnow(), from_state=from_state, to_state=to_state, reason=reason, event=event))
+        session.add(HaEvent(node_id=node_id, at=utcnow(), from_state=from_state, to_state=to_state, reason=reason,
+                            event=event))
         await session.commit()
 
 
@@ -163,7 +164,8 @@ async def failed_over_nodes(session: AsyncSession) -> list[str]:
 
 async def group_epoch(session: AsyncSession, group_name: str) -> int:
     async with translate_errors():
-        epoch = (await session.execute(select(RedundancyGroup.epoch).where(RedundancyGroup.name == group_name))).scalar()
+        query = select(RedundancyGroup.epoch).where(RedundancyGroup.name == group_name)
+        epoch = (await session.execute(query)).scalar()
     if epoch is None:
         raise NotFound(f"group {group_name!r} does not exist")
     return epoch

@@ -40,12 +40,17 @@ from presence_ha.server.net.admin_rpc import AdminServer
 from presence_ha.server.net.clients import ClientPort
 from presence_ha.server.net.metrics_http import MetricsServer
 from presence_ha.server.router import Router
-from presence_ha.server.services import ClientProfile, ClientProfileAgent, CriticalServices, RouterComponent, Switch, SyncAgent
+from presence_ha.server.services import (
+    ClientProfile, ClientProfileAgent, CriticalServices, RouterComponent, StopCause, Switch, SyncAgent,
+)
 from presence_ha.server.sessions import SessionKind, SessionRegistry
 from presence_ha.server.srm.events import CriticalServiceStartFailed
-from presence_ha.server.srm.runner import SrmRunner
+from presence_ha.server.srm.inbox import SrmInbox
+from presence_ha.server.srm.redirect import redirect_error
+from presence_ha.server.srm.runner import SrmPort, SrmRunner
 from presence_ha.server.store import Store
 from presence_ha.server.tls import ensure_node_certificate, make_ca, server_context
+from presence_ha.server.xmpp.errors import StreamError
 
 log = logging.getLogger(__name__)
 SRM_POOL_SIZE = 2
@@ -142,15 +147,18 @@ class Node:
     # --- SRM and critical services (server.services, server.srm.runner) ----------------
 
     def _build_srm(self, info: nodes.NodeInfo, host: str, params: dict[str, Any], secret: str) -> None:
-        port, name = self.client_port, info.name
-        assert port is not None
+        port, name, cluster = self.client_port, info.name, self.cluster
+        assert port is not None and cluster is not None
         interval = float(params["heartbeat_interval_s"])
         close_s = self.config.limits.shutdown_timeout_s
+
+        def farewell(cause: StopCause) -> StreamError:
+            return redirect_error(name, self.srm.redirect_target() if self.srm else None, cause)
 
         async def enforce_assignment() -> int:
             async with self.session_factory() as session:
                 mine = await users.usernames_active_on(session, name)
-            error = self.srm.redirect()
+            error = farewell(StopCause.SRM)
             chosen = lambda s: s.kind is SessionKind.ACTIVE and s.jid.local not in mine  # noqa: E731
             return await port.close_sessions(chosen, lambda _u: error, close_s)
 
@@ -162,22 +170,19 @@ class Node:
             ha = bool(group and group.ha_enabled)
             return ClientProfile(int(p["relogin_lower_s"]), int(p["relogin_upper_s"]), peer if ha else None, ha)
 
-        presence, auth = Switch(), Switch()
+        presence, auth, inbox = Switch(), Switch(), SrmInbox()
         self.services = CriticalServices({
-            "xcp-router": RouterComponent(port, host, info.ports.client_port, lambda cause: self.srm.redirect(cause), close_s),
+            "xcp-router": RouterComponent(port, host, info.ports.client_port, farewell, close_s),
             "presence-engine": presence,
             "sync-agent": SyncAgent(enforce_assignment, lambda: interval),
             "client-profile-agent": ClientProfileAgent(load_profile, lambda: interval),
             "xcp-auth": auth,
-        })
+        }, inbox)
         port.presence_on = lambda: presence.on
         port.auth_on = lambda: auth.on
-        self.srm = SrmRunner(name, make_session_factory(self.srm_engine), self.services, port, self.sessions, self.metrics,
-                             secret.encode(), host, info.ports.srm_port)
+        self.srm = SrmRunner(name, make_session_factory(self.srm_engine), inbox, self.services, port, cluster,
+                             self.metrics, SrmPort(host, info.ports.srm_port, secret.encode()))
         port.admission = self.srm.login_refusal
-        if self.cluster is not None:
-            self.srm.on_users_moved = self.cluster.users_moved
-            self.srm.on_users_active = self.cluster.users_active
 
     async def _start_srm(self, host: str, info: nodes.NodeInfo) -> None:
         """Start the services (a taken client port fails the start), then the SRM, whose

@@ -11,9 +11,12 @@ Rules of this module:
 - A stopped service has one cause: `ADMIN` (the admin stopped it), `FAILED` (it failed
   on its own) or `SRM` (the SRM stopped every service: failover, Idle, ...). Only
   ADMIN and FAILED of a monitored, applicable service are *faults*.
-- Health goes to the SRM as events through `on_health`: `CriticalServiceDown(name)`
-  when the first fault appears, `CriticalServicesRestored()` when the last one clears.
+- Health goes to the SRM as events through the `HealthSink` given at construction
+  (the SRM's inbox): `CriticalServiceDown(name)` when the first fault appears,
+  `CriticalServicesRestored()` when the last one clears.
   The Critical Service Delay is the SRM machine's timer, not a timer here.
+- A component that can fail on its own is told whom to tell when it is started:
+  `start(failed)`; it calls `failed(detail)` once it crashed.
 - `stop_all`/`start_all` execute the SRM's StopCriticalServices/StartCriticalServices
   (idempotent); `start_all` returns its result event instead of reporting it.
 - Admin errors: `UnknownService(name)`, `ServiceNotApplicable(name)`.
@@ -22,14 +25,19 @@ Rules of this module:
 from __future__ import annotations
 
 import asyncio
+import builtins
 import enum
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 from presence_ha.db.engine import DatabaseUnavailable
-from presence_ha.server.srm.events import CriticalServiceDown, CriticalServicesRestored, CriticalServiceStartFailed, Event
+from presence_ha.server.sessions import Session
+from presence_ha.server.srm.events import (
+    CriticalServiceDown, CriticalServicesRestored, CriticalServiceStartFailed, Event,
+)
+from presence_ha.server.xmpp.errors import StreamError
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +60,8 @@ class ServiceNotApplicable(ServiceError):
         super().__init__(name, f"service {name!r} is not applicable to this XMPP-only product (SPEC §4)")
 
 
-HANDOVER_CLOSE_S = 0.25  # longest wait for clients to close after a failover's redirect (their streams are already closed here)
+# Longest wait for clients to close after a failover's redirect (their streams are already closed here).
+HANDOVER_CLOSE_S = 0.25
 
 
 class StopCause(enum.Enum):
@@ -61,10 +70,14 @@ class StopCause(enum.Enum):
     SRM = "stopped by the SRM"
 
 
-class Component(Protocol):
-    """What a service runs. `start` raises on failure; `stop` never raises."""
+FailureReport = Callable[[str], None]  # a running component failed on its own: the detail
 
-    async def start(self) -> None: ...
+
+class Component(Protocol):
+    """What a service runs. `start` raises on failure; `stop` never raises. A component
+    that fails later calls `failed(detail)`, given to the `start` that started it."""
+
+    async def start(self, failed: FailureReport) -> None: ...
     async def stop(self, cause: StopCause) -> None: ...
 
 
@@ -96,7 +109,7 @@ class Switch:
     def __init__(self) -> None:
         self.on = True
 
-    async def start(self) -> None:
+    async def start(self, failed: FailureReport) -> None:
         self.on = True
 
     async def stop(self, cause: StopCause) -> None:
@@ -109,11 +122,10 @@ class PeriodicTask:
     def __init__(self, name: str, work: Callable[[], Awaitable[None]], interval_s: Callable[[], float]) -> None:
         self.name, self._work, self._interval_s = name, work, interval_s
         self._task: asyncio.Task[None] | None = None
-        self.on_crash: Callable[[str], None] = lambda detail: None
 
-    async def start(self) -> None:
+    async def start(self, failed: FailureReport) -> None:
         if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._loop(), name=self.name)
+            self._task = asyncio.create_task(self._loop(failed), name=self.name)
 
     async def stop(self, cause: StopCause) -> None:
         task, self._task = self._task, None
@@ -121,7 +133,7 @@ class PeriodicTask:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
 
-    async def _loop(self) -> None:
+    async def _loop(self, failed: FailureReport) -> None:
         try:
             while True:
                 await self._work()
@@ -130,7 +142,7 @@ class PeriodicTask:
             raise
         except Exception as exc:  # the component failed on its own (SPEC §4)
             log.exception("%s failed", self.name)
-            self.on_crash(repr(exc))
+            failed(repr(exc))
 
 
 class Service:
@@ -155,20 +167,23 @@ class Service:
         return ServiceStatus(self.name, DISPLAY_NAMES[self.name], self.running, self.applicable, self.monitored, cause)
 
 
+class HealthSink(Protocol):
+    """Where the services report their health: the SRM's inbox."""
+
+    def post(self, event: Event) -> None: ...
+
+
 class CriticalServices:
     """The node's critical services: admin control, SRM control, health reports."""
 
-    def __init__(self, components: dict[str, Component | None]) -> None:
+    def __init__(self, components: dict[str, Component | None], health: HealthSink) -> None:
         unknown = set(components) - set(SERVICE_NAMES)
         if unknown:
             raise ValueError(f"not critical services: {sorted(unknown)}")
         self._services = {name: Service(name, components.get(name)) for name in SERVICE_NAMES}
         self._lock = asyncio.Lock()
         self._faulty = False
-        self.on_health: Callable[[Event], None] = lambda event: None
-        for service in self._services.values():
-            if isinstance(service.component, PeriodicTask):
-                service.component.on_crash = lambda detail, s=service: self._crashed(s, detail)
+        self._health = health
 
     # --- admin API (the source's Control Center - Network Services) -----------------
 
@@ -226,7 +241,7 @@ class CriticalServices:
             return CriticalServiceStartFailed(failed) if failed else CriticalServicesRestored()
 
     @property
-    def faults(self) -> list[str]:
+    def faults(self) -> builtins.list[str]:  # `list` here is the method above
         return [s.name for s in self._services.values() if s.faulty]
 
     # --- internals ---------------------------------------------------------------------
@@ -246,7 +261,7 @@ class CriticalServices:
     async def _start_one(self, service: Service) -> bool:
         assert service.component is not None
         try:
-            await service.component.start()
+            await service.component.start(lambda detail: self._crashed(service, detail))
         except Exception as exc:  # a start failure is reported to the SRM, not raised
             log.exception("service %s failed to start", service.name)
             service.cause, service.error = StopCause.FAILED, str(exc)
@@ -265,9 +280,9 @@ class CriticalServices:
     def _report(self) -> None:
         faults = self.faults
         if faults and not self._faulty:
-            self.on_health(CriticalServiceDown(faults[0]))
+            self._health.post(CriticalServiceDown(faults[0]))
         elif not faults and self._faulty:
-            self.on_health(CriticalServicesRestored())
+            self._health.post(CriticalServicesRestored())
         self._faulty = bool(faults)
 
 
@@ -277,22 +292,25 @@ class CriticalServices:
 class ClientPortView(Protocol):
     """What the services need of `server.net.clients.ClientPort`."""
 
-    listening: bool
+    @property
+    def listening(self) -> bool: ...
 
     async def start(self, host: str, port: int) -> None: ...
-    async def stop_listening(self, error: Any, timeout_s: float, *, handover: bool = False) -> None: ...
-    async def close_sessions(self, chosen: Callable[[Any], bool], error_for: Callable[[str], Any], timeout_s: float,
+    async def stop_listening(self, error: StreamError | None, timeout_s: float, *, handover: bool = False) -> None: ...
+    async def close_sessions(self, chosen: Callable[[Session], bool], error_for: Callable[[str], StreamError | None],
+                             timeout_s: float,
                              *, handover: bool = False) -> int: ...
 
 
 class RouterComponent:
     """xcp-router: the client listener and every client stream of this node."""
 
-    def __init__(self, port: ClientPortView, host: str, number: int, farewell: Callable[[StopCause], Any], timeout_s: float) -> None:
+    def __init__(self, port: ClientPortView, host: str, number: int, farewell: Callable[[StopCause], StreamError],
+                 timeout_s: float) -> None:
         self._port, self._host, self._number = port, host, number
         self._farewell, self._timeout_s = farewell, timeout_s
 
-    async def start(self) -> None:
+    async def start(self, failed: FailureReport) -> None:
         if not self._port.listening:
             await self._port.start(self._host, self._number)
 
@@ -300,7 +318,7 @@ class RouterComponent:
         error = self._farewell(cause)
         # Stopped by the SRM with a redirect to the peer: this node fails over and its
         # users move on to the peer, presence and all (SPEC §8).
-        handover = cause is StopCause.SRM and getattr(error, "other_host", None) is not None
+        handover = cause is StopCause.SRM and error.other_host is not None
         # A handover waits only briefly for clients to close their side: the peer takes
         # the users over once this stop is done (the stream error is already sent).
         timeout_s = min(self._timeout_s, HANDOVER_CLOSE_S) if handover else self._timeout_s

@@ -16,22 +16,37 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Coroutine
+from typing import Any, Protocol
 
 from presence_ha.db.engine import DatabaseUnavailable
+from presence_ha.server.context import FeatureContext
 from presence_ha.server.features import inactive_session, presence
 from presence_ha.server.services import HANDOVER_CLOSE_S
-from presence_ha.server.sessions import SessionKind
+from presence_ha.server.sessions import Session, SessionKind
+from presence_ha.server.xmpp.errors import StreamError
 
 log = logging.getLogger(__name__)
 
-class Handover:
-    def __init__(self, node: str, clients: Any, spawn: Callable[[Any], asyncio.Task]) -> None:
-        self.node, self._clients, self._spawn = node, clients, spawn
-        self._retiring: dict[str, asyncio.Task] = {}  # previous node -> its pending retirement
+class HandoverPort(Protocol):
+    """What the handover uses of the client port (`server.net.clients.ClientPort`)."""
 
-    async def let_go(self, names: set[str], error: Any) -> int:
+    @property
+    def ctx(self) -> FeatureContext: ...
+
+    async def close_sessions(self, chosen: Callable[[Session], bool], error_for: Callable[[str], StreamError | None],
+                             timeout_s: float, *, handover: bool = False) -> int: ...
+
+
+Spawn = Callable[[Coroutine[Any, Any, None]], "asyncio.Task[None]"]  # runs a task the SRM cancels when it stops
+
+
+class Handover:
+    def __init__(self, node: str, clients: HandoverPort, spawn: Spawn) -> None:
+        self.node, self._clients, self._spawn = node, clients, spawn
+        self._retiring: dict[str, asyncio.Task[None]] = {}  # previous node -> its pending retirement
+
+    async def let_go(self, names: set[str], error: StreamError) -> int:
         """Close the ACTIVE sessions of `names` with `error`, demoted first."""
         return await self._clients.close_sessions(
             lambda s: s.kind is SessionKind.ACTIVE and s.jid.local in names, lambda _u: error, HANDOVER_CLOSE_S,

@@ -12,7 +12,12 @@ Rules of this module:
 - A key maps to a tuple of rows; the first row whose guard passes wins. Any other
   event with no passing row raises `InvalidTransition`. Deliberately ignored events
   are rows with no steps. Guards are the named pure functions below.
-- One row per line, each citing the SPEC (`# §6 row N` for the state pairs).
+- One row per line (a long row wraps, within 120 characters), each row and key
+  citing the SPEC (`# §6 row N` for the state pairs).
+- A state decides its own rows: every state has explicit rows in `TRANSITIONS` or
+  `JOINT`, except the states listed in `DEFAULTS_ONLY`, which deliberately take
+  every event from `ANY_STATE` and the joint defaults (a unit test prints the whole
+  (state, event) matrix and fails on a state that is in neither).
 - Safety (SPEC §9): a move takes users only from a node that has stopped or
   disconnected them, or is dead (no database lease); a node that loses the database
   stops its services. States entered while a move is in flight accept no new logins
@@ -279,11 +284,14 @@ K = Step
 IGNORE = (T(None, SAME),)  # §6: deliberately ignored (explicit, never a silent default)
 _FAIL_UNKNOWN = (T(S.RUNNING_IN_FAILED_MODE, R.UNKNOWN, (K.STOP_SERVICES, K.TELL_PEER_FAILED)),)  # §6 row 21
 _RESTART = (
-    T(S.NORMAL, R.NORMAL, (K.START_SERVICES, K.SEND_HEARTBEAT, K.ARM_HEARTBEAT), guard=ha_inactive),  # §6 row 1 (HA off)
-    T(S.INITIALIZING, R.INITIALIZATION, (K.STOP_SERVICES, K.SEND_HEARTBEAT, K.ARM_HEARTBEAT, K.ARM_INIT_TIMEOUT)),  # §6 rows 5-9
+    T(S.NORMAL, R.NORMAL, (K.START_SERVICES, K.SEND_HEARTBEAT, K.ARM_HEARTBEAT),  # §6 row 1 (HA off)
+      guard=ha_inactive),
+    T(S.INITIALIZING, R.INITIALIZATION,  # §6 rows 5-9
+      (K.STOP_SERVICES, K.SEND_HEARTBEAT, K.ARM_HEARTBEAT, K.ARM_INIT_TIMEOUT)),
 )
 _RESTART_IDLE = (
-    T(S.NORMAL, R.NORMAL, (K.START_SERVICES, K.SEND_HEARTBEAT, K.ARM_HEARTBEAT), guard=ha_inactive),  # §6 row 1 (HA off)
+    T(S.NORMAL, R.NORMAL, (K.START_SERVICES, K.SEND_HEARTBEAT, K.ARM_HEARTBEAT),  # §6 row 1 (HA off)
+      guard=ha_inactive),
     T(S.IDLE, R.INITIALIZATION, (K.STOP_SERVICES, K.SEND_HEARTBEAT, K.ARM_HEARTBEAT)),  # §6 rows 5-6
 )
 _TAKEN_OVER = (
@@ -298,65 +306,170 @@ _TOOK_BACK = (
 _REFUSE = (T(None, SAME, (K.REFUSE,)),)  # §7: the admin button is not offered in this state
 
 TRANSITIONS: dict[tuple[NodeState, type[Event]], tuple[Transition, ...]] = {
-    (S.INITIALIZING, InitHeartbeatTimedOut): (T(None, SAME, (K.PROBE_PEER,), guard=peer_never_seen), T(None, SAME)),  # §6 row 18
+    (S.INITIALIZING, InitHeartbeatTimedOut): (  # §6 row 18
+        T(None, SAME, (K.PROBE_PEER,), guard=peer_never_seen),  # §6 row 18
+        T(None, SAME),  # §6 row 18
+    ),
     (S.INITIALIZING, HeartbeatTimedOut): (T(None, SAME, (K.PROBE_PEER,)),),  # §6 row 18
-    (S.INITIALIZING, PeerDeadInDatabase): (T(S.TAKING_OVER, R.PEER_DOWN_DURING_INITIALIZATION, (K.CANCEL_INIT_TIMEOUT, K.START_SERVICES, K.TAKE_PEER_USERS)),),  # §6 row 18
-    (S.INITIALIZING, PeerRequestedTakeover): (T(S.TAKING_OVER, FROM_EVENT, (K.CANCEL_INIT_TIMEOUT, K.START_SERVICES, K.TAKE_PEER_USERS)),),  # §6 row 8
-    (S.INITIALIZING, PeerRequestedTakeBack): (T(S.FALLING_BACK, R.INITIALIZATION, (K.CANCEL_INIT_TIMEOUT, K.START_SERVICES, K.DISCONNECT_PEER_USERS, K.CONFIRM_RELEASE)),),  # §6 row 9 (mirror)
+    (S.INITIALIZING, PeerDeadInDatabase): (  # §6 row 18
+        T(S.TAKING_OVER, R.PEER_DOWN_DURING_INITIALIZATION,  # §6 row 18
+          (K.CANCEL_INIT_TIMEOUT, K.START_SERVICES, K.TAKE_PEER_USERS)),
+    ),
+    (S.INITIALIZING, PeerRequestedTakeover): (  # §6 row 8
+        T(S.TAKING_OVER, FROM_EVENT, (K.CANCEL_INIT_TIMEOUT, K.START_SERVICES, K.TAKE_PEER_USERS)),  # §6 row 8
+    ),
+    (S.INITIALIZING, PeerRequestedTakeBack): (  # §6 row 9 (mirror)
+        T(S.FALLING_BACK, R.INITIALIZATION,  # §6 row 9 (mirror)
+          (K.CANCEL_INIT_TIMEOUT, K.START_SERVICES, K.DISCONNECT_PEER_USERS, K.CONFIRM_RELEASE)),
+    ),
     (S.IDLE, SrmStarted): _RESTART_IDLE,  # §6 rows 5-6
     (S.IDLE, AdminRequestedRecovery): _RESTART_IDLE,  # §6 rows 5-6
     (S.IDLE, AdminRequestedFallback): (T(S.TAKING_BACK, R.ON_ADMIN_REQUEST, (K.START_SERVICES,)),),  # §6 rows 3 -> 4
-    (S.NORMAL, AdminRequestedFailover): (T(S.FAILING_OVER, R.ON_ADMIN_REQUEST, (K.STOP_SERVICES, K.ASK_PEER_TO_TAKE_OVER), guard=peer_is_normal), *_REFUSE),  # §6 row 2
-    (S.NORMAL, PeerRequestedTakeover): (T(S.TAKING_OVER, FROM_EVENT, (K.TAKE_PEER_USERS,), guard=ha_active), T(None, SAME)),  # §6 rows 2, 12, 13
-    (S.NORMAL, HeartbeatTimedOut): (T(None, SAME, (K.PROBE_PEER,), guard=ha_active), T(None, SAME)),  # §6 row 16 / §9: check the database first
-    (S.NORMAL, PeerDeadInDatabase): (T(S.TAKING_OVER, R.PEER_DOWN, (K.TAKE_PEER_USERS,), guard=ha_active), T(None, SAME)),  # §6 row 16
-    (S.NORMAL, PeerConnectionRefused): (T(S.TAKING_OVER, R.PEER_DOWN, (K.TAKE_PEER_USERS,), guard=ha_active), T(None, SAME)),  # §6 row 16 / §9 at once
-    (S.NORMAL, PeerRebooted): (T(S.TAKING_OVER, R.PEER_REBOOT, (K.TAKE_PEER_USERS,), guard=ha_active), T(None, SAME)),  # §6 row 17
-    (S.NORMAL, CriticalServiceDelayElapsed): (T(S.FAILING_OVER, R.CRITICAL_SERVICES_DOWN, (K.STOP_SERVICES, K.ASK_PEER_TO_TAKE_OVER), guard=peer_is_normal), T(None, SAME)),  # §6 row 12
-    (S.NORMAL, DbUnavailable): (T(S.FAILING_OVER, R.DATABASE_FAILURE, (K.STOP_SERVICES, K.ASK_PEER_TO_TAKE_OVER), guard=peer_is_normal), T(None, SAME, (K.STOP_SERVICES,))),  # §6 row 13
+    (S.NORMAL, AdminRequestedFailover): (  # §6 row 2
+        T(S.FAILING_OVER, R.ON_ADMIN_REQUEST, (K.STOP_SERVICES, K.ASK_PEER_TO_TAKE_OVER),  # §6 row 2
+          guard=peer_is_normal),
+        *_REFUSE,  # §6 row 2
+    ),
+    (S.NORMAL, PeerRequestedTakeover): (  # §6 rows 2, 12, 13
+        T(S.TAKING_OVER, FROM_EVENT, (K.TAKE_PEER_USERS,), guard=ha_active),  # §6 rows 2, 12, 13
+        T(None, SAME),  # §6 rows 2, 12, 13
+    ),
+    (S.NORMAL, HeartbeatTimedOut): (  # §6 row 16 / §9: check the database first
+        T(None, SAME, (K.PROBE_PEER,), guard=ha_active),  # §6 row 16 / §9: check the database first
+        T(None, SAME),  # §6 row 16 / §9: check the database first
+    ),
+    (S.NORMAL, PeerDeadInDatabase): (  # §6 row 16
+        T(S.TAKING_OVER, R.PEER_DOWN, (K.TAKE_PEER_USERS,), guard=ha_active),  # §6 row 16
+        T(None, SAME),  # §6 row 16
+    ),
+    (S.NORMAL, PeerConnectionRefused): (  # §6 row 16 / §9 at once
+        T(S.TAKING_OVER, R.PEER_DOWN, (K.TAKE_PEER_USERS,), guard=ha_active),  # §6 row 16 / §9 at once
+        T(None, SAME),  # §6 row 16 / §9 at once
+    ),
+    (S.NORMAL, PeerRebooted): (  # §6 row 17
+        T(S.TAKING_OVER, R.PEER_REBOOT, (K.TAKE_PEER_USERS,), guard=ha_active),  # §6 row 17
+        T(None, SAME),  # §6 row 17
+    ),
+    (S.NORMAL, CriticalServiceDelayElapsed): (  # §6 row 12
+        T(S.FAILING_OVER, R.CRITICAL_SERVICES_DOWN, (K.STOP_SERVICES, K.ASK_PEER_TO_TAKE_OVER),  # §6 row 12
+          guard=peer_is_normal),
+        T(None, SAME),  # §6 row 12
+    ),
+    (S.NORMAL, DbUnavailable): (  # §6 row 13
+        T(S.FAILING_OVER, R.DATABASE_FAILURE, (K.STOP_SERVICES, K.ASK_PEER_TO_TAKE_OVER),  # §6 row 13
+          guard=peer_is_normal),
+        T(None, SAME, (K.STOP_SERVICES,)),  # §6 row 13
+    ),
     (S.NORMAL, DbRestored): (T(None, SAME, (K.START_SERVICES,)),),  # §4 (HA off: services come back)
     (S.NORMAL, MoveUsersFailed): IGNORE,  # §9 a duplicate move lost its compare-and-set: nothing changed
-    (S.TAKING_OVER, UsersMoved): (T(S.BACKUP_ACTIVATED, SAME, (K.ACTIVATE_PEER_SESSIONS, K.CONFIRM_TAKEOVER), guard=auto_recovering), T(S.RUNNING_IN_BACKUP_MODE, SAME, (K.ACTIVATE_PEER_SESSIONS, K.CONFIRM_TAKEOVER))),  # §6 rows 22-23 / row 3
-    (S.TAKING_OVER, MoveUsersFailed): (T(S.RUNNING_IN_FAILED_MODE, R.TAKE_OVER_USERS_FAILED, (K.STOP_SERVICES, K.TELL_PEER_FAILED)),),  # §6 row 19
+    (S.TAKING_OVER, UsersMoved): (  # §6 rows 22-23 / row 3
+        T(S.BACKUP_ACTIVATED, SAME, (K.ACTIVATE_PEER_SESSIONS, K.CONFIRM_TAKEOVER),  # §6 rows 22-23 / row 3
+          guard=auto_recovering),
+        T(S.RUNNING_IN_BACKUP_MODE, SAME, (K.ACTIVATE_PEER_SESSIONS, K.CONFIRM_TAKEOVER)),  # §6 rows 22-23 / row 3
+    ),
+    (S.TAKING_OVER, MoveUsersFailed): (  # §6 row 19
+        T(S.RUNNING_IN_FAILED_MODE, R.TAKE_OVER_USERS_FAILED, (K.STOP_SERVICES, K.TELL_PEER_FAILED)),  # §6 row 19
+    ),
     (S.TAKING_OVER, PeerRequestedTakeBack): IGNORE,  # §9 not releasing users while taking them; the epoch settles it
     (S.FAILING_OVER, PeerTookOver): _TAKEN_OVER,  # §6 rows 3, 11-13
     (S.FAILING_OVER, HeartbeatTimedOut): _FAIL_UNKNOWN,  # §6 row 21: the peer died while taking over
     (S.FAILING_OVER, PeerConnectionRefused): _FAIL_UNKNOWN,  # §6 row 21
     (S.FAILING_OVER, PeerRebooted): _FAIL_UNKNOWN,  # §6 row 21
-    (S.RUNNING_IN_BACKUP_MODE, PeerRequestedTakeBack): (T(S.FALLING_BACK, FROM_EVENT, (K.DISCONNECT_PEER_USERS, K.CONFIRM_RELEASE)),),  # §6 rows 4, 10
-    (S.RUNNING_IN_BACKUP_MODE, PeerRequestedTakeover): (T(None, SAME, (K.CONFIRM_TAKEOVER,)),),  # §6 row 8: repeated request
-    (S.RUNNING_IN_BACKUP_MODE, DbUnavailable): (T(S.FAILOVER_AFFECTED_SERVICES, R.AUTO_RECOVER_DATABASE_FAILURE, (K.STOP_SERVICES, K.ASK_PEER_TO_RECOVER), guard=peer_failed_over_healthy), T(S.RUNNING_IN_FAILED_MODE, R.DATABASE_FAILURE, (K.STOP_SERVICES, K.TELL_PEER_FAILED))),  # §6 row 22 / row 13
-    (S.RUNNING_IN_BACKUP_MODE, CriticalServiceDelayElapsed): (T(S.FAILOVER_AFFECTED_SERVICES, R.AUTO_RECOVER_CRITICAL_SERVICE_DOWN, (K.STOP_SERVICES, K.ASK_PEER_TO_RECOVER), guard=peer_failed_over_healthy), T(S.RUNNING_IN_FAILED_MODE, R.CRITICAL_SERVICES_DOWN, (K.STOP_SERVICES, K.TELL_PEER_FAILED))),  # §6 row 23 / row 15
-    (S.BACKUP_ACTIVATED, PeerRequestedTakeBack): (T(S.FALLING_BACK, FROM_EVENT, (K.DISCONNECT_PEER_USERS, K.CONFIRM_RELEASE)),),  # §6 rows 22-23 way back
-    (S.BACKUP_ACTIVATED, PeerRequestedTakeover): (T(None, SAME, (K.CONFIRM_TAKEOVER,)),),  # §6 rows 22-23: repeated request
-    (S.BACKUP_ACTIVATED, DbUnavailable): (T(S.RUNNING_IN_FAILED_MODE, R.DATABASE_FAILURE, (K.STOP_SERVICES, K.TELL_PEER_FAILED)),),  # §6 row 13 (backup lost its database)
-    (S.BACKUP_ACTIVATED, CriticalServiceDelayElapsed): (T(S.RUNNING_IN_FAILED_MODE, R.CRITICAL_SERVICES_DOWN, (K.STOP_SERVICES, K.TELL_PEER_FAILED)),),  # §6 row 15
+    (S.RUNNING_IN_BACKUP_MODE, PeerRequestedTakeBack): (  # §6 rows 4, 10
+        T(S.FALLING_BACK, FROM_EVENT, (K.DISCONNECT_PEER_USERS, K.CONFIRM_RELEASE)),  # §6 rows 4, 10
+    ),
+    (S.RUNNING_IN_BACKUP_MODE, PeerRequestedTakeover): (  # §6 row 8: repeated request
+        T(None, SAME, (K.CONFIRM_TAKEOVER,)),  # §6 row 8: repeated request
+    ),
+    (S.RUNNING_IN_BACKUP_MODE, DbUnavailable): (  # §6 row 22 / row 13
+        T(S.FAILOVER_AFFECTED_SERVICES, R.AUTO_RECOVER_DATABASE_FAILURE,  # §6 row 22 / row 13
+          (K.STOP_SERVICES, K.ASK_PEER_TO_RECOVER), guard=peer_failed_over_healthy),
+        T(S.RUNNING_IN_FAILED_MODE, R.DATABASE_FAILURE, (K.STOP_SERVICES, K.TELL_PEER_FAILED)),  # §6 row 22 / row 13
+    ),
+    (S.RUNNING_IN_BACKUP_MODE, CriticalServiceDelayElapsed): (  # §6 row 23 / row 15
+        T(S.FAILOVER_AFFECTED_SERVICES, R.AUTO_RECOVER_CRITICAL_SERVICE_DOWN,  # §6 row 23 / row 15
+          (K.STOP_SERVICES, K.ASK_PEER_TO_RECOVER), guard=peer_failed_over_healthy),
+        T(S.RUNNING_IN_FAILED_MODE, R.CRITICAL_SERVICES_DOWN,  # §6 row 23 / row 15
+          (K.STOP_SERVICES, K.TELL_PEER_FAILED)),
+    ),
+    (S.BACKUP_ACTIVATED, PeerRequestedTakeBack): (  # §6 rows 22-23 way back
+        T(S.FALLING_BACK, FROM_EVENT, (K.DISCONNECT_PEER_USERS, K.CONFIRM_RELEASE)),  # §6 rows 22-23 way back
+    ),
+    (S.BACKUP_ACTIVATED, PeerRequestedTakeover): (  # §6 rows 22-23: repeated request
+        T(None, SAME, (K.CONFIRM_TAKEOVER,)),  # §6 rows 22-23: repeated request
+    ),
+    (S.BACKUP_ACTIVATED, DbUnavailable): (  # §6 row 13 (backup lost its database)
+        T(S.RUNNING_IN_FAILED_MODE, R.DATABASE_FAILURE,  # §6 row 13 (backup lost its database)
+          (K.STOP_SERVICES, K.TELL_PEER_FAILED)),
+    ),
+    (S.BACKUP_ACTIVATED, CriticalServiceDelayElapsed): (  # §6 row 15
+        T(S.RUNNING_IN_FAILED_MODE, R.CRITICAL_SERVICES_DOWN, (K.STOP_SERVICES, K.TELL_PEER_FAILED)),  # §6 row 15
+    ),
     (S.FALLING_BACK, PeerTookBack): _TOOK_BACK,  # §6 rows 4, 9, 10 -> 1
-    (S.FALLING_BACK, PeerRequestedTakeBack): (T(None, SAME, (K.DISCONNECT_PEER_USERS, K.CONFIRM_RELEASE)),),  # §6 row 9: repeated request
+    (S.FALLING_BACK, PeerRequestedTakeBack): (  # §6 row 9: repeated request
+        T(None, SAME, (K.DISCONNECT_PEER_USERS, K.CONFIRM_RELEASE)),  # §6 row 9: repeated request
+    ),
     (S.FALLING_BACK, HeartbeatTimedOut): _FAIL_UNKNOWN,  # §6 row 21
     (S.FALLING_BACK, PeerConnectionRefused): _FAIL_UNKNOWN,  # §6 row 21
     (S.FALLING_BACK, PeerRebooted): _FAIL_UNKNOWN,  # §6 row 21
-    (S.TAKING_BACK, CriticalServicesRestored): (T(None, SAME, (K.CANCEL_SERVICE_DELAY, K.ASK_PEER_TO_RELEASE)),),  # §6 rows 4, 9, 10
-    (S.TAKING_BACK, CriticalServiceStartFailed): (T(S.RUNNING_IN_FAILED_MODE, R.CRITICAL_SERVICE_START_FAILED, (K.STOP_SERVICES, K.TELL_PEER_FAILED)),),  # §6 row 14
-    (S.TAKING_BACK, PeerReleasedUsers): (T(None, SAME, (K.TAKE_BACK_OWN_USERS,), guard=no_move_in_flight), T(None, SAME)),  # §6 rows 4, 9, 10
+    (S.TAKING_BACK, CriticalServicesRestored): (  # §6 rows 4, 9, 10
+        T(None, SAME, (K.CANCEL_SERVICE_DELAY, K.ASK_PEER_TO_RELEASE)),  # §6 rows 4, 9, 10
+    ),
+    (S.TAKING_BACK, CriticalServiceStartFailed): (  # §6 row 14
+        T(S.RUNNING_IN_FAILED_MODE, R.CRITICAL_SERVICE_START_FAILED,  # §6 row 14
+          (K.STOP_SERVICES, K.TELL_PEER_FAILED)),
+    ),
+    (S.TAKING_BACK, PeerReleasedUsers): (  # §6 rows 4, 9, 10
+        T(None, SAME, (K.TAKE_BACK_OWN_USERS,), guard=no_move_in_flight),  # §6 rows 4, 9, 10
+        T(None, SAME),  # §6 rows 4, 9, 10
+    ),
     (S.TAKING_BACK, UsersMoved): (T(S.NORMAL, R.NORMAL, (K.ACTIVATE_OWN_SESSIONS, K.CONFIRM_TAKE_BACK)),),  # §6 row 1
-    (S.TAKING_BACK, MoveUsersFailed): (T(S.RUNNING_IN_FAILED_MODE, R.TAKE_BACK_USERS_FAILED, (K.STOP_SERVICES, K.TELL_PEER_FAILED)),),  # §6 row 20
+    (S.TAKING_BACK, MoveUsersFailed): (  # §6 row 20
+        T(S.RUNNING_IN_FAILED_MODE, R.TAKE_BACK_USERS_FAILED, (K.STOP_SERVICES, K.TELL_PEER_FAILED)),  # §6 row 20
+    ),
     (S.TAKING_BACK, HeartbeatTimedOut): _FAIL_UNKNOWN,  # §6 row 21
     (S.TAKING_BACK, PeerConnectionRefused): _FAIL_UNKNOWN,  # §6 row 21
     (S.TAKING_BACK, PeerRebooted): _FAIL_UNKNOWN,  # §6 row 21
-    (S.FAILED_OVER, AdminRequestedFallback): (T(S.TAKING_BACK, R.ON_ADMIN_REQUEST, (K.CANCEL_AUTO_FALLBACK, K.START_SERVICES)),),  # §6 rows 11, 16-18 -> 4
-    (S.FAILED_OVER, AutoFallbackDelayElapsed): (T(S.TAKING_BACK, R.AUTOMATIC_FALLBACK, (K.START_SERVICES,)),),  # §6 row 10
-    (S.FAILED_OVER, PeerRequestedAutoRecovery): (T(S.TAKING_OVER, FROM_EVENT, (K.CANCEL_AUTO_FALLBACK, K.TAKE_PEER_USERS)),),  # §6 rows 22-23
-    (S.FAILED_OVER, CriticalServiceDown): (T(S.FAILED_OVER_WITH_CRITICAL_SERVICES_NOT_RUNNING, R.CRITICAL_SERVICES_DOWN, (K.CANCEL_AUTO_FALLBACK,)),),  # §6 row 12
-    (S.FAILED_OVER, CriticalServiceStartFailed): (T(S.FAILED_OVER_WITH_CRITICAL_SERVICES_NOT_RUNNING, R.CRITICAL_SERVICES_DOWN, (K.CANCEL_AUTO_FALLBACK,)),),  # §6 row 12
-    (S.FAILED_OVER, DbUnavailable): (T(S.FAILED_OVER_WITH_CRITICAL_SERVICES_NOT_RUNNING, R.DATABASE_FAILURE, (K.CANCEL_AUTO_FALLBACK, K.STOP_SERVICES)),),  # §6 row 13
+    (S.FAILED_OVER, AdminRequestedFallback): (  # §6 rows 11, 16-18 -> 4
+        T(S.TAKING_BACK, R.ON_ADMIN_REQUEST, (K.CANCEL_AUTO_FALLBACK, K.START_SERVICES)),  # §6 rows 11, 16-18 -> 4
+    ),
+    (S.FAILED_OVER, AutoFallbackDelayElapsed): (  # §6 row 10
+        T(S.TAKING_BACK, R.AUTOMATIC_FALLBACK, (K.START_SERVICES,)),  # §6 row 10
+    ),
+    (S.FAILED_OVER, PeerRequestedAutoRecovery): (  # §6 rows 22-23
+        T(S.TAKING_OVER, FROM_EVENT, (K.CANCEL_AUTO_FALLBACK, K.TAKE_PEER_USERS)),  # §6 rows 22-23
+    ),
+    (S.FAILED_OVER, CriticalServiceDown): (  # §6 row 12
+        T(S.FAILED_OVER_WITH_CRITICAL_SERVICES_NOT_RUNNING, R.CRITICAL_SERVICES_DOWN,  # §6 row 12
+          (K.CANCEL_AUTO_FALLBACK,)),
+    ),
+    (S.FAILED_OVER, CriticalServiceStartFailed): (  # §6 row 12
+        T(S.FAILED_OVER_WITH_CRITICAL_SERVICES_NOT_RUNNING, R.CRITICAL_SERVICES_DOWN,  # §6 row 12
+          (K.CANCEL_AUTO_FALLBACK,)),
+    ),
+    (S.FAILED_OVER, DbUnavailable): (  # §6 row 13
+        T(S.FAILED_OVER_WITH_CRITICAL_SERVICES_NOT_RUNNING, R.DATABASE_FAILURE,  # §6 row 13
+          (K.CANCEL_AUTO_FALLBACK, K.STOP_SERVICES)),
+    ),
     (S.FAILED_OVER, HeartbeatTimedOut): (T(None, SAME, (K.PROBE_PEER,)),),  # §6 row 16 / §9: check the database first
-    (S.FAILED_OVER, PeerDeadInDatabase): (T(S.TAKING_OVER, R.PEER_DOWN, (K.CANCEL_AUTO_FALLBACK, K.TAKE_PEER_USERS)),),  # §6 row 16 (backup died)
-    (S.FAILED_OVER, PeerConnectionRefused): (T(S.TAKING_OVER, R.PEER_DOWN, (K.CANCEL_AUTO_FALLBACK, K.TAKE_PEER_USERS)),),  # §6 row 16 (backup died)
-    (S.FAILED_OVER, PeerRebooted): (T(S.TAKING_OVER, R.PEER_REBOOT, (K.CANCEL_AUTO_FALLBACK, K.TAKE_PEER_USERS)),),  # §6 row 17 (backup rebooted)
-    (S.FAILED_OVER_WITH_CRITICAL_SERVICES_NOT_RUNNING, CriticalServicesRestored): (T(S.FAILED_OVER, SAME, (K.CANCEL_SERVICE_DELAY, K.ARM_AUTO_FALLBACK)),),  # §6 row 12 -> 11
-    (S.FAILED_OVER_WITH_CRITICAL_SERVICES_NOT_RUNNING, DbRestored): (T(None, SAME, (K.START_SERVICES,)),),  # §6 row 13 way back
-    (S.FAILOVER_AFFECTED_SERVICES, CriticalServicesRestored): (T(S.FAILED_OVER, SAME, (K.CANCEL_SERVICE_DELAY, K.ARM_AUTO_FALLBACK)),),  # §6 rows 22-23 way back
+    (S.FAILED_OVER, PeerDeadInDatabase): (  # §6 row 16 (backup died)
+        T(S.TAKING_OVER, R.PEER_DOWN, (K.CANCEL_AUTO_FALLBACK, K.TAKE_PEER_USERS)),  # §6 row 16 (backup died)
+    ),
+    (S.FAILED_OVER, PeerConnectionRefused): (  # §6 row 16 (backup died)
+        T(S.TAKING_OVER, R.PEER_DOWN, (K.CANCEL_AUTO_FALLBACK, K.TAKE_PEER_USERS)),  # §6 row 16 (backup died)
+    ),
+    (S.FAILED_OVER, PeerRebooted): (  # §6 row 17 (backup rebooted)
+        T(S.TAKING_OVER, R.PEER_REBOOT, (K.CANCEL_AUTO_FALLBACK, K.TAKE_PEER_USERS)),  # §6 row 17 (backup rebooted)
+    ),
+    (S.FAILED_OVER_WITH_CRITICAL_SERVICES_NOT_RUNNING, CriticalServicesRestored): (  # §6 row 12 -> 11
+        T(S.FAILED_OVER, SAME, (K.CANCEL_SERVICE_DELAY, K.ARM_AUTO_FALLBACK)),  # §6 row 12 -> 11
+    ),
+    (S.FAILED_OVER_WITH_CRITICAL_SERVICES_NOT_RUNNING, DbRestored): (  # §6 row 13 way back
+        T(None, SAME, (K.START_SERVICES,)),  # §6 row 13 way back
+    ),
+    (S.FAILOVER_AFFECTED_SERVICES, CriticalServicesRestored): (  # §6 rows 22-23 way back
+        T(S.FAILED_OVER, SAME, (K.CANCEL_SERVICE_DELAY, K.ARM_AUTO_FALLBACK)),  # §6 rows 22-23 way back
+    ),
     (S.FAILOVER_AFFECTED_SERVICES, DbRestored): (T(None, SAME, (K.START_SERVICES,)),),  # §6 row 22 way back
     (S.RUNNING_IN_FAILED_MODE, PeerEnteredFailedMode): IGNORE,  # §6 rows 14-21: no echo
     (S.RUNNING_IN_FAILED_MODE, InternalErrorOccurred): IGNORE,  # §6 row 21: keep the first reason
@@ -375,12 +488,16 @@ ANY_STATE: dict[type[Event], tuple[Transition, ...]] = {
     PeerConnectionRefused: IGNORE,  # §6 row 16
     PeerRebooted: IGNORE,  # §6 row 17
     PeerRequestedTakeover: IGNORE,  # §6 row 2 only Normal / Initializing take over
-    PeerRequestedTakeBack: (T(None, SAME, (K.DISCONNECT_PEER_USERS, K.CONFIRM_RELEASE)),),  # §6 row 9: release whatever we hold of the peer
+    PeerRequestedTakeBack: (  # §6 row 9: release whatever we hold of the peer
+        T(None, SAME, (K.DISCONNECT_PEER_USERS, K.CONFIRM_RELEASE)),  # §6 row 9: release whatever we hold of the peer
+    ),
     PeerReleasedUsers: IGNORE,  # §6 row 4: late or duplicate reply
     PeerTookOver: IGNORE,  # §6 row 3: late or duplicate reply
     PeerTookBack: IGNORE,  # §6 row 4: late or duplicate reply
     PeerRequestedAutoRecovery: IGNORE,  # §6 rows 22-23 only a healthy Failed Over node recovers
-    PeerEnteredFailedMode: (T(S.RUNNING_IN_FAILED_MODE, FROM_EVENT, (K.STOP_SERVICES,)),),  # §6 rows 14-21 "same on node 2"
+    PeerEnteredFailedMode: (  # §6 rows 14-21 "same on node 2"
+        T(S.RUNNING_IN_FAILED_MODE, FROM_EVENT, (K.STOP_SERVICES,)),  # §6 rows 14-21 "same on node 2"
+    ),
     InternalErrorOccurred: _FAIL_UNKNOWN,  # §6 row 21
     NodeShuttingDown: (T(None, SAME, (K.STOP_SERVICES, K.TELL_PEER_REBOOTING)),),  # §6 row 17
     AdminRequestedFailover: _REFUSE,  # §7 only from Normal
@@ -394,23 +511,58 @@ ANY_STATE: dict[type[Event], tuple[Transition, ...]] = {
     DbRestored: IGNORE,  # §6 row 13
 }
 
+# States that take every event from the defaults, deliberately (see the module rules).
+DEFAULTS_ONLY: frozenset[NodeState] = frozenset({
+    S.UNKNOWN,  # §6 row 24: HA not enabled properly; nothing moves until an SRM restart (§7)
+})
+
 JOINT_OVERRIDES: tuple[Transition, ...] = (
     T(S.UNKNOWN, R.UNKNOWN, (K.CANCEL_INIT_TIMEOUT, K.CANCEL_AUTO_FALLBACK), guard=ha_mismatch),  # §6 row 24
 )
 
 JOINT: dict[tuple[NodeState, NodeState], tuple[Transition, ...]] = {
-    (S.INITIALIZING, S.NORMAL): (T(S.TAKING_BACK, R.INITIALIZATION, (K.CANCEL_INIT_TIMEOUT, K.START_SERVICES)),),  # §6 row 9: reclaim own users
-    (S.INITIALIZING, S.INITIALIZING): (T(S.TAKING_BACK, R.INITIALIZATION, (K.CANCEL_INIT_TIMEOUT, K.START_SERVICES), guard=is_leader),),  # §7 Recovery: leader first
-    (S.INITIALIZING, S.RUNNING_IN_BACKUP_MODE): (T(S.FAILED_OVER, R.INITIALIZATION, (K.CANCEL_INIT_TIMEOUT, K.START_SERVICES, K.ARM_AUTO_FALLBACK)),),  # §6 rows 11, 16-18
-    (S.INITIALIZING, S.BACKUP_ACTIVATED): (T(S.FAILED_OVER, R.INITIALIZATION, (K.CANCEL_INIT_TIMEOUT, K.START_SERVICES, K.ARM_AUTO_FALLBACK)),),  # §6 rows 22-23
-    (S.INITIALIZING, S.TAKING_OVER): (T(S.FAILING_OVER, R.INITIALIZATION, (K.CANCEL_INIT_TIMEOUT, K.STOP_SERVICES)),),  # §6 row 8 (mirror)
-    (S.INITIALIZING, S.FAILING_OVER): (T(S.TAKING_OVER, R.INITIALIZATION, (K.CANCEL_INIT_TIMEOUT, K.START_SERVICES, K.TAKE_PEER_USERS)),),  # §6 row 8
-    (S.INITIALIZING, S.FALLING_BACK): (T(S.TAKING_BACK, R.INITIALIZATION, (K.CANCEL_INIT_TIMEOUT, K.START_SERVICES)),),  # §6 row 9
-    (S.INITIALIZING, S.IDLE): (T(S.TAKING_OVER, R.INITIALIZATION, (K.CANCEL_INIT_TIMEOUT, K.START_SERVICES, K.TAKE_PEER_USERS)),),  # §6 rows 6-7
-    (S.INITIALIZING, S.FAILED_OVER): (T(S.TAKING_OVER, R.INITIALIZATION, (K.CANCEL_INIT_TIMEOUT, K.START_SERVICES, K.TAKE_PEER_USERS)),),  # §6 rows 6-7, 11
-    (S.INITIALIZING, S.FAILED_OVER_WITH_CRITICAL_SERVICES_NOT_RUNNING): (T(S.TAKING_OVER, R.INITIALIZATION, (K.CANCEL_INIT_TIMEOUT, K.START_SERVICES, K.TAKE_PEER_USERS)),),  # §6 rows 12-13
-    (S.INITIALIZING, S.FAILOVER_AFFECTED_SERVICES): (T(S.TAKING_OVER, R.INITIALIZATION, (K.CANCEL_INIT_TIMEOUT, K.START_SERVICES, K.TAKE_PEER_USERS)),),  # §6 rows 22-23
-    (S.NORMAL, S.FAILING_OVER): (T(S.TAKING_OVER, FROM_PEER, (K.TAKE_PEER_USERS,), guard=ha_active),),  # §6 row 2: the request was lost
+    (S.INITIALIZING, S.NORMAL): (  # §6 row 9: reclaim own users
+        T(S.TAKING_BACK, R.INITIALIZATION, (K.CANCEL_INIT_TIMEOUT, K.START_SERVICES)),  # §6 row 9: reclaim own users
+    ),
+    (S.INITIALIZING, S.INITIALIZING): (  # §7 Recovery: leader first
+        T(S.TAKING_BACK, R.INITIALIZATION, (K.CANCEL_INIT_TIMEOUT, K.START_SERVICES),  # §7 Recovery: leader first
+          guard=is_leader),
+    ),
+    (S.INITIALIZING, S.RUNNING_IN_BACKUP_MODE): (  # §6 rows 11, 16-18
+        T(S.FAILED_OVER, R.INITIALIZATION,  # §6 rows 11, 16-18
+          (K.CANCEL_INIT_TIMEOUT, K.START_SERVICES, K.ARM_AUTO_FALLBACK)),
+    ),
+    (S.INITIALIZING, S.BACKUP_ACTIVATED): (  # §6 rows 22-23
+        T(S.FAILED_OVER, R.INITIALIZATION,  # §6 rows 22-23
+          (K.CANCEL_INIT_TIMEOUT, K.START_SERVICES, K.ARM_AUTO_FALLBACK)),
+    ),
+    (S.INITIALIZING, S.TAKING_OVER): (  # §6 row 8 (mirror)
+        T(S.FAILING_OVER, R.INITIALIZATION, (K.CANCEL_INIT_TIMEOUT, K.STOP_SERVICES)),  # §6 row 8 (mirror)
+    ),
+    (S.INITIALIZING, S.FAILING_OVER): (  # §6 row 8
+        T(S.TAKING_OVER, R.INITIALIZATION, (K.CANCEL_INIT_TIMEOUT, K.START_SERVICES, K.TAKE_PEER_USERS)),  # §6 row 8
+    ),
+    (S.INITIALIZING, S.FALLING_BACK): (  # §6 row 9
+        T(S.TAKING_BACK, R.INITIALIZATION, (K.CANCEL_INIT_TIMEOUT, K.START_SERVICES)),  # §6 row 9
+    ),
+    (S.INITIALIZING, S.IDLE): (  # §6 rows 6-7
+        T(S.TAKING_OVER, R.INITIALIZATION, (K.CANCEL_INIT_TIMEOUT, K.START_SERVICES, K.TAKE_PEER_USERS)),  # §6 rows 6-7
+    ),
+    (S.INITIALIZING, S.FAILED_OVER): (  # §6 rows 6-7, 11
+        T(S.TAKING_OVER, R.INITIALIZATION,  # §6 rows 6-7, 11
+          (K.CANCEL_INIT_TIMEOUT, K.START_SERVICES, K.TAKE_PEER_USERS)),
+    ),
+    (S.INITIALIZING, S.FAILED_OVER_WITH_CRITICAL_SERVICES_NOT_RUNNING): (  # §6 rows 12-13
+        T(S.TAKING_OVER, R.INITIALIZATION,  # §6 rows 12-13
+          (K.CANCEL_INIT_TIMEOUT, K.START_SERVICES, K.TAKE_PEER_USERS)),
+    ),
+    (S.INITIALIZING, S.FAILOVER_AFFECTED_SERVICES): (  # §6 rows 22-23
+        T(S.TAKING_OVER, R.INITIALIZATION,  # §6 rows 22-23
+          (K.CANCEL_INIT_TIMEOUT, K.START_SERVICES, K.TAKE_PEER_USERS)),
+    ),
+    (S.NORMAL, S.FAILING_OVER): (  # §6 row 2: the request was lost
+        T(S.TAKING_OVER, FROM_PEER, (K.TAKE_PEER_USERS,), guard=ha_active),  # §6 row 2: the request was lost
+    ),
     (S.NORMAL, S.RUNNING_IN_BACKUP_MODE): _FAIL_UNKNOWN,  # §6 row 16: link healed, both claim my users
     (S.NORMAL, S.BACKUP_ACTIVATED): _FAIL_UNKNOWN,  # §6 row 16: link healed, both claim my users
     (S.RUNNING_IN_BACKUP_MODE, S.NORMAL): _FAIL_UNKNOWN,  # §6 row 16: link healed, both claim the peer's users
@@ -424,7 +576,8 @@ JOINT: dict[tuple[NodeState, NodeState], tuple[Transition, ...]] = {
 }
 
 JOINT_DEFAULTS: tuple[Transition, ...] = (
-    T(S.RUNNING_IN_FAILED_MODE, FROM_PEER, (K.STOP_SERVICES,), guard=peer_failed_while_running),  # §6 rows 14-21 "same on node 2"
+    T(S.RUNNING_IN_FAILED_MODE, FROM_PEER, (K.STOP_SERVICES,),  # §6 rows 14-21 "same on node 2"
+      guard=peer_failed_while_running),
     T(None, SAME, (K.SEND_HEARTBEAT,), guard=peer_is_initializing),  # §5 answer a starting peer at once
 )
 

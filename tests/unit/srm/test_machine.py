@@ -69,7 +69,8 @@ def test_single_node_group_is_normal_and_silent() -> None:
     m = SrmMachine("solo", None)
     actions = m.handle(SrmStarted())
     assert (m.state, m.reason) == (N.NORMAL, R.NORMAL)
-    assert not any(isinstance(a, (NotifyPeer, StartTimer)) and getattr(a, "name", None) != Timer.HEARTBEAT for a in actions)
+    assert not any(isinstance(a, (NotifyPeer, StartTimer)) and getattr(a, "name", None) != Timer.HEARTBEAT
+                   for a in actions)
     assert m.serving == frozenset({"solo"})
     assert isinstance(m.handle(AdminRequestedFailover())[-1], RefuseAdminRequest)
 

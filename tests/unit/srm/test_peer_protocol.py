@@ -101,7 +101,8 @@ def _raw(**body) -> bytes:
         _raw(type="requested-takeover", to=None, reason=None),
         _raw(type="heartbeat", to=None, peer_state="Normal", peer_reason="Normal", peer_epoch=1, peer_ha_enabled="yes"),
         _raw(type="heartbeat", to=None, peer_state="Asleep", peer_reason="Normal", peer_epoch=1, peer_ha_enabled=True),
-        _raw(type="heartbeat", to=None, peer_state="Normal", peer_reason="Normal", peer_epoch=1.5, peer_ha_enabled=True),
+        _raw(type="heartbeat", to=None, peer_state="Normal", peer_reason="Normal", peer_epoch=1.5,
+             peer_ha_enabled=True),
         b"{" + b" " * pp.MAX_MESSAGE_BYTES + b"}",
     ],
 )

@@ -280,7 +280,8 @@ def test_row_18_peer_down_during_initialization(failing: str) -> None:
     pair.advance(2)
     assert_row(pair, backup, (S.RUNNING_IN_BACKUP_MODE, R.PEER_DOWN_DURING_INITIALIZATION), None)
     pair.start(failing)
-    assert_row(pair, failing, (S.FAILED_OVER, R.INITIALIZATION), (S.RUNNING_IN_BACKUP_MODE, R.PEER_DOWN_DURING_INITIALIZATION))
+    assert_row(pair, failing, (S.FAILED_OVER, R.INITIALIZATION),
+               (S.RUNNING_IN_BACKUP_MODE, R.PEER_DOWN_DURING_INITIALIZATION))
     fallback_to(pair, failing)
 
 
