@@ -47,7 +47,7 @@ from presence_ha.db.engine import DatabaseUnavailable
 from presence_ha.server.cluster import wire
 from presence_ha.server.cluster.links import LinkMesh
 from presence_ha.server.cluster.sm_replica import Replica, ReplicaError, ReplicaStore, parse_stanza
-from presence_ha.server.features.inactive_session import announce, record_key, records_for, turn_active
+from presence_ha.server.activation import announce, record_key, records_for, turn_active
 from presence_ha.server.link import Kind
 from presence_ha.server.sessions import Session
 from presence_ha.server.xmpp.jid import JID
