@@ -96,7 +96,7 @@ async def retire_orphans(ctx: FeatureContext, writer: str) -> int:
     only those `writer` still owns. Thousands of users may not be back (a re-login
     storm): the announcements yield to live traffic every `RETIRE_YIELD_EVERY`
     resources. Returns how many were retired."""
-    back = {(s.jid.local, s.jid.resource or "") for s in ctx.sessions
+    back = {(s.jid.local or "", s.jid.resource or "") for s in ctx.sessions
             if s.kind is SessionKind.ACTIVE and s.available}
     retired = 0
     for full in await ctx.store.retire_orphans(writer, back):

@@ -26,7 +26,6 @@ Rules of this module:
 from __future__ import annotations
 
 import asyncio
-
 import contextlib
 import dataclasses
 import sys
@@ -45,7 +44,9 @@ from presence_ha.server.roster_cache import Roster, RosterCache
 from presence_ha.server.xmpp.jid import JID
 from presence_ha.server.xmpp.stanzas import Subscription, serialize
 
-__all__ = ["BackupProfile", "RosterRow", "Store", "StoredPresence", "SubscriptionState", "SubscriptionUpdate", "UnknownUser"]
+__all__ = [
+    "BackupProfile", "RosterRow", "Store", "StoredPresence", "SubscriptionState", "SubscriptionUpdate", "UnknownUser",
+]
 
 
 class UnknownUser(LookupError):
@@ -306,6 +307,7 @@ class Store:
         """Delete, in one transaction, every record `writer` (a node taken over) wrote
         for users this node serves now, except the `(username, resource)` pairs in
         `keep`; returns the full JIDs whose records went."""
+        assert self.node_name is not None  # a node's store: it serves those users now
         async with self._tx() as s:
             gone = await presence.retire_written_by(s, writer, self.node_name, keep)
         return [JID(name, self.domain, resource or None) for name, resource in gone]

@@ -90,6 +90,8 @@ class _Lookups:
     async def _read(self, ctx) -> None:
         names, result = self._names, self._result
         self._names, self._result = set(), None
+        if result is None:
+            return  # only `_start_read` starts a read, and only with requests waiting
         try:
             result.set_result((await ctx.store.nodes_of(names), await ctx.store.presences_of(names)))
         except asyncio.CancelledError:  # shutdown: the waiters end too
@@ -109,7 +111,7 @@ async def activate(ctx: FeatureContext, session: Session, iq: ET.Element) -> ET.
         # each sends next waits behind this answer on its connection.
         return activated(session.available, "client")
     lookups = _lookups.setdefault(id(ctx), _Lookups())
-    served_by, records = await lookups.get(ctx, session.jid.local)
+    served_by, records = await lookups.get(ctx, session.jid.local or "")
     if served_by != ctx.node_name:
         where = f"by {served_by}" if served_by else "by no node (moving)"
         raise BackupError(Condition.UNEXPECTED_REQUEST, "not-serving-yet",

@@ -65,7 +65,7 @@ async def _store_offline(ctx: FeatureContext, user: JID, stanza: ET.Element) -> 
 
 async def inbound(ctx: FeatureContext, sender: Session | None, stanza: ET.Element) -> None:
     """A message for an account of our domain."""
-    to = JID.parse(stanza.get("to"))
+    to = JID.parse(stanza.get("to", ""))
     kind = MessageType.of(stanza) or MessageType.NORMAL
     route = route_message(ctx.sessions, to, kind)
     if route.targets:

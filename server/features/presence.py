@@ -95,7 +95,7 @@ async def _unavailable(ctx: FeatureContext, session: Session, stanza: ET.Element
 
 async def _directed(ctx: FeatureContext, session: Session, stanza: ET.Element) -> None:
     """§4.6: deliver; remember targets that are not subscribers."""
-    target = JID.parse(stanza.get("to"))
+    target = JID.parse(stanza.get("to", ""))
     if PresenceType.of(stanza) is PresenceType.UNAVAILABLE:
         session.directed_to.discard(str(target))
     elif target.bare != session.bare:
@@ -118,14 +118,14 @@ async def outbound(ctx: FeatureContext, session: Session, stanza: ET.Element) ->
 
 async def inbound(ctx: FeatureContext, sender: Session | None, stanza: ET.Element) -> None:
     """Available, unavailable or error presence for an account of our domain."""
-    deliver_now(ctx, stanza, JID.parse(stanza.get("to")))
+    deliver_now(ctx, stanza, JID.parse(stanza.get("to", "")))
 
 
 async def _current(ctx: FeatureContext, user: JID) -> list[ET.Element]:
     """The last presence of each available resource of `user`, on any node."""
-    local = [s for s in ctx.sessions.available(user) if s.presence is not None]
+    local = [readdressed(s.presence, "", s.jid) for s in ctx.sessions.available(user) if s.presence is not None]
     if local:
-        return [readdressed(s.presence, "", s.jid) for s in local]
+        return local
     return [readdressed(r.stanza, "", user.with_resource(r.resource)) for r in await ctx.store.presences(user)]
 
 
@@ -133,7 +133,7 @@ async def probe(ctx: FeatureContext, sender: Session | None, stanza: ET.Element)
     """§4.3.2: answer a probe on behalf of the probed account."""
     if not stanza.get("from"):
         return
-    user, prober = JID.parse(stanza.get("to")).bare, JID.parse(stanza.get("from"))
+    user, prober = JID.parse(stanza.get("to", "")).bare, JID.parse(stanza.get("from", ""))
     if prober.bare != user:
         # One cached roster read, not two transactions per probe (None: no such account).
         if await ctx.store.subscription_of(user, prober.bare) not in SEE_ME:

@@ -77,7 +77,7 @@ async def outbound(ctx: FeatureContext, session: Session, stanza: ET.Element) ->
     """A local user sent subscribe/subscribed/unsubscribe/unsubscribed (Appendix A.2)."""
     if not stanza.get("to"):
         raise StanzaError(Condition.BAD_REQUEST, "a subscription stanza needs a 'to'")
-    user, contact = session.bare, JID.parse(stanza.get("to")).bare
+    user, contact = session.bare, JID.parse(stanza.get("to", "")).bare
     if contact == user:
         return
     kind = Kind(stanza.get("type"))
@@ -93,7 +93,7 @@ async def inbound(ctx: FeatureContext, sender: Session | None, stanza: ET.Elemen
     """A subscription stanza for an account of our domain (Appendix A.3)."""
     if not stanza.get("from"):
         return
-    user, contact = JID.parse(stanza.get("to")).bare, JID.parse(stanza.get("from")).bare
+    user, contact = JID.parse(stanza.get("to", "")).bare, JID.parse(stanza.get("from", "")).bare
     kind = Kind(stanza.get("type"))
     if user == contact:
         return

@@ -23,7 +23,6 @@ from dataclasses import dataclass, replace
 
 from presence_ha.server.xmpp.stanzas import Subscription
 
-
 Sub = Subscription  # the subscription states (none/to/from/both), short for the table
 
 
@@ -90,7 +89,7 @@ class Decision:
     effects: frozenset[Effect]
 
 
-O, I = Way.OUTBOUND, Way.INBOUND
+O, I = Way.OUTBOUND, Way.INBOUND  # noqa: E741 (the table's columns, as in Appendix A)
 S, SD, U, UD = Kind.SUBSCRIBE, Kind.SUBSCRIBED, Kind.UNSUBSCRIBE, Kind.UNSUBSCRIBED
 
 TABLE: dict[tuple[Way, Kind, State], Row] = {

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import enum
 import re
-
 import xml.etree.ElementTree as ET
 
 NS_CLIENT = "jabber:client"
@@ -216,7 +215,7 @@ def stream_header(*, stream_id: str, domain: str, to: str | None, lang: str = "e
         f"<stream:stream xmlns='{NS_CLIENT}' xmlns:stream='{NS_STREAM}'"
         f" id='{escape_attr(stream_id)}' from='{escape_attr(domain)}'{to_attr}"
         f" version='1.0' xml:lang='{escape_attr(lang)}'>"
-    ).encode("utf-8")
+    ).encode()
 
 
 STREAM_FOOTER = b"</stream:stream>"
@@ -237,8 +236,9 @@ def stream_error(condition: str, text: str | None = None, other_host: str | None
 def iq_result(request: ET.Element, payload: ET.Element | None = None, to: str | None = None) -> ET.Element:
     """The result answering IQ `request`."""
     result = ET.Element("iq", {"type": "result"})
-    if request.get("id") is not None:
-        result.set("id", request.get("id"))
+    stanza_id = request.get("id")
+    if stanza_id is not None:
+        result.set("id", stanza_id)
     if to:
         result.set("to", to)
     if payload is not None:

@@ -5,11 +5,10 @@ from __future__ import annotations
 import asyncio
 
 from presence_ha.server import activation, presence_service
-from presence_ha.server.features import presence
 from presence_ha.server.sessions import SessionKind
 from presence_ha.server.store import SubscriptionState
-from presence_ha.server.xmpp.stanzas import Subscription
 from presence_ha.server.xmpp.jid import JID
+from presence_ha.server.xmpp.stanzas import Subscription
 from tests.unit.features.helpers import befriend
 from tests.unit.features.transcript import parse
 
