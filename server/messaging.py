@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import enum
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from presence_ha.server.sessions import Session, SessionKind
@@ -48,10 +47,8 @@ class Outcome(enum.Enum):
     STORE = "keep it offline until the user is available (§8.5.2.2)"
 
 
-@dataclass(slots=True)  # made per message: not frozen (a frozen __init__ costs 3x)
-class MessageRoute:
-    outcome: Outcome
-    targets: list[Session]
+# Made per message: a plain tuple (a dataclass instance costs more than the rule).
+MessageRoute = tuple[Outcome, list[Session]]  # (outcome, the sessions to hand it to)
 
 
 class SessionIndex(Protocol):
@@ -59,55 +56,68 @@ class SessionIndex(Protocol):
 
     def get(self, full: JID) -> Session | None: ...
 
-    def available(self, bare: JID) -> list[Session]: ...
+    def resources(self, bare: JID) -> list[Session]: ...
 
 
-_DROP = MessageRoute(Outcome.DROP, [])
-_REFUSE = MessageRoute(Outcome.REFUSE, [])
-_STORE = MessageRoute(Outcome.STORE, [])
+# Module constants: an enum member read through its class costs a lookup per use (3.11).
+_ACTIVE = SessionKind.ACTIVE
+_CHAT, _NORMAL, _HEADLINE = MessageType.CHAT, MessageType.NORMAL, MessageType.HEADLINE
+_ERROR, _GROUPCHAT = MessageType.ERROR, MessageType.GROUPCHAT
+_TO_RESOURCE, _TO_ACCOUNT = Outcome.TO_RESOURCE, Outcome.TO_ACCOUNT
+_DROP: MessageRoute = (Outcome.DROP, [])
+_REFUSE: MessageRoute = (Outcome.REFUSE, [])
+_STORE: MessageRoute = (Outcome.STORE, [])
 
 
-def route_message(sessions: SessionIndex, to: JID, kind: MessageType) -> MessageRoute:
-    """Where a message of `kind` for `to` (an account of our domain) goes."""
-    if not to.is_bare:
+def route_message(
+    sessions: SessionIndex, to: JID, kind: MessageType, resources: list[Session] | None = None
+) -> MessageRoute:
+    """Where a message of `kind` for `to` (an account of our domain) goes; `resources`:
+    `sessions.resources(to.bare)` if the caller has it already."""
+    if to.resource is not None:
         target = sessions.get(to)
-        if target is not None and target.kind is SessionKind.ACTIVE:
-            return MessageRoute(Outcome.TO_RESOURCE, [target])
-    if kind is MessageType.ERROR or (kind is MessageType.HEADLINE and not to.is_bare):
+        if target is not None and target.kind is _ACTIVE:
+            return _TO_RESOURCE, [target]
+        if kind is _HEADLINE:
+            return _DROP
+    if kind is _ERROR:
         return _DROP
-    if kind is MessageType.GROUPCHAT:
+    if kind is _GROUPCHAT:
         return _REFUSE
-    candidates = [s for s in sessions.available(to.bare) if s.priority >= 0]
+    if resources is None:
+        resources = sessions.resources(to.bare)
+    candidates = [s for s in resources if s.kind is _ACTIVE and s.available and s.priority >= 0]
     if candidates:
-        return MessageRoute(Outcome.TO_ACCOUNT, _chosen(candidates, kind))
-    return _DROP if kind is MessageType.HEADLINE else _STORE
+        return _TO_ACCOUNT, _chosen(candidates, kind)
+    return _DROP if kind is _HEADLINE else _STORE
 
 
 def _chosen(candidates: list[Session], kind: MessageType) -> list[Session]:
     """§8.5.2.1, of the available resources of non-negative priority: a headline goes
     to all of them, chat and normal to those of the highest priority."""
-    if kind is MessageType.HEADLINE or len(candidates) < 2:
+    if kind is _HEADLINE or len(candidates) < 2:
         return candidates
     top = max(s.priority for s in candidates)
     return [s for s in candidates if s.priority == top]
 
 
-_NOW_TYPES = (MessageType.CHAT, MessageType.NORMAL, MessageType.HEADLINE)
+_NOW_TYPES = (_CHAT, _NORMAL, _HEADLINE)
+_message_type = MessageType.of
 
 
 def deliver_now(ctx: FeatureContext, stanza: ET.Element, to: JID, wire: bytes) -> bool:
     """Deliver the message `stanza` for `to` (of our domain), whose serialized form is
     `wire`, at once; False: nothing was done, deliver it through the router."""
-    kind = MessageType.of(stanza)
-    if kind not in _NOW_TYPES:
+    kind = _message_type(stanza)
+    if kind is None or kind not in _NOW_TYPES:
         return False
-    resources = ctx.sessions.resources(to.bare)
+    sessions = ctx.sessions
+    resources = sessions.resources(to.bare)
     if not resources or any(s.carbons for s in resources):
         return False
-    route = route_message(ctx.sessions, to, kind)
-    wanted = Outcome.TO_ACCOUNT if to.is_bare else Outcome.TO_RESOURCE
-    if route.outcome is not wanted:
+    outcome, targets = route_message(sessions, to, kind, resources)
+    if outcome is not (_TO_RESOURCE if to.resource is not None else _TO_ACCOUNT):
         return False
-    for session in route.targets:
+    for session in targets:
         session.send(stanza, wire)
     return True

@@ -298,7 +298,7 @@ class SmReplication:
             log.warning("resuming %s without its presence record: %s", session.jid, exc)
             presence = None
         await self.port.bind(session, connection)
-        # As activation does (server.features.inactive_session): available with its
+        # As activation does (server.activation): available with its
         # last presence at once, announced once <resumed/> and the re-sent stanzas are out.
         turn_active(session, presence)
         record = self.port.remember_resumable(previd, session, sm, connection)

@@ -67,17 +67,17 @@ async def inbound(ctx: FeatureContext, sender: Session | None, stanza: ET.Elemen
     """A message for an account of our domain."""
     to = JID.parse(stanza.get("to", ""))
     kind = MessageType.of(stanza) or MessageType.NORMAL
-    route = route_message(ctx.sessions, to, kind)
-    if route.targets:
-        await _hand(ctx, stanza, route.targets)
+    outcome, targets = route_message(ctx.sessions, to, kind)
+    if targets:
+        await _hand(ctx, stanza, targets)
         return
     if kind is MessageType.ERROR:
         return
     if not ctx.sessions.resources(to.bare) and not await ctx.store.user_exists(to.bare):
         raise StanzaError(Condition.SERVICE_UNAVAILABLE)
-    if route.outcome is Outcome.REFUSE:
+    if outcome is Outcome.REFUSE:
         raise StanzaError(Condition.SERVICE_UNAVAILABLE, "no groupchat service for user accounts")
-    if route.outcome is Outcome.STORE:
+    if outcome is Outcome.STORE:
         await _store_offline(ctx, to.bare, stanza)
 
 
