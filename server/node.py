@@ -32,7 +32,7 @@ from presence_ha.server.auth import Accounts
 from presence_ha.server.cluster import ClusterService
 from presence_ha.server.config import NodeConfig
 from presence_ha.server.features import FEATURE_MODULES
-from presence_ha.server.context import FeatureContext
+from presence_ha.server.context import OFFLINE_MESSAGE_LIMIT, FeatureContext
 from presence_ha.server.metrics import Metrics
 from presence_ha.server.net.admin_page import build_admin_server
 from presence_ha.server.net.admin_rpc import DEFAULT_BIND_HOST as ADMIN_BIND_HOST
@@ -68,6 +68,7 @@ class NodeSettings:
     parameters: dict[str, Any]
     host: str
     client_port: int
+    offline_message_limit: int = OFFLINE_MESSAGE_LIMIT
 
 
 def build_router(modules: list[str] = FEATURE_MODULES) -> Router:

@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
 
-Roster = dict[str, tuple[Any, str]]  # contact text -> (contact JID, subscription)
+from presence_ha.server.xmpp.jid import JID
+from presence_ha.server.xmpp.stanzas import Subscription
+
+Roster = dict[str, tuple[JID, Subscription]]  # contact text -> (contact JID, subscription)
 SWEEP_EVERY = 1024  # loads between sweeps of expired entries (keeps memory bounded)
 
 

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from presence_ha.server.sessions import Session
 from presence_ha.server.xmpp.errors import Condition, StanzaError, error_reply
 from presence_ha.server.xmpp.jid import JID, InvalidJid
+from presence_ha.server.xmpp.stanzas import IqType
 
 if TYPE_CHECKING:
     from presence_ha.server.context import FeatureContext
@@ -42,13 +43,6 @@ class StanzaKind(enum.Enum):
     MESSAGE = "message"
     PRESENCE = "presence"
     IQ = "iq"
-
-
-class IqType(enum.Enum):
-    GET = "get"
-    SET = "set"
-    RESULT = "result"
-    ERROR = "error"
 
 
 class Direction(enum.Enum):

@@ -86,7 +86,8 @@ class SessionRegistry:
     def only_inactive(self, bare: JID) -> bool:
         """The account has sessions here, none of them active (backup connections)."""
         sessions = self._by_bare.get(bare)
-        return bool(sessions) and all(s.kind is SessionKind.INACTIVE for s in sessions.values())
+        return sessions is not None and bool(sessions) and all(
+            s.kind is SessionKind.INACTIVE for s in sessions.values())
 
     def active(self, bare: JID) -> list[Session]:
         return [s for s in self.resources(bare) if s.kind is SessionKind.ACTIVE]

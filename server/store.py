@@ -10,6 +10,8 @@ Rules of this module:
   read-modify-write changes (subscriptions, roster edits) stay ORM transactions.
 - A user is an account of the cluster's domain; a method asked about a JID that is not
   one raises `UnknownUser` (features check `user_exists` where the RFC asks them to).
+- Subscription states are `Subscription` members here (the rows of `db.roster` keep
+  their attribute values: converted on the way in and out, once per roster load).
 - Subscription changes are read-modify-write under a row lock in one transaction: the
   caller passes a pure `change(old) -> new` (the RFC 6121 Appendix A table) and gets
   both states back, so concurrent nodes never lose an update.
@@ -24,7 +26,6 @@ Rules of this module:
 from __future__ import annotations
 
 import asyncio
-
 import contextlib
 import dataclasses
 import sys
@@ -41,9 +42,11 @@ from presence_ha.db.roster import RosterRow
 from presence_ha.server.presence_writes import GroupCommit
 from presence_ha.server.roster_cache import Roster, RosterCache
 from presence_ha.server.xmpp.jid import JID
-from presence_ha.server.xmpp.stanzas import serialize
+from presence_ha.server.xmpp.stanzas import Subscription, serialize
 
-__all__ = ["BackupProfile", "RosterRow", "Store", "StoredPresence", "SubscriptionState", "SubscriptionUpdate", "UnknownUser"]
+__all__ = [
+    "BackupProfile", "RosterRow", "Store", "StoredPresence", "SubscriptionState", "SubscriptionUpdate", "UnknownUser",
+]
 
 
 class UnknownUser(LookupError):
@@ -54,7 +57,7 @@ class UnknownUser(LookupError):
 class SubscriptionState:
     """The user's side of one subscription (RFC 6121 Appendix A.1) plus pre-approval."""
 
-    subscription: str = "none"  # none | to | from | both
+    subscription: Subscription = Subscription.NONE
     pending_out: bool = False
     pending_in: bool = False
     approved: bool = False
@@ -87,7 +90,7 @@ class BackupProfile:
 
 
 def _needs_row(state: SubscriptionState) -> bool:
-    return state.subscription != "none" or state.pending_out or state.approved
+    return state.subscription is not Subscription.NONE or state.pending_out or state.approved
 
 
 ROSTER_CACHE_TTL_S = 30.0  # bounds staleness after another node wrote a roster (roster_cache)
@@ -168,20 +171,20 @@ class Store:
             pending_in = await roster.delete_pending(s, uid, str(contact.bare))
             await roster.delete_item(s, uid, str(contact.bare))
         self._forget_roster(user)
-        return SubscriptionState(row.subscription, row.ask, pending_in, row.approved)
+        return SubscriptionState(Subscription.parse(row.subscription), row.ask, pending_in, row.approved)
 
-    async def contacts(self, user: JID, subscriptions: Iterable[str]) -> list[JID]:
+    async def contacts(self, user: JID, subscriptions: Iterable[Subscription]) -> list[JID]:
         """The user's contacts with one of `subscriptions`, in roster order (cached)."""
-        wanted = set(subscriptions)
+        wanted = tuple(subscriptions)  # a tuple: members compare by identity, in C (no Enum.__hash__)
         return [jid for jid, sub in (await self._cached_roster(user)).values() if sub in wanted]
 
-    async def subscription_of(self, user: JID, contact: JID) -> str | None:
+    async def subscription_of(self, user: JID, contact: JID) -> Subscription | None:
         """`contact`'s subscription in `user`'s roster (cached); None: no such user."""
         try:
             entry = (await self._cached_roster(user)).get(str(contact.bare))
         except UnknownUser:
             return None
-        return entry[1] if entry is not None else "none"
+        return entry[1] if entry is not None else Subscription.NONE
 
     async def _cached_roster(self, user: JID) -> Roster:
         """The user's roster from the cache, or one read shared by every caller that
@@ -197,7 +200,7 @@ class Store:
         ticket, loaded = self._rosters.begin_load(), None
         try:
             rows = await self._read(roster.subscriptions_of, user)
-            loaded = {sys.intern(text): (self._shared_jid(text), sys.intern(sub)) for text, sub in rows}
+            loaded = {sys.intern(text): (self._shared_jid(text), Subscription.parse(sub)) for text, sub in rows}
         except BaseException as exc:
             pending.set_exception(exc)
             pending.exception()  # retrieved: nobody else may be waiting
@@ -246,7 +249,7 @@ class Store:
             row = await roster.get_item(s, uid, peer, lock=True)
             pending = await roster.has_pending(s, uid, peer)
             base = row or RosterRow(peer)
-            old = SubscriptionState(base.subscription, base.ask, pending, base.approved)
+            old = SubscriptionState(Subscription.parse(base.subscription), base.ask, pending, base.approved)
             new = change(old)
             if new.pending_in and not old.pending_in:
                 stanza = request if request is not None else ET.Element("presence", {"from": peer, "type": "subscribe"})
@@ -254,7 +257,8 @@ class Store:
             elif old.pending_in and not new.pending_in:
                 await roster.delete_pending(s, uid, peer)
             if new != old and (row is not None or _needs_row(new)):
-                row = dataclasses.replace(base, subscription=new.subscription, ask=new.pending_out, approved=new.approved)
+                row = dataclasses.replace(
+                    base, subscription=new.subscription.value, ask=new.pending_out, approved=new.approved)
                 await roster.put_item(s, uid, row)
         if new != old:
             self._forget_roster(user)
@@ -303,6 +307,7 @@ class Store:
         """Delete, in one transaction, every record `writer` (a node taken over) wrote
         for users this node serves now, except the `(username, resource)` pairs in
         `keep`; returns the full JIDs whose records went."""
+        assert self.node_name is not None  # a node's store: it serves those users now
         async with self._tx() as s:
             gone = await presence.retire_written_by(s, writer, self.node_name, keep)
         return [JID(name, self.domain, resource or None) for name, resource in gone]

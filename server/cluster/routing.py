@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING
 from presence_ha.server.cluster import wire
 from presence_ha.server.cluster.links import LinkMesh
 from presence_ha.server.cluster.locations import LocationCache, Miss
-from presence_ha.server.features import message, presence
+from presence_ha.server import messaging, presence_service
 from presence_ha.server.link import Kind
 from presence_ha.server.xmpp.errors import Condition, StanzaError
 from presence_ha.server.xmpp.jid import JID, InvalidJid
@@ -134,11 +134,11 @@ def decode_routed(ctx: FeatureContext, peer: str, payload: bytes) -> ET.Element 
 
 def deliver_routed_now(ctx: FeatureContext, stanza: ET.Element, payload: bytes) -> bool:
     """`deliver_routed` at once for a routed message the common case covers
-    (`message.deliver_now`) or a routed presence broadcast (`presence.deliver_now`), its
+    (`messaging.deliver_now`) or a routed presence broadcast (`presence_service.deliver_now`), its
     frame's body written as it came (parsing it checked it); False: nothing was done,
     deliver it with `deliver_routed`."""
     tag = stanza.tag
-    if tag == "presence" and stanza.get("type") not in presence.INBOUND_TYPES:
+    if tag == "presence" and stanza.get("type") not in presence_service.INBOUND_TYPES:
         return False  # probes and subscriptions
     if tag != "message" and tag != "presence":
         return False
@@ -152,9 +152,9 @@ def deliver_routed_now(ctx: FeatureContext, stanza: ET.Element, payload: bytes) 
     if body.find(b"xmlns", 0, body.find(b">")) >= 0:  # `serialize` never declares one there: an
         return False  # xmlns='' would take the stanza out of jabber:client in the client's stream
     if tag == "presence":
-        presence.deliver_now(ctx, stanza, to, body)
+        presence_service.deliver_now(ctx, stanza, to, body)
         return True
-    return message.deliver_now(ctx, stanza, to, body)
+    return messaging.deliver_now(ctx, stanza, to, body)
 
 
 def recipient_key(stanza: ET.Element) -> str:

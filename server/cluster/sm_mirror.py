@@ -47,7 +47,7 @@ from presence_ha.db.engine import DatabaseUnavailable
 from presence_ha.server.cluster import wire
 from presence_ha.server.cluster.links import LinkMesh
 from presence_ha.server.cluster.sm_replica import Replica, ReplicaError, ReplicaStore, parse_stanza
-from presence_ha.server.features.inactive_session import announce, record_key, records_for, turn_active
+from presence_ha.server.activation import announce, record_key, records_for, turn_active
 from presence_ha.server.link import Kind
 from presence_ha.server.sessions import Session
 from presence_ha.server.xmpp.jid import JID
@@ -298,7 +298,7 @@ class SmReplication:
             log.warning("resuming %s without its presence record: %s", session.jid, exc)
             presence = None
         await self.port.bind(session, connection)
-        # As activation does (server.features.inactive_session): available with its
+        # As activation does (server.activation): available with its
         # last presence at once, announced once <resumed/> and the re-sent stanzas are out.
         turn_active(session, presence)
         record = self.port.remember_resumable(previd, session, sm, connection)

@@ -4,6 +4,13 @@ Rules: `FEATURE_MODULES` lists, in registration order, the modules the node load
 (`server.node` imports each and calls `register(router)`). Append yours; a duplicate
 route raises `DuplicateRoute` at start-up. Features see the server only through
 `FeatureContext` (`server.context`).
+
+Layers: features sit on top. They register routes and handlers, and a handler may call
+the services below them (`server.messaging`, `server.presence_service`,
+`server.activation`, `server.xmpp.backup`); a feature never imports `server.net`,
+`server.srm` or `server.cluster`. Nothing but the composition root (`server.node`)
+imports a feature: what the SRM, the cluster and the connections need from presence,
+messages and sessions lives in those services (tests/unit/features/test_layering.py).
 """
 
 FEATURE_MODULES: list[str] = [

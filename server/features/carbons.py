@@ -16,10 +16,15 @@ Rules of this module:
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
+from typing import TYPE_CHECKING
 
-from presence_ha.server.router import IqType, MessageDelivered, MessageSent, Router
+from presence_ha.server.router import MessageDelivered, MessageSent, Router
 from presence_ha.server.sessions import Session
 from presence_ha.server.xmpp.jid import JID
+from presence_ha.server.xmpp.stanzas import IqType, MessageType
+
+if TYPE_CHECKING:
+    from presence_ha.server.context import FeatureContext
 
 NS_CARBONS = "urn:xmpp:carbons:2"
 NS_FORWARD = "urn:xmpp:forward:0"
@@ -34,8 +39,8 @@ NO_COPY = "{urn:xmpp:hints}no-copy"
 def eligible(stanza: ET.Element) -> bool:
     if any(stanza.find(tag) is not None for tag in (PRIVATE, NO_COPY, RECEIVED, SENT)):
         return False
-    kind = stanza.get("type") or "normal"
-    return kind == "chat" or (kind == "normal" and stanza.find("body") is not None)
+    kind = MessageType.of(stanza)  # an unknown type is never eligible
+    return kind is MessageType.CHAT or (kind is MessageType.NORMAL and stanza.find("body") is not None)
 
 
 def _carbon(direction: str, account: JID, to: Session, original: ET.Element) -> ET.Element:
@@ -45,7 +50,7 @@ def _carbon(direction: str, account: JID, to: Session, original: ET.Element) -> 
     return wrapper
 
 
-def _wanting(ctx, account: JID, skip: set[int]) -> list[Session]:
+def _wanting(ctx: FeatureContext, account: JID, skip: set[int]) -> list[Session]:
     """The account's other active resources that enabled carbons (usually none)."""
     return [s for s in ctx.sessions.active(account) if s.carbons and id(s) not in skip]
 
@@ -55,15 +60,15 @@ def _copy_to(sessions: list[Session], account: JID, direction: str, original: ET
         session.send(_carbon(direction, account, session, original))
 
 
-async def enable(ctx, session: Session, iq: ET.Element) -> None:
+async def enable(ctx: FeatureContext, session: Session, iq: ET.Element) -> None:
     session.carbons = True
 
 
-async def disable(ctx, session: Session, iq: ET.Element) -> None:
+async def disable(ctx: FeatureContext, session: Session, iq: ET.Element) -> None:
     session.carbons = False
 
 
-async def copy_received(ctx, event: MessageDelivered) -> None:
+async def copy_received(ctx: FeatureContext, event: MessageDelivered) -> None:
     if not event.recipients:
         return
     account = event.recipients[0].bare
@@ -72,7 +77,7 @@ async def copy_received(ctx, event: MessageDelivered) -> None:
         _copy_to(wanting, account, RECEIVED, event.stanza)
 
 
-async def copy_sent(ctx, event: MessageSent) -> None:
+async def copy_sent(ctx: FeatureContext, event: MessageSent) -> None:
     account = event.session.bare
     wanting = _wanting(ctx, account, {id(event.session)})
     if wanting and eligible(event.stanza):

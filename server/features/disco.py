@@ -9,11 +9,15 @@ A `node` attribute names nothing we know: `item-not-found` (XEP-0030 §3.1).
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
+from typing import TYPE_CHECKING
 
-from presence_ha.server.router import IqType, Router
+from presence_ha.server.router import Router
 from presence_ha.server.sessions import Session
 from presence_ha.server.xmpp.errors import Condition, StanzaError
-from presence_ha.server.xmpp.stanzas import NS_DISCO_INFO, NS_DISCO_ITEMS
+from presence_ha.server.xmpp.stanzas import NS_DISCO_INFO, NS_DISCO_ITEMS, IqType
+
+if TYPE_CHECKING:
+    from presence_ha.server.context import FeatureContext
 
 INFO = f"{{{NS_DISCO_INFO}}}query"
 ITEMS = f"{{{NS_DISCO_ITEMS}}}query"
@@ -25,7 +29,7 @@ def _check_node(iq: ET.Element) -> None:
         raise StanzaError(Condition.ITEM_NOT_FOUND, "no such node")
 
 
-async def info(ctx, session: Session, iq: ET.Element) -> ET.Element:
+async def info(ctx: FeatureContext, session: Session, iq: ET.Element) -> ET.Element:
     _check_node(iq)
     query = ET.Element(INFO)
     ET.SubElement(query, f"{{{NS_DISCO_INFO}}}identity", IDENTITY)
@@ -34,7 +38,7 @@ async def info(ctx, session: Session, iq: ET.Element) -> ET.Element:
     return query
 
 
-async def items(ctx, session: Session, iq: ET.Element) -> ET.Element:
+async def items(ctx: FeatureContext, session: Session, iq: ET.Element) -> ET.Element:
     _check_node(iq)
     return ET.Element(ITEMS)
 

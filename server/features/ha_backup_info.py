@@ -18,12 +18,15 @@ import asyncio
 import logging
 import time
 import xml.etree.ElementTree as ET
+from typing import TYPE_CHECKING
 
-from presence_ha.server.features.inactive_session import NS_BACKUP
-from presence_ha.server.router import IqType, Router
+from presence_ha.server.router import Router
 from presence_ha.server.sessions import Session
+from presence_ha.server.xmpp.backup import BACKUP, NS_BACKUP
+from presence_ha.server.xmpp.stanzas import IqType
 
-BACKUP = f"{{{NS_BACKUP}}}backup"
+if TYPE_CHECKING:
+    from presence_ha.server.context import FeatureContext
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +94,7 @@ async def _profile(store):
     return await _profiles.setdefault(id(store), _ProfileCache()).get(store)
 
 
-async def backup_info(ctx, session: Session, iq: ET.Element) -> ET.Element:
+async def backup_info(ctx: FeatureContext, session: Session, iq: ET.Element) -> ET.Element:
     return backup_element(await _profile(ctx.store))
 
 

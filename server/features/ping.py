@@ -7,15 +7,19 @@ the router with `<iq type='result'/>`; pings to a user are routed like any IQ.
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
+from typing import TYPE_CHECKING
 
-from presence_ha.server.router import IqType, Router
+from presence_ha.server.router import Router
 from presence_ha.server.sessions import Session
-from presence_ha.server.xmpp.stanzas import NS_PING
+from presence_ha.server.xmpp.stanzas import NS_PING, IqType
+
+if TYPE_CHECKING:
+    from presence_ha.server.context import FeatureContext
 
 PING = f"{{{NS_PING}}}ping"
 
 
-async def pong(ctx, session: Session, iq: ET.Element) -> None:
+async def pong(ctx: FeatureContext, session: Session, iq: ET.Element) -> None:
     return None  # an empty result is the answer (XEP-0199 §4.2)
 
 

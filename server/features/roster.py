@@ -21,11 +21,17 @@ from __future__ import annotations
 
 import uuid
 import xml.etree.ElementTree as ET
+from typing import TYPE_CHECKING
 
-from presence_ha.server.router import IqType, RosterItemChanged, Router
+from presence_ha.server.router import RosterItemChanged, Router
 from presence_ha.server.sessions import Session
 from presence_ha.server.xmpp.errors import Condition, StanzaError
 from presence_ha.server.xmpp.jid import JID, InvalidJid
+from presence_ha.server.xmpp.stanzas import IqType, PresenceType, presence
+
+if TYPE_CHECKING:
+    from presence_ha.server.context import FeatureContext
+    from presence_ha.server.store import RosterRow
 
 NS_ROSTER = "jabber:iq:roster"
 QUERY = f"{{{NS_ROSTER}}}query"
@@ -34,7 +40,7 @@ GROUP = f"{{{NS_ROSTER}}}group"
 MAX_TEXT = 1023  # longest item name or group name accepted (characters)
 
 
-def item_element(contact: str, row: object | None) -> ET.Element:
+def item_element(contact: str, row: RosterRow | None) -> ET.Element:
     """The <item/> for a store roster row, or a removal item when `row` is None."""
     if row is None:
         return ET.Element(ITEM, {"jid": contact, "subscription": "remove"})
@@ -88,25 +94,21 @@ def _name_and_groups(item: ET.Element) -> tuple[str | None, list[str]]:
     return name, groups
 
 
-def _presence(type_: str, sender: JID, to: JID) -> ET.Element:
-    return ET.Element("presence", {"type": type_, "from": str(sender), "to": str(to)})
-
-
-async def _remove(ctx, session: Session, contact: JID) -> None:
+async def _remove(ctx: FeatureContext, session: Session, contact: JID) -> None:
     old = await ctx.store.remove_roster_item(session.bare, contact)
     if old is None:
         raise StanzaError(Condition.ITEM_NOT_FOUND, f"{contact} is not on the roster")
     await ctx.notify(RosterItemChanged(session.bare, contact))
-    if old.subscription in ("to", "both") or old.pending_out:
-        await ctx.deliver(_presence("unsubscribe", session.bare, contact))
-    if old.subscription in ("from", "both") or old.pending_in:
-        if old.subscription in ("from", "both"):  # §3.2.2: the contact sees us go
+    if old.subscription.has_to or old.pending_out:
+        await ctx.deliver(presence(PresenceType.UNSUBSCRIBE, session.bare, contact))
+    if old.subscription.has_from or old.pending_in:
+        if old.subscription.has_from:  # §3.2.2: the contact sees us go
             for resource in ctx.sessions.available(session.bare):
-                await ctx.deliver(_presence("unavailable", resource.jid, contact))
-        await ctx.deliver(_presence("unsubscribed", session.bare, contact))
+                await ctx.deliver(presence(PresenceType.UNAVAILABLE, resource.jid, contact))
+        await ctx.deliver(presence(PresenceType.UNSUBSCRIBED, session.bare, contact))
 
 
-async def roster_get(ctx, session: Session, iq: ET.Element) -> ET.Element:
+async def roster_get(ctx: FeatureContext, session: Session, iq: ET.Element) -> ET.Element:
     _check_own(session, iq)
     query = ET.Element(QUERY)
     for row in await ctx.store.roster(session.bare):
@@ -115,7 +117,7 @@ async def roster_get(ctx, session: Session, iq: ET.Element) -> ET.Element:
     return query
 
 
-async def roster_set(ctx, session: Session, iq: ET.Element) -> None:
+async def roster_set(ctx: FeatureContext, session: Session, iq: ET.Element) -> None:
     _check_own(session, iq)
     item = _single_item(iq[0])
     contact = _contact(item)
@@ -128,7 +130,7 @@ async def roster_set(ctx, session: Session, iq: ET.Element) -> None:
     return None
 
 
-async def push_item(ctx, event: RosterItemChanged) -> None:
+async def push_item(ctx: FeatureContext, event: RosterItemChanged) -> None:
     """Send the item as stored now to each interested resource (§2.1.6)."""
     row = await ctx.store.roster_item(event.user, event.contact)
     for session in ctx.sessions.active(event.user):

@@ -21,43 +21,34 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
-from presence_ha.server.features.subscription_rules import Decision, Effect, Kind, State, Sub, Way, decide
+from presence_ha.server.features.subscription_rules import Decision, Effect, Kind, State, Way, decide
 from presence_ha.server.router import Direction, RosterItemChanged, Router, SessionAvailable, StanzaKind
 from presence_ha.server.sessions import Session
 from presence_ha.server.xmpp.errors import Condition, StanzaError
 from presence_ha.server.xmpp.jid import JID
+from presence_ha.server.xmpp.stanzas import PresenceType, presence, readdressed
 
-SUBSCRIPTION_TYPES = tuple(kind.value for kind in Kind)
+if TYPE_CHECKING:
+    from presence_ha.server.context import FeatureContext
+    from presence_ha.server.store import SubscriptionState
 
-
-def _presence(type_: str | None, sender: JID, to: JID) -> ET.Element:
-    presence = ET.Element("presence", {"from": str(sender), "to": str(to)})
-    if type_:
-        presence.set("type", type_)
-    return presence
-
-
-def _readdressed(stanza: ET.Element, sender: JID, to: JID) -> ET.Element:
-    copy = ET.Element(stanza.tag, dict(stanza.attrib))
-    copy.extend(list(stanza))
-    copy.set("from", str(sender))
-    copy.set("to", str(to))
-    return copy
+SUBSCRIPTION_TYPES = tuple(kind.value for kind in Kind)  # route keys: `type` attribute values
 
 
 async def _transition(
-    ctx, user: JID, contact: JID, way: Way, kind: Kind, request: ET.Element | None = None
+    ctx: FeatureContext, user: JID, contact: JID, way: Way, kind: Kind, request: ET.Element | None = None
 ) -> Decision:
     """Run the table on the stored state and write the outcome atomically."""
     decisions: list[Decision] = []
 
-    def change(old):
-        decision = decide(way, kind, State(Sub(old.subscription), old.pending_out, old.pending_in), old.approved)
+    def change(old: SubscriptionState) -> SubscriptionState:
+        decision = decide(way, kind, State(old.subscription, old.pending_out, old.pending_in), old.approved)
         decisions.append(decision)
         new = decision.state
         return replace(
-            old, subscription=new.sub.value, pending_out=new.pending_out, pending_in=new.pending_in,
+            old, subscription=new.sub, pending_out=new.pending_out, pending_in=new.pending_in,
             approved=decision.approved,
         )
 
@@ -65,28 +56,28 @@ async def _transition(
     return decisions[-1]
 
 
-async def _send_presence(ctx, user: JID, contact: JID, available: bool) -> None:
+async def _send_presence(ctx: FeatureContext, user: JID, contact: JID, available: bool) -> None:
     """The user's current presence (or its end) from each resource, to the contact."""
     for record in await ctx.store.presences(user):
         sender = user.with_resource(record.resource)
         if available:
-            await ctx.deliver(_readdressed(record.stanza, sender, contact))
+            await ctx.deliver(readdressed(record.stanza, contact, sender))
         else:
-            await ctx.deliver(_presence("unavailable", sender, contact))
+            await ctx.deliver(presence(PresenceType.UNAVAILABLE, sender, contact))
 
 
-async def _presence_effects(ctx, user: JID, contact: JID, decision: Decision) -> None:
+async def _presence_effects(ctx: FeatureContext, user: JID, contact: JID, decision: Decision) -> None:
     if Effect.SEND_PRESENCE in decision.effects:
         await _send_presence(ctx, user, contact, available=True)
     if Effect.SEND_UNAVAILABLE in decision.effects:
         await _send_presence(ctx, user, contact, available=False)
 
 
-async def outbound(ctx, session: Session, stanza: ET.Element) -> None:
+async def outbound(ctx: FeatureContext, session: Session, stanza: ET.Element) -> None:
     """A local user sent subscribe/subscribed/unsubscribe/unsubscribed (Appendix A.2)."""
     if not stanza.get("to"):
         raise StanzaError(Condition.BAD_REQUEST, "a subscription stanza needs a 'to'")
-    user, contact = session.bare, JID.parse(stanza.get("to")).bare
+    user, contact = session.bare, JID.parse(stanza.get("to", "")).bare
     if contact == user:
         return
     kind = Kind(stanza.get("type"))
@@ -94,23 +85,23 @@ async def outbound(ctx, session: Session, stanza: ET.Element) -> None:
     if Effect.PUSH in decision.effects:
         await ctx.notify(RosterItemChanged(user, contact))
     if Effect.ROUTE in decision.effects:
-        await ctx.deliver(_readdressed(stanza, user, contact), sender=session)
+        await ctx.deliver(readdressed(stanza, contact, user), sender=session)
     await _presence_effects(ctx, user, contact, decision)
 
 
-async def inbound(ctx, sender: Session | None, stanza: ET.Element) -> None:
+async def inbound(ctx: FeatureContext, sender: Session | None, stanza: ET.Element) -> None:
     """A subscription stanza for an account of our domain (Appendix A.3)."""
     if not stanza.get("from"):
         return
-    user, contact = JID.parse(stanza.get("to")).bare, JID.parse(stanza.get("from")).bare
+    user, contact = JID.parse(stanza.get("to", "")).bare, JID.parse(stanza.get("from", "")).bare
     kind = Kind(stanza.get("type"))
     if user == contact:
         return
     if not await ctx.store.user_exists(user):
         if kind is Kind.SUBSCRIBE:
-            await ctx.deliver(_presence("unsubscribed", user, contact))
+            await ctx.deliver(presence(PresenceType.UNSUBSCRIBED, user, contact))
         return
-    request = _readdressed(stanza, contact, user)
+    request = readdressed(stanza, user, contact)
     decision = await _transition(ctx, user, contact, Way.INBOUND, kind, request)
     if Effect.PUSH in decision.effects:
         await ctx.notify(RosterItemChanged(user, contact))
@@ -118,11 +109,11 @@ async def inbound(ctx, sender: Session | None, stanza: ET.Element) -> None:
         for session in ctx.sessions.available(user):
             session.send(request)
     if Effect.AUTO_SUBSCRIBED in decision.effects:
-        await ctx.deliver(_presence("subscribed", user, contact))
+        await ctx.deliver(presence(PresenceType.SUBSCRIBED, user, contact))
     await _presence_effects(ctx, user, contact, decision)
 
 
-async def deliver_pending(ctx, event: SessionAvailable) -> None:
+async def deliver_pending(ctx: FeatureContext, event: SessionAvailable) -> None:
     """§3.1.3: unanswered requests again at each initial presence."""
     for request in await ctx.store.pending_requests(event.session.bare):
         event.session.send(request)

@@ -21,24 +21,14 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, replace
 
+from presence_ha.server.xmpp.stanzas import Subscription
 
-class Sub(enum.Enum):
-    NONE = "none"
-    TO = "to"
-    FROM = "from"
-    BOTH = "both"
-
-    @property
-    def has_to(self) -> bool:
-        return self in (Sub.TO, Sub.BOTH)
-
-    @property
-    def has_from(self) -> bool:
-        return self in (Sub.FROM, Sub.BOTH)
+Sub = Subscription  # the subscription states (none/to/from/both), short for the table
 
 
 class Kind(enum.Enum):
-    """Subscription-related presence types (RFC 6121 §3)."""
+    """Subscription-related presence types (RFC 6121 §3): the `PresenceType`s this table
+    covers, with their values (`Kind(t.value)` for such a `PresenceType` t)."""
 
     SUBSCRIBE = "subscribe"
     SUBSCRIBED = "subscribed"
@@ -99,7 +89,7 @@ class Decision:
     effects: frozenset[Effect]
 
 
-O, I = Way.OUTBOUND, Way.INBOUND
+O, I = Way.OUTBOUND, Way.INBOUND  # noqa: E741 (the table's columns, as in Appendix A)
 S, SD, U, UD = Kind.SUBSCRIBE, Kind.SUBSCRIBED, Kind.UNSUBSCRIBE, Kind.UNSUBSCRIBED
 
 TABLE: dict[tuple[Way, Kind, State], Row] = {

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import importlib.metadata
 import xml.etree.ElementTree as ET
+from typing import TYPE_CHECKING
 
-from presence_ha.server.router import IqType, Router
+from presence_ha.server.router import Router
 from presence_ha.server.sessions import Session
-from presence_ha.server.xmpp.stanzas import NS_VERSION
+from presence_ha.server.xmpp.stanzas import NS_VERSION, IqType
+
+if TYPE_CHECKING:
+    from presence_ha.server.context import FeatureContext
 
 QUERY = f"{{{NS_VERSION}}}query"
 
@@ -19,7 +23,7 @@ def software_version() -> str:
         return "0+unknown"
 
 
-async def version(ctx, session: Session, iq: ET.Element) -> ET.Element:
+async def version(ctx: FeatureContext, session: Session, iq: ET.Element) -> ET.Element:
     query = ET.Element(QUERY)
     ET.SubElement(query, f"{{{NS_VERSION}}}name").text = "presence-ha"
     ET.SubElement(query, f"{{{NS_VERSION}}}version").text = software_version()

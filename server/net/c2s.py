@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING
 
 from presence_ha.db.engine import DatabaseUnavailable
 from presence_ha.server.auth import RelayTo, backup_kick
-from presence_ha.server.features.inactive_session import is_hold_request
+from presence_ha.server.xmpp.backup import is_hold_request
 from presence_ha.server.net.limits import TokenBucket
 from presence_ha.server.router import SessionBound
 from presence_ha.server.sessions import Session, SessionKind

@@ -6,7 +6,7 @@ Rules of this module:
   the user moves on with its presence, which the peer restores (activation, or a
   login with the same resource) or retires after the grace.
 - Taking users (`activate`): the inactive sessions of the users now served here are
-  activated by the server (`server.features.inactive_session.activate_all`).
+  activated by the server (`server.activation.activate_all`).
 - After any move, the presences the previous node wrote for the moved users are
   retired after `grace_s` if their resource did not come back (`schedule_retire`);
   one pending retirement per previous node, restarted by a newer move.
@@ -20,8 +20,8 @@ from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
 from presence_ha.db.engine import DatabaseUnavailable
+from presence_ha.server import activation, presence_service
 from presence_ha.server.context import FeatureContext
-from presence_ha.server.features import inactive_session, presence
 from presence_ha.server.services import HANDOVER_CLOSE_S
 from presence_ha.server.sessions import Session, SessionKind
 from presence_ha.server.xmpp.errors import StreamError
@@ -55,7 +55,7 @@ class Handover:
     async def activate(self, owner: str, on_active: Callable[[], None]) -> int:
         """Activate the inactive sessions of `owner`'s users served here; `on_active()`
         once they are active (before their presences are announced), even if it fails."""
-        return await inactive_session.activate_all(self._clients.ctx, owner, on_active)
+        return await activation.activate_all(self._clients.ctx, owner, on_active)
 
     def schedule_retire(self, previous: str, grace_s: float) -> None:
         old = self._retiring.pop(previous, None)
@@ -66,7 +66,7 @@ class Handover:
     async def _retire(self, previous: str, grace_s: float) -> None:
         await asyncio.sleep(grace_s)
         try:
-            retired = await presence.retire_orphans(self._clients.ctx, previous)
+            retired = await presence_service.retire_orphans(self._clients.ctx, previous)
         except DatabaseUnavailable as exc:
             log.warning("srm %s: cannot retire the presences of %s's users: %s", self.node, previous, exc)
             return

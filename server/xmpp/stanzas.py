@@ -9,13 +9,18 @@ Rules of this module:
   elements of the streams namespace use the `stream:` prefix declared by the header.
 - The serializer never recurses without bound: the parser caps nesting depth
   (`MAX_DEPTH`), and builders only produce shallow trees.
+- Closed value sets are enums (`MessageType`, `PresenceType`, `IqType`,
+  `Subscription`), compared by identity inside the node. `X.of(stanza)` reads the
+  `type` attribute with one dict lookup (hot path: no parse, no `Enum()` call); the
+  attribute's text is `member.value` (`PresenceType.AVAILABLE.value` is None: no
+  attribute). An unknown attribute value is None: the caller decides what it means.
 - Pure functions, no I/O.
 """
 
 from __future__ import annotations
 
+import enum
 import re
-
 import xml.etree.ElementTree as ET
 
 NS_CLIENT = "jabber:client"
@@ -37,6 +42,89 @@ NS_DISCO_ITEMS = "http://jabber.org/protocol/disco#items"
 NS_VERSION = "jabber:iq:version"
 
 STANZA_TAGS = frozenset({"message", "presence", "iq"})
+
+
+class MessageType(enum.Enum):
+    """RFC 6121 §5.2.2."""
+
+    CHAT = "chat"
+    ERROR = "error"
+    GROUPCHAT = "groupchat"
+    HEADLINE = "headline"
+    NORMAL = "normal"
+
+    @staticmethod
+    def of(stanza: ET.Element) -> MessageType | None:
+        """The message's type: NORMAL without the attribute (§5.2.2), None if unknown."""
+        return _MESSAGE_TYPES.get(stanza.get("type"))
+
+
+class PresenceType(enum.Enum):
+    """RFC 6121 §4.7.1 (availability, probe, error) and §3 (subscriptions)."""
+
+    AVAILABLE = None  # no type attribute (§4.7.1)
+    UNAVAILABLE = "unavailable"
+    PROBE = "probe"
+    ERROR = "error"
+    SUBSCRIBE = "subscribe"
+    SUBSCRIBED = "subscribed"
+    UNSUBSCRIBE = "unsubscribe"
+    UNSUBSCRIBED = "unsubscribed"
+
+    @staticmethod
+    def of(stanza: ET.Element) -> PresenceType | None:
+        """The presence's type; None if the attribute holds an unknown value."""
+        return _PRESENCE_TYPES.get(stanza.get("type"))
+
+
+class IqType(enum.Enum):
+    """RFC 6120 §8.2.3."""
+
+    GET = "get"
+    SET = "set"
+    RESULT = "result"
+    ERROR = "error"
+
+    @staticmethod
+    def of(stanza: ET.Element) -> IqType | None:
+        return _IQ_TYPES.get(stanza.get("type"))
+
+
+class Subscription(enum.Enum):
+    """A roster item's subscription state (RFC 6121 §2.1.2.5), from the user's side."""
+
+    NONE = "none"
+    TO = "to"  # the user sees the contact's presence
+    FROM = "from"  # the contact sees the user's presence
+    BOTH = "both"
+
+    @property
+    def has_to(self) -> bool:
+        return self is Subscription.TO or self is Subscription.BOTH
+
+    @property
+    def has_from(self) -> bool:
+        return self is Subscription.FROM or self is Subscription.BOTH
+
+    @staticmethod
+    def parse(text: str) -> Subscription:
+        """The state a stored (or received) attribute value names; ValueError if none."""
+        found = _SUBSCRIPTIONS.get(text)
+        if found is None:
+            raise ValueError(f"not a subscription state: {text!r}")
+        return found
+
+
+_MESSAGE_TYPES: dict[str | None, MessageType] = {t.value: t for t in MessageType}
+_MESSAGE_TYPES[None] = MessageType.NORMAL
+_PRESENCE_TYPES: dict[str | None, PresenceType] = {t.value: t for t in PresenceType}
+_IQ_TYPES: dict[str | None, IqType] = {t.value: t for t in IqType}
+_SUBSCRIPTIONS: dict[str, Subscription] = {s.value: s for s in Subscription}
+
+
+def type_values(*types: MessageType | PresenceType | IqType) -> tuple[str | None, ...]:
+    """The `type` attribute values of `types` (route keys of `server.router`)."""
+    return tuple(t.value for t in types)
 MAX_DEPTH = 64  # nesting limit enforced by the parser; keeps recursion bounded
 
 _TEXT_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;"})
@@ -127,7 +215,7 @@ def stream_header(*, stream_id: str, domain: str, to: str | None, lang: str = "e
         f"<stream:stream xmlns='{NS_CLIENT}' xmlns:stream='{NS_STREAM}'"
         f" id='{escape_attr(stream_id)}' from='{escape_attr(domain)}'{to_attr}"
         f" version='1.0' xml:lang='{escape_attr(lang)}'>"
-    ).encode("utf-8")
+    ).encode()
 
 
 STREAM_FOOTER = b"</stream:stream>"
@@ -148,13 +236,32 @@ def stream_error(condition: str, text: str | None = None, other_host: str | None
 def iq_result(request: ET.Element, payload: ET.Element | None = None, to: str | None = None) -> ET.Element:
     """The result answering IQ `request`."""
     result = ET.Element("iq", {"type": "result"})
-    if request.get("id") is not None:
-        result.set("id", request.get("id"))
+    stanza_id = request.get("id")
+    if stanza_id is not None:
+        result.set("id", stanza_id)
     if to:
         result.set("to", to)
     if payload is not None:
         result.append(payload)
     return result
+
+
+def readdressed(stanza: ET.Element, to: object, sender: object | None = None) -> ET.Element:
+    """A shallow copy of `stanza` (children shared) sent to `to`, and from `sender` if given."""
+    copy = ET.Element(stanza.tag, dict(stanza.attrib))
+    copy.extend(list(stanza))
+    copy.set("to", str(to))
+    if sender is not None:
+        copy.set("from", str(sender))
+    return copy
+
+
+def presence(type_: PresenceType, sender: object, to: object) -> ET.Element:
+    """`<presence type='...' from='sender' to='to'/>` (no type attribute for AVAILABLE)."""
+    stanza = ET.Element("presence", {"from": str(sender), "to": str(to)})
+    if type_.value is not None:
+        stanza.set("type", type_.value)
+    return stanza
 
 
 def element(tag: str, attrib: dict[str, str] | None = None, text: str | None = None) -> ET.Element:

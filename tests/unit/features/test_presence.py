@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 
-from presence_ha.server.features import presence
+from presence_ha.server import activation, presence_service
 from presence_ha.server.sessions import SessionKind
 from presence_ha.server.store import SubscriptionState
 from presence_ha.server.xmpp.jid import JID
+from presence_ha.server.xmpp.stanzas import Subscription
 from tests.unit.features.helpers import befriend
 from tests.unit.features.transcript import parse
 
@@ -83,13 +84,13 @@ async def test_probe_without_subscription_gets_unsubscribed(world):
     """§4.3.2: the refusal also repairs a subscription only the prober believes in."""
     alice = await world.online("alice@example.test/home")
     bob = await world.online("bob@example.test/pc", "<presence><show>away</show></presence>")
-    await world.store.update_subscription(ALICE, BOB, lambda old: SubscriptionState("to"))
+    await world.store.update_subscription(ALICE, BOB, lambda old: SubscriptionState(Subscription.TO))
     await world.ctx.deliver(parse("<presence type='probe' from='alice@example.test/home' to='bob@example.test'/>"))
     alice.expect("<iq type='set' id='*' to='alice@example.test/home'><query xmlns='jabber:iq:roster'>"
                  "<item jid='bob@example.test' subscription='none'/></query></iq>")
     alice.expect("<presence type='unsubscribed' from='bob@example.test' to='alice@example.test'/>")
     alice.silent()  # and no presence of bob leaked
-    await world.store.update_subscription(ALICE, JID.parse("nobody@example.test"), lambda old: SubscriptionState("to"))
+    await world.store.update_subscription(ALICE, JID.parse("nobody@example.test"), lambda old: SubscriptionState(Subscription.TO))
     await world.ctx.deliver(parse("<presence type='probe' from='alice@example.test/home' to='nobody@example.test'/>"))
     alice.expect("<iq type='set' id='*' to='alice@example.test/home'><query xmlns='jabber:iq:roster'>"
                  "<item jid='nobody@example.test' subscription='none'/></query></iq>")
@@ -179,8 +180,8 @@ async def test_an_activated_session_that_keeps_its_contacts_is_not_sent_their_pr
         await backup.send(f"<iq type='set' id='h1'>{hold}</iq>")
         backup.expect("<iq type='result' id='h1' to='alice@example.test/home'/>")
         record = await world.store.presences_of({"alice"})
-        assert inactive_session.turn_active(backup.session, record.get(("alice", "home")))
-        await presence.announce_resumed(world.ctx, backup.session)
+        assert activation.turn_active(backup.session, record.get(("alice", "home")))
+        await presence_service.announce_resumed(world.ctx, backup.session)
         froms = [s.get("from") for s in backup.outbox if s.tag == "presence"]
         assert ("bob@example.test/pc" in froms) is bob_seen, froms
         bob.outbox.clear()

@@ -1,4 +1,4 @@
-"""A routed message delivered at once (`deliver_routed_now`, `message.deliver_now`):
+"""A routed message delivered at once (`deliver_routed_now`, `messaging.deliver_now`):
 it reaches the sessions `inbound` would pick, with the frame's bytes, or it is left
 (False, nothing sent) to the full path for everything the common case does not cover."""
 

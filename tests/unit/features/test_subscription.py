@@ -16,6 +16,7 @@ import pytest
 from presence_ha.server.features.subscription_rules import STATES, TABLE, Way, decide
 from presence_ha.server.store import SubscriptionState
 from presence_ha.server.xmpp.jid import JID
+from presence_ha.server.xmpp.stanzas import Subscription
 
 ALICE = JID.parse("alice@example.test")
 BOB = JID.parse("bob@example.test")
@@ -24,7 +25,7 @@ NS_ERR = "urn:ietf:params:xml:ns:xmpp-stanzas"
 
 
 def as_store_state(state) -> SubscriptionState:
-    return SubscriptionState(state.sub.value, state.pending_out, state.pending_in)
+    return SubscriptionState(state.sub, state.pending_out, state.pending_in)
 
 
 def kinds(outbox: list[ET.Element]) -> list[str]:
@@ -84,8 +85,8 @@ async def test_request_handshake_between_two_local_users(world):
                "<item jid='alice@example.test' subscription='both'/></query></iq>")
     bob.expect("<presence type='subscribed' from='alice@example.test' to='bob@example.test'/>")
     bob.expect("<presence from='alice@example.test/home' to='bob@example.test'><status>hi</status></presence>")
-    assert (await world.store.subscription(ALICE, BOB)).subscription == "both"
-    assert (await world.store.subscription(BOB, ALICE)).subscription == "both"
+    assert (await world.store.subscription(ALICE, BOB)).subscription is Subscription.BOTH
+    assert (await world.store.subscription(BOB, ALICE)).subscription is Subscription.BOTH
 
 
 async def test_unsubscribe_ends_both_sides_and_sends_unavailable(world):

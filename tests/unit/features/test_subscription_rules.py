@@ -183,3 +183,10 @@ def test_table_matches_the_rfc_transcription(way_kind):
         row = TABLE[(*way_kind, state)]
         assert row.route == (route == "MUST"), line
         assert row.to == (state if new == "-" else BY_NAME[new]), line
+
+
+def test_the_table_kinds_are_presence_types():
+    from presence_ha.server.xmpp.stanzas import PresenceType
+
+    assert {PresenceType(kind.value) for kind in Kind} == {
+        PresenceType.SUBSCRIBE, PresenceType.SUBSCRIBED, PresenceType.UNSUBSCRIBE, PresenceType.UNSUBSCRIBED}

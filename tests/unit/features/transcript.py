@@ -21,8 +21,8 @@ from sqlalchemy import insert
 from presence_ha.db.engine import make_engine, make_session_factory
 from presence_ha.db.hotpath import HotPath
 from presence_ha.db.models import Cluster, Node, User, metadata
-from presence_ha.server.features import carbons, message, presence, roster, subscription
 from presence_ha.server.context import FeatureContext
+from presence_ha.server.features import carbons, message, presence, roster, subscription
 from presence_ha.server.router import Router, SessionBound, SessionClosed
 from presence_ha.server.sessions import Session, SessionKind, SessionRegistry
 from presence_ha.server.store import Store
