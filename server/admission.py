@@ -97,8 +97,12 @@ class LoginSamples:
     srm_refusal: SaslFailure | None | _Unsampled = UNSAMPLED
 
     def with_sample(self, sample: Sample, value: bool | SaslFailure | None) -> LoginSamples:
-        field = {Sample.BACKS_UP: "backs_up", Sample.RELAY: "relay_refusal", Sample.SRM: "srm_refusal"}[sample]
-        return replace(self, **{field: value})
+        if sample is Sample.BACKS_UP:
+            return replace(self, backs_up=bool(value))
+        assert not isinstance(value, bool), sample
+        if sample is Sample.RELAY:
+            return replace(self, relay_refusal=value)
+        return replace(self, srm_refusal=value)
 
 
 def decide(s: LoginSamples) -> Admission | Sample:

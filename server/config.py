@@ -210,7 +210,7 @@ def _build(cls: type, values: Mapping[str, Any], prefix: str) -> Any:
     kwargs: dict[str, Any] = {}
     for name, f in known.items():
         key, hint = prefix + name, hints[name]
-        if dataclasses.is_dataclass(hint):
+        if isinstance(hint, type) and dataclasses.is_dataclass(hint):
             sub = values.get(name, {})
             if not isinstance(sub, Mapping):
                 raise ConfigError(key, "must be a table/section")

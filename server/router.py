@@ -272,11 +272,12 @@ class Router:
     async def _answer_iq(self, ctx: FeatureContext, session: Session, stanza: ET.Element, handler: IqHandler) -> None:
         payload = await handler(ctx, session, stanza)
         result = ET.Element("iq", {"type": "result"})
-        if stanza.get("id") is not None:
-            result.set("id", stanza.get("id"))
+        stanza_id, to = stanza.get("id"), stanza.get("to")
+        if stanza_id is not None:
+            result.set("id", stanza_id)
         result.set("to", str(session.jid))
-        if stanza.get("to"):
-            result.set("from", stanza.get("to"))
+        if to:
+            result.set("from", to)
         if payload is not None:
             result.append(payload)
         session.send(result)

@@ -64,11 +64,12 @@ InboxKey = RecipientKey | UpstreamKey | DownstreamKey | PeerLostKey
 Work = Callable[[], Awaitable[None]]
 QUEUED = "queued"  # what `submit` of an untracked item returns
 # Queued items: (work, done); `done` (tracked items only) is set once the work has run.
+Item = tuple[Work, "asyncio.Future[None] | None"]
 
 
 class Inbox:
     def __init__(self) -> None:
-        self._queues: dict[InboxKey, deque[Work]] = {}
+        self._queues: dict[InboxKey, deque[Item]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.failures = 0
 
@@ -77,7 +78,7 @@ class Inbox:
         done when it has run (failed or not), for the link to acknowledge it then
         (untracked: `QUEUED`)."""
         loop = asyncio.get_running_loop()
-        done = loop.create_future() if tracked else None
+        done: asyncio.Future[None] | None = loop.create_future() if tracked else None
         queue = self._queues.get(key)
         if queue is not None:
             queue.append((work, done))
@@ -86,7 +87,7 @@ class Inbox:
             task = loop.create_task(self._run(key))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-        return done if tracked else QUEUED
+        return done if done is not None else QUEUED
 
     def _failed(self, key: InboxKey) -> None:
         self.failures += 1

@@ -47,7 +47,7 @@ from presence_ha.server.cluster.relay import HostedBinder, HostedSessions, Relay
 from presence_ha.server.cluster.routing import ClusterRoute, decode_routed, deliver_routed, deliver_routed_now
 from presence_ha.server.cluster.sm_mirror import SmReplication
 from presence_ha.server.cluster.triage import Verdict, recipient_key, triage
-from presence_ha.server.config import ClusterTimers, NodeConfig
+from presence_ha.server.config import NodeConfig
 from presence_ha.server.context import FeatureContext
 from presence_ha.server.link import Kind
 

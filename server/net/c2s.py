@@ -55,6 +55,7 @@ from presence_ha.server.xmpp.sasl import SaslCondition, salted_password
 from presence_ha.server.xmpp.stream import StreamSettings, Timer, XmppStream
 
 if TYPE_CHECKING:
+    from presence_ha.db.users import LoginRecord
     from presence_ha.server.net.clients import ClientPort
     from presence_ha.server.net.collaborators import RelayedStream
 
@@ -88,7 +89,7 @@ class Connection:
         self.backup_refusal: StreamError | None = None  # SPEC §8: admitted as backup, no <hold/> yet
         self.relay_node: str | None = None  # the active node this user's session is relayed to
         self.relay: RelayedStream | None = None  # once that session is open (server.cluster.relay)
-        self._login = None  # (username, db.users.LoginRecord | None) read for this login's keys
+        self._login: tuple[str, LoginRecord | None] | None = None  # read for this login's keys
         self._bucket = TokenBucket(port.limits.rate_bytes_per_s, port.limits.rate_burst_bytes, port.now())
         self._queue: deque | None = None  # input and jobs waiting for the worker (None: nothing)
         self._queued_bytes = 0
@@ -98,7 +99,7 @@ class Connection:
         self._gated = port.login_gate.enter(self._gated_at)  # negotiating under the login gate (limits.py)
         if not self._gated:
             self.stream.refuse_on_header(StreamError(StreamCondition.RESOURCE_CONSTRAINT, "too many logins in progress; retry later"))
-        self._timer = asyncio.get_running_loop().call_later(
+        self._timer: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(
             port.limits.auth_timeout_s, self._enqueue, self._fire_auth_timer)
 
     # -- input from the transport (server.net.transport.Receiver) -------------------------
