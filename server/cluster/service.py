@@ -29,7 +29,7 @@ import asyncio
 import logging
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -288,7 +288,7 @@ class ClusterService:
                 log.info("node %s is down: %d unacknowledged frame(s) taken back, %d stanza(s) routed again",
                          name, len(frames), rerouted)
 
-    def _deliver_later(self, stanza: ET.Element) -> Callable[[], Any]:
+    def _deliver_later(self, stanza: ET.Element) -> Callable[[], Awaitable[None]]:
         return lambda: self.ctx.router.deliver(self.ctx, stanza)
 
     def _broadcast_moved(self) -> None:
