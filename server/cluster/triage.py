@@ -78,10 +78,9 @@ def triage(kind: Kind, payload: bytes, inbox: InboxState) -> Decision:
 def recipient_key(stanza: ET.Element) -> RecipientKey:
     """The inbox key of a routed stanza: its recipient account (ordered per receiver)."""
     to = stanza.get("to") or ""
-    return RecipientKey(to.split("/", 1)[0])
+    return to.split("/", 1)[0]
 
 
 def routed_frame_key(payload: bytes) -> RecipientKey | None:
     """`recipient_key` of a routed frame, read without parsing it (None: parse it)."""
-    recipient = wire.routed_recipient(payload)
-    return None if recipient is None else RecipientKey(recipient)
+    return wire.routed_recipient(payload)
