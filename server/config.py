@@ -2,14 +2,26 @@
 
 Rules of this module:
 - Precedence (hypercorn's): dataclass defaults, then one TOML file, then environment
-  variables (`PRESENCE_HA_DB`, `PRESENCE_HA_NODE`, `PRESENCE_HA_DATA_DIR`), then CLI
-  flags, then generic `--set section.key=value` overrides.
+  variables (`PRESENCE_HA_DB`, `PRESENCE_HA_NODE`, `PRESENCE_HA_DATA_DIR`,
+  `PRESENCE_HA_LINK_DIAL` -> `links.dial`, `PRESENCE_HA_SM_REPLICATION` ->
+  `sm_replication.enabled`, `PRESENCE_HA_SM_<FIELD>` -> `sm_replication.<field>`, an
+  unknown `PRESENCE_HA_SM_*` is a `ConfigError`), then CLI flags, then generic
+  `--set section.key=value` overrides.
 - Keys are the dataclass field names (`limits.max_stanza_bytes`). An unknown key or a
   bad value is `ConfigError(key, reason)` naming the key; nothing is silently ignored.
 - Units are in the names (`auth_timeout_s`, `max_stanza_bytes`). Every timer is a field
   so tests can run in seconds.
 - This file holds what a node needs before it can read the database. Addresses, ports
-  and cluster timers come from the database (nodes table, parameters), not from here.
+  and the SPEC §5 cluster parameters come from the database (nodes table,
+  parameters), not from here.
+- Sections: `tls`, `limits` (client connections), `cluster` (routing between nodes:
+  `grace_s`, `relay_timeout_s`, `relay_open_timeout_s`, `refresh_s`,
+  `location_ttl_s`, `activation_wait_s`), `links` (the node-to-node link mesh:
+  `window`, `heartbeat_interval_s`, `dead_after_s`, `handshake_timeout_s`,
+  `connect_timeout_s`, `backoff_initial_s`, `backoff_max_s`, `ack_delay_s`, and
+  `dial`, "n2=host:port,..." to dial a peer elsewhere than its registered address),
+  `sm_replication` (XEP-0198 state copied to the backup node: `enabled`,
+  `sync_timeout_s`, `max_unacked`, `takeover_wait_s`, `sweep_s`, `backup_refresh_s`).
 """
 
 from __future__ import annotations
@@ -27,6 +39,9 @@ from presence_ha.db.engine import ENV_DB_URL, sqlite_url_for
 
 ENV_NODE = "PRESENCE_HA_NODE"
 ENV_DATA_DIR = "PRESENCE_HA_DATA_DIR"
+ENV_LINK_DIAL = "PRESENCE_HA_LINK_DIAL"
+ENV_SM_SWITCH = "PRESENCE_HA_SM_REPLICATION"
+ENV_SM_PREFIX = "PRESENCE_HA_SM_"
 DEFAULT_DATA_DIR = "data"
 
 
@@ -67,6 +82,62 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True)
+class ClusterTimers:
+    """Routing between the nodes of the cluster (server.cluster)."""
+
+    grace_s: float = 3.0  # a peer down longer than this is unreachable for new stanzas
+    relay_timeout_s: float = 10.0  # relayed sessions end after their peer is gone this long
+    relay_open_timeout_s: float = 10.0  # longest wait for the active node to open a relayed session
+    refresh_s: float = 1.0  # move-fingerprint check period
+    location_ttl_s: float = 10.0  # a cached user location is read again after this
+    activation_wait_s: float = 2.0  # users moved here: longest wait for their activation before re-routing
+
+
+@dataclass(frozen=True)
+class LinksConfig:
+    """The node-to-node link mesh (server.cluster.links, server.link.LinkOptions)."""
+
+    window: int = 1024  # max unacknowledged messages per peer
+    heartbeat_interval_s: float = 1.0
+    dead_after_s: float = 5.0
+    handshake_timeout_s: float = 5.0
+    connect_timeout_s: float = 3.0
+    backoff_initial_s: float = 0.05
+    backoff_max_s: float = 1.0
+    ack_delay_s: float = 0.005  # longest wait of an owed ack
+    dial: str = ""  # "n2=host:port,...": dial a peer there (a tunnel, NAT, a test's fault proxy)
+
+    @property
+    def dial_addresses(self) -> dict[str, tuple[str, int]]:
+        """`{node: (host, port)}` from `dial` (validated at load)."""
+        return parse_dial(self.dial)
+
+
+@dataclass(frozen=True)
+class SmReplicationConfig:
+    """XEP-0198 sessions replicated to the backup node (server.cluster.sm_mirror)."""
+
+    enabled: bool = True
+    sync_timeout_s: float = 2.0  # longest an <a/> waits for the backup's confirmation
+    max_unacked: int = 1000  # per session; beyond, the session is not replicated
+    takeover_wait_s: float = 10.0  # a resume on the backup waits this long for the takeover
+    sweep_s: float = 0.5  # reachability and expiry checks
+    backup_refresh_s: float = 5.0  # how often the backup node is read from the database
+
+
+def parse_dial(text: str) -> dict[str, tuple[str, int]]:
+    """`{node: (host, port)}` from "n2=host:port, n3=[::1]:5" (ConfigError `links.dial`)."""
+    result: dict[str, tuple[str, int]] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, _, address = item.partition("=")
+        host, _, port = address.rpartition(":")
+        if not name or not host or not port.isdigit():
+            raise ConfigError("links.dial", f"{item!r} is not NODE=HOST:PORT")
+        result[name] = (host.strip("[]"), int(port))
+    return result
+
+
+@dataclass(frozen=True)
 class NodeConfig:
     node_name: str
     db_url: str
@@ -77,6 +148,9 @@ class NodeConfig:
     event_loop: str = "uvloop"
     tls: TlsConfig = field(default_factory=TlsConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    cluster: ClusterTimers = field(default_factory=ClusterTimers)
+    links: LinksConfig = field(default_factory=LinksConfig)
+    sm_replication: SmReplicationConfig = field(default_factory=SmReplicationConfig)
 
     @property
     def data_path(self) -> Path:
@@ -90,6 +164,12 @@ _POSITIVE = {
     "limits.max_write_buffer_bytes", "limits.max_auth_failures", "limits.sm_resume_timeout_s",
     "limits.shutdown_timeout_s", "limits.auth_throttle_window_s", "limits.logins_in_progress_min",
     "limits.login_budget_s",
+    "cluster.grace_s", "cluster.relay_timeout_s", "cluster.relay_open_timeout_s", "cluster.refresh_s",
+    "cluster.location_ttl_s", "cluster.activation_wait_s",
+    "links.window", "links.heartbeat_interval_s", "links.dead_after_s", "links.handshake_timeout_s",
+    "links.connect_timeout_s", "links.backoff_initial_s", "links.backoff_max_s", "links.ack_delay_s",
+    "sm_replication.sync_timeout_s", "sm_replication.max_unacked", "sm_replication.takeover_wait_s",
+    "sm_replication.sweep_s", "sm_replication.backup_refresh_s",
 }
 
 
@@ -130,7 +210,7 @@ def _build(cls: type, values: Mapping[str, Any], prefix: str) -> Any:
     kwargs: dict[str, Any] = {}
     for name, f in known.items():
         key, hint = prefix + name, hints[name]
-        if dataclasses.is_dataclass(hint):
+        if isinstance(hint, type) and dataclasses.is_dataclass(hint):
             sub = values.get(name, {})
             if not isinstance(sub, Mapping):
                 raise ConfigError(key, "must be a table/section")
@@ -176,7 +256,30 @@ def validate(config: NodeConfig) -> NodeConfig:
         raise ConfigError("limits.rate_burst_bytes", "must be >= limits.max_stanza_bytes")
     if (config.tls.cert_path is None) != (config.tls.key_path is None):
         raise ConfigError("tls.key_path", "give both tls.cert_path and tls.key_path, or neither")
+    links = config.links
+    if links.backoff_max_s < links.backoff_initial_s:
+        raise ConfigError("links.backoff_max_s", "must be >= links.backoff_initial_s")
+    if links.dead_after_s <= links.heartbeat_interval_s:
+        raise ConfigError("links.dead_after_s", "must be > links.heartbeat_interval_s")
+    parse_dial(links.dial)
     return config
+
+
+def _env_overrides(env: Mapping[str, str]) -> list[tuple[str, str]]:
+    """(dotted key, text) for the environment variables that set config keys."""
+    found: list[tuple[str, str]] = []
+    for var, key in ((ENV_DB_URL, "db_url"), (ENV_NODE, "node_name"), (ENV_DATA_DIR, "data_dir"),
+                     (ENV_LINK_DIAL, "links.dial")):
+        if env.get(var):
+            found.append((key, env[var]))
+    sm_fields = {f.name for f in dataclasses.fields(SmReplicationConfig)} - {"enabled"}
+    for var in sorted(v for v in env if v.startswith(ENV_SM_PREFIX)):
+        name = "enabled" if var == ENV_SM_SWITCH else var.removeprefix(ENV_SM_PREFIX).lower()
+        if name != "enabled" and name not in sm_fields:
+            raise ConfigError(var, f"unknown setting (known: {ENV_SM_SWITCH}, "
+                                   + ", ".join(ENV_SM_PREFIX + f.upper() for f in sorted(sm_fields)) + ")")
+        found.append(("sm_replication." + name, env[var]))
+    return found
 
 
 def load_config(
@@ -192,10 +295,8 @@ def load_config(
             tree = tomllib.loads(Path(file).read_text(encoding="utf-8"))
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(str(file), f"cannot read: {exc}") from None
-    env = env or {}
-    for var, key in ((ENV_DB_URL, "db_url"), (ENV_NODE, "node_name"), (ENV_DATA_DIR, "data_dir")):
-        if env.get(var):
-            tree[key] = env[var]
+    for key, value in _env_overrides(env or {}):
+        _set_path(tree, key, value)
     for key, value in (flags or {}).items():
         if value is not None:
             _set_path(tree, key, value)

@@ -29,7 +29,7 @@ from presence_ha.db.engine import DatabaseUnavailable, make_engine, make_session
 from presence_ha.db.errors import ProvisioningError
 from presence_ha.db.hotpath import HotPath
 from presence_ha.server.auth import Accounts
-from presence_ha.server.cluster import ClusterService
+from presence_ha.server.cluster import ClusterLinks, ClusterService, load_peers
 from presence_ha.server.config import NodeConfig
 from presence_ha.server.features import FEATURE_MODULES
 from presence_ha.server.context import OFFLINE_MESSAGE_LIMIT, FeatureContext
@@ -39,7 +39,7 @@ from presence_ha.server.net.admin_rpc import DEFAULT_BIND_HOST as ADMIN_BIND_HOS
 from presence_ha.server.net.admin_rpc import AdminServer
 from presence_ha.server.net.clients import ClientPort
 from presence_ha.server.net.metrics_http import MetricsServer
-from presence_ha.server.router import Router
+from presence_ha.server.router import RemoteRoute, Router
 from presence_ha.server.services import (
     ClientProfile, ClientProfileAgent, CriticalServices, RouterComponent, StopCause, Switch, SyncAgent,
 )
@@ -51,6 +51,7 @@ from presence_ha.server.srm.runner import SrmPort, SrmRunner
 from presence_ha.server.store import Store
 from presence_ha.server.tls import ensure_node_certificate, make_ca, server_context
 from presence_ha.server.xmpp.errors import StreamError
+from presence_ha.server.xmpp.negotiation import SaslFailure
 
 log = logging.getLogger(__name__)
 SRM_POOL_SIZE = 2
@@ -71,8 +72,8 @@ class NodeSettings:
     offline_message_limit: int = OFFLINE_MESSAGE_LIMIT
 
 
-def build_router(modules: list[str] = FEATURE_MODULES) -> Router:
-    router = Router()
+def build_router(modules: list[str] = FEATURE_MODULES, remote: RemoteRoute | None = None) -> Router:
+    router = Router(remote)
     for name in modules:
         importlib.import_module(name).register(router)
     return router
@@ -97,6 +98,8 @@ class Node:
         self.srm: SrmRunner | None = None
         self.admin_server: AdminServer | None = None  # SPEC §7 admin RPC and web page
         self.cluster: ClusterService | None = None  # links to the other nodes (server.cluster)
+        # Gates the client port and the relay host consult, critical services the SRM runs.
+        self.presence_engine, self.auth_service = Switch(), Switch()
 
     async def _load(self) -> tuple[clusters.ClusterInfo, nodes.NodeInfo, dict[str, Any], str, tuple[str, str]]:
         try:
@@ -119,29 +122,44 @@ class Node:
         else:  # one CA per cluster: a client trusts every node of it alike (server.tls)
             cert, key = ensure_node_certificate(self.config.data_path, info.name, cluster.domain, [info.host], ca)
         settings = NodeSettings(self.config, params, info.host, info.ports.client_port)
-        router = build_router()
+        peers = await load_peers(self.session_factory, info.name)
+        links = ClusterLinks(info.name, secret.encode(), (host, info.ports.link_port), peers, self.config,
+                             self.session_factory, self.hot)
+        router = build_router(remote=links.route)
         store = Store(self.session_factory, self.hot, cluster.domain, info.name)
         self.ctx = FeatureContext(cluster.domain, info.name, router, self.sessions, store, self.metrics, settings)
         accounts = Accounts(self.session_factory, info.name, self.hot)
-        self.client_port = ClientPort(self.ctx, accounts, self.config, server_context(cert, key), self.metrics, secret.encode())
+        replicas, hosted = links.replication(self.ctx), links.hosted_sessions(self.ctx)
+        self.client_port = ClientPort(self.ctx, accounts, self.config, server_context(cert, key), self.metrics,
+                                      secret.encode(), presence=self.presence_engine, auth=self.auth_service,
+                                      admission=self._login_refusal, relay=links.dialer, hosted=hosted, replicas=replicas)
+        self.cluster = ClusterService(self.ctx, links, hosted, replicas, self.client_port, self._login_refusal,
+                                      self.presence_engine)
         self.metrics.watch_sessions(self.sessions, self.client_port.detached_count)
         try:  # first, so the counters are readable as soon as clients can connect
             await self.metrics_server.start(host, info.ports.metrics_port)
         except OSError as exc:
             raise NodeStartError(f"cannot listen on {host}: {exc}") from exc
-        await self._start_cluster(info, host, secret)
+        await self._start_cluster(info, host)
         self._build_srm(info, host, params, secret)
         await self._start_srm(host, info)
         await self._start_admin(info, secret)
         log.info("node %s serving %s on %s:%d", info.name, cluster.domain, host, info.ports.client_port)
 
+    async def _login_refusal(self, username: str, *assigned: str | None) -> SaslFailure | None:
+        """The SRM's login admission; the SRM is built after the client port and the
+        cluster, which consult it (the SRM needs the port). Before it exists nobody is
+        refused by it (a relayed session opened while the node starts)."""
+        if self.srm is None:
+            return None
+        return await self.srm.login_refusal(username, *assigned)
+
     # --- cluster links: users on other nodes (server.cluster) --------------------------
 
-    async def _start_cluster(self, info: nodes.NodeInfo, host: str, secret: str) -> None:
-        assert self.ctx is not None
-        self.cluster = ClusterService(self.ctx, self.client_port, self.session_factory, self.hot)
+    async def _start_cluster(self, info: nodes.NodeInfo, host: str) -> None:
+        assert self.cluster is not None
         try:
-            await self.cluster.start(info, secret.encode(), host)
+            await self.cluster.start()
         except OSError as exc:
             raise NodeStartError(f"cannot listen on {host}:{info.ports.link_port} (node links): {exc}") from exc
 
@@ -171,7 +189,7 @@ class Node:
             ha = bool(group and group.ha_enabled)
             return ClientProfile(int(p["relogin_lower_s"]), int(p["relogin_upper_s"]), peer if ha else None, ha)
 
-        presence, auth, inbox = Switch(), Switch(), SrmInbox()
+        presence, auth, inbox = self.presence_engine, self.auth_service, SrmInbox()
         self.services = CriticalServices({
             "xcp-router": RouterComponent(port, host, info.ports.client_port, farewell, close_s),
             "presence-engine": presence,
@@ -179,11 +197,8 @@ class Node:
             "client-profile-agent": ClientProfileAgent(load_profile, lambda: interval),
             "xcp-auth": auth,
         }, inbox)
-        port.presence_on = lambda: presence.on
-        port.auth_on = lambda: auth.on
         self.srm = SrmRunner(name, make_session_factory(self.srm_engine), inbox, self.services, port, cluster,
                              self.metrics, SrmPort(host, info.ports.srm_port, secret.encode()))
-        port.admission = self.srm.login_refusal
 
     async def _start_srm(self, host: str, info: nodes.NodeInfo) -> None:
         """Start the services (a taken client port fails the start), then the SRM, whose

@@ -14,8 +14,8 @@ Rules of this module:
   with the stanza id and a counter. The session and every other user carry on.
 - Features see the server only through `FeatureContext`.
 - Accounts served by another node of the cluster: `deliver` first offers the stanza
-  to the pluggable `remote` hook (`RemoteRoute`, provided by `server.cluster`); if
-  the hook takes it, delivery here is over. The router holds no link or socket code.
+  to the `remote` route given at construction (`RemoteRoute`, provided by
+  `server.cluster`; None: a node alone); if it takes the stanza, delivery here is over. The router holds no link or socket code.
   A stanza that came from another node is delivered with `route_remote=False`.
 """
 
@@ -121,12 +121,12 @@ def stanza_kind(elem: ET.Element) -> StanzaKind | None:
 
 
 class Router:
-    def __init__(self) -> None:
+    def __init__(self, remote: RemoteRoute | None = None) -> None:
+        self._remote = remote
         self._iq: dict[tuple[IqType, str], IqHandler] = {}
         self._stanza: dict[tuple[StanzaKind, Direction, str | None], StanzaHandler] = {}
         self._observers: dict[type, list[Observer]] = {}
         self.disco_features: set[str] = set()
-        self.remote: RemoteRoute | None = None  # set by the cluster component
 
     # -- registration -------------------------------------------------------
     def iq(self, type: IqType, payload_tag: str) -> Callable[[F], F]:
@@ -222,7 +222,7 @@ class Router:
             if sender is not None:
                 await self._handle_local_iq(ctx, sender, stanza)
             return
-        if route_remote and self.remote is not None and await self._routed_away(ctx, stanza, to, sender):
+        if route_remote and self._remote is not None and await self._routed_away(ctx, self._remote, stanza, to, sender):
             return
         handler = self._stanza_handler(kind, Direction.IN, stanza) if kind else None
         if handler is None:
@@ -230,9 +230,10 @@ class Router:
             return
         await self._run(ctx, sender, stanza, handler(ctx, sender, stanza))
 
-    async def _routed_away(self, ctx: FeatureContext, stanza: ET.Element, to: JID, sender: Session | None) -> bool:
+    async def _routed_away(self, ctx: FeatureContext, remote: RemoteRoute, stanza: ET.Element, to: JID,
+                           sender: Session | None) -> bool:
         try:
-            return await self.remote.route(ctx, stanza, to, sender)
+            return await remote.route(ctx, stanza, to, sender)
         except StanzaError as exc:
             await self._answer_error(ctx, sender, stanza, exc)
             return True
@@ -265,11 +266,12 @@ class Router:
     async def _answer_iq(self, ctx: FeatureContext, session: Session, stanza: ET.Element, handler: IqHandler) -> None:
         payload = await handler(ctx, session, stanza)
         result = ET.Element("iq", {"type": "result"})
-        if stanza.get("id") is not None:
-            result.set("id", stanza.get("id"))
+        stanza_id, to = stanza.get("id"), stanza.get("to")
+        if stanza_id is not None:
+            result.set("id", stanza_id)
         result.set("to", str(session.jid))
-        if stanza.get("to"):
-            result.set("from", stanza.get("to"))
+        if to:
+            result.set("from", to)
         if payload is not None:
             result.append(payload)
         session.send(result)

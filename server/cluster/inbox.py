@@ -2,9 +2,12 @@
 
 Rules of this module:
 - Work items with the same key run one after the other, in arrival order; items of
-  different keys run concurrently. Keys are a recipient account (routed stanzas) or
-  a relayed session, so delivery is ordered per sender and receiver (the link is
-  ordered per peer) while one slow recipient does not hold up the others.
+  different keys run concurrently. Keys (`InboxKey`) are a recipient account
+  (`RecipientKey`, routed stanzas), a relayed session on the node hosting it
+  (`UpstreamKey`) or on the node holding its client (`DownstreamKey`), or a peer whose
+  relayed sessions end (`PeerLostKey`), so delivery is ordered per sender and
+  receiver (the link is ordered per peer) while one slow recipient does not hold up
+  the others.
 - A failing item is logged and counted; the next one runs. Nothing here raises into
   the link's frame callback.
 - Every item runs in a task (its key's), never inside the caller: the link's frame
@@ -22,27 +25,60 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TypeAlias
 
 log = logging.getLogger(__name__)
+
+# A routed stanza's recipient account (its bare JID). Made per routed frame, so the plain
+# string itself (no object to build, no call: measured on the triage's path); the
+# session keys below are dataclasses, so no key of another sort can ever equal one.
+RecipientKey: TypeAlias = str
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamKey:
+    """Work for the session `sid` this node hosts for a client connected to `peer`."""
+
+    peer: str
+    sid: str
+
+
+@dataclass(frozen=True, slots=True)
+class DownstreamKey:
+    """Work for the relayed client `sid` connected here."""
+
+    sid: str
+
+
+@dataclass(frozen=True, slots=True)
+class PeerLostKey:
+    """Ending the sessions relayed with `peer` (it restarted or stayed unreachable)."""
+
+    peer: str
+
+
+InboxKey = RecipientKey | UpstreamKey | DownstreamKey | PeerLostKey
 
 Work = Callable[[], Awaitable[None]]
 QUEUED = "queued"  # what `submit` of an untracked item returns
 # Queued items: (work, done); `done` (tracked items only) is set once the work has run.
+Item = tuple[Work, "asyncio.Future[None] | None"]
 
 
 class Inbox:
     def __init__(self) -> None:
-        self._queues: dict[Hashable, deque[Work]] = {}
+        self._queues: dict[InboxKey, deque[Item]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.failures = 0
 
-    def submit(self, key: Hashable, work: Work, *, tracked: bool = False) -> asyncio.Future[None] | str:
+    def submit(self, key: InboxKey, work: Work, *, tracked: bool = False) -> asyncio.Future[None] | str:
         """Queue `work` behind the earlier items of `key`; with `tracked`, return a future
         done when it has run (failed or not), for the link to acknowledge it then
         (untracked: `QUEUED`)."""
         loop = asyncio.get_running_loop()
-        done = loop.create_future() if tracked else None
+        done: asyncio.Future[None] | None = loop.create_future() if tracked else None
         queue = self._queues.get(key)
         if queue is not None:
             queue.append((work, done))
@@ -51,13 +87,13 @@ class Inbox:
             task = loop.create_task(self._run(key))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-        return done if tracked else QUEUED
+        return done if done is not None else QUEUED
 
-    def _failed(self, key: Hashable) -> None:
+    def _failed(self, key: InboxKey) -> None:
         self.failures += 1
         log.exception("cluster inbox: work for %s failed", key)
 
-    async def _run(self, key: Hashable) -> None:
+    async def _run(self, key: InboxKey) -> None:
         queue = self._queues[key]
         try:
             while queue:
@@ -74,7 +110,7 @@ class Inbox:
                 if done is not None and not done.done():
                     done.cancel()  # closed before it ran: never acknowledged
 
-    def idle(self, key: Hashable) -> bool:
+    def idle(self, key: InboxKey) -> bool:
         """Nothing of `key` is queued or running: an item submitted now starts at once."""
         return key not in self._queues
 

@@ -6,11 +6,15 @@ Rules of this module:
   peer's `link_port` (it sends there, through that peer's `PeerChannel`). Links use
   the cluster secret from the database; only the cluster's node names are accepted.
   Redial is the link library's backoff.
-- `PRESENCE_HA_LINK_DIAL="n2=host:port,..."` dials a peer at another address than
-  its registered one (a tunnel, NAT, or a fault-injection proxy in tests).
-- Frames go to `on_frame(peer, kind, payload)`; link facts to `on_restarted(peer)`
-  (the peer is a new process: whatever it held is gone) and to the channels'
-  up/down marks. Callbacks must not raise (the link library resets on a raise).
+- Options come from the node's configuration (`links` section: `link_options`);
+  `links.dial` ("n2=host:port,...", or `PRESENCE_HA_LINK_DIAL`) dials a peer at another
+  address than its registered one (a tunnel, NAT, or a fault-injection proxy in tests).
+- Built before the router (whose remote route sends through it), started with the
+  frame handler: `start(on_frame, on_restarted)`. Frames go to
+  `on_frame(peer, kind, payload)`; link facts to `on_restarted(peer)` (the peer is a
+  new process: whatever it held is gone) and to the channels' up/down marks.
+  Callbacks must not raise (the link library resets on a raise). Until `start` there
+  are no channels: nothing is sent to, or expected from, a peer.
 """
 
 from __future__ import annotations
@@ -23,15 +27,24 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from presence_ha.server.cluster.channel import PeerChannel
+from presence_ha.server.config import LinksConfig
 from presence_ha.server.link import (Kind, LinkClient, LinkConfig, LinkOptions, LinkServer, PeerRestarted)
 from presence_ha.server.link.status import LinkDown, LinkStatus
 
 log = logging.getLogger(__name__)
 
-DIAL_ENV = "PRESENCE_HA_LINK_DIAL"
-DEFAULT_OPTIONS = LinkOptions(window=1024, heartbeat_interval_s=1.0, dead_after_s=5.0,
-                              handshake_timeout_s=5.0, connect_timeout_s=3.0,
-                              backoff_initial_s=0.05, backoff_max_s=1.0)
+FrameHandler = Callable[[str, Kind, bytes], object]  # what it returns goes to the link (endpoint.py)
+
+
+def link_options(config: LinksConfig) -> LinkOptions:
+    """The link library's options from the `links` configuration section."""
+    return LinkOptions(window=config.window, heartbeat_interval_s=config.heartbeat_interval_s,
+                       dead_after_s=config.dead_after_s, handshake_timeout_s=config.handshake_timeout_s,
+                       connect_timeout_s=config.connect_timeout_s, backoff_initial_s=config.backoff_initial_s,
+                       backoff_max_s=config.backoff_max_s, ack_delay_s=config.ack_delay_s)
+
+
+DEFAULT_OPTIONS = link_options(LinksConfig())
 
 
 @dataclass(frozen=True)
@@ -41,41 +54,34 @@ class PeerAddress:
     port: int
 
 
-def dial_overrides(environ: Mapping[str, str]) -> dict[str, tuple[str, int]]:
-    """`{node: (host, port)}` from `PRESENCE_HA_LINK_DIAL` (empty if unset)."""
-    result: dict[str, tuple[str, int]] = {}
-    for item in filter(None, (part.strip() for part in environ.get(DIAL_ENV, "").split(","))):
-        name, _, address = item.partition("=")
-        host, _, port = address.rpartition(":")
-        if not name or not host or not port.isdigit():
-            raise ValueError(f"{DIAL_ENV}: {item!r} is not NODE=HOST:PORT")
-        result[name] = (host.strip("[]"), int(port))
-    return result
+def _nobody(_peer: str) -> None:
+    """`on_restarted` before `start`: no link is up yet."""
 
 
 class LinkMesh:
     def __init__(self, node: str, secret: bytes, listen: tuple[str, int], peers: list[PeerAddress], *,
-                 on_frame: Callable[[str, Kind, bytes], None], on_restarted: Callable[[str], None],
                  now: Callable[[], float], options: LinkOptions = DEFAULT_OPTIONS,
-                 environ: Mapping[str, str] = os.environ) -> None:
+                 dial: Mapping[str, tuple[str, int]] | None = None) -> None:
         names = frozenset(p.name for p in peers)
         self.config = LinkConfig(node, secret, os.urandom(16), allowed_peers=names)
-        self._on_frame, self._on_restarted, self._now = on_frame, on_restarted, now
-        self._listen, self._options = listen, options
+        self._now, self._listen, self._options = now, listen, options
+        self._peers, self._dial = list(peers), dict(dial or {})
+        self._on_restarted: Callable[[str], None] = _nobody
         self._server: LinkServer | None = None
-        overrides = dial_overrides(environ)
         self.channels: dict[str, PeerChannel] = {}
         self._clients: list[LinkClient] = []
-        for peer in peers:
-            host, port = overrides.get(peer.name, (peer.host, peer.port))
-            client = LinkClient(self.config, peer.name, host, port, on_frame=on_frame, rng=random.Random(),
-                                on_up=self._client_up, on_down=self._client_down, options=options)
-            self._clients.append(client)
-            self.channels[peer.name] = PeerChannel(peer.name, client, now)
 
-    async def start(self) -> None:
+    async def start(self, on_frame: FrameHandler, on_restarted: Callable[[str], None]) -> None:
+        """Listen, and dial every peer; frames and restarts go to the given handlers."""
+        self._on_restarted = on_restarted
+        for peer in self._peers:
+            host, port = self._dial.get(peer.name, (peer.host, peer.port))
+            client = LinkClient(self.config, peer.name, host, port, on_frame=on_frame, rng=random.Random(),
+                                on_up=self._client_up, on_down=self._client_down, options=self._options)
+            self._clients.append(client)
+            self.channels[peer.name] = PeerChannel(peer.name, client, self._now)
         host, port = self._listen
-        self._server = LinkServer(self.config, host, port, on_frame=self._on_frame,
+        self._server = LinkServer(self.config, host, port, on_frame=on_frame,
                                   on_up=self._server_up, on_down=self._server_down, options=self._options)
         await self._server.start()
         for client in self._clients:

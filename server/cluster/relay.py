@@ -8,7 +8,11 @@ Rules of this module:
 - The active node (`RelayHost`) holds a `Session` in its `SessionRegistry` whose
   `send` posts downstream frames: the session lives, is counted and routed there like
   a local one. It admits the session only if the database says it serves the account
-  now and its SRM agrees (`admission`).
+  now and its SRM agrees (`LoginAdmission`), and binds it through the client port
+  (`HostedBinder`: a session replaces one of the same full JID wherever its client is).
+- The hosted sessions themselves are `HostedSessions`, built before the client port
+  (which ends them with its own: `close_sessions`, shutdown); `RelayHost`, built
+  after the port, opens them and feeds them their client's stanzas.
 - Either side ends a relayed session with one CONTROL: `closed` (the client's stream
   ended) or `close` (the active node ends it; the stream error travels with it). A
   peer process that restarted, or stayed unreachable for `timeout_s`, ends every
@@ -28,6 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from presence_ha.server.admission import Gate, LoginAdmission, ServiceSwitch, when_presence_stopped
 from presence_ha.server.cluster import wire
 from presence_ha.server.cluster.links import LinkMesh
 from presence_ha.server.cluster.locations import LocationCache
@@ -41,6 +46,12 @@ from presence_ha.server.xmpp.negotiation import SaslFailure
 from presence_ha.server.xmpp.sasl import SaslCondition
 
 log = logging.getLogger(__name__)
+
+
+class HostedBinder(Protocol):
+    """Registers a session whose client is connected to another node (`ClientPort`)."""
+
+    async def bind_relayed(self, session: Session) -> None: ...
 
 
 class ClientConnection(Protocol):
@@ -67,7 +78,7 @@ class RelayedStream:
 
 
 class RelayDialer:
-    def __init__(self, mesh: LinkMesh, grace_s: float, open_timeout_s: float = 10.0) -> None:
+    def __init__(self, mesh: LinkMesh, grace_s: float = 3.0, open_timeout_s: float = 10.0) -> None:
         self.mesh, self.grace_s, self.open_timeout_s = mesh, grace_s, open_timeout_s
         self._conns: dict[str, tuple[ClientConnection, str]] = {}  # sid -> (connection, node)
         self._pending: dict[str, asyncio.Future[str | None]] = {}
@@ -143,47 +154,21 @@ class RelayDialer:
         return len(self._conns)
 
 
-class RelayHost:
-    def __init__(self, ctx: FeatureContext, port: Any, mesh: LinkMesh, locations: LocationCache) -> None:
-        self.ctx, self.port, self.mesh, self.locations = ctx, port, mesh, locations
+class HostedSessions:
+    """The sessions this node hosts for clients connected to other nodes, by (peer, sid)."""
+
+    def __init__(self, ctx: FeatureContext, mesh: LinkMesh) -> None:
+        self.ctx, self.mesh = ctx, mesh
         self._sessions: dict[tuple[str, str], Session] = {}
 
-    async def open(self, peer: str, control: wire.Control) -> None:
-        sid = control.text("sid") or ""
-        try:
-            jid = JID.parse(control.text("jid") or "")
-        except InvalidJid:
-            jid = None
-        refusal = "bad session address" if jid is None or jid.is_bare or jid.domain != self.ctx.domain else None
-        refusal = refusal or await self._refusal(jid)
-        channel = self.mesh.channel(peer)
-        if refusal is not None:
-            channel.post(Kind.CONTROL, wire.encode_control(wire.Op.REFUSED, sid=sid, reason=refusal))
-            return
-        session = Session(jid=jid, send=lambda s, wire=None: self._down(peer, sid, s, wire), close=lambda: self._closed_here(peer, sid))
+    def get(self, peer: str, sid: str) -> Session | None:
+        return self._sessions.get((peer, sid))
+
+    def add(self, peer: str, sid: str, jid: JID) -> Session:
+        session = Session(jid=jid, send=lambda s, wire=None: self._down(peer, sid, s, wire),
+                          close=lambda: self._closed_here(peer, sid))
         self._sessions[(peer, sid)] = session
-        channel.post(Kind.CONTROL, wire.encode_control(wire.Op.OPENED, sid=sid))
-        await self.port.bind_relayed(session)
-        await self.ctx.notify(SessionBound(session))
-        log.info("%s bound here through node %s (sid %s)", jid, peer, sid)
-
-    async def _refusal(self, jid: JID) -> str | None:
-        node = await self.locations.read_fresh(jid.local or "")
-        if node != self.ctx.node_name:
-            return f"{jid.bare} is served by {node}, not {self.ctx.node_name}"
-        admission = getattr(self.port, "admission", None)
-        verdict = await admission(jid.local or "") if admission is not None else None
-        return str(verdict) if verdict is not None else None
-
-    async def upstream(self, peer: str, sid: str, stanza: ET.Element) -> None:
-        session = self._sessions.get((peer, sid))
-        if session is None:
-            return  # the session ended while the stanza travelled
-        if stanza.tag in ("message", "presence") and not self.port.presence_on():
-            if stanza.tag == "message" and stanza.get("type") != "error":
-                session.send(error_reply(stanza, StanzaError(Condition.SERVICE_UNAVAILABLE, "presence engine stopped")))
-            return
-        await self.ctx.router.dispatch(self.ctx, session, stanza)
+        return session
 
     async def closed(self, peer: str, sid: str, graceful: bool) -> None:
         session = self._sessions.pop((peer, sid), None)
@@ -196,6 +181,7 @@ class RelayHost:
 
     def _down(self, peer: str, sid: str, stanza: ET.Element, body: bytes | None = None) -> None:
         channel = self.mesh.channel(peer)
+        assert channel is not None
         if not channel.post(Kind.STANZA, wire.encode_session(sid, stanza, upstream=False, body=body)):
             session = self._sessions.get((peer, sid))
             if session is not None:
@@ -214,7 +200,9 @@ class RelayHost:
         fields: dict[str, Any] = {"sid": sid}
         if error is not None:
             fields.update(condition=error.condition.value, text=error.text, other_host=error.other_host)
-        self.mesh.channel(peer).post(Kind.CONTROL, wire.encode_control(wire.Op.CLOSE, **fields))
+        channel = self.mesh.channel(peer)
+        assert channel is not None
+        channel.post(Kind.CONTROL, wire.encode_control(wire.Op.CLOSE, **fields))
 
     async def close_one(self, peer: str, sid: str, error: StreamError | None) -> None:
         session = self._sessions.pop((peer, sid), None)
@@ -240,3 +228,61 @@ class RelayHost:
 
     def count(self) -> int:
         return len(self._sessions)
+
+
+class RelayHost:
+    """Opens hosted sessions on a peer's request and feeds them their client's stanzas."""
+
+    def __init__(self, ctx: FeatureContext, sessions: HostedSessions, binder: HostedBinder, mesh: LinkMesh,
+                 locations: LocationCache, admission: LoginAdmission | None, presence: ServiceSwitch) -> None:
+        self.ctx, self.sessions, self.binder, self.mesh = ctx, sessions, binder, mesh
+        self.locations, self.admission, self.presence = locations, admission, presence
+
+    async def open(self, peer: str, control: wire.Control) -> None:
+        sid = control.text("sid") or ""
+        try:
+            jid: JID | None = JID.parse(control.text("jid") or "")
+        except InvalidJid:
+            jid = None
+        if jid is None or jid.is_bare or jid.domain != self.ctx.domain:
+            refusal: str | None = "bad session address"
+        else:
+            refusal = await self._refusal(jid)
+        channel = self.mesh.channel(peer)
+        assert channel is not None
+        if refusal is not None or jid is None:
+            channel.post(Kind.CONTROL, wire.encode_control(wire.Op.REFUSED, sid=sid, reason=refusal))
+            return
+        session = self.sessions.add(peer, sid, jid)
+        channel.post(Kind.CONTROL, wire.encode_control(wire.Op.OPENED, sid=sid))
+        await self.binder.bind_relayed(session)
+        await self.ctx.notify(SessionBound(session))
+        log.info("%s bound here through node %s (sid %s)", jid, peer, sid)
+
+    async def _refusal(self, jid: JID) -> str | None:
+        node = await self.locations.read_fresh(jid.local or "")
+        if node != self.ctx.node_name:
+            return f"{jid.bare} is served by {node}, not {self.ctx.node_name}"
+        verdict = await self.admission(jid.local or "") if self.admission is not None else None
+        return str(verdict) if verdict is not None else None
+
+    async def upstream(self, peer: str, sid: str, stanza: ET.Element) -> None:
+        session = self.sessions.get(peer, sid)
+        if session is None:
+            return  # the session ended while the stanza travelled
+        if not self.presence.on:
+            gate = when_presence_stopped(stanza.tag, stanza.get("type"))
+            if gate is Gate.BOUNCE:
+                session.send(error_reply(stanza, StanzaError(Condition.SERVICE_UNAVAILABLE, "presence engine stopped")))
+            if gate is not Gate.PASS:
+                return
+        await self.ctx.router.dispatch(self.ctx, session, stanza)
+
+    async def closed(self, peer: str, sid: str, graceful: bool) -> None:
+        await self.sessions.closed(peer, sid, graceful)
+
+    async def peer_lost(self, peer: str) -> None:
+        await self.sessions.peer_lost(peer)
+
+    def count(self) -> int:
+        return self.sessions.count()

@@ -15,8 +15,9 @@ Rules of this module:
 - Received routed stanzas are delivered here with the full local rules and never
   forwarded again (no loops between nodes whose caches disagree); their `from`
   must be of the cluster's domain.
+- What a received frame becomes is decided once, by `server.cluster.triage`.
 - A received routed frame waits in the inbox as bytes and is parsed when its turn
-  comes (`routed_frame_key`, `deliver_routed_frame`): parsed stanzas waiting in a queue
+  comes (`ClusterService._routed_later`): parsed stanzas waiting in a queue
   outlive the young GC generations, and the full collections they then cause cost
   a receiving node as much as all the parsing.
 - A routed frame whose turn is now (nothing queued for its recipient) is parsed at
@@ -36,9 +37,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 import xml.etree.ElementTree as ET
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from presence_ha.server.cluster import wire
 from presence_ha.server.cluster.links import LinkMesh
@@ -55,11 +55,22 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+class Arrival(Protocol):
+    """Users moved here whose sessions are not active yet (`server.cluster.arrivals`)."""
+
+    def pending(self) -> asyncio.Future[None] | None: ...
+
+
+class _NoArrival:
+    def pending(self) -> asyncio.Future[None] | None:
+        return None
+
+
 class ClusterRoute:
     def __init__(self, node: str, locations: LocationCache, mesh: LinkMesh, grace_s: float = 3.0,
-                 arrival: Callable[[], asyncio.Future | None] = lambda: None) -> None:
+                 arrival: Arrival = _NoArrival()) -> None:
         self.node, self.locations, self.mesh, self.grace_s = node, locations, mesh, grace_s
-        self.arrival = arrival  # users moved here, their sessions not active yet (ClusterService)
+        self.arrival = arrival
         self.routed = 0  # stanzas sent to another node
         self.unreachable = 0  # stanzas handled here because their node was unreachable
         self.overflowed = 0  # server-made stanzas handled here because the link's backlog was full
@@ -102,7 +113,7 @@ class ClusterRoute:
         """Users just moved here: a stanza for one whose sessions here are all inactive
         (backup connections the SRM is activating) waits for that, rather than going
         to offline storage a moment before its session turns active."""
-        arrival = self.arrival()
+        arrival = self.arrival.pending()
         if arrival is not None and not arrival.done() and ctx.sessions.only_inactive(to.bare):
             await asyncio.shield(arrival)
 
@@ -110,13 +121,6 @@ class ClusterRoute:
 async def deliver_routed(ctx: FeatureContext, stanza: ET.Element) -> None:
     """A stanza a peer routed here: the local delivery rules, never forwarded again."""
     await ctx.router.deliver(ctx, stanza, route_remote=False)
-
-
-async def deliver_routed_frame(ctx: FeatureContext, peer: str, payload: bytes) -> None:
-    """A routed frame from `peer`, decoded now; a bad one is logged and dropped."""
-    stanza = decode_routed(ctx, peer, payload)
-    if stanza is not None:
-        await deliver_routed(ctx, stanza)
 
 
 def decode_routed(ctx: FeatureContext, peer: str, payload: bytes) -> ET.Element | None:
@@ -155,15 +159,3 @@ def deliver_routed_now(ctx: FeatureContext, stanza: ET.Element, payload: bytes) 
         presence_service.deliver_now(ctx, stanza, to, body)
         return True
     return messaging.deliver_now(ctx, stanza, to, body)
-
-
-def recipient_key(stanza: ET.Element) -> str:
-    """The inbox key of a routed stanza: its recipient account (ordered per receiver)."""
-    to = stanza.get("to") or ""
-    return "r:" + to.split("/", 1)[0]
-
-
-def routed_frame_key(payload: bytes) -> str | None:
-    """`recipient_key` of a routed frame, read without parsing it (None: decode it)."""
-    recipient = wire.routed_recipient(payload)
-    return None if recipient is None else "r:" + recipient

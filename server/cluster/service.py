@@ -1,12 +1,16 @@
 """The cluster component of a node: links, location cache, remote routing, relay.
 
 Rules of this module:
-- `ClusterService.start(...)` reads the cluster's nodes, opens the link mesh, installs
-  the router's remote-route hook and the client port's relay hooks. `stop()` drains
+- Built in two steps, in dependency order (`server.node`): `ClusterLinks` first (the
+  link mesh, the location cache and the router's remote route: what needs no
+  `FeatureContext`), then, once the context and the client port exist,
+  `ClusterService` (relay host, XEP-0198 replication, frames from peers).
+  `start()` opens the link mesh with this service's frame handler. `stop()` drains
   what was sent (bounded), then closes the links; call it after the client port's
   shutdown, so the contacts of ending sessions still get unavailable presence.
-- Frames from peers are decoded here (`wire`), then run in the `Inbox`, keyed by
-  recipient account or relayed session. A bad frame is logged and dropped.
+- What a frame from a peer becomes is decided once (`triage`); `_on_frame` executes
+  that: delivered now, or run in the `Inbox`, keyed by recipient account or relayed
+  session. A bad frame is logged and dropped.
 - Every `refresh_s` the location cache checks the move fingerprint; when users moved
   it tells the peers (CONTROL `moved`) so they forget their cached locations too.
   The same loop ends relayed sessions whose peer stayed unreachable for
@@ -15,6 +19,8 @@ Rules of this module:
   read, and what was sent to a peer that is down and never acknowledged is taken
   back and routed again (`channel.reclaim`): a stanza acknowledged to its sender is
   not lost with the node it was going to.
+- Timers and link options are the `cluster` and `links` sections of
+  `server.config.NodeConfig`; XEP-0198 replication is its `sm_replication` section.
 """
 
 from __future__ import annotations
@@ -22,33 +28,31 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
+import xml.etree.ElementTree as ET
+from collections.abc import Awaitable, Callable
 from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from presence_ha.db import groups, nodes, users
 from presence_ha.db.engine import DatabaseUnavailable
 from presence_ha.db.hotpath import HotPath
+from presence_ha.server.admission import LoginAdmission, ServiceSwitch
 from presence_ha.server.cluster import wire
-from presence_ha.server.cluster.inbox import Inbox
-from presence_ha.server.cluster.links import LinkMesh, PeerAddress
+from presence_ha.server.cluster.arrivals import Arrivals
+from presence_ha.server.cluster.inbox import DownstreamKey, Inbox, PeerLostKey, RecipientKey, UpstreamKey
+from presence_ha.server.cluster.links import LinkMesh, PeerAddress, link_options
 from presence_ha.server.cluster.locations import LocationCache
-from presence_ha.server.cluster.relay import RelayDialer, RelayHost
-from presence_ha.server.cluster.routing import (ClusterRoute, decode_routed, deliver_routed, deliver_routed_frame,
-                                    deliver_routed_now, recipient_key, routed_frame_key)
-from presence_ha.server.cluster.sm_mirror import ReplicationSettings, SmReplication
+from presence_ha.server.cluster.relay import HostedBinder, HostedSessions, RelayDialer, RelayHost
+from presence_ha.server.cluster.routing import ClusterRoute, decode_routed, deliver_routed, deliver_routed_now
+from presence_ha.server.cluster.sm_mirror import SmReplication
+from presence_ha.server.cluster.triage import Verdict, recipient_key, triage
+from presence_ha.server.config import NodeConfig
 from presence_ha.server.context import FeatureContext
 from presence_ha.server.link import Kind
 
 log = logging.getLogger(__name__)
-ACTIVATION_WAIT_S = 2.0  # users moved here: longest wait for their activation before re-routing
-
-
-@dataclass(frozen=True)
-class ClusterTimers:
-    grace_s: float = 3.0  # a peer down longer than this is unreachable for new stanzas
-    relay_timeout_s: float = 10.0  # relayed sessions end after their peer is gone this long
-    refresh_s: float = 1.0  # move-fingerprint check period
-    location_ttl_s: float = 10.0
+SessionFactory = async_sessionmaker[AsyncSession]
 
 
 def _log_reload_failure(future: asyncio.Future[None]) -> None:
@@ -56,97 +60,113 @@ def _log_reload_failure(future: asyncio.Future[None]) -> None:
         log.warning("cannot reload user locations: %r", future.exception())
 
 
-class ClusterService:
-    def __init__(self, ctx: FeatureContext, port: Any, session_factory: Any, hot: HotPath,
-                 timers: ClusterTimers = ClusterTimers()) -> None:
-        self.ctx, self.port, self._db, self._hot, self.timers = ctx, port, session_factory, hot, timers
-        self.locations = LocationCache(self._load_location, self._fingerprint, time.monotonic, timers.location_ttl_s,
-                                       load_all=self._load_all_locations)
-        self.inbox = Inbox()
-        self.mesh: LinkMesh | None = None
-        self.route: ClusterRoute | None = None
-        self.dialer: RelayDialer | None = None
-        self.host: RelayHost | None = None
-        self.replicas: SmReplication | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._lost: set[str] = set()  # peers whose relayed sessions were ended this outage
-        self._arrival: asyncio.TimerHandle | None = None  # users arrived here, not yet active...
-        self._arrived: asyncio.Future[None] | None = None  # ...and what stanzas for them wait on
+async def load_peers(db: SessionFactory, node: str) -> list[PeerAddress]:
+    """The other nodes of the cluster, as registered in the database."""
+    async with db() as session:
+        return [PeerAddress(n.name, n.host, n.ports.link_port)
+                for n in await nodes.list_nodes(session) if n.name != node]
 
-    async def _load_location(self, username: str) -> str | None:
-        return await self._hot.run(users.active_node_of, username)
 
-    async def _load_all_locations(self) -> dict[str, str | None]:
-        async with self._db() as session:
+def _location_cache(db: SessionFactory, hot: HotPath, ttl_s: float) -> LocationCache:
+    async def load(username: str) -> str | None:
+        return await hot.run(users.active_node_of, username)
+
+    async def load_all() -> dict[str, str | None]:
+        async with db() as session:
             return await users.active_nodes(session)
 
-    async def _fingerprint(self) -> int:
-        async with self._db() as session:
+    async def fingerprint() -> int:
+        async with db() as session:
             return sum(group.epoch for group in await groups.list_groups(session))
 
-    async def start(self, node: nodes.NodeInfo, secret: bytes, listen_host: str) -> None:
-        async with self._db() as session:
-            peers = [PeerAddress(n.name, n.host, n.ports.link_port)
-                     for n in await nodes.list_nodes(session) if n.name != node.name]
-        self.mesh = LinkMesh(node.name, secret, (listen_host, node.ports.link_port), peers,
-                             on_frame=self._on_frame, on_restarted=self._on_restarted, now=time.monotonic)
-        self.route = ClusterRoute(node.name, self.locations, self.mesh, self.timers.grace_s,
-                                  arrival=lambda: self._arrived)
-        self.dialer = RelayDialer(self.mesh, self.timers.grace_s)
-        self.host = RelayHost(self.ctx, self.port, self.mesh, self.locations)
-        self.replicas = self._replication(node.name)
-        await self.mesh.start()
-        self.ctx.router.remote = self.route
-        self.port.relay, self.port.hosted = self.dialer, self.host
-        await self.replicas.start()
-        self.port.replicas = self.replicas
-        self._task = asyncio.create_task(self._maintain())
+    return LocationCache(load, fingerprint, time.monotonic, ttl_s, load_all=load_all)
 
-    def _replication(self, name: str) -> SmReplication:
+
+class ClusterLinks:
+    """What the router and the client port need of the cluster before the rest of it:
+    the link mesh (not started), the location cache, the remote route, the relay
+    dialer, and the users arriving here (read by the route, settled by the service)."""
+
+    def __init__(self, node: str, secret: bytes, listen: tuple[str, int], peers: list[PeerAddress],
+                 config: NodeConfig, db: SessionFactory, hot: HotPath) -> None:
+        self.node, self.db, self.config, self.timers = node, db, config, config.cluster
+        self.locations = _location_cache(db, hot, self.timers.location_ttl_s)
+        self.mesh = LinkMesh(node, secret, listen, peers, now=time.monotonic, options=link_options(config.links),
+                             dial=config.links.dial_addresses)
+        self.arrivals = Arrivals()
+        self.route = ClusterRoute(node, self.locations, self.mesh, self.timers.grace_s, self.arrivals)
+        self.dialer = RelayDialer(self.mesh, self.timers.grace_s, self.timers.relay_open_timeout_s)
+
+    def replication(self, ctx: FeatureContext) -> SmReplication:
         """XEP-0198 state of this node's sessions, copied to their backup (sm_mirror)."""
+        db, name = self.db, self.node
+
         async def load_backup() -> str | None:
-            async with self._db() as session:
+            async with db() as session:
                 group = await groups.group_of_node(session, name)
                 peer = await groups.peer_of(session, name)
             return peer if group is not None and group.ha_enabled else None
 
-        return SmReplication(self.ctx, self.port, self.mesh, name, load_backup, ReplicationSettings.from_env())
+        return SmReplication(ctx, self.mesh, name, load_backup, self.config.sm_replication)
+
+    def hosted_sessions(self, ctx: FeatureContext) -> HostedSessions:
+        return HostedSessions(ctx, self.mesh)
+
+
+class ClusterService:
+    def __init__(self, ctx: FeatureContext, links: ClusterLinks, hosted: HostedSessions, replicas: SmReplication,
+                 binder: HostedBinder, admission: LoginAdmission | None, presence: ServiceSwitch) -> None:
+        self.ctx, self.timers = ctx, links.timers
+        self.mesh, self.locations, self.route, self.dialer = links.mesh, links.locations, links.route, links.dialer
+        self.arrivals, self.replicas = links.arrivals, replicas
+        self.host = RelayHost(ctx, hosted, binder, links.mesh, links.locations, admission, presence)
+        self.inbox = Inbox()
+        self._task: asyncio.Task[None] | None = None
+        self._lost: set[str] = set()  # peers whose relayed sessions were ended this outage
+
+    async def start(self) -> None:
+        await self.mesh.start(self._on_frame, self._on_restarted)
+        await self.replicas.start()
+        self._task = asyncio.create_task(self._maintain())
 
     async def stop(self, timeout_s: float = 5.0) -> None:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        if self.replicas is not None:
-            await self.replicas.stop()
+        await self.replicas.stop()
         await self.inbox.drain(timeout_s)
-        if self.mesh is not None:
-            await self.mesh.drain(timeout_s)
-            await self.mesh.close()
+        await self.mesh.drain(timeout_s)
+        await self.mesh.close()
         await self.inbox.close()
 
     # -- frames from peers -------------------------------------------------------------
-    def _on_frame(self, peer: str, kind: Kind, payload: bytes) -> asyncio.Future | str | None:
-        """Routed stanzas return their delivery's future: the link acknowledges them
-        once delivered here (a node that dies with them unacknowledged loses nothing;
-        the sender takes them back, `_reroute_unreachable`). Other stanzas return
-        `inbox.QUEUED` when their work waits (the link then yields before decoding more)."""
+    def _on_frame(self, peer: str, kind: Kind, payload: bytes) -> asyncio.Future[None] | str | None:
+        """Executes the frame's `triage`. Routed stanzas return their delivery's future:
+        the link acknowledges them once delivered here (a node that dies with them
+        unacknowledged loses nothing; the sender takes them back, `_reroute_unreachable`).
+        Other stanzas return `inbox.QUEUED` when their work waits (the link then yields
+        before decoding more)."""
+        verdict, key = triage(kind, payload, self.inbox)
         try:
-            if kind is Kind.STANZA:
-                if self.inbox.empty and payload.startswith(wire.ROUTED_PREFIX):  # its turn is now: no key needed
-                    return self._routed_now(peer, None, payload)
-                key = routed_frame_key(payload)
-                if key is not None and self.inbox.idle(key):  # its turn is now
-                    return self._routed_now(peer, key, payload)
-                if key is not None:  # parsed in its turn (routing.py)
-                    return self.inbox.submit(key, lambda: deliver_routed_frame(self.ctx, peer, payload), tracked=True)
-                return self._on_stanza(peer, wire.decode_stanza(payload))
-            if kind is Kind.CONTROL:
+            if verdict is Verdict.DELIVER_NOW:
+                return self._routed_now(peer, payload, key)
+            if verdict is Verdict.QUEUE:  # parsed in its turn
+                assert key is not None
+                return self.inbox.submit(key, lambda: self._routed_later(peer, payload), tracked=True)
+            if verdict is Verdict.QUEUE_PARSED:
+                stanza = decode_routed(self.ctx, peer, payload)
+                if stanza is None:
+                    return None
+                return self.inbox.submit(recipient_key(stanza), lambda: deliver_routed(self.ctx, stanza), tracked=True)
+            if verdict is Verdict.SESSION:
+                return self._on_session_stanza(peer, wire.decode_session(payload))
+            if verdict is Verdict.CONTROL:
                 self._on_control(peer, wire.decode_control(payload))
         except wire.WireError as exc:
             log.warning("dropped a frame from node %s: %s", peer, exc)
         return None
 
-    def _routed_now(self, peer: str, key: str | None, payload: bytes) -> asyncio.Future | str | None:
+    def _routed_now(self, peer: str, payload: bytes, key: RecipientKey | None) -> asyncio.Future[None] | str | None:
         """A routed frame whose recipient has nothing queued: parsed and, in the common
         case, delivered now (routing.py). A failure is logged like a failed inbox item:
         it must not reach the link, which would reset the connection. `key`: its inbox
@@ -163,14 +183,17 @@ class ClusterService:
             return None
         return self.inbox.submit(key or recipient_key(stanza), lambda: deliver_routed(self.ctx, stanza), tracked=True)
 
-    def _on_stanza(self, peer: str, frame: wire.Routed | wire.SessionStanza) -> asyncio.Future | str | None:
-        if isinstance(frame, wire.Routed):
-            wire.check_origin(frame.stanza, self.ctx.domain)
-            return self.inbox.submit(recipient_key(frame.stanza), lambda: deliver_routed(self.ctx, frame.stanza),
-                                     tracked=True)
+    async def _routed_later(self, peer: str, payload: bytes) -> None:
+        """A routed frame whose turn came: decoded now; a bad one is logged and dropped."""
+        stanza = decode_routed(self.ctx, peer, payload)
+        if stanza is not None:
+            await deliver_routed(self.ctx, stanza)
+
+    def _on_session_stanza(self, peer: str, frame: wire.SessionStanza) -> asyncio.Future[None] | str:
         if frame.upstream:
-            return self.inbox.submit(("u", peer, frame.sid), lambda: self.host.upstream(peer, frame.sid, frame.stanza))
-        return self.inbox.submit(("d", frame.sid), lambda: self._sync(self.dialer.downstream, frame.sid, frame.stanza))
+            return self.inbox.submit(UpstreamKey(peer, frame.sid),
+                                     lambda: self.host.upstream(peer, frame.sid, frame.stanza))
+        return self.inbox.submit(DownstreamKey(frame.sid), lambda: _now(self.dialer.downstream, frame.sid, frame.stanza))
 
     def _on_control(self, peer: str, control: wire.Control) -> None:
         sid, op = control.text("sid") or "", control.op
@@ -183,26 +206,22 @@ class ClusterService:
             self._reload_locations()
             self._reroute_unreachable()
         elif op is wire.Op.OPEN:
-            self.inbox.submit(("u", peer, sid), lambda: self.host.open(peer, control))
+            self.inbox.submit(UpstreamKey(peer, sid), lambda: self.host.open(peer, control))
         elif op is wire.Op.CLOSED:
             graceful = bool(control.fields.get("graceful", False))
-            self.inbox.submit(("u", peer, sid), lambda: self.host.closed(peer, sid, graceful))
+            self.inbox.submit(UpstreamKey(peer, sid), lambda: self.host.closed(peer, sid, graceful))
         elif op in (wire.Op.OPENED, wire.Op.REFUSED):
             reason = control.text("reason", "refused") if op is wire.Op.REFUSED else None
-            self.inbox.submit(("d", sid), lambda: self._sync(self.dialer.answered, sid, reason))
+            self.inbox.submit(DownstreamKey(sid), lambda: _now(self.dialer.answered, sid, reason))
         elif op is wire.Op.CLOSE:
-            self.inbox.submit(("d", sid), lambda: self._sync(self.dialer.closed_by_host, sid, control))
-
-    @staticmethod
-    async def _sync(func, *args) -> None:
-        func(*args)
+            self.inbox.submit(DownstreamKey(sid), lambda: _now(self.dialer.closed_by_host, sid, control))
 
     def _on_restarted(self, peer: str) -> None:
         """The peer is a new process: the relayed sessions shared with it are gone."""
         log.info("node %s restarted: ending the sessions relayed with it", peer)
         self.replicas.peer_restarted(peer)
         self.dialer.peer_lost(peer, "restarted")
-        self.inbox.submit(("lost", peer), lambda: self.host.peer_lost(peer))
+        self.inbox.submit(PeerLostKey(peer), lambda: self.host.peer_lost(peer))
 
     # -- periodic upkeep -----------------------------------------------------------------
     async def _maintain(self) -> None:
@@ -224,15 +243,10 @@ class ClusterService:
         (and a peer told early would route there as early)."""
         self.locations.forget_all()
         self._reload_locations()
-        if self._arrival is not None:
-            self._arrival.cancel()
         if arrived:
-            loop = asyncio.get_running_loop()
-            self._arrival = loop.call_later(ACTIVATION_WAIT_S, self.users_active)
-            if self._arrived is None or self._arrived.done():
-                self._arrived = loop.create_future()
+            self.arrivals.expect(self.timers.activation_wait_s, self.users_active)
             return
-        self._arrival = None
+        self.arrivals.cancel()
         self._reroute_unreachable()
         self._broadcast_moved()
 
@@ -240,12 +254,8 @@ class ClusterService:
         """The users that arrived are active here (the SRM activated their sessions), or
         the wait for that is over: route again what their old node never acknowledged,
         and tell the other nodes."""
-        if self._arrival is None:
+        if not self.arrivals.settle():
             return
-        self._arrival.cancel()
-        self._arrival = None
-        if self._arrived is not None and not self._arrived.done():
-            self._arrived.set_result(None)
         self._reroute_unreachable()
         self._broadcast_moved()
 
@@ -273,11 +283,13 @@ class ClusterService:
                     continue
                 if isinstance(frame, wire.Routed):
                     rerouted += 1
-                    self.inbox.submit(recipient_key(frame.stanza),
-                                      lambda stanza=frame.stanza: self.ctx.router.deliver(self.ctx, stanza))
+                    self.inbox.submit(recipient_key(frame.stanza), self._deliver_later(frame.stanza))
             if frames:
                 log.info("node %s is down: %d unacknowledged frame(s) taken back, %d stanza(s) routed again",
                          name, len(frames), rerouted)
+
+    def _deliver_later(self, stanza: ET.Element) -> Callable[[], Awaitable[None]]:
+        return lambda: self.ctx.router.deliver(self.ctx, stanza)
 
     def _broadcast_moved(self) -> None:
         log.info("users moved: cached locations forgotten, peers told")
@@ -294,13 +306,18 @@ class ClusterService:
                 self._lost.add(name)
                 log.info("node %s unreachable for %.0fs: ending relayed sessions", name, down_for)
                 self.dialer.peer_lost(name, "is unreachable")
-                self.inbox.submit(("lost", name), lambda name=name: self.host.peer_lost(name))
+                self.inbox.submit(PeerLostKey(name), lambda name=name: self.host.peer_lost(name))
 
     def status(self) -> dict[str, Any]:
         return {
-            "peers_up": self.mesh.peers_up() if self.mesh else [],
-            "routed": self.route.routed if self.route else 0,
-            "relayed_out": self.dialer.count() if self.dialer else 0,
-            "relayed_in": self.host.count() if self.host else 0,
-            "sm_replication": self.replicas.status() if self.replicas else {},
+            "peers_up": self.mesh.peers_up(),
+            "routed": self.route.routed,
+            "relayed_out": self.dialer.count(),
+            "relayed_in": self.host.count(),
+            "sm_replication": self.replicas.status(),
         }
+
+
+async def _now(func: Callable[..., None], *args: Any) -> None:
+    """A synchronous step as inbox work (it keeps its place in its key's order)."""
+    func(*args)

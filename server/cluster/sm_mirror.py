@@ -26,28 +26,31 @@ Rules of this module:
 - Replicas of a gone origin expire `max_s` after it went; their unacknowledged
   messages are routed again (offline storage or another resource), as a session
   nobody resumed (XEP-0198 §5, `server.net.clients`).
-- Settings: `ReplicationSettings.from_env` (`PRESENCE_HA_SM_REPLICATION=off` turns it
-  off; `PRESENCE_HA_SM_<FIELD>` sets a field, e.g. `PRESENCE_HA_SM_SYNC_TIMEOUT_S=1`).
+- Backup side, resumption: `restore` rebuilds the session from its replica, the
+  client port binds it, then its `activate` turns it active and gives its announcement.
+- Settings: the `sm_replication` section of `server.config.NodeConfig`
+  (`PRESENCE_HA_SM_REPLICATION=off` turns it off; `PRESENCE_HA_SM_<FIELD>` sets a
+  field, e.g. `PRESENCE_HA_SM_SYNC_TIMEOUT_S=1`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
-import os
 import re
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
 from presence_ha.db.engine import DatabaseUnavailable
 from presence_ha.server.cluster import wire
+from presence_ha.server.config import SmReplicationConfig
+from presence_ha.server.context import FeatureContext
 from presence_ha.server.cluster.links import LinkMesh
-from presence_ha.server.cluster.sm_replica import Replica, ReplicaError, ReplicaStore, parse_stanza
 from presence_ha.server.activation import announce, record_key, records_for, turn_active
+from presence_ha.server.cluster.sm_replica import EntryOp, Replica, ReplicaError, ReplicaStore, parse_stanza
 from presence_ha.server.link import Kind
 from presence_ha.server.sessions import Session
 from presence_ha.server.xmpp.jid import JID
@@ -56,28 +59,7 @@ from presence_ha.server.xmpp.stanzas import serialize
 
 log = logging.getLogger(__name__)
 
-ENV_SWITCH = "PRESENCE_HA_SM_REPLICATION"
-ENV_PREFIX = "PRESENCE_HA_SM_"
 _ACK_H = re.compile(rb"<(?:a|resumed) [^>]*\bh='(\d+)'")
-
-
-@dataclass(frozen=True)
-class ReplicationSettings:
-    enabled: bool = True
-    sync_timeout_s: float = 2.0  # longest an <a/> waits for the backup's confirmation
-    max_unacked: int = 1000  # per session; beyond, the session is not replicated
-    takeover_wait_s: float = 10.0  # a resume on the backup waits this long for the takeover
-    sweep_s: float = 0.5  # reachability and expiry checks
-    backup_refresh_s: float = 5.0  # how often the backup node is read from the database
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] = os.environ) -> ReplicationSettings:
-        values: dict[str, Any] = {"enabled": environ.get(ENV_SWITCH, "on").lower() not in ("0", "off", "false", "no")}
-        for f in dataclasses.fields(cls):
-            raw = environ.get(ENV_PREFIX + f.name.upper())
-            if raw is not None and f.name != "enabled":
-                values[f.name] = int(raw) if f.type in (int, "int") else float(raw)
-        return cls(**values)
 
 
 class SessionMirror:
@@ -92,13 +74,13 @@ class SessionMirror:
         if self.sm.unacked_count > self.owner.settings.max_unacked:
             self.owner.overflow(self)
             return
-        self.owner.queue(["o", self.rid, serialize(stanza)])
+        self.owner.queue([EntryOp.SENT, self.rid, serialize(stanza)])
 
     def acked(self, h: int) -> None:
-        self.owner.queue(["a", self.rid, h])
+        self.owner.queue([EntryOp.ACKED, self.rid, h])
 
     def rewound(self) -> None:
-        self.owner.queue(["r", self.rid])
+        self.owner.queue([EntryOp.REWOUND, self.rid])
 
     async def before_output(self, data: bytes) -> None:
         if not data.startswith((b"<a ", b"<resumed ")):  # the two ways the client learns our h
@@ -107,16 +89,31 @@ class SessionMirror:
         if match is None or int(match.group(1)) == self.reported:
             return
         self.reported = int(match.group(1))
-        self.owner.queue(["i", self.rid, self.reported])
+        self.owner.queue([EntryOp.INBOUND, self.rid, self.reported])
         await self.owner.barrier()
 
 
+@dataclass(frozen=True)
+class RestoredSession:
+    """A session rebuilt from its replica, not bound yet (`ClientPort.resume_replica`)."""
+
+    session: Session
+    sm: StreamManagement
+    presence: Any  # its last presence record (inactive_session), None if unreadable
+    origin: str  # the node that held it
+    owner: SmReplication
+
+    def activate(self) -> Coroutine[Any, Any, None]:
+        """Once bound: turn it active; returns its announcement (`SmReplication.activate`)."""
+        return self.owner.activate(self)
+
+
 class SmReplication:
-    def __init__(self, ctx: Any, port: Any, mesh: LinkMesh, node: str,
+    def __init__(self, ctx: FeatureContext, mesh: LinkMesh, node: str,
                  load_backup: Callable[[], Awaitable[str | None]],
-                 settings: ReplicationSettings = ReplicationSettings(),
+                 settings: SmReplicationConfig = SmReplicationConfig(),
                  now: Callable[[], float] = time.monotonic) -> None:
-        self.ctx, self.port, self.mesh, self.node = ctx, port, mesh, node
+        self.ctx, self.mesh, self.node = ctx, mesh, node
         self.settings, self._now, self._load_backup = settings, now, load_backup
         self.backup: str | None = None
         self.store = ReplicaStore(settings.max_unacked)
@@ -164,7 +161,7 @@ class SmReplication:
         mirror = self._tracked.pop(rid or "", None)
         if mirror is not None:
             mirror.sm.mirror = None
-            self.queue(["c", mirror.rid])
+            self.queue([EntryOp.CLOSED, mirror.rid])
 
     def overflow(self, mirror: SessionMirror) -> None:
         log.warning("session %s holds more than %d unacknowledged stanzas: no longer replicated to %s",
@@ -173,9 +170,9 @@ class SmReplication:
 
     def _snapshot(self, mirror: SessionMirror) -> None:
         sm = mirror.sm
-        self.queue(["n", mirror.rid, str(mirror.jid), mirror.reported, sm.acked, sm.max_resume_s])
+        self.queue([EntryOp.NEW, mirror.rid, str(mirror.jid), mirror.reported, sm.acked, sm.max_resume_s])
         for stanza in sm.unacked():
-            self.queue(["o", mirror.rid, serialize(stanza)])
+            self.queue([EntryOp.SENT, mirror.rid, serialize(stanza)])
 
     def _channel(self):
         return self.mesh.channel(self.backup) if self.backup is not None else None
@@ -218,7 +215,7 @@ class SmReplication:
         pending, self._batch = self._batch, []
         for mirror in list(self._tracked.values()):
             self._snapshot(mirror)
-        self._batch += [e for e in pending if e[0] != "n"]  # their "n" is in the snapshot
+        self._batch += [e for e in pending if e[0] is not EntryOp.NEW]  # their NEW is in the snapshot
 
     async def barrier(self) -> None:
         """Return once the backup confirmed every frame sent to it until now."""
@@ -270,9 +267,9 @@ class SmReplication:
         if peer == self.backup:
             self._stale = True
 
-    async def resume(self, previd: str, jid: JID | None, h: int, connection: Any) -> Any:
-        """The replicated session `previd`, bound here to `connection`; None if there is
-        none for `jid` or this node does not serve the user (yet)."""
+    async def restore(self, previd: str, jid: JID | None, h: int) -> RestoredSession | None:
+        """The replicated session `previd`, taken from the store, for the client port to
+        bind; None if there is none for `jid` or this node does not serve the user (yet)."""
         replica = self.store.get(previd)
         if jid is None or replica is None or replica.jid.bare != jid.bare:
             return None
@@ -297,15 +294,17 @@ class SmReplication:
         except DatabaseUnavailable as exc:
             log.warning("resuming %s without its presence record: %s", session.jid, exc)
             presence = None
-        await self.port.bind(session, connection)
-        # As activation does (server.activation): available with its
-        # last presence at once, announced once <resumed/> and the re-sent stanzas are out.
-        turn_active(session, presence)
-        record = self.port.remember_resumable(previd, session, sm, connection)
-        connection.run_after(announce(self.ctx, session))
+        return RestoredSession(session, sm, presence, replica.origin, self)
+
+    def activate(self, restored: RestoredSession) -> Coroutine[Any, Any, None]:
+        """Once bound: as activation does (server.activation), available
+        with its last presence at once; returns its announcement, to run once
+        <resumed/> and the re-sent stanzas are out."""
+        session, sm = restored.session, restored.sm
+        turn_active(session, restored.presence)
         log.info("%s resumed on %s from %s's replica (%d unacked, h=%d)",
-                 replica.jid, self.node, replica.origin, sm.unacked_count, sm.inbound)
-        return record
+                 session.jid, self.node, restored.origin, sm.unacked_count, sm.inbound)
+        return announce(self.ctx, session)
 
     async def _serving(self, replica: Replica) -> bool:
         deadline = self._now() + self.settings.takeover_wait_s

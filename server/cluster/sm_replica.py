@@ -5,15 +5,16 @@ Rules of this module:
   arguments (`orphan`, `expired`).
 - A node that holds a resumable session streams its state to the user's backup node
   as compact entries, in order, inside CONTROL `sm` frames (`server.cluster.wire`):
-      ["n", rid, jid, inbound, acked, max_s]  a new (or re-sent) session, empty queue
-      ["o", rid, xml]                         one stanza sent to the client
-      ["a", rid, h]                           the client acknowledged up to h
-      ["i", rid, h]                           the h the node reported to the client
-      ["r", rid]                              the unacked queue was taken (re-sent)
-      ["c", rid]                              the session ended: forget it
-  The link is ordered and reliable, so the replica is the origin's state as of the
-  last entry received. An entry for an unknown rid is ignored (its "n" was lost with
-  an older process, or the replica was dropped).
+      [NEW, rid, jid, inbound, acked, max_s]  a new (or re-sent) session, empty queue
+      [SENT, rid, xml]                         one stanza sent to the client
+      [ACKED, rid, h]                          the client acknowledged up to h
+      [INBOUND, rid, h]                        the h the node reported to the client
+      [REWOUND, rid]                           the unacked queue was taken (re-sent)
+      [CLOSED, rid]                            the session ended: forget it
+  The opcodes are `EntryOp` members; on the wire their values, one letter each
+  ("n", "o", "a", "i", "r", "c"). The link is ordered and reliable, so the replica is
+  the origin's state as of the last entry received. An entry for an unknown rid is
+  ignored (its NEW was lost with an older process, or the replica was dropped).
 - Memory is bounded: a replica holding more than `max_unacked` stanzas is dropped
   (`Dropped` fact; the adapter logs it). Its session then fails over by re-login.
 - A replica whose origin node is gone is "orphaned" at that time; `max_s` seconds
@@ -24,6 +25,7 @@ Rules of this module:
 
 from __future__ import annotations
 
+import enum
 import xml.etree.ElementTree as ET
 from collections import deque
 from dataclasses import dataclass, field
@@ -34,6 +36,17 @@ import defusedxml.ElementTree as SafeET
 from presence_ha.server.xmpp.jid import JID, InvalidJid
 from presence_ha.server.xmpp.sm import MOD, StreamManagement
 from presence_ha.server.xmpp.stanzas import STANZA_TAGS
+
+
+class EntryOp(enum.StrEnum):
+    """The opcode of a replica entry; the value is what travels (JSON text)."""
+
+    NEW = "n"
+    SENT = "o"
+    ACKED = "a"
+    INBOUND = "i"
+    REWOUND = "r"
+    CLOSED = "c"
 
 
 class ReplicaError(ValueError):
@@ -104,26 +117,26 @@ class ReplicaStore:
         return dropped
 
     def _apply_one(self, origin: str, op: Any, rid: str, args: list[Any]) -> Dropped | None:
-        if op == "n":
+        if op == EntryOp.NEW:
             self._open(origin, rid, args)
             return None
         replica = self._replicas.get(rid)
         if replica is None or replica.origin != origin:
             return None
-        if op == "o":
+        if op == EntryOp.SENT:
             if not args or not isinstance(args[0], str):
                 raise ReplicaError("'o' without a stanza")
             replica.unacked.append(args[0])
             if len(replica.unacked) > self.max_unacked:
                 del self._replicas[rid]
                 return Dropped(rid, replica.jid, f"more than {self.max_unacked} unacknowledged stanzas")
-        elif op == "a":
+        elif op == EntryOp.ACKED:
             self._acknowledge(replica, _int(args[0] if args else None))
-        elif op == "i":
+        elif op == EntryOp.INBOUND:
             replica.inbound = _int(args[0] if args else None)
-        elif op == "r":
+        elif op == EntryOp.REWOUND:
             replica.unacked.clear()
-        elif op == "c":
+        elif op == EntryOp.CLOSED:
             del self._replicas[rid]
         else:
             raise ReplicaError(f"unknown entry {op!r}")

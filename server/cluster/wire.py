@@ -208,6 +208,14 @@ def decode_stanza(payload: bytes) -> Routed | SessionStanza:
     return SessionStanza(sid.decode("ascii", "replace"), _parse_stanza(body), kind == UPSTREAM)
 
 
+def decode_session(payload: bytes) -> SessionStanza:
+    """A relayed session's STANZA frame (`U <sid>` / `D <sid>`)."""
+    frame = decode_stanza(payload)
+    if not isinstance(frame, SessionStanza):
+        raise WireError("not a session stanza")
+    return frame
+
+
 def decode_control(payload: bytes) -> Control:
     try:
         data = json.loads(payload)

@@ -23,6 +23,10 @@ Rules of this module:
   served by another node (`RelayTo`) is admitted when that node is reachable; after
   bind its session is opened there (`port.relay`, `server.cluster.relay`) and every
   stanza is forwarded to it. No local `Session` exists for such a connection.
+- Whether a login is accepted, refused, bound as a backup or relayed is decided by
+  `server.admission.decide` (pure), and what a stanza becomes while the presence
+  engine is stopped by `server.admission.when_presence_stopped`; this module reads
+  the samples they ask for and executes their answers.
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ from collections import deque
 from typing import TYPE_CHECKING
 
 from presence_ha.db.engine import DatabaseUnavailable
+from presence_ha.server.admission import (Admission, Backup, Gate, LoginSamples, Refuse, Relay, Sample, decide,
+                                          when_presence_stopped)
 from presence_ha.server.auth import RelayTo, backup_kick
 from presence_ha.server.xmpp.backup import is_hold_request
 from presence_ha.server.net.limits import TokenBucket
@@ -49,7 +55,9 @@ from presence_ha.server.xmpp.sasl import SaslCondition, salted_password
 from presence_ha.server.xmpp.stream import StreamSettings, Timer, XmppStream
 
 if TYPE_CHECKING:
+    from presence_ha.db.users import LoginRecord
     from presence_ha.server.net.clients import ClientPort
+    from presence_ha.server.net.collaborators import RelayedStream
 
 log = logging.getLogger(__name__)
 CLOSE_FLUSH_S = 5.0  # how long the closing bytes may take to leave
@@ -80,8 +88,8 @@ class Connection:
         self.notified_close = False  # SessionClosed already sent (node shutdown)
         self.backup_refusal: StreamError | None = None  # SPEC §8: admitted as backup, no <hold/> yet
         self.relay_node: str | None = None  # the active node this user's session is relayed to
-        self.relay = None  # server.cluster.relay.RelayedStream once that session is open
-        self._login = None  # (username, db.users.LoginRecord | None) read for this login's keys
+        self.relay: RelayedStream | None = None  # once that session is open (server.cluster.relay)
+        self._login: tuple[str, LoginRecord | None] | None = None  # read for this login's keys
         self._bucket = TokenBucket(port.limits.rate_bytes_per_s, port.limits.rate_burst_bytes, port.now())
         self._queue: deque | None = None  # input and jobs waiting for the worker (None: nothing)
         self._queued_bytes = 0
@@ -91,7 +99,7 @@ class Connection:
         self._gated = port.login_gate.enter(self._gated_at)  # negotiating under the login gate (limits.py)
         if not self._gated:
             self.stream.refuse_on_header(StreamError(StreamCondition.RESOURCE_CONSTRAINT, "too many logins in progress; retry later"))
-        self._timer = asyncio.get_running_loop().call_later(
+        self._timer: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(
             port.limits.auth_timeout_s, self._enqueue, self._fire_auth_timer)
 
     # -- input from the transport (server.net.transport.Receiver) -------------------------
@@ -251,7 +259,7 @@ class Connection:
         return b"".join(data)
 
     async def _on_credentials_requested(self, event: ev.CredentialsRequested) -> None:
-        if not self.port.auth_on():  # SPEC §4: the authentication service is stopped
+        if not self.port.auth.on:  # SPEC §4: the authentication service is stopped
             self.stream.credentials_unavailable("authentication service stopped, retry later")
             return
         try:
@@ -272,30 +280,50 @@ class Connection:
         self.stream.password_derived(salted)
 
     async def _on_password_verified(self, event: ev.PasswordVerified) -> None:
+        """Execute the one admission decision (`server.admission.decide`), reading only
+        the samples it asks for."""
         try:
-            record = await self._login_record(event.username)
-            if record is None or record.active_node != self.port.accounts.node_name:
-                # Not served here, as of the keys' read: look again (users move around
-                # failovers), and decide every branch below on that one answer.
-                record = await self.port.accounts.lookup(event.username, "")
-            assigned, active = (record.assigned_node, record.active_node) if record else (None, None)
-            refusal = await self.port.accounts.login_refusal(event.username, active)
-            if refusal is not None and await self.port.accounts.backs_up(active):
-                spared = refusal.fallback if isinstance(refusal, RelayTo) else refusal
-                refusal, self.backup_refusal = None, backup_kick(spared)  # SPEC §8 inactive bind
-            elif isinstance(refusal, RelayTo):  # served by another node: relay (SPEC §2)
-                refusal = self._relay_admission(event.username, refusal)
-            elif refusal is None and self.port.admission is not None:  # the SRM's state (SPEC §6)
-                refusal = await self.port.admission(event.username, assigned)
+            decision = await self._admission(event.username)
         except DatabaseUnavailable as exc:
             log.warning("cannot locate %s: %s", event.username, exc)
-            refusal = SaslFailure(SaslCondition.TEMPORARY_AUTH_FAILURE, "database unavailable, retry later")
-        if refusal is None:
+            decision = Refuse(SaslFailure(SaslCondition.TEMPORARY_AUTH_FAILURE, "database unavailable, retry later"))
+        if isinstance(decision, Backup):  # SPEC §8 inactive bind
+            self.backup_refusal = backup_kick(decision.spared)
+        elif isinstance(decision, Relay):  # served by another node: relay (SPEC §2)
+            self.relay_node = decision.node
+        if isinstance(decision, Refuse):
+            log.info("login of %s refused here: %s", event.username, decision.failure)
+            self.stream.refuse_login(decision.failure)
+        else:
             self.port.throttle.success(f"user:{event.username}")
             self.stream.accept_login()
+
+    async def _admission(self, username: str) -> Admission:
+        record = await self._login_record(username)
+        if record is None or record.active_node != self.port.accounts.node_name:
+            # Not served here, as of the keys' read: look again (users move around
+            # failovers), and decide every branch on that one answer.
+            record = await self.port.accounts.lookup(username, "")
+        assigned, active = (record.assigned_node, record.active_node) if record else (None, None)
+        where = await self.port.accounts.login_refusal(username, active)
+        if isinstance(where, RelayTo):
+            samples = LoginSamples(where.fallback, where.node, where.text, can_relay=self.port.relay is not None)
         else:
-            log.info("login of %s refused here: %s", event.username, refusal)
-            self.stream.refuse_login(refusal)
+            samples = LoginSamples(where)
+        while isinstance(decision := decide(samples), Sample):
+            samples = samples.with_sample(decision, await self._sample(decision, username, active, assigned, samples))
+        return decision
+
+    async def _sample(self, sample: Sample, username: str, active: str | None, assigned: str | None,
+                      samples: LoginSamples) -> bool | SaslFailure | None:
+        if sample is Sample.BACKS_UP:
+            return await self.port.accounts.backs_up(active)
+        if sample is Sample.RELAY:
+            assert self.port.relay is not None and samples.relay_node is not None
+            return self.port.relay.refusal(username, samples.relay_node)
+        if self.port.admission is None:  # the SRM's state (SPEC §6)
+            return None
+        return await self.port.admission(username, assigned)
 
     async def _login_record(self, username: str):
         """The record `lookup` read when this login asked for its keys (one read per
@@ -354,15 +382,8 @@ class Connection:
             await self._kick(self.backup_refusal)
 
     # -- relayed connections (server.cluster.relay) ------------------------------------
-    def _relay_admission(self, username: str, relay: RelayTo) -> SaslFailure | None:
-        if self.port.relay is None:  # a node without cluster links cannot relay
-            return SaslFailure(SaslCondition.TEMPORARY_AUTH_FAILURE, relay.text)
-        refusal = self.port.relay.refusal(username, relay.node)
-        if refusal is None:
-            self.relay_node = relay.node
-        return refusal
-
     async def _relay_bound(self, event: ev.ResourceBound) -> None:
+        assert self.port.relay is not None and self.relay_node is not None
         outcome = await self.port.relay.open(self, event.jid, self.relay_node)
         if isinstance(outcome, StreamError):
             self.stream.close(outcome)
@@ -374,8 +395,8 @@ class Connection:
 
     async def _on_resume_requested(self, event: ev.ResumeRequested) -> None:
         found = self.port.take_over(event.previd, self.stream.jid, self)
-        if found is None and self.port.replicas is not None:  # a session of the dead peer (sm_mirror)
-            found = await self.port.replicas.resume(event.previd, self.stream.jid, event.h, self)
+        if found is None:  # a session of the dead peer (sm_mirror)
+            found = await self.port.resume_replica(event.previd, self.stream.jid, event.h, self)
             if found is not None:
                 self.backup_refusal = self.relay_node = None  # served here now
         if found is None:
@@ -411,17 +432,19 @@ class Connection:
         self.port.metrics.stanzas_in.inc()
         if self.backup_refusal is not None and not self._backup_claimed(event.stanza):
             return
-        if event.stanza.tag in ("message", "presence") and not self.port.presence_on():
-            self._presence_engine_stopped(event.stanza)  # SPEC §4/§6: no presence, no IM
-            return
+        if not self.port.presence.on and self._presence_engine_stopped(event.stanza):
+            return  # SPEC §4/§6: no presence, no IM
         try:
             await self.port.ctx.router.dispatch(self.port.ctx, self.session, event.stanza)
         except DatabaseUnavailable as exc:  # the router answers handler faults; this is below it
             log.warning("database unavailable while routing from %s: %s", self.session.jid, exc)
 
-    def _presence_engine_stopped(self, stanza: ET.Element) -> None:
-        if stanza.tag == "message" and stanza.get("type") != "error":
+    def _presence_engine_stopped(self, stanza: ET.Element) -> bool:
+        """Execute `when_presence_stopped`; True if the stanza goes no further."""
+        gate = when_presence_stopped(stanza.tag, stanza.get("type"))
+        if gate is Gate.BOUNCE:
             self.send_stanza(error_reply(stanza, StanzaError(Condition.SERVICE_UNAVAILABLE, "presence engine stopped")))
+        return gate is not Gate.PASS
 
     async def _on_stream_closed(self, event: ev.StreamClosed) -> None:
         if event.error is not None:

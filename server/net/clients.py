@@ -13,10 +13,14 @@ Rules of this module:
 - Graceful shutdown (`shutdown`): stop accepting, notify `SessionClosed(graceful=True)`
   for every session while all connections still work (contacts get unavailable
   presence), then end every stream with `system-shutdown`, then wait (bounded).
-- Relayed sessions (`server.cluster.relay`, wired by the node): `relay` opens sessions
-  of connections whose user another node serves; `hosted` holds the sessions this
-  node serves for clients connected elsewhere. Binding, replacing and closing treat
-  hosted sessions like local ones (`bind_relayed`, `close_sessions`, `shutdown`).
+- Collaborators come in the constructor (`server.net.collaborators`,
+  `server.admission`): the presence engine's and the authentication service's
+  switches, the SRM's `LoginAdmission`, and from the cluster (None without it):
+  `relay` opens sessions of connections whose user another node serves; `hosted`
+  holds the sessions this node serves for clients connected elsewhere; `replicas`
+  copies XEP-0198 sessions to the backup and restores the dead peer's ones
+  (`resume_replica`). Binding, replacing and closing treat hosted sessions like
+  local ones (`bind_relayed`, `close_sessions`, `shutdown`).
 - Logins: every connection negotiates under the port's `LoginGate` (`server.net.limits`)
   until it binds, resumes or ends (`login_done`); once a burst of logins is over, the
   heap it freed is given back to the OS (`_trim_heap`).
@@ -38,11 +42,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from presence_ha.db.engine import DatabaseUnavailable
+from presence_ha.server.admission import LoginAdmission, ServiceSwitch
 from presence_ha.server.auth import Accounts
 from presence_ha.server.config import LimitsConfig, NodeConfig
 from presence_ha.server.context import FeatureContext
 from presence_ha.server.metrics import Metrics
 from presence_ha.server.net.c2s import Connection
+from presence_ha.server.net.collaborators import Hosted, Relay, Replicas
 from presence_ha.server.net.transport import ClientTransport
 from presence_ha.server.loop_lag import lateness
 from presence_ha.server.net.limits import AuthThrottle, LoginGate
@@ -50,7 +56,6 @@ from presence_ha.server.router import SessionClosed
 from presence_ha.server.sessions import Session, SessionKind
 from presence_ha.server.xmpp.errors import StreamCondition, StreamError
 from presence_ha.server.xmpp.jid import JID
-from presence_ha.server.xmpp.negotiation import SaslFailure
 from presence_ha.server.xmpp.sm import StreamManagement
 from presence_ha.server.xmpp.stream import StreamSettings
 
@@ -83,7 +88,9 @@ class Resumable:
 class ClientPort:
     def __init__(
         self, ctx: FeatureContext, accounts: Accounts, config: NodeConfig, ssl_context: ssl.SSLContext,
-        metrics: Metrics, secret: bytes,
+        metrics: Metrics, secret: bytes, *, presence: ServiceSwitch, auth: ServiceSwitch,
+        admission: LoginAdmission | None = None, relay: Relay | None = None, hosted: Hosted | None = None,
+        replicas: Replicas | None = None,
     ) -> None:
         self.ctx = ctx
         self.accounts = accounts
@@ -109,14 +116,12 @@ class ClientPort:
         # PLAIN's PBKDF2 runs here, not on the event loop (c2s `DerivationRequested`):
         # hashlib releases the GIL, so one thread per core lets the other cores help.
         self.derivations = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="sasl-derive")
-        # Gates wired by the node to its critical services and SRM (server.services):
-        # presence engine up, authentication service up, and the SRM's login admission.
-        self.presence_on: Callable[[], bool] = lambda: True
-        self.auth_on: Callable[[], bool] = lambda: True
-        self.admission: Callable[[str], Coroutine[Any, Any, SaslFailure | None]] | None = None
-        self.relay: Any = None  # server.cluster.relay.RelayDialer
-        self.hosted: Any = None  # server.cluster.relay.RelayHost
-        self.replicas: Any = None  # server.cluster.sm_mirror.SmReplication (XEP-0198 on the backup)
+        # The node's critical services and SRM (server.services): presence engine up,
+        # authentication service up, and the SRM's login admission (None: admitted).
+        self.presence, self.auth, self.admission = presence, auth, admission
+        self.relay = relay  # server.cluster.relay.RelayDialer
+        self.hosted = hosted  # server.cluster.relay.HostedSessions
+        self.replicas = replicas  # server.cluster.sm_mirror.SmReplication (XEP-0198 on the backup)
 
     @staticmethod
     def now() -> float:
@@ -246,6 +251,20 @@ class ClientPort:
         record = self._resumable[resume_id] = Resumable(session, sm, connection)
         if self.replicas is not None:  # replicated to the backup node while it lives
             self.replicas.track(resume_id, session, sm)
+        return record
+
+    async def resume_replica(self, previd: str, jid: JID | None, h: int, connection: Connection) -> Resumable | None:
+        """The dead peer's session `previd`, restored from its replica and bound to
+        `connection`; None if there is none this node may resume (sm_mirror)."""
+        if self.replicas is None:
+            return None
+        restored = await self.replicas.restore(previd, jid, h)
+        if restored is None:
+            return None
+        await self.bind(restored.session, connection)
+        announcement = restored.activate()
+        record = self.remember_resumable(previd, restored.session, restored.sm, connection)
+        connection.run_after(announcement)
         return record
 
     def _untrack(self, resume_id: str) -> None:

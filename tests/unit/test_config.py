@@ -52,3 +52,42 @@ def test_node_name_is_required():
     with pytest.raises(ConfigError) as info:
         load_config(None, {}, {})
     assert info.value.key == "node_name"
+
+
+def test_cluster_links_and_sm_replication_sections_have_defaults_and_take_sets():
+    config = load_config(None, {}, {"node_name": "n1"},
+                         ["cluster.grace_s=1.5", "links.window=64", "sm_replication.max_unacked=10"])
+    assert config.cluster.grace_s == 1.5 and config.cluster.relay_timeout_s == 10.0
+    assert config.links.window == 64 and config.links.heartbeat_interval_s == 1.0 and config.links.dial == ""
+    assert config.sm_replication.max_unacked == 10 and config.sm_replication.enabled is True
+
+
+def test_the_environment_variables_of_links_and_sm_replication_map_onto_their_keys():
+    env = {"PRESENCE_HA_LINK_DIAL": "n3=127.0.0.1:7000", "PRESENCE_HA_SM_REPLICATION": "off",
+           "PRESENCE_HA_SM_SYNC_TIMEOUT_S": "1", "PRESENCE_HA_SM_MAX_UNACKED": "5"}
+    config = load_config(None, env, {"node_name": "n1"})
+    assert config.links.dial_addresses == {"n3": ("127.0.0.1", 7000)}
+    assert config.sm_replication.enabled is False
+    assert config.sm_replication.sync_timeout_s == 1.0 and config.sm_replication.max_unacked == 5
+    overridden = load_config(None, env, {"node_name": "n1"}, ["sm_replication.enabled=true"])
+    assert overridden.sm_replication.enabled is True  # --set wins over the environment
+
+
+@pytest.mark.parametrize(
+    ("env", "sets", "key"),
+    [
+        ({"PRESENCE_HA_SM_SYNC_TIMEOUT": "1"}, [], "PRESENCE_HA_SM_SYNC_TIMEOUT"),
+        ({"PRESENCE_HA_SM_MAX_UNACKED": "many"}, [], "sm_replication.max_unacked"),
+        ({"PRESENCE_HA_SM_REPLICATION": "perhaps"}, [], "sm_replication.enabled"),
+        ({"PRESENCE_HA_LINK_DIAL": "n2=nowhere"}, [], "links.dial"),
+        ({}, ["links.backoff_max_s=0.01"], "links.backoff_max_s"),
+        ({}, ["links.dead_after_s=0.5"], "links.dead_after_s"),
+        ({}, ["cluster.grace_s=0"], "cluster.grace_s"),
+        ({}, ["cluster.nope=1"], "cluster.nope"),
+        ({}, ["sm_replication.sweep_s=-1"], "sm_replication.sweep_s"),
+    ],
+)
+def test_bad_cluster_settings_are_named(env, sets, key):
+    with pytest.raises(ConfigError) as info:
+        load_config(None, env, {"node_name": "n1"}, sets)
+    assert info.value.key == key

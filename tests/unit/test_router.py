@@ -112,3 +112,32 @@ def test_duplicate_route_is_refused():
 
     with pytest.raises(DuplicateRoute):
         router.iq(IqType.GET, "{urn:xmpp:ping}ping")(one)
+
+
+class RemoteNode:
+    """A remote route given at construction: takes stanzas for carol, raises for dave."""
+
+    def __init__(self) -> None:
+        self.taken: list[ET.Element] = []
+
+    async def route(self, ctx, stanza, to, sender) -> bool:
+        if to.local == "dave":
+            raise StanzaError(Condition.RECIPIENT_UNAVAILABLE, "node unreachable")
+        if to.local != "carol":
+            return False
+        self.taken.append(stanza)
+        return True
+
+
+async def test_the_remote_route_given_at_construction_takes_other_nodes_accounts(world):
+    remote = RemoteNode()
+    router = Router(remote)
+    ctx = FeatureContext(domain="example.test", node_name="n1", router=router, sessions=world.ctx.sessions,
+                         store=None, metrics=SimpleNamespace(handler_errors=Counter()), settings=None)
+    await router.dispatch(ctx, world.alice, xml('<iq type="get" id="1" to="carol@example.test/x"><q xmlns="urn:x"/></iq>'))
+    await router.dispatch(ctx, world.alice, xml('<iq type="get" id="2" to="dave@example.test/x"><q xmlns="urn:x"/></iq>'))
+    await router.deliver(ctx, xml('<iq type="get" id="3" from="bob@example.test/pc" to="carol@example.test/x"/>'),
+                         route_remote=False)
+    assert [s.get("id") for s in remote.taken] == ["1"]
+    (error,) = world.alice_out
+    assert error.get("id") == "2" and error.find(f"error/{NS_STANZAS}recipient-unavailable") is not None

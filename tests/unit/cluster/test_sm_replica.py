@@ -85,3 +85,16 @@ def test_orphans_expire_after_their_window_unless_the_origin_returns() -> None:
     assert [rid for rid, _ in store.expired(now=231.0)] == ["r2"]
     assert [rid for rid, _ in store.expired(now=260.0)] == ["r1"]
     assert store.origins() == set()
+
+
+def test_entry_opcodes_travel_as_their_one_letter_values() -> None:
+    from presence_ha.server.cluster import wire
+    from presence_ha.server.cluster.sm_replica import EntryOp
+
+    assert [op.value for op in EntryOp] == ["n", "o", "a", "i", "r", "c"]
+    frame = wire.encode_control(wire.Op.SM, e=[[EntryOp.NEW, "r1", ALICE, 0, 0, 60], [EntryOp.SENT, "r1", msg(1)]])
+    store = ReplicaStore()
+    store.apply("n1", wire.decode_control(frame).fields["e"])
+    assert frame.startswith(b'{"op":"sm","e":[["n","r1",') and len(store.get("r1").unacked) == 1
+    with pytest.raises(ReplicaError):
+        store.apply("n1", [["x", "r1"]])

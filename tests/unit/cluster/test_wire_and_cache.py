@@ -9,8 +9,8 @@ import pytest
 
 from presence_ha.server.cluster import wire
 from presence_ha.server.cluster.inbox import Inbox
-from presence_ha.server.cluster.links import dial_overrides
 from presence_ha.server.cluster.locations import LocationCache
+from presence_ha.server.config import ConfigError, load_config
 
 
 def message(frm: str = "alice@example.test/a") -> ET.Element:
@@ -105,12 +105,17 @@ def test_origin_must_be_the_cluster_domain():
             wire.check_origin(message(frm), "example.test")
 
 
+def dial(env: dict[str, str]) -> dict[str, tuple[str, int]]:
+    return load_config(None, env, {"node_name": "n1"}).links.dial_addresses
+
+
 def test_dial_overrides():
-    assert dial_overrides({"PRESENCE_HA_LINK_DIAL": "n2=127.0.0.1:4000, n3=[::1]:5"}) == {
+    assert dial({"PRESENCE_HA_LINK_DIAL": "n2=127.0.0.1:4000, n3=[::1]:5"}) == {
         "n2": ("127.0.0.1", 4000), "n3": ("::1", 5)}
-    assert dial_overrides({}) == {}
-    with pytest.raises(ValueError):
-        dial_overrides({"PRESENCE_HA_LINK_DIAL": "n2=nowhere"})
+    assert dial({}) == {}
+    with pytest.raises(ConfigError) as info:
+        dial({"PRESENCE_HA_LINK_DIAL": "n2=nowhere"})
+    assert info.value.key == "links.dial"
 
 
 async def test_location_cache_reads_once_then_forgets_on_ttl_and_moves():
