@@ -67,7 +67,7 @@ class HaEventRecord:
 
 
 def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 def validate_state(state: str, reason: str) -> None:

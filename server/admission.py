@@ -93,8 +93,8 @@ class LoginSamples:
     relay_text: str = ""  # why, for a relayable user on a node that cannot relay
     can_relay: bool = False  # this node has cluster links
     backs_up: bool | _Unsampled = UNSAMPLED
-    relay_refusal: SaslFailure | None | _Unsampled = UNSAMPLED
-    srm_refusal: SaslFailure | None | _Unsampled = UNSAMPLED
+    relay_refusal: SaslFailure | _Unsampled | None = UNSAMPLED
+    srm_refusal: SaslFailure | _Unsampled | None = UNSAMPLED
 
     def with_sample(self, sample: Sample, value: bool | SaslFailure | None) -> LoginSamples:
         if sample is Sample.BACKS_UP:

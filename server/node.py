@@ -31,8 +31,8 @@ from presence_ha.db.hotpath import HotPath
 from presence_ha.server.auth import Accounts
 from presence_ha.server.cluster import ClusterLinks, ClusterService, load_peers
 from presence_ha.server.config import NodeConfig
-from presence_ha.server.features import FEATURE_MODULES
 from presence_ha.server.context import OFFLINE_MESSAGE_LIMIT, FeatureContext
+from presence_ha.server.features import FEATURE_MODULES
 from presence_ha.server.metrics import Metrics
 from presence_ha.server.net.admin_page import build_admin_server
 from presence_ha.server.net.admin_rpc import DEFAULT_BIND_HOST as ADMIN_BIND_HOST
@@ -41,7 +41,13 @@ from presence_ha.server.net.clients import ClientPort
 from presence_ha.server.net.metrics_http import MetricsServer
 from presence_ha.server.router import RemoteRoute, Router
 from presence_ha.server.services import (
-    ClientProfile, ClientProfileAgent, CriticalServices, RouterComponent, StopCause, Switch, SyncAgent,
+    ClientProfile,
+    ClientProfileAgent,
+    CriticalServices,
+    RouterComponent,
+    StopCause,
+    Switch,
+    SyncAgent,
 )
 from presence_ha.server.sessions import SessionKind, SessionRegistry
 from presence_ha.server.srm.events import CriticalServiceStartFailed

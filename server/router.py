@@ -194,7 +194,7 @@ class Router:
         except InvalidJid as exc:
             await self._answer_error(ctx, session, stanza, StanzaError(Condition.JID_MALFORMED, str(exc)))
             return
-        if kind is StanzaKind.IQ and (to is None or to.is_domain and to.domain == ctx.domain or to == session.bare):
+        if kind is StanzaKind.IQ and (to is None or (to.is_domain and to.domain == ctx.domain) or to == session.bare):
             await self._handle_local_iq(ctx, session, stanza)
             return
         handler = self._stanza_handler(kind, Direction.OUT, stanza)

@@ -35,7 +35,10 @@ from typing import Protocol
 from presence_ha.db.engine import DatabaseUnavailable
 from presence_ha.server.sessions import Session
 from presence_ha.server.srm.events import (
-    CriticalServiceDown, CriticalServicesRestored, CriticalServiceStartFailed, Event,
+    CriticalServiceDown,
+    CriticalServicesRestored,
+    CriticalServiceStartFailed,
+    Event,
 )
 from presence_ha.server.xmpp.errors import StreamError
 

@@ -112,9 +112,8 @@ class Store:
 
     @contextlib.asynccontextmanager
     async def _tx(self) -> AsyncIterator[AsyncSession]:
-        async with translate_errors():
-            async with self._sessions() as session, session.begin():
-                yield session
+        async with translate_errors(), self._sessions() as session, session.begin():
+            yield session
 
     async def _uid(self, session: AsyncSession, user: JID) -> int:
         uid = None

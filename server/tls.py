@@ -56,7 +56,7 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
 
 def _builder(subject: x509.Name, issuer: x509.Name, public: ec.EllipticCurvePublicKey,
              validity: dt.timedelta) -> x509.CertificateBuilder:
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     return (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer).public_key(public)
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + validity))
@@ -116,7 +116,7 @@ def _still_good(cert_path: Path, ca_cert_pem: str, names: list[str]) -> bool:
     san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     present = {str(v) for v in san.get_values_for_type(x509.DNSName)}
     present |= {str(v) for v in san.get_values_for_type(x509.IPAddress)}
-    remaining = cert.not_valid_after_utc - dt.datetime.now(dt.timezone.utc)
+    remaining = cert.not_valid_after_utc - dt.datetime.now(dt.UTC)
     return set(names) <= present and remaining > RENEW_BEFORE
 
 

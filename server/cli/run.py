@@ -234,7 +234,7 @@ class Supervisor:
         self.argv, self.directory, self.restart_delay_s = argv, directory, restart_delay_s
         self.processes: dict[str, subprocess.Popen] = {}
         self.started_at: dict[str, float] = {}
-        self.delay: dict[str, float] = {name: restart_delay_s for name in argv}
+        self.delay: dict[str, float] = dict.fromkeys(argv, restart_delay_s)
         self.restart_at: dict[str, float] = {}  # dead nodes and when they start again
 
     def spawn(self, name: str) -> subprocess.Popen:

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 from presence_ha.server.cluster.channel import PeerChannel
 from presence_ha.server.config import LinksConfig
-from presence_ha.server.link import (Kind, LinkClient, LinkConfig, LinkOptions, LinkServer, PeerRestarted)
+from presence_ha.server.link import Kind, LinkClient, LinkConfig, LinkOptions, LinkServer, PeerRestarted
 from presence_ha.server.link.status import LinkDown, LinkStatus
 
 log = logging.getLogger(__name__)

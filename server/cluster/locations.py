@@ -54,7 +54,7 @@ class LocationCache:
         self._reloaded_at: float | None = None
         self.reads = 0  # database reads, for tests and metrics
 
-    def cached(self, username: str) -> str | None | type[Miss]:
+    def cached(self, username: str) -> str | type[Miss] | None:
         """The node serving `username` if the cache knows it (`Miss` if it does not):
         the routing hot path, without an awaitable per stanza."""
         entry = self._entries.get(username)

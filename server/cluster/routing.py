@@ -40,10 +40,10 @@ import logging
 import xml.etree.ElementTree as ET
 from typing import TYPE_CHECKING, Protocol
 
+from presence_ha.server import messaging, presence_service
 from presence_ha.server.cluster import wire
 from presence_ha.server.cluster.links import LinkMesh
 from presence_ha.server.cluster.locations import LocationCache, Miss
-from presence_ha.server import messaging, presence_service
 from presence_ha.server.link import Kind
 from presence_ha.server.xmpp.errors import Condition, StanzaError
 from presence_ha.server.xmpp.jid import JID, InvalidJid

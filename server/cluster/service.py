@@ -177,7 +177,7 @@ class ClusterService:
         try:
             if deliver_routed_now(self.ctx, stanza, payload):
                 return None
-        except Exception:  # noqa: BLE001 - as the inbox does with a failing item
+        except Exception:
             self.inbox.failures += 1
             log.exception("cluster: delivering a routed %s from %s failed", stanza.tag, peer)
             return None

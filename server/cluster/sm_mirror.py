@@ -45,12 +45,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from presence_ha.db.engine import DatabaseUnavailable
+from presence_ha.server.activation import announce, record_key, records_for, turn_active
 from presence_ha.server.cluster import wire
+from presence_ha.server.cluster.links import LinkMesh
+from presence_ha.server.cluster.sm_replica import EntryOp, Replica, ReplicaError, ReplicaStore, parse_stanza
 from presence_ha.server.config import SmReplicationConfig
 from presence_ha.server.context import FeatureContext
-from presence_ha.server.cluster.links import LinkMesh
-from presence_ha.server.activation import announce, record_key, records_for, turn_active
-from presence_ha.server.cluster.sm_replica import EntryOp, Replica, ReplicaError, ReplicaStore, parse_stanza
 from presence_ha.server.link import Kind
 from presence_ha.server.sessions import Session
 from presence_ha.server.xmpp.jid import JID
@@ -65,7 +65,7 @@ _ACK_H = re.compile(rb"<(?:a|resumed) [^>]*\bh='(\d+)'")
 class SessionMirror:
     """The `StreamManagement.mirror` of one tracked session (server.xmpp.sm.SmMirror)."""
 
-    __slots__ = ("owner", "rid", "jid", "sm", "reported")
+    __slots__ = ("jid", "owner", "reported", "rid", "sm")
 
     def __init__(self, owner: SmReplication, rid: str, jid: JID, sm: StreamManagement) -> None:
         self.owner, self.rid, self.jid, self.sm, self.reported = owner, rid, jid, sm, sm.inbound

@@ -123,11 +123,11 @@ async def roster_set(ctx: FeatureContext, session: Session, iq: ET.Element) -> N
     contact = _contact(item)
     if item.get("subscription") == "remove":
         await _remove(ctx, session, contact)
-        return None
+        return
     name, groups = _name_and_groups(item)
     await ctx.store.set_roster_item(session.bare, contact, name, groups)
     await ctx.notify(RosterItemChanged(session.bare, contact))
-    return None
+    return
 
 
 async def push_item(ctx: FeatureContext, event: RosterItemChanged) -> None:

@@ -77,7 +77,7 @@ class GroupRow:
 
 
 def _aware(moment: dt.datetime) -> dt.datetime:
-    return moment if moment.tzinfo else moment.replace(tzinfo=dt.timezone.utc)
+    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
 
 
 def is_alive(alive_at: dt.datetime | None, timeout_s: float, now: dt.datetime) -> bool:

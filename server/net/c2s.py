@@ -40,15 +40,24 @@ from collections import deque
 from typing import TYPE_CHECKING
 
 from presence_ha.db.engine import DatabaseUnavailable
-from presence_ha.server.admission import (Admission, Backup, Gate, LoginSamples, Refuse, Relay, Sample, decide,
-                                          when_presence_stopped)
+from presence_ha.server.admission import (
+    Admission,
+    Backup,
+    Gate,
+    LoginSamples,
+    Refuse,
+    Relay,
+    Sample,
+    decide,
+    when_presence_stopped,
+)
 from presence_ha.server.auth import RelayTo, backup_kick
-from presence_ha.server.xmpp.backup import is_hold_request
 from presence_ha.server.net.limits import TokenBucket
+from presence_ha.server.net.transport import READ_SIZE, ClientTransport
 from presence_ha.server.router import SessionBound
 from presence_ha.server.sessions import Session, SessionKind
-from presence_ha.server.net.transport import READ_SIZE, ClientTransport
 from presence_ha.server.xmpp import events as ev
+from presence_ha.server.xmpp.backup import is_hold_request
 from presence_ha.server.xmpp.errors import Condition, StanzaError, StreamCondition, StreamError, error_reply
 from presence_ha.server.xmpp.negotiation import SaslFailure
 from presence_ha.server.xmpp.sasl import SaslCondition, salted_password
@@ -73,9 +82,28 @@ class Connection:
     order, by a worker task that exists only while there is something to do: an idle
     session holds no task."""
 
-    __slots__ = ("port", "transport", "ip", "stream", "session", "closing", "graceful", "notified_close",
-                 "backup_refusal", "relay_node", "relay", "_login", "_bucket", "_gated", "_gated_at", "_queue", "_worker",
-                 "_finished", "_timer", "_queued_bytes")
+    __slots__ = (
+        "_bucket",
+        "_finished",
+        "_gated",
+        "_gated_at",
+        "_login",
+        "_queue",
+        "_queued_bytes",
+        "_timer",
+        "_worker",
+        "backup_refusal",
+        "closing",
+        "graceful",
+        "ip",
+        "notified_close",
+        "port",
+        "relay",
+        "relay_node",
+        "session",
+        "stream",
+        "transport",
+    )
 
     def __init__(self, port: ClientPort, transport: ClientTransport, settings: StreamSettings) -> None:
         self.port = port

@@ -46,12 +46,12 @@ from presence_ha.server.admission import LoginAdmission, ServiceSwitch
 from presence_ha.server.auth import Accounts
 from presence_ha.server.config import LimitsConfig, NodeConfig
 from presence_ha.server.context import FeatureContext
+from presence_ha.server.loop_lag import lateness
 from presence_ha.server.metrics import Metrics
 from presence_ha.server.net.c2s import Connection
 from presence_ha.server.net.collaborators import Hosted, Relay, Replicas
-from presence_ha.server.net.transport import ClientTransport
-from presence_ha.server.loop_lag import lateness
 from presence_ha.server.net.limits import AuthThrottle, LoginGate
+from presence_ha.server.net.transport import ClientTransport
 from presence_ha.server.router import SessionClosed
 from presence_ha.server.sessions import Session, SessionKind
 from presence_ha.server.xmpp.errors import StreamCondition, StreamError

@@ -62,8 +62,22 @@ class Receiver(Protocol):
 
 
 class ClientTransport(asyncio.BufferedProtocol):
-    __slots__ = ("_accept", "_receiver", "_transport", "_buffer", "_ssl", "_incoming", "_outgoing",
-                 "_handshake", "_drain", "_paused", "_lost", "peername", "_pending", "_pending_bytes")
+    __slots__ = (
+        "_accept",
+        "_buffer",
+        "_drain",
+        "_handshake",
+        "_incoming",
+        "_lost",
+        "_outgoing",
+        "_paused",
+        "_pending",
+        "_pending_bytes",
+        "_receiver",
+        "_ssl",
+        "_transport",
+        "peername",
+    )
 
     def __init__(self, accept) -> None:  # accept(transport) -> Receiver, at connection_made
         self._accept = accept

@@ -87,7 +87,7 @@ def settled(until: Settle, view: SrmView | None) -> bool:
     return view.state not in MOVING_IN
 
 
-def decide(view: SrmView | None, assigned: str | None | Unread, waited: frozenset[Settle]) -> Decision:
+def decide(view: SrmView | None, assigned: str | Unread | None, waited: frozenset[Settle]) -> Decision:
     """The next step of one login's admission (see the module rules)."""
     if Settle.INITIALIZED not in waited and not settled(Settle.INITIALIZED, view):
         return Wait(Settle.INITIALIZED)

@@ -39,12 +39,30 @@ from presence_ha.db.engine import DatabaseUnavailable
 from presence_ha.db.errors import FencingConflict
 from presence_ha.server.srm import admission
 from presence_ha.server.srm.actions import (
-    Action, ActivateInactiveSessions, CancelTimer, CheckPeerLiveness, ClientKind, DisconnectClients, MoveUsers,
-    NotifyPeer, PersistState, RefuseAdminRequest, StartCriticalServices, StartTimer, StopCriticalServices,
+    Action,
+    ActivateInactiveSessions,
+    CancelTimer,
+    CheckPeerLiveness,
+    ClientKind,
+    DisconnectClients,
+    MoveUsers,
+    NotifyPeer,
+    PersistState,
+    RefuseAdminRequest,
+    StartCriticalServices,
+    StartTimer,
+    StopCriticalServices,
 )
 from presence_ha.server.srm.collaborators import ClusterNotifier, SrmMetrics, SrmServices
 from presence_ha.server.srm.events import (
-    Event, InternalErrorOccurred, MoveUsersFailed, NodeShuttingDown, SrmStarted, Timer, TimerFired, UsersMoved,
+    Event,
+    InternalErrorOccurred,
+    MoveUsersFailed,
+    NodeShuttingDown,
+    SrmStarted,
+    Timer,
+    TimerFired,
+    UsersMoved,
 )
 from presence_ha.server.srm.handover import Handover, HandoverPort
 from presence_ha.server.srm.inbox import Item, SrmInbox
@@ -167,7 +185,7 @@ class SrmRunner:
         return self._setup.redirect_target if self._setup is not None else None
 
     async def login_refusal(self, username: str,
-                            assigned: str | None | admission.Unread = admission.UNREAD) -> SaslFailure | None:
+                            assigned: str | admission.Unread | None = admission.UNREAD) -> SaslFailure | None:
         """None if the SRM state lets `username` log in here (`admission.decide`).
         `assigned`: the user's assigned node if the caller read it during this login."""
         waited: frozenset[admission.Settle] = frozenset()

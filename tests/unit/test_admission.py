@@ -5,7 +5,15 @@ from __future__ import annotations
 import pytest
 
 from presence_ha.server.admission import (
-    Accept, Backup, Gate, LoginSamples, Refuse, Relay, Sample, decide, when_presence_stopped,
+    Accept,
+    Backup,
+    Gate,
+    LoginSamples,
+    Refuse,
+    Relay,
+    Sample,
+    decide,
+    when_presence_stopped,
 )
 from presence_ha.server.xmpp.errors import StreamCondition, StreamError
 from presence_ha.server.xmpp.negotiation import SaslFailure

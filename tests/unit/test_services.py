@@ -10,7 +10,12 @@ from __future__ import annotations
 import asyncio
 
 from presence_ha.server.services import (
-    Component, CriticalServices, FailureReport, PeriodicTask, StopCause, Switch,
+    Component,
+    CriticalServices,
+    FailureReport,
+    PeriodicTask,
+    StopCause,
+    Switch,
 )
 from presence_ha.server.srm.events import CriticalServiceDown, CriticalServicesRestored, Event
 

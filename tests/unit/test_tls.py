@@ -58,7 +58,7 @@ def test_the_certificate_names_the_domain_and_the_hosts(tmp_path: Path) -> None:
     san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert set(san.get_values_for_type(x509.DNSName)) == {"example.test", "localhost", "node1.lan"}
     assert [str(a) for a in san.get_values_for_type(x509.IPAddress)] == ["198.18.0.2"]
-    assert cert.not_valid_after_utc - dt.datetime.now(dt.timezone.utc) > dt.timedelta(days=360)
+    assert cert.not_valid_after_utc - dt.datetime.now(dt.UTC) > dt.timedelta(days=360)
 
 
 def test_a_certificate_is_kept_until_the_ca_or_the_names_change(tmp_path: Path) -> None:

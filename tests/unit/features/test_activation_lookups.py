@@ -16,7 +16,7 @@ class SlowStore:
     async def nodes_of(self, names):
         self.batches.append(set(names))
         await self.gate.wait()
-        return {name: "n2" for name in names}
+        return dict.fromkeys(names, "n2")
 
     async def presences_of(self, names):
         return {}
@@ -45,7 +45,7 @@ async def test_a_failed_read_fails_its_waiters_and_the_next_batch_reads_again():
         calls.append(set(names))
         if len(calls) == 1:
             raise RuntimeError("database gone")
-        return {name: "n2" for name in names}
+        return dict.fromkeys(names, "n2")
 
     async def presences_of(names):
         return {}

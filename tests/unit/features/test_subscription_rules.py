@@ -5,8 +5,23 @@ from __future__ import annotations
 import pytest
 
 from presence_ha.server.features.subscription_rules import (
-    BOTH, FROM, FROM_OUT, NONE, NONE_IN, NONE_OUT, NONE_OUT_IN, STATES, TABLE, TO, TO_IN,
-    Effect, Kind, Sub, Way, decide, markdown,
+    BOTH,
+    FROM,
+    FROM_OUT,
+    NONE,
+    NONE_IN,
+    NONE_OUT,
+    NONE_OUT_IN,
+    STATES,
+    TABLE,
+    TO,
+    TO_IN,
+    Effect,
+    Kind,
+    Sub,
+    Way,
+    decide,
+    markdown,
 )
 
 

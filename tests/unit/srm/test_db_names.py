@@ -12,12 +12,12 @@ from presence_ha.server.srm.table import NodeState, Reason
 
 
 def test_states_match_the_table() -> None:
-    assert srm_state.HA_STATES == tuple(state.value for state in NodeState)
+    assert tuple(state.value for state in NodeState) == srm_state.HA_STATES
 
 
 def test_reasons_match_the_table() -> None:
-    assert srm_state.HA_REASONS == tuple(reason.value for reason in Reason)
+    assert tuple(reason.value for reason in Reason) == srm_state.HA_REASONS
 
 
 def test_failed_over_states_are_states() -> None:
-    assert srm_state.FAILED_OVER_STATES <= set(srm_state.HA_STATES)
+    assert set(srm_state.HA_STATES) >= srm_state.FAILED_OVER_STATES

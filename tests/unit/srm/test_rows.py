@@ -14,7 +14,6 @@ import pytest
 from presence_ha.server.srm.machine import SrmTimers
 from presence_ha.server.srm.table import NodeState as S
 from presence_ha.server.srm.table import Reason as R
-
 from tests.unit.srm.harness import Pair
 
 FAST = SrmTimers()

@@ -11,7 +11,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from presence_ha.server.srm.machine import SrmTimers
-
 from tests.unit.srm.harness import Pair
 
 NODES = st.sampled_from(["n1", "n2"])
