@@ -2,8 +2,11 @@
 
 Rules of this module:
 - `decide(samples)` is the one admission decision for a login whose password was
-  verified: `Accept`, `Refuse(failure)`, `Backup(spared)` (SPEC §8: this node backs
-  the user up; an INACTIVE session must send `<hold/>`, else it ends with `spared`)
+  verified: `Accept`, `Refuse(failure)`, `Backup(spared, relay)` (SPEC §8: this node
+  backs the user up; an INACTIVE session must send `<hold/>`, else it is relayed to
+  `relay`, the user's node, or, with no relay (see-other-host redirects on, or no
+  cluster links), it ends with `spared`: a client that did not ask for the backup
+  protocol is never sent see-other-host after bind while its node can be reached)
   or `Relay(node)` (SPEC §2: the session is hosted by the user's active node).
 - Samples are read by the adapter (`server.net.c2s`), and only those the decision
   needs: `decide` returns a `Sample` naming the next one to read until it can decide
@@ -71,7 +74,12 @@ class Refuse:
 
 @dataclass(frozen=True)
 class Backup:
+    """SPEC §8: bound INACTIVE until `<hold/>`. A connection whose first stanza is not
+    `<hold/>` (a client that does not know the backup protocol) is relayed to `relay`,
+    the user's node, when there is one; else it ends with `spared`."""
+
     spared: StreamError | SaslFailure  # the refusal the login was spared (server.auth.backup_kick)
+    relay: str | None = None
 
 
 @dataclass(frozen=True)
@@ -113,8 +121,8 @@ def decide(s: LoginSamples) -> Admission | Sample:
     if s.backs_up is UNSAMPLED:
         return Sample.BACKS_UP
     spared = s.elsewhere if s.elsewhere is not None else _cannot_relay(s)  # (relayable: the fallback)
-    if s.backs_up:  # SPEC §8 inactive bind
-        return Backup(spared)
+    if s.backs_up:  # SPEC §8 inactive bind; relayed instead if it turns out not to be a backup connection
+        return Backup(spared, s.relay_node if s.can_relay else None)
     if s.relay_node is None:
         return Refuse(spared)
     if not s.can_relay:  # a node without cluster links cannot relay

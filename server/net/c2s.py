@@ -93,6 +93,7 @@ class Connection:
         "_timer",
         "_worker",
         "backup_refusal",
+        "backup_relay",
         "closing",
         "graceful",
         "ip",
@@ -115,6 +116,7 @@ class Connection:
         self.graceful = False  # ...and it ended cleanly
         self.notified_close = False  # SessionClosed already sent (node shutdown)
         self.backup_refusal: StreamError | None = None  # SPEC §8: admitted as backup, no <hold/> yet
+        self.backup_relay: str | None = None  # ...and where its session goes if it is no backup connection
         self.relay_node: str | None = None  # the active node this user's session is relayed to
         self.relay: RelayedStream | None = None  # once that session is open (server.cluster.relay)
         self._login: tuple[str, LoginRecord | None] | None = None  # read for this login's keys
@@ -316,7 +318,7 @@ class Connection:
             log.warning("cannot locate %s: %s", event.username, exc)
             decision = Refuse(SaslFailure(SaslCondition.TEMPORARY_AUTH_FAILURE, "database unavailable, retry later"))
         if isinstance(decision, Backup):  # SPEC §8 inactive bind
-            self.backup_refusal = backup_kick(decision.spared)
+            self.backup_refusal, self.backup_relay = backup_kick(decision.spared), decision.relay
         elif isinstance(decision, Relay):  # served by another node: relay (SPEC §2)
             self.relay_node = decision.node
         if isinstance(decision, Refuse):
@@ -396,14 +398,37 @@ class Connection:
         session.kind = SessionKind.INACTIVE
         asyncio.get_running_loop().call_later(self.port.limits.auth_timeout_s, self._enqueue, self._backup_expired)
 
-    def _backup_claimed(self, stanza: ET.Element) -> bool:
-        """The first stanza of a backup connection: `<hold/>` keeps it, anything else ends it."""
+    async def _backup_claimed(self, stanza: ET.Element) -> bool:
+        """The first stanza of a backup connection: `<hold/>` keeps it; anything else is
+        a client that does not know the backup protocol: its session is relayed to the
+        user's node (SPEC §2), or, where it cannot be, the stream ends with the refusal
+        the login was spared."""
         if is_hold_request(stanza):
-            self.backup_refusal = None
+            self.backup_refusal = self.backup_relay = None
             return True
-        log.info("%s bound on its backup node without <hold/>: %s", self.session.jid if self.session else self.ip, self.backup_refusal)
+        if self.backup_relay is not None and self.session is not None:
+            await self._relay_instead(self.session, self.backup_relay, stanza)
+            return False
+        log.info("%s bound on its backup node without <hold/>: %s", self.session.jid if self.session else self.ip,
+                 self.backup_refusal)
         self.stream.close(self.backup_refusal)
         return False
+
+    async def _relay_instead(self, session: Session, node: str, first: ET.Element) -> None:
+        """The INACTIVE session was only waiting for `<hold/>` (nothing was announced for
+        it): forget it here and host the session on the user's node instead, as for a
+        user of another group; `first` is its first stanza."""
+        log.info("%s bound on its backup node without <hold/>: relayed to %s", session.jid, node)
+        self.backup_refusal = self.backup_relay = None
+        self.port.unbind_unannounced(session, self)
+        self.session, self.relay_node = None, node
+        assert self.port.relay is not None
+        outcome = await self.port.relay.open(self, session.jid, node)
+        if isinstance(outcome, StreamError):
+            self.stream.close(outcome)
+            return
+        self.relay = outcome
+        await outcome.forward(first)
 
     async def _backup_expired(self) -> None:
         if self.backup_refusal is not None and not self.closing:
@@ -426,7 +451,7 @@ class Connection:
         if found is None:  # a session of the dead peer (sm_mirror)
             found = await self.port.resume_replica(event.previd, self.stream.jid, event.h, self)
             if found is not None:
-                self.backup_refusal = self.relay_node = None  # served here now
+                self.backup_refusal = self.backup_relay = self.relay_node = None  # served here now
         if found is None:
             self.stream.resume_refused()
             return
@@ -458,7 +483,7 @@ class Connection:
             log.debug("dropped a %s that arrived after its session ended", event.stanza.tag)
             return
         self.port.metrics.stanzas_in.inc()
-        if self.backup_refusal is not None and not self._backup_claimed(event.stanza):
+        if self.backup_refusal is not None and not await self._backup_claimed(event.stanza):
             return
         if not self.port.presence.on and self._presence_engine_stopped(event.stanza):
             return  # SPEC §4/§6: no presence, no IM

@@ -287,6 +287,17 @@ class ClientPort:
         self._owner[record.session] = connection
         return record
 
+    def unbind_unannounced(self, session: Session, connection: Connection) -> None:
+        """Forget a session that nothing was announced for (a backup connection that
+        turned out to be an ordinary one, now relayed): no SessionClosed, nothing to route."""
+        if self._owner.get(session) is connection:
+            del self._owner[session]
+        self.ctx.sessions.remove(session)
+        for resume_id, record in list(self._resumable.items()):
+            if record.session is session:
+                del self._resumable[resume_id]
+                self._untrack(resume_id)
+
     async def connection_finished(self, connection: Connection) -> None:
         if connection.relay is not None:  # its session lives on another node
             await connection.relay.finish(connection.graceful)

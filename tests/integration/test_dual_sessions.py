@@ -7,7 +7,8 @@ Scenarios:
 - X users on n1 and Y on n2, all dual-connected: n1 shows JsmSessionsClient=X and
   JsmSessionsClientInactive=Y, n2 shows Y and X (the nodes' own metrics).
 - A backup connection that does not `<hold/>` first (a client that does not know
-  the protocol) is sent to its active node with see-other-host.
+  the protocol) is relayed to its active node (with see-other-host redirects on, it
+  is sent there with see-other-host).
 Timers are shortened: re-login limits 1-1 s, SRM heartbeat 1 s.
 """
 
@@ -136,8 +137,27 @@ async def test_counters_x_on_primary_y_on_secondary_all_dual_connected(ha_pair_f
     await wait_until(lambda: gauges(cluster, "n2")["jsm_sessions_client_inactive"] == x - 1, 5, "n2 after a1 left")
 
 
-async def test_backup_connection_without_hold_is_redirected_to_the_active_node(ha_pair_factory) -> None:  # noqa: F811
-    cluster = ha_pair_factory(params=FAST_RELOGIN)
+async def test_a_client_without_the_backup_protocol_on_the_pair_peer_is_relayed(ha_pair_factory) -> None:  # noqa: F811
+    """A standard client of n1's user that dialled n2 (the pair's other address, or the
+    service address that led it there) is admitted as a possible backup connection; its
+    first stanza is no `<hold/>`, so its session is relayed to n1: no see-other-host
+    (the default; these tests' pairs otherwise turn redirects on)."""
+    cluster = ha_pair_factory(params={**FAST_RELOGIN, "see_other_host_redirect": "false"})
+    raw = await RawClient.connect(cluster.node("n2"))
+    try:
+        await raw.login("alice", "alice-pw")  # admitted on her backup node, bound inactive for now
+        await raw.send("<presence/>")  # a client that does not know the protocol
+        await raw.send("<iq type='get' id='p1' to='example.test'><ping xmlns='urn:xmpp:ping'/></iq>")
+        await raw.expect(r"<iq[^>]*id=.p1.[^>]*type=.result.|<iq[^>]*type=.result.[^>]*id=.p1.")
+        assert "see-other-host" not in raw.buffer
+        await wait_until(lambda: gauges(cluster, "n1")["jsm_sessions_client"] == 1, 5, "alice served by n1")
+        assert gauges(cluster, "n2")["jsm_sessions_client_inactive"] == 0
+    finally:
+        raw.close()
+
+
+async def test_backup_connection_without_hold_is_redirected_when_redirects_are_on(ha_pair_factory) -> None:  # noqa: F811
+    cluster = ha_pair_factory(params={**FAST_RELOGIN, "see_other_host_redirect": "true"})
     raw = await RawClient.connect(cluster.node("n2"))
     try:
         await raw.login("alice", "alice-pw")  # admitted on her backup node, bound inactive

@@ -56,8 +56,9 @@ def test_a_relayable_user_is_relayed_when_its_node_is_reachable():
     assert run(relayable(), answers) == (Refuse(UNREACHABLE), [Sample.BACKS_UP, Sample.RELAY])
 
 
-def test_a_backup_spares_the_relay_fallback_and_never_relays():
-    assert run(relayable(), {Sample.BACKS_UP: True}) == (Backup(REDIRECT), [Sample.BACKS_UP])
+def test_a_backup_spares_the_redirect_and_keeps_the_relay_for_a_client_without_hold():
+    assert run(relayable(), {Sample.BACKS_UP: True}) == (Backup(REDIRECT, "n2"), [Sample.BACKS_UP])
+    assert run(relayable(can_relay=False), {Sample.BACKS_UP: True}) == (Backup(REDIRECT, None), [Sample.BACKS_UP])
 
 
 def test_a_node_without_cluster_links_refuses_a_relayable_user_for_now():
