@@ -1,4 +1,5 @@
-"""`presence-ha up` supervises its nodes (issue: an `up` that survives its nodes).
+"""`presence-ha up` supervises its nodes (issue: an `up` that survives its nodes), and
+standard clients of users on both nodes reach them through any address.
 
 Scenario: `up` runs a pair on SQLite behind its service address (HAProxy, both nodes
 UP, one cluster CA trusted for all); node2 is killed with SIGKILL. `up` says so and keeps running, HAProxy takes node2
@@ -10,6 +11,7 @@ waiting for the admin's fallback. Ctrl-C (SIGINT) then stops everything.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -21,6 +23,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import slixmpp
 
 from presence_ha.server.cli.haproxy import stream_header
 from tests.integration.cluster import cli, node_argv
@@ -214,3 +217,48 @@ def test_up_help_names_the_restart_delay() -> None:
     result = subprocess.run(node_argv("up", "--help"), capture_output=True, text=True, timeout=60)
     text = " ".join(result.stdout.split())
     assert "--restart-delay" in text and "Failed Over" in text
+
+
+class Chatty(slixmpp.ClientXMPP):
+    """A standard slixmpp client that trusts only the cluster CA and records messages."""
+
+    def __init__(self, jid: str, password: str, cafile: Path) -> None:
+        super().__init__(jid, password)
+        self.ssl_context = ssl.create_default_context(cafile=str(cafile))  # verified, for the domain
+        self.ready = asyncio.Event()
+        self.bodies: list[str] = []
+        self.add_event_handler("session_start", lambda _e: (self.send_presence(), self.ready.set()))
+        self.add_event_handler("message", lambda m: self.bodies.append(str(m["body"])))
+
+
+async def _exchange(users: list[dict[str, str]], ports: list[int], cafile: Path) -> None:
+    """Every user logs in through every port (the service address and each node, its
+    pair peer included) with a verified certificate, and every one gets a message."""
+    for port in ports:
+        clients = [Chatty(u["jid"], u["password"], cafile) for u in users]
+        try:
+            for client in clients:
+                client.connect(host="127.0.0.1", port=port)
+            await asyncio.wait_for(asyncio.gather(*(c.ready.wait() for c in clients)), DEADLINE_S)
+            for sender, receiver in zip(clients, clients[1:] + clients[:1], strict=True):
+                sender.send_message(mto=receiver.boundjid.bare, mbody=f"hi via {port} from {sender.boundjid.user}")
+            end = time.monotonic() + DEADLINE_S
+            while not all(len(c.bodies) >= 1 for c in clients):
+                assert time.monotonic() < end, f"via {port}: {[c.bodies for c in clients]}"
+                await asyncio.sleep(0.05)
+        finally:
+            for client in clients:
+                client.disconnect()
+            await asyncio.sleep(0.2)
+
+
+def test_standard_clients_of_both_nodes_dial_any_address(up: tuple[subprocess.Popen, Path, Path]) -> None:
+    process, directory, out = up
+    wait_until(lambda: "Connect any XMPP client" in out.read_text(), "up's welcome")
+    spec = json.loads((directory / "cluster.json").read_text())
+    wait_states(spec["database_url"], {"node1": "Normal", "node2": "Normal"})
+    ports = [spec["service"]["port"], *(n["client_port"] for n in spec["nodes"])]
+    asyncio.run(_exchange(spec["users"], ports, directory / "tls" / "ca.crt"))
+    logs = (directory / "node1.log").read_text() + (directory / "node2.log").read_text()
+    assert "see-other-host" not in logs
+    assert "without <hold/>: relayed to node1" in logs and "without <hold/>: relayed to node2" in logs
