@@ -65,6 +65,10 @@ defaults
     timeout client {CLIENT_TIMEOUT}
     timeout server {CLIENT_TIMEOUT}
     timeout check 2s
+    # A connection to a node that died before its checks caught up is retried on the
+    # other node instead of failing the client.
+    retries 2
+    option redispatch
 
 frontend xmpp_client
     bind {bind_host}:{bind_port}

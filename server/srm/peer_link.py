@@ -69,6 +69,11 @@ class PeerChannel:
                 on_up=self._on_up, on_down=self._on_down, options=link_options(timers))
             self._client.start()
 
+    @property
+    def up(self) -> bool:
+        """The link to the peer's SRM is established now (the peer process is alive)."""
+        return self._client is not None and self._client.is_up
+
     async def send(self, msg: PeerMessage) -> None:
         if self._client is None:
             return

@@ -181,8 +181,13 @@ class SrmRunner:
         return True, f"{self.node}: {m.state.value} / {m.reason.value}"
 
     def redirect_target(self) -> RedirectTarget | None:
-        """Where the clients this node lets go are sent: the peer while HA is on."""
-        return self._setup.redirect_target if self._setup is not None else None
+        """Where the clients this node lets go are sent: the peer while HA is on and its
+        process is alive (the SRM link is up). Never a dead peer: clients let go while
+        the peer is down are told `system-shutdown` and come back through the service
+        address or their own list of servers."""
+        if self._setup is None or not self._peer.up:
+            return None
+        return self._setup.redirect_target
 
     async def login_refusal(self, username: str,
                             assigned: str | admission.Unread | None = admission.UNREAD) -> SaslFailure | None:
