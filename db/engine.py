@@ -9,7 +9,7 @@ Rules of this module:
   data-access functions through `translate_errors`.
 - `WRITES.at` is when a write statement (INSERT, UPDATE, DELETE) last completed on any
   engine of this process (`track_writes`): a database that completes writes is busy,
-  not lost, even when one of them is slow (the SRM's liveness check, srm/runner.py).
+  not lost, even when one of them is slow (the SRM's liveness check, srm/liveness.py and srm/watch.py).
 """
 
 from __future__ import annotations

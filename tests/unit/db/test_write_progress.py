@@ -1,5 +1,5 @@
 """`db.engine.WRITES`: when a write statement last completed, on the async engine and on
-the hot path (a busy database is told from a lost one by it, srm/runner.py)."""
+the hot path (a busy database is told from a lost one by it, srm/liveness.py)."""
 
 from __future__ import annotations
 
