@@ -66,9 +66,12 @@ class _NoArrival:
         return None
 
 
+NO_ARRIVAL = _NoArrival()
+
+
 class ClusterRoute:
     def __init__(self, node: str, locations: LocationCache, mesh: LinkMesh, grace_s: float = 3.0,
-                 arrival: Arrival = _NoArrival()) -> None:
+                 arrival: Arrival = NO_ARRIVAL) -> None:
         self.node, self.locations, self.mesh, self.grace_s = node, locations, mesh, grace_s
         self.arrival = arrival
         self.routed = 0  # stanzas sent to another node

@@ -60,6 +60,7 @@ from presence_ha.server.xmpp.stanzas import serialize
 log = logging.getLogger(__name__)
 
 _ACK_H = re.compile(rb"<(?:a|resumed) [^>]*\bh='(\d+)'")
+DEFAULT_SETTINGS = SmReplicationConfig()
 
 
 class SessionMirror:
@@ -111,7 +112,7 @@ class RestoredSession:
 class SmReplication:
     def __init__(self, ctx: FeatureContext, mesh: LinkMesh, node: str,
                  load_backup: Callable[[], Awaitable[str | None]],
-                 settings: SmReplicationConfig = SmReplicationConfig(),
+                 settings: SmReplicationConfig = DEFAULT_SETTINGS,
                  now: Callable[[], float] = time.monotonic) -> None:
         self.ctx, self.mesh, self.node = ctx, mesh, node
         self.settings, self._now, self._load_backup = settings, now, load_backup

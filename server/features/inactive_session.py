@@ -97,7 +97,7 @@ class _Lookups:
         except asyncio.CancelledError:  # shutdown: the waiters end too
             result.cancel()
             raise
-        except Exception as exc:  # every waiter gets the failure (DatabaseUnavailable...)
+        except Exception as exc:  # noqa: BLE001 - not swallowed: every waiter gets the failure (DatabaseUnavailable...)
             result.set_exception(exc)
 
 

@@ -35,6 +35,7 @@ Rules of this module:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
 import weakref
@@ -148,9 +149,8 @@ class ClientTransport(asyncio.BufferedProtocol):
 
     def _tls_received(self) -> None:
         """Ciphertext arrived: advance the handshake, then pass on what decrypts."""
-        if self._handshake is not None and not self._handshake.done():
-            if not self._advance_handshake():
-                return
+        if self._handshake is not None and not self._handshake.done() and not self._advance_handshake():
+            return
         chunks, eof = [], False
         try:
             while chunk := self._ssl.read(READ_SIZE):
@@ -260,10 +260,8 @@ class ClientTransport(asyncio.BufferedProtocol):
             return
         self._end_turn()
         if self._ssl is not None and self._handshake is None:
-            try:
+            with contextlib.suppress(ssl.SSLError):  # the peer's close_notify is not there yet (want-read)
                 self._ssl.unwrap()
-            except ssl.SSLError:  # the peer's close_notify is not there yet (want-read)
-                pass
             self._flush()
         self._transport.close()
 

@@ -201,7 +201,8 @@ class SrmRunner:
                 assigned = location[0] if location else None
             else:
                 until = decision.until
-                await self._changed.wait_until(lambda: admission.settled(until, self._view()), admission.SETTLE_S)
+                await self._changed.wait_until(
+                    lambda until=until: admission.settled(until, self._view()), admission.SETTLE_S)
                 waited |= {until}
 
     def _view(self) -> admission.SrmView | None:

@@ -42,7 +42,7 @@ async def test_get_set_push_and_get_again(world):
     home.expect("<iq type='result' id='s2' to='alice@example.test/home'/>")
 
 
-@pytest.mark.parametrize("payload, condition", [
+@pytest.mark.parametrize(("payload", "condition"), [
     ("<item jid='a@example.test'/><item jid='b@example.test'/>", "bad-request"),
     ("", "bad-request"),
     ("<item name='no jid'/>", "bad-request"),

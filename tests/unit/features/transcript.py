@@ -64,7 +64,7 @@ def mismatch(expected: ET.Element, actual: ET.Element) -> str | None:
         return f"text {actual.text!r} != {expected.text!r} in <{actual.tag}>"
     if len(expected) != len(actual):
         return f"<{actual.tag}> has {len(actual)} children, expected {len(expected)}"
-    for exp_child, act_child in zip(expected, actual):
+    for exp_child, act_child in zip(expected, actual, strict=True):
         why = mismatch(exp_child, act_child)
         if why:
             return why
