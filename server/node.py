@@ -138,7 +138,8 @@ class Node:
         replicas, hosted = links.replication(self.ctx), links.hosted_sessions(self.ctx)
         self.client_port = ClientPort(self.ctx, accounts, self.config, server_context(cert, key), self.metrics,
                                       secret.encode(), presence=self.presence_engine, auth=self.auth_service,
-                                      admission=self._login_refusal, relay=links.dialer, hosted=hosted, replicas=replicas)
+                                      admission=self._login_refusal, relay=links.dialer, hosted=hosted,
+                                      replicas=replicas)
         self.cluster = ClusterService(self.ctx, links, hosted, replicas, self.client_port, self._login_refusal,
                                       self.presence_engine)
         self.metrics.watch_sessions(self.sessions, self.client_port.detached_count)
@@ -230,7 +231,8 @@ class Node:
         try:
             await self.admin_server.start(ADMIN_BIND_HOST, info.ports.admin_port)
         except OSError as exc:
-            raise NodeStartError(f"cannot listen on {ADMIN_BIND_HOST}:{info.ports.admin_port} (admin RPC): {exc}") from exc
+            raise NodeStartError(
+                f"cannot listen on {ADMIN_BIND_HOST}:{info.ports.admin_port} (admin RPC): {exc}") from exc
 
     def request_stop(self) -> None:
         self._stop.set()

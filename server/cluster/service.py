@@ -193,7 +193,8 @@ class ClusterService:
         if frame.upstream:
             return self.inbox.submit(UpstreamKey(peer, frame.sid),
                                      lambda: self.host.upstream(peer, frame.sid, frame.stanza))
-        return self.inbox.submit(DownstreamKey(frame.sid), lambda: _now(self.dialer.downstream, frame.sid, frame.stanza))
+        return self.inbox.submit(DownstreamKey(frame.sid),
+                                 lambda: _now(self.dialer.downstream, frame.sid, frame.stanza))
 
     def _on_control(self, peer: str, control: wire.Control) -> None:
         sid, op = control.text("sid") or "", control.op

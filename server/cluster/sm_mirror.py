@@ -232,7 +232,8 @@ class SmReplication:
             await asyncio.wait_for(asyncio.shield(waiter), self.settings.sync_timeout_s)
         except TimeoutError:
             self.stats["sync_timeouts"] += 1
-            log.warning("backup %s did not confirm XEP-0198 state within %.1fs", self.backup, self.settings.sync_timeout_s)
+            log.warning("backup %s did not confirm XEP-0198 state within %.1fs",
+                        self.backup, self.settings.sync_timeout_s)
 
     def synced(self, peer: str, seq: int) -> None:
         if peer != self.backup:
@@ -344,7 +345,8 @@ class SmReplication:
             else:
                 self.store.adopt(origin)
         for rid, replica in self.store.expired(now):
-            log.info("replica of %s (%s) expired unresumed: re-routing %d stanza(s)", replica.jid, rid, len(replica.unacked))
+            log.info("replica of %s (%s) expired unresumed: re-routing %d stanza(s)",
+                     replica.jid, rid, len(replica.unacked))
             await self._reroute(replica)
 
     async def _reroute(self, replica: Replica) -> None:

@@ -126,7 +126,8 @@ class Connection:
         self._gated_at = port.now()
         self._gated = port.login_gate.enter(self._gated_at)  # negotiating under the login gate (limits.py)
         if not self._gated:
-            self.stream.refuse_on_header(StreamError(StreamCondition.RESOURCE_CONSTRAINT, "too many logins in progress; retry later"))
+            self.stream.refuse_on_header(
+                StreamError(StreamCondition.RESOURCE_CONSTRAINT, "too many logins in progress; retry later"))
         self._timer: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(
             port.limits.auth_timeout_s, self._enqueue, self._fire_auth_timer)
 
@@ -248,7 +249,8 @@ class Connection:
             return
         self.transport.write(data)
         if self.transport.write_buffer_size() > self.port.limits.max_write_buffer_bytes:
-            log.warning("%s does not read its stream; dropping the connection", self.session.jid if self.session else self.ip)
+            log.warning("%s does not read its stream; dropping the connection",
+                        self.session.jid if self.session else self.ip)
             self.transport.abort()
 
     def send_stanza(self, stanza: ET.Element, wire: bytes | None = None) -> None:
@@ -367,7 +369,8 @@ class Connection:
             return
         keys = [f"ip:{self.ip}"] + ([f"user:{event.username}"] if event.username else [])
         delay = self.port.throttle.failure(keys, self.port.now())
-        log.info("failed login from %s as %s (%s); next answer in %.1fs", self.ip, event.username, event.condition.value, delay)
+        log.info("failed login from %s as %s (%s); next answer in %.1fs",
+                 self.ip, event.username, event.condition.value, delay)
         if delay:
             await asyncio.sleep(delay)  # throttle: the failure element waits (RFC 6120 §13.10)
 
@@ -401,7 +404,8 @@ class Connection:
         if is_hold_request(stanza):
             self.backup_refusal = None
             return True
-        log.info("%s bound on its backup node without <hold/>: %s", self.session.jid if self.session else self.ip, self.backup_refusal)
+        log.info("%s bound on its backup node without <hold/>: %s",
+                 self.session.jid if self.session else self.ip, self.backup_refusal)
         self.stream.close(self.backup_refusal)
         return False
 

@@ -65,7 +65,8 @@ def test_decide_follows_each_row_without_approval(key):
     else:
         assert not decision.approved
     assert decision.state == row.to
-    assert (Effect.AUTO_SUBSCRIBED in decision.effects) == (way is Way.INBOUND and kind is Kind.SUBSCRIBE and state.sub.has_from)
+    assert (Effect.AUTO_SUBSCRIBED in decision.effects) == (
+        way is Way.INBOUND and kind is Kind.SUBSCRIBE and state.sub.has_from)
     assert (Effect.STORE_REQUEST in decision.effects) == (row.to.pending_in and not state.pending_in)
     assert (Effect.DROP_REQUEST in decision.effects) == (state.pending_in and not row.to.pending_in)
     assert (Effect.SEND_PRESENCE in decision.effects) == (row.to.sub.has_from and not state.sub.has_from)

@@ -147,7 +147,8 @@ async def make_world(db_path, *, offline_limit: int = 3) -> World:
     engine = make_engine(f"sqlite:///{db_path}")
     async with engine.begin() as conn:
         await conn.run_sync(metadata.create_all)
-        cluster = (await conn.execute(insert(Cluster).values(name="c1", domain=DOMAIN, secret="s"))).inserted_primary_key[0]
+        inserted = await conn.execute(insert(Cluster).values(name="c1", domain=DOMAIN, secret="s"))
+        cluster = inserted.inserted_primary_key[0]
         await conn.execute(insert(Node).values(
             cluster_id=cluster, name="n1", software_version="1", client_port=1, srm_port=2, admin_port=3,
             link_port=4, metrics_port=5,
