@@ -191,7 +191,8 @@ class Router:
             return  # the stream core only yields stanzas; unknown kinds never get here
         stanza.set("from", str(session.jid))
         try:
-            to = JID.parse(stanza.get("to")) if stanza.get("to") else None
+            raw_to = stanza.get("to")
+            to = JID.parse(raw_to) if raw_to else None
         except InvalidJid as exc:
             await self._answer_error(ctx, session, stanza, StanzaError(Condition.JID_MALFORMED, str(exc)))
             return

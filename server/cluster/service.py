@@ -26,6 +26,7 @@ Rules of this module:
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 import xml.etree.ElementTree as ET
@@ -307,7 +308,7 @@ class ClusterService:
                 self._lost.add(name)
                 log.info("node %s unreachable for %.0fs: ending relayed sessions", name, down_for)
                 self.dialer.peer_lost(name, "is unreachable")
-                self.inbox.submit(PeerLostKey(name), lambda name=name: self.host.peer_lost(name))
+                self.inbox.submit(PeerLostKey(name), functools.partial(self.host.peer_lost, name))
 
     def status(self) -> dict[str, Any]:
         return {

@@ -104,6 +104,12 @@ class _Lookups:
 _lookups: dict[int, _Lookups] = {}
 
 
+def _turned_active(session: Session) -> bool:
+    """Whether the takeover's push made `session` active meanwhile: a fresh read after
+    an await, which a check of `session.kind` before the await cannot rule out."""
+    return session.kind is SessionKind.ACTIVE
+
+
 async def activate(ctx: FeatureContext, session: Session, iq: ET.Element) -> ET.Element:
     if session.kind is SessionKind.ACTIVE:
         # Idempotent, and no database read: the takeover's push made it active while
@@ -116,7 +122,7 @@ async def activate(ctx: FeatureContext, session: Session, iq: ET.Element) -> ET.
         where = f"by {served_by}" if served_by else "by no node (moving)"
         raise BackupError(Condition.UNEXPECTED_REQUEST, "not-serving-yet",
                           f"{session.bare} is served {where}, not {ctx.node_name} yet; retry", ErrorType.WAIT)
-    if session.kind is SessionKind.ACTIVE:
+    if _turned_active(session):
         return activated(session.available, "client")  # pushed while we read
     record = records.get(record_key(session))
     # No await from here until the router sends the result: nothing reaches the session

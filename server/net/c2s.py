@@ -37,7 +37,8 @@ import logging
 import ssl
 import xml.etree.ElementTree as ET
 from collections import deque
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 from presence_ha.db.engine import DatabaseUnavailable
 from presence_ha.server.admission import (
@@ -500,7 +501,7 @@ class Connection:
 
 # One dispatch table for all connections (a dict of bound methods per connection cost
 # ~1.3 kB of every idle session): event type -> handler, called with the connection.
-_HANDLERS = {
+_HANDLERS: dict[type[ev.Event], Callable[[Connection, Any], Awaitable[None]]] = {
     ev.Outgoing: Connection._on_outgoing,
     ev.TlsRequested: Connection._on_tls_requested,
     ev.CredentialsRequested: Connection._on_credentials_requested,
