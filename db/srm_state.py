@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from presence_ha.db.engine import translate_errors
+from presence_ha.db.engine import rowcount, translate_errors
 from presence_ha.db.errors import FencingConflict, InvalidValue, NotFound
 from presence_ha.db.models import HaEvent, Node, NodeHaState, RedundancyGroup, User
 
@@ -123,7 +123,7 @@ async def renew_alive(session: AsyncSession, node_name: str, at: dt.datetime | N
         result = await session.execute(
             update(NodeHaState).where(NodeHaState.node_id == node_id).values(alive_at=at or utcnow())
         )
-        if result.rowcount == 0:
+        if rowcount(result) == 0:
             session.add(NodeHaState(node_id=node_id, alive_at=at or utcnow(), epoch=0))
         await session.commit()
 
@@ -181,11 +181,12 @@ async def _fence(session: AsyncSession, group_name: str, expected_epoch: int) ->
     group = (await session.execute(
         select(RedundancyGroup.id, RedundancyGroup.epoch).where(RedundancyGroup.name == group_name)
     )).first()
-    if result.rowcount != 1:
+    if rowcount(result) != 1:
         await session.rollback()
         if group is None:
             raise NotFound(f"group {group_name!r} does not exist")
         raise FencingConflict(group_name, expected_epoch, group.epoch)
+    assert group is not None  # the update above matched it, in this transaction
     return group.id, group.epoch
 
 

@@ -22,6 +22,7 @@ import importlib
 import logging
 import signal
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from presence_ha.db import clusters, groups, nodes, parameters, users
@@ -123,6 +124,8 @@ class Node:
         cluster, info, params, secret, ca = await self._load()
         host = self.config.listen_host or info.host
         tls = self.config.tls
+        cert: str | Path
+        key: str | Path
         if tls.cert_path and tls.key_path:
             cert, key = tls.cert_path, tls.key_path
         else:  # one CA per cluster: a client trusts every node of it alike (server.tls)
@@ -138,7 +141,8 @@ class Node:
         replicas, hosted = links.replication(self.ctx), links.hosted_sessions(self.ctx)
         self.client_port = ClientPort(self.ctx, accounts, self.config, server_context(cert, key), self.metrics,
                                       secret.encode(), presence=self.presence_engine, auth=self.auth_service,
-                                      admission=self._login_refusal, relay=links.dialer, hosted=hosted, replicas=replicas)
+                                      admission=self._login_refusal, relay=links.dialer, hosted=hosted,
+                                      replicas=replicas)
         self.cluster = ClusterService(self.ctx, links, hosted, replicas, self.client_port, self._login_refusal,
                                       self.presence_engine)
         self.metrics.watch_sessions(self.sessions, self.client_port.detached_count)
@@ -230,7 +234,8 @@ class Node:
         try:
             await self.admin_server.start(ADMIN_BIND_HOST, info.ports.admin_port)
         except OSError as exc:
-            raise NodeStartError(f"cannot listen on {ADMIN_BIND_HOST}:{info.ports.admin_port} (admin RPC): {exc}") from exc
+            raise NodeStartError(
+                f"cannot listen on {ADMIN_BIND_HOST}:{info.ports.admin_port} (admin RPC): {exc}") from exc
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -263,7 +268,8 @@ def log_waiting_tasks(limit: int = 15) -> None:
     node shows what it waits on: `kill -USR1 PID`, then read the node's log)."""
     places: collections.Counter[str] = collections.Counter()
     for task in asyncio.all_tasks():
-        chain, awaited = [], task.get_coro()
+        chain: list[str] = []
+        awaited: Any = task.get_coro()  # then whatever each coroutine awaits, read duck-typed
         while awaited is not None and hasattr(awaited, "cr_frame"):  # down the await chain
             if awaited.cr_frame is not None:
                 chain.append(f"{awaited.cr_frame.f_code.co_name}:{awaited.cr_frame.f_lineno}")

@@ -57,7 +57,7 @@ class GroupCommit:
                 for futures in waiters.values():
                     _cancel(futures)
                 raise
-            except Exception as exc:  # handed to each writer, as if it had written alone
+            except Exception as exc:  # noqa: BLE001 - not swallowed: handed to each writer, as if it had written alone
                 refused = dict.fromkeys(batch, exc)
             self.batches += 1
             for key, futures in waiters.items():

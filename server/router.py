@@ -15,7 +15,8 @@ Rules of this module:
 - Features see the server only through `FeatureContext`.
 - Accounts served by another node of the cluster: `deliver` first offers the stanza
   to the `remote` route given at construction (`RemoteRoute`, provided by
-  `server.cluster`; None: a node alone); if it takes the stanza, delivery here is over. The router holds no link or socket code.
+  `server.cluster`; None: a node alone); if it takes the stanza, delivery here is over.
+  The router holds no link or socket code.
   A stanza that came from another node is delivered with `route_remote=False`.
 """
 
@@ -190,7 +191,8 @@ class Router:
             return  # the stream core only yields stanzas; unknown kinds never get here
         stanza.set("from", str(session.jid))
         try:
-            to = JID.parse(stanza.get("to")) if stanza.get("to") else None
+            raw_to = stanza.get("to")
+            to = JID.parse(raw_to) if raw_to else None
         except InvalidJid as exc:
             await self._answer_error(ctx, session, stanza, StanzaError(Condition.JID_MALFORMED, str(exc)))
             return
@@ -276,7 +278,8 @@ class Router:
             result.append(payload)
         session.send(result)
 
-    async def _run(self, ctx: FeatureContext, session: Session | None, stanza: ET.Element, work: Awaitable[Any]) -> None:
+    async def _run(self, ctx: FeatureContext, session: Session | None, stanza: ET.Element,
+                   work: Awaitable[Any]) -> None:
         try:
             await work
         except StanzaError as exc:
@@ -286,7 +289,8 @@ class Router:
             ctx.metrics.handler_errors.inc()
             await self._answer_error(ctx, session, stanza, StanzaError(Condition.INTERNAL_SERVER_ERROR))
 
-    async def _answer_error(self, ctx: FeatureContext, session: Session | None, stanza: ET.Element, error: StanzaError) -> None:
+    async def _answer_error(self, ctx: FeatureContext, session: Session | None, stanza: ET.Element,
+                            error: StanzaError) -> None:
         if stanza.get("type") == "error":
             return  # never answer an error with an error (RFC 6120 §8.3.1)
         reply = error_reply(stanza, error)

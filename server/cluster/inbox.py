@@ -89,10 +89,6 @@ class Inbox:
             task.add_done_callback(self._tasks.discard)
         return done if done is not None else QUEUED
 
-    def _failed(self, key: InboxKey) -> None:
-        self.failures += 1
-        log.exception("cluster inbox: work for %s failed", key)
-
     async def _run(self, key: InboxKey) -> None:
         queue = self._queues[key]
         try:
@@ -101,7 +97,8 @@ class Inbox:
                 try:
                     await work()
                 except Exception:  # one bad item must not stop the others
-                    self._failed(key)
+                    self.failures += 1
+                    log.exception("cluster inbox: work for %s failed", key)
                 queue.popleft()
                 if done is not None and not done.done():
                     done.set_result(None)

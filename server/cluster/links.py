@@ -131,7 +131,8 @@ class LinkMesh:
         """Wait (bounded) until what was sent to reachable peers is acknowledged."""
         deadline = self._now() + timeout_s
         while self._now() < deadline and any(
-            c.up and (c.backlog or client.in_flight) for c, client in zip(self.channels.values(), self._clients)
+            c.up and (c.backlog or client.in_flight)
+            for c, client in zip(self.channels.values(), self._clients, strict=True)
         ):
             await asyncio.sleep(0.02)
 

@@ -22,16 +22,23 @@ Rules of this module:
 from __future__ import annotations
 
 import asyncio
+import enum
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Final, Literal
 
 Loader = Callable[[str], Awaitable[str | None]]
 LoadAll = Callable[[], Awaitable[dict[str, str | None]]]
 Fingerprint = Callable[[], Awaitable[int]]
 
 
-class Miss:
+class Miss(enum.Enum):
     """`LocationCache.cached`: not in the cache (or too old); ask `active_node`."""
+
+    MISS = enum.auto()
+
+
+MISS: Final = Miss.MISS
 
 
 @dataclass(slots=True)
@@ -54,18 +61,18 @@ class LocationCache:
         self._reloaded_at: float | None = None
         self.reads = 0  # database reads, for tests and metrics
 
-    def cached(self, username: str) -> str | type[Miss] | None:
-        """The node serving `username` if the cache knows it (`Miss` if it does not):
+    def cached(self, username: str) -> str | Literal[Miss.MISS] | None:
+        """The node serving `username` if the cache knows it (`MISS` if it does not):
         the routing hot path, without an awaitable per stanza."""
         entry = self._entries.get(username)
         if entry is not None and self._now() - entry.at < self.ttl_s:
             return entry.node
-        return Miss
+        return MISS
 
     async def active_node(self, username: str) -> str | None:
         """The node serving `username` now (None: nobody, or no such user)."""
         node = self.cached(username)
-        if node is not Miss:
+        if node is not MISS:
             return node
         while self._reloading is not None:  # a bulk read may be superseded by a newer one
             reloading = self._reloading
@@ -74,7 +81,7 @@ class LocationCache:
             except Exception:  # noqa: BLE001 - the bulk read failed: read this one user below
                 break
             node = self.cached(username)
-            if node is not Miss:
+            if node is not MISS:
                 return node
             if self._reloading is reloading:
                 break
@@ -118,11 +125,12 @@ class LocationCache:
     def reload_soon(self) -> asyncio.Future[None] | None:
         """Start a bulk `reload` now (or join the one in flight); lookups that miss
         meanwhile wait for it. None without a `load_all`."""
-        if self._load_all is None:
+        load_all = self._load_all
+        if load_all is None:
             return None
         if self._reloading is None or self._reloading_generation != self._generation:
             self._reloading_generation = self._generation  # a read begun before a forget is stale
-            self._reloading = asyncio.ensure_future(self._reload(self._generation))
+            self._reloading = asyncio.ensure_future(self._reload(load_all, self._generation))
             self._reloading.add_done_callback(self._reload_done)
         return self._reloading
 
@@ -139,9 +147,9 @@ class LocationCache:
         if future is not None:
             await asyncio.shield(future)
 
-    async def _reload(self, generation: int) -> None:
+    async def _reload(self, load_all: LoadAll, generation: int) -> None:
         started = self._now()
-        fresh = await self._load_all()
+        fresh = await load_all()
         self.reads += 1
         if generation != self._generation:
             return  # users moved (or were forgotten) during the read: a newer reload follows

@@ -87,7 +87,8 @@ class RelayDialer:
         """None if `node` can be reached to host `username`'s session."""
         if self.mesh.channel(node) is not None and self.mesh.unreachable_for(node) <= self.grace_s:
             return None
-        return SaslFailure(SaslCondition.TEMPORARY_AUTH_FAILURE, f"node {node} serving {username} is unreachable; retry later")
+        return SaslFailure(SaslCondition.TEMPORARY_AUTH_FAILURE,
+                           f"node {node} serving {username} is unreachable; retry later")
 
     async def open(self, connection: ClientConnection, jid: JID, node: str) -> RelayedStream | StreamError:
         channel = self.mesh.channel(node)

@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Protocol
 from presence_ha.server import messaging, presence_service
 from presence_ha.server.cluster import wire
 from presence_ha.server.cluster.links import LinkMesh
-from presence_ha.server.cluster.locations import LocationCache, Miss
+from presence_ha.server.cluster.locations import MISS, LocationCache
 from presence_ha.server.link import Kind
 from presence_ha.server.xmpp.errors import Condition, StanzaError
 from presence_ha.server.xmpp.jid import JID, InvalidJid
@@ -66,9 +66,12 @@ class _NoArrival:
         return None
 
 
+NO_ARRIVAL = _NoArrival()
+
+
 class ClusterRoute:
     def __init__(self, node: str, locations: LocationCache, mesh: LinkMesh, grace_s: float = 3.0,
-                 arrival: Arrival = _NoArrival()) -> None:
+                 arrival: Arrival = NO_ARRIVAL) -> None:
         self.node, self.locations, self.mesh, self.grace_s = node, locations, mesh, grace_s
         self.arrival = arrival
         self.routed = 0  # stanzas sent to another node
@@ -80,12 +83,14 @@ class ClusterRoute:
         if to.local is None:
             return False
         node = self.locations.cached(to.local)
-        if node is Miss:
+        if node is MISS:
             node = await self.locations.active_node(to.local)
         if node == self.node:
             await self._await_activation(ctx, to)
             return False
-        channel = self.mesh.channel(node) if node is not None else None
+        if node is None:
+            return False
+        channel = self.mesh.channel(node)
         if channel is None:
             return False
         if not channel.up and self.mesh.unreachable_for(node) > self.grace_s:

@@ -26,6 +26,7 @@ Rules of this module:
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 import xml.etree.ElementTree as ET
@@ -193,7 +194,8 @@ class ClusterService:
         if frame.upstream:
             return self.inbox.submit(UpstreamKey(peer, frame.sid),
                                      lambda: self.host.upstream(peer, frame.sid, frame.stanza))
-        return self.inbox.submit(DownstreamKey(frame.sid), lambda: _now(self.dialer.downstream, frame.sid, frame.stanza))
+        return self.inbox.submit(DownstreamKey(frame.sid),
+                                 lambda: _now(self.dialer.downstream, frame.sid, frame.stanza))
 
     def _on_control(self, peer: str, control: wire.Control) -> None:
         sid, op = control.text("sid") or "", control.op
@@ -306,7 +308,7 @@ class ClusterService:
                 self._lost.add(name)
                 log.info("node %s unreachable for %.0fs: ending relayed sessions", name, down_for)
                 self.dialer.peer_lost(name, "is unreachable")
-                self.inbox.submit(PeerLostKey(name), lambda name=name: self.host.peer_lost(name))
+                self.inbox.submit(PeerLostKey(name), functools.partial(self.host.peer_lost, name))
 
     def status(self) -> dict[str, Any]:
         return {

@@ -60,6 +60,7 @@ from presence_ha.server.xmpp.stanzas import serialize
 log = logging.getLogger(__name__)
 
 _ACK_H = re.compile(rb"<(?:a|resumed) [^>]*\bh='(\d+)'")
+DEFAULT_SETTINGS = SmReplicationConfig()
 
 
 class SessionMirror:
@@ -111,7 +112,7 @@ class RestoredSession:
 class SmReplication:
     def __init__(self, ctx: FeatureContext, mesh: LinkMesh, node: str,
                  load_backup: Callable[[], Awaitable[str | None]],
-                 settings: SmReplicationConfig = SmReplicationConfig(),
+                 settings: SmReplicationConfig = DEFAULT_SETTINGS,
                  now: Callable[[], float] = time.monotonic) -> None:
         self.ctx, self.mesh, self.node = ctx, mesh, node
         self.settings, self._now, self._load_backup = settings, now, load_backup
@@ -231,7 +232,8 @@ class SmReplication:
             await asyncio.wait_for(asyncio.shield(waiter), self.settings.sync_timeout_s)
         except TimeoutError:
             self.stats["sync_timeouts"] += 1
-            log.warning("backup %s did not confirm XEP-0198 state within %.1fs", self.backup, self.settings.sync_timeout_s)
+            log.warning("backup %s did not confirm XEP-0198 state within %.1fs",
+                        self.backup, self.settings.sync_timeout_s)
 
     def synced(self, peer: str, seq: int) -> None:
         if peer != self.backup:
@@ -343,7 +345,8 @@ class SmReplication:
             else:
                 self.store.adopt(origin)
         for rid, replica in self.store.expired(now):
-            log.info("replica of %s (%s) expired unresumed: re-routing %d stanza(s)", replica.jid, rid, len(replica.unacked))
+            log.info("replica of %s (%s) expired unresumed: re-routing %d stanza(s)",
+                     replica.jid, rid, len(replica.unacked))
             await self._reroute(replica)
 
     async def _reroute(self, replica: Replica) -> None:

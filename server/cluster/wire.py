@@ -151,7 +151,7 @@ class _StanzaParser:
         self._left = _PARSER_LIFE
         self._refused: str | None = None
 
-    def _refuse_comment(self, _text: str) -> ET.Element:
+    def _refuse_comment(self, _text: str | None) -> ET.Element:
         self._refused = "a comment"
         return ET.Element("!")
 

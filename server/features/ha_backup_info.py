@@ -71,7 +71,9 @@ class _ProfileCache:
             self.reading.add_done_callback(_log_failure)
         if self.profile is not None:
             return self.profile
-        return await asyncio.shield(self.reading)
+        reading = self.reading
+        assert reading is not None  # no read has succeeded yet, so one runs (started above if need be)
+        return await asyncio.shield(reading)
 
     async def _read(self, store):
         try:

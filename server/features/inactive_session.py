@@ -97,11 +97,17 @@ class _Lookups:
         except asyncio.CancelledError:  # shutdown: the waiters end too
             result.cancel()
             raise
-        except Exception as exc:  # every waiter gets the failure (DatabaseUnavailable...)
+        except Exception as exc:  # noqa: BLE001 - not swallowed: every waiter gets the failure (DatabaseUnavailable...)
             result.set_exception(exc)
 
 
 _lookups: dict[int, _Lookups] = {}
+
+
+def _turned_active(session: Session) -> bool:
+    """Whether the takeover's push made `session` active meanwhile: a fresh read after
+    an await, which a check of `session.kind` before the await cannot rule out."""
+    return session.kind is SessionKind.ACTIVE
 
 
 async def activate(ctx: FeatureContext, session: Session, iq: ET.Element) -> ET.Element:
@@ -116,7 +122,7 @@ async def activate(ctx: FeatureContext, session: Session, iq: ET.Element) -> ET.
         where = f"by {served_by}" if served_by else "by no node (moving)"
         raise BackupError(Condition.UNEXPECTED_REQUEST, "not-serving-yet",
                           f"{session.bare} is served {where}, not {ctx.node_name} yet; retry", ErrorType.WAIT)
-    if session.kind is SessionKind.ACTIVE:
+    if _turned_active(session):
         return activated(session.available, "client")  # pushed while we read
     record = records.get(record_key(session))
     # No await from here until the router sends the result: nothing reaches the session

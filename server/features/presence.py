@@ -98,9 +98,8 @@ async def _directed(ctx: FeatureContext, session: Session, stanza: ET.Element) -
     target = JID.parse(stanza.get("to", ""))
     if PresenceType.of(stanza) is PresenceType.UNAVAILABLE:
         session.directed_to.discard(str(target))
-    elif target.bare != session.bare:
-        if await ctx.store.subscription_of(session.bare, target.bare) not in SEE_ME:
-            session.directed_to.add(str(target))
+    elif target.bare != session.bare and await ctx.store.subscription_of(session.bare, target.bare) not in SEE_ME:
+        session.directed_to.add(str(target))
     await ctx.deliver(stanza, sender=session)
 
 
@@ -134,12 +133,11 @@ async def probe(ctx: FeatureContext, sender: Session | None, stanza: ET.Element)
     if not stanza.get("from"):
         return
     user, prober = JID.parse(stanza.get("to", "")).bare, JID.parse(stanza.get("from", ""))
-    if prober.bare != user:
-        # One cached roster read, not two transactions per probe (None: no such account).
-        if await ctx.store.subscription_of(user, prober.bare) not in SEE_ME:
-            refusal = ET.Element("presence", {"type": "unsubscribed", "from": str(user), "to": str(prober.bare)})
-            await ctx.deliver(refusal)
-            return
+    # One cached roster read, not two transactions per probe (None: no such account).
+    if prober.bare != user and await ctx.store.subscription_of(user, prober.bare) not in SEE_ME:
+        refusal = ET.Element("presence", {"type": "unsubscribed", "from": str(user), "to": str(prober.bare)})
+        await ctx.deliver(refusal)
+        return
     for presence in await _current(ctx, user):
         presence.set("to", str(prober))
         await ctx.deliver(presence)

@@ -97,7 +97,8 @@ async def read_overview(session: AsyncSession, now: dt.datetime | None = None) -
             stored = await srm_state.read_state(session, name)
             state, reason = (stored.state, stored.reason) if stored and stored.state else NEVER_STARTED
             alive_at = stored.alive_at if stored else None
-            rows.append(NodeRow(name, state, reason, is_alive(alive_at, timeout_s, now), stored.since if stored else None))
+            rows.append(NodeRow(name, state, reason, is_alive(alive_at, timeout_s, now),
+                                stored.since if stored else None))
         result.append(GroupRow(group.name, group.ha_enabled, tuple(rows)))
     return result
 
@@ -223,7 +224,8 @@ def render_page(overview: list[GroupRow], node_name: str, token: str, note: str 
         parts.append(f"<p class='note'>{e(note)}</p>")
     for group in overview:
         recover = " ".join(_button(token, op, "group", group.name) for op in group_buttons(group))
-        parts.append(f"<h2 id='group-{e(group.name)}'>Group {e(group.name)} (HA {'on' if group.ha_enabled else 'off'}) {recover}</h2>")
+        ha = "on" if group.ha_enabled else "off"
+        parts.append(f"<h2 id='group-{e(group.name)}'>Group {e(group.name)} (HA {ha}) {recover}</h2>")
         parts.append("<table><tr><th>node</th><th>state</th><th>reason</th><th>actions</th></tr>")
         parts.extend(_node_cells(group, node, token) for node in group.nodes)
         parts.append("</table>")

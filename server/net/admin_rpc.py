@@ -231,7 +231,8 @@ class NodeOperations:
             return {"status": to_json(self.srm.status())}
         if call.op in ADMIN_REQUESTS:
             accepted, reason = await self.srm.admin_request(ADMIN_REQUESTS[call.op]())
-            log.info("admin RPC: %s of %s %s: %s", call.op, self.node_name, "accepted" if accepted else "refused", reason)
+            log.info("admin RPC: %s of %s %s: %s",
+                     call.op, self.node_name, "accepted" if accepted else "refused", reason)
             if not accepted:
                 return {"ok": False, "error": reason, "status": 409}
             return {"message": reason, "status": to_json(self.srm.status())}
@@ -270,7 +271,8 @@ class AdminServer:
     _server: asyncio.Server | None = field(default=None, init=False)
 
     async def start(self, host: str, port: int) -> None:
-        self._server = await asyncio.start_server(self._handle, host, port, reuse_address=True, limit=MAX_HEAD_BYTES * 2)
+        self._server = await asyncio.start_server(self._handle, host, port, reuse_address=True,
+                                                  limit=MAX_HEAD_BYTES * 2)
         log.info("admin RPC on http://%s:%d/", host, port)
 
     async def stop(self) -> None:
@@ -319,7 +321,8 @@ class AdminServer:
             return await self._rpc(request)
         if self.page is None:
             return error_response(404, f"no route {request.path}")
-        if not ok and request.path != "/login" and (request.bearer() or "token" in request.query or request.method == "POST"):
+        if not ok and request.path != "/login" and (
+                request.bearer() or "token" in request.query or request.method == "POST"):
             log.warning("admin page: rejected %s %s from %s: wrong token", request.method, request.path, request.peer)
         return await self.page.handle(request, ok)
 
@@ -356,7 +359,8 @@ class AdminRpcError(Exception):
         self.status = status
 
 
-async def call_node(host: str, port: int, token: str, payload: dict[str, Any], timeout_s: float = 15.0) -> dict[str, Any]:
+async def call_node(host: str, port: int, token: str, payload: dict[str, Any],
+                    timeout_s: float = 15.0) -> dict[str, Any]:
     """POST `payload` to a node's `/rpc`; the JSON answer if ok, else `AdminRpcError`."""
     body = json.dumps(payload).encode()
     head = (f"POST /rpc HTTP/1.0\r\nHost: {host}:{port}\r\nAuthorization: Bearer {token}\r\n"

@@ -37,7 +37,8 @@ import logging
 import ssl
 import xml.etree.ElementTree as ET
 from collections import deque
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 from presence_ha.db.engine import DatabaseUnavailable
 from presence_ha.server.admission import (
@@ -128,7 +129,8 @@ class Connection:
         self._gated_at = port.now()
         self._gated = port.login_gate.enter(self._gated_at)  # negotiating under the login gate (limits.py)
         if not self._gated:
-            self.stream.refuse_on_header(StreamError(StreamCondition.RESOURCE_CONSTRAINT, "too many logins in progress; retry later"))
+            self.stream.refuse_on_header(
+                StreamError(StreamCondition.RESOURCE_CONSTRAINT, "too many logins in progress; retry later"))
         self._timer: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(
             port.limits.auth_timeout_s, self._enqueue, self._fire_auth_timer)
 
@@ -250,7 +252,8 @@ class Connection:
             return
         self.transport.write(data)
         if self.transport.write_buffer_size() > self.port.limits.max_write_buffer_bytes:
-            log.warning("%s does not read its stream; dropping the connection", self.session.jid if self.session else self.ip)
+            log.warning("%s does not read its stream; dropping the connection",
+                        self.session.jid if self.session else self.ip)
             self.transport.abort()
 
     def send_stanza(self, stanza: ET.Element, wire: bytes | None = None) -> None:
@@ -369,7 +372,8 @@ class Connection:
             return
         keys = [f"ip:{self.ip}"] + ([f"user:{event.username}"] if event.username else [])
         delay = self.port.throttle.failure(keys, self.port.now())
-        log.info("failed login from %s as %s (%s); next answer in %.1fs", self.ip, event.username, event.condition.value, delay)
+        log.info("failed login from %s as %s (%s); next answer in %.1fs",
+                 self.ip, event.username, event.condition.value, delay)
         if delay:
             await asyncio.sleep(delay)  # throttle: the failure element waits (RFC 6120 §13.10)
 
@@ -521,7 +525,7 @@ class Connection:
 
 # One dispatch table for all connections (a dict of bound methods per connection cost
 # ~1.3 kB of every idle session): event type -> handler, called with the connection.
-_HANDLERS = {
+_HANDLERS: dict[type[ev.Event], Callable[[Connection, Any], Awaitable[None]]] = {
     ev.Outgoing: Connection._on_outgoing,
     ev.TlsRequested: Connection._on_tls_requested,
     ev.CredentialsRequested: Connection._on_credentials_requested,

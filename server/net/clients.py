@@ -100,7 +100,8 @@ class ClientPort:
         self.metrics = metrics
         self.secret = secret
         self.rng = random.SystemRandom()
-        self.throttle = AuthThrottle(self.limits.auth_throttle_base_s, self.limits.auth_throttle_max_s, self.limits.auth_throttle_window_s)
+        self.throttle = AuthThrottle(self.limits.auth_throttle_base_s, self.limits.auth_throttle_max_s,
+                                     self.limits.auth_throttle_window_s)
         self.login_gate = LoginGate(self.limits.logins_in_progress_min, self.limits.login_budget_s)
         self._lag_watch: asyncio.Task[None] | None = None
         self._logins_since_trim = 0
@@ -243,11 +244,13 @@ class ClientPort:
                     await self.end_session(old, graceful=False, sm=record.sm)
         if connection is not None:
             connection.session = None  # the stream ends; the session was replaced, not closed
-            connection.kick_soon(StreamError(StreamCondition.CONFLICT, "replaced by a new connection for this resource"))
+            connection.kick_soon(
+                StreamError(StreamCondition.CONFLICT, "replaced by a new connection for this resource"))
             await self.ctx.notify(SessionClosed(old, graceful=False))
             await self._reroute(connection.stream.sm)
 
-    def remember_resumable(self, resume_id: str, session: Session, sm: StreamManagement, connection: Connection) -> Resumable:
+    def remember_resumable(self, resume_id: str, session: Session, sm: StreamManagement,
+                           connection: Connection) -> Resumable:
         record = self._resumable[resume_id] = Resumable(session, sm, connection)
         if self.replicas is not None:  # replicated to the backup node while it lives
             self.replicas.track(resume_id, session, sm)
@@ -326,7 +329,8 @@ class ClientPort:
         if record.connection is None and self._resumable.get(record.sm.resume_id or "") is record:
             await self.end_session(record.session, graceful=False, sm=record.sm)
 
-    async def end_session(self, session: Session, *, graceful: bool, sm: StreamManagement | None, notify: bool = True) -> None:
+    async def end_session(self, session: Session, *, graceful: bool, sm: StreamManagement | None,
+                          notify: bool = True) -> None:
         self.ctx.sessions.remove(session)
         if sm is not None and sm.resume_id:
             record = self._resumable.pop(sm.resume_id, None)

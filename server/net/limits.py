@@ -134,7 +134,8 @@ class LoginGate:
         if len(timed) >= self.MIN_SAMPLES and 2 * sum(1 for took in timed if took > self.target_s) >= len(timed):
             return True
         lags = self._lags
-        return len(lags) >= self.MIN_LAG_SAMPLES and 2 * sum(1 for _, lag in lags if lag >= self.lag_limit_s) >= len(lags)
+        return (len(lags) >= self.MIN_LAG_SAMPLES
+                and 2 * sum(1 for _, lag in lags if lag >= self.lag_limit_s) >= len(lags))
 
     def enter(self, now: float) -> bool:
         """Admit one more negotiating connection; False (and counted as shed) when full."""

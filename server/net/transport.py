@@ -35,6 +35,7 @@ Rules of this module:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
 import weakref
@@ -81,12 +82,13 @@ class ClientTransport(asyncio.BufferedProtocol):
 
     def __init__(self, accept) -> None:  # accept(transport) -> Receiver, at connection_made
         self._accept = accept
-        self._receiver: Receiver | None = None
-        self._transport: asyncio.Transport | None = None
-        self._buffer: memoryview | None = None
-        self._ssl: ssl.SSLObject | None = None
-        self._incoming: ssl.MemoryBIO | None = None
-        self._outgoing: ssl.MemoryBIO | None = None
+        self._receiver: Receiver | None = None  # None until accept() made it
+        # Set by connection_made, which asyncio calls before any other callback.
+        self._transport: asyncio.Transport
+        self._buffer: memoryview
+        self._ssl: ssl.SSLObject | None = None  # None: plain TCP; set with both BIOs by start_tls
+        self._incoming: ssl.MemoryBIO
+        self._outgoing: ssl.MemoryBIO
         self._handshake: asyncio.Future[None] | None = None  # while the TLS handshake runs
         self._drain: asyncio.Future[None] | None = None  # while a writer waits for room
         self._paused = False
@@ -105,14 +107,16 @@ class ClientTransport(asyncio.BufferedProtocol):
         self._accept = None
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        return self._buffer  # type: ignore[return-value]
+        return self._buffer
 
     def buffer_updated(self, nbytes: int) -> None:
-        if self._ssl is None:
+        tls = self._ssl
+        if tls is None:
+            assert self._receiver is not None
             self._receiver.data_received(bytes(self._buffer[:nbytes]))
             return
         self._incoming.write(self._buffer[:nbytes])
-        self._tls_received()
+        self._tls_received(tls)
 
     def eof_received(self) -> bool:
         return False  # the transport closes; connection_lost follows
@@ -136,24 +140,24 @@ class ClientTransport(asyncio.BufferedProtocol):
     async def start_tls(self, context: ssl.SSLContext, timeout_s: float, early: bytes = b"") -> None:
         self._end_turn()  # what was written before (<proceed/>) goes out in the clear
         self._incoming, self._outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-        self._ssl = context.wrap_bio(self._incoming, self._outgoing, server_side=True)
+        tls = self._ssl = context.wrap_bio(self._incoming, self._outgoing, server_side=True)
         self._handshake = asyncio.get_running_loop().create_future()
         if early:
             self._incoming.write(early)
-            self._tls_received()
+            self._tls_received(tls)
         try:
             await asyncio.wait_for(asyncio.shield(self._handshake), timeout_s)
         finally:
             self._handshake = None
 
-    def _tls_received(self) -> None:
+    def _tls_received(self, tls: ssl.SSLObject) -> None:
         """Ciphertext arrived: advance the handshake, then pass on what decrypts."""
-        if self._handshake is not None and not self._handshake.done():
-            if not self._advance_handshake():
-                return
+        handshake = self._handshake
+        if handshake is not None and not handshake.done() and not self._advance_handshake(tls, handshake):
+            return
         chunks, eof = [], False
         try:
-            while chunk := self._ssl.read(READ_SIZE):
+            while chunk := tls.read(READ_SIZE):
                 chunks.append(chunk)
             eof = True  # b"": the peer's close_notify
         except ssl.SSLWantReadError:
@@ -167,24 +171,25 @@ class ClientTransport(asyncio.BufferedProtocol):
             return
         self._flush()  # alerts, key updates
         if chunks:
+            assert self._receiver is not None
             self._receiver.data_received(b"".join(chunks))
         if eof and not self._lost:
             self._transport.close()  # as an EOF; connection_lost follows
 
-    def _advance_handshake(self) -> bool:
+    def _advance_handshake(self, tls: ssl.SSLObject, handshake: asyncio.Future[None]) -> bool:
         """One step of the handshake; True once it is done."""
         try:
-            self._ssl.do_handshake()
+            tls.do_handshake()
         except ssl.SSLWantReadError:
             self._flush()
             return False
         except (ssl.SSLError, ValueError) as exc:
             self._flush()  # the alert, if any
-            self._handshake.set_exception(exc)
+            handshake.set_exception(exc)
             self.abort()
             return False
         self._flush()
-        self._handshake.set_result(None)
+        handshake.set_result(None)
         return True
 
     def _flush(self) -> None:
@@ -260,10 +265,8 @@ class ClientTransport(asyncio.BufferedProtocol):
             return
         self._end_turn()
         if self._ssl is not None and self._handshake is None:
-            try:
+            with contextlib.suppress(ssl.SSLError):  # the peer's close_notify is not there yet (want-read)
                 self._ssl.unwrap()
-            except ssl.SSLError:  # the peer's close_notify is not there yet (want-read)
-                pass
             self._flush()
         self._transport.close()
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from presence_ha.server.srm.table import NodeState, Reason
@@ -253,17 +253,17 @@ class MoveUsersFailed(Event):
     detail: str = ""
 
 
-PeerMessage = Union[
-    HeartbeatReceived,
-    PeerRequestedTakeover,
-    PeerTookOver,
-    PeerRequestedTakeBack,
-    PeerReleasedUsers,
-    PeerTookBack,
-    PeerEnteredFailedMode,
-    PeerRequestedAutoRecovery,
-    PeerRebooted,
-]
+PeerMessage = (
+    HeartbeatReceived
+    | PeerRequestedTakeover
+    | PeerTookOver
+    | PeerRequestedTakeBack
+    | PeerReleasedUsers
+    | PeerTookBack
+    | PeerEnteredFailedMode
+    | PeerRequestedAutoRecovery
+    | PeerRebooted
+)
 
 TIMER_EVENTS: dict[Timer, type[Event]] = {
     Timer.HEARTBEAT: HeartbeatDue,

@@ -139,16 +139,55 @@ class SrmMachine:
 
     # --- read-only view -----------------------------------------------------------
 
-    node = property(lambda self: self._node, doc="This node's name.")
-    peer = property(lambda self: self._peer, doc="The peer's name, or None.")
-    timers = property(lambda self: self._timers, doc="The SrmTimers in use.")
-    ha_enabled = property(lambda self: self._ha_enabled, doc="The group's HA switch.")
-    state = property(lambda self: self._state, doc="Current NodeState.")
-    reason = property(lambda self: self._reason, doc="Current Reason.")
-    epoch = property(lambda self: self._epoch, doc="Largest group epoch seen.")
-    peer_state = property(lambda self: self._peer_state, doc="Peer's last reported state.")
-    peer_reason = property(lambda self: self._peer_reason, doc="Peer's last reported reason.")
-    move_in_flight = property(lambda self: self._move_in_flight, doc="A MoveUsers awaits its result.")
+    @property
+    def node(self) -> str:
+        """This node's name."""
+        return self._node
+
+    @property
+    def peer(self) -> str | None:
+        """The peer's name, or None."""
+        return self._peer
+
+    @property
+    def timers(self) -> SrmTimers:
+        """The SrmTimers in use."""
+        return self._timers
+
+    @property
+    def ha_enabled(self) -> bool:
+        """The group's HA switch."""
+        return self._ha_enabled
+
+    @property
+    def state(self) -> NodeState:
+        """Current NodeState."""
+        return self._state
+
+    @property
+    def reason(self) -> Reason:
+        """Current Reason."""
+        return self._reason
+
+    @property
+    def epoch(self) -> int:
+        """Largest group epoch seen."""
+        return self._epoch
+
+    @property
+    def peer_state(self) -> NodeState | None:
+        """Peer's last reported state."""
+        return self._peer_state
+
+    @property
+    def peer_reason(self) -> Reason | None:
+        """Peer's last reported reason."""
+        return self._peer_reason
+
+    @property
+    def move_in_flight(self) -> bool:
+        """A MoveUsers awaits its result."""
+        return self._move_in_flight
 
     @property
     def serving(self) -> frozenset[str]:
@@ -218,7 +257,8 @@ class SrmMachine:
         if isinstance(rule, Reason):
             return rule
         if rule is ReasonRule.FROM_EVENT:
-            return event.reason  # type: ignore[attr-defined]  # rows use it only on events with a reason
+            reason: Reason = event.reason  # type: ignore[attr-defined]  # rows use it only on events with a reason
+            return reason
         if rule is ReasonRule.FROM_PEER and self._peer_reason is not None:
             return self._peer_reason
         return self._reason

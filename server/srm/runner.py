@@ -25,6 +25,7 @@ Rules of this module:
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 from collections.abc import Awaitable, Callable, Coroutine
@@ -206,8 +207,11 @@ class SrmRunner:
                 assigned = location[0] if location else None
             else:
                 until = decision.until
-                await self._changed.wait_until(lambda: admission.settled(until, self._view()), admission.SETTLE_S)
+                await self._changed.wait_until(functools.partial(self._settled, until), admission.SETTLE_S)
                 waited |= {until}
+
+    def _settled(self, until: admission.Settle) -> bool:
+        return admission.settled(until, self._view())
 
     def _view(self) -> admission.SrmView | None:
         m = self._machine

@@ -26,7 +26,8 @@ USERS = 200
 def presence_ha(*args: str, timeout_s: float) -> tuple[int, str]:
     """Run the command; on timeout SIGTERM it (it then stops its nodes and workers)."""
     script = Path(sys.executable).with_name("presence-ha")
-    argv = [str(script)] if script.exists() else [sys.executable, "-c", "from presence_ha.server.cli import main; main()"]
+    argv = ([str(script)] if script.exists()
+            else [sys.executable, "-c", "from presence_ha.server.cli import main; main()"])
     proc = subprocess.Popen([*argv, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         out, _ = proc.communicate(timeout=timeout_s)

@@ -54,7 +54,8 @@ def test_every_package_folder_is_installed(wheel: Path) -> None:
 
 def test_installed_outside_the_repository(wheel: Path, tmp_path: Path) -> None:
     target = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(target), str(wheel)],
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
+                    "--target", str(target), str(wheel)],
                    check=True, timeout=300, capture_output=True)
     # The dependencies come from this venv's site-packages, presence_ha from the target only
     # (-S: no .pth files, so the checkout's editable install is not on the path).

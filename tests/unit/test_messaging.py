@@ -65,7 +65,7 @@ def test_a_full_jid_without_its_session_falls_back_to_the_bare_jid_for_chat_and_
         assert route_message(reg, to, MessageType.ERROR)[0] is Outcome.DROP
 
 
-@pytest.mark.parametrize("kind, outcome", [
+@pytest.mark.parametrize(("kind", "outcome"), [
     (MessageType.CHAT, Outcome.STORE), (MessageType.NORMAL, Outcome.STORE), (MessageType.HEADLINE, Outcome.DROP),
     (MessageType.GROUPCHAT, Outcome.REFUSE), (MessageType.ERROR, Outcome.DROP),
 ])
@@ -90,7 +90,7 @@ def test_deliver_now_sends_the_wire_bytes_to_what_the_rule_picks():
     assert high == [(stanza, b"<wire/>")] and low == []
 
 
-@pytest.mark.parametrize("text, to", [
+@pytest.mark.parametrize(("text", "to"), [
     ("<message type='groupchat'/>", "bob@example.test"),
     ("<message type='error'/>", "bob@example.test"),
     ("<message type='nonsense'><body>x</body></message>", "bob@example.test"),  # normal, via the full path

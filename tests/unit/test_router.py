@@ -134,8 +134,10 @@ async def test_the_remote_route_given_at_construction_takes_other_nodes_accounts
     router = Router(remote)
     ctx = FeatureContext(domain="example.test", node_name="n1", router=router, sessions=world.ctx.sessions,
                          store=None, metrics=SimpleNamespace(handler_errors=Counter()), settings=None)
-    await router.dispatch(ctx, world.alice, xml('<iq type="get" id="1" to="carol@example.test/x"><q xmlns="urn:x"/></iq>'))
-    await router.dispatch(ctx, world.alice, xml('<iq type="get" id="2" to="dave@example.test/x"><q xmlns="urn:x"/></iq>'))
+    await router.dispatch(ctx, world.alice,
+                          xml('<iq type="get" id="1" to="carol@example.test/x"><q xmlns="urn:x"/></iq>'))
+    await router.dispatch(ctx, world.alice,
+                          xml('<iq type="get" id="2" to="dave@example.test/x"><q xmlns="urn:x"/></iq>'))
     await router.deliver(ctx, xml('<iq type="get" id="3" from="bob@example.test/pc" to="carol@example.test/x"/>'),
                          route_remote=False)
     assert [s.get("id") for s in remote.taken] == ["1"]

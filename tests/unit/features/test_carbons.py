@@ -26,10 +26,12 @@ async def test_received_and_sent_copies(world):
     for c in (alice_phone, bob_pc, bob_phone):
         await enable(c)
     await alice.send("<message to='bob@example.test' type='chat' id='m'><body>hi</body></message>")
-    original = "<message xmlns='jabber:client' to='bob@example.test' type='chat' id='m' from='alice@example.test/home'><body>hi</body></message>"
+    original = ("<message xmlns='jabber:client' to='bob@example.test' type='chat' id='m' "
+                "from='alice@example.test/home'><body>hi</body></message>")
     bob_pc.expect(original)
     bob_phone.expect(f"<message from='bob@example.test' to='bob@example.test/phone' type='chat'>"
-                     f"<received xmlns='{CARBONS}'><forwarded xmlns='{FWD}'>{original}</forwarded></received></message>")
+                     f"<received xmlns='{CARBONS}'><forwarded xmlns='{FWD}'>{original}</forwarded></received>"
+                     "</message>")
     alice_phone.expect(f"<message from='alice@example.test' to='alice@example.test/phone' type='chat'>"
                        f"<sent xmlns='{CARBONS}'><forwarded xmlns='{FWD}'>{original}</forwarded></sent></message>")
     for c in (alice, bob_old, bob_pc, bob_phone, alice_phone):
@@ -46,7 +48,8 @@ async def test_private_no_copy_headline_and_disable(world):
     for c in (alice_phone, bob_phone):
         await enable(c)
     await alice.send(f"<message to='bob@example.test' type='chat'><body>a</body><private xmlns='{CARBONS}'/></message>")
-    await alice.send("<message to='bob@example.test' type='chat'><body>b</body><no-copy xmlns='urn:xmpp:hints'/></message>")
+    await alice.send("<message to='bob@example.test' type='chat'><body>b</body>"
+                     "<no-copy xmlns='urn:xmpp:hints'/></message>")
     await alice.send("<message to='bob@example.test/pc' type='groupchat'><body>c</body></message>")
     assert len(bob_pc.outbox) == 3
     bob_phone.silent()

@@ -24,13 +24,16 @@ async def test_bare_jid_goes_to_highest_non_negative_priority(world):
         c.outbox.clear()
     await alice.send("<message to='bob@example.test' type='chat' id='m1'><body>hi</body></message>")
     for c in (high1, high2):
-        c.expect("<message to='bob@example.test' type='chat' id='m1' from='alice@example.test/home'><body>hi</body></message>")
+        c.expect("<message to='bob@example.test' type='chat' id='m1' from='alice@example.test/home'>"
+                 "<body>hi</body></message>")
     low.silent()
     await alice.send("<message to='bob@example.test' type='headline'><body>news</body></message>")
     for c in (low, high1, high2):
-        c.expect("<message to='bob@example.test' type='headline' from='alice@example.test/home'><body>news</body></message>")
+        c.expect("<message to='bob@example.test' type='headline' from='alice@example.test/home'>"
+                 "<body>news</body></message>")
     await alice.send("<message to='bob@example.test/low' type='chat'><body>you</body></message>")
-    low.expect("<message to='bob@example.test/low' type='chat' from='alice@example.test/home'><body>you</body></message>")
+    low.expect("<message to='bob@example.test/low' type='chat' from='alice@example.test/home'>"
+               "<body>you</body></message>")
     high1.silent()
 
 
@@ -38,11 +41,13 @@ async def test_full_jid_without_resource(world):
     alice = await world.online("alice@example.test/home")
     bob = await world.online("bob@example.test/pc")
     await alice.send("<message to='bob@example.test/gone' type='chat'><body>a</body></message>")
-    bob.expect("<message to='bob@example.test/gone' type='chat' from='alice@example.test/home'><body>a</body></message>")
+    bob.expect("<message to='bob@example.test/gone' type='chat' from='alice@example.test/home'>"
+               "<body>a</body></message>")
     await alice.send("<message to='bob@example.test/gone' type='headline'><body>b</body></message>")
     await alice.send("<message to='bob@example.test/gone' type='groupchat' id='g'><body>c</body></message>")
     bob.silent()
-    alice.expect(err("service-unavailable", "alice@example.test/home", text=True, id="g", **{"from": "bob@example.test/gone"}))
+    alice.expect(err("service-unavailable", "alice@example.test/home", text=True, id="g",
+                     **{"from": "bob@example.test/gone"}))
 
 
 async def test_unknown_user_and_groupchat_are_service_unavailable(world):
@@ -50,7 +55,8 @@ async def test_unknown_user_and_groupchat_are_service_unavailable(world):
     await alice.send("<message to='nobody@example.test' id='u'><body>x</body></message>")
     alice.expect(err("service-unavailable", "alice@example.test/home", id="u", **{"from": "nobody@example.test"}))
     await alice.send("<message to='bob@example.test' type='groupchat' id='g'><body>x</body></message>")
-    alice.expect(err("service-unavailable", "alice@example.test/home", text=True, id="g", **{"from": "bob@example.test"}))
+    alice.expect(err("service-unavailable", "alice@example.test/home", text=True, id="g",
+                     **{"from": "bob@example.test"}))
     await alice.send("<message to='nobody@example.test' type='error' id='e'/>")
     alice.silent()
 
@@ -65,7 +71,8 @@ async def test_offline_storage_delay_cap_and_delivery(world):
     await alice.send("<message to='bob@example.test' type='headline'><body>not stored</body></message>")
     alice.silent()
     await alice.send("<message to='bob@example.test' type='chat' id='full'><body>too many</body></message>")
-    alice.expect(err("service-unavailable", "alice@example.test/home", text=True, id="full", **{"from": "bob@example.test"}))
+    alice.expect(err("service-unavailable", "alice@example.test/home", text=True, id="full",
+                     **{"from": "bob@example.test"}))
     negative.silent()
     backup.silent()
     bob = await world.connect("bob@example.test/pc")
@@ -74,7 +81,8 @@ async def test_offline_storage_delay_cap_and_delivery(world):
     bob.expect("<presence from='bob@example.test/neg' to='bob@example.test/pc'><priority>-1</priority></presence>")
     for i in range(3):
         got = bob.expect(f"<message to='bob@example.test' type='chat' id='o{i}' from='alice@example.test/home'>"
-                         f"<body>m{i}</body><delay xmlns='urn:xmpp:delay' from='example.test' stamp='*'>Offline Storage</delay></message>")
+                         f"<body>m{i}</body><delay xmlns='urn:xmpp:delay' from='example.test' stamp='*'>"
+                         "Offline Storage</delay></message>")
         assert got.find("{urn:xmpp:delay}delay").get("stamp").endswith("Z")
     bob.silent()
     assert await world.store.pop_offline(JID.parse("bob@example.test")) == []
@@ -92,4 +100,5 @@ async def test_inactive_session_never_gets_messages(world):
 async def test_message_without_to_goes_to_own_account(world):
     home = await world.online("alice@example.test/home")
     await home.send("<message type='chat'><body>note</body></message>")
-    home.expect("<message type='chat' to='alice@example.test' from='alice@example.test/home'><body>note</body></message>")
+    home.expect("<message type='chat' to='alice@example.test' from='alice@example.test/home'>"
+                "<body>note</body></message>")

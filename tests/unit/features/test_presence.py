@@ -47,7 +47,8 @@ async def test_updates_go_to_subscribers_only_and_unavailable_deletes_the_record
     alice.expect("<presence from='alice@example.test/home' to='alice@example.test/home'><show>dnd</show></presence>")
     carol.silent()
     await alice.send("<presence type='unavailable'><status>bye</status></presence>")
-    bob.expect("<presence type='unavailable' from='alice@example.test/home' to='bob@example.test'><status>bye</status></presence>")
+    bob.expect("<presence type='unavailable' from='alice@example.test/home' to='bob@example.test'>"
+               "<status>bye</status></presence>")
     alice.silent()
     carol.silent()
     assert await world.store.presences(ALICE) == []
@@ -90,7 +91,8 @@ async def test_probe_without_subscription_gets_unsubscribed(world):
                  "<item jid='bob@example.test' subscription='none'/></query></iq>")
     alice.expect("<presence type='unsubscribed' from='bob@example.test' to='alice@example.test'/>")
     alice.silent()  # and no presence of bob leaked
-    await world.store.update_subscription(ALICE, JID.parse("nobody@example.test"), lambda old: SubscriptionState(Subscription.TO))
+    await world.store.update_subscription(ALICE, JID.parse("nobody@example.test"),
+                                          lambda old: SubscriptionState(Subscription.TO))
     await world.ctx.deliver(parse("<presence type='probe' from='alice@example.test/home' to='nobody@example.test'/>"))
     alice.expect("<iq type='set' id='*' to='alice@example.test/home'><query xmlns='jabber:iq:roster'>"
                  "<item jid='nobody@example.test' subscription='none'/></query></iq>")

@@ -28,7 +28,8 @@ async def test_get_set_push_and_get_again(world):
     phone.expect(f"<iq type='result' id='g2' to='alice@example.test/phone'><query {Q}/></iq>")
     await home.send(f"<iq type='set' id='s1'><query {Q}><item jid='Bob@Example.test' name='Bob'>"
                     "<group>Friends</group><group>Work</group></item></query></iq>")
-    item = "<item jid='bob@example.test' subscription='none' name='Bob'><group>Friends</group><group>Work</group></item>"
+    item = ("<item jid='bob@example.test' subscription='none' name='Bob'>"
+            "<group>Friends</group><group>Work</group></item>")
     home.expect(f"<iq type='set' id='*' to='alice@example.test/home'><query {Q}>{item}</query></iq>")
     home.expect("<iq type='result' id='s1' to='alice@example.test/home'/>")
     phone.expect(f"<iq type='set' id='*' to='alice@example.test/phone'><query {Q}>{item}</query></iq>")
@@ -42,7 +43,7 @@ async def test_get_set_push_and_get_again(world):
     home.expect("<iq type='result' id='s2' to='alice@example.test/home'/>")
 
 
-@pytest.mark.parametrize("payload, condition", [
+@pytest.mark.parametrize(("payload", "condition"), [
     ("<item jid='a@example.test'/><item jid='b@example.test'/>", "bad-request"),
     ("", "bad-request"),
     ("<item name='no jid'/>", "bad-request"),
@@ -66,11 +67,13 @@ async def test_remove_pushes_and_unknown_item_is_item_not_found(world):
     await alice.send(f"<iq type='get' id='g'><query {Q}/></iq>")
     await alice.send(f"<iq type='set' id='s'><query {Q}><item jid='carol@example.test'/></query></iq>")
     alice.outbox.clear()
-    await alice.send(f"<iq type='set' id='r'><query {Q}><item jid='carol@example.test' subscription='remove'/></query></iq>")
+    await alice.send(f"<iq type='set' id='r'><query {Q}>"
+                     "<item jid='carol@example.test' subscription='remove'/></query></iq>")
     alice.expect(f"<iq type='set' id='*' to='alice@example.test/home'><query {Q}>"
                  "<item jid='carol@example.test' subscription='remove'/></query></iq>")
     alice.expect("<iq type='result' id='r' to='alice@example.test/home'/>")
-    await alice.send(f"<iq type='set' id='r2'><query {Q}><item jid='carol@example.test' subscription='remove'/></query></iq>")
+    await alice.send(f"<iq type='set' id='r2'><query {Q}>"
+                     "<item jid='carol@example.test' subscription='remove'/></query></iq>")
     alice.expect(error("r2", "alice@example.test/home", "item-not-found", "cancel"))
 
 
@@ -82,7 +85,8 @@ async def test_remove_cancels_subscriptions_both_ways(world):
         await b.send(f"<presence type='subscribed' to='{a.jid.bare}'/>")
     alice.outbox.clear()
     bob.outbox.clear()
-    await alice.send(f"<iq type='set' id='r'><query {Q}><item jid='bob@example.test' subscription='remove'/></query></iq>")
+    await alice.send(f"<iq type='set' id='r'><query {Q}>"
+                     "<item jid='bob@example.test' subscription='remove'/></query></iq>")
     alice.expect(f"<iq type='set' id='*' to='alice@example.test/home'><query {Q}>"
                  "<item jid='bob@example.test' subscription='remove'/></query></iq>")
     bob.expect(f"<iq type='set' id='*' to='bob@example.test/pc'><query {Q}>"
@@ -103,7 +107,8 @@ async def test_remove_cancels_subscriptions_both_ways(world):
 async def test_foreign_roster_is_forbidden(world):
     alice = await world.connect("alice@example.test/home")
     with pytest.raises(StanzaError) as exc:
-        await roster.roster_get(world.ctx, alice.session, parse(f"<iq type='get' to='bob@example.test'><query {Q}/></iq>"))
+        await roster.roster_get(world.ctx, alice.session,
+                                parse(f"<iq type='get' to='bob@example.test'><query {Q}/></iq>"))
     assert exc.value.condition is Condition.FORBIDDEN
     # through the router, another account's roster is not even reachable
     await alice.send(f"<iq type='get' id='f' to='bob@example.test'><query {Q}/></iq>")

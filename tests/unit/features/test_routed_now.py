@@ -33,9 +33,11 @@ async def test_bare_jid_chat_goes_to_the_top_priority_with_the_frame_bytes(world
     low = await world.online("bob@example.test/low", "<presence><priority>1</priority></presence>")
     high = await world.online("bob@example.test/high", "<presence><priority>7</priority></presence>")
     low.outbox.clear(), high.outbox.clear()
-    done, body = now(world, f"<message to='bob@example.test' type='chat' id='m1' from='{ALICE}'><body>hi &amp; bye</body></message>")
+    done, body = now(world, f"<message to='bob@example.test' type='chat' id='m1' from='{ALICE}'>"
+                            "<body>hi &amp; bye</body></message>")
     assert done
-    high.expect(f"<message to='bob@example.test' type='chat' id='m1' from='{ALICE}'><body>hi &amp; bye</body></message>")
+    high.expect(f"<message to='bob@example.test' type='chat' id='m1' from='{ALICE}'>"
+                "<body>hi &amp; bye</body></message>")
     assert high.wires[-1] == body and body.startswith(b"<message ")
     low.silent()
 
@@ -73,9 +75,11 @@ async def test_what_the_common_case_leaves_to_the_full_path(world):
         f"<presence to='bob@example.test' type='probe' from='{ALICE}'/>",
         f"<presence to='bob@example.test' type='subscribe' from='{ALICE}'/>",
     ]
-    payload = b"R\n<message xmlns='' to='bob@example.test' type='chat' from='" + ALICE.encode() + b"'><body>n</body></message>"
+    payload = (b"R\n<message xmlns='' to='bob@example.test' type='chat' from='" + ALICE.encode()
+               + b"'><body>n</body></message>")
     stanza = decode_routed(world.ctx, "n2", payload)
-    assert stanza is not None and deliver_routed_now(world.ctx, stanza, payload) is False  # written again, not as it came
+    # written again, not as it came
+    assert stanza is not None and deliver_routed_now(world.ctx, stanza, payload) is False
     for text in cases:
         assert now(world, text)[0] is False, text
     bob.silent()

@@ -27,7 +27,7 @@ from presence_ha.server.features.subscription_rules import (
 
 def test_table_has_one_row_per_way_kind_and_state():
     assert len(TABLE) == len(Way) * len(Kind) * len(STATES) == 72
-    assert {key for key in TABLE} == {(w, k, s) for w in Way for k in Kind for s in STATES}
+    assert set(TABLE) == {(w, k, s) for w in Way for k in Kind for s in STATES}
 
 
 def test_every_state_is_reachable_from_none_and_none_is_reachable_from_each():
@@ -35,7 +35,7 @@ def test_every_state_is_reachable_from_none_and_none_is_reachable_from_each():
         seen, todo = {start}, [start]
         while todo:
             state = todo.pop()
-            for (way, kind, src), row in TABLE.items():
+            for (_way, _kind, src), row in TABLE.items():
                 if src == state and row.to not in seen:
                     seen.add(row.to)
                     todo.append(row.to)
@@ -65,14 +65,15 @@ def test_decide_follows_each_row_without_approval(key):
     else:
         assert not decision.approved
     assert decision.state == row.to
-    assert (Effect.AUTO_SUBSCRIBED in decision.effects) == (way is Way.INBOUND and kind is Kind.SUBSCRIBE and state.sub.has_from)
+    assert (Effect.AUTO_SUBSCRIBED in decision.effects) == (
+        way is Way.INBOUND and kind is Kind.SUBSCRIBE and state.sub.has_from)
     assert (Effect.STORE_REQUEST in decision.effects) == (row.to.pending_in and not state.pending_in)
     assert (Effect.DROP_REQUEST in decision.effects) == (state.pending_in and not row.to.pending_in)
     assert (Effect.SEND_PRESENCE in decision.effects) == (row.to.sub.has_from and not state.sub.has_from)
     assert (Effect.SEND_UNAVAILABLE in decision.effects) == (state.sub.has_from and not row.to.sub.has_from)
 
 
-@pytest.mark.parametrize("state, expected", [(NONE, FROM), (NONE_OUT, FROM_OUT), (TO, BOTH)])
+@pytest.mark.parametrize(("state", "expected"), [(NONE, FROM), (NONE_OUT, FROM_OUT), (TO, BOTH)])
 def test_preapproved_request_is_granted_at_once(state, expected):
     decision = decide(Way.INBOUND, Kind.SUBSCRIBE, state, approved=True)
     assert decision.state == expected and not decision.approved

@@ -64,7 +64,7 @@ def mismatch(expected: ET.Element, actual: ET.Element) -> str | None:
         return f"text {actual.text!r} != {expected.text!r} in <{actual.tag}>"
     if len(expected) != len(actual):
         return f"<{actual.tag}> has {len(actual)} children, expected {len(expected)}"
-    for exp_child, act_child in zip(expected, actual):
+    for exp_child, act_child in zip(expected, actual, strict=True):
         why = mismatch(exp_child, act_child)
         if why:
             return why
@@ -147,7 +147,8 @@ async def make_world(db_path, *, offline_limit: int = 3) -> World:
     engine = make_engine(f"sqlite:///{db_path}")
     async with engine.begin() as conn:
         await conn.run_sync(metadata.create_all)
-        cluster = (await conn.execute(insert(Cluster).values(name="c1", domain=DOMAIN, secret="s"))).inserted_primary_key[0]
+        inserted = await conn.execute(insert(Cluster).values(name="c1", domain=DOMAIN, secret="s"))
+        cluster = inserted.inserted_primary_key[0]
         await conn.execute(insert(Node).values(
             cluster_id=cluster, name="n1", software_version="1", client_port=1, srm_port=2, admin_port=3,
             link_port=4, metrics_port=5,

@@ -71,7 +71,7 @@ def test_fast_logins_keep_the_floor_and_too_few_samples_prove_nothing():
         gate.leave(now=i * 0.01 + 0.2, completed=True, started=i * 0.01)
     assert gate.limit(now=1.0) == 1000 and not gate.saturated()
     slow = LoginGate(floor=1000, budget_s=15.0)
-    for i in range(LoginGate.MIN_SAMPLES - 1):  # a few slow ones: not enough to shed a burst
+    for _ in range(LoginGate.MIN_SAMPLES - 1):  # a few slow ones: not enough to shed a burst
         slow.enter(now=0.0)
         slow.leave(now=4.0, completed=True, started=-6.0)
     assert slow.limit(now=4.0) == 1000

@@ -4,6 +4,7 @@ close_notify, TLS garbage and flow control, against an in-memory socket transpor
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 
 import pytest
@@ -102,10 +103,8 @@ class TlsClient:
         """Feed what the server sent; return what the client sends now."""
         if received:
             self.incoming.write(received)
-        try:
+        with contextlib.suppress(ssl.SSLWantReadError):
             self.obj.do_handshake()
-        except ssl.SSLWantReadError:
-            pass
         return self.outgoing.read()
 
 
@@ -151,19 +150,17 @@ async def test_starttls_handshake_then_data_both_ways(server_tls, client_tls, ea
 
 
 async def test_close_notify_from_the_peer_ends_the_connection(server_tls, client_tls):
-    transport, sock, receiver = connect()
+    transport, sock, _receiver = connect()
     client = TlsClient(client_tls)
     await handshake(transport, sock, client, server_tls)
-    try:
+    with contextlib.suppress(ssl.SSLWantReadError):
         client.obj.unwrap()
-    except ssl.SSLWantReadError:
-        pass
     feed(transport, client.outgoing.read())
     assert sock.closing and not sock.aborted  # closed as on EOF
 
 
 async def test_our_close_sends_close_notify(server_tls, client_tls):
-    transport, sock, receiver = connect()
+    transport, sock, _receiver = connect()
     client = TlsClient(client_tls)
     await handshake(transport, sock, client, server_tls)
     transport.close()
@@ -184,13 +181,13 @@ async def test_garbage_instead_of_a_client_hello_fails_the_handshake(server_tls)
 
 
 async def test_handshake_times_out(server_tls):
-    transport, sock, receiver = connect()
+    transport, _sock, _receiver = connect()
     with pytest.raises(TimeoutError):
         await transport.start_tls(server_tls, 0.05)
 
 
 async def test_drain_waits_while_writing_is_paused():
-    transport, sock, receiver = connect()
+    transport, _sock, receiver = connect()
     transport.pause_writing()
     waiter = asyncio.ensure_future(transport.drain())
     await asyncio.sleep(0)
@@ -206,7 +203,7 @@ async def test_drain_waits_while_writing_is_paused():
 
 
 async def test_reading_back_pressure_is_passed_to_the_socket():
-    transport, sock, receiver = connect()
+    transport, sock, _receiver = connect()
     transport.pause_reading()
     assert sock.reading_paused
     transport.resume_reading()
@@ -214,7 +211,7 @@ async def test_reading_back_pressure_is_passed_to_the_socket():
 
 
 async def test_writes_of_one_turn_go_out_together():
-    transport, sock, receiver = connect()
+    transport, sock, _receiver = connect()
     transport.write(b"<a/>")
     transport.write(b"<b/>")
     transport.write(b"<c/>")
@@ -228,7 +225,7 @@ async def test_writes_of_one_turn_go_out_together():
 
 async def test_a_big_turn_goes_out_in_pieces_and_close_or_abort_settle_what_waits():
     from presence_ha.server.net.transport import PENDING_MAX
-    transport, sock, receiver = connect()
+    transport, sock, _receiver = connect()
     transport.write(b"<first/>")
     chunk = b"x" * 1000
     for _ in range(PENDING_MAX // len(chunk) + 1):
@@ -237,7 +234,7 @@ async def test_a_big_turn_goes_out_in_pieces_and_close_or_abort_settle_what_wait
     transport.write(b"<last/>")
     transport.close()  # what waits goes out before the close
     assert sock.take().endswith(b"<last/>") and sock.closing
-    transport, sock, receiver = connect()
+    transport, sock, _receiver = connect()
     transport.write(b"<1/>")
     transport.write(b"<2/>")
     transport.abort()

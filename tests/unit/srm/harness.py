@@ -61,6 +61,7 @@ from presence_ha.server.srm.table import InvalidTransition, NodeState, Reason
 
 MAX_STEPS = 5000
 USERS_PER_NODE = 3
+DEFAULT_TIMERS = SrmTimers()
 
 
 class SafetyViolation(AssertionError):
@@ -83,7 +84,7 @@ class Node:
 class Pair:
     """A presence redundancy group of two nodes, fully simulated."""
 
-    def __init__(self, timers: SrmTimers = SrmTimers(), names: tuple[str, str] = ("n1", "n2")) -> None:
+    def __init__(self, timers: SrmTimers = DEFAULT_TIMERS, names: tuple[str, str] = ("n1", "n2")) -> None:
         self.timers = timers
         self.nodes = {n: Node(n) for n in names}
         self.now = 0.0

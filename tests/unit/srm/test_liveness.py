@@ -56,7 +56,7 @@ def test_an_answer_resets_the_slow_count() -> None:
     assert db.sample(SLOW).event is None
 
 
-@pytest.mark.parametrize("sample, finding", [
+@pytest.mark.parametrize(("sample", "finding"), [
     (DbSample(Check.TIMED_OUT, LIMIT, loop_lag_s=LIMIT * 0.2, since_write_s=60.0), Finding.NODE_SATURATED),
     (DbSample(Check.TIMED_OUT, LIMIT, loop_lag_s=0.5, since_write_s=LIMIT - 0.1), Finding.DATABASE_BUSY),
 ])

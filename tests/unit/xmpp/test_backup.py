@@ -11,7 +11,7 @@ from presence_ha.server.xmpp.errors import Condition, ErrorType
 from presence_ha.server.xmpp.stanzas import serialize
 
 
-@pytest.mark.parametrize("text, hold", [
+@pytest.mark.parametrize(("text", "hold"), [
     (f"<iq type='set' id='h'><hold xmlns='{NS_BACKUP}'/></iq>", True),
     (f"<iq type='set' id='h'><hold xmlns='{NS_BACKUP}' contacts='kept'/></iq>", True),
     (f"<iq type='get' id='h'><hold xmlns='{NS_BACKUP}'/></iq>", False),

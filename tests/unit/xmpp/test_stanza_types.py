@@ -48,7 +48,7 @@ def test_type_values_are_the_route_keys():
     assert type_values(MessageType.CHAT) == ("chat",)
 
 
-@pytest.mark.parametrize("sub, has_to, has_from", [
+@pytest.mark.parametrize(("sub", "has_to", "has_from"), [
     (Subscription.NONE, False, False), (Subscription.TO, True, False),
     (Subscription.FROM, False, True), (Subscription.BOTH, True, True),
 ])
