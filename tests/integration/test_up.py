@@ -253,7 +253,7 @@ async def _exchange(users: list[dict[str, str]], ports: list[int], cafile: Path)
 
 
 def test_standard_clients_of_both_nodes_dial_any_address(up: tuple[subprocess.Popen, Path, Path]) -> None:
-    process, directory, out = up
+    _process, directory, out = up
     wait_until(lambda: "Connect any XMPP client" in out.read_text(), "up's welcome")
     spec = json.loads((directory / "cluster.json").read_text())
     wait_states(spec["database_url"], {"node1": "Normal", "node2": "Normal"})
