@@ -42,7 +42,7 @@ def lab_group() -> None:
 @click.option("--users", "user_count", type=click.IntRange(0, 100_000), default=10, show_default=True,
               help="Demo users user1..userN (passwords in cluster.json).")
 @click.option("--base-port", type=int, default=nodes.DEFAULT_BASE_PORT, show_default=True,
-              help="Each node's client port on its own host (then srm, admin, link, metrics).")
+              help=f"n1's client port (then srm, admin, link, metrics); n2's block starts {nodes.PORT_STRIDE} higher.")
 @click.option("--domain", default="localhost", show_default=True, help="XMPP domain of the cluster.")
 @click.option("--lab-id", type=click.IntRange(0, 255), default=0, show_default=True,
               help="Lab number: subnet 198.18.ID.0/24, namespaces phalabID-h1, -h2, -w.")

@@ -23,6 +23,7 @@ Rules of this module:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import pwd
@@ -37,13 +38,12 @@ from pathlib import Path
 
 from presence_ha.db import clusters, groups, nodes, parameters, schema
 from presence_ha.db import users as db_users
-from presence_ha.db.engine import DatabaseUnavailable
+from presence_ha.db.engine import DatabaseUnavailable, make_engine, make_session_factory
 from presence_ha.db.errors import ProvisioningError
 from presence_ha.loadtest.lab import netns, postgres
 from presence_ha.loadtest.lab.netns import Host, LabError, LabNet
 from presence_ha.loadtest.lab.postgres import PatroniTimers, Secrets
 from presence_ha.loadtest.localpair import FAST_PARAMS, NODE_SETS, ha_states
-from presence_ha.server.cli.database import open_session
 
 STATE_FILE = "lab.json"
 NODE_HOSTS = {"n1": "h1", "n2": "h2"}
@@ -275,6 +275,17 @@ class Lab:
         netns.heal(self.net)
 
 
+@contextlib.asynccontextmanager
+async def open_session(url: str):
+    """A session on `url`; the engine is disposed on exit (no `server.cli` import: it imports us)."""
+    engine = make_engine(url)
+    try:
+        async with make_session_factory(engine)() as session:
+            yield session
+    finally:
+        await engine.dispose()
+
+
 def check_prerequisites() -> None:
     netns.require_root()
     packages = netns.missing_tools(REQUIRED_TOOLS)
@@ -317,8 +328,11 @@ async def provision(url: str, domain: str, net: LabNet, base_port: int, user_cou
 
     async with open_session(url) as session:
         await clusters.create_cluster(session, "lab", domain)
-        for name, host in NODE_HOSTS.items():
-            await nodes.add_node(session, name, host=net.host(host).address, base_port=base_port)
+        for index, (name, host) in enumerate(NODE_HOSTS.items()):
+            # Distinct blocks although the hosts differ: the admin RPC listens on each host's
+            # loopback, so `ha` commands run inside h1 must not find n1 at n2's port.
+            port = base_port + index * nodes.PORT_STRIDE
+            await nodes.add_node(session, name, host=net.host(host).address, base_port=port)
         await groups.add_group(session, "g1", list(NODE_HOSTS), description="presence-ha lab")
         for key, value in FAST_PARAMS.items():
             await parameters.set_parameter(session, key, value)

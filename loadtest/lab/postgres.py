@@ -22,12 +22,15 @@ Rules of this module:
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+
+from sqlalchemy.exc import SQLAlchemyError
 
 from presence_ha.loadtest.lab.netns import Host, LabError, LabNet
 
@@ -196,12 +199,38 @@ def wait_leader(hosts: list[Host], deadline_s: float, exclude: str | None = None
     raise LabError(f"no new leader after {deadline_s:.0f}s; Patroni says: {members}")
 
 
+async def wait_writable(url: str, deadline_s: float) -> str:
+    """Poll until a fresh connection of multi-host `url` reaches a writable primary; its address."""
+    import asyncpg
+
+    from presence_ha.db.engine import make_engine
+
+    deadline = time.monotonic() + deadline_s
+    while True:
+        engine = make_engine(url, pool_size=1)
+        try:
+            async with engine.connect() as conn:
+                row = (await conn.exec_driver_sql("SELECT host(inet_server_addr()), pg_is_in_recovery()")).one()
+            if not row[1]:
+                return str(row[0])
+        except (OSError, asyncpg.PostgresError, SQLAlchemyError):
+            pass
+        finally:
+            await engine.dispose()
+        if time.monotonic() > deadline:
+            raise LabError(f"no writable primary behind {url} after {deadline_s:.0f}s")
+        await asyncio.sleep(0.1)
+
+
 async def create_app_database(primary: Host, secrets: Secrets) -> None:
     """The nodes' role and database on the primary (replicated to the standby)."""
     import asyncpg
 
     conn = await asyncpg.connect(superuser_dsn(primary, secrets), timeout=10)
     try:
+        # Applied on the standby before we go on: a multi-host connection that tries the
+        # standby first must find the database there (asyncpg stops at "no such database").
+        await conn.execute("SET synchronous_commit = remote_apply")
         exists = await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", APP_ROLE)
         if not exists:
             password = secrets.app.replace("'", "''")
