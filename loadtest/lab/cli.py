@@ -112,8 +112,10 @@ def lab_down(data_dir: Path, lab_id: int | None) -> None:
 
 @lab_group.command("status")
 @data_dir_option
-def lab_status(data_dir: Path) -> None:
-    """Patroni's members (role, state, lag) and which lab processes run."""
+@click.option("--cpu", "cpu_seconds", type=click.FloatRange(1, 600), default=None, metavar="SECONDS",
+              help="Also measure each process's share of one core over SECONDS (e.g. 60 on an idle lab).")
+def lab_status(data_dir: Path, cpu_seconds: float | None) -> None:
+    """Patroni's members (role, state, lag), how many processes each host runs, optionally CPU use."""
     lab = Lab.load(data_dir)
     if lab is None:
         raise click.ClickException(f"no lab recorded in {data_dir}")
@@ -121,3 +123,8 @@ def lab_status(data_dir: Path) -> None:
         click.echo(f"{member.get('name')}: {member.get('role')} {member.get('state', '')} lag {member.get('lag', '-')}")
     for host in lab.net.hosts:
         click.echo(f"{host.name} ({host.netns}): {len(netns.pids_in(host))} processes")
+    if cpu_seconds:
+        share = lab.cpu_share(cpu_seconds)
+        for (host_name, command), used in sorted(share.items(), key=lambda kv: -kv[1]):
+            click.echo(f"  {host_name} {command}: {100 * used:.2f}% of one core")
+        click.echo(f"lab total: {100 * sum(share.values()):.2f}% of one core over {cpu_seconds:.0f}s")

@@ -52,6 +52,9 @@ REQUIRED_TOOLS = (
     ("ip", "iproute2"), ("nft", "nftables"), ("etcd", "etcd-server"), ("patroni", "patroni"),
     ("runuser", "util-linux"), (str(postgres.PG_BIN / "initdb"), "postgresql-15"),
 )
+# The load test's fast SRM timers, with a 2 s heartbeat: a dead peer is still seen at
+# once (its ports refuse), and an idle lab stays under 5% of one core.
+LAB_PARAMS = {**FAST_PARAMS, "heartbeat_interval_s": 2, "heartbeat_timeout_s": 4, "init_heartbeat_timeout_s": 6}
 ETCD_DEADLINE_S = 20.0
 DB_DEADLINE_S = 90.0
 NODE_DEADLINE_S = 60.0
@@ -243,6 +246,19 @@ class Lab:
                 proc.kill()
         self.procs.clear()
 
+    def cpu_share(self, seconds: float) -> dict[tuple[str, str], float]:
+        """Share of one core used over the next `seconds` by each (host, command) of the lab.
+
+        Processes that end during the window are not counted; on an idle lab none do.
+        """
+        before = {h.name: netns.cpu_seconds(h) for h in self.net.hosts}
+        time.sleep(seconds)
+        share = {}
+        for host in self.net.hosts:
+            for command, used in netns.cpu_seconds(host).items():
+                share[(host.name, command)] = max(0.0, used - before[host.name].get(command, 0.0)) / seconds
+        return share
+
     # --- faults ---------------------------------------------------------------------------
 
     def power_off(self, name: str) -> None:
@@ -334,7 +350,7 @@ async def provision(url: str, domain: str, net: LabNet, base_port: int, user_cou
             port = base_port + index * nodes.PORT_STRIDE
             await nodes.add_node(session, name, host=net.host(host).address, base_port=port)
         await groups.add_group(session, "g1", list(NODE_HOSTS), description="presence-ha lab")
-        for key, value in FAST_PARAMS.items():
+        for key, value in LAB_PARAMS.items():
             await parameters.set_parameter(session, key, value)
         await db_users.bulk_import(session, list(passwords.items()))
         await groups.edit_group(session, "g1", ha_enabled=True)

@@ -27,6 +27,7 @@ import signal
 import subprocess
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 LAB_RANGE = ipaddress.ip_network("198.18.0.0/15")
 ROOT_HOST_NUMBER = 254
@@ -168,6 +169,20 @@ def pids_in(host: Host, uid: int | None = None) -> list[int]:
         if (ns.st_dev, ns.st_ino) == (target.st_dev, target.st_ino) and (uid is None or owner == uid):
             found.append(int(entry))
     return found
+
+
+def cpu_seconds(host: Host) -> dict[str, float]:
+    """CPU time (user + system, seconds) used so far by the processes in `host`, by command name."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    used: dict[str, float] = {}
+    for pid in pids_in(host):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            command = Path(f"/proc/{pid}/comm").read_text().strip()
+        except OSError:
+            continue
+        used[command] = used.get(command, 0.0) + (int(fields[11]) + int(fields[12])) / ticks
+    return used
 
 
 def kill_pids(pids: Iterable[int], sig: signal.Signals) -> None:

@@ -50,9 +50,9 @@ class PatroniTimers:
     """Patroni's DCS timers (seconds) and etcd's raft timers (milliseconds)."""
 
     ttl_s: int = 8
-    loop_wait_s: int = 2
-    retry_timeout_s: int = 3
-    etcd_heartbeat_ms: int = 250
+    loop_wait_s: int = 3
+    retry_timeout_s: int = 2
+    etcd_heartbeat_ms: int = 500
     etcd_election_ms: int = 2500
 
     def __post_init__(self) -> None:

@@ -41,6 +41,7 @@ LAB_ID = 250  # not the default 0, so a user's `lab up` and the tests never coll
 NET_LAB_ID = 251
 PROMOTION_BOUND_S = 25.0  # Patroni ttl 8 s + one loop + promote, with room for a loaded machine
 DEADLINE_S = 30.0
+IDLE_SAMPLE_S = 20.0  # the README's figure is over 60 s (`presence-ha lab status --cpu 60`)
 
 
 def _require_lab() -> None:
@@ -175,6 +176,15 @@ def test_cluster_json_and_a_login_through_n1_on_h1(lab):
     assert data["database_url"].count("host=") == 2
     assert asyncio.run(server_of(data["database_url"]))[1] is False  # lands on the primary
     asyncio.run(login_and_write_roster(n1, data["users"][0], "friend1@lab.test"))
+
+
+def test_an_idle_lab_uses_under_5_percent_of_one_core(lab):
+    the_lab, _data = lab
+    share = the_lab.cpu_share(IDLE_SAMPLE_S)
+    total = sum(share.values())
+    print(f"\nidle lab over {IDLE_SAMPLE_S:.0f}s: {100 * total:.2f}% of one core "
+          + ", ".join(f"{h} {c} {100 * v:.2f}%" for (h, c), v in sorted(share.items(), key=lambda kv: -kv[1]) if v))
+    assert total < 0.05
 
 
 def test_primary_killed_the_standby_is_promoted_and_both_nodes_follow_it(lab):
