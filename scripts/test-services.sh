@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Make sure what the tests talk to is there: the local PostgreSQL server, and Debian's
-# prosody (the reference server of the benchmark test). Installs or starts them when
-# missing and possible; with CI=true a PostgreSQL that cannot be reached is an error.
+# Make sure what the tests talk to is there: the local PostgreSQL server, Debian's
+# prosody (the reference server of the benchmark test), and the lab's packages
+# (lab-packages.sh). Installs or starts them when missing and possible; with CI=true a PostgreSQL that cannot be reached is an error.
 set -u
 
 pg_up() { pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; }
@@ -25,4 +25,6 @@ if ! command -v prosody >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-
     || echo "test-services: could not install prosody" >&2
   # The package may start a system instance; our tests run private instances on free ports.
 fi
+
+"$(dirname "$0")/lab-packages.sh"  # the lab of separate hosts: etcd, Patroni, nftables
 exit 0
