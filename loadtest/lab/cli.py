@@ -17,7 +17,7 @@ import click
 
 from presence_ha.db import nodes
 from presence_ha.loadtest.lab import netns, postgres
-from presence_ha.loadtest.lab.lab import Lab, LabError, teardown_leftovers
+from presence_ha.loadtest.lab.lab import Lab, LabError, record_foreground, teardown_leftovers
 from presence_ha.loadtest.lab.netns import LabNet
 
 data_dir_option = click.option(
@@ -59,6 +59,7 @@ def lab_up(data_dir: Path, user_count: int, base_port: int, domain: str, lab_id:
     _print_summary(lab, data, time.monotonic() - started)
     if detach:
         return
+    record_foreground(lab.data_dir)
     click.echo("Ctrl-C takes the lab down.")
     try:
         while True:

@@ -46,15 +46,16 @@ from presence_ha.loadtest.lab.postgres import PatroniTimers, Secrets
 from presence_ha.loadtest.localpair import FAST_PARAMS, NODE_SETS, ha_states
 
 STATE_FILE = "lab.json"
+FOREGROUND_FILE = "lab-up.pid"
 NODE_HOSTS = {"n1": "h1", "n2": "h2"}
 DB_HOSTS = ("h1", "h2")
 REQUIRED_TOOLS = (
     ("ip", "iproute2"), ("nft", "nftables"), ("etcd", "etcd-server"), ("patroni", "patroni"),
     ("runuser", "util-linux"), (str(postgres.PG_BIN / "initdb"), "postgresql-15"),
 )
-# The load test's fast SRM timers, with a 2 s heartbeat: a dead peer is still seen at
+# The load test's fast SRM timers, with a 3 s heartbeat: a dead peer is still seen at
 # once (its ports refuse), and an idle lab stays under 5% of one core.
-LAB_PARAMS = {**FAST_PARAMS, "heartbeat_interval_s": 2, "heartbeat_timeout_s": 4, "init_heartbeat_timeout_s": 6}
+LAB_PARAMS = {**FAST_PARAMS, "heartbeat_interval_s": 3, "heartbeat_timeout_s": 6, "init_heartbeat_timeout_s": 9}
 ETCD_DEADLINE_S = 20.0
 DB_DEADLINE_S = 90.0
 NODE_DEADLINE_S = 60.0
@@ -140,6 +141,7 @@ class Lab:
 
     def _prepare_dirs(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        (self.data_dir / FOREGROUND_FILE).unlink(missing_ok=True)  # a killed run's
         for host in self.net.host_names:
             shutil.rmtree(self.host_dir(host), ignore_errors=True)
             self.host_dir(host).mkdir()
@@ -151,8 +153,7 @@ class Lab:
         if probe.returncode != 0:
             raise LabError(f"the postgres user cannot reach {self.data_dir} (a parent directory is not "
                            "searchable by others): choose a data dir under a world-searchable path, e.g. /var/tmp")
-        state = {"lab_id": self.net.lab_id, "secrets": asdict(self.secrets), "timers": asdict(self.timers),
-                 "pid": os.getpid()}
+        state = {"lab_id": self.net.lab_id, "secrets": asdict(self.secrets), "timers": asdict(self.timers)}
         state_path = self.data_dir / STATE_FILE
         state_path.write_text(json.dumps(state, indent=2) + "\n")
         state_path.chmod(0o600)
@@ -182,9 +183,12 @@ class Lab:
             time.sleep(0.2)
         raise LabError(f"etcd not healthy after {ETCD_DEADLINE_S:.0f}s; see {self.host_dir('w') / 'etcd.log'}")
 
-    def _start_patroni(self, name: str) -> None:
+    def _start_patroni(self, name: str, fresh: bool = True) -> None:
         host, db_dir = self.net.host(name), self.db_dir(name)
         config = db_dir / "patroni.yml"
+        if not fresh:
+            self._spawn(host, ["runuser", "-u", "postgres", "--", "patroni", str(config)], db_dir / "patroni.log")
+            return
         config.write_text(json.dumps(postgres.patroni_config(self.net, host, db_dir, self.timers, self.secrets), indent=2))
         postgres_user = pwd.getpwnam("postgres")
         os.chown(config, postgres_user.pw_uid, postgres_user.pw_gid)
@@ -277,6 +281,10 @@ class Lab:
         netns.kill_pids(netns.pids_in(self.net.host(leader), uid=uid), signal.SIGKILL)
         return leader
 
+    def restart_db(self, name: str) -> None:
+        """Start host `name`'s Patroni again after a fault; it rejoins (pg_rewind) as a standby."""
+        self._start_patroni(name, fresh=False)
+
     def wait_new_leader(self, old: str, deadline_s: float) -> str:
         return postgres.wait_leader(self.db_hosts, deadline_s, exclude=old)
 
@@ -322,14 +330,20 @@ def teardown_leftovers(data_dir: Path, net: LabNet) -> None:
     netns.destroy(net)
 
 
+def record_foreground(data_dir: Path) -> None:
+    """Note that this process is a foreground `lab up` of `data_dir` (for `stop_foreground`)."""
+    (data_dir / FOREGROUND_FILE).write_text(f"{os.getpid()}\n")
+
+
 def stop_foreground(data_dir: Path) -> None:
-    """SIGTERM the `lab up` that still runs for `data_dir` (it takes its lab down)."""
+    """SIGTERM the foreground `lab up` that still runs for `data_dir` (it takes its lab down)."""
     try:
-        pid = int(json.loads((data_dir / STATE_FILE).read_text())["pid"])
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except (OSError, ValueError, KeyError, TypeError):
+        pid = int((data_dir / FOREGROUND_FILE).read_text())
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except (OSError, ValueError):
         return
-    if pid == os.getpid() or b"lab" not in cmdline:
+    is_lab_up = any(argv[i:i + 2] == [b"lab", b"up"] for i in range(len(argv)))
+    if pid == os.getpid() or not is_lab_up:
         return
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + 15

@@ -8,7 +8,8 @@ reaches the new primary, and a fresh login and a roster write through n1 succeed
 
 Needs root and the Debian packages (scripts/test-services.sh installs them): skipped
 with the reason otherwise, except with CI=true where it fails. Every lab is taken down
-by a fixture finalizer, even when a test fails. The network fault helpers are checked
+by a fixture finalizer, even when a test fails, and its data dir removed (set
+PRESENCE_HA_KEEP_LAB=1 to keep the logs). The network fault helpers are checked
 on bare namespaces with tiny TCP listeners (no database), which is quick.
 """
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import ssl
 import subprocess
@@ -41,6 +43,7 @@ LAB_ID = 250  # not the default 0, so a user's `lab up` and the tests never coll
 NET_LAB_ID = 251
 PROMOTION_BOUND_S = 25.0  # Patroni ttl 8 s + one loop + promote, with room for a loaded machine
 DEADLINE_S = 30.0
+KEEP_ENV = "PRESENCE_HA_KEEP_LAB"  # set: keep the lab's data dir (logs) under /var/tmp
 IDLE_SAMPLE_S = 20.0  # the README's figure is over 60 s (`presence-ha lab status --cpu 60`)
 
 
@@ -120,6 +123,15 @@ async def alive_at(url: str) -> dict[str, object]:
         return {n: (await srm_state.read_state(session, n)).alive_at for n in ("n1", "n2")}
 
 
+async def sync_states(url: str) -> list[str]:
+    from sqlalchemy import text
+
+    from presence_ha.loadtest.lab.lab import open_session
+
+    async with open_session(url) as session:
+        return list((await session.execute(text("SELECT sync_state FROM pg_stat_replication"))).scalars())
+
+
 async def server_of(url: str) -> tuple[str, bool]:
     """(address, in recovery) of the server a fresh connection of `url` lands on."""
     from sqlalchemy import text
@@ -139,7 +151,7 @@ def _killed_first_lab(data_dir: Path) -> None:
     """Run `lab up` in the foreground until it serves, then SIGKILL it (its lab stays behind)."""
     script = Path(sys.executable).with_name("presence-ha")
     argv = [str(script), "lab", "up", "--data-dir", str(data_dir), "--users", "2", "--lab-id", str(LAB_ID)]
-    with open(data_dir.parent / f"{data_dir.name}-first-up.log", "wb") as log:
+    with open(data_dir / "first-up.log", "wb") as log:
         first = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 150
     while not (data_dir / "cluster.json").exists():
@@ -165,6 +177,8 @@ def lab():
     finally:
         the_lab.down()
         netns.destroy(the_lab.net)
+        if not os.environ.get(KEEP_ENV):
+            shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def test_cluster_json_and_a_login_through_n1_on_h1(lab):
@@ -175,6 +189,7 @@ def test_cluster_json_and_a_login_through_n1_on_h1(lab):
     assert "target_session_attrs=read-write" in data["database_url"]
     assert data["database_url"].count("host=") == 2
     assert asyncio.run(server_of(data["database_url"]))[1] is False  # lands on the primary
+    assert asyncio.run(sync_states(data["database_url"])) == ["sync"]  # a commit waits for the standby
     asyncio.run(login_and_write_roster(n1, data["users"][0], "friend1@lab.test"))
 
 
@@ -277,8 +292,13 @@ def reach(net: LabNet, src: str, dst: str) -> bool:
 
 
 def reachability(net: LabNet) -> set[tuple[str, str]]:
-    names = ["root", *net.host_names]
-    return {(a, b) for a in names for b in net.host_names if a != b and reach(net, a, b)}
+    """Every (from, to) pair that connects, probed all at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    pairs = [(a, b) for a in ["root", *net.host_names] for b in net.host_names if a != b]
+    with ThreadPoolExecutor(len(pairs)) as pool:
+        results = list(pool.map(lambda pair: reach(net, *pair), pairs))
+    return {pair for pair, ok in zip(pairs, results, strict=True) if ok}
 
 
 def test_partition_isolation_and_heal(bare_net):

@@ -113,7 +113,7 @@ def test_state_file_round_trip_and_absence(tmp_path):
     assert Lab.load(tmp_path) is None
     state = {"lab_id": 4, "secrets": {"superuser": "a", "replication": "b", "app": "c"},
              "timers": {"ttl_s": 8, "loop_wait_s": 3, "retry_timeout_s": 2, "etcd_heartbeat_ms": 500,
-                        "etcd_election_ms": 2500}, "pid": 1}
+                        "etcd_election_ms": 2500}}
     (tmp_path / "lab.json").write_text(json.dumps(state))
     lab = Lab.load(tmp_path)
     assert lab is not None and lab.net.lab_id == 4 and lab.secrets.app == "c"
