@@ -15,9 +15,13 @@ Rules of this module:
   `up` wipes them; `down` leaves them for reading.
 - `Lab.down` kills every process of the lab's namespaces (SIGKILL: a lab is thrown
   away, its data is rebuilt by the next `up`) and deletes namespaces and bridge.
+- A foreground `lab up` records its PID in `DIR/lab-up.pid`; `down` (and the next
+  `up`) SIGTERMs it only if that process's argv still says `lab up`.
+- SRM parameters: the load test's fast timers with a 3 s heartbeat (`LAB_PARAMS`).
 - Faults for tests and the load test: `power_off(host)`, `kill_db_primary()`,
-  `partition()`, `isolate(host)`, `heal()`. They act at once and return; the waits
-  (`wait_new_leader`) are separate.
+  `partition()`, `isolate(host)`, `heal()`; `restart_db(host)` brings a killed
+  database host back as a standby. They act at once and return; the waits
+  (`wait_new_leader`, `postgres.wait_replicated`, `postgres.wait_writable`) are separate.
 """
 
 from __future__ import annotations
@@ -117,8 +121,8 @@ class Lab:
         check_prerequisites()
         teardown_leftovers(self.data_dir, self.net)
         self._prepare_dirs()
-        netns.create(self.net)
         try:
+            netns.create(self.net)
             self._start_etcd()
             for name in DB_HOSTS:
                 self._start_patroni(name)
