@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Make sure what the tests talk to is there: the local PostgreSQL server, Debian's
-# prosody (the reference server of the benchmark test) and haproxy (`up`'s service
-# address). Installs or starts them when missing and possible; with CI=true a
-# PostgreSQL that cannot be reached is an error.
+# prosody (the reference server of the benchmark test), haproxy (`up`'s service
+# address) and the lab's packages (lab-packages.sh). Installs or starts them when
+# missing and possible; with CI=true a PostgreSQL that cannot be reached is an error.
 set -u
 
 pg_up() { pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; }
@@ -24,4 +24,5 @@ fi
 # system instance; our tests run private instances on free ports); haproxy is `up`'s
 # service address.
 "$(dirname "$0")/ensure-debian.sh" prosody=prosody haproxy=haproxy
+"$(dirname "$0")/lab-packages.sh"  # the lab of separate hosts: etcd, Patroni, nftables
 exit 0

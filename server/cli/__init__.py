@@ -25,6 +25,7 @@ SUBCOMMANDS: list[tuple[str, str]] = [
     ("presence_ha.server.cli.ha", "service_group"),
     ("presence_ha.client.cli", "client_command"),  # SPEC §8 dual-connection client
     ("presence_ha.loadtest.compare", "loadtest_group"),  # bench, bench-prosody, bench-compare
+    ("presence_ha.loadtest.lab.cli", "lab_group"),  # separate hosts in network namespaces (issue #17)
 ]
 
 
