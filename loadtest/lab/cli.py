@@ -89,7 +89,8 @@ def _print_summary(lab: Lab, data: dict, seconds: float) -> None:
     click.echo(f"database: {lab.db_url}")
     for user in data["users"][:3]:
         click.echo(f"  {user['jid']}  password {user['password']}")
-    click.echo(f"everything in {lab.data_dir / 'cluster.json'}; a shell on a host: ip netns exec {lab.net.host('h1').netns} bash")
+    click.echo(f"everything in {lab.data_dir / 'cluster.json'}; "
+               f"a shell on a host: ip netns exec {lab.net.host('h1').netns} bash")
 
 
 @lab_group.command("down")

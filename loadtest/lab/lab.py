@@ -193,7 +193,8 @@ class Lab:
         if not fresh:
             self._spawn(host, ["runuser", "-u", "postgres", "--", "patroni", str(config)], db_dir / "patroni.log")
             return
-        config.write_text(json.dumps(postgres.patroni_config(self.net, host, db_dir, self.timers, self.secrets), indent=2))
+        settings = postgres.patroni_config(self.net, host, db_dir, self.timers, self.secrets)
+        config.write_text(json.dumps(settings, indent=2))
         postgres_user = pwd.getpwnam("postgres")
         os.chown(config, postgres_user.pw_uid, postgres_user.pw_gid)
         config.chmod(0o600)

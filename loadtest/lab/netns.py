@@ -20,6 +20,7 @@ Rules of this module:
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import shutil
@@ -187,10 +188,8 @@ def cpu_seconds(host: Host) -> dict[str, float]:
 
 def kill_pids(pids: Iterable[int], sig: signal.Signals) -> None:
     for pid in pids:
-        try:
+        with contextlib.suppress(ProcessLookupError):  # gone already: nothing to stop
             os.kill(pid, sig)
-        except ProcessLookupError:
-            pass
 
 
 # --- network faults (nftables inside the namespaces) -----------------------------------

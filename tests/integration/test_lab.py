@@ -229,7 +229,7 @@ def test_primary_killed_the_standby_is_promoted_and_both_nodes_follow_it(lab):
 @pytest.mark.xfail(reason="issue #17 part 3: on a promotion both SRMs see Database Failure and the pair "
                           "stops serving (Failing Over, or Running in Failed Mode / Take Over Users Failed)")
 def test_the_pair_serves_on_after_a_promotion_without_admin_action(lab):
-    the_lab, data = lab
+    _the_lab, data = lab
     states = asyncio.run(ha_states(data["database_url"], ["n1", "n2"]))
     print(f"\nSRM states after the promotion: {states}")
     n1 = next(n for n in data["nodes"] if n["name"] == "n1")
