@@ -30,7 +30,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-LAB_RANGE = ipaddress.ip_network("198.18.0.0/15")
+LAB_RANGE = ipaddress.IPv4Network("198.18.0.0/15")
 ROOT_HOST_NUMBER = 254
 NFT_TABLE = "phalab"
 NS_DIR = "/run/netns"
@@ -68,7 +68,7 @@ class LabNet:
 
     @property
     def subnet(self) -> ipaddress.IPv4Network:
-        subnet = ipaddress.ip_network(f"198.18.{self.lab_id}.0/24")
+        subnet = ipaddress.IPv4Network(f"198.18.{self.lab_id}.0/24")
         assert subnet.subnet_of(LAB_RANGE)
         return subnet
 

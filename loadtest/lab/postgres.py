@@ -210,9 +210,10 @@ async def wait_writable(url: str, deadline_s: float) -> str:
         engine = make_engine(url, pool_size=1)
         try:
             async with engine.connect() as conn:
-                row = (await conn.exec_driver_sql("SELECT host(inet_server_addr()), pg_is_in_recovery()")).one()
-            if not row[1]:
-                return str(row[0])
+                result = await conn.exec_driver_sql("SELECT host(inet_server_addr()), pg_is_in_recovery()")
+                address, in_recovery = tuple(result.one())
+            if not in_recovery:
+                return str(address)
         except (OSError, asyncpg.PostgresError, SQLAlchemyError):
             pass
         finally:
