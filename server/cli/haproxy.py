@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import resource
 import shutil
+import socket
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,12 +91,26 @@ def haproxy_binary() -> str | None:
     return shutil.which("haproxy") or next((p for p in ("/usr/sbin/haproxy",) if Path(p).exists()), None)
 
 
+def server_states(stats_socket: Path) -> dict[str, str]:
+    """`{node: "UP" | "DOWN" | ...}` as HAProxy sees the nodes now (its stats socket)."""
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(2)
+        sock.connect(str(stats_socket))
+        sock.sendall(b"show stat\n")
+        text = b""
+        while chunk := sock.recv(65536):
+            text += chunk
+    rows = [line.split(",") for line in text.decode().splitlines() if line.startswith("nodes,")]
+    return {row[1]: row[17] for row in rows if row[1] != "BACKEND"}
+
+
 class ServiceAddress:
     """HAProxy for `up`: `argv()` to start it (the supervisor owns the process)."""
 
     def __init__(self, binary: str, directory: Path, domain: str, host: str, port: int,
                  backends: list[Backend]) -> None:
         self.binary, self.host, self.port = binary, host, port
+        self.stats_socket = directory / "haproxy.sock"
         self.config_path = directory / "haproxy.cfg"
         limit = resource.getrlimit(resource.RLIMIT_NOFILE)[1]  # haproxy raises its soft limit up to this
         self.config_path.write_text(config_text(domain, host, port, backends, directory, max_connections(limit)))
@@ -108,3 +124,17 @@ class ServiceAddress:
 
     def argv(self) -> list[str]:
         return [self.binary, "-db", "-f", str(self.config_path)]  # -db: foreground, no daemon
+
+    def wait_all_up(self, deadline_s: float) -> dict[str, str]:
+        """Wait until HAProxy's checks see every node UP (a node's port opens once its
+        SRM serves, and HAProxy needs `rise` checks more); the last states seen."""
+        end, states = time.monotonic() + deadline_s, {}
+        while time.monotonic() < end:
+            try:
+                states = server_states(self.stats_socket)
+            except OSError:
+                states = {}
+            if states and all(s.startswith("UP") for s in states.values()):
+                break
+            time.sleep(0.2)
+        return states

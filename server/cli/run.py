@@ -199,6 +199,9 @@ def up_command(data_dir: str, db_url: str | None, base_port: int, user_count: in
         supervisor.start_all(infos)
         if proxy is not None:
             supervisor.wait_ready(SERVICE, proxy.host, proxy.port)
+            states = proxy.wait_all_up(START_DEADLINE_S)  # the service address leads somewhere
+            if not all(s.startswith("UP") for s in states.values()):
+                click.echo(f"warning: the service address sees the nodes as {states or 'unknown'}", err=True)
         service = (proxy.host, proxy.port) if proxy is not None else None
         _write_cluster_json(directory / "cluster.json", domain, url, infos, passwords, service)
         _print_welcome(domain, infos, passwords, directory, service)

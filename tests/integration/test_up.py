@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 import slixmpp
 
-from presence_ha.server.cli.haproxy import stream_header
+from presence_ha.server.cli.haproxy import server_states, stream_header
 from tests.integration.cluster import cli, node_argv
 
 DEADLINE_S = 60.0
@@ -152,15 +152,7 @@ def starttls_verified(port: int, cafile: Path, domain: str = "localhost") -> str
 
 
 def haproxy_status(directory: Path) -> dict[str, str]:
-    """`{server: UP/DOWN}` from HAProxy's stats socket."""
-    with socket.socket(socket.AF_UNIX) as sock:
-        sock.connect(str(directory / "haproxy.sock"))
-        sock.sendall(b"show stat\n")
-        text = b""
-        while chunk := sock.recv(65536):
-            text += chunk
-    rows = [line.split(",") for line in text.decode().splitlines() if line.startswith("nodes,")]
-    return {row[1]: row[17] for row in rows if row[1] not in ("BACKEND",)}
+    return server_states(directory / "haproxy.sock")
 
 
 def wait_states(db_url: str, expected: dict[str, str]) -> None:
