@@ -30,9 +30,10 @@ Rules of this module:
       link is down), nobody says the outage is shared, and a peer that stops hearing
       us judges us by our stale `alive_at`: stop serving now, as before the peer
       reports existed.
-  (2) the peer's database answered it after t1, and a check of this node that
-      started after that answer still failed: this node alone lost the database
-      (SPEC §6 rows 13, 22).
+  (2) the peer's database answered it at or after t1, and a check of this node that
+      started `ALONE_AFTER_S` or more after that answer still failed: this node
+      alone lost the database (SPEC §6 rows 13, 22). The margin lets this node's
+      connection pool follow a promotion a little later than the peer's did.
   (3) now - t1 against `db_outage_grace_s`: no promotion takes that long.
   `SHARED` is a promotion: services keep running, nobody moves or is redirected,
   and the node carries on when its checks pass again (no event, nothing changed).
@@ -70,6 +71,7 @@ SATURATED_LAG_SHARE = 0.2  # a check whose loop ran this share of its limit late
 MIN_CHECK_LIMIT_S = 5.0  # a database check is given at least this long
 DB_OUTAGE_GRACE_S = 20.0  # default of `db_outage_grace_s`: a Patroni promotion (~6-10 s) fits
 FAILING_RECHECK_S = 1.0  # while its checks fail, a node checks this often (it sees the database back sooner)
+ALONE_AFTER_S = 2.0  # a check failing this long after the peer's database answered it: alone (pools reconnect)
 
 
 class Check(Enum):
@@ -160,7 +162,7 @@ class DatabaseLiveness:
         self._failing_since: float | None = None  # t1: when the first failing check of this outage ended
         self._last_fail_start = float("-inf")
         self._peer_heard_at: float | None = None
-        self._peer_answered_at = float("-inf")  # when the peer's database last answered it (my clock)
+        self._peer_answered_at: float | None = None  # the peer's database's first answer since t1 (my clock)
 
     def configure(self, grace_s: float, peer_fresh: float) -> None:
         """The timers of the machine (re)installed now."""
@@ -190,6 +192,7 @@ class DatabaseLiveness:
             self._slow += 1
         if finding is Finding.HEALTHY:
             self._checks_ok, self._failing_since, self._answered_at = True, None, s.ended_at
+            self._peer_answered_at = None
             return DbVerdict(finding, self._slow, self._health(True))
         if finding is Finding.UNREACHABLE or (finding is Finding.SLOW and self._slow >= self._slow_checks):
             outage, event = self._failing(s.started_at, s.ended_at)
@@ -203,7 +206,9 @@ class DatabaseLiveness:
     def peer_reported(self, report: PeerDbReport, now: float) -> DbUnavailable | None:
         """A heartbeat of the peer arrived at `now` with `report`."""
         self._peer_heard_at = now
-        self._peer_answered_at = max(self._peer_answered_at, now - report.age_s)
+        answered = now - report.age_s
+        if self._failing_since is not None and answered >= self._failing_since and self._peer_answered_at is None:
+            self._peer_answered_at = answered
         if self._checks_ok or not self._ok:
             return None
         return self._declare(self.outage(now))
@@ -218,7 +223,7 @@ class DatabaseLiveness:
         assert self._failing_since is not None
         if self._peer_heard_at is None or now - self._peer_heard_at > self._peer_fresh_s:
             return Outage.PEER_UNKNOWN
-        if self._failing_since < self._peer_answered_at <= self._last_fail_start:
+        if self._peer_answered_at is not None and self._peer_answered_at <= self._last_fail_start - ALONE_AFTER_S:
             return Outage.ALONE
         if now - self._failing_since >= self._grace_s:
             return Outage.LONG

@@ -16,6 +16,7 @@ import pytest
 
 from presence_ha.server.srm.events import DbRestored, DbUnavailable, PeerAliveInDatabase, PeerDeadInDatabase
 from presence_ha.server.srm.liveness import (
+    ALONE_AFTER_S,
     DB_SLOW_CHECKS,
     FAILING_RECHECK_S,
     Check,
@@ -172,11 +173,13 @@ def test_a_stale_ok_of_the_peer_is_no_proof_that_it_reaches_the_database() -> No
     assert db.sample(at(Check.FAILED, 2.5)).outage is Outage.SHARED
 
 
-def test_alone_the_peer_answered_after_my_outage_began_and_my_next_check_failed() -> None:
+def test_alone_the_peer_answered_after_my_outage_began_and_my_later_check_failed() -> None:
     db = paired(now=0.0)
     db.sample(at(Check.FAILED, 1.0))  # t1 = 1.1
     assert db.peer_reported(PeerDbReport(ok=True, age_s=0.2), 2.0) is None  # answered at 1.8, my last check at 1.0
-    verdict = db.sample(at(Check.FAILED, 2.1))  # started after the peer's answer: still failing
+    assert db.sample(at(Check.FAILED, 2.8)).outage is Outage.SHARED  # within the margin: my pool may be catching up
+    assert db.peer_reported(PeerDbReport(ok=True, age_s=0.0), 3.0) is None  # later answers change nothing
+    verdict = db.sample(at(Check.FAILED, 1.9 + ALONE_AFTER_S))  # still failing, the margin after its first answer
     assert (verdict.outage, verdict.event) == (Outage.ALONE, DbUnavailable())
     assert not db.ok and db.sample(at(Check.ANSWERED, 5.0)).event == DbRestored()
 
@@ -184,8 +187,12 @@ def test_alone_the_peer_answered_after_my_outage_began_and_my_next_check_failed(
 def test_alone_decided_when_the_peers_report_arrives_after_my_failing_check() -> None:
     db = paired(now=0.0)
     db.sample(at(Check.FAILED, 1.0))  # t1 = 1.1
-    db.sample(at(Check.FAILED, 3.0))  # started at 3.0
-    assert db.peer_reported(PeerDbReport(ok=True, age_s=0.5), 3.5) == DbUnavailable()  # answered at 3.0
+    db.sample(at(Check.FAILED, 4.0))  # started at 4.0
+    assert db.peer_reported(PeerDbReport(ok=True, age_s=1.5), 3.5) == DbUnavailable()  # answered at 2.0
+    close = paired(now=0.0)
+    close.sample(at(Check.FAILED, 1.0))
+    close.sample(at(Check.FAILED, 4.0))
+    assert close.peer_reported(PeerDbReport(ok=True, age_s=0.5), 3.5) is None  # answered at 3.0: 1 s before it
 
 
 def test_the_peers_answer_after_my_last_failing_check_began_waits_for_my_next_check() -> None:
@@ -212,7 +219,8 @@ def test_another_failed_operation_starts_an_outage_and_follows_the_table() -> No
     db = paired(now=0.0)
     assert db.failed(1.0) is None and not db.checks_ok  # shared so far
     assert db.peer_reported(PeerDbReport(ok=True, age_s=0.0), 2.0) is None  # answered at 2.0 > my last start 1.0
-    assert db.failed(2.5) == DbUnavailable()  # alone
+    assert db.failed(3.0) is None
+    assert db.failed(2.0 + ALONE_AFTER_S) == DbUnavailable()  # alone
 
 
 def test_report_and_answer_now() -> None:
@@ -229,9 +237,9 @@ def test_a_rebuilt_machine_hears_of_a_failure_again_but_not_of_a_shared_outage()
     db = paired(now=0.0)
     db.sample(at(Check.FAILED, 1.0))
     db.peer_reported(PeerDbReport(ok=True, age_s=0.0), 2.0)
-    assert db.sample(at(Check.FAILED, 2.5)).event == DbUnavailable()
+    assert db.sample(at(Check.FAILED, 4.5)).event == DbUnavailable()
     db.forget()
-    assert db.peer_reported(PeerDbReport(ok=True, age_s=1.0), 3.0) == DbUnavailable()  # 2.0 <= my 2.5 start
+    assert db.sample(at(Check.FAILED, 5.5)).event == DbUnavailable()  # the next check tells it again
 
     shared = paired(now=0.0)
     shared.sample(at(Check.FAILED, 1.0))
