@@ -86,6 +86,7 @@ class LivenessWatch:
             self._inbox.post(event)
         if was:
             self._tell_peer()
+            self._wake.set()  # check now, and every second from now on
 
     async def run(self) -> None:
         """Check the database every heartbeat interval and report its health."""
