@@ -39,8 +39,10 @@ Rules of this module:
   and the node carries on when its checks pass again (no event, nothing changed).
   A peer whose heartbeats lack the report (an older version) reads as "checks pass,
   answered just now": its node then gets `ALONE` at its next failing check, as before.
-  The peer reports its checks at once when they start or stop failing, and answers
-  a report of failing checks with a fresh check of its own (`answer_now`).
+  A node tells its peer at once when its checks start or stop failing, and after
+  every failing check (so each hears the other every `FAILING_RECHECK_S` during an
+  outage, not every heartbeat interval); a node whose checks pass answers a report
+  of failing checks with a fresh check of its own (`answer_now`).
   Safety: while waiting, this node's heartbeats reach the peer, so the peer neither
   probes nor takes our users (it takes them only on a request, a refused connection,
   a reboot notice, or a probe after a heartbeat timeout). A silent link ends the wait
@@ -71,7 +73,7 @@ SATURATED_LAG_SHARE = 0.2  # a check whose loop ran this share of its limit late
 MIN_CHECK_LIMIT_S = 5.0  # a database check is given at least this long
 DB_OUTAGE_GRACE_S = 20.0  # default of `db_outage_grace_s`: a Patroni promotion (~6-10 s) fits
 FAILING_RECHECK_S = 1.0  # while its checks fail, a node checks this often (it sees the database back sooner)
-ALONE_AFTER_S = 2.0  # a check failing this long after the peer's database answered it: alone (pools reconnect)
+ALONE_AFTER_S = 3.0  # a check failing this long after the peer's database answered it: alone (pools reconnect)
 
 
 class Check(Enum):

@@ -11,9 +11,10 @@ Rules of this module:
 - `use(setup)` tells it the timers and the peer of the machine (re)installed now.
 - The peer's view of the database (issue #17): `report()` is what this node's
   heartbeats say of its checks; `peer_reported(heartbeat)` gives the peer's to
-  `liveness`. When this node's checks start or stop failing, or the peer's fail
-  while ours pass (`liveness.DatabaseLiveness.answer_now`), the peer is told at
-  once (`tell_peer`), after a fresh check in the latter case. While its checks
+  `liveness`. When this node's checks start or stop failing, after each failing
+  check, and when the peer's fail while ours pass
+  (`liveness.DatabaseLiveness.answer_now`), the peer is told at once (`tell_peer`),
+  after a fresh check in the latter case. While its checks
   fail the watch checks every `liveness.FAILING_RECHECK_S`, and when they pass
   again it calls `db_back` (the runner persists what it could not).
 """
@@ -100,7 +101,7 @@ class LivenessWatch:
             if verdict.event is not None:
                 self._inbox.post(verdict.event)
             now_ok = self._database.checks_ok
-            if now_ok != was or self._answer:
+            if not now_ok or now_ok != was or self._answer:  # see `liveness`: the peer hears of an outage
                 self._answer = False
                 self._tell_peer()
             if now_ok and not was:

@@ -226,7 +226,7 @@ class Pair:
         verdict = node.liveness.sample(DbSample(check, 5.0, started_at=self.now, ended_at=self.now))
         if verdict.event is not None:
             self.queue.append((name, verdict.event))
-        if node.liveness.checks_ok != was:
+        if not node.liveness.checks_ok or node.liveness.checks_ok != was:
             self._tell_peer(name)
 
     def _tell_peer(self, name: str) -> None:

@@ -187,12 +187,14 @@ def test_alone_the_peer_answered_after_my_outage_began_and_my_later_check_failed
 def test_alone_decided_when_the_peers_report_arrives_after_my_failing_check() -> None:
     db = paired(now=0.0)
     db.sample(at(Check.FAILED, 1.0))  # t1 = 1.1
-    db.sample(at(Check.FAILED, 4.0))  # started at 4.0
-    assert db.peer_reported(PeerDbReport(ok=True, age_s=1.5), 3.5) == DbUnavailable()  # answered at 2.0
+    db.peer_reported(PeerDbReport(ok=True, age_s=3.0), 3.0)  # heard; its answer of 0.0 predates my outage
+    assert db.sample(at(Check.FAILED, 2.0 + ALONE_AFTER_S)).event is None
+    assert db.peer_reported(PeerDbReport(ok=True, age_s=3.5), 5.5) == DbUnavailable()  # answered at 2.0
     close = paired(now=0.0)
     close.sample(at(Check.FAILED, 1.0))
-    close.sample(at(Check.FAILED, 4.0))
-    assert close.peer_reported(PeerDbReport(ok=True, age_s=0.5), 3.5) is None  # answered at 3.0: 1 s before it
+    close.peer_reported(PeerDbReport(ok=True, age_s=3.0), 3.0)
+    close.sample(at(Check.FAILED, 2.0 + ALONE_AFTER_S))
+    assert close.peer_reported(PeerDbReport(ok=True, age_s=0.5), 3.5) is None  # answered at 3.0: too close
 
 
 def test_the_peers_answer_after_my_last_failing_check_began_waits_for_my_next_check() -> None:
@@ -237,9 +239,9 @@ def test_a_rebuilt_machine_hears_of_a_failure_again_but_not_of_a_shared_outage()
     db = paired(now=0.0)
     db.sample(at(Check.FAILED, 1.0))
     db.peer_reported(PeerDbReport(ok=True, age_s=0.0), 2.0)
-    assert db.sample(at(Check.FAILED, 4.5)).event == DbUnavailable()
+    assert db.sample(at(Check.FAILED, 2.0 + ALONE_AFTER_S)).event == DbUnavailable()
     db.forget()
-    assert db.sample(at(Check.FAILED, 5.5)).event == DbUnavailable()  # the next check tells it again
+    assert db.sample(at(Check.FAILED, 3.0 + ALONE_AFTER_S)).event == DbUnavailable()  # the next check tells it
 
     shared = paired(now=0.0)
     shared.sample(at(Check.FAILED, 1.0))
