@@ -13,6 +13,8 @@ Rules of this module:
   unknown state/reason is `PeerProtocolError` (a protocol error the runner logs and
   counts), never another exception. The fields in `OPTIONAL` came later: a message
   without them (from an older node) takes their defaults ("database checks pass").
+  The other way round does not hold: an older node's strict parser refuses a
+  heartbeat that carries them, so both nodes of a pair are upgraded together.
 """
 
 from __future__ import annotations
