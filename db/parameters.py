@@ -111,6 +111,10 @@ REGISTRY: dict[str, ParamSpec] = {
         ParamSpec("monitor_auth_service", _S, _C, bool, False, "Enable monitoring of XCP Authentication Service"),
         ParamSpec("presence_grace_s", _S, _C, int, 30,
                   "Presence grace after a takeover (unavailable for users not back by then)", 1, 3600),
+        ParamSpec("db_outage_grace_s", _S, _C, int, 20,
+                  "Database outage grace: while the peer also cannot reach the database (a promotion of "
+                  "the replicated database), a node waits this long before it declares Database Failure; "
+                  "a node that alone loses the database declares it at once", 1, 3600),
         ParamSpec("relogin_lower_s", _S, _N, int, 120, "Client Re-Login Lower Limit", 1, 3600),
         ParamSpec("relogin_upper_s", _S, _N, int, 537, "Client Re-Login Upper Limit", 1, 3600),
         ParamSpec(

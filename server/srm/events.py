@@ -112,7 +112,13 @@ class PeerReport(Event):
 
 @dataclass(frozen=True)
 class HeartbeatReceived(PeerReport):
-    """A heartbeat from the peer over the SRM link."""
+    """A heartbeat from the peer over the SRM link. It also says whether the peer's
+    database checks pass and how long ago its database last answered one (seconds);
+    the runner fills these in when it sends and gives them to `liveness` when it
+    receives. The machine ignores them."""
+
+    peer_db_ok: bool = True
+    peer_db_age_s: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,10 @@ Rules of this module:
   successor.
 - Strict parsing: an unknown type, a missing or extra field, a wrong JSON type or an
   unknown state/reason is `PeerProtocolError` (a protocol error the runner logs and
-  counts), never another exception.
+  counts), never another exception. The fields in `OPTIONAL` came later: a message
+  without them (from an older node) takes their defaults ("database checks pass").
+  The other way round does not hold: an older node's strict parser refuses a
+  heartbeat that carries them, so both nodes of a pair are upgraded together.
 """
 
 from __future__ import annotations
@@ -50,8 +53,10 @@ TAGS: dict[str, type] = {
 }
 _TAG_OF = {cls: tag for tag, cls in TAGS.items()}
 _ENUMS: dict[str, type] = {"peer_state": NodeState, "peer_reason": Reason, "reason": Reason}
-_BOOLS = frozenset({"peer_ha_enabled"})
+_BOOLS = frozenset({"peer_ha_enabled", "peer_db_ok"})
 _INTS = frozenset({"peer_epoch", "epoch"})
+_FLOATS = frozenset({"peer_db_age_s"})
+OPTIONAL = frozenset({"peer_db_ok", "peer_db_age_s"})  # issue #17: the sender's database checks
 
 
 class PeerProtocolError(ValueError):
@@ -95,7 +100,7 @@ def decode(payload: bytes) -> Envelope:
         raise PeerProtocolError(f"unknown message type {body.get('type')!r}")
     to = _session(body.pop("to", "missing"))
     names = {f.name for f in dataclasses.fields(cls)}
-    if set(body) != names:
+    if not names - OPTIONAL <= set(body) <= names:
         raise PeerProtocolError(f"{cls.__name__} needs fields {sorted(names)}, got {sorted(body)}")
     return Envelope(cls(**{name: _field(name, value) for name, value in body.items()}), to)
 
@@ -121,4 +126,6 @@ def _field(name: str, value: Any) -> Any:
         return value
     if name in _INTS and isinstance(value, int) and not isinstance(value, bool) and value >= 0:
         return value
+    if name in _FLOATS and isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 1e9:
+        return float(value)
     raise PeerProtocolError(f"{name}: bad value {value!r}")

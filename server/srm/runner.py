@@ -17,7 +17,12 @@ Rules of this module:
 - Timers carry a generation: a timer cancelled or restarted after it fired is dropped.
   Results of an action are only for the machine that asked (a restart drops them).
 - Database liveness (SPEC §9): `LivenessWatch` renews this node's `alive_at` every
-  heartbeat interval and samples the peer's; `liveness` judges the samples.
+  heartbeat interval and samples the peer's; `liveness` judges the samples. Every
+  heartbeat sent carries the watch's report of this node's database checks, and
+  every heartbeat received gives the peer's to the watch (issue #17: a promotion
+  that both nodes see is no Database Failure).
+- A state the database refused to store (`PersistState` failed) is written again
+  once the database answers (`db_back`), with the machine's state at that moment.
 - `InvalidTransition` is logged, counted and fed back as `InternalErrorOccurred`.
 - Each transition is one log line: node, from, to, reason, event.
 """
@@ -25,6 +30,7 @@ Rules of this module:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import os
@@ -57,6 +63,7 @@ from presence_ha.server.srm.actions import (
 from presence_ha.server.srm.collaborators import ClusterNotifier, SrmMetrics, SrmServices
 from presence_ha.server.srm.events import (
     Event,
+    HeartbeatReceived,
     InternalErrorOccurred,
     MoveUsersFailed,
     NodeShuttingDown,
@@ -121,9 +128,11 @@ class SrmRunner:
         self._setup: Setup | None = None
         self._event: Event | None = None
         self._changed = StateSignal()
-        self._watch = LivenessWatch(node, session_factory, inbox)
+        self._watch = LivenessWatch(node, session_factory, inbox, self._tell_peer_now, self._db_back)
         self._peer = PeerChannel(node, port.secret, self.session_id, inbox, metrics.srm_peer_protocol_errors,
-                                 lambda: self._machine.heartbeat() if self._machine is not None else None)
+                                 lambda: self._stamp(self._machine.heartbeat()) if self._machine is not None else None)
+        self._persist_lock = asyncio.Lock()
+        self._unpersisted: str | None = None  # the event whose state the database refused to store
         self._handover = Handover(node, clients, self._spawn)
 
     # --- lifecycle -----------------------------------------------------------------
@@ -250,6 +259,8 @@ class SrmRunner:
     def _handle(self, event: Event) -> list[Action]:
         m = self._machine
         assert m is not None
+        if isinstance(event, HeartbeatReceived):
+            self._watch.peer_reported(event)
         before = (m.state, m.reason)
         self._event = event
         try:
@@ -312,13 +323,49 @@ class SrmRunner:
             self._inbox.post(InternalErrorOccurred(repr(exc)))
 
     async def _do_persist(self, a: PersistState) -> None:
+        event = type(self._event).__name__
         try:
-            async with self._db() as session:
-                await srm_state.write_state(session, self.node, a.state.value, a.reason.value,
-                                            event=type(self._event).__name__, epoch=a.epoch)
+            async with self._persist_lock, self._db() as session:
+                await srm_state.write_state(session, self.node, a.state.value, a.reason.value, event=event,
+                                            epoch=a.epoch)
+            self._unpersisted = None
         except DatabaseUnavailable as exc:
-            log.warning("srm %s: state not persisted: %s", self.node, exc)
+            log.warning("srm %s: state not persisted (written once the database answers): %s", self.node, exc)
+            self._unpersisted = event
             self._watch.failed()
+
+    def _db_back(self) -> None:
+        if self._unpersisted is not None:
+            self._spawn(self._persist_again())
+
+    async def _persist_again(self) -> None:
+        """The machine's state now, which the database refused earlier (under the lock:
+        a newer `PersistState` waits, so the newest state is written last)."""
+        async with self._persist_lock:
+            m, event = self._machine, self._unpersisted
+            if m is None or event is None:
+                return
+            try:
+                async with self._db() as session:
+                    await srm_state.write_state(session, self.node, m.state.value, m.reason.value, event=event,
+                                                epoch=m.epoch)
+            except DatabaseUnavailable as exc:
+                log.warning("srm %s: state still not persisted: %s", self.node, exc)
+                return
+            self._unpersisted = None
+            log.info("srm %s: persisted %s / %s now that the database answers", self.node, m.state.value,
+                     m.reason.value)
+
+    def _stamp(self, heartbeat: HeartbeatReceived) -> HeartbeatReceived:
+        """This node's heartbeat with its report of its database checks."""
+        report = self._watch.report()
+        return dataclasses.replace(heartbeat, peer_db_ok=report.ok, peer_db_age_s=report.age_s)
+
+    def _tell_peer_now(self) -> None:
+        """The watch has news for the peer (our checks changed, or the peer's fail): a heartbeat now."""
+        m = self._machine
+        if m is not None and m.peer is not None:
+            self._spawn(self._peer.send(self._stamp(m.heartbeat())))
 
     async def _do_stop_services(self, _a: StopCriticalServices) -> None:
         await self._services.stop_all()
@@ -360,7 +407,7 @@ class SrmRunner:
         self._gen[name] = self._gen.get(name, 0) + 1
 
     async def _do_notify_peer(self, a: NotifyPeer) -> None:
-        await self._peer.send(a.msg)
+        await self._peer.send(self._stamp(a.msg) if isinstance(a.msg, HeartbeatReceived) else a.msg)
 
     async def _do_disconnect(self, a: DisconnectClients) -> None:
         m = self._machine

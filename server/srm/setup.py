@@ -5,7 +5,8 @@ Rules of this module:
   SPEC §5 parameters (timers, `monitor_auth_service`, the presence grace), the
   persisted HA state and the group epoch. The SRM is rebuilt from this and nothing
   else (SPEC §7 recovery).
-- Every timer comes from the parameters, so tests run in seconds.
+- Every timer comes from the parameters, so tests run in seconds (also
+  `db_outage_grace_s`, the liveness's, which is not the machine's).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ class Setup:
     stored: srm_state.HaState | None
     epoch: int
     presence_grace_s: float = 30.0
+    db_outage_grace_s: float = 20.0
 
     @property
     def state(self) -> NodeState:
@@ -59,4 +61,4 @@ async def load_setup(session: AsyncSession, node: str) -> Setup:
                        bool(p["auto_fallback_enabled"]), float(p["auto_fallback_delay_s"]))
     ha = bool(group.ha_enabled) if group else False
     return Setup(group.name if group else None, ha, peer, timers, bool(p["monitor_auth_service"]), stored, epoch,
-                 float(p["presence_grace_s"]))
+                 float(p["presence_grace_s"]), float(p["db_outage_grace_s"]))

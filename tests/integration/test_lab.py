@@ -3,8 +3,9 @@
 Transcript: "a first `lab up` is killed with SIGKILL; a second one cleans up after it
 and serves; a slixmpp client logs in through n1's address on h1; the database primary
 is killed and Patroni promotes the standby; a fresh connection of the multi-host URL
-reaches the new primary, and a fresh login and a roster write through n1 succeed;
-`lab down` leaves no namespace, process or bridge."
+reaches the new primary; both SRMs stay Normal / Normal through the promotion (no
+user moved, no epoch spent), and a fresh login and a roster write through n1
+succeed; `lab down` leaves no namespace, process or bridge."
 
 Needs root and the Debian packages (scripts/test-services.sh installs them): skipped
 with the reason otherwise, except with CI=true where it fails. Every lab is taken down
@@ -16,6 +17,7 @@ on bare namespaces with tiny TCP listeners (no database), which is quick.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import shutil
@@ -29,7 +31,7 @@ from pathlib import Path
 import pytest
 
 from presence_ha.loadtest.lab import netns
-from presence_ha.loadtest.lab.lab import Lab, check_prerequisites
+from presence_ha.loadtest.lab.lab import NODE_HOSTS, Lab, check_prerequisites
 from presence_ha.loadtest.lab.netns import LabError, LabNet
 from presence_ha.loadtest.lab.postgres import wait_writable
 from presence_ha.loadtest.localpair import ha_states
@@ -202,12 +204,45 @@ def test_an_idle_lab_uses_under_5_percent_of_one_core(lab):
     assert total < 0.05
 
 
-def test_primary_killed_the_standby_is_promoted_and_both_nodes_follow_it(lab):
+async def active_nodes_and_epoch(url: str) -> tuple[dict[str, str | None], int]:
+    from presence_ha.db import srm_state, users
+    from presence_ha.loadtest.lab.lab import open_session
+
+    async with open_session(url) as session:
+        return ({u.username: u.active_node for u in await users.list_users(session)},
+                await srm_state.group_epoch(session, "g1"))
+
+
+def live_states(the_lab: Lab, url: str) -> dict[str, tuple[str, str]]:
+    """Each node's SRM state as it runs, not as stored: `ha status` inside the node's
+    host, where its admin RPC listens (on the host's loopback)."""
+    script = str(Path(sys.executable).with_name("presence-ha"))
+    states = {}
+    for name, host in NODE_HOSTS.items():
+        argv = netns.ns_argv(the_lab.net.host(host), [script, "ha", "status", "--json", "--db", url])
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=True)
+        (group,) = json.loads(result.stdout)["groups"]
+        (node,) = [n for n in group["nodes"] if n["name"] == name]
+        assert node["alive"], f"{name}'s admin RPC did not answer inside {host}"
+        states[name] = (node["state"], node["reason"])
+    return states
+
+
+@pytest.fixture(scope="module")
+def promotion(lab) -> dict:
+    """Before the primary is killed: the users' active nodes, the group epoch, the SRMs' states."""
+    the_lab, data = lab
+    active, epoch = asyncio.run(active_nodes_and_epoch(data["database_url"]))
+    return {"active": active, "epoch": epoch, "states": live_states(the_lab, data["database_url"])}
+
+
+def test_primary_killed_the_standby_is_promoted_and_both_nodes_follow_it(lab, promotion):
     the_lab, data = lab
     url = data["database_url"]
+    assert set(promotion["states"].values()) == {("Normal", "Normal")}
     old = the_lab.db_leader()
     assert old in ("h1", "h2")
-    started = time.monotonic()
+    started = promotion["killed_at"] = time.monotonic()
     assert the_lab.kill_db_primary() == old
     new = the_lab.wait_new_leader(old, PROMOTION_BOUND_S)
     leader_s = time.monotonic() - started
@@ -226,14 +261,27 @@ def test_primary_killed_the_standby_is_promoted_and_both_nodes_follow_it(lab):
     print(f"both nodes write on {new} {time.monotonic() - started:.1f}s after the kill")
 
 
-@pytest.mark.xfail(reason="issue #17 part 3: on a promotion both SRMs see Database Failure and the pair "
-                          "stops serving (Failing Over, or Running in Failed Mode / Take Over Users Failed)")
-def test_the_pair_serves_on_after_a_promotion_without_admin_action(lab):
-    _the_lab, data = lab
-    states = asyncio.run(ha_states(data["database_url"], ["n1", "n2"]))
-    print(f"\nSRM states after the promotion: {states}")
-    n1 = next(n for n in data["nodes"] if n["name"] == "n1")
-    asyncio.run(retry_until(10, lambda: login_and_write_roster(n1, data["users"][1], "friend2@lab.test")))
+def test_the_pair_serves_on_after_a_promotion_without_admin_action(lab, promotion):
+    """Issue #17 part 3: a promotion is no node failure. Both SRMs saw their database
+    checks fail, and so did each one's peer: nobody declared Database Failure, no user
+    moved, nobody was redirected, and both carry on on the new primary."""
+    the_lab, data = lab
+    url = data["database_url"]
+    assert "killed_at" in promotion, "runs after the promotion test"
+    attempts = 0
+    for node in data["nodes"]:  # each node: a user it serves logs in there and writes its roster
+        user = next(u for u in data["users"] if promotion["active"][u["username"]] == node["name"])
+        login = functools.partial(login_and_write_roster, node, user, "friend2@lab.test")
+        attempts += asyncio.run(retry_until(10, login))
+    serving_s = time.monotonic() - promotion["killed_at"]
+    live, stored = live_states(the_lab, url), asyncio.run(ha_states(url, ["n1", "n2"]))
+    active, epoch = asyncio.run(active_nodes_and_epoch(url))
+    print(f"\nafter the promotion: live {live}, stored {stored}; a login and a roster write on each node "
+          f"succeeded {serving_s:.1f}s after the kill ({attempts} attempt(s))")
+    assert live == {"n1": ("Normal", "Normal"), "n2": ("Normal", "Normal")}
+    assert stored == live
+    assert active == promotion["active"]  # no user moved
+    assert epoch == promotion["epoch"]  # and no move was even attempted successfully
 
 
 def test_power_off_kills_every_process_of_a_host(lab):

@@ -23,6 +23,7 @@ SPEC_DEFAULTS = {
     "inband_registration": False,
     "see_other_host_redirect": False,
     "presence_grace_s": 30,  # beyond the original: presence continuity after a takeover
+    "db_outage_grace_s": 20,  # beyond the original: a database promotion is no node failure (issue #17)
 }
 
 

@@ -14,6 +14,13 @@ Rules of this module:
   the machine's actions (StopCriticalServices, DisconnectClients) or a crash.
 - After every event the safety invariant of SPEC §9 is checked: no user has a
   session on both nodes.
+- `db_down` / `db_up` feed the machine's database events directly (the table's
+  rows). With `db_checks=True` each node also runs `liveness.DatabaseLiveness` as
+  the real watch does: `advance()` checks every node's database every
+  `FAILING_RECHECK_S`, heartbeats carry the sender's report and give it to the
+  receiver, a node tells its peer at once when its checks change and answers a
+  peer whose checks fail; `db_lost` / `db_back` change what the checks see. The
+  liveness, not the test, then decides whether a Database Failure is fed.
 """
 
 from __future__ import annotations
@@ -45,6 +52,7 @@ from presence_ha.server.srm.events import (
     DbRestored,
     DbUnavailable,
     Event,
+    HeartbeatReceived,
     InternalErrorOccurred,
     MoveUsersFailed,
     NodeShuttingDown,
@@ -55,6 +63,15 @@ from presence_ha.server.srm.events import (
     Timer,
     TimerFired,
     UsersMoved,
+)
+from presence_ha.server.srm.liveness import (
+    DB_OUTAGE_GRACE_S,
+    FAILING_RECHECK_S,
+    Check,
+    DatabaseLiveness,
+    DbSample,
+    PeerDbReport,
+    peer_fresh_s,
 )
 from presence_ha.server.srm.machine import SrmMachine, SrmTimers
 from presence_ha.server.srm.table import InvalidTransition, NodeState, Reason
@@ -79,14 +96,22 @@ class Node:
     db_ok: bool = True
     sessions: set[str] = field(default_factory=set)
     persisted: tuple[NodeState, Reason, int] = (NodeState.INITIALIZING, Reason.INITIALIZATION, 0)
+    liveness: DatabaseLiveness = field(default_factory=DatabaseLiveness)
 
 
 class Pair:
     """A presence redundancy group of two nodes, fully simulated."""
 
-    def __init__(self, timers: SrmTimers = DEFAULT_TIMERS, names: tuple[str, str] = ("n1", "n2")) -> None:
+    def __init__(self, timers: SrmTimers = DEFAULT_TIMERS, names: tuple[str, str] = ("n1", "n2"), *,
+                 db_checks: bool = False, db_outage_grace_s: float = DB_OUTAGE_GRACE_S) -> None:
         self.timers = timers
         self.nodes = {n: Node(n) for n in names}
+        self.db_checks = db_checks
+        fresh = peer_fresh_s(timers.heartbeat_interval_s, timers.heartbeat_timeout_s)
+        for node in self.nodes.values():
+            node.liveness.configure(db_outage_grace_s, fresh)
+        self.next_check = FAILING_RECHECK_S
+        self.moves: list[MoveUsers] = []
         self.now = 0.0
         self.queue: deque[tuple[str, Event]] = deque()
         self.deadlines: dict[tuple[str, Timer], float] = {}
@@ -184,6 +209,31 @@ class Pair:
         self.nodes[name].db_ok = True
         self.send(name, DbRestored())
 
+    def db_lost(self, name: str) -> None:
+        """The node's database checks fail from now on; it notices at its next check."""
+        self.nodes[name].db_ok = False
+
+    def db_back(self, name: str) -> None:
+        self.nodes[name].db_ok = True
+
+    def check_db(self, name: str) -> None:
+        """One database check of `name`, judged by its liveness (as `LivenessWatch.run`)."""
+        node = self.nodes[name]
+        if node.machine is None:
+            return
+        was = node.liveness.checks_ok
+        check = Check.ANSWERED if node.db_ok else Check.FAILED
+        verdict = node.liveness.sample(DbSample(check, 5.0, started_at=self.now, ended_at=self.now))
+        if verdict.event is not None:
+            self.queue.append((name, verdict.event))
+        if not node.liveness.checks_ok or node.liveness.checks_ok != was:
+            self._tell_peer(name)
+
+    def _tell_peer(self, name: str) -> None:
+        machine = self.nodes[name].machine
+        if machine is not None:
+            self._notify(name, machine.heartbeat())
+
     def internal_error(self, name: str) -> None:
         self.send(name, InternalErrorOccurred("test"))
 
@@ -213,12 +263,19 @@ class Pair:
         end = self.now + seconds
         while True:
             due = [(t, key) for key, t in self.deadlines.items() if t <= end]
-            if not due:
+            check_at = self.next_check if self.db_checks else float("inf")
+            if due and min(t for t, _ in due) <= check_at:
+                t, (name, timer) = min(due, key=lambda d: d[0])
+                self.now = t
+                del self.deadlines[(name, timer)]
+                self.send(name, TimerFired(timer))
+            elif check_at <= end:
+                self.now, self.next_check = check_at, check_at + FAILING_RECHECK_S
+                for name in self.nodes:
+                    self.check_db(name)
+                self.pump()
+            else:
                 break
-            t, (name, timer) = min(due, key=lambda d: d[0])
-            self.now = t
-            del self.deadlines[(name, timer)]
-            self.send(name, TimerFired(timer))
         self.now = end
 
     def _deliver(self, name: str, event: Event) -> None:
@@ -252,6 +309,7 @@ class Pair:
                 event = CriticalServiceStartFailed("router") if node.service_fault else CriticalServicesRestored()
                 self.queue.append((name, event))
             case MoveUsers():
+                self.moves.append(action)
                 if self.hold_moves:
                     self.held.append((name, action))
                 else:
@@ -293,6 +351,16 @@ class Pair:
             if not peer.silent:
                 self.queue.append((name, PeerConnectionRefused()))
             return
+        if self.db_checks and isinstance(msg, HeartbeatReceived):
+            report = self.nodes[name].liveness.report(self.now)
+            msg = HeartbeatReceived(msg.peer_state, msg.peer_reason, msg.peer_epoch, msg.peer_ha_enabled,
+                                    report.ok, report.age_s)
+            event = peer.liveness.peer_reported(PeerDbReport(report.ok, report.age_s), self.now)
+            if event is not None:
+                self.queue.append((peer.name, event))
+            if peer.liveness.answer_now(report):  # check at once and tell the sender
+                self.check_db(peer.name)
+                self._tell_peer(peer.name)
         self.queue.append((peer.name, msg))
 
     def _probe(self, name: str, peer_name: str) -> None:

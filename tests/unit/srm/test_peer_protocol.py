@@ -27,6 +27,7 @@ SESSION = bytes(range(16))
 MESSAGES = [
     HeartbeatReceived(NodeState.RUNNING_IN_BACKUP_MODE, Reason.PEER_DOWN, 7, True),
     HeartbeatReceived(NodeState.UNKNOWN, Reason.UNKNOWN, 0, False),
+    HeartbeatReceived(NodeState.NORMAL, Reason.NORMAL, 2, True, peer_db_ok=False, peer_db_age_s=3.25),
     PeerRequestedTakeover(Reason.CRITICAL_SERVICES_DOWN),
     PeerTookOver(3),
     PeerRequestedTakeBack(Reason.AUTOMATIC_FALLBACK),
@@ -57,6 +58,14 @@ def test_wire_format_is_readable_json_with_spec_words():
 def test_machine_heartbeat_round_trips():
     machine = SrmMachine("n1", "n2")
     assert pp.decode(pp.encode(machine.heartbeat(), None)).msg == machine.heartbeat()
+
+
+def test_a_heartbeat_without_the_database_report_reads_as_checks_pass():
+    """A node of an earlier version sends no `peer_db_*` fields (issue #17)."""
+    old = _raw(type="heartbeat", to=None, peer_state="Normal", peer_reason="Normal", peer_epoch=1,
+               peer_ha_enabled=True)
+    msg = pp.decode(old).msg
+    assert isinstance(msg, HeartbeatReceived) and (msg.peer_db_ok, msg.peer_db_age_s) == (True, 0.0)
 
 
 def test_message_for_an_earlier_process_is_not_for_me():
@@ -103,6 +112,15 @@ def _raw(**body) -> bytes:
         _raw(type="heartbeat", to=None, peer_state="Asleep", peer_reason="Normal", peer_epoch=1, peer_ha_enabled=True),
         _raw(type="heartbeat", to=None, peer_state="Normal", peer_reason="Normal", peer_epoch=1.5,
              peer_ha_enabled=True),
+        _raw(type="heartbeat", to=None, peer_state="Normal", peer_reason="Normal", peer_epoch=1,
+             peer_ha_enabled=True, peer_db_ok="no"),
+        _raw(type="heartbeat", to=None, peer_state="Normal", peer_reason="Normal", peer_epoch=1,
+             peer_ha_enabled=True, peer_db_age_s=-1),
+        _raw(type="heartbeat", to=None, peer_state="Normal", peer_reason="Normal", peer_epoch=1,
+             peer_ha_enabled=True, peer_db_age_s=True),
+        (b'{"type":"heartbeat","to":null,"peer_state":"Normal","peer_reason":"Normal","peer_epoch":1,'
+         b'"peer_ha_enabled":true,"peer_db_age_s":NaN}'),
+        _raw(type="took-over", to=None, epoch=1, peer_db_ok=True),  # only heartbeats carry it
         b"{" + b" " * pp.MAX_MESSAGE_BYTES + b"}",
     ],
 )
