@@ -93,6 +93,14 @@ def _served(db_url: str) -> dict[str, str]:
     return dict(rows)
 
 
+def _presence_writer(db_url: str, username: str) -> set[str]:
+    """The nodes that wrote `username`'s shared presence records (their last presence)."""
+    with sqlite3.connect(db_url.removeprefix("sqlite:///")) as db:
+        rows = db.execute("SELECT n.name FROM presence_records p JOIN users u ON u.id = p.user_id "
+                          "JOIN nodes n ON n.id = p.node_id WHERE u.username = ?", (username,)).fetchall()
+    return {row[0] for row in rows}
+
+
 def _setup(process: subprocess.Popen, directory: Path) -> tuple[dict, dict[str, int], dict[str, dict[str, str]]]:
     spec = json.loads((directory / "cluster.json").read_text())
     wait_states(spec["database_url"], {"node1": "Normal", "node2": "Normal"})
@@ -125,6 +133,7 @@ async def _relayed_client_survives(spec: dict, pids: dict[str, int], by_node: di
         sender.send_message(mto=mine["jid"], mbody="before")
         await _until(lambda: "before" in relayed.bodies, "the message before the kill", DEADLINE_S)
         assert "relayed to node1" in (directory / "node2.log").read_text()
+        assert _presence_writer(spec["database_url"], mine["username"]) == {"node1"}  # its host wrote it
 
         os.kill(pids["node1"], signal.SIGKILL)
         killed = time.monotonic()
@@ -139,7 +148,17 @@ async def _relayed_client_survives(spec: dict, pids: dict[str, int], by_node: di
         await asyncio.sleep(0.5)
         assert relayed.disconnects == 0
         assert "relayed session taken over here" in (directory / "node2.log").read_text()
+        # Its last presence was restored and announced here: the shared record is node2's.
+        await _until(lambda: _presence_writer(spec["database_url"], mine["username"]) == {"node2"},
+                     "the presence record announced by node2", DELIVERY_S)
+        # ...and its XEP-0198 session is resumable here: its connection is lost, it resumes.
+        relayed.reconnect_to = port["node2"]
+        relayed.transport.abort()
+        await _until(relayed.resumed.is_set, "session_resumed on node2", RESUME_S)
+        sender.send_message(mto=mine["jid"], mbody="resumed")
+        await _until(lambda: "resumed" in relayed.bodies, "a message after the resumption", DELIVERY_S)
     finally:
+        relayed.reconnect_to = None
         for client in (relayed, sender):
             client.disconnect()
         await asyncio.sleep(0.2)
