@@ -286,7 +286,11 @@ class ClusterService:
         except (DatabaseUnavailable, TimeoutError) as exc:
             log.warning("cannot take relayed sessions over: %r", exc)
             return
-        sessions = await self.dialer.take_over(served)
+        try:
+            sessions = await self.dialer.take_over(served)
+        except Exception:  # a bug must not hold back what users_active routes again
+            log.exception("taking relayed sessions over failed")
+            return
         if not sessions:
             return
         try:
