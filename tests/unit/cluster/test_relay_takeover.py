@@ -3,10 +3,13 @@ after a takeover (`to_take_over`), and how the dialer hands them over."""
 
 from __future__ import annotations
 
+import asyncio
 import xml.etree.ElementTree as ET
 from typing import Any
 
+from presence_ha.server.cluster.arrivals import Arrivals
 from presence_ha.server.cluster.relay import RelayDialer, Relayed, to_take_over
+from presence_ha.server.cluster.service import ClusterService
 from presence_ha.server.sessions import Session
 from presence_ha.server.xmpp.errors import StreamError
 from presence_ha.server.xmpp.jid import JID
@@ -82,3 +85,20 @@ async def test_a_connection_that_cannot_turn_local_stays_relayed():
     dialer = _dialer({"node1"}, {"s1": (opening, "node1")})
     assert await dialer.take_over({"user1"}) == []
     assert dialer.count() == 1 and dialer.replay_upstream("s1", ET.Element("message")) is False
+
+
+async def test_what_the_dead_host_never_acknowledged_is_routed_again_after_the_take_over():
+    service: Any = ClusterService.__new__(ClusterService)
+    routed: list[str] = []
+    service.arrivals = Arrivals()
+    service._reroute_unreachable = lambda: routed.append("rerouted")
+    service._broadcast_moved = lambda: routed.append("told")
+    taking_over = asyncio.get_running_loop().create_future()
+    service._taking_over = taking_over
+    service.arrivals.expect(60.0, lambda: None)
+    waiting = service.arrivals.pending()
+    service.users_active()  # the SRM activated the users: the take-over is still going on
+    assert routed == [] and not waiting.done()
+    taking_over.set_result(None)
+    await asyncio.sleep(0)
+    assert routed == ["rerouted", "told"] and waiting.done()
