@@ -20,6 +20,13 @@ Rules of this module:
   contacts get unavailable presence), on the dialled node by ending the stream.
 - A downstream backlog that is full ends the session, as c2s does with a client
   that stops reading.
+- A takeover (the SRM moved users HERE while their host is unreachable, the host
+  being the node that died): the relayed connections of those users become local
+  sessions on the same client stream (`RelayDialer.take_over`, deciding with the pure
+  `to_take_over`); the client notices nothing but a pause. What such a connection
+  sent that the dead host never acknowledged is replayed here (`replay_upstream`).
+  A host that is alive ends its hosted sessions itself (failed over: its port closes
+  them; unreachable: `timeout_s`), so nothing is sent to it.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ import asyncio
 import logging
 import secrets
 import xml.etree.ElementTree as ET
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -59,6 +66,25 @@ class ClientConnection(Protocol):
 
     def send_stanza(self, stanza: ET.Element) -> None: ...
     def kick_soon(self, error: StreamError | None) -> None: ...
+    async def become_local(self) -> Session | None: ...
+    def replay(self, stanza: ET.Element) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Relayed:
+    """One relayed connection, as `to_take_over` sees it."""
+
+    sid: str
+    node: str  # its host
+    username: str
+
+
+def to_take_over(relayed: Iterable[Relayed], served_here: Collection[str], unreachable: Collection[str]) -> list[str]:
+    """The relayed connections that become local sessions after a takeover: their user
+    is served here now and their host is unreachable (it died: its hosted session is
+    gone with it). A host that lives ends its own hosted sessions (the client is then
+    told why); a user served elsewhere stays relayed."""
+    return [r.sid for r in relayed if r.username in served_here and r.node in unreachable]
 
 
 @dataclass(eq=False)
@@ -80,8 +106,9 @@ class RelayedStream:
 class RelayDialer:
     def __init__(self, mesh: LinkMesh, grace_s: float = 3.0, open_timeout_s: float = 10.0) -> None:
         self.mesh, self.grace_s, self.open_timeout_s = mesh, grace_s, open_timeout_s
-        self._conns: dict[str, tuple[ClientConnection, str]] = {}  # sid -> (connection, node)
+        self._conns: dict[str, tuple[ClientConnection, str, str]] = {}  # sid -> (connection, node, username)
         self._pending: dict[str, asyncio.Future[str | None]] = {}
+        self._local: dict[str, ClientConnection] = {}  # sid -> connections taken over, until replayed
 
     def refusal(self, username: str, node: str) -> SaslFailure | None:
         """None if `node` can be reached to host `username`'s session."""
@@ -96,7 +123,7 @@ class RelayDialer:
             return StreamError(StreamCondition.INTERNAL_SERVER_ERROR, f"unknown node {node}")
         sid = secrets.token_hex(8)
         waiter = self._pending[sid] = asyncio.get_running_loop().create_future()
-        self._conns[sid] = (connection, node)
+        self._conns[sid] = (connection, node, jid.local or "")
         try:
             await channel.send(Kind.CONTROL, wire.encode_control(wire.Op.OPEN, sid=sid, jid=str(jid)))
             reason = await asyncio.wait_for(waiter, self.open_timeout_s)
@@ -146,13 +173,47 @@ class RelayDialer:
         entry[0].kick_soon(StreamError(condition, control.text("text"), other_host=control.text("other_host")))
 
     def peer_lost(self, node: str, why: str) -> None:
-        for sid, (connection, target) in list(self._conns.items()):
+        for sid, (connection, target, _user) in list(self._conns.items()):
             if target == node:
                 del self._conns[sid]
                 connection.kick_soon(StreamError(StreamCondition.SYSTEM_SHUTDOWN, f"node {node} {why}"))
 
     def count(self) -> int:
         return len(self._conns)
+
+    # -- a takeover (server.cluster.service) -------------------------------------------
+    async def take_over(self, served_here: Collection[str]) -> list[Session]:
+        """The relayed connections of users served here now, whose host is unreachable,
+        become local sessions on their client streams (`to_take_over`); returns the
+        sessions, bound here (their presence is the caller's)."""
+        relayed = [Relayed(sid, node, user) for sid, (_c, node, user) in self._conns.items()]
+        unreachable = {r.node for r in relayed if self.mesh.unreachable_for(r.node) > 0}
+        sessions = []
+        for sid in to_take_over(relayed, served_here, unreachable):
+            entry = self._conns.pop(sid, None)
+            if entry is None:
+                continue  # ended meanwhile
+            self._local[sid] = entry[0]
+            session = await entry[0].become_local()
+            if session is not None:
+                sessions.append(session)
+            else:  # still opening, or ending: it stays what it was
+                self._local.pop(sid, None)
+                self._conns.setdefault(sid, entry)
+        return sessions
+
+    def replay_upstream(self, sid: str, stanza: ET.Element) -> bool:
+        """A stanza taken back from an unreachable host (`channel.reclaim`): if its
+        connection was taken over, it is handled here as if just received. True if so."""
+        connection = self._local.get(sid)
+        if connection is None:
+            return False
+        connection.replay(stanza)
+        return True
+
+    def replayed(self) -> None:
+        """What the dead hosts never acknowledged was taken back: forget the sids."""
+        self._local.clear()
 
 
 class HostedSessions:

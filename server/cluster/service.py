@@ -19,6 +19,10 @@ Rules of this module:
   read, and what was sent to a peer that is down and never acknowledged is taken
   back and routed again (`channel.reclaim`): a stanza acknowledged to its sender is
   not lost with the node it was going to.
+- Users that arrived here by a takeover: the relayed connections of theirs whose host
+  died become local sessions on the same client streams (`RelayDialer.take_over`),
+  available with their last presence as activation does (server.activation), before
+  what the dead host never acknowledged is routed again, so it reaches them here.
 - Timers and link options are the `cluster` and `links` sections of
   `server.config.NodeConfig`; XEP-0198 replication is its `sm_replication` section.
 """
@@ -38,6 +42,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from presence_ha.db import groups, nodes, users
 from presence_ha.db.engine import DatabaseUnavailable
 from presence_ha.db.hotpath import HotPath
+from presence_ha.server.activation import ANNOUNCE_CONCURRENCY, announce, record_key, records_for, turn_active
 from presence_ha.server.admission import LoginAdmission, ServiceSwitch
 from presence_ha.server.cluster import wire
 from presence_ha.server.cluster.arrivals import Arrivals
@@ -51,6 +56,7 @@ from presence_ha.server.cluster.triage import Verdict, recipient_key, triage
 from presence_ha.server.config import NodeConfig
 from presence_ha.server.context import FeatureContext
 from presence_ha.server.link import Kind
+from presence_ha.server.sessions import Session
 
 log = logging.getLogger(__name__)
 SessionFactory = async_sessionmaker[AsyncSession]
@@ -124,6 +130,8 @@ class ClusterService:
         self.inbox = Inbox()
         self._task: asyncio.Task[None] | None = None
         self._lost: set[str] = set()  # peers whose relayed sessions were ended this outage
+        self._taking_over: asyncio.Task[None] | None = None  # relayed connections becoming local (a takeover)
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         await self.mesh.start(self._on_frame, self._on_restarted)
@@ -247,6 +255,8 @@ class ClusterService:
         self._reload_locations()
         if arrived:
             self.arrivals.expect(self.timers.activation_wait_s, self.users_active)
+            if self.dialer.count():
+                self._taking_over = asyncio.ensure_future(self._take_over_relayed())
             return
         self.arrivals.cancel()
         self._reroute_unreachable()
@@ -255,11 +265,49 @@ class ClusterService:
     def users_active(self) -> None:
         """The users that arrived are active here (the SRM activated their sessions), or
         the wait for that is over: route again what their old node never acknowledged,
-        and tell the other nodes."""
+        and tell the other nodes. Relayed connections still becoming local sessions
+        (`_take_over_relayed`) are waited for: what is routed again reaches them."""
+        taking_over = self._taking_over
+        if taking_over is not None and not taking_over.done():
+            taking_over.add_done_callback(lambda _task: self.users_active())
+            return
         if not self.arrivals.settle():
             return
         self._reroute_unreachable()
         self._broadcast_moved()
+
+    async def _take_over_relayed(self) -> None:
+        """The relayed connections of users served here now, whose host is unreachable,
+        become local sessions (`RelayDialer.take_over`); each is available with its last
+        presence at once (`turn_active`), announced afterwards, as activation does."""
+        wait_s = self.timers.activation_wait_s
+        try:
+            served = await asyncio.wait_for(self.ctx.store.usernames_active_on(self.ctx.node_name), wait_s)
+        except (DatabaseUnavailable, TimeoutError) as exc:
+            log.warning("cannot take relayed sessions over: %r", exc)
+            return
+        try:
+            sessions = await self.dialer.take_over(served)
+        except Exception:  # a bug must not hold back what users_active routes again
+            log.exception("taking relayed sessions over failed")
+            return
+        if not sessions:
+            return
+        try:
+            records = await asyncio.wait_for(records_for(self.ctx, sessions), wait_s)
+        except (DatabaseUnavailable, TimeoutError) as exc:
+            log.warning("relayed sessions taken over without their presence: %r", exc)
+            records = {}
+        for session in sessions:
+            turn_active(session, records.get(record_key(session)))
+        log.info("took over %d relayed session(s) whose node is unreachable", len(sessions))
+        task = asyncio.ensure_future(self._announce(sessions))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _announce(self, sessions: list[Session]) -> None:
+        for i in range(0, len(sessions), ANNOUNCE_CONCURRENCY):
+            await asyncio.gather(*(announce(self.ctx, s) for s in sessions[i:i + ANNOUNCE_CONCURRENCY]))
 
     def _reload_locations(self) -> None:
         """One bulk read of every user's node, begun now: lookups that miss meanwhile
@@ -271,7 +319,9 @@ class ClusterService:
     def _reroute_unreachable(self) -> None:
         """Stanzas sent to a peer whose link is down and never acknowledged by it are
         routed again, to wherever their recipients live now (here, after a takeover).
-        Frames of relayed sessions are dropped: those sessions end with the peer."""
+        Frames of relayed sessions are dropped: those sessions end with the peer, unless
+        their connection was taken over (`RelayDialer.take_over`): its stanzas the peer
+        never acknowledged are handled here."""
         silent_s = 2 * self.mesh.heartbeat_interval_s  # a live peer sends a keepalive every interval
         for name, channel in self.mesh.channels.items():
             frames = channel.reclaim(silent_s)
@@ -286,9 +336,12 @@ class ClusterService:
                 if isinstance(frame, wire.Routed):
                     rerouted += 1
                     self.inbox.submit(recipient_key(frame.stanza), self._deliver_later(frame.stanza))
+                elif frame.upstream and self.dialer.replay_upstream(frame.sid, frame.stanza):
+                    rerouted += 1
             if frames:
                 log.info("node %s is down: %d unacknowledged frame(s) taken back, %d stanza(s) routed again",
                          name, len(frames), rerouted)
+        self.dialer.replayed()
 
     def _deliver_later(self, stanza: ET.Element) -> Callable[[], Awaitable[None]]:
         return lambda: self.ctx.router.deliver(self.ctx, stanza)

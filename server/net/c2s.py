@@ -22,7 +22,10 @@ Rules of this module:
 - Relayed connections (small, separate: `_relay_*`; SPEC §2 Balanced mode): a user
   served by another node (`RelayTo`) is admitted when that node is reachable; after
   bind its session is opened there (`port.relay`, `server.cluster.relay`) and every
-  stanza is forwarded to it. No local `Session` exists for such a connection.
+  stanza is forwarded to it. No local `Session` exists for such a connection, until
+  a takeover brings its user here while that node is unreachable: then it becomes
+  a local session on the same stream (`become_local`), resumable if the client
+  enabled XEP-0198 on it.
 - Whether a login is accepted, refused, bound as a backup or relayed is decided by
   `server.admission.decide` (pure), and what a stanza becomes while the presence
   engine is stopped by `server.admission.when_presence_stopped`; this module reads
@@ -446,6 +449,32 @@ class Connection:
             self.stream.close(outcome)
         else:
             self.relay = outcome
+
+    async def become_local(self) -> Session | None:
+        """A takeover brought this relayed connection's user here (its host died): the
+        session is local from now on, on the same stream, bound in the port and
+        resumable if the client enabled XEP-0198. Runs at once, not after the queued
+        input (a forward to the dead host may be waiting there). Its presence is the
+        caller's (`server.activation.turn_active`); the client notices nothing. None if
+        the connection is no longer relayed or is ending."""
+        jid = self.stream.jid  # full: the relay opened after bind
+        if self.relay is None or jid is None or self.closing or self._finished:
+            return None
+        self.relay = self.relay_node = None
+        session = Session(jid=jid, send=self.send_stanza, close=self._close_session)
+        session.client_active = self.stream.client_active
+        session.interested = True  # its roster request went to the dead node (standard clients make one)
+        self.session = session
+        await self.port.bind(session, self)
+        sm = self.stream.sm
+        if sm is not None and sm.resume_id:
+            self.port.remember_resumable(sm.resume_id, session, sm, self)
+        log.info("%s: relayed session taken over here (resumable: %s)", jid, bool(sm and sm.resume_id))
+        return session
+
+    def replay(self, stanza: ET.Element) -> None:
+        """Handle `stanza` in turn as if the client had just sent it."""
+        self._enqueue(functools.partial(self._on_stanza, ev.StanzaReceived(stanza)))
 
     def _close_session(self) -> None:
         self.kick_soon(StreamError(StreamCondition.SYSTEM_SHUTDOWN, "session closed by the server"))

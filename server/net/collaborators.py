@@ -27,6 +27,13 @@ class RelayConnection(Protocol):
 
     def send_stanza(self, stanza: ET.Element) -> None: ...
     def kick_soon(self, error: StreamError | None) -> None: ...
+    async def become_local(self) -> Session | None:
+        """Its user is served here now (a takeover): a local session on the same stream."""
+        ...
+
+    def replay(self, stanza: ET.Element) -> None:
+        """Handle `stanza` as if just received (its relay's host never acknowledged it)."""
+        ...
 
 
 class RelayedStream(Protocol):
