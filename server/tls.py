@@ -66,16 +66,6 @@ def _name(common_name: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
 
 
-def make_self_signed(common_name: str, names: list[str]) -> tuple[bytes, bytes]:
-    """A fresh self-signed (certificate PEM, key PEM) for `names`."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (_builder(_name(common_name), _name(common_name), key.public_key(), VALIDITY)
-            .add_extension(_san([common_name, *names]), critical=False)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
-    return cert.public_bytes(serialization.Encoding.PEM), _key_pem(key)
-
-
 def make_ca(domain: str) -> tuple[str, str]:
     """A fresh cluster CA: (certificate PEM, key PEM), as text for the database."""
     key = ec.generate_private_key(ec.SECP256R1())
@@ -142,18 +132,6 @@ def _write_atomic(path: Path, data: bytes, mode: int) -> None:
     with os.fdopen(fd, "wb") as fh:
         fh.write(data)
     os.replace(tmp, path)
-
-
-def ensure_self_signed(data_dir: Path, node_name: str, domain: str, hosts: list[str]) -> tuple[Path, Path]:
-    """The node's self-signed certificate and key paths, generated if missing."""
-    tls_dir = data_dir / "tls"
-    tls_dir.mkdir(parents=True, exist_ok=True)
-    cert_path, key_path = tls_dir / f"{node_name}.crt", tls_dir / f"{node_name}.key"
-    if not (cert_path.exists() and key_path.exists()):
-        cert_pem, key_pem = make_self_signed(domain, ["localhost", *hosts])
-        _write_atomic(key_path, key_pem, 0o600)
-        _write_atomic(cert_path, cert_pem, 0o644)
-    return cert_path, key_path
 
 
 def server_context(cert_path: str | Path, key_path: str | Path) -> ssl.SSLContext:

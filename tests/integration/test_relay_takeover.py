@@ -28,8 +28,7 @@ from pathlib import Path
 import pytest
 import slixmpp
 
-from tests.integration.cluster import node_argv
-from tests.integration.test_up import alive, children, free_block, wait_states, wait_until
+from tests.integration.test_up import children, running_up, wait_states, wait_until
 
 DEADLINE_S = 30.0
 DELIVERY_S = 5.0  # well below the relay timeout (10 s): the relayed connection is not waited out
@@ -38,29 +37,8 @@ RESUME_S = 3.0  # issue 18: XEP-0198 clients resume within 3 s of the kill
 
 @pytest.fixture
 def pair(tmp_path: Path) -> Iterator[tuple[subprocess.Popen, Path, Path]]:
-    out = tmp_path / "up.out"
-    base = free_block()
-    with open(out, "wb") as sink:
-        process = subprocess.Popen(
-            node_argv("up", "--data-dir", str(tmp_path), "--base-port", str(base), "--users", "4",
-                      "--restart-delay", "30", "--service-port", str(base + 19)),
-            stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
-    seen: set[int] = set()
-    try:
-        wait_until(lambda: "Connect any XMPP client" in out.read_text(), "up's welcome")
-        seen.update(children(process.pid).values())
+    with running_up(tmp_path, 30) as (process, out):
         yield process, tmp_path, out
-    finally:
-        seen.update(children(process.pid).values())
-        if process.poll() is None:
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-        for pid in seen:
-            if alive(pid):
-                os.kill(pid, signal.SIGKILL)
 
 
 class Client(slixmpp.ClientXMPP):

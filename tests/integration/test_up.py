@@ -12,6 +12,7 @@ waiting for the admin's fallback. Ctrl-C (SIGINT) then stops everything.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -26,19 +27,9 @@ import pytest
 import slixmpp
 
 from presence_ha.server.cli.haproxy import server_states, stream_header
-from tests.integration.cluster import cli, node_argv
+from tests.integration.cluster import _bindable, cli, node_argv
 
 DEADLINE_S = 60.0
-
-
-def _bindable(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def free_block(size: int = 20) -> int:
@@ -93,17 +84,22 @@ def alive(pid: int) -> bool:
     return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
 
 
-@pytest.fixture
-def up(tmp_path: Path) -> Iterator[tuple[subprocess.Popen, Path, Path]]:
-    out = tmp_path / "up.out"
+@contextlib.contextmanager
+def running_up(directory: Path, restart_delay_s: float) -> Iterator[tuple[subprocess.Popen, Path]]:
+    """`presence-ha up` on free ports with its output in `directory/up.out`, once it
+    welcomes clients; at the end Ctrl-C, then SIGKILL for any node process left behind."""
+    out = directory / "up.out"
+    base = free_block()
     with open(out, "wb") as sink:
         process = subprocess.Popen(
-            node_argv("up", "--data-dir", str(tmp_path), "--base-port", str(base := free_block()), "--users", "4",
-                      "--restart-delay", "1", "--service-port", str(base + 19)),
+            node_argv("up", "--data-dir", str(directory), "--base-port", str(base), "--users", "4",
+                      "--restart-delay", str(restart_delay_s), "--service-port", str(base + 19)),
             stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
     seen: set[int] = set()
     try:
-        yield process, tmp_path, out
+        wait_until(lambda: "Connect any XMPP client" in out.read_text() or process.poll() is not None, "up's welcome")
+        seen.update(children(process.pid).values())  # reaped below even if `up` itself dies
+        yield process, out
     finally:
         seen.update(children(process.pid).values())
         if process.poll() is None:
@@ -115,6 +111,12 @@ def up(tmp_path: Path) -> Iterator[tuple[subprocess.Popen, Path, Path]]:
         for pid in seen:
             if alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def up(tmp_path: Path) -> Iterator[tuple[subprocess.Popen, Path, Path]]:
+    with running_up(tmp_path, 1) as (process, out):
+        yield process, tmp_path, out
 
 
 def features(port: int) -> bool:

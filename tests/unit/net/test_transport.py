@@ -10,7 +10,7 @@ import ssl
 import pytest
 
 from presence_ha.server.net.transport import ClientTransport
-from presence_ha.server.tls import ensure_self_signed, server_context
+from presence_ha.server.tls import ensure_node_certificate, make_ca, server_context
 
 
 class FakeSocket(asyncio.Transport):
@@ -75,7 +75,7 @@ def feed(transport: ClientTransport, data: bytes) -> None:
 
 @pytest.fixture
 def server_tls(tmp_path):
-    cert, key = ensure_self_signed(tmp_path, "n1", "example.test", ["127.0.0.1"])
+    cert, key = ensure_node_certificate(tmp_path, "n1", "example.test", ["127.0.0.1"], make_ca("example.test"))
     return server_context(cert, key)
 
 
