@@ -41,8 +41,10 @@ slixmpp = pytest.importorskip("slixmpp")
 pytestmark = [pytest.mark.timeout(400), pytest.mark.serial, pytest.mark.lab]
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-LAB_ID = 250  # not the default 0, so a user's `lab up` and the tests never collide
-NET_LAB_ID = 251
+# Not the default 0, so a user's `lab up` and the tests never collide; PHA_TEST_LAB_ID moves
+# both (two checkouts testing at once on one machine).
+LAB_ID = int(os.environ.get("PHA_TEST_LAB_ID", "250"))
+NET_LAB_ID = LAB_ID + 1
 PROMOTION_BOUND_S = 25.0  # Patroni ttl 8 s + one loop + promote, with room for a loaded machine
 DEADLINE_S = 30.0
 KEEP_ENV = "PRESENCE_HA_KEEP_LAB"  # set: keep the lab's data dir (logs) under /var/tmp
