@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Make sure what the tests talk to is there: the local PostgreSQL server, Debian's
 # prosody (the reference server of the benchmark test), haproxy (`up`'s service
-# address) and the lab's packages (lab-packages.sh). Installs or starts them when
-# missing and possible; with CI=true a PostgreSQL that cannot be reached is an error.
+# address), the third-party clients (profanity in tmux, go-sendxmpp) and the lab's
+# packages (lab-packages.sh). Installs or starts them when missing and possible; with
+# CI=true a PostgreSQL that cannot be reached is an error.
 set -u
 
 pg_up() { pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; }
@@ -22,7 +23,9 @@ fi
 
 # Debian's prosody is the reference server of the benchmark test (its package may start a
 # system instance; our tests run private instances on free ports); haproxy is `up`'s
-# service address.
-"$(dirname "$0")/ensure-debian.sh" prosody=prosody haproxy=haproxy
+# service address; profanity (driven in tmux) and go-sendxmpp are the third-party clients
+# of tests/integration/test_third_party_clients.py.
+"$(dirname "$0")/ensure-debian.sh" prosody=prosody haproxy=haproxy profanity=profanity \
+  go-sendxmpp=go-sendxmpp tmux=tmux
 "$(dirname "$0")/lab-packages.sh"  # the lab of separate hosts: etcd, Patroni, nftables
 exit 0
