@@ -52,6 +52,7 @@ from presence_ha.server.cluster.locations import LocationCache
 from presence_ha.server.cluster.relay import HostedBinder, HostedSessions, RelayDialer, RelayHost
 from presence_ha.server.cluster.routing import ClusterRoute, decode_routed, deliver_routed, deliver_routed_now
 from presence_ha.server.cluster.sm_mirror import SmReplication
+from presence_ha.server.cluster.sm_replica import stanza_key
 from presence_ha.server.cluster.triage import Verdict, recipient_key, triage
 from presence_ha.server.config import NodeConfig
 from presence_ha.server.context import FeatureContext
@@ -325,7 +326,8 @@ class ClusterService:
         silent_s = 2 * self.mesh.heartbeat_interval_s  # a live peer sends a keepalive every interval
         for name, channel in self.mesh.channels.items():
             frames = channel.reclaim(silent_s)
-            rerouted = 0
+            rerouted = sent_there = 0
+            handled = self.replicas.store.handled(name) if frames else set()
             for kind, payload in frames:
                 if kind is not Kind.STANZA:
                     continue
@@ -334,13 +336,16 @@ class ClusterService:
                 except wire.WireError:
                     continue
                 if isinstance(frame, wire.Routed):
+                    if stanza_key(frame.stanza) in handled:  # its ack was on the way: a replica holds it
+                        sent_there += 1
+                        continue
                     rerouted += 1
                     self.inbox.submit(recipient_key(frame.stanza), self._deliver_later(frame.stanza))
                 elif frame.upstream and self.dialer.replay_upstream(frame.sid, frame.stanza):
                     rerouted += 1
             if frames:
-                log.info("node %s is down: %d unacknowledged frame(s) taken back, %d stanza(s) routed again",
-                         name, len(frames), rerouted)
+                log.info("node %s is down: %d unacknowledged frame(s) taken back, %d stanza(s) routed again, "
+                         "%d it had sent to resumable sessions", name, len(frames), rerouted, sent_there)
         self.dialer.replayed()
 
     def _deliver_later(self, stanza: ET.Element) -> Callable[[], Awaitable[None]]:

@@ -20,6 +20,10 @@ Rules of this module:
 - A replica whose origin node is gone is "orphaned" at that time; `max_s` seconds
   later it has expired (the adapter re-routes its unacked messages, like a session
   nobody resumed, XEP-0198 §5). Resumption (`take`) removes it.
+- The last `RECENT` stanzas each origin reported sent (acknowledged or not) are kept
+  as they came (`handled`): a stanza routed to an origin that died before its link
+  ack arrived, but that the origin had already sent to a session, is not routed again
+  by the node taking over (it is in that session's replica, or the client has it).
 - A malformed entry is a `ReplicaError` (the adapter logs and drops the frame).
 """
 
@@ -36,6 +40,8 @@ import defusedxml.ElementTree as SafeET
 from presence_ha.server.xmpp.jid import JID, InvalidJid
 from presence_ha.server.xmpp.sm import MOD, StreamManagement
 from presence_ha.server.xmpp.stanzas import STANZA_TAGS
+
+RECENT = 4096  # stanzas per origin remembered as sent (more than a link's unacked window)
 
 
 class EntryOp(enum.StrEnum):
@@ -86,6 +92,15 @@ def parse_stanza(text: str) -> ET.Element:
     return stanza
 
 
+def stanza_key(stanza: ET.Element) -> tuple[str, str, str, str] | None:
+    """What identifies one stanza between nodes: kind, sender, recipient account, id;
+    None without an id (such a stanza cannot be told from another)."""
+    stanza_id = stanza.get("id")
+    if not stanza_id:
+        return None
+    return stanza.tag, stanza.get("from", ""), stanza.get("to", "").split("/", 1)[0], stanza_id
+
+
 def _int(value: Any) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < MOD:
         raise ReplicaError(f"bad counter {value!r}")
@@ -96,6 +111,7 @@ class ReplicaStore:
     def __init__(self, max_unacked: int = 1000) -> None:
         self.max_unacked = max_unacked
         self._replicas: dict[str, Replica] = {}
+        self._recent: dict[str, deque[str]] = {}  # origin -> its last SENT stanzas, serialized
 
     def __len__(self) -> int:
         return len(self._replicas)
@@ -127,6 +143,7 @@ class ReplicaStore:
             if not args or not isinstance(args[0], str):
                 raise ReplicaError("'o' without a stanza")
             replica.unacked.append(args[0])
+            self._recent.setdefault(origin, deque(maxlen=RECENT)).append(args[0])
             if len(replica.unacked) > self.max_unacked:
                 del self._replicas[rid]
                 return Dropped(rid, replica.jid, f"more than {self.max_unacked} unacknowledged stanzas")
@@ -159,6 +176,18 @@ class ReplicaStore:
         for _ in range(min(newly, len(replica.unacked))):
             replica.unacked.popleft()
         replica.acked = h
+
+    def handled(self, origin: str) -> set[tuple[str, str, str, str]]:
+        """The `stanza_key`s of the stanzas `origin` last reported sent to a session."""
+        keys: set[tuple[str, str, str, str]] = set()
+        for text in self._recent.get(origin, ()):
+            try:
+                key = stanza_key(parse_stanza(text))
+            except ReplicaError:
+                continue
+            if key is not None:
+                keys.add(key)
+        return keys
 
     def take(self, rid: str, bare: JID) -> Replica | None:
         """Remove and return the replica `rid` if it belongs to the account `bare`."""

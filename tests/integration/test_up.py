@@ -85,14 +85,14 @@ def alive(pid: int) -> bool:
 
 
 @contextlib.contextmanager
-def running_up(directory: Path, restart_delay_s: float) -> Iterator[tuple[subprocess.Popen, Path]]:
+def running_up(directory: Path, restart_delay_s: float, users: int = 4) -> Iterator[tuple[subprocess.Popen, Path]]:
     """`presence-ha up` on free ports with its output in `directory/up.out`, once it
     welcomes clients; at the end Ctrl-C, then SIGKILL for any node process left behind."""
     out = directory / "up.out"
     base = free_block()
     with open(out, "wb") as sink:
         process = subprocess.Popen(
-            node_argv("up", "--data-dir", str(directory), "--base-port", str(base), "--users", "4",
+            node_argv("up", "--data-dir", str(directory), "--base-port", str(base), "--users", str(users),
                       "--restart-delay", str(restart_delay_s), "--service-port", str(base + 19)),
             stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
     seen: set[int] = set()

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import xml.etree.ElementTree as ET
+
 import pytest
 
-from presence_ha.server.cluster.sm_replica import Dropped, ReplicaError, ReplicaStore
+from presence_ha.server.cluster.sm_replica import RECENT, Dropped, ReplicaError, ReplicaStore, stanza_key
 from presence_ha.server.xmpp.jid import JID
 
 ALICE = "alice@example.test/phone"
@@ -98,3 +100,25 @@ def test_entry_opcodes_travel_as_their_one_letter_values() -> None:
     assert frame.startswith(b'{"op":"sm","e":[["n","r1",') and len(store.get("r1").unacked) == 1
     with pytest.raises(ReplicaError):
         store.apply("n1", [["x", "r1"]])
+
+
+def test_the_stanzas_an_origin_sent_are_remembered_acknowledged_or_not() -> None:
+    """A stanza the origin sent to a session (its replica got it) is not routed again by
+    the node taking over, even if the client acknowledged it and the replica let it go."""
+    store = store_with_alice()
+    store.apply("n1", [["a", "r1", 3], ["c", "r1"]])  # acknowledged, then the session ended
+    handled = store.handled("n1")
+    assert stanza_key(ET.fromstring(f"<message to='{ALICE}' id='m0'/>")) in handled
+    assert stanza_key(ET.fromstring("<message to='alice@example.test' id='m3'/>")) in handled  # any resource
+    assert stanza_key(ET.fromstring(f"<message to='{ALICE}' id='m7'/>")) not in handled
+    assert stanza_key(ET.fromstring(f"<message to='{ALICE}' id='m0' from='eve@example.test'/>")) not in handled
+    assert store.handled("n2") == set()
+    assert stanza_key(ET.fromstring(f"<message to='{ALICE}'/>")) is None  # no id: never taken for another
+
+
+def test_the_remembered_stanzas_are_bounded() -> None:
+    store = store_with_alice(max_unacked=RECENT + 10)
+    store.apply("n1", [["o", "r1", msg(n)] for n in range(4, RECENT + 4)])
+    handled = store.handled("n1")
+    assert len(handled) == RECENT
+    assert stanza_key(ET.fromstring(f"<message to='{ALICE}' id='m3'/>")) not in handled
