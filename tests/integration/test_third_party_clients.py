@@ -219,6 +219,27 @@ class Slix(slixmpp.ClientXMPP):
         return self
 
 
+class CaVerifier(aioxmpp.security_layer.CertificateVerifier):
+    """aioxmpp's PKIX verification (the chain against the context's CA, then the name),
+    with the name read through `cryptography`: aioxmpp 0.13's own name check calls
+    `X509.get_extension`, which pyOpenSSL no longer has (it fails every handshake)."""
+
+    def __init__(self, domain: str) -> None:
+        self.domain = domain
+
+    def verify_callback(self, _conn: object, x509: object, _errno: int, depth: int, preverified: int) -> bool:
+        if not preverified or depth != 0:
+            return bool(preverified)
+        from cryptography import x509 as cx509
+
+        cert = x509.to_cryptography()  # type: ignore[attr-defined]
+        names = cert.extensions.get_extension_for_class(cx509.SubjectAlternativeName).value
+        return self.domain in names.get_values_for_type(cx509.DNSName)
+
+    async def post_handshake(self, transport: object) -> None:
+        return None
+
+
 class Aio:
     """An aioxmpp client (XEP-0198 on, as aioxmpp negotiates it by default) dialling the
     service address, verifying the certificate against the cluster CA (PKIX, for the
@@ -231,11 +252,15 @@ class Aio:
 
         def context() -> object:
             ctx = aioxmpp.security_layer.default_ssl_context()
-            ctx.load_verify_locations(str(cafile))
+            ctx.load_verify_locations(str(cafile))  # the cluster CA, and only it
             return ctx
 
+        async def password(_jid: object, attempt: int) -> str | None:
+            return user["password"] if attempt == 0 else None
+
         self.jid = aioxmpp.JID.fromstr(user["jid"] + "/aio")
-        layer = aioxmpp.make_security_layer(user["password"], ssl_context_factory=context)
+        layer = aioxmpp.security_layer.tls_with_password_based_authentication(
+            password, ssl_context_factory=context, certificate_verifier_factory=lambda: CaVerifier(self.jid.domain))
         self.client = aioxmpp.PresenceManagedClient(
             self.jid, layer, override_peer=[("127.0.0.1", service, STARTTLSConnector())])
         self.client.backoff_start = timedelta(seconds=0.1)
