@@ -282,6 +282,14 @@ class HostedSessions:
                 await self.close_one(peer, sid, error_for(session.jid.local or ""))
         return len(keys)
 
+    def of_peer(self, peer: str) -> dict[str, Session]:
+        """`{sid: session}` of the sessions hosted for clients connected to `peer`."""
+        return {sid: session for (name, sid), session in self._sessions.items() if name == peer}
+
+    def forget(self, peer: str, sid: str) -> None:
+        """No longer a relayed session (its stream's replica took it: `SmReplication.park`)."""
+        self._sessions.pop((peer, sid), None)
+
     async def peer_lost(self, peer: str) -> None:
         for key in [key for key in self._sessions if key[0] == peer]:
             session = self._sessions.pop(key, None)

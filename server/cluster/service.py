@@ -128,6 +128,7 @@ class ClusterService:
         self.mesh, self.locations, self.route, self.dialer = links.mesh, links.locations, links.route, links.dialer
         self.arrivals, self.replicas = links.arrivals, replicas
         self.host = RelayHost(ctx, hosted, binder, links.mesh, links.locations, admission, presence)
+        self.hosted = hosted
         self.inbox = Inbox()
         self._task: asyncio.Task[None] | None = None
         self._lost: set[str] = set()  # peers whose relayed sessions were ended this outage
@@ -328,6 +329,7 @@ class ClusterService:
             frames = channel.reclaim(silent_s)
             rerouted = sent_there = 0
             handled = self.replicas.store.handled(name) if frames else set()
+            downstream: dict[str, list[ET.Element]] = {}  # sid -> what the peer never acknowledged
             for kind, payload in frames:
                 if kind is not Kind.STANZA:
                     continue
@@ -343,6 +345,12 @@ class ClusterService:
                     self.inbox.submit(recipient_key(frame.stanza), self._deliver_later(frame.stanza))
                 elif frame.upstream and self.dialer.replay_upstream(frame.sid, frame.stanza):
                     rerouted += 1
+                elif not frame.upstream:
+                    downstream.setdefault(frame.sid, []).append(frame.stanza)
+            if not channel.up:  # hosted sessions of its clients that it replicated wait for their resumption
+                for sid, session in self.hosted.of_peer(name).items():
+                    if self.replicas.park(name, session, downstream.get(sid, [])):
+                        self.hosted.forget(name, sid)
             if frames:
                 log.info("node %s is down: %d unacknowledged frame(s) taken back, %d stanza(s) routed again, "
                          "%d it had sent to resumable sessions", name, len(frames), rerouted, sent_there)

@@ -48,10 +48,18 @@ from presence_ha.db.engine import DatabaseUnavailable
 from presence_ha.server.activation import announce, record_key, records_for, turn_active
 from presence_ha.server.cluster import wire
 from presence_ha.server.cluster.links import LinkMesh
-from presence_ha.server.cluster.sm_replica import EntryOp, Replica, ReplicaError, ReplicaStore, parse_stanza
+from presence_ha.server.cluster.sm_replica import (
+    EntryOp,
+    Replica,
+    ReplicaError,
+    ReplicaStore,
+    parse_stanza,
+    stanza_key,
+)
 from presence_ha.server.config import SmReplicationConfig
 from presence_ha.server.context import FeatureContext
 from presence_ha.server.link import Kind
+from presence_ha.server.router import SessionClosed
 from presence_ha.server.sessions import Session
 from presence_ha.server.xmpp.jid import JID
 from presence_ha.server.xmpp.sm import StreamManagement
@@ -119,6 +127,7 @@ class SmReplication:
         self.backup: str | None = None
         self.store = ReplicaStore(settings.max_unacked)
         self._tracked: dict[str, SessionMirror] = {}
+        self._parked: dict[str, Session] = {}  # rid -> a hosted session whose dialled node died
         self._batch: list[list[Any]] = []
         self._flush_handle: asyncio.Handle | None = None
         self._stale = True  # the backup has not seen the tracked sessions in full
@@ -269,6 +278,36 @@ class SmReplication:
         if peer == self.backup:
             self._stale = True
 
+    def park(self, origin: str, session: Session, pending: list[ET.Element]) -> bool:
+        """`session` is hosted here for a client that dialled `origin`, and `origin` is
+        gone. If `origin` replicated that client's stream here, the session stays (still
+        available, still routed to) and what it is sent queues in the replica, after
+        `pending` (what was sent to `origin` for it and never acknowledged, less what
+        `origin` had already sent to the client), until the client resumes here or the
+        replica expires. False (nothing changed) without a replica."""
+        rid = self.store.find(origin, session.jid)
+        if rid is None:
+            return False
+        handled = self.store.handled(origin) if pending else set()
+        for stanza in pending:
+            key = stanza_key(stanza)
+            if key is None or key not in handled:
+                self._queue_parked(rid, stanza)
+        session.send = lambda stanza, wire=None: self._queue_parked(rid, stanza)
+        session.close = lambda: self._unpark(rid)
+        self._parked[rid] = session
+        log.info("%s: its connection through %s is gone; its stream's replica waits here for its resumption",
+                 session.jid, origin)
+        return True
+
+    def _unpark(self, rid: str) -> None:
+        self._parked.pop(rid, None)
+
+    def _queue_parked(self, rid: str, stanza: ET.Element) -> None:
+        replica = self.store.get(rid)
+        if replica is not None:
+            replica.unacked.append(serialize(stanza))
+
     async def restore(self, previd: str, jid: JID | None, h: int) -> RestoredSession | None:
         """The replicated session `previd`, taken from the store, for the client port to
         bind; None if there is none for `jid` or this node does not serve the user (yet)."""
@@ -285,6 +324,9 @@ class SmReplication:
         except ReplicaError as exc:
             log.warning("cannot resume %s from its replica: %s", replica.jid, exc)
             return None
+        parked = self._parked.pop(previd, None)
+        if parked is not None:  # until the resumed session replaces it, its stanzas queue here
+            parked.send = lambda stanza, wire=None: sm.record_outbound(stanza)
         missing = sm.catch_up(h)
         if missing:
             log.info("%s got %d stanza(s) whose replica was still on the way", replica.jid, missing)
@@ -345,6 +387,10 @@ class SmReplication:
             else:
                 self.store.adopt(origin)
         for rid, replica in self.store.expired(now):
+            parked = self._parked.pop(rid, None)
+            if parked is not None and self.ctx.sessions.get(parked.jid) is parked:  # nobody resumed it
+                self.ctx.sessions.remove(parked)
+                await self.ctx.notify(SessionClosed(parked, graceful=False))
             log.info("replica of %s (%s) expired unresumed: re-routing %d stanza(s)",
                      replica.jid, rid, len(replica.unacked))
             await self._reroute(replica)

@@ -189,6 +189,13 @@ class ReplicaStore:
                 keys.add(key)
         return keys
 
+    def find(self, origin: str, jid: JID) -> str | None:
+        """The rid of `origin`'s replica of the session `jid` (a full JID), if any."""
+        for rid, replica in self._replicas.items():
+            if replica.origin == origin and replica.jid == jid:
+                return rid
+        return None
+
     def take(self, rid: str, bare: JID) -> Replica | None:
         """Remove and return the replica `rid` if it belongs to the account `bare`."""
         replica = self._replicas.get(rid)

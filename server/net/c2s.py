@@ -212,6 +212,8 @@ class Connection:
             return
         self._finished = True
         self._queue = None
+        if self.relay_node is not None and self.stream.sm is not None:
+            self.port.unreplicate(self.stream.sm.resume_id)  # its session ends with the relay
         self._leave_gate()
         if self._timer is not None:
             self._timer.cancel()
@@ -501,6 +503,10 @@ class Connection:
     async def _on_sm_enabled(self, event: ev.StreamManagementEnabled) -> None:
         if event.resume_id is not None and self.session is not None and self.stream.sm is not None:
             self.port.remember_resumable(event.resume_id, self.session, self.stream.sm, self)
+        elif event.resume_id is not None and self.relay_node is not None and self.stream.sm is not None:
+            # Relayed: the stream is replicated to this node's peer (the user's node in a
+            # pair), where the client resumes if this node dies (sm_mirror.park).
+            self.port.replicate_relayed(event.resume_id, self.stream.jid, self.stream.sm)
 
     async def _on_client_state(self, event: ev.ClientStateChanged) -> None:
         if self.session is not None:

@@ -270,6 +270,16 @@ class ClientPort:
         connection.run_after(announcement)
         return record
 
+    def replicate_relayed(self, resume_id: str, jid: JID | None, sm: StreamManagement) -> None:
+        """A relayed connection's stream (its session lives on the user's node): only
+        replicated, so that the client resumes there if this node dies."""
+        if self.replicas is not None and jid is not None:
+            self.replicas.track(resume_id, Session(jid=jid, send=lambda _stanza, wire=None: None), sm)
+
+    def unreplicate(self, resume_id: str | None) -> None:
+        if resume_id and self.replicas is not None and resume_id not in self._resumable:
+            self.replicas.untrack(resume_id)
+
     def _untrack(self, resume_id: str) -> None:
         if self.replicas is not None:  # the session ended: its replica is dropped
             self.replicas.untrack(resume_id)
