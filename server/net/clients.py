@@ -307,9 +307,8 @@ class ClientPort:
             del self._owner[session]
         self.ctx.sessions.remove(session)
         for resume_id, record in list(self._resumable.items()):
-            if record.session is session:
+            if record.session is session:  # its stream stays replicated: it resumes on the user's node
                 del self._resumable[resume_id]
-                self._untrack(resume_id)
 
     async def connection_finished(self, connection: Connection) -> None:
         if connection.relay is not None:  # its session lives on another node

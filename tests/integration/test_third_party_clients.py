@@ -356,6 +356,7 @@ async def _sm_client_resumes(cluster: Cluster, library: str, killed: str) -> flo
             await _until(tested.resumed.is_set, "slixmpp's session_resumed", RESUME_S)
         else:
             await _until(lambda: tested.resumed, "aioxmpp's on_stream_resumed", RESUME_S)
+            assert tested.destroyed == 0, "aioxmpp's stream was not resumed (the server refused its <resume/>)"
         resumed_after = time.monotonic() - killed_at
         print(f"{library}: resumed {resumed_after:.2f}s after the kill -9 of {killed}")
         await _until(lambda: set(sent) <= set(tested.bodies), f"every message sent meanwhile ({tested.bodies})")
