@@ -128,6 +128,7 @@ class SmReplication:
         self.store = ReplicaStore(settings.max_unacked)
         self._tracked: dict[str, SessionMirror] = {}
         self._parked: dict[str, Session] = {}  # rid -> a hosted session whose dialled node died
+        self._ending: set[asyncio.Task[None]] = set()  # parked sessions whose replica went
         self._batch: list[list[Any]] = []
         self._flush_handle: asyncio.Handle | None = None
         self._stale = True  # the backup has not seen the tracked sessions in full
@@ -307,6 +308,27 @@ class SmReplication:
         replica = self.store.get(rid)
         if replica is not None:
             replica.unacked.append(serialize(stanza))
+            return
+        # The replica is gone (dropped for size, or its origin closed it): the session
+        # ends as an unresumed one would, and the stanza is routed again (offline storage).
+        session = self._parked.pop(rid, None)
+        if session is not None and self.ctx.sessions.get(session.jid) is not session:
+            session = None
+        if session is not None:
+            self.ctx.sessions.remove(session)
+        task = asyncio.get_running_loop().create_task(self._end_parked(session, stanza))
+        self._ending.add(task)
+        task.add_done_callback(self._ending.discard)
+
+    async def _end_parked(self, session: Session | None, stanza: ET.Element) -> None:
+        if session is not None:
+            log.info("%s: its stream's replica is gone; the session ends unresumed", session.jid)
+            await self.ctx.notify(SessionClosed(session, graceful=False))
+        if stanza.tag == "message" and stanza.get("type") not in ("error", "groupchat"):
+            try:
+                await self.ctx.deliver(stanza)
+            except DatabaseUnavailable as exc:
+                log.warning("cannot re-route a message of %s's gone replica: %s", stanza.get("to"), exc)
 
     async def restore(self, previd: str, jid: JID | None, h: int) -> RestoredSession | None:
         """The replicated session `previd`, taken from the store, for the client port to

@@ -58,3 +58,41 @@ def test_without_a_replica_nothing_is_parked() -> None:
     alice = Session(jid=JID.parse(ALICE), send=lambda stanza, wire=None: None)
     assert not replication.park("n3", alice, [])  # a replica of n1's, not n3's
     assert queued(replication) == ["m0", "m1"]
+
+
+class Ctx:
+    """What a parked session whose replica went needs of the node: its sessions, the
+    events it notifies, and routing (here: recorded)."""
+
+    def __init__(self) -> None:
+        from presence_ha.server.sessions import SessionRegistry
+
+        self.sessions = SessionRegistry()
+        self.events: list[object] = []
+        self.delivered: list[ET.Element] = []
+
+    async def notify(self, event: object) -> None:
+        self.events.append(event)
+
+    async def deliver(self, stanza: ET.Element) -> None:
+        self.delivered.append(stanza)
+
+
+async def test_a_parked_session_whose_replica_went_ends_and_its_message_is_routed_again() -> None:
+    import asyncio
+
+    from presence_ha.server.router import SessionClosed
+
+    replication = replication_with_alice()
+    ctx = Ctx()
+    replication.ctx = ctx  # type: ignore[assignment]
+    session = Session(jid=JID.parse(ALICE), send=lambda stanza, wire=None: None)
+    ctx.sessions.add(session)
+    assert replication.park("n1", session, [])
+    replication.store.apply("n1", [["c", "r1"]])  # its origin came back and closed it
+    session.send(msg(7))
+    await asyncio.sleep(0)
+    await asyncio.gather(*replication._ending)
+    assert ctx.sessions.get(session.jid) is None
+    assert [type(e) for e in ctx.events] == [SessionClosed]
+    assert [s.get("id") for s in ctx.delivered] == ["m7"]
