@@ -106,6 +106,9 @@ class LinksConfig:
     backoff_max_s: float = 1.0
     ack_delay_s: float = 0.005  # longest wait of an owed ack
     dial: str = ""  # "n2=host:port,...": dial a peer there (a tunnel, NAT, a test's fault proxy)
+    # TLS 1.3 with both sides' certificates from the cluster CA (server.tls.link_tls), on the
+    # link mesh and the SRM peer link. `false` sends them in clear: only to measure its cost.
+    tls: bool = True
 
     @property
     def dial_addresses(self) -> dict[str, tuple[str, int]]:
