@@ -432,8 +432,8 @@ class Endpoint:
         if self._closed or (conn is not None and conn.replaced):
             return
         if isinstance(down, st.LinkRejected):
-            self._log_refusal(f"link {self._links.config.local_name}: link with {down.peer_name or 'a peer'} "
-                              f"refused: {down.reason}")
+            what = f"link with {down.peer_name} refused" if down.peer_name else "refused an incoming link"
+            self._log_refusal(f"link {self._links.config.local_name}: {what}: {down.reason}")
         else:
             log.info("link %s: %s", self._links.config.local_name, down)
         self._on_down(down)
