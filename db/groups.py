@@ -122,9 +122,9 @@ async def _check_ha_allowed(session: AsyncSession, group: GroupInfo) -> None:
     if len(group.nodes) != 2:
         raise ProvisioningError(f"group {group.name!r} has one node: high availability needs a pair")
     report = await replication_status(session)
-    if not report.healthy:
+    if report.fault is not None:  # broken replication; none at all (one database) is no fault
         raise ProvisioningError(
-            f"cannot enable HA on {group.name!r}: database replication is not healthy ({report.summary})"
+            f"cannot enable HA on {group.name!r}: database replication is not healthy ({report.fault})"
         )
 
 

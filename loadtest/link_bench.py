@@ -6,6 +6,9 @@ CPU doing both sides' work); nothing here asserts on time. Run:
 Phase 1 streams frames as fast as the send window allows and reports throughput plus
 one-way latency under load (queueing included). Phase 2 sends one frame at a time and
 waits for the echo: round-trip latency of an idle link.
+`--tls on` runs the link as the nodes do (TLS 1.3, both sides' certificates from a
+fresh cluster CA, `server.tls.link_tls`); `--tls alternate --rounds N` runs N rounds of
+clear then TLS, so a noisy machine hits both alike. `--uvloop` runs on the nodes' loop.
 """
 
 from __future__ import annotations
@@ -15,9 +18,13 @@ import asyncio
 import os
 import random
 import statistics
+import tempfile
 import time
+from pathlib import Path
 
 from presence_ha.server.link import Kind, LinkClient, LinkConfig, LinkOptions, LinkServer
+from presence_ha.server.link.secure import LinkTls
+from presence_ha.server.tls import ensure_link_certificate, link_tls, make_ca
 
 SECRET = b"benchmark-cluster-secret-000000"
 
@@ -31,7 +38,14 @@ def stamped(size: int) -> bytes:
     return time.perf_counter_ns().to_bytes(8, "big") + bytes(size - 8)
 
 
-async def run(frames: int, size: int, window: int, pings: int) -> None:
+def bench_tls(directory: Path) -> tuple[LinkTls, LinkTls]:
+    """(a's, b's) link TLS from a fresh cluster CA."""
+    ca = make_ca("bench.test")
+    a, b = (link_tls(*ensure_link_certificate(directory, name, ca), ca[0]) for name in ("a", "b"))
+    return a, b
+
+
+async def run(frames: int, size: int, window: int, pings: int, tls: tuple[LinkTls, LinkTls] | None = None) -> None:
     latencies: list[float] = []
     done = asyncio.Event()
     echoes: asyncio.Queue[bytes] = asyncio.Queue()
@@ -46,11 +60,11 @@ async def run(frames: int, size: int, window: int, pings: int) -> None:
 
     options = LinkOptions(window=window)
     server = LinkServer(LinkConfig("b", SECRET, os.urandom(16)), "127.0.0.1", 0,
-                        on_frame=at_server, options=options)
+                        on_frame=at_server, options=options, tls=tls[1] if tls else None)
     await server.start()
     client = LinkClient(LinkConfig("a", SECRET, os.urandom(16)), "b", "127.0.0.1", server.port,
                         on_frame=lambda _p, _k, payload: echoes.put_nowait(payload),
-                        rng=random.Random(1), options=options)
+                        rng=random.Random(1), options=options, tls=tls[0] if tls else None)
     client.start()
     try:
         await throughput(client, frames, size, done, latencies)
@@ -89,8 +103,21 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=1024)
     parser.add_argument("--window", type=int, default=1024)
     parser.add_argument("--pings", type=int, default=2_000)
+    parser.add_argument("--tls", choices=("off", "on", "alternate"), default="off")
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--uvloop", action="store_true", help="the nodes' event loop")
     args = parser.parse_args()
-    asyncio.run(run(args.frames, args.size, args.window, args.pings))
+    modes = {"off": [False], "on": [True], "alternate": [False, True]}[args.tls] * args.rounds
+    with tempfile.TemporaryDirectory() as directory:
+        tls = bench_tls(Path(directory))
+        for index, on in enumerate(modes, 1):
+            print(f"--- run {index}/{len(modes)}: TLS {'on (1.3, mutual)' if on else 'off'}")
+            coro = run(args.frames, args.size, args.window, args.pings, tls if on else None)
+            if args.uvloop:
+                import uvloop
+                uvloop.run(coro)
+            else:
+                asyncio.run(coro)
 
 
 if __name__ == "__main__":

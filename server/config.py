@@ -3,7 +3,8 @@
 Rules of this module:
 - Precedence (hypercorn's): dataclass defaults, then one TOML file, then environment
   variables (`PRESENCE_HA_DB`, `PRESENCE_HA_NODE`, `PRESENCE_HA_DATA_DIR`,
-  `PRESENCE_HA_LINK_DIAL` -> `links.dial`, `PRESENCE_HA_SM_REPLICATION` ->
+  `PRESENCE_HA_LINK_DIAL` -> `links.dial`, `PRESENCE_HA_LINK_TLS` -> `links.tls`,
+  `PRESENCE_HA_SM_REPLICATION` ->
   `sm_replication.enabled`, `PRESENCE_HA_SM_<FIELD>` -> `sm_replication.<field>`, an
   unknown `PRESENCE_HA_SM_*` is a `ConfigError`), then CLI flags, then generic
   `--set section.key=value` overrides.
@@ -40,6 +41,7 @@ from presence_ha.db.engine import ENV_DB_URL, sqlite_url_for
 ENV_NODE = "PRESENCE_HA_NODE"
 ENV_DATA_DIR = "PRESENCE_HA_DATA_DIR"
 ENV_LINK_DIAL = "PRESENCE_HA_LINK_DIAL"
+ENV_LINK_TLS = "PRESENCE_HA_LINK_TLS"
 ENV_SM_SWITCH = "PRESENCE_HA_SM_REPLICATION"
 ENV_SM_PREFIX = "PRESENCE_HA_SM_"
 DEFAULT_DATA_DIR = "data"
@@ -106,6 +108,9 @@ class LinksConfig:
     backoff_max_s: float = 1.0
     ack_delay_s: float = 0.005  # longest wait of an owed ack
     dial: str = ""  # "n2=host:port,...": dial a peer there (a tunnel, NAT, a test's fault proxy)
+    # TLS 1.3 with both sides' certificates from the cluster CA (server.tls.link_tls), on the
+    # link mesh and the SRM peer link. `false` sends them in clear: only to measure its cost.
+    tls: bool = True
 
     @property
     def dial_addresses(self) -> dict[str, tuple[str, int]]:
@@ -269,7 +274,7 @@ def _env_overrides(env: Mapping[str, str]) -> list[tuple[str, str]]:
     """(dotted key, text) for the environment variables that set config keys."""
     found: list[tuple[str, str]] = []
     for var, key in ((ENV_DB_URL, "db_url"), (ENV_NODE, "node_name"), (ENV_DATA_DIR, "data_dir"),
-                     (ENV_LINK_DIAL, "links.dial")):
+                     (ENV_LINK_DIAL, "links.dial"), (ENV_LINK_TLS, "links.tls")):
         if env.get(var):
             found.append((key, env[var]))
     sm_fields = {f.name for f in dataclasses.fields(SmReplicationConfig)} - {"enabled"}

@@ -34,6 +34,7 @@ from presence_ha.server.cluster import ClusterLinks, ClusterService, load_peers
 from presence_ha.server.config import NodeConfig
 from presence_ha.server.context import OFFLINE_MESSAGE_LIMIT, FeatureContext
 from presence_ha.server.features import FEATURE_MODULES
+from presence_ha.server.link.secure import LinkTls
 from presence_ha.server.metrics import Metrics
 from presence_ha.server.net.admin_page import build_admin_server
 from presence_ha.server.net.admin_rpc import DEFAULT_BIND_HOST as ADMIN_BIND_HOST
@@ -56,7 +57,7 @@ from presence_ha.server.srm.inbox import SrmInbox
 from presence_ha.server.srm.redirect import redirect_error
 from presence_ha.server.srm.runner import SrmPort, SrmRunner
 from presence_ha.server.store import Store
-from presence_ha.server.tls import ensure_node_certificate, make_ca, server_context
+from presence_ha.server.tls import ensure_link_certificate, ensure_node_certificate, link_tls, make_ca, server_context
 from presence_ha.server.xmpp.errors import StreamError
 from presence_ha.server.xmpp.negotiation import SaslFailure
 
@@ -105,6 +106,7 @@ class Node:
         self.srm: SrmRunner | None = None
         self.admin_server: AdminServer | None = None  # SPEC §7 admin RPC and web page
         self.cluster: ClusterService | None = None  # links to the other nodes (server.cluster)
+        self.link_tls: LinkTls | None = None  # TLS of the node links (None: links.tls off)
         # Gates the client port and the relay host consult, critical services the SRM runs.
         self.presence_engine, self.auth_service = Switch(), Switch()
 
@@ -132,8 +134,9 @@ class Node:
             cert, key = ensure_node_certificate(self.config.data_path, info.name, cluster.domain, [info.host], ca)
         settings = NodeSettings(self.config, params, info.host, info.ports.client_port)
         peers = await load_peers(self.session_factory, info.name)
+        self.link_tls = self._link_tls(info.name, ca)
         links = ClusterLinks(info.name, secret.encode(), (host, info.ports.link_port), peers, self.config,
-                             self.session_factory, self.hot)
+                             self.session_factory, self.hot, self.link_tls)
         router = build_router(remote=links.route)
         store = Store(self.session_factory, self.hot, cluster.domain, info.name)
         self.ctx = FeatureContext(cluster.domain, info.name, router, self.sessions, store, self.metrics, settings)
@@ -155,6 +158,14 @@ class Node:
         await self._start_srm(host, info)
         await self._start_admin(info, secret)
         log.info("node %s serving %s on %s:%d", info.name, cluster.domain, host, info.ports.client_port)
+
+    def _link_tls(self, name: str, ca: tuple[str, str]) -> LinkTls | None:
+        """TLS of the node links (server.tls.link_tls), unless `links.tls` is off."""
+        if not self.config.links.tls:
+            log.warning("node %s: links.tls is off: node links (cluster mesh, SRM) run WITHOUT TLS", name)
+            return None
+        cert, key = ensure_link_certificate(self.config.data_path, name, ca)
+        return link_tls(cert, key, ca[0])
 
     async def _login_refusal(self, username: str, *assigned: str | None) -> SaslFailure | None:
         """The SRM's login admission; the SRM is built after the client port and the
@@ -208,7 +219,7 @@ class Node:
             "xcp-auth": auth,
         }, inbox)
         self.srm = SrmRunner(name, make_session_factory(self.srm_engine), inbox, self.services, port, cluster,
-                             self.metrics, SrmPort(host, info.ports.srm_port, secret.encode()))
+                             self.metrics, SrmPort(host, info.ports.srm_port, secret.encode(), self.link_tls))
 
     async def _start_srm(self, host: str, info: nodes.NodeInfo) -> None:
         """Start the services (a taken client port fails the start), then the SRM, whose

@@ -1,4 +1,4 @@
-"""TLS for client connections: configured PEM files, or certificates of the cluster's own CA.
+"""TLS for client connections and node links: certificates of the cluster's own CA.
 
 Rules of this module:
 - With `tls.cert_path`/`tls.key_path` configured, those files are used as they are
@@ -18,6 +18,13 @@ Rules of this module:
   long connection, so a ticket is rarely used, and minting two per handshake (OpenSSL's
   TLS 1.3 default) was login CPU and bytes; Prosody's default is `no_ticket` too.
 - The STARTTLS upgrade itself is `server.net.transport.ClientTransport.start_tls`.
+- Node links (`link_tls`): each node also has a link certificate from the cluster CA,
+  `<data_dir>/tls/<node>.link.crt|.key`, always (a configured client certificate plays
+  no part), whose subject is the node name and whose URI name is
+  `urn:presence-ha:node:<node>` (`server.link.secure`), for both TLS server and client
+  use. Both contexts are TLS 1.3 only, require the peer's certificate, and trust the
+  cluster CA alone; the node name is checked by the link endpoint, not as a host name
+  (nodes move between addresses; their names do not).
 """
 
 from __future__ import annotations
@@ -32,7 +39,9 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from presence_ha.server.link.secure import NODE_URI, LinkTls
 
 VALIDITY = dt.timedelta(days=365)
 CA_VALIDITY = dt.timedelta(days=3650)
@@ -80,16 +89,24 @@ def make_ca(domain: str) -> tuple[str, str]:
     return cert.public_bytes(serialization.Encoding.PEM).decode(), _key_pem(key).decode()
 
 
-def issue(ca_cert_pem: str, ca_key_pem: str, common_name: str, names: list[str]) -> tuple[bytes, bytes]:
-    """A server certificate for `names`, signed by the CA: (certificate PEM, key PEM)."""
+def issue(ca_cert_pem: str, ca_key_pem: str, common_name: str, names: list[str], *,
+          node: str | None = None) -> tuple[bytes, bytes]:
+    """A certificate for `names`, signed by the CA: (certificate PEM, key PEM). With
+    `node`: a node link certificate (URI name `urn:presence-ha:node:<node>`, usable as
+    TLS server and client)."""
     ca_cert = x509.load_pem_x509_certificate(ca_cert_pem.encode())
     ca_key = serialization.load_pem_private_key(ca_key_pem.encode(), password=None)
     assert isinstance(ca_key, ec.EllipticCurvePrivateKey), "the cluster CA key is EC P-256"
     key = ec.generate_private_key(ec.SECP256R1())
+    san = _san([common_name, *names])
+    usages = [ExtendedKeyUsageOID.SERVER_AUTH]
+    if node is not None:
+        san = x509.SubjectAlternativeName([*san, x509.UniformResourceIdentifier(NODE_URI + node)])
+        usages.append(ExtendedKeyUsageOID.CLIENT_AUTH)
     cert = (_builder(_name(common_name), ca_cert.subject, key.public_key(), VALIDITY)
-            .add_extension(_san([common_name, *names]), critical=False)
+            .add_extension(san, critical=False)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
             .sign(ca_key, hashes.SHA256()))
     return cert.public_bytes(serialization.Encoding.PEM), _key_pem(key)
@@ -106,6 +123,7 @@ def _still_good(cert_path: Path, ca_cert_pem: str, names: list[str]) -> bool:
     san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     present = {str(v) for v in san.get_values_for_type(x509.DNSName)}
     present |= {str(v) for v in san.get_values_for_type(x509.IPAddress)}
+    present |= {str(v) for v in san.get_values_for_type(x509.UniformResourceIdentifier)}
     remaining = cert.not_valid_after_utc - dt.datetime.now(dt.UTC)
     return set(names) <= present and remaining > RENEW_BEFORE
 
@@ -124,6 +142,34 @@ def ensure_node_certificate(data_dir: Path, node_name: str, domain: str, hosts: 
         _write_atomic(cert_path, cert_pem + ca_cert_pem.encode(), 0o644)  # the chain: leaf, then the CA
     _write_atomic(tls_dir / "ca.crt", ca_cert_pem.encode(), 0o644)
     return cert_path, key_path
+
+
+def ensure_link_certificate(data_dir: Path, node_name: str, ca: tuple[str, str]) -> tuple[Path, Path]:
+    """The node's link certificate from the cluster CA (issued if missing or stale), and its key."""
+    tls_dir = data_dir / "tls"
+    tls_dir.mkdir(parents=True, exist_ok=True)
+    ca_cert_pem, ca_key_pem = ca
+    cert_path, key_path = tls_dir / f"{node_name}.link.crt", tls_dir / f"{node_name}.link.key"
+    if not (key_path.exists() and _still_good(cert_path, ca_cert_pem, [node_name, NODE_URI + node_name])):
+        cert_pem, key_pem = issue(ca_cert_pem, ca_key_pem, node_name, [], node=node_name)
+        _write_atomic(key_path, key_pem, 0o600)
+        _write_atomic(cert_path, cert_pem, 0o644)
+    return cert_path, key_path
+
+
+def link_tls(cert_path: str | Path, key_path: str | Path, ca_cert_pem: str) -> LinkTls:
+    """The node links' TLS: 1.3 only, mutual, trusting the cluster CA alone."""
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.verify_mode = ssl.CERT_REQUIRED
+    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client.check_hostname = False  # the node name is checked instead (server.link.secure)
+    for context in (server, client):
+        context.minimum_version = ssl.TLSVersion.TLSv1_3
+        context.load_cert_chain(str(cert_path), str(key_path))
+        context.load_verify_locations(cadata=ca_cert_pem)
+        context.options |= ssl.OP_NO_TICKET
+    server.num_tickets = 0
+    return LinkTls(server, client)
 
 
 def _write_atomic(path: Path, data: bytes, mode: int) -> None:

@@ -1,22 +1,37 @@
 """Database replication checks (SPEC §7; the source's `utils dbreplication ...`).
 
 Rules of this module:
-- `status` reports table mismatches; `runtimestate` reports, per node, the
-  replication setup value (2 = healthy) and when the node last reached the database.
+- Both commands show the database's role and each standby the primary streams to
+  (`pg_stat_replication`: sync state, lag in bytes and seconds) and the replication
+  setup value (`db.replication`: 2 only when a standby streams synchronously, 0 when
+  there is no replication at all, as on SQLite). `status` adds the table mismatches,
+  `runtimestate` the per-node lines (setup value, last database contact).
+- `--json` prints the whole report as one JSON object (same keys for both commands).
 - `--replica URL` (repeatable) names databases the nodes read from (PostgreSQL
   streaming standbys, or any copy); their tables' row counts are compared with the
   primary's. Without it only the primary's own view is reported.
-- Exit status 1 when replication is not healthy, so scripts can gate on it.
+- Exit status 1 unless the setup value is 2, so scripts can gate on it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 
 import click
 from sqlalchemy.engine import make_url
 
-from presence_ha.db.replication import ReplicationReport, replication_status
+from presence_ha.db.replication import (
+    HEALTHY,
+    IN_RECOVERY,
+    MISMATCH,
+    NO_REPLICATION,
+    NOT_SYNCHRONOUS,
+    ReplicationReport,
+    Standby,
+    replication_status,
+)
 from presence_ha.server.cli.common import db_options
 from presence_ha.server.cli.database import echo_table, open_session, run
 
@@ -24,6 +39,10 @@ replica_option = click.option(
     "--replica", "replicas", multiple=True, metavar="URL",
     help="A replica database to compare with (repeatable).",
 )
+json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+
+MEANING = {NO_REPLICATION: "no replication", NOT_SYNCHRONOUS: "no synchronous standby", HEALTHY: "healthy",
+           MISMATCH: "tables differ", IN_RECOVERY: "database in recovery"}
 
 
 @click.group("dbreplication")
@@ -42,43 +61,76 @@ async def _report(db_url: str, replicas: tuple[str, ...]) -> ReplicationReport:
         return await replication_status(session, others)
 
 
-def _finish(report: ReplicationReport) -> None:
-    click.echo(f"verdict: {'healthy' if report.healthy else 'NOT healthy'} - {report.summary}")
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _standby_row(s: Standby) -> tuple[object, ...]:
+    return (s.name, s.client_addr, s.state, s.sync_state, "-" if s.lag_bytes is None else s.lag_bytes,
+            _seconds(s.write_lag_s), _seconds(s.flush_lag_s), _seconds(s.replay_lag_s), s.replay_lsn or "-")
+
+
+def _echo_head(report: ReplicationReport) -> None:
+    click.echo(f"backend: {report.backend} ({report.role})")
+    click.echo(f"replication setup: {report.setup_value} ({MEANING[report.setup_value]})")
+    if report.backend == "sqlite":
+        click.echo("standbys: none (SQLite has no replication)")
+    elif not report.standbys:
+        click.echo("standbys: none attached (pg_stat_replication is empty)")
+    else:
+        echo_table(("standby", "address", "state", "sync", "lag bytes", "write lag s", "flush lag s",
+                    "replay lag s", "replay lsn"), [_standby_row(s) for s in report.standbys])
+
+
+def _as_json(report: ReplicationReport) -> str:
+    data = dataclasses.asdict(report)
+    data["healthy"] = report.healthy
+    data["meaning"] = MEANING[report.setup_value]
+    for node in data["nodes"]:
+        node["last_seen"] = node["last_seen"].isoformat() if node["last_seen"] else None
+    return json.dumps(data)
+
+
+def _finish(report: ReplicationReport, as_json: bool) -> None:
+    if as_json:
+        click.echo(_as_json(report))
+    else:
+        verdict = "healthy" if report.healthy else "NOT healthy"
+        click.echo(f"verdict: {verdict} - {report.summary}")
     if not report.healthy:
         raise click.exceptions.Exit(1)
 
 
 @dbreplication_group.command("status")
 @replica_option
+@json_option
 @db_options
-def status(db_url: str, replicas: tuple[str, ...]) -> None:
-    """Table mismatches between the primary and each --replica."""
+def status(db_url: str, replicas: tuple[str, ...], as_json: bool) -> None:
+    """Standbys, their sync state and lag, and table mismatches with each --replica."""
     report = run(_report(db_url, replicas))
-    click.echo(f"backend: {report.backend} ({report.role})")
-    click.echo(f"tables compared: {report.tables_compared}   mismatches: {len(report.mismatches)}")
-    if report.mismatches:
-        echo_table(
-            ("table", "replica", "primary rows", "replica rows"),
-            [(m.table, m.replica, m.primary_rows, m.replica_rows) for m in report.mismatches],
-        )
-    _finish(report)
+    if not as_json:
+        _echo_head(report)
+        click.echo(f"tables compared: {report.tables_compared}   mismatches: {len(report.mismatches)}")
+        if report.mismatches:
+            echo_table(
+                ("table", "replica", "primary rows", "replica rows"),
+                [(m.table, m.replica, m.primary_rows, m.replica_rows) for m in report.mismatches],
+            )
+    _finish(report, as_json)
 
 
 @dbreplication_group.command("runtimestate")
 @replica_option
+@json_option
 @db_options
-def runtimestate(db_url: str, replicas: tuple[str, ...]) -> None:
-    """Per node: replication setup value (2 = healthy) and last database contact."""
+def runtimestate(db_url: str, replicas: tuple[str, ...], as_json: bool) -> None:
+    """Standbys, and per node the replication setup value (2 = healthy) and last database contact."""
     report = run(_report(db_url, replicas))
-    click.echo(f"backend: {report.backend} ({report.role})")
-    if report.standbys:
+    if not as_json:
+        _echo_head(report)
         echo_table(
-            ("standby", "address", "state", "sync", "replay lag"),
-            [(s.name, s.client_addr, s.state, s.sync_state, s.replay_lag) for s in report.standbys],
+            ("node", "replication setup", "last seen in database"),
+            [(n.node, n.setup_value, n.last_seen.isoformat(timespec="seconds") if n.last_seen else None)
+             for n in report.nodes],
         )
-    echo_table(
-        ("node", "replication setup", "last seen in database"),
-        [(n.node, n.setup_value, n.last_seen.isoformat(timespec="seconds") if n.last_seen else None)
-         for n in report.nodes],
-    )
-    _finish(report)
+    _finish(report, as_json)

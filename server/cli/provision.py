@@ -217,7 +217,7 @@ def group_add(db_url: str, name: str, description: str, node_names: tuple[str, .
 @click.option("--description", help='New description (at most 128 characters, none of " % & \\ < >).')
 @click.option(
     "--ha", type=click.Choice(["on", "off"]),
-    help="High availability. 'on' needs a pair and healthy database replication; "
+    help="High availability. 'on' needs a pair and no broken database replication (dbreplication); "
     "the SRM then checks the critical services at runtime (SPEC §3).",
 )
 @db_options

@@ -5,6 +5,8 @@ Rules of this module:
   node: it listens on its `link_port` (peers dial in and send to it) and dials each
   peer's `link_port` (it sends there, through that peer's `PeerChannel`). Links use
   the cluster secret from the database; only the cluster's node names are accepted.
+  With `tls` (the default, `links.tls`) they run over TLS 1.3, both sides presenting a
+  certificate of the cluster CA that names their node (`server.link.secure`).
   Redial is the link library's backoff.
 - Options come from the node's configuration (`links` section: `link_options`);
   `links.dial` ("n2=host:port,...", or `PRESENCE_HA_LINK_DIAL`) dials a peer at another
@@ -29,6 +31,7 @@ from dataclasses import dataclass
 from presence_ha.server.cluster.channel import PeerChannel
 from presence_ha.server.config import LinksConfig
 from presence_ha.server.link import Kind, LinkClient, LinkConfig, LinkOptions, LinkServer, PeerRestarted
+from presence_ha.server.link.secure import LinkTls
 from presence_ha.server.link.status import LinkDown, LinkStatus
 
 log = logging.getLogger(__name__)
@@ -61,10 +64,10 @@ def _nobody(_peer: str) -> None:
 class LinkMesh:
     def __init__(self, node: str, secret: bytes, listen: tuple[str, int], peers: list[PeerAddress], *,
                  now: Callable[[], float], options: LinkOptions = DEFAULT_OPTIONS,
-                 dial: Mapping[str, tuple[str, int]] | None = None) -> None:
+                 dial: Mapping[str, tuple[str, int]] | None = None, tls: LinkTls | None = None) -> None:
         names = frozenset(p.name for p in peers)
         self.config = LinkConfig(node, secret, os.urandom(16), allowed_peers=names)
-        self._now, self._listen, self._options = now, listen, options
+        self._now, self._listen, self._options, self._tls = now, listen, options, tls
         self._peers, self._dial = list(peers), dict(dial or {})
         self._on_restarted: Callable[[str], None] = _nobody
         self._server: LinkServer | None = None
@@ -77,17 +80,19 @@ class LinkMesh:
         for peer in self._peers:
             host, port = self._dial.get(peer.name, (peer.host, peer.port))
             client = LinkClient(self.config, peer.name, host, port, on_frame=on_frame, rng=random.Random(),
-                                on_up=self._client_up, on_down=self._client_down, options=self._options)
+                                on_up=self._client_up, on_down=self._client_down, options=self._options,
+                                tls=self._tls)
             self._clients.append(client)
             self.channels[peer.name] = PeerChannel(peer.name, client, self._now)
         host, port = self._listen
         self._server = LinkServer(self.config, host, port, on_frame=on_frame,
-                                  on_up=self._server_up, on_down=self._server_down, options=self._options)
+                                  on_up=self._server_up, on_down=self._server_down, options=self._options,
+                                  tls=self._tls)
         await self._server.start()
         for client in self._clients:
             client.start()
-        log.info("cluster links of %s: listening on %s:%d, dialing %s", self.config.local_name, host, port,
-                 ", ".join(sorted(self.channels)) or "nobody")
+        log.info("cluster links of %s: listening on %s:%d (%s), dialing %s", self.config.local_name, host, port,
+                 "TLS 1.3, cluster CA" if self._tls else "no TLS", ", ".join(sorted(self.channels)) or "nobody")
 
     @property
     def heartbeat_interval_s(self) -> float:

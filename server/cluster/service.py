@@ -57,6 +57,7 @@ from presence_ha.server.cluster.triage import Verdict, recipient_key, triage
 from presence_ha.server.config import NodeConfig
 from presence_ha.server.context import FeatureContext
 from presence_ha.server.link import Kind
+from presence_ha.server.link.secure import LinkTls
 from presence_ha.server.sessions import Session
 
 log = logging.getLogger(__name__)
@@ -96,11 +97,11 @@ class ClusterLinks:
     dialer, and the users arriving here (read by the route, settled by the service)."""
 
     def __init__(self, node: str, secret: bytes, listen: tuple[str, int], peers: list[PeerAddress],
-                 config: NodeConfig, db: SessionFactory, hot: HotPath) -> None:
+                 config: NodeConfig, db: SessionFactory, hot: HotPath, tls: LinkTls | None = None) -> None:
         self.node, self.db, self.config, self.timers = node, db, config, config.cluster
         self.locations = _location_cache(db, hot, self.timers.location_ttl_s)
         self.mesh = LinkMesh(node, secret, listen, peers, now=time.monotonic, options=link_options(config.links),
-                             dial=config.links.dial_addresses)
+                             dial=config.links.dial_addresses, tls=tls)
         self.arrivals = Arrivals()
         self.route = ClusterRoute(node, self.locations, self.mesh, self.timers.grace_s, self.arrivals)
         self.dialer = RelayDialer(self.mesh, self.timers.grace_s, self.timers.relay_open_timeout_s)

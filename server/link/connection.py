@@ -7,8 +7,13 @@ Rules of this module:
 - Why a link went down is typed (status.py): a refused dial is `PeerRefused` (the peer
   process is gone: the SRM takes over at once, SPEC §9), silence is `PeerSilent` (the
   SRM waits for its heartbeat timeout).
-- Optional TLS: pass an `ssl.SSLContext`; the link's own authentication still runs
-  inside it.
+- TLS: `tls=LinkTls` (secure.py) is the nodes' mutual TLS: each side's certificate is
+  verified to the cluster CA and must name the expected node (endpoint.py). A raw
+  `ssl.SSLContext` (`ssl=`) is plain server-authenticated TLS. Either way the link's own
+  authentication still runs inside it. With TLS the server accepts on its own socket
+  and runs each handshake as a task (`loop.connect_accepted_socket`), so a refused
+  handshake is logged with the address and the reason; a TLS `asyncio.Server` would
+  drop it without a word.
 """
 
 from __future__ import annotations
@@ -17,19 +22,33 @@ import asyncio
 import logging
 import os
 import random
+import socket
 import ssl as ssl_lib
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from presence_ha.server.link import status as st
 from presence_ha.server.link.backoff import backoff_delay
-from presence_ha.server.link.endpoint import Conn, Endpoint, LinkClosed, LinkOptions, OnDown, OnFrame, OnUp, Wire
+from presence_ha.server.link.endpoint import (
+    Conn,
+    Endpoint,
+    LinkClosed,
+    LinkOptions,
+    OnDown,
+    OnFrame,
+    OnUp,
+    Wire,
+)
 from presence_ha.server.link.frames import Kind
 from presence_ha.server.link.protocol import LinkConnection, Role
+from presence_ha.server.link.secure import LinkTls, handshake_refusal
 from presence_ha.server.link.state import LinkConfig
 
 __all__ = ["LinkClient", "LinkClosed", "LinkOptions", "LinkServer"]
 
 log = logging.getLogger(__name__)
+
+ACCEPT_RETRY_S = 0.1  # after a failed accept (out of file descriptors)
 
 
 class LinkServer(Endpoint):
@@ -38,19 +57,29 @@ class LinkServer(Endpoint):
     def __init__(self, config: LinkConfig, host: str, port: int, *, on_frame: OnFrame,
                  on_up: OnUp | None = None, on_down: OnDown | None = None,
                  options: LinkOptions = LinkOptions(),
-                 ssl: ssl_lib.SSLContext | None = None) -> None:
-        super().__init__(config, on_frame, on_up, on_down, options)
-        self._host, self._port, self._ssl = host, port, ssl
+                 ssl: ssl_lib.SSLContext | None = None, tls: LinkTls | None = None) -> None:
+        super().__init__(config, on_frame, on_up, on_down, options, tls)
+        self._host, self._port = host, port
+        self._ssl = tls.server if tls is not None else ssl
         self._server: asyncio.Server | None = None
+        self._listener: socket.socket | None = None  # with TLS: accepted here, handshakes run by us
         self._tasks: set[asyncio.Task] = set()
+        self._handshakes: set[asyncio.Task] = set()  # the accept loop and TLS handshakes under way
 
     async def start(self) -> None:
-        self._server = await asyncio.get_running_loop().create_server(
-            self._wire, self._host, self._port, ssl=self._ssl,
-            ssl_handshake_timeout=self._opt.handshake_timeout_s if self._ssl else None)
+        if self._ssl is None:
+            self._server = await asyncio.get_running_loop().create_server(self._wire, self._host, self._port)
+            return
+        family = socket.getaddrinfo(self._host or None, self._port, type=socket.SOCK_STREAM,
+                                    flags=socket.AI_PASSIVE)[0][0]
+        self._listener = socket.create_server((self._host, self._port), family=family, backlog=128)
+        self._listener.setblocking(False)
+        self._spawn_handshake(self._accept_loop(self._listener))
 
     @property
     def port(self) -> int:
+        if self._listener is not None:
+            return int(self._listener.getsockname()[1])
         if self._server is None:
             raise RuntimeError("the link server is not started")
         port: int = self._server.sockets[0].getsockname()[1]
@@ -75,12 +104,53 @@ class LinkServer(Endpoint):
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
+        for task in self._handshakes:
+            task.cancel()
+        await asyncio.gather(*self._handshakes, return_exceptions=True)
+        if self._listener is not None:
+            self._listener.close()
         await self._shutdown(set(self._tasks), cancel=False)
         if self._server is not None:
             await self._server.wait_closed()
 
     def _wire(self) -> Wire:
         return _Accepted(self, lambda: LinkConnection(Role.RESPONDER, self._links, os.urandom(16)), None)
+
+    def _spawn_handshake(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._handshakes.add(task)
+        task.add_done_callback(self._handshakes.discard)
+
+    async def _accept_loop(self, listener: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                sock, address = await loop.sock_accept(listener)
+            except OSError as exc:  # out of file descriptors, say: the listener stays
+                log.warning("link %s: accept failed: %r", self._links.config.local_name, exc)
+                await asyncio.sleep(ACCEPT_RETRY_S)
+                continue
+            self._spawn_handshake(self._handshake(sock, address))
+
+    async def _handshake(self, sock: socket.socket, address: Any) -> None:
+        """TLS on an accepted connection, then the link on it (`_Accepted`); a refused
+        handshake is logged: from where, and why."""
+        where = f"{address[0]}:{address[1]}" if isinstance(address, tuple) else str(address)
+        try:
+            await asyncio.get_running_loop().connect_accepted_socket(
+                self._wire, sock, ssl=self._ssl, ssl_handshake_timeout=self._opt.handshake_timeout_s)
+        except (ssl_lib.SSLError, TimeoutError) as exc:
+            sock.close()
+            self._log_refusal(f"link {self._links.config.local_name}: refused a link from {where}: "
+                              f"{handshake_refusal(exc)}")
+        except ConnectionAbortedError as exc:  # asyncio's handshake timeout
+            sock.close()
+            refusal = handshake_refusal(TimeoutError()) if "handshake" in str(exc) else repr(exc)
+            self._log_refusal(f"link {self._links.config.local_name}: refused a link from {where}: {refusal}")
+        except OSError as exc:  # the peer hung up mid-handshake: often it did not trust our certificate
+            sock.close()
+            self._log_refusal(f"link {self._links.config.local_name}: a link from {where} broke off its TLS "
+                              f"handshake ({exc!r}): does it trust this cluster's CA?")
 
     def _serve_accepted(self, wire: Wire) -> None:
         task = asyncio.get_running_loop().create_task(self._serve_and_report(wire))
@@ -111,10 +181,11 @@ class LinkClient(Endpoint):
                  on_frame: OnFrame, rng: random.Random, on_up: OnUp | None = None,
                  on_down: OnDown | None = None, options: LinkOptions = LinkOptions(),
                  ssl: ssl_lib.SSLContext | None = None,
-                 server_hostname: str | None = None) -> None:
-        super().__init__(config, on_frame, on_up, on_down, options)
+                 server_hostname: str | None = None, tls: LinkTls | None = None) -> None:
+        super().__init__(config, on_frame, on_up, on_down, options, tls)
         self._peer, self._host, self._port, self._rng = peer_name, host, port, rng
-        self._ssl, self._server_hostname = ssl, server_hostname
+        self._ssl = tls.client if tls is not None else ssl
+        self._server_hostname = server_hostname
         self._links.ensure(peer_name)
         self._tasks: set[asyncio.Task] = set()
 
@@ -172,7 +243,7 @@ class LinkClient(Endpoint):
         except TimeoutError:
             return None, st.PeerSilent(self._peer, "connect timed out")
         except ssl_lib.SSLError as exc:
-            return None, st.LinkRejected(self._peer, f"TLS: {exc!r}")
+            return None, st.LinkRejected(self._peer, f"TLS: {self._host}:{self._port}: {handshake_refusal(exc)}")
         except OSError as exc:
             return None, st.PeerUnreachable(self._peer, repr(exc))
         assert wire.conn is not None  # the connection is made

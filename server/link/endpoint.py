@@ -35,12 +35,19 @@ Rules of this module:
   re-arms itself at `last_rx + dead_after_s`.
 - Callbacks are plain functions called on the loop; they should not raise (if one
   does, it is logged and the connection is reset; that frame counts as delivered).
+- With `LinkTls` (secure.py) the peer's certificate must name the node expected (the
+  one dialed, or a peer of this node) before a byte of the link's own handshake goes
+  out, and the link handshake must then name that same node. A refusal (`LinkRejected`)
+  is logged as one warning naming who, from where and why; the same refusal repeated
+  (a foreign node redialing) is logged again only after `REFUSAL_LOG_EVERY_S`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -57,12 +64,15 @@ from presence_ha.server.link.protocol import (
     Message,
     ProtocolFailed,
 )
+from presence_ha.server.link.secure import LinkTls, handshake_refusal, identity_refusal, node_of
 from presence_ha.server.link.state import WITHDRAWN, LinkConfig, PeerLinks
 
 log = logging.getLogger(__name__)
 
 DECODE_SLICE = 1 << 13  # about 50 routed stanzas
 BUSY_S = 0.0003  # a link that wrote this recently is busy: a turn's frames all go in one write
+REFUSAL_LOG_EVERY_S = 60.0  # one warning per distinct refusal in this long
+_PORT = re.compile(r":\d+\b")
 
 OnFrame = Callable[[str, Kind, bytes], object]  # a future: ack once done; other non-None: work waits
 OnUp = Callable[[st.LinkStatus], None]
@@ -92,6 +102,7 @@ class LinkOptions:
 class Conn:
     __slots__ = (
         "ack_timer",
+        "cert_name",
         "core",
         "done",
         "last_rx",
@@ -109,6 +120,7 @@ class Conn:
     def __init__(self, transport: asyncio.Transport, core: LinkConnection, peer: str | None) -> None:
         self.transport, self.core, self.peer = transport, core, peer
         self.up = self.replaced = False
+        self.cert_name: str | None = None  # the node its TLS certificate names (LinkTls)
         self.pending: list[bytes] | None = None  # None: nothing written this loop turn
         self.ack_timer: asyncio.TimerHandle | None = None
         self.watch: asyncio.TimerHandle | None = None  # the silence timer
@@ -149,16 +161,29 @@ class Wire(asyncio.Protocol):
         return False
 
     def connection_lost(self, exc: BaseException | None) -> None:
-        if self.conn is not None:
+        if self.conn is None:
+            return
+        if isinstance(exc, ssl.SSLError):  # TLS 1.3: the server checks our certificate after our handshake
+            self.conn.end(st.LinkRejected(self.conn.name, f"TLS: {where(self.conn.transport)}: "
+                                                          f"{handshake_refusal(exc)}"))
+        else:
             self.conn.end(st.PeerClosed(self.conn.name, repr(exc) if exc else "end of stream"))
+
+
+def where(transport: asyncio.BaseTransport) -> str:
+    """host:port of the other end of `transport`."""
+    peer = transport.get_extra_info("peername")
+    return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else "an unknown address"
 
 
 class Endpoint:
     """What server and client share: peers' state, sending, serving one connection."""
 
     def __init__(self, config: LinkConfig, on_frame: OnFrame, on_up: OnUp | None,
-                 on_down: OnDown | None, options: LinkOptions) -> None:
+                 on_down: OnDown | None, options: LinkOptions, tls: LinkTls | None = None) -> None:
         self._links = PeerLinks(config)
+        self._tls = tls  # peers' certificates must name their node
+        self._refusals_logged: dict[str, float] = {}
         self._on_frame, self._opt = on_frame, options
         self._on_up, self._on_down = on_up or _ignore, on_down or _ignore
         self._current: dict[str, Conn] = {}
@@ -266,9 +291,25 @@ class Endpoint:
     def _open(self, conn: Conn) -> None:
         """A connection is made (`Wire`): say hello, start its keepalive and silence timer."""
         self._conns.add(conn)
+        if self._tls is not None:
+            refusal = self._identity_refusal(conn)
+            if refusal is not None:
+                conn.end(st.LinkRejected(conn.peer, refusal))
+                conn.transport.abort()
+                return
         self._write(conn, conn.core.data_to_send())
         conn.watch = asyncio.get_running_loop().call_at(conn.opened + self._opt.handshake_timeout_s,
                                                         self._watch, conn)
+
+    def _identity_refusal(self, conn: Conn) -> str | None:
+        """Why the node named by the peer's certificate may not have this link (None: it may)."""
+        transport = conn.transport
+        named = node_of(transport.get_extra_info("peercert"))
+        refusal = identity_refusal(named, conn.peer, self._links.config.allowed_peers)
+        if refusal is not None:
+            return f"TLS: {where(transport)}: {refusal}"
+        conn.cert_name = named
+        return None
 
     async def _serve(self, conn: Conn) -> st.LinkDown:
         """Until `conn` ends: why it did."""
@@ -354,6 +395,10 @@ class Endpoint:
                     conn.ack_timer = asyncio.get_running_loop().call_later(
                         self._opt.ack_delay_s, self._delayed_ack, conn)
             elif isinstance(event, HandshakeComplete):
+                if conn.cert_name is not None and event.peer_name != conn.cert_name:
+                    return st.LinkRejected(event.peer_name, (
+                        f"TLS: {where(conn.transport)}: its link handshake names {event.peer_name!r}, "
+                        f"its certificate {conn.cert_name!r}")), started
                 self._link_up(conn, event)
             elif isinstance(event, ProtocolFailed):
                 return st.LinkRejected(conn.peer or conn.core.peer_name, event.reason), started
@@ -368,8 +413,9 @@ class Endpoint:
         self._current[event.peer_name] = conn
         self._wake(event.peer_name)
         kind = st.PeerRestarted if event.restarted else st.LinkUp
-        log.info("link %s -> %s up (restarted=%s)", self._links.config.local_name,
-                 event.peer_name, event.restarted)
+        cipher = conn.transport.get_extra_info("cipher")  # (name, version, bits) over TLS
+        log.info("link %s -> %s up (restarted=%s, %s)", self._links.config.local_name, event.peer_name,
+                 event.restarted, f"{cipher[1]} {cipher[0]}" if cipher else "no TLS")
         self._on_up(kind(event.peer_name, event.peer_session_id))
 
     async def _beat(self, conn: Conn) -> None:
@@ -385,8 +431,22 @@ class Endpoint:
     def _report_down(self, conn: Conn | None, down: st.LinkDown) -> None:
         if self._closed or (conn is not None and conn.replaced):
             return
-        log.info("link %s: %s", self._links.config.local_name, down)
+        if isinstance(down, st.LinkRejected):
+            what = f"link with {down.peer_name} refused" if down.peer_name else "refused an incoming link"
+            self._log_refusal(f"link {self._links.config.local_name}: {what}: {down.reason}")
+        else:
+            log.info("link %s: %s", self._links.config.local_name, down)
         self._on_down(down)
+
+    def _log_refusal(self, line: str) -> None:
+        """One warning per distinct refusal (ports aside) per `REFUSAL_LOG_EVERY_S`."""
+        now, key = asyncio.get_running_loop().time(), _PORT.sub("", line)
+        last = self._refusals_logged.get(key)
+        if last is not None and now - last < REFUSAL_LOG_EVERY_S:
+            log.debug("%s", line)
+            return
+        self._refusals_logged[key] = now
+        log.warning("%s", line)
 
     async def _shutdown(self, tasks: set[asyncio.Task], cancel: bool) -> None:
         """Abort every connection, then wait for `tasks` (cancelling them first if

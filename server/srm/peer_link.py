@@ -7,6 +7,8 @@ Rules of this module:
   `peer_protocol`.
 - What arrives is decoded and posted to the SRM inbox as is. A malformed message is
   logged and counted; a message meant for an earlier process of this node is dropped.
+- With `SrmPort.tls` (the default, `links.tls`) the link runs over TLS 1.3, both sides
+  presenting a certificate of the cluster CA that names their node (`server.link.secure`).
 - A refused dial is `PeerConnectionRefused` (the peer process is gone: take over at
   once); silence waits for the machine's heartbeat timeout. When the link comes up,
   this node's heartbeat goes out at once, not an interval later.
@@ -23,6 +25,7 @@ from typing import Protocol
 
 from presence_ha.db.nodes import NodeInfo
 from presence_ha.server.link import Kind, LinkClient, LinkConfig, LinkOptions, LinkServer, PeerRefused
+from presence_ha.server.link.secure import LinkTls
 from presence_ha.server.link.status import LinkDown, LinkStatus
 from presence_ha.server.srm import peer_protocol
 from presence_ha.server.srm.events import HeartbeatReceived, PeerConnectionRefused, PeerMessage
@@ -51,9 +54,9 @@ class PeerChannel:
     """`open` the SRM port and dial the peer; `send` messages; `drain`; `close`."""
 
     def __init__(self, node: str, secret: bytes, session_id: bytes, inbox: SrmInbox, protocol_errors: CounterLike,
-                 heartbeat: Callable[[], HeartbeatReceived | None]) -> None:
+                 heartbeat: Callable[[], HeartbeatReceived | None], tls: LinkTls | None = None) -> None:
         self._node, self._secret, self._session_id = node, secret, session_id
-        self._inbox, self._errors, self._heartbeat = inbox, protocol_errors, heartbeat
+        self._inbox, self._errors, self._heartbeat, self._tls = inbox, protocol_errors, heartbeat, tls
         self._server: LinkServer | None = None
         self._client: LinkClient | None = None
         self._peer_session: bytes | None = None
@@ -61,12 +64,13 @@ class PeerChannel:
     async def open(self, host: str, port: int, peer: NodeInfo | None, timers: SrmTimers) -> None:
         allowed = frozenset({peer.name}) if peer else frozenset()
         config = LinkConfig(self._node, self._secret, self._session_id, allowed_peers=allowed)
-        self._server = LinkServer(config, host, port, on_frame=self._on_frame, options=link_options(timers))
+        self._server = LinkServer(config, host, port, on_frame=self._on_frame, options=link_options(timers),
+                                  tls=self._tls)
         await self._server.start()
         if peer is not None:
             self._client = LinkClient(
                 config, peer.name, peer.host, peer.ports.srm_port, on_frame=self._on_frame, rng=random.Random(),
-                on_up=self._on_up, on_down=self._on_down, options=link_options(timers))
+                on_up=self._on_up, on_down=self._on_down, options=link_options(timers), tls=self._tls)
             self._client.start()
 
     @property

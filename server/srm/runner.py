@@ -44,6 +44,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from presence_ha.db import srm_state, users
 from presence_ha.db.engine import DatabaseUnavailable
 from presence_ha.db.errors import FencingConflict
+from presence_ha.server.link.secure import LinkTls
 from presence_ha.server.srm import admission
 from presence_ha.server.srm.actions import (
     Action,
@@ -92,11 +93,12 @@ GOODBYE_TIMEOUT_S = 2.0  # how long a shutting-down node waits for the peer's ac
 
 @dataclass(frozen=True)
 class SrmPort:
-    """Where this node's SRM listens for its peer, and the cluster secret of the link."""
+    """Where this node's SRM listens for its peer, the cluster secret of the link, its TLS."""
 
     host: str
     port: int
     secret: bytes
+    tls: LinkTls | None = None
 
 
 @dataclass(frozen=True)
@@ -130,7 +132,8 @@ class SrmRunner:
         self._changed = StateSignal()
         self._watch = LivenessWatch(node, session_factory, inbox, self._tell_peer_now, self._db_back)
         self._peer = PeerChannel(node, port.secret, self.session_id, inbox, metrics.srm_peer_protocol_errors,
-                                 lambda: self._stamp(self._machine.heartbeat()) if self._machine is not None else None)
+                                 lambda: self._stamp(self._machine.heartbeat()) if self._machine is not None else None,
+                                 port.tls)
         self._persist_lock = asyncio.Lock()
         self._unpersisted: str | None = None  # the event whose state the database refused to store
         self._handover = Handover(node, clients, self._spawn)

@@ -22,9 +22,11 @@ from pathlib import Path
 
 import pytest
 
+from presence_ha.db import clusters
 from presence_ha.server.link import Kind, LinkClient, LinkConfig, LinkOptions, LinkRejected
+from presence_ha.server.tls import ensure_link_certificate, link_tls, make_ca
 
-from .cluster import DOMAIN, FAST_LIMITS, Cluster, NodeProcess, cli, free_ports, wait_until
+from .cluster import DOMAIN, FAST_LIMITS, Cluster, NodeProcess, cli, db_call, free_ports, wait_until
 from .faultproxy import FaultProxy
 
 slixmpp = pytest.importorskip("slixmpp")
@@ -293,17 +295,23 @@ async def test_a_cut_link_reconnects_and_loses_no_stanza(grid):
     await hank.offline()
 
 
-async def test_unauthenticated_peers_are_rejected(grid):
+async def test_unauthenticated_peers_are_rejected(grid, tmp_path):
+    """Inside the links' TLS (a certificate of the cluster CA, test_link_tls.py for the TLS
+    refusals) the link's own handshake still refuses a wrong secret and a node name that
+    is not a peer."""
     port = grid.link_ports["n1"]
+    ca = db_call(grid.db_url, lambda session: clusters.cluster_ca(session, make_ca))
     options = LinkOptions(heartbeat_interval_s=0.2, dead_after_s=3, handshake_timeout_s=3, connect_timeout_s=3,
                           backoff_initial_s=0.5, backoff_max_s=1)
     downs: dict[str, list] = {"secret": [], "name": []}
     attempts = [("secret", "n2", b"not-the-cluster-secret-at-all"), ("name", "intruder", os.urandom(24))]
     clients = []
     for key, name, secret in attempts:
+        (tmp_path / key).mkdir()
+        tls = link_tls(*ensure_link_certificate(tmp_path / key, "n2", ca), ca[0])  # a peer's certificate
         client = LinkClient(LinkConfig(name, secret, os.urandom(16)), "n1", "127.0.0.1", port,
                             on_frame=lambda *_: None, rng=random.Random(1), on_down=downs[key].append,
-                            options=options)
+                            options=options, tls=tls)
         client.start()
         client.try_send(Kind.STANZA, b"R\n<message to='alice@example.test' from='x@evil.test'><body>x</body></message>")
         clients.append(client)

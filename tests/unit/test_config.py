@@ -73,6 +73,12 @@ def test_the_environment_variables_of_links_and_sm_replication_map_onto_their_ke
     assert overridden.sm_replication.enabled is True  # --set wins over the environment
 
 
+def test_node_links_use_tls_unless_switched_off_explicitly():
+    assert load_config(None, {}, {"node_name": "n1"}).links.tls is True
+    assert load_config(None, {"PRESENCE_HA_LINK_TLS": "off"}, {"node_name": "n1"}).links.tls is False
+    assert load_config(None, {}, {"node_name": "n1"}, ["links.tls=false"]).links.tls is False
+
+
 @pytest.mark.parametrize(
     ("env", "sets", "key"),
     [
