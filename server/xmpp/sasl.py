@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import enum
 import hashlib
 import hmac
@@ -261,10 +262,9 @@ class SaslExchange:
                 username, authzid = scram_username(text)
         except (UnicodeDecodeError, ValueError) as exc:
             return Failed(SaslCondition.MALFORMED_REQUEST, str(exc))
-        try:
+        # PRECIS refuses it: no such user; kept unprepared (folding it could name one: U+017F)
+        with contextlib.suppress(InvalidJid):
             username = prep_localpart(username)
-        except InvalidJid:
-            pass  # PRECIS refuses it: no such user; kept unprepared (folding it could name one: U+017F)
         if authzid and authzid not in (username, f"{username}@{self._domain}"):
             return Failed(SaslCondition.INVALID_AUTHZID, "authzid must be your own JID", username)
         self._username, self._payload, self._stage = username, data, _Stage.AWAIT_KEYS
