@@ -12,7 +12,7 @@ less than 20 MB.
   unchecked (`temporary-auth-failure`), the right one included.
 - Timing: a PLAIN failure for an unknown user costs what a wrong password costs.
 - Log injection: a newline and a 150 kB username in SASL do not forge or flood log lines.
-- PRECIS: `uſer1` (U+017F) is not user1, `alice\\u200b` is no JID, existing users log in.
+- PRECIS: `u\\u017fer1` (LATIN SMALL LETTER LONG S) is not user1, `alice\\u200b` is no JID, existing users log in.
 """
 
 from __future__ import annotations
