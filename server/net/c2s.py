@@ -570,7 +570,7 @@ class Connection:
                 await self.relay.forward(event.stanza)
             return
         if self.session is None:  # the session ended (replaced, closed) while this stanza was in flight
-            log.debug("dropped a %s that arrived after its session ended", event.stanza.tag)
+            log.debug("dropped a %s that arrived after its session ended", untrusted(event.stanza.tag))
             return
         self.port.metrics.stanzas_in.inc()
         if self.backup_refusal is not None and not await self._backup_claimed(event.stanza):
