@@ -69,9 +69,20 @@ class LimitsConfig:
     rate_burst_bytes: int = 1024 * 1024  # bucket size; an empty bucket is policy-violation
     max_write_buffer_bytes: int = 2 * 1024 * 1024  # a client that does not read is dropped
     max_auth_failures: int = 3  # per stream, then policy-violation (RFC 6120 §6.4.5)
-    auth_throttle_base_s: float = 1.0  # delay after the 2nd failure of an IP or user...
-    auth_throttle_max_s: float = 30.0  # ...doubling per failure up to this
+    # Login throttle (server.net.limits.AuthThrottle), applied BEFORE the password check,
+    # per account and per address: the n-th attempt of a key (recent failures plus
+    # attempts in flight) is checked auth_throttle_base_s * 2**(n-2) after the previous
+    # one, capped at auth_throttle_max_s; an attempt that would wait longer is refused
+    # unchecked with temporary-auth-failure. Successes wait like failures. 0 turns it off.
+    auth_throttle_base_s: float = 1.0  # wait before the 2nd attempt of an IP or user...
+    auth_throttle_max_s: float = 30.0  # ...doubling per attempt up to this
     auth_throttle_window_s: float = 300.0  # failures older than this are forgotten
+    # Per source address (server.net.limits.AddressBook): beyond these a new connection
+    # is refused at once, before its stream header is read (policy-violation /
+    # resource-constraint). The defaults admit a load generator's 10,000 sessions from
+    # one address; a public server lowers them.
+    max_connections_per_address: int = 20_000
+    max_unauthenticated_per_address: int = 1000
     sm_resume_timeout_s: int = 300  # XEP-0198 resumption window
     shutdown_timeout_s: float = 10.0  # graceful shutdown budget
     # The login gate (server.net.limits.LoginGate): connections negotiating at once are
@@ -168,7 +179,7 @@ _POSITIVE = {
     "limits.max_stanza_bytes", "limits.auth_timeout_s", "limits.rate_bytes_per_s", "limits.rate_burst_bytes",
     "limits.max_write_buffer_bytes", "limits.max_auth_failures", "limits.sm_resume_timeout_s",
     "limits.shutdown_timeout_s", "limits.auth_throttle_window_s", "limits.logins_in_progress_min",
-    "limits.login_budget_s",
+    "limits.login_budget_s", "limits.max_connections_per_address", "limits.max_unauthenticated_per_address",
     "cluster.grace_s", "cluster.relay_timeout_s", "cluster.relay_open_timeout_s", "cluster.refresh_s",
     "cluster.location_ttl_s", "cluster.activation_wait_s",
     "links.window", "links.heartbeat_interval_s", "links.dead_after_s", "links.handshake_timeout_s",
@@ -257,6 +268,8 @@ def validate(config: NodeConfig) -> NodeConfig:
     limits = config.limits
     if limits.auth_throttle_base_s < 0 or limits.auth_throttle_max_s < limits.auth_throttle_base_s:
         raise ConfigError("limits.auth_throttle_max_s", "must be >= auth_throttle_base_s >= 0")
+    if limits.max_unauthenticated_per_address > limits.max_connections_per_address:
+        raise ConfigError("limits.max_unauthenticated_per_address", "must be <= limits.max_connections_per_address")
     if limits.rate_burst_bytes < limits.max_stanza_bytes:
         raise ConfigError("limits.rate_burst_bytes", "must be >= limits.max_stanza_bytes")
     if (config.tls.cert_path is None) != (config.tls.key_path is None):

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from presence_ha.server.sessions import Session
 from presence_ha.server.xmpp.errors import Condition, StanzaError, error_reply
 from presence_ha.server.xmpp.jid import JID, InvalidJid
+from presence_ha.server.xmpp.logsafe import untrusted
 from presence_ha.server.xmpp.stanzas import IqType
 
 if TYPE_CHECKING:
@@ -285,7 +286,7 @@ class Router:
         except StanzaError as exc:
             await self._answer_error(ctx, session, stanza, exc)
         except Exception:
-            log.exception("handler failed on %s id=%s", stanza.tag, stanza.get("id"))
+            log.exception("handler failed on %s id=%s", untrusted(stanza.tag), untrusted(stanza.get("id")))
             ctx.metrics.handler_errors.inc()
             await self._answer_error(ctx, session, stanza, StanzaError(Condition.INTERNAL_SERVER_ERROR))
 

@@ -37,7 +37,8 @@ from presence_ha.server.cli.common import db_options
 from presence_ha.server.cli.database import open_session, run
 from presence_ha.server.cli.haproxy import Backend, ServiceAddress, haproxy_binary
 from presence_ha.server.cli.provision import node_group
-from presence_ha.server.config import ConfigError, load_config
+from presence_ha.server.config import ConfigError, LimitsConfig, load_config
+from presence_ha.server.net.limits import AuthThrottle
 from presence_ha.server.node import NodeStartError, run_node
 from presence_ha.server.tls import make_ca
 
@@ -58,7 +59,27 @@ def node_command(*args: str) -> list[str]:
     return [sys.executable, "-c", "from presence_ha.server.cli import main; main()", *args]
 
 
-@node_group.command("run")
+_L = LimitsConfig()
+LIMITS_EPILOG = f"""\b
+Client-port limits (the `limits` section; --set limits.KEY=VALUE):
+  Login throttle, per account and per source address, applied BEFORE the
+  password is checked: the n-th attempt of an account or address (failures of
+  the last auth_throttle_window_s={_L.auth_throttle_window_s:g} s plus attempts in flight) waits
+  auth_throttle_base_s={_L.auth_throttle_base_s:g} x 2^(n-2) s after the previous one, at most
+  auth_throttle_max_s={_L.auth_throttle_max_s:g} s; an attempt that would wait longer is refused
+  unchecked (temporary-auth-failure). A success waits like a failure and
+  clears the account's failures. An address with no recent failure, and an
+  account's first {AuthThrottle.FREE_PARALLEL} attempts in flight, are not slowed. auth_throttle_base_s=0
+  turns the throttle off. {_L.max_auth_failures} failures end a stream (max_auth_failures).
+  Per address: max_connections_per_address={_L.max_connections_per_address} (over it: policy-violation),
+  max_unauthenticated_per_address={_L.max_unauthenticated_per_address} (over it: resource-constraint), both
+  refused at once. The login gate (logins_in_progress_min, login_budget_s) is
+  fair: when full, an address holding less than the heaviest one still gets in
+  and the heaviest gives back its oldest negotiating connection.
+"""
+
+
+@node_group.command("run", epilog=LIMITS_EPILOG)
 @click.option("--name", "node_name", help="Node name (else $PRESENCE_HA_NODE or the config file).")
 @click.option("--db", "db_url", metavar="URL", help="Database URL (else $PRESENCE_HA_DB, config, --data-dir).")
 @click.option("--data-dir", type=click.Path(file_okay=False), help="Data directory (SQLite file, TLS files).")

@@ -5,11 +5,14 @@ Rules of this module:
   decisions live in `server.xmpp.stream`. Events are handled one at a time under a
   per-connection lock, whether they come from the socket, a timer or another
   connection (a `conflict` kick).
-- Limits: a token bucket on inbound bytes (empty -> `policy-violation`), a growing
-  delay before answering repeated failed logins (per IP and per user), an auth timer
-  (the core decides whether it still matters), a bounded write buffer (a client
-  that stops reading is dropped), and the port's login gate: a connection beyond it
-  gets `resource-constraint` in answer to its stream header, before TLS.
+- Limits: a token bucket on inbound bytes (empty -> `policy-violation`), the login
+  throttle (`AuthThrottle`, per IP and per user) waited BEFORE the password is
+  checked, an auth timer (the core decides whether it still matters), a bounded
+  write buffer (a client that stops reading is dropped), the per-address caps (over
+  them the stream ends at once) and the port's fair login gate: a connection beyond
+  it gets `resource-constraint` in answer to its stream header, before TLS
+  (`ClientPort.admit`).
+- A value the peer chose is logged through `untrusted` (escaped, truncated).
 - After bind the connection registers a `Session` through the `ClientPort`, feeds
   stanzas to `router.dispatch` in arrival order (RFC 6120 §10.1), and on the way out
   either detaches the session for XEP-0198 resumption (connection lost with
@@ -63,6 +66,8 @@ from presence_ha.server.sessions import Session, SessionKind
 from presence_ha.server.xmpp import events as ev
 from presence_ha.server.xmpp.backup import is_hold_request
 from presence_ha.server.xmpp.errors import Condition, StanzaError, StreamCondition, StreamError, error_reply
+from presence_ha.server.xmpp.jid import InvalidJid, prep_localpart
+from presence_ha.server.xmpp.logsafe import untrusted
 from presence_ha.server.xmpp.negotiation import SaslFailure
 from presence_ha.server.xmpp.sasl import SaslCondition, salted_password
 from presence_ha.server.xmpp.stream import StreamSettings, Timer, XmppStream
@@ -87,18 +92,21 @@ class Connection:
     session holds no task."""
 
     __slots__ = (
+        "_attempt",
         "_bucket",
         "_finished",
-        "_gated",
-        "_gated_at",
         "_login",
         "_queue",
         "_queued_bytes",
         "_timer",
         "_worker",
+        "authenticated",
         "backup_refusal",
         "backup_relay",
         "closing",
+        "counted",
+        "gated",
+        "gated_at",
         "graceful",
         "ip",
         "notified_close",
@@ -129,11 +137,15 @@ class Connection:
         self._queued_bytes = 0
         self._worker: asyncio.Task[None] | None = None
         self._finished = False
-        self._gated_at = port.now()
-        self._gated = port.login_gate.enter(self._gated_at)  # negotiating under the login gate (limits.py)
-        if not self._gated:
-            self.stream.refuse_on_header(
-                StreamError(StreamCondition.RESOURCE_CONSTRAINT, "too many logins in progress; retry later"))
+        self._attempt: list[str] | None = None  # throttle keys of the login attempt in flight
+        self.gated_at = port.now()
+        self.gated = self.counted = self.authenticated = False  # set by the port (admit)
+        refusal, at_once = port.admit(self)
+        if refusal is not None and at_once:
+            log.info("connection from %s refused: %s", self.ip, refusal.text)
+            self.kick_soon(refusal)
+        elif refusal is not None:
+            self.stream.refuse_on_header(refusal)
         self._timer: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(
             port.limits.auth_timeout_s, self._enqueue, self._fire_auth_timer)
 
@@ -215,6 +227,10 @@ class Connection:
         if self.relay_node is not None and self.stream.sm is not None:
             self.port.unreplicate(self.stream.sm.resume_id)  # its session ends with the relay
         self._leave_gate()
+        self.port.connection_uncounted(self)
+        if self._attempt is not None:
+            self.port.throttle.release(self._attempt)
+            self._attempt = None
         if self._timer is not None:
             self._timer.cancel()
         try:
@@ -222,10 +238,16 @@ class Connection:
         finally:
             self.port.connections.discard(self)
 
+    def leave_gate(self) -> None:
+        """Give the login-gate place back (the port makes room for another address)."""
+        self._leave_gate()
+
     def _leave_gate(self, completed: bool = False) -> None:
-        if self._gated:
-            self._gated = False
-            self.port.login_done(completed, self._gated_at)
+        if completed:
+            self.port.connection_authenticated(self)
+        if self.gated:
+            self.gated = False
+            self.port.login_done(completed, self.gated_at, self)
         if completed and self._timer is not None:  # bound or resumed: the auth timer is moot
             self._timer.cancel()
             self._timer = None
@@ -300,14 +322,52 @@ class Connection:
         if not self.port.auth.on:  # SPEC §4: the authentication service is stopped
             self.stream.credentials_unavailable("authentication service stopped, retry later")
             return
+        if not await self._throttled(event.username):
+            return
         try:
             record = await self.port.accounts.lookup(event.username, event.mechanism)
         except DatabaseUnavailable as exc:
-            log.warning("cannot read credentials of %s: %s", event.username, exc)
+            log.warning("cannot read credentials of %s: %s", untrusted(event.username), exc)
             self.stream.credentials_unavailable("database unavailable, retry later")
             return
         self._login = (event.username, record)  # its location answers PasswordVerified
         self.stream.credentials_found(record.credentials if record is not None else None)
+
+    def _throttle_keys(self, username: str | None) -> list[str]:
+        keys = [f"ip:{self.ip}"]
+        if username:
+            try:
+                keys.append(f"user:{prep_localpart(username)}")
+            except InvalidJid:
+                keys.append("user:")  # no such account can exist: one key for all such names
+        return keys
+
+    async def _throttled(self, username: str) -> bool:
+        """Wait for this attempt's turn under the login throttle, before the password is
+        checked (`AuthThrottle.reserve`); False if it was refused (answered already)."""
+        keys = self._throttle_keys(username)
+        wait = self.port.throttle.reserve(keys, self.port.now())
+        if wait is None:
+            log.info("login attempt from %s as %s refused unchecked: throttled", self.ip, untrusted(username))
+            self.stream.credentials_unavailable("too many login attempts for this account or address; retry later")
+            return False
+        self._attempt = keys
+        if wait:
+            await asyncio.sleep(wait)  # a success waits like a failure (RFC 6120 §13.10)
+            if self.transport.is_closing() or self.closing:
+                self.port.throttle.release(keys)  # gone meanwhile: nothing is checked
+                self._attempt = None
+                return False
+        return True
+
+    def _attempt_done(self, username: str | None, success: bool | None) -> None:
+        """The password of this attempt was checked (`success`), or not (None)."""
+        keys, self._attempt = self._attempt, None
+        if success is None:
+            if keys is not None:
+                self.port.throttle.release(keys)
+            return
+        self.port.throttle.resolve(keys or self._throttle_keys(username), self.port.now(), success)
 
     async def _on_derivation_requested(self, event: ev.DerivationRequested) -> None:
         # PBKDF2 (4,096 rounds) was ~11% of login CPU on the event loop; in the port's
@@ -320,20 +380,20 @@ class Connection:
     async def _on_password_verified(self, event: ev.PasswordVerified) -> None:
         """Execute the one admission decision (`server.admission.decide`), reading only
         the samples it asks for."""
+        self._attempt_done(event.username, success=True)
         try:
             decision = await self._admission(event.username)
         except DatabaseUnavailable as exc:
-            log.warning("cannot locate %s: %s", event.username, exc)
+            log.warning("cannot locate %s: %s", untrusted(event.username), exc)
             decision = Refuse(SaslFailure(SaslCondition.TEMPORARY_AUTH_FAILURE, "database unavailable, retry later"))
         if isinstance(decision, Backup):  # SPEC §8 inactive bind
             self.backup_refusal, self.backup_relay = backup_kick(decision.spared), decision.relay
         elif isinstance(decision, Relay):  # served by another node: relay (SPEC §2)
             self.relay_node = decision.node
         if isinstance(decision, Refuse):
-            log.info("login of %s refused here: %s", event.username, decision.failure)
+            log.info("login of %s refused here: %s", untrusted(event.username), decision.failure)
             self.stream.refuse_login(decision.failure)
         else:
-            self.port.throttle.success(f"user:{event.username}")
             self.stream.accept_login()
 
     async def _admission(self, username: str) -> Admission:
@@ -374,13 +434,10 @@ class Connection:
     async def _on_auth_failed(self, event: ev.AuthFailed) -> None:
         self.port.metrics.auth_failures.inc()
         if event.condition in (SaslCondition.ABORTED, SaslCondition.TEMPORARY_AUTH_FAILURE):
+            self._attempt_done(event.username, success=None)
             return
-        keys = [f"ip:{self.ip}"] + ([f"user:{event.username}"] if event.username else [])
-        delay = self.port.throttle.failure(keys, self.port.now())
-        log.info("failed login from %s as %s (%s); next answer in %.1fs",
-                 self.ip, event.username, event.condition.value, delay)
-        if delay:
-            await asyncio.sleep(delay)  # throttle: the failure element waits (RFC 6120 §13.10)
+        self._attempt_done(event.username, success=False)  # the next attempt waits (`_throttled`)
+        log.info("failed login from %s as %s (%s)", self.ip, untrusted(event.username), event.condition.value)
 
     async def _on_registration_requested(self, event: ev.RegistrationRequested) -> None:
         try:
@@ -519,7 +576,7 @@ class Connection:
                 await self.relay.forward(event.stanza)
             return
         if self.session is None:  # the session ended (replaced, closed) while this stanza was in flight
-            log.debug("dropped a %s that arrived after its session ended", event.stanza.tag)
+            log.debug("dropped a %s that arrived after its session ended", untrusted(event.stanza.tag))
             return
         self.port.metrics.stanzas_in.inc()
         if self.backup_refusal is not None and not await self._backup_claimed(event.stanza):
@@ -541,7 +598,7 @@ class Connection:
     async def _on_stream_closed(self, event: ev.StreamClosed) -> None:
         if event.error is not None:
             self.port.metrics.stream_errors.labels(event.error.condition.value).inc()
-            log.info("stream error to %s: %s", self.session.jid if self.session else self.ip, event.error)
+            log.info("stream error to %s: %s", self.session.jid if self.session else self.ip, untrusted(event.error))
         self.closing = True
         self.graceful = event.by_peer or event.error is None
         try:

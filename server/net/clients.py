@@ -24,6 +24,11 @@ Rules of this module:
 - Logins: every connection negotiates under the port's `LoginGate` (`server.net.limits`)
   until it binds, resumes or ends (`login_done`); once a burst of logins is over, the
   heap it freed is given back to the OS (`_trim_heap`).
+- Admission of a new connection (`admit`): first the per-address caps (`AddressBook`:
+  connections, unauthenticated connections), refused at once; then the fair login
+  gate, which may make an address holding more than its share give back a place: its
+  oldest negotiating connection ends with `resource-constraint` (`_negotiating` keeps
+  them per address, oldest first).
 """
 
 from __future__ import annotations
@@ -50,7 +55,7 @@ from presence_ha.server.loop_lag import lateness
 from presence_ha.server.metrics import Metrics
 from presence_ha.server.net.c2s import Connection
 from presence_ha.server.net.collaborators import Hosted, Relay, Replicas
-from presence_ha.server.net.limits import AuthThrottle, LoginGate
+from presence_ha.server.net.limits import AddressBook, AuthThrottle, LoginGate
 from presence_ha.server.net.transport import ClientTransport
 from presence_ha.server.router import SessionClosed
 from presence_ha.server.sessions import Session, SessionKind
@@ -103,6 +108,9 @@ class ClientPort:
         self.throttle = AuthThrottle(self.limits.auth_throttle_base_s, self.limits.auth_throttle_max_s,
                                      self.limits.auth_throttle_window_s)
         self.login_gate = LoginGate(self.limits.logins_in_progress_min, self.limits.login_budget_s)
+        self.addresses = AddressBook(self.limits.max_connections_per_address,
+                                     self.limits.max_unauthenticated_per_address)
+        self._negotiating: dict[str, dict[Connection, None]] = {}  # under the gate, per address, oldest first
         self._lag_watch: asyncio.Task[None] | None = None
         self._logins_since_trim = 0
         self._trim: asyncio.TimerHandle | None = None
@@ -198,11 +206,63 @@ class ClientPort:
         self.connections.add(connection)
         return connection
 
-    # -- the login gate (server.net.limits) ---------------------------------------------
-    def login_done(self, completed: bool, started: float | None = None) -> None:
+    # -- admission: per-address caps and the login gate (server.net.limits) ---------------
+    def admit(self, connection: Connection) -> tuple[StreamError | None, bool]:
+        """Count a new connection in: `(refusal, at_once)`. A refusal `at_once` ends the
+        stream now (an address over its caps); otherwise it answers the stream header
+        (the gate is full). Admitted connections are under the gate (`gated`)."""
+        address = connection.ip
+        why = self.addresses.address_refusal(address)
+        if why is not None:
+            total, _unauthenticated = self.addresses.count(address)
+            condition = (StreamCondition.POLICY_VIOLATION if total >= self.limits.max_connections_per_address
+                         else StreamCondition.RESOURCE_CONSTRAINT)
+            return StreamError(condition, why + "; retry later"), True
+        connection.counted = True
+        admission = self.login_gate.enter(connection.gated_at, address)
+        if not admission.admitted:
+            return StreamError(StreamCondition.RESOURCE_CONSTRAINT, "too many logins in progress; retry later"), False
+        connection.gated = True
+        self._negotiating.setdefault(address, {})[connection] = None
+        if admission.evict is not None:
+            self._evict(admission.evict)
+        return None, False
+
+    def _evict(self, address: str) -> None:
+        """`address` holds more of the full gate than its share: its oldest negotiating
+        connection gives its place back and ends."""
+        waiting = self._negotiating.get(address)
+        if not waiting:
+            return
+        victim = next(iter(waiting))
+        victim.leave_gate()
+        log.info("login gate full: a negotiating connection from %s makes room for another address", address)
+        victim.kick_soon(StreamError(StreamCondition.RESOURCE_CONSTRAINT,
+                                     f"too many logins in progress from {address}; retry later"))
+
+    def connection_authenticated(self, connection: Connection) -> None:
+        """The connection bound or resumed a session: no longer unauthenticated."""
+        if connection.counted and not connection.authenticated:
+            connection.authenticated = True
+            self.addresses.authenticated(connection.ip)
+
+    def connection_uncounted(self, connection: Connection) -> None:
+        """The connection ended: out of the per-address counts."""
+        if connection.counted:
+            connection.counted = False
+            self.addresses.closed(connection.ip, connection.authenticated)
+
+    def login_done(self, completed: bool, started: float | None = None, connection: Connection | None = None) -> None:
         """A connection left the login gate (`completed`: it bound or resumed a session;
         `started`: when it entered)."""
-        self.login_gate.leave(self.now(), completed, started)
+        address = "" if connection is None else connection.ip
+        if connection is not None:
+            waiting = self._negotiating.get(address)
+            if waiting is not None:
+                waiting.pop(connection, None)
+                if not waiting:
+                    del self._negotiating[address]
+        self.login_gate.leave(self.now(), completed, started, address)
         self._logins_since_trim += completed
         if self.login_gate.in_progress == 0 and self._logins_since_trim >= TRIM_AFTER_LOGINS and self._trim is None:
             self._trim = asyncio.get_running_loop().call_later(TRIM_DELAY_S, self._trim_heap)

@@ -1,50 +1,62 @@
 """JIDs (RFC 7622): parse, validate, compare.
 
 Rules: a `JID` is immutable and always valid; `JID.parse` raises `InvalidJid` with the
-reason. Localpart and domain are case-folded (a practical subset of the PRECIS
-profiles: NFKC + casefold, forbidden characters rejected), the resource is kept as
-given (NFC). Each part is at most 1023 bytes (RFC 7622 §3.1).
+reason. The parts are prepared by the PRECIS profiles of RFC 7622 §3, through the
+maintained `precis_i18n` library (not hand-written rules): the localpart by
+UsernameCaseMapped (RFC 8265 §3.3: case-mapped, compatibility characters such as
+U+017F and ignorables such as U+200B refused), the resource by OpaqueString (RFC 8265
+§4.2), the domain by IDNA2008 (`idna`, UTS #46 mapping) for non-ASCII names. Printable
+ASCII takes a fast path whose result is the same as the profile's (JID parsing is on
+every routed stanza). Each part is at most 1023 bytes (RFC 7622 §3.1).
 """
 
 from __future__ import annotations
 
 import functools
-import unicodedata
 from dataclasses import dataclass, field
+
+import idna
+from precis_i18n import get_profile
+from precis_i18n.profile import Profile
 
 MAX_PART_BYTES = 1023
 # RFC 7622 §3.3.1: characters a localpart may not contain.
 LOCALPART_FORBIDDEN = frozenset('"&\'/:<>@')
+USERNAME = get_profile("UsernameCaseMapped")  # RFC 8265 §3.3 (localparts, SASL usernames)
+OPAQUE = get_profile("OpaqueString")  # RFC 8265 §4.2 (resourceparts, passwords)
 
 
 class InvalidJid(ValueError):
     """The text is not a valid JID; the message says why."""
 
 
-def _check_part(value: str, what: str) -> None:
+def _check_length(value: str, what: str) -> None:
     if not value:
         raise InvalidJid(f"empty {what}")
-    # ASCII fast path (JID parsing is on every routed stanza): there the only forbidden
-    # characters are the controls (Cc: not printable) and, outside a resource, U+0020.
-    if (value.isascii() and len(value) <= MAX_PART_BYTES and value.isprintable()
-            and (what == "resource" or " " not in value)):
-        return
-    if len(value.encode("utf-8")) > MAX_PART_BYTES:
+    if len(value) > MAX_PART_BYTES or len(value.encode("utf-8")) > MAX_PART_BYTES:
         raise InvalidJid(f"{what} longer than {MAX_PART_BYTES} bytes")
-    for ch in value:
-        cat = unicodedata.category(ch)
-        if cat in ("Cc", "Cs", "Co", "Cn") or (cat == "Zs" and what != "resource"):
-            raise InvalidJid(f"{what} contains a forbidden character U+{ord(ch):04X}")
 
 
-def _fold(value: str) -> str:
-    """NFKC + casefold; ASCII is NFKC already and folds as `lower()`."""
-    return value.lower() if value.isascii() else unicodedata.normalize("NFKC", value).casefold()
+def _enforce(profile: Profile, value: str, what: str) -> str:
+    try:
+        result: str = profile.enforce(value)
+    except UnicodeError as exc:  # precis_i18n's refusal names the code point and why
+        reason = getattr(exc, "reason", str(exc))
+        where = getattr(exc, "start", None)
+        bad = f" U+{ord(value[where]):04X}" if isinstance(where, int) and where < len(value) else ""
+        raise InvalidJid(f"{what} not allowed by PRECIS{bad}: {reason}") from None
+    return result
 
 
 def prep_localpart(value: str) -> str:
-    value = _fold(value)
-    _check_part(value, "localpart")
+    """RFC 7622 §3.3: UsernameCaseMapped, then the localpart's forbidden characters."""
+    if value.isascii() and value.isprintable() and " " not in value:
+        value = value.lower()  # the profile's result for printable ASCII
+    else:
+        if len(value) > 4 * MAX_PART_BYTES:
+            raise InvalidJid(f"localpart longer than {MAX_PART_BYTES} bytes")
+        value = _enforce(USERNAME, value, "localpart")
+    _check_length(value, "localpart")
     bad = LOCALPART_FORBIDDEN.intersection(value)
     if bad:
         raise InvalidJid(f"localpart contains forbidden character {sorted(bad)[0]!r}")
@@ -52,17 +64,33 @@ def prep_localpart(value: str) -> str:
 
 
 def prep_domain(value: str) -> str:
-    value = _fold(value).rstrip(".")
-    _check_part(value, "domain")
+    """RFC 7622 §3.2: an ASCII name lower-cased; a non-ASCII one through IDNA2008 (its
+    U-label form). A trailing dot is dropped."""
+    value = value.rstrip(".") if value.endswith(".") else value
+    if value.isascii():
+        value = value.lower()
+        if not value.isprintable():
+            raise InvalidJid("domain contains a control character")
+    else:
+        if len(value) > 4 * MAX_PART_BYTES:
+            raise InvalidJid(f"domain longer than {MAX_PART_BYTES} bytes")
+        try:
+            value = idna.decode(idna.encode(value, uts46=True))
+        except (idna.IDNAError, UnicodeError) as exc:
+            raise InvalidJid(f"invalid internationalized domain: {exc}") from None
+    _check_length(value, "domain")
     if any(ch in value for ch in "@/ ") or value.startswith(".") or ".." in value:
         raise InvalidJid(f"invalid domain {value!r}")
     return value
 
 
 def prep_resource(value: str) -> str:
-    if not value.isascii():  # ASCII is NFC already
-        value = unicodedata.normalize("NFC", value)
-    _check_part(value, "resource")
+    """RFC 7622 §3.4: OpaqueString (printable ASCII, spaces included, is kept as is)."""
+    if not (value.isascii() and value.isprintable()):
+        if len(value) > 4 * MAX_PART_BYTES:
+            raise InvalidJid(f"resource longer than {MAX_PART_BYTES} bytes")
+        value = _enforce(OPAQUE, value, "resource")
+    _check_length(value, "resource")
     return value
 
 

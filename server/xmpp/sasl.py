@@ -10,8 +10,14 @@ Rules of this module:
 - That derivation (PBKDF2, 4,096 rounds: ~11% of login CPU) is the host's job:
   PLAIN answers the keys with `NeedDerivation`, the host runs `salted_password` off the
   event loop (hashlib releases the GIL) and hands the result to `derived()`.
-- An unknown user runs the same SCRAM exchange against keys derived from a secret,
-  so the failure looks the same as a wrong password (no user enumeration).
+- An unknown user runs the same exchange against keys derived from a secret (SCRAM:
+  the same messages; PLAIN: the same PBKDF2 derivation, same iteration count), so the
+  failure looks and takes the same as a wrong password (no user enumeration).
+- Names and passwords are prepared by the PRECIS profiles of RFC 8265: the username
+  (authcid) by UsernameCaseMapped (`jid.prep_localpart`), a PLAIN password by
+  OpaqueString, then by SASLprep as the stored keys were (scramp's `make_auth_info`;
+  the two agree on every OpaqueString-valid ASCII password). A name PRECIS refuses
+  cannot exist: it fails like an unknown user.
 - Failures use the RFC 6120 §6.5 conditions: garbage base64 -> `incorrect-encoding`,
   unparsable payloads -> `malformed-request`, wrong password -> `not-authorized`.
 """
@@ -20,6 +26,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import enum
 import hashlib
 import hmac
@@ -29,7 +36,7 @@ from typing import Protocol
 from scramp import ScramException, ScramMechanism
 from scramp.utils import ServerError, saslprep
 
-from presence_ha.server.xmpp.jid import InvalidJid, prep_localpart
+from presence_ha.server.xmpp.jid import OPAQUE, InvalidJid, prep_localpart
 
 SCRAM_MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-1")
 PLAIN = "PLAIN"
@@ -99,7 +106,7 @@ class NeedCredentials:
 class NeedDerivation:
     """PLAIN: derive SaltedPassword with `salted_password(...)`, then call `derived()`."""
 
-    password: bytes = field(repr=False)  # saslprep'ed, UTF-8
+    password: bytes = field(repr=False)  # OpaqueString + SASLprep, UTF-8
     salt: bytes
     iterations: int
 
@@ -194,9 +201,11 @@ def salted_password(password: bytes, salt: bytes, iterations: int) -> bytes:
 
 
 def _prepared(password: str) -> bytes | None:
+    """RFC 8265 §4.2 OpaqueString, then SASLprep as at provisioning; None if refused."""
     try:
-        prepared: str = saslprep(password)
-    except ScramException:
+        opaque: str = password if password.isascii() and password.isprintable() else OPAQUE.enforce(password)
+        prepared: str = saslprep(opaque)
+    except (ScramException, UnicodeError):
         return None
     return prepared.encode("utf-8")
 
@@ -253,10 +262,9 @@ class SaslExchange:
                 username, authzid = scram_username(text)
         except (UnicodeDecodeError, ValueError) as exc:
             return Failed(SaslCondition.MALFORMED_REQUEST, str(exc))
-        try:
+        # PRECIS refuses it: no such user; kept unprepared (folding it could name one: U+017F)
+        with contextlib.suppress(InvalidJid):
             username = prep_localpart(username)
-        except InvalidJid:
-            username = username.casefold()  # unknown anyway: fails like a wrong password
         if authzid and authzid not in (username, f"{username}@{self._domain}"):
             return Failed(SaslCondition.INVALID_AUTHZID, "authzid must be your own JID", username)
         self._username, self._payload, self._stage = username, data, _Stage.AWAIT_KEYS
@@ -276,9 +284,11 @@ class SaslExchange:
         self._known_user = keys is not None
         if self.mechanism == PLAIN:
             prepared = _prepared(self._payload.decode("utf-8").split("\x00")[2])
-            if keys is None or prepared is None:
+            if prepared is None:
                 self._stage = _Stage.DONE
                 return Failed(SaslCondition.NOT_AUTHORIZED, None, self._username)
+            if keys is None:  # derive anyway: an unknown name costs what a wrong password does
+                keys = dummy_keys(self._secret, self._username, PLAIN_KEYS_MECHANISM)
             self._keys, self._stage = keys, _Stage.AWAIT_DERIVATION
             return NeedDerivation(prepared, keys.salt, keys.iterations)
         use = keys if keys is not None else dummy_keys(self._secret, self._username, self.mechanism)
@@ -288,7 +298,7 @@ class SaslExchange:
         """PLAIN: the SaltedPassword the host derived for `NeedDerivation`."""
         assert self._stage == _Stage.AWAIT_DERIVATION and self._keys is not None and self._username is not None
         self._stage = _Stage.DONE
-        if salted_matches(salted, self._keys):
+        if salted_matches(salted, self._keys) and self._known_user:
             return Verified(self._username, None)
         return Failed(SaslCondition.NOT_AUTHORIZED, None, self._username)
 

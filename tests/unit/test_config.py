@@ -97,3 +97,14 @@ def test_bad_cluster_settings_are_named(env, sets, key):
     with pytest.raises(ConfigError) as info:
         load_config(None, env, {"node_name": "n1"}, sets)
     assert info.value.key == key
+
+
+def test_per_address_caps_are_positive_and_consistent():
+    config = load_config(flags={"node_name": "n1"}, sets=["limits.max_connections_per_address=10",
+                                                          "limits.max_unauthenticated_per_address=5"])
+    assert (config.limits.max_connections_per_address, config.limits.max_unauthenticated_per_address) == (10, 5)
+    with pytest.raises(ConfigError, match="max_unauthenticated_per_address"):
+        load_config(flags={"node_name": "n1"}, sets=["limits.max_connections_per_address=10",
+                                                     "limits.max_unauthenticated_per_address=50"])
+    with pytest.raises(ConfigError, match="max_connections_per_address: must be positive"):
+        load_config(flags={"node_name": "n1"}, sets=["limits.max_connections_per_address=0"])
