@@ -6,7 +6,8 @@ Rules of this module:
   the user moves on with its presence, which the peer restores (activation, or a
   login with the same resource) or retires after the grace.
 - Taking users (`activate`): the inactive sessions of the users now served here are
-  activated by the server (`server.activation.activate_all`).
+  activated by the server (`server.activation.push_all`), their presences announced
+  afterwards in a task (`announce_all`).
 - After any move, the presences the previous node wrote for the moved users are
   retired after `grace_s` if their resource did not come back (`schedule_retire`);
   one pending retirement per previous node, restarted by a newer move.
@@ -54,8 +55,14 @@ class Handover:
 
     async def activate(self, owner: str, on_active: Callable[[], None]) -> int:
         """Activate the inactive sessions of `owner`'s users served here; `on_active()`
-        once they are active (before their presences are announced), even if it fails."""
-        return await activation.activate_all(self._clients.ctx, owner, on_active)
+        once they are active, even if it fails. Returns once every session is active
+        and pushed; their presences are announced in a task of their own (the SRM
+        confirms the move meanwhile: the peer redirects its clients only once this
+        node serves them, and need not wait for a thousand announcements)."""
+        pushed = await activation.push_all(self._clients.ctx, owner, on_active)
+        if pushed:
+            self._spawn(activation.announce_all(self._clients.ctx, pushed))
+        return len(pushed)
 
     def schedule_retire(self, previous: str, grace_s: float) -> None:
         old = self._retiring.pop(previous, None)

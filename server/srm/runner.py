@@ -21,6 +21,8 @@ Rules of this module:
   heartbeat sent carries the watch's report of this node's database checks, and
   every heartbeat received gives the peer's to the watch (issue #17: a promotion
   that both nodes see is no Database Failure).
+- A lost compare-and-set reports the epoch it found and whether the peer's SRM link
+  was up (`MoveUsersFailed`): the table decides whether a takeover retries once.
 - A state the database refused to store (`PersistState` failed) is written again
   once the database answers (`db_back`), with the machine's state at that moment.
 - `InvalidTransition` is logged, counted and fed back as `InternalErrorOccurred`.
@@ -385,7 +387,8 @@ class SrmRunner:
                     await srm_state.restore_users(session, self._setup.group, a.dst, expected_epoch=a.epoch - 1)
         except (FencingConflict, DatabaseUnavailable, SQLAlchemyError) as exc:
             log.warning("srm %s: moving users %s -> %s failed: %s", self.node, a.src, a.dst, exc)
-            self._inbox.put(Item(MoveUsersFailed(a.epoch, str(exc)), machine_gen=gen))
+            stored = exc.actual if isinstance(exc, FencingConflict) else None
+            self._inbox.put(Item(MoveUsersFailed(a.epoch, str(exc), stored, self._peer.up), machine_gen=gen))
             return
         log.info("srm %s: users of %s now active on %s (epoch %d)", self.node, a.src, a.dst, a.epoch)
         self._cluster.users_moved(a.dst == self.node)  # routing must follow the move before anything acts on it

@@ -19,9 +19,13 @@ Rules of this module:
   every event from `ANY_STATE` and the joint defaults (a unit test prints the whole
   (state, event) matrix and fails on a state that is in neither).
 - Safety (SPEC §9): a move takes users only from a node that has stopped or
-  disconnected them, or is dead (no database lease); a node that loses the database
-  stops its services. States entered while a move is in flight accept no new logins
-  (`SERVES`); the move's epoch compare-and-set settles any race.
+  disconnected them, is dead (no database lease), or is letting them go (a manual
+  failover's Failing Over, a fallback's Falling Back: it admits no new login of them
+  and keeps their connections only until the peer confirms the committed move; then
+  it redirects them to the peer, which serves them already: make before break, issue
+  #18). A node that loses the database stops its services. States entered while a
+  move is in flight accept no new logins (`SERVES`); the move's epoch compare-and-set
+  settles any race.
 """
 
 from __future__ import annotations
@@ -178,6 +182,8 @@ class MachineView(Protocol):
     def peer_state(self) -> NodeState | None: ...
     @property
     def move_in_flight(self) -> bool: ...
+    @property
+    def move_retried(self) -> bool: ...
 
 
 Guard = Callable[[MachineView, Event], bool]
@@ -259,6 +265,18 @@ def no_move_in_flight(view: MachineView, event: Event) -> bool:
     return not view.move_in_flight
 
 
+PEER_DEATH = frozenset({Reason.PEER_DOWN, Reason.PEER_REBOOT, Reason.PEER_DOWN_DURING_INITIALIZATION})
+
+
+def dead_peer_moved_first(view: MachineView, event: Event) -> bool:
+    """A takeover of a dead peer's users lost its compare-and-set because the epoch
+    moved on: the peer committed a move and died before telling us (issue #18). The
+    peer is still unreachable, so nobody else can hold the users: retry once with the
+    epoch found (the retry is fenced again; a second loss is SPEC row 19)."""
+    return (isinstance(event, MoveUsersFailed) and view.reason in PEER_DEATH and not view.move_retried
+            and event.stored_epoch is not None and event.stored_epoch >= event.epoch and not event.peer_reachable)
+
+
 def peer_failed_while_running(view: MachineView, event: Event) -> bool:
     """The peer is in failed mode and this node runs (not restarting, not failed)."""
     settled = view.state not in (NodeState.RUNNING_IN_FAILED_MODE, NodeState.UNKNOWN)
@@ -295,13 +313,14 @@ _RESTART_IDLE = (
     T(S.IDLE, R.INITIALIZATION, (K.STOP_SERVICES, K.SEND_HEARTBEAT, K.ARM_HEARTBEAT)),  # §6 rows 5-6
 )
 _TAKEN_OVER = (
-    T(S.IDLE, SAME, guard=admin_request),  # §6 row 3
+    T(S.IDLE, SAME, (K.STOP_SERVICES,), guard=admin_request),  # §6 row 3: redirected once the peer serves them
     T(S.FAILED_OVER_WITH_CRITICAL_SERVICES_NOT_RUNNING, SAME, guard=local_fault),  # §6 rows 12-13
     T(S.FAILED_OVER, SAME, (K.START_SERVICES, K.ARM_AUTO_FALLBACK)),  # §6 row 11 (Initialization)
 )
 _TOOK_BACK = (
-    T(S.TAKING_BACK, R.INITIALIZATION, (K.START_SERVICES,), guard=initializing),  # §6 row 9: reclaim own users too
-    T(S.NORMAL, R.NORMAL, (K.CANCEL_SERVICE_DELAY,)),  # §6 rows 4 -> 1
+    T(S.TAKING_BACK, R.INITIALIZATION, (K.DISCONNECT_PEER_USERS, K.START_SERVICES),  # §6 row 9: reclaim own users too
+      guard=initializing),
+    T(S.NORMAL, R.NORMAL, (K.DISCONNECT_PEER_USERS, K.CANCEL_SERVICE_DELAY)),  # §6 rows 4 -> 1: make before break
 )
 _REFUSE = (T(None, SAME, (K.REFUSE,)),)  # §7: the admin button is not offered in this state
 
@@ -326,8 +345,7 @@ TRANSITIONS: dict[tuple[NodeState, type[Event]], tuple[Transition, ...]] = {
     (S.IDLE, AdminRequestedRecovery): _RESTART_IDLE,  # §6 rows 5-6
     (S.IDLE, AdminRequestedFallback): (T(S.TAKING_BACK, R.ON_ADMIN_REQUEST, (K.START_SERVICES,)),),  # §6 rows 3 -> 4
     (S.NORMAL, AdminRequestedFailover): (  # §6 row 2
-        T(S.FAILING_OVER, R.ON_ADMIN_REQUEST, (K.STOP_SERVICES, K.ASK_PEER_TO_TAKE_OVER),  # §6 row 2
-          guard=peer_is_normal),
+        T(S.FAILING_OVER, R.ON_ADMIN_REQUEST, (K.ASK_PEER_TO_TAKE_OVER,), guard=peer_is_normal),  # §6 row 2, §8
         *_REFUSE,  # §6 row 2
     ),
     (S.NORMAL, PeerRequestedTakeover): (  # §6 rows 2, 12, 13
@@ -368,6 +386,7 @@ TRANSITIONS: dict[tuple[NodeState, type[Event]], tuple[Transition, ...]] = {
         T(S.RUNNING_IN_BACKUP_MODE, SAME, (K.ACTIVATE_PEER_SESSIONS, K.CONFIRM_TAKEOVER)),  # §6 rows 22-23 / row 3
     ),
     (S.TAKING_OVER, MoveUsersFailed): (  # §6 row 19
+        T(None, SAME, (K.TAKE_PEER_USERS,), guard=dead_peer_moved_first),  # §6 rows 16-18: fenced retry, once
         T(S.RUNNING_IN_FAILED_MODE, R.TAKE_OVER_USERS_FAILED, (K.STOP_SERVICES, K.TELL_PEER_FAILED)),  # §6 row 19
     ),
     (S.TAKING_OVER, PeerRequestedTakeBack): IGNORE,  # §9 not releasing users while taking them; the epoch settles it
@@ -376,7 +395,7 @@ TRANSITIONS: dict[tuple[NodeState, type[Event]], tuple[Transition, ...]] = {
     (S.FAILING_OVER, PeerConnectionRefused): _FAIL_UNKNOWN,  # §6 row 21
     (S.FAILING_OVER, PeerRebooted): _FAIL_UNKNOWN,  # §6 row 21
     (S.RUNNING_IN_BACKUP_MODE, PeerRequestedTakeBack): (  # §6 rows 4, 10
-        T(S.FALLING_BACK, FROM_EVENT, (K.DISCONNECT_PEER_USERS, K.CONFIRM_RELEASE)),  # §6 rows 4, 10
+        T(S.FALLING_BACK, FROM_EVENT, (K.CONFIRM_RELEASE,)),  # §6 rows 4, 10: disconnected once taken back
     ),
     (S.RUNNING_IN_BACKUP_MODE, PeerRequestedTakeover): (  # §6 row 8: repeated request
         T(None, SAME, (K.CONFIRM_TAKEOVER,)),  # §6 row 8: repeated request
@@ -393,7 +412,7 @@ TRANSITIONS: dict[tuple[NodeState, type[Event]], tuple[Transition, ...]] = {
           (K.STOP_SERVICES, K.TELL_PEER_FAILED)),
     ),
     (S.BACKUP_ACTIVATED, PeerRequestedTakeBack): (  # §6 rows 22-23 way back
-        T(S.FALLING_BACK, FROM_EVENT, (K.DISCONNECT_PEER_USERS, K.CONFIRM_RELEASE)),  # §6 rows 22-23 way back
+        T(S.FALLING_BACK, FROM_EVENT, (K.CONFIRM_RELEASE,)),  # §6 rows 22-23 way back
     ),
     (S.BACKUP_ACTIVATED, PeerRequestedTakeover): (  # §6 rows 22-23: repeated request
         T(None, SAME, (K.CONFIRM_TAKEOVER,)),  # §6 rows 22-23: repeated request
@@ -407,7 +426,7 @@ TRANSITIONS: dict[tuple[NodeState, type[Event]], tuple[Transition, ...]] = {
     ),
     (S.FALLING_BACK, PeerTookBack): _TOOK_BACK,  # §6 rows 4, 9, 10 -> 1
     (S.FALLING_BACK, PeerRequestedTakeBack): (  # §6 row 9: repeated request
-        T(None, SAME, (K.DISCONNECT_PEER_USERS, K.CONFIRM_RELEASE)),  # §6 row 9: repeated request
+        T(None, SAME, (K.CONFIRM_RELEASE,)),  # §6 row 9: repeated request
     ),
     (S.FALLING_BACK, HeartbeatTimedOut): _FAIL_UNKNOWN,  # §6 row 21
     (S.FALLING_BACK, PeerConnectionRefused): _FAIL_UNKNOWN,  # §6 row 21

@@ -13,7 +13,8 @@ Rules of this module:
   accepts the user's assigned node (`SrmMachine.serving`). Sessions end only through
   the machine's actions (StopCriticalServices, DisconnectClients) or a crash.
 - After every event the safety invariant of SPEC §9 is checked: no user has a
-  session on both nodes.
+  session on both nodes, except the sessions a node lets go (`Pair._letting_go`:
+  kept in Failing Over / Falling Back until the peer confirms it serves their users).
 - `db_down` / `db_up` feed the machine's database events directly (the table's
   rows). With `db_checks=True` each node also runs `liveness.DatabaseLiveness` as
   the real watch does: `advance()` checks every node's database every
@@ -78,6 +79,7 @@ from presence_ha.server.srm.table import InvalidTransition, NodeState, Reason
 
 MAX_STEPS = 5000
 USERS_PER_NODE = 3
+LETTING_GO = frozenset({NodeState.FAILING_OVER, NodeState.FALLING_BACK})  # see Pair._letting_go
 DEFAULT_TIMERS = SrmTimers()
 
 
@@ -332,10 +334,13 @@ class Pair:
 
     def _commit(self, name: str, move: MoveUsers) -> None:
         """One database transaction: compare-and-set of the group epoch."""
-        ok = self.nodes[name].db_ok and not self.fail_next_move and self.db_epoch == move.epoch - 1
+        read = self.nodes[name].db_ok and not self.fail_next_move  # the database answered
+        ok = read and self.db_epoch == move.epoch - 1
         self.fail_next_move = False
         if not ok:
-            self.queue.append((name, MoveUsersFailed(move.epoch)))
+            peer = self.nodes[self.other(name)]
+            reachable = self.link_up and peer.machine is not None
+            self.queue.append((name, MoveUsersFailed(move.epoch, "", self.db_epoch if read else None, reachable)))
             return
         for user, active in self.active.items():
             if active == move.src and move.assigned_node in (None, self.assigned[user]):
@@ -383,9 +388,19 @@ class Pair:
                 if active == node.name and self.assigned[u] in serving
             }
 
+    def _letting_go(self, node: Node) -> set[str]:
+        """Sessions `node` keeps only until the peer confirms it serves their users: a
+        manual failover's Failing Over or a fallback's Falling Back, for users whose
+        active node is the peer now (make before break, issue #18). The node admits no
+        new login of them, and leaving that state (the confirmation, or a failure)
+        disconnects them."""
+        if node.machine is None or node.machine.state not in LETTING_GO:
+            return set()
+        return {u for u in node.sessions if self.active[u] != node.name}
+
     def _check_safety(self) -> None:
         a, b = self.nodes.values()
-        both = a.sessions & b.sessions
+        both = (a.sessions - self._letting_go(a)) & (b.sessions - self._letting_go(b))
         if both:
             raise SafetyViolation(f"served by both nodes: {sorted(both)}\n" + "\n".join(self.transcript[-30:]))
 
