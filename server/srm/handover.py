@@ -1,8 +1,11 @@
 """What the SRM does to client sessions when users change nodes (SPEC §8).
 
 Rules of this module:
-- Letting users go (`let_go`): their ACTIVE sessions here are demoted, then closed
-  with the redirect to the peer. A demoted session's end announces no unavailable:
+- A manual failover or fallback demotes the users' sessions first (`demote`: no
+  traffic, connections open) and lets them go only once the peer serves them (make
+  before break, issue #18).
+- Letting users go (`let_go`): their sessions here are demoted, then closed with
+  the redirect to the peer. A demoted session's end announces no unavailable:
   the user moves on with its presence, which the peer restores (activation, or a
   login with the same resource) or retires after the grace.
 - Taking users (`activate`): the inactive sessions of the users now served here are
@@ -46,12 +49,27 @@ class Handover:
     def __init__(self, node: str, clients: HandoverPort, spawn: Spawn) -> None:
         self.node, self._clients, self._spawn = node, clients, spawn
         self._retiring: dict[str, asyncio.Task[None]] = {}  # previous node -> its pending retirement
+        self._demoted: dict[int, Session] = {}  # id -> session demoted until the peer serves its user
 
     async def let_go(self, names: set[str], error: StreamError) -> int:
-        """Close the ACTIVE sessions of `names` with `error`, demoted first."""
+        """Close the ACTIVE sessions of `names`, and those `demote` demoted, with
+        `error`, demoted first (backup sessions held here stay)."""
+        demoted, self._demoted = self._demoted, {}
         return await self._clients.close_sessions(
-            lambda s: s.kind is SessionKind.ACTIVE and s.jid.local in names, lambda _u: error, HANDOVER_CLOSE_S,
-            handover=True)
+            lambda s: (s.kind is SessionKind.ACTIVE or id(s) in demoted) and s.jid.local in names,
+            lambda _u: error, HANDOVER_CLOSE_S, handover=True)
+
+    def demote(self, names: set[str]) -> int:
+        """Make before break: the ACTIVE sessions of `names` here turn INACTIVE, their
+        connections open. Nothing reaches them any more (stanzas for the users wait in
+        offline storage, or reach the peer once it serves them) and their end, once the
+        peer serves the users (`let_go`, or the services stopping), announces no
+        unavailable. Returns how many were demoted."""
+        chosen = [s for s in self._clients.ctx.sessions if s.kind is SessionKind.ACTIVE and s.jid.local in names]
+        for session in chosen:
+            session.kind = SessionKind.INACTIVE
+        self._demoted = {id(s): s for s in chosen}  # for `let_go` (the latest demotion only)
+        return len(chosen)
 
     async def activate(self, owner: str, on_active: Callable[[], None]) -> int:
         """Activate the inactive sessions of `owner`'s users served here; `on_active()`

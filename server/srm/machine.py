@@ -26,6 +26,7 @@ from presence_ha.server.srm.actions import (
     CancelTimer,
     CheckPeerLiveness,
     ClientKind,
+    DemoteClients,
     DisconnectClients,
     MoveUsers,
     NotifyPeer,
@@ -106,6 +107,8 @@ _FIXED: dict[Step, Action] = {
     Step.STOP_SERVICES: StopCriticalServices(),
     Step.START_SERVICES: StartCriticalServices(),
     Step.DISCONNECT_PEER_USERS: DisconnectClients(ClientKind.PEER_USERS),
+    Step.DEMOTE_OWN_USERS: DemoteClients(ClientKind.OWN_USERS),
+    Step.DEMOTE_PEER_USERS: DemoteClients(ClientKind.PEER_USERS),
 }
 
 

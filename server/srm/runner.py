@@ -53,6 +53,7 @@ from presence_ha.server.srm.actions import (
     CancelTimer,
     CheckPeerLiveness,
     ClientKind,
+    DemoteClients,
     DisconnectClients,
     MoveUsers,
     NotifyPeer,
@@ -311,6 +312,7 @@ class SrmRunner:
             StartCriticalServices: self._do_start_services, MoveUsers: self._do_move_users,
             StartTimer: self._do_start_timer, CancelTimer: self._do_cancel_timer, NotifyPeer: self._do_notify_peer,
             DisconnectClients: self._do_disconnect, ActivateInactiveSessions: self._do_activate,
+            DemoteClients: self._do_demote,
             CheckPeerLiveness: self._do_check_peer, RefuseAdminRequest: self._do_refuse,
         }
         try:
@@ -412,16 +414,29 @@ class SrmRunner:
     async def _do_notify_peer(self, a: NotifyPeer) -> None:
         await self._peer.send(self._stamp(a.msg) if isinstance(a.msg, HeartbeatReceived) else a.msg)
 
-    async def _do_disconnect(self, a: DisconnectClients) -> None:
+    async def _usernames(self, kind: ClientKind) -> tuple[str | None, set[str]]:
+        """(the owner node of `kind`, the usernames assigned to it)."""
         m = self._machine
         assert m is not None
-        owner = m.node if a.kind is ClientKind.OWN_USERS else m.peer
+        owner = m.node if kind is ClientKind.OWN_USERS else m.peer
+        if owner is None:
+            return None, set()
+        async with self._db() as session:
+            return owner, {u.username for u in await users.list_users(session, owner)}
+
+    async def _do_disconnect(self, a: DisconnectClients) -> None:
+        owner, names = await self._usernames(a.kind)
         if owner is None:
             return
-        async with self._db() as session:
-            names = {u.username for u in await users.list_users(session, owner)}
         ended = await self._handover.let_go(names, redirect_error(self.node, self.redirect_target()))
         log.info("srm %s: disconnected %d session(s) of %s's users", self.node, ended, owner)
+
+    async def _do_demote(self, a: DemoteClients) -> None:
+        owner, names = await self._usernames(a.kind)
+        if owner is not None:
+            demoted = self._handover.demote(names)
+            log.info("srm %s: demoted %d session(s) of %s's users until the peer serves them", self.node, demoted,
+                     owner)
 
     async def _do_activate(self, a: ActivateInactiveSessions) -> None:
         # SPEC §8: the backup connections of the users taken over carry on, activated by

@@ -18,14 +18,14 @@ Rules of this module:
   `JOINT`, except the states listed in `DEFAULTS_ONLY`, which deliberately take
   every event from `ANY_STATE` and the joint defaults (a unit test prints the whole
   (state, event) matrix and fails on a state that is in neither).
-- Safety (SPEC §9): a move takes users only from a node that has stopped or
-  disconnected them, is dead (no database lease), or is letting them go (a manual
-  failover's Failing Over, a fallback's Falling Back: it admits no new login of them
-  and keeps their connections only until the peer confirms the committed move; then
-  it redirects them to the peer, which serves them already: make before break, issue
-  #18). A node that loses the database stops its services. States entered while a
-  move is in flight accept no new logins (`SERVES`); the move's epoch compare-and-set
-  settles any race.
+- Safety (SPEC §9): a move takes users only from a node that has stopped,
+  disconnected or demoted them, or is dead (no database lease). A manual failover
+  (Failing Over) and a fallback (Falling Back) demote: the sessions get no traffic
+  and the node admits no new login of those users, but it keeps their connections
+  until the peer confirms the committed move, then redirects them to the peer, which
+  serves them already (make before break, issue #18). A node that loses the database
+  stops its services. States entered while a move is in flight accept no new logins
+  (`SERVES`); the move's epoch compare-and-set settles any race.
 """
 
 from __future__ import annotations
@@ -142,6 +142,8 @@ class Step(Enum):
     TELL_PEER_REBOOTING = auto()  # NotifyPeer(PeerRebooted())
     SEND_HEARTBEAT = auto()  # NotifyPeer(HeartbeatReceived(...))
     DISCONNECT_PEER_USERS = auto()  # DisconnectClients(PEER_USERS)
+    DEMOTE_OWN_USERS = auto()  # DemoteClients(OWN_USERS)
+    DEMOTE_PEER_USERS = auto()  # DemoteClients(PEER_USERS)
     ACTIVATE_PEER_SESSIONS = auto()  # ActivateInactiveSessions(peer)
     ACTIVATE_OWN_SESSIONS = auto()  # ActivateInactiveSessions(me)
     PROBE_PEER = auto()  # CheckPeerLiveness(peer)
@@ -345,7 +347,8 @@ TRANSITIONS: dict[tuple[NodeState, type[Event]], tuple[Transition, ...]] = {
     (S.IDLE, AdminRequestedRecovery): _RESTART_IDLE,  # §6 rows 5-6
     (S.IDLE, AdminRequestedFallback): (T(S.TAKING_BACK, R.ON_ADMIN_REQUEST, (K.START_SERVICES,)),),  # §6 rows 3 -> 4
     (S.NORMAL, AdminRequestedFailover): (  # §6 row 2
-        T(S.FAILING_OVER, R.ON_ADMIN_REQUEST, (K.ASK_PEER_TO_TAKE_OVER,), guard=peer_is_normal),  # §6 row 2, §8
+        T(S.FAILING_OVER, R.ON_ADMIN_REQUEST, (K.DEMOTE_OWN_USERS, K.ASK_PEER_TO_TAKE_OVER),  # §6 row 2, §8
+          guard=peer_is_normal),
         *_REFUSE,  # §6 row 2
     ),
     (S.NORMAL, PeerRequestedTakeover): (  # §6 rows 2, 12, 13
@@ -395,7 +398,7 @@ TRANSITIONS: dict[tuple[NodeState, type[Event]], tuple[Transition, ...]] = {
     (S.FAILING_OVER, PeerConnectionRefused): _FAIL_UNKNOWN,  # §6 row 21
     (S.FAILING_OVER, PeerRebooted): _FAIL_UNKNOWN,  # §6 row 21
     (S.RUNNING_IN_BACKUP_MODE, PeerRequestedTakeBack): (  # §6 rows 4, 10
-        T(S.FALLING_BACK, FROM_EVENT, (K.CONFIRM_RELEASE,)),  # §6 rows 4, 10: disconnected once taken back
+        T(S.FALLING_BACK, FROM_EVENT, (K.DEMOTE_PEER_USERS, K.CONFIRM_RELEASE)),  # §6 rows 4, 10, §8
     ),
     (S.RUNNING_IN_BACKUP_MODE, PeerRequestedTakeover): (  # §6 row 8: repeated request
         T(None, SAME, (K.CONFIRM_TAKEOVER,)),  # §6 row 8: repeated request
@@ -412,7 +415,7 @@ TRANSITIONS: dict[tuple[NodeState, type[Event]], tuple[Transition, ...]] = {
           (K.STOP_SERVICES, K.TELL_PEER_FAILED)),
     ),
     (S.BACKUP_ACTIVATED, PeerRequestedTakeBack): (  # §6 rows 22-23 way back
-        T(S.FALLING_BACK, FROM_EVENT, (K.CONFIRM_RELEASE,)),  # §6 rows 22-23 way back
+        T(S.FALLING_BACK, FROM_EVENT, (K.DEMOTE_PEER_USERS, K.CONFIRM_RELEASE)),  # §6 rows 22-23 way back
     ),
     (S.BACKUP_ACTIVATED, PeerRequestedTakeover): (  # §6 rows 22-23: repeated request
         T(None, SAME, (K.CONFIRM_TAKEOVER,)),  # §6 rows 22-23: repeated request
@@ -426,7 +429,7 @@ TRANSITIONS: dict[tuple[NodeState, type[Event]], tuple[Transition, ...]] = {
     ),
     (S.FALLING_BACK, PeerTookBack): _TOOK_BACK,  # §6 rows 4, 9, 10 -> 1
     (S.FALLING_BACK, PeerRequestedTakeBack): (  # §6 row 9: repeated request
-        T(None, SAME, (K.CONFIRM_RELEASE,)),  # §6 row 9: repeated request
+        T(None, SAME, (K.DEMOTE_PEER_USERS, K.CONFIRM_RELEASE)),  # §6 row 9: repeated request
     ),
     (S.FALLING_BACK, HeartbeatTimedOut): _FAIL_UNKNOWN,  # §6 row 21
     (S.FALLING_BACK, PeerConnectionRefused): _FAIL_UNKNOWN,  # §6 row 21

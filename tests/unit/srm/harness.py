@@ -13,8 +13,8 @@ Rules of this module:
   accepts the user's assigned node (`SrmMachine.serving`). Sessions end only through
   the machine's actions (StopCriticalServices, DisconnectClients) or a crash.
 - After every event the safety invariant of SPEC §9 is checked: no user has a
-  session on both nodes, except the sessions a node lets go (`Pair._letting_go`:
-  kept in Failing Over / Falling Back until the peer confirms it serves their users).
+  session on both nodes that gets traffic: a demoted session (`DemoteClients`, make
+  before break) stays open without traffic until the node closes it.
 - `db_down` / `db_up` feed the machine's database events directly (the table's
   rows). With `db_checks=True` each node also runs `liveness.DatabaseLiveness` as
   the real watch does: `advance()` checks every node's database every
@@ -34,6 +34,7 @@ from presence_ha.server.srm.actions import (
     CancelTimer,
     CheckPeerLiveness,
     ClientKind,
+    DemoteClients,
     DisconnectClients,
     MoveUsers,
     NotifyPeer,
@@ -79,7 +80,6 @@ from presence_ha.server.srm.table import InvalidTransition, NodeState, Reason
 
 MAX_STEPS = 5000
 USERS_PER_NODE = 3
-LETTING_GO = frozenset({NodeState.FAILING_OVER, NodeState.FALLING_BACK})  # see Pair._letting_go
 DEFAULT_TIMERS = SrmTimers()
 
 
@@ -97,6 +97,7 @@ class Node:
     service_fault: bool = False
     db_ok: bool = True
     sessions: set[str] = field(default_factory=set)
+    demoted: set[str] = field(default_factory=set)  # sessions kept open, without traffic (DemoteClients)
     persisted: tuple[NodeState, Reason, int] = (NodeState.INITIALIZING, Reason.INITIALIZATION, 0)
     liveness: DatabaseLiveness = field(default_factory=DatabaseLiveness)
 
@@ -305,7 +306,7 @@ class Pair:
             case PersistState(state, reason, epoch):
                 node.persisted = (state, reason, epoch)
             case StopCriticalServices():
-                node.services_up, node.sessions = False, set()
+                node.services_up, node.sessions, node.demoted = False, set(), set()
             case StartCriticalServices():
                 node.services_up = not node.service_fault
                 event = CriticalServiceStartFailed("router") if node.service_fault else CriticalServicesRestored()
@@ -325,6 +326,10 @@ class Pair:
             case DisconnectClients(kind):
                 owner = name if kind is ClientKind.OWN_USERS else self.other(name)
                 node.sessions = {u for u in node.sessions if self.assigned[u] != owner}
+                node.demoted &= node.sessions
+            case DemoteClients(kind):
+                owner = name if kind is ClientKind.OWN_USERS else self.other(name)
+                node.demoted |= {u for u in node.sessions if self.assigned[u] == owner}
             case CheckPeerLiveness(peer):
                 self._probe(name, peer)
             case RefuseAdminRequest():
@@ -388,19 +393,9 @@ class Pair:
                 if active == node.name and self.assigned[u] in serving
             }
 
-    def _letting_go(self, node: Node) -> set[str]:
-        """Sessions `node` keeps only until the peer confirms it serves their users: a
-        manual failover's Failing Over or a fallback's Falling Back, for users whose
-        active node is the peer now (make before break, issue #18). The node admits no
-        new login of them, and leaving that state (the confirmation, or a failure)
-        disconnects them."""
-        if node.machine is None or node.machine.state not in LETTING_GO:
-            return set()
-        return {u for u in node.sessions if self.active[u] != node.name}
-
     def _check_safety(self) -> None:
         a, b = self.nodes.values()
-        both = (a.sessions - self._letting_go(a)) & (b.sessions - self._letting_go(b))
+        both = (a.sessions - a.demoted) & (b.sessions - b.demoted)
         if both:
             raise SafetyViolation(f"served by both nodes: {sorted(both)}\n" + "\n".join(self.transcript[-30:]))
 

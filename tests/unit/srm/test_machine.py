@@ -17,6 +17,7 @@ from presence_ha.server.srm import table as table_module
 from presence_ha.server.srm.actions import (
     CheckPeerLiveness,
     ClientKind,
+    DemoteClients,
     DisconnectClients,
     MoveUsers,
     NotifyPeer,
@@ -90,7 +91,8 @@ def test_manual_failover_redirects_only_once_the_peer_took_over() -> None:
     m = normal_machine()
     actions = m.handle(AdminRequestedFailover())
     assert isinstance(actions[0], PersistState) and actions[0].state is N.FAILING_OVER
-    assert NotifyPeer(PeerRequestedTakeover(R.ON_ADMIN_REQUEST)) in actions
+    demote = actions.index(DemoteClients(ClientKind.OWN_USERS))
+    assert demote < actions.index(NotifyPeer(PeerRequestedTakeover(R.ON_ADMIN_REQUEST)))  # no traffic, still open
     assert StopCriticalServices() not in actions
     assert m.serving == frozenset()
     actions = m.handle(PeerTookOver(6))
@@ -110,7 +112,8 @@ def test_fallback_disconnects_the_peer_users_only_once_taken_back() -> None:
     m.handle(PeerRequestedTakeover(R.ON_ADMIN_REQUEST))
     m.handle(UsersMoved(6))
     actions = m.handle(PeerRequestedTakeBack(R.ON_ADMIN_REQUEST))
-    assert m.state is N.FALLING_BACK and NotifyPeer(PeerReleasedUsers()) in actions
+    assert m.state is N.FALLING_BACK
+    assert actions.index(DemoteClients(ClientKind.PEER_USERS)) < actions.index(NotifyPeer(PeerReleasedUsers()))
     assert DisconnectClients(ClientKind.PEER_USERS) not in actions
     assert m.serving == frozenset({"n1"})
     actions = m.handle(PeerTookBack(7))
