@@ -29,6 +29,7 @@ from presence_ha.server.context import FeatureContext
 from presence_ha.server.services import HANDOVER_CLOSE_S
 from presence_ha.server.sessions import Session, SessionKind
 from presence_ha.server.xmpp.errors import StreamError
+from presence_ha.server.xmpp.jid import JID
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,27 @@ class Handover:
             session.kind = SessionKind.INACTIVE
         self._demoted = {id(s): s for s in chosen}  # for `let_go` (the latest demotion only)
         return len(chosen)
+
+    def demoted_users(self, names: set[str]) -> set[str]:
+        """Those of `names` that have a session `demote` demoted (not yet let go)."""
+        return {s.jid.local or "" for s in self._demoted.values() if s.jid.local in names}
+
+    async def forward_queued(self, names: set[str]) -> int:
+        """The offline messages of `names` (demoted here, served by the peer now) are
+        delivered again: a message stored here while the users were demoted, after the
+        peer had handed their queue to the activated sessions, would otherwise wait for
+        the users' next login. Call once routing follows the move. Returns how many."""
+        ctx, forwarded = self._clients.ctx, 0
+        for name in sorted(names):
+            try:
+                stanzas = await ctx.store.pop_offline(JID(name, ctx.domain))
+            except DatabaseUnavailable as exc:
+                log.warning("srm %s: cannot hand over the queued messages of %s: %s", self.node, name, exc)
+                continue
+            for stanza in stanzas:
+                await ctx.deliver(stanza)
+                forwarded += 1
+        return forwarded
 
     async def activate(self, owner: str, on_active: Callable[[], None]) -> int:
         """Activate the inactive sessions of `owner`'s users served here; `on_active()`

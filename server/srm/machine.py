@@ -107,6 +107,7 @@ _FIXED: dict[Step, Action] = {
     Step.STOP_SERVICES: StopCriticalServices(),
     Step.START_SERVICES: StartCriticalServices(),
     Step.DISCONNECT_PEER_USERS: DisconnectClients(ClientKind.PEER_USERS),
+    Step.DISCONNECT_OWN_USERS: DisconnectClients(ClientKind.OWN_USERS),
     Step.DEMOTE_OWN_USERS: DemoteClients(ClientKind.OWN_USERS),
     Step.DEMOTE_PEER_USERS: DemoteClients(ClientKind.PEER_USERS),
 }

@@ -428,8 +428,16 @@ class SrmRunner:
         owner, names = await self._usernames(a.kind)
         if owner is None:
             return
+        demoted = self._handover.demoted_users(names)
         ended = await self._handover.let_go(names, redirect_error(self.node, self.redirect_target()))
         log.info("srm %s: disconnected %d session(s) of %s's users", self.node, ended, owner)
+        if demoted:
+            # The peer serves the users it took from us (make before break): route to it
+            # from now on, and hand it what was queued here for them while they were demoted.
+            self._cluster.users_moved(False)
+            forwarded = await self._handover.forward_queued(demoted)
+            log.info("srm %s: %d message(s) queued here for %d demoted user(s) routed to their node", self.node,
+                     forwarded, len(demoted))
 
     async def _do_demote(self, a: DemoteClients) -> None:
         owner, names = await self._usernames(a.kind)

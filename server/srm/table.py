@@ -142,6 +142,7 @@ class Step(Enum):
     TELL_PEER_REBOOTING = auto()  # NotifyPeer(PeerRebooted())
     SEND_HEARTBEAT = auto()  # NotifyPeer(HeartbeatReceived(...))
     DISCONNECT_PEER_USERS = auto()  # DisconnectClients(PEER_USERS)
+    DISCONNECT_OWN_USERS = auto()  # DisconnectClients(OWN_USERS)
     DEMOTE_OWN_USERS = auto()  # DemoteClients(OWN_USERS)
     DEMOTE_PEER_USERS = auto()  # DemoteClients(PEER_USERS)
     ACTIVATE_PEER_SESSIONS = auto()  # ActivateInactiveSessions(peer)
@@ -315,7 +316,7 @@ _RESTART_IDLE = (
     T(S.IDLE, R.INITIALIZATION, (K.STOP_SERVICES, K.SEND_HEARTBEAT, K.ARM_HEARTBEAT)),  # §6 rows 5-6
 )
 _TAKEN_OVER = (
-    T(S.IDLE, SAME, (K.STOP_SERVICES,), guard=admin_request),  # §6 row 3: redirected once the peer serves them
+    T(S.IDLE, SAME, (K.DISCONNECT_OWN_USERS, K.STOP_SERVICES), guard=admin_request),  # §6 row 3, §8: peer serves
     T(S.FAILED_OVER_WITH_CRITICAL_SERVICES_NOT_RUNNING, SAME, guard=local_fault),  # §6 rows 12-13
     T(S.FAILED_OVER, SAME, (K.START_SERVICES, K.ARM_AUTO_FALLBACK)),  # §6 row 11 (Initialization)
 )

@@ -2,9 +2,10 @@
 
 The node being failed over (or the backup falling back) demotes its clients' sessions
 (no traffic, connections open) and redirects a client only once its peer serves that
-user: the peer's fenced move is committed and its inactive sessions are active. Real node processes, a standard client (byte-level, no backup
-protocol) and the dual client with no backup connection yet (its re-login limits
-are long: it cannot have opened one). Each redirected client logs in on the node it
+user: the peer's fenced move is committed and its inactive sessions are active.
+Real node processes, a standard client (byte-level, no backup protocol) and the dual
+client with no backup connection yet (its re-login limits are long: it cannot have
+opened one). Each redirected client logs in on the node it
 was sent to at the first try and is served there; none is sent back.
 """
 

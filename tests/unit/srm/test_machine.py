@@ -97,7 +97,8 @@ def test_manual_failover_redirects_only_once_the_peer_took_over() -> None:
     assert m.serving == frozenset()
     actions = m.handle(PeerTookOver(6))
     assert (m.state, m.reason) == (N.IDLE, R.ON_ADMIN_REQUEST)
-    assert actions.index(PersistState(N.IDLE, R.ON_ADMIN_REQUEST, 6)) < actions.index(StopCriticalServices())
+    assert actions.index(PersistState(N.IDLE, R.ON_ADMIN_REQUEST, 6)) < actions.index(
+        DisconnectClients(ClientKind.OWN_USERS)) < actions.index(StopCriticalServices())
 
 
 def test_fault_failover_still_stops_first() -> None:
