@@ -12,7 +12,8 @@ Rules of this module:
   presence (probes) and queued offline messages. No record (the old node ended it
   cleanly): the session stays unavailable and the client sends its own presence.
 - `activate_all` activates every INACTIVE session of a user this node serves now and
-  tells each with an IQ set `<activated reason='takeover'/>` push.
+  tells each with an IQ set `<activated reason='takeover'/>` push (`push_all`), then
+  announces their presences (`announce_all`); the SRM runs the two passes apart.
 - One failed announcement never stops the others: it is logged.
 """
 
@@ -84,14 +85,28 @@ async def activate_all(ctx: FeatureContext, owner_node: str, on_active: Callable
     gets its `<activated/>` push (two database reads in all); then `on_active()` runs
     (also if the first pass failed: the caller's stanzas must not wait for ever) and
     the presences are announced, `ANNOUNCE_CONCURRENCY` sessions at a time."""
+    pushed = await push_all(ctx, owner_node, on_active)
+    await announce_all(ctx, pushed)
+    return len(pushed)
+
+
+async def push_all(ctx: FeatureContext, owner_node: str, on_active: Callable[[], None] = lambda: None) -> list[Session]:
+    """The first pass of `activate_all`: every inactive session of a user served here
+    is ACTIVE and pushed `<activated/>`; then `on_active()`. Returns those sessions,
+    for `announce_all` (the SRM confirms a takeover between the two passes: the peer
+    may redirect its clients as soon as the sessions here are active)."""
     try:
         pushed = await _activate_now(ctx)
     finally:
         on_active()
     log.info("activated %d inactive session(s) of %s's users on %s", len(pushed), owner_node, ctx.node_name)
-    for i in range(0, len(pushed), ANNOUNCE_CONCURRENCY):
-        await asyncio.gather(*(announce(ctx, s) for s in pushed[i:i + ANNOUNCE_CONCURRENCY]))
-    return len(pushed)
+    return pushed
+
+
+async def announce_all(ctx: FeatureContext, sessions: list[Session]) -> None:
+    """The second pass: announce the restored presences, `ANNOUNCE_CONCURRENCY` at a time."""
+    for i in range(0, len(sessions), ANNOUNCE_CONCURRENCY):
+        await asyncio.gather(*(announce(ctx, s) for s in sessions[i:i + ANNOUNCE_CONCURRENCY]))
 
 
 async def _activate_now(ctx: FeatureContext) -> list[Session]:

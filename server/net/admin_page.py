@@ -158,6 +158,7 @@ class StoredView:
     reason: Reason
     peer_state: NodeState | None
     move_in_flight: bool = False
+    move_retried: bool = False
 
 
 def table_allows(view: StoredView, request: Event) -> bool:

@@ -97,6 +97,17 @@ class DisconnectClients(Action):
 
 
 @dataclass(frozen=True)
+class DemoteClients(Action):
+    """Turn the ACTIVE sessions of `kind` here INACTIVE, connections kept open: no
+    traffic reaches them (it waits in offline storage for the peer) and their end
+    announces no unavailable. Make before break (issue #18): a node letting its users
+    go demotes them before the peer takes them, and closes them (`DisconnectClients`,
+    `StopCriticalServices`: redirected to the peer) only once the peer serves them."""
+
+    kind: ClientKind
+
+
+@dataclass(frozen=True)
 class ActivateInactiveSessions(Action):
     """Route traffic to the inactive (backup) sessions of `owner`'s users here."""
 

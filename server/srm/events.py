@@ -253,10 +253,15 @@ class UsersMoved(Event):
 
 @dataclass(frozen=True)
 class MoveUsersFailed(Event):
-    """`MoveUsers(..., epoch)` lost its compare-and-set or hit a database error."""
+    """`MoveUsers(..., epoch)` lost its compare-and-set or hit a database error.
+
+    `stored_epoch`: the group epoch the compare-and-set found (None: a database error,
+    nothing read). `peer_reachable`: the SRM link to the peer was up when it failed."""
 
     epoch: int
     detail: str = ""
+    stored_epoch: int | None = None
+    peer_reachable: bool = True
 
 
 PeerMessage = (
@@ -286,4 +291,6 @@ def observed_epoch(event: Event) -> int | None:
         return event.peer_epoch
     if isinstance(event, (SrmStarted, UsersMoved, PeerTookOver, PeerTookBack)):
         return event.epoch
+    if isinstance(event, MoveUsersFailed):
+        return event.stored_epoch
     return None

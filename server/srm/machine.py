@@ -26,6 +26,7 @@ from presence_ha.server.srm.actions import (
     CancelTimer,
     CheckPeerLiveness,
     ClientKind,
+    DemoteClients,
     DisconnectClients,
     MoveUsers,
     NotifyPeer,
@@ -106,6 +107,9 @@ _FIXED: dict[Step, Action] = {
     Step.STOP_SERVICES: StopCriticalServices(),
     Step.START_SERVICES: StartCriticalServices(),
     Step.DISCONNECT_PEER_USERS: DisconnectClients(ClientKind.PEER_USERS),
+    Step.DISCONNECT_OWN_USERS: DisconnectClients(ClientKind.OWN_USERS),
+    Step.DEMOTE_OWN_USERS: DemoteClients(ClientKind.OWN_USERS),
+    Step.DEMOTE_PEER_USERS: DemoteClients(ClientKind.PEER_USERS),
 }
 
 
@@ -136,6 +140,7 @@ class SrmMachine:
         self._peer_state: NodeState | None = None
         self._peer_reason: Reason | None = None
         self._move_in_flight = False
+        self._move_retried = False  # the current takeover already retried once (table.dead_peer_moved_first)
 
     # --- read-only view -----------------------------------------------------------
 
@@ -188,6 +193,11 @@ class SrmMachine:
     def move_in_flight(self) -> bool:
         """A MoveUsers awaits its result."""
         return self._move_in_flight
+
+    @property
+    def move_retried(self) -> bool:
+        """The takeover in progress retried its move after losing the compare-and-set."""
+        return self._move_retried
 
     @property
     def serving(self) -> frozenset[str]:
@@ -244,11 +254,13 @@ class SrmMachine:
         """Bookkeeping that every event does before its row applies."""
         if isinstance(event, (SrmStarted, AdminRequestedRecovery)):
             self._peer_state = self._peer_reason = None
-            self._move_in_flight = False
+            self._move_in_flight = self._move_retried = False
         if isinstance(event, PeerReport):
             self._peer_state, self._peer_reason = event.peer_state, event.peer_reason
         if isinstance(event, (UsersMoved, MoveUsersFailed)):
             self._move_in_flight = False
+        if isinstance(event, UsersMoved):
+            self._move_retried = False
         seen = observed_epoch(event)
         if seen is not None and seen > self._epoch:
             self._epoch = seen
@@ -285,17 +297,18 @@ class SrmMachine:
         if self._peer is None:
             return []  # the remaining steps all concern the peer
         if step is Step.TAKE_PEER_USERS:
-            return self._move(assigned_node=None)
+            return self._move(None, event)
         if step is Step.TAKE_BACK_OWN_USERS:
-            return self._move(assigned_node=self._node)
+            return self._move(self._node, event)
         if step is Step.ACTIVATE_PEER_SESSIONS:
             return [ActivateInactiveSessions(self._peer)]
         if step is Step.PROBE_PEER:
             return [CheckPeerLiveness(self._peer)]
         return self._arm(step)
 
-    def _move(self, assigned_node: str | None) -> list[Action]:
+    def _move(self, assigned_node: str | None, event: Event) -> list[Action]:
         assert self._peer is not None
+        self._move_retried = isinstance(event, MoveUsersFailed)  # the fenced retry (table.dead_peer_moved_first)
         self._move_in_flight = True
         return [MoveUsers(self._peer, self._node, self._epoch + 1, assigned_node)]
 

@@ -21,6 +21,8 @@ Rules of this module:
   heartbeat sent carries the watch's report of this node's database checks, and
   every heartbeat received gives the peer's to the watch (issue #17: a promotion
   that both nodes see is no Database Failure).
+- A lost compare-and-set reports the epoch it found and whether the peer's SRM link
+  was up (`MoveUsersFailed`): the table decides whether a takeover retries once.
 - A state the database refused to store (`PersistState` failed) is written again
   once the database answers (`db_back`), with the machine's state at that moment.
 - `InvalidTransition` is logged, counted and fed back as `InternalErrorOccurred`.
@@ -52,6 +54,7 @@ from presence_ha.server.srm.actions import (
     CancelTimer,
     CheckPeerLiveness,
     ClientKind,
+    DemoteClients,
     DisconnectClients,
     MoveUsers,
     NotifyPeer,
@@ -312,6 +315,7 @@ class SrmRunner:
             StartCriticalServices: self._do_start_services, MoveUsers: self._do_move_users,
             StartTimer: self._do_start_timer, CancelTimer: self._do_cancel_timer, NotifyPeer: self._do_notify_peer,
             DisconnectClients: self._do_disconnect, ActivateInactiveSessions: self._do_activate,
+            DemoteClients: self._do_demote,
             CheckPeerLiveness: self._do_check_peer, RefuseAdminRequest: self._do_refuse,
         }
         try:
@@ -388,7 +392,8 @@ class SrmRunner:
                     await srm_state.restore_users(session, self._setup.group, a.dst, expected_epoch=a.epoch - 1)
         except (FencingConflict, DatabaseUnavailable, SQLAlchemyError) as exc:
             log.warning("srm %s: moving users %s -> %s failed: %s", self.node, a.src, a.dst, exc)
-            self._inbox.put(Item(MoveUsersFailed(a.epoch, str(exc)), machine_gen=gen))
+            stored = exc.actual if isinstance(exc, FencingConflict) else None
+            self._inbox.put(Item(MoveUsersFailed(a.epoch, str(exc), stored, self._peer.up), machine_gen=gen))
             return
         log.info("srm %s: users of %s now active on %s (epoch %d)", self.node, a.src, a.dst, a.epoch)
         self._cluster.users_moved(a.dst == self.node)  # routing must follow the move before anything acts on it
@@ -412,16 +417,37 @@ class SrmRunner:
     async def _do_notify_peer(self, a: NotifyPeer) -> None:
         await self._peer.send(self._stamp(a.msg) if isinstance(a.msg, HeartbeatReceived) else a.msg)
 
-    async def _do_disconnect(self, a: DisconnectClients) -> None:
+    async def _usernames(self, kind: ClientKind) -> tuple[str | None, set[str]]:
+        """(the owner node of `kind`, the usernames assigned to it)."""
         m = self._machine
         assert m is not None
-        owner = m.node if a.kind is ClientKind.OWN_USERS else m.peer
+        owner = m.node if kind is ClientKind.OWN_USERS else m.peer
+        if owner is None:
+            return None, set()
+        async with self._db() as session:
+            return owner, {u.username for u in await users.list_users(session, owner)}
+
+    async def _do_disconnect(self, a: DisconnectClients) -> None:
+        owner, names = await self._usernames(a.kind)
         if owner is None:
             return
-        async with self._db() as session:
-            names = {u.username for u in await users.list_users(session, owner)}
+        demoted = self._handover.demoted_users(names)
         ended = await self._handover.let_go(names, redirect_error(self.node, self.redirect_target()))
         log.info("srm %s: disconnected %d session(s) of %s's users", self.node, ended, owner)
+        if demoted:
+            # The peer serves the users it took from us (make before break): route to it
+            # from now on, and hand it what was queued here for them while they were demoted.
+            self._cluster.users_moved(False)
+            forwarded = await self._handover.forward_queued(demoted)
+            log.info("srm %s: %d message(s) queued here for %d demoted user(s) routed to their node", self.node,
+                     forwarded, len(demoted))
+
+    async def _do_demote(self, a: DemoteClients) -> None:
+        owner, names = await self._usernames(a.kind)
+        if owner is not None:
+            demoted = self._handover.demote(names)
+            log.info("srm %s: demoted %d session(s) of %s's users until the peer serves them", self.node, demoted,
+                     owner)
 
     async def _do_activate(self, a: ActivateInactiveSessions) -> None:
         # SPEC §8: the backup connections of the users taken over carry on, activated by

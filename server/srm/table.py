@@ -18,8 +18,12 @@ Rules of this module:
   `JOINT`, except the states listed in `DEFAULTS_ONLY`, which deliberately take
   every event from `ANY_STATE` and the joint defaults (a unit test prints the whole
   (state, event) matrix and fails on a state that is in neither).
-- Safety (SPEC §9): a move takes users only from a node that has stopped or
-  disconnected them, or is dead (no database lease); a node that loses the database
+- Safety (SPEC §9): a move takes users only from a node that has stopped,
+  disconnected or demoted them, or is dead (no database lease). A manual failover
+  (Failing Over) and a fallback (Falling Back) demote: the sessions get no traffic
+  and the node admits no new login of those users, but it keeps their connections
+  until the peer confirms the committed move, then redirects them to the peer, which
+  serves them already (make before break, issue #18). A node that loses the database
   stops its services. States entered while a move is in flight accept no new logins
   (`SERVES`); the move's epoch compare-and-set settles any race.
 """
@@ -138,6 +142,9 @@ class Step(Enum):
     TELL_PEER_REBOOTING = auto()  # NotifyPeer(PeerRebooted())
     SEND_HEARTBEAT = auto()  # NotifyPeer(HeartbeatReceived(...))
     DISCONNECT_PEER_USERS = auto()  # DisconnectClients(PEER_USERS)
+    DISCONNECT_OWN_USERS = auto()  # DisconnectClients(OWN_USERS)
+    DEMOTE_OWN_USERS = auto()  # DemoteClients(OWN_USERS)
+    DEMOTE_PEER_USERS = auto()  # DemoteClients(PEER_USERS)
     ACTIVATE_PEER_SESSIONS = auto()  # ActivateInactiveSessions(peer)
     ACTIVATE_OWN_SESSIONS = auto()  # ActivateInactiveSessions(me)
     PROBE_PEER = auto()  # CheckPeerLiveness(peer)
@@ -178,6 +185,8 @@ class MachineView(Protocol):
     def peer_state(self) -> NodeState | None: ...
     @property
     def move_in_flight(self) -> bool: ...
+    @property
+    def move_retried(self) -> bool: ...
 
 
 Guard = Callable[[MachineView, Event], bool]
@@ -259,6 +268,18 @@ def no_move_in_flight(view: MachineView, event: Event) -> bool:
     return not view.move_in_flight
 
 
+PEER_DEATH = frozenset({Reason.PEER_DOWN, Reason.PEER_REBOOT, Reason.PEER_DOWN_DURING_INITIALIZATION})
+
+
+def dead_peer_moved_first(view: MachineView, event: Event) -> bool:
+    """A takeover of a dead peer's users lost its compare-and-set because the epoch
+    moved on: the peer committed a move and died before telling us (issue #18). The
+    peer is still unreachable, so nobody else can hold the users: retry once with the
+    epoch found (the retry is fenced again; a second loss is SPEC row 19)."""
+    return (isinstance(event, MoveUsersFailed) and view.reason in PEER_DEATH and not view.move_retried
+            and event.stored_epoch is not None and event.stored_epoch >= event.epoch and not event.peer_reachable)
+
+
 def peer_failed_while_running(view: MachineView, event: Event) -> bool:
     """The peer is in failed mode and this node runs (not restarting, not failed)."""
     settled = view.state not in (NodeState.RUNNING_IN_FAILED_MODE, NodeState.UNKNOWN)
@@ -295,13 +316,14 @@ _RESTART_IDLE = (
     T(S.IDLE, R.INITIALIZATION, (K.STOP_SERVICES, K.SEND_HEARTBEAT, K.ARM_HEARTBEAT)),  # §6 rows 5-6
 )
 _TAKEN_OVER = (
-    T(S.IDLE, SAME, guard=admin_request),  # §6 row 3
+    T(S.IDLE, SAME, (K.DISCONNECT_OWN_USERS, K.STOP_SERVICES), guard=admin_request),  # §6 row 3, §8: peer serves
     T(S.FAILED_OVER_WITH_CRITICAL_SERVICES_NOT_RUNNING, SAME, guard=local_fault),  # §6 rows 12-13
     T(S.FAILED_OVER, SAME, (K.START_SERVICES, K.ARM_AUTO_FALLBACK)),  # §6 row 11 (Initialization)
 )
 _TOOK_BACK = (
-    T(S.TAKING_BACK, R.INITIALIZATION, (K.START_SERVICES,), guard=initializing),  # §6 row 9: reclaim own users too
-    T(S.NORMAL, R.NORMAL, (K.CANCEL_SERVICE_DELAY,)),  # §6 rows 4 -> 1
+    T(S.TAKING_BACK, R.INITIALIZATION, (K.DISCONNECT_PEER_USERS, K.START_SERVICES),  # §6 row 9: reclaim own users too
+      guard=initializing),
+    T(S.NORMAL, R.NORMAL, (K.DISCONNECT_PEER_USERS, K.CANCEL_SERVICE_DELAY)),  # §6 rows 4 -> 1: make before break
 )
 _REFUSE = (T(None, SAME, (K.REFUSE,)),)  # §7: the admin button is not offered in this state
 
@@ -326,7 +348,7 @@ TRANSITIONS: dict[tuple[NodeState, type[Event]], tuple[Transition, ...]] = {
     (S.IDLE, AdminRequestedRecovery): _RESTART_IDLE,  # §6 rows 5-6
     (S.IDLE, AdminRequestedFallback): (T(S.TAKING_BACK, R.ON_ADMIN_REQUEST, (K.START_SERVICES,)),),  # §6 rows 3 -> 4
     (S.NORMAL, AdminRequestedFailover): (  # §6 row 2
-        T(S.FAILING_OVER, R.ON_ADMIN_REQUEST, (K.STOP_SERVICES, K.ASK_PEER_TO_TAKE_OVER),  # §6 row 2
+        T(S.FAILING_OVER, R.ON_ADMIN_REQUEST, (K.DEMOTE_OWN_USERS, K.ASK_PEER_TO_TAKE_OVER),  # §6 row 2, §8
           guard=peer_is_normal),
         *_REFUSE,  # §6 row 2
     ),
@@ -368,6 +390,7 @@ TRANSITIONS: dict[tuple[NodeState, type[Event]], tuple[Transition, ...]] = {
         T(S.RUNNING_IN_BACKUP_MODE, SAME, (K.ACTIVATE_PEER_SESSIONS, K.CONFIRM_TAKEOVER)),  # §6 rows 22-23 / row 3
     ),
     (S.TAKING_OVER, MoveUsersFailed): (  # §6 row 19
+        T(None, SAME, (K.TAKE_PEER_USERS,), guard=dead_peer_moved_first),  # §6 rows 16-18: fenced retry, once
         T(S.RUNNING_IN_FAILED_MODE, R.TAKE_OVER_USERS_FAILED, (K.STOP_SERVICES, K.TELL_PEER_FAILED)),  # §6 row 19
     ),
     (S.TAKING_OVER, PeerRequestedTakeBack): IGNORE,  # §9 not releasing users while taking them; the epoch settles it
@@ -376,7 +399,7 @@ TRANSITIONS: dict[tuple[NodeState, type[Event]], tuple[Transition, ...]] = {
     (S.FAILING_OVER, PeerConnectionRefused): _FAIL_UNKNOWN,  # §6 row 21
     (S.FAILING_OVER, PeerRebooted): _FAIL_UNKNOWN,  # §6 row 21
     (S.RUNNING_IN_BACKUP_MODE, PeerRequestedTakeBack): (  # §6 rows 4, 10
-        T(S.FALLING_BACK, FROM_EVENT, (K.DISCONNECT_PEER_USERS, K.CONFIRM_RELEASE)),  # §6 rows 4, 10
+        T(S.FALLING_BACK, FROM_EVENT, (K.DEMOTE_PEER_USERS, K.CONFIRM_RELEASE)),  # §6 rows 4, 10, §8
     ),
     (S.RUNNING_IN_BACKUP_MODE, PeerRequestedTakeover): (  # §6 row 8: repeated request
         T(None, SAME, (K.CONFIRM_TAKEOVER,)),  # §6 row 8: repeated request
@@ -393,7 +416,7 @@ TRANSITIONS: dict[tuple[NodeState, type[Event]], tuple[Transition, ...]] = {
           (K.STOP_SERVICES, K.TELL_PEER_FAILED)),
     ),
     (S.BACKUP_ACTIVATED, PeerRequestedTakeBack): (  # §6 rows 22-23 way back
-        T(S.FALLING_BACK, FROM_EVENT, (K.DISCONNECT_PEER_USERS, K.CONFIRM_RELEASE)),  # §6 rows 22-23 way back
+        T(S.FALLING_BACK, FROM_EVENT, (K.DEMOTE_PEER_USERS, K.CONFIRM_RELEASE)),  # §6 rows 22-23 way back
     ),
     (S.BACKUP_ACTIVATED, PeerRequestedTakeover): (  # §6 rows 22-23: repeated request
         T(None, SAME, (K.CONFIRM_TAKEOVER,)),  # §6 rows 22-23: repeated request
@@ -407,7 +430,7 @@ TRANSITIONS: dict[tuple[NodeState, type[Event]], tuple[Transition, ...]] = {
     ),
     (S.FALLING_BACK, PeerTookBack): _TOOK_BACK,  # §6 rows 4, 9, 10 -> 1
     (S.FALLING_BACK, PeerRequestedTakeBack): (  # §6 row 9: repeated request
-        T(None, SAME, (K.DISCONNECT_PEER_USERS, K.CONFIRM_RELEASE)),  # §6 row 9: repeated request
+        T(None, SAME, (K.DEMOTE_PEER_USERS, K.CONFIRM_RELEASE)),  # §6 row 9: repeated request
     ),
     (S.FALLING_BACK, HeartbeatTimedOut): _FAIL_UNKNOWN,  # §6 row 21
     (S.FALLING_BACK, PeerConnectionRefused): _FAIL_UNKNOWN,  # §6 row 21

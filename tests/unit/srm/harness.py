@@ -13,7 +13,8 @@ Rules of this module:
   accepts the user's assigned node (`SrmMachine.serving`). Sessions end only through
   the machine's actions (StopCriticalServices, DisconnectClients) or a crash.
 - After every event the safety invariant of SPEC §9 is checked: no user has a
-  session on both nodes.
+  session on both nodes that gets traffic: a demoted session (`DemoteClients`, make
+  before break) stays open without traffic until the node closes it.
 - `db_down` / `db_up` feed the machine's database events directly (the table's
   rows). With `db_checks=True` each node also runs `liveness.DatabaseLiveness` as
   the real watch does: `advance()` checks every node's database every
@@ -33,6 +34,7 @@ from presence_ha.server.srm.actions import (
     CancelTimer,
     CheckPeerLiveness,
     ClientKind,
+    DemoteClients,
     DisconnectClients,
     MoveUsers,
     NotifyPeer,
@@ -95,6 +97,7 @@ class Node:
     service_fault: bool = False
     db_ok: bool = True
     sessions: set[str] = field(default_factory=set)
+    demoted: set[str] = field(default_factory=set)  # sessions kept open, without traffic (DemoteClients)
     persisted: tuple[NodeState, Reason, int] = (NodeState.INITIALIZING, Reason.INITIALIZATION, 0)
     liveness: DatabaseLiveness = field(default_factory=DatabaseLiveness)
 
@@ -303,7 +306,7 @@ class Pair:
             case PersistState(state, reason, epoch):
                 node.persisted = (state, reason, epoch)
             case StopCriticalServices():
-                node.services_up, node.sessions = False, set()
+                node.services_up, node.sessions, node.demoted = False, set(), set()
             case StartCriticalServices():
                 node.services_up = not node.service_fault
                 event = CriticalServiceStartFailed("router") if node.service_fault else CriticalServicesRestored()
@@ -323,6 +326,10 @@ class Pair:
             case DisconnectClients(kind):
                 owner = name if kind is ClientKind.OWN_USERS else self.other(name)
                 node.sessions = {u for u in node.sessions if self.assigned[u] != owner}
+                node.demoted &= node.sessions
+            case DemoteClients(kind):
+                owner = name if kind is ClientKind.OWN_USERS else self.other(name)
+                node.demoted |= {u for u in node.sessions if self.assigned[u] == owner}
             case CheckPeerLiveness(peer):
                 self._probe(name, peer)
             case RefuseAdminRequest():
@@ -332,10 +339,13 @@ class Pair:
 
     def _commit(self, name: str, move: MoveUsers) -> None:
         """One database transaction: compare-and-set of the group epoch."""
-        ok = self.nodes[name].db_ok and not self.fail_next_move and self.db_epoch == move.epoch - 1
+        read = self.nodes[name].db_ok and not self.fail_next_move  # the database answered
+        ok = read and self.db_epoch == move.epoch - 1
         self.fail_next_move = False
         if not ok:
-            self.queue.append((name, MoveUsersFailed(move.epoch)))
+            peer = self.nodes[self.other(name)]
+            reachable = self.link_up and peer.machine is not None
+            self.queue.append((name, MoveUsersFailed(move.epoch, "", self.db_epoch if read else None, reachable)))
             return
         for user, active in self.active.items():
             if active == move.src and move.assigned_node in (None, self.assigned[user]):
@@ -385,7 +395,7 @@ class Pair:
 
     def _check_safety(self) -> None:
         a, b = self.nodes.values()
-        both = a.sessions & b.sessions
+        both = (a.sessions - a.demoted) & (b.sessions - b.demoted)
         if both:
             raise SafetyViolation(f"served by both nodes: {sorted(both)}\n" + "\n".join(self.transcript[-30:]))
 

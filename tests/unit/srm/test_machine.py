@@ -16,6 +16,9 @@ from presence_ha.server.srm import machine as machine_module
 from presence_ha.server.srm import table as table_module
 from presence_ha.server.srm.actions import (
     CheckPeerLiveness,
+    ClientKind,
+    DemoteClients,
+    DisconnectClients,
     MoveUsers,
     NotifyPeer,
     PersistState,
@@ -27,10 +30,16 @@ from presence_ha.server.srm.actions import (
 from presence_ha.server.srm.events import (
     AdminRequestedFailover,
     AdminRequestedFallback,
+    CriticalServiceDelayElapsed,
     HeartbeatReceived,
     HeartbeatTimedOut,
+    MoveUsersFailed,
     PeerAliveInDatabase,
+    PeerConnectionRefused,
+    PeerReleasedUsers,
+    PeerRequestedTakeBack,
     PeerRequestedTakeover,
+    PeerTookBack,
     PeerTookOver,
     SrmStarted,
     Timer,
@@ -75,14 +84,42 @@ def test_single_node_group_is_normal_and_silent() -> None:
     assert isinstance(m.handle(AdminRequestedFailover())[-1], RefuseAdminRequest)
 
 
-def test_manual_failover_persists_then_stops_then_tells_peer() -> None:
+def test_manual_failover_redirects_only_once_the_peer_took_over() -> None:
+    """Make before break (issue #18): the node keeps its clients (and admits no new
+    login) until the peer confirms the committed move; then it stops its services,
+    which redirects the clients to the peer that serves them already."""
     m = normal_machine()
     actions = m.handle(AdminRequestedFailover())
     assert isinstance(actions[0], PersistState) and actions[0].state is N.FAILING_OVER
-    stop = actions.index(StopCriticalServices())
-    ask = actions.index(NotifyPeer(PeerRequestedTakeover(R.ON_ADMIN_REQUEST)))
-    assert stop < ask
+    demote = actions.index(DemoteClients(ClientKind.OWN_USERS))
+    assert demote < actions.index(NotifyPeer(PeerRequestedTakeover(R.ON_ADMIN_REQUEST)))  # no traffic, still open
+    assert StopCriticalServices() not in actions
     assert m.serving == frozenset()
+    actions = m.handle(PeerTookOver(6))
+    assert (m.state, m.reason) == (N.IDLE, R.ON_ADMIN_REQUEST)
+    assert actions.index(PersistState(N.IDLE, R.ON_ADMIN_REQUEST, 6)) < actions.index(
+        DisconnectClients(ClientKind.OWN_USERS)) < actions.index(StopCriticalServices())
+
+
+def test_fault_failover_still_stops_first() -> None:
+    m = normal_machine()
+    actions = m.handle(CriticalServiceDelayElapsed())
+    assert actions.index(StopCriticalServices()) < actions.index(
+        NotifyPeer(PeerRequestedTakeover(R.CRITICAL_SERVICES_DOWN)))
+
+
+def test_fallback_disconnects_the_peer_users_only_once_taken_back() -> None:
+    m = normal_machine()
+    m.handle(PeerRequestedTakeover(R.ON_ADMIN_REQUEST))
+    m.handle(UsersMoved(6))
+    actions = m.handle(PeerRequestedTakeBack(R.ON_ADMIN_REQUEST))
+    assert m.state is N.FALLING_BACK
+    assert actions.index(DemoteClients(ClientKind.PEER_USERS)) < actions.index(NotifyPeer(PeerReleasedUsers()))
+    assert DisconnectClients(ClientKind.PEER_USERS) not in actions
+    assert m.serving == frozenset({"n1"})
+    actions = m.handle(PeerTookBack(7))
+    assert (m.state, m.epoch) == (N.NORMAL, 7)
+    assert DisconnectClients(ClientKind.PEER_USERS) in actions
 
 
 def test_takeover_move_is_fenced_by_the_next_epoch() -> None:
@@ -151,3 +188,51 @@ def test_core_imports_no_io(module: object) -> None:
     names = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     names |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
     assert not names & {"asyncio", "socket", "sqlalchemy", "time", "random", "prometheus_client", "logging"}
+
+
+def taking_over_dead_peer(epoch: int = 5) -> SrmMachine:
+    m = normal_machine()
+    actions = m.handle(PeerConnectionRefused())
+    assert (m.state, m.reason) == (N.TAKING_OVER, R.PEER_DOWN)
+    assert MoveUsers("n2", "n1", epoch + 1, None) in actions
+    return m
+
+
+def test_takeover_retries_once_when_a_dead_peer_moved_the_epoch_first() -> None:
+    """Issue #18: the peer committed a move (epoch 6) and died before telling us. Our
+    takeover expected 5 and lost; the peer is unreachable, so we retry, fenced on 6."""
+    m = taking_over_dead_peer()
+    actions = m.handle(MoveUsersFailed(6, "fencing conflict", stored_epoch=6, peer_reachable=False))
+    assert (m.state, m.reason, m.epoch) == (N.TAKING_OVER, R.PEER_DOWN, 6)
+    assert MoveUsers("n2", "n1", 7, None) in actions and m.move_in_flight and m.move_retried
+    assert m.serving == frozenset()  # still no new logins until the retry commits
+    actions = m.handle(UsersMoved(7))
+    assert (m.state, m.epoch, m.move_retried) == (N.RUNNING_IN_BACKUP_MODE, 7, False)
+    assert NotifyPeer(PeerTookOver(7)) in actions
+
+
+def test_second_lost_compare_and_set_is_row_19() -> None:
+    m = taking_over_dead_peer()
+    m.handle(MoveUsersFailed(6, "", stored_epoch=6, peer_reachable=False))
+    m.handle(MoveUsersFailed(7, "", stored_epoch=7, peer_reachable=False))
+    assert (m.state, m.reason) == (N.RUNNING_IN_FAILED_MODE, R.TAKE_OVER_USERS_FAILED)
+
+
+@pytest.mark.parametrize("failure", [
+    MoveUsersFailed(6, "peer alive", stored_epoch=6, peer_reachable=True),  # the peer may serve them: no retry
+    MoveUsersFailed(6, "database error"),  # nothing read: no epoch to retry with
+    MoveUsersFailed(6, "stale", stored_epoch=4, peer_reachable=False),  # the epoch did not move on
+])
+def test_no_retry_unless_the_epoch_moved_and_the_peer_is_gone(failure: MoveUsersFailed) -> None:
+    m = taking_over_dead_peer()
+    actions = m.handle(failure)
+    assert (m.state, m.reason) == (N.RUNNING_IN_FAILED_MODE, R.TAKE_OVER_USERS_FAILED)
+    assert not any(isinstance(a, MoveUsers) for a in actions)
+
+
+def test_no_retry_for_a_takeover_the_peer_asked_for() -> None:
+    """The peer asked (it was alive): a lost compare-and-set stays SPEC row 19."""
+    m = normal_machine()
+    m.handle(PeerRequestedTakeover(R.ON_ADMIN_REQUEST))
+    m.handle(MoveUsersFailed(6, "", stored_epoch=6, peer_reachable=False))
+    assert (m.state, m.reason) == (N.RUNNING_IN_FAILED_MODE, R.TAKE_OVER_USERS_FAILED)
