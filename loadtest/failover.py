@@ -299,6 +299,7 @@ def _pair(_ctx, _param, value: str) -> tuple[int, int]:
 @click.option("--seed", default=1, show_default=True)
 def failover_command(**opts) -> None:
     """Fail a node over under load; measure downtime, takeover time and message loss."""
+    modes = run_modes(opts)
     if opts["cluster_json"] and opts["mode"] == "both" and opts["clients"] == "dual":
         raise click.UsageError("--mode both needs a fresh pair per mode: with --cluster-json run one mode, "
                                "then `presence-ha ha fallback NODE` (or restart the node) before the other")
@@ -309,7 +310,7 @@ def failover_command(**opts) -> None:
     raise_nofile()
     signal.signal(signal.SIGTERM, _interrupted)  # `kill PID` tears down like Ctrl-C: nodes and workers stopped
     runs = {}
-    for mode in run_modes(opts):
+    for mode in modes:
         console.rule(f"{mode} mode: {opts['users']} users, fault {opts['fault']}")
         runs[mode] = run_mode(opts, mode)
     console.print(report.table(runs))

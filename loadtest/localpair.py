@@ -23,6 +23,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import insert, select
 
@@ -32,7 +33,6 @@ from presence_ha.db.engine import make_engine, make_session_factory
 from presence_ha.db.models import RosterItem, User
 from presence_ha.loadtest import scenario
 from presence_ha.loadtest.scenario import NodeAddr
-from presence_ha.server.cli.haproxy import Backend, ServiceAddress, haproxy_binary
 
 FAST_PARAMS = {"heartbeat_interval_s": 1, "heartbeat_timeout_s": 2, "init_heartbeat_timeout_s": 3,
                "critical_service_delay_s": 1, "see_other_host_redirect": "true"}
@@ -198,7 +198,7 @@ def start_pair(url: str, data_dir: Path) -> list[NodeProc]:
 class ServiceProc:
     """HAProxy in front of a pair we started (and must stop): the cluster's service address."""
 
-    proxy: ServiceAddress
+    proxy: Any  # server.cli.haproxy.ServiceAddress
     process: subprocess.Popen
 
     @property
@@ -218,6 +218,8 @@ class ServiceProc:
 def start_service(domain: str, node_addrs: list[NodeAddr], data_dir: Path) -> ServiceProc:
     """HAProxy on a free loopback port in front of `node_addrs`, waited for (deadline)
     until its health checks see every node UP; its log is `data_dir/haproxy.log`."""
+    from presence_ha.server.cli.haproxy import Backend, ServiceAddress, haproxy_binary  # cli imports loadtest
+
     binary = haproxy_binary()
     if binary is None:
         raise RuntimeError("haproxy is not installed (Debian: apt-get install haproxy; scripts/ensure-debian.sh)")
