@@ -68,9 +68,11 @@ defaults
     timeout server {CLIENT_TIMEOUT}
     timeout check 2s
     # A connection to a node that died before its checks caught up is retried on the
-    # other node instead of failing the client.
+    # other node instead of failing the client: on every retry (`redispatch 1`), since
+    # a retry on the same server first waits a turn-around second, and right after a
+    # kill leastconn picks the dead node (no connections) for every client dialling again.
     retries 2
-    option redispatch
+    option redispatch 1
 
 frontend xmpp_client
     bind {bind_host}:{bind_port}
