@@ -5,7 +5,8 @@ Rules of this module:
   its health checks and `on-marked-down shutdown-sessions` are what a client needs to
   be led away from a dead node, and Debian ships it. TLS passes through untouched:
   clients still negotiate STARTTLS with the node itself.
-- The health check speaks XMPP: it opens a stream and expects `<stream:features`. A
+- The health check speaks XMPP: it opens a stream and expects `<stream:features` (or the
+  login gate's `resource-constraint`: a busy node is alive). A
   node whose client port is closed (Initializing, Idle, Failed Over: SPEC §6) or that
   no longer answers is taken out of the rotation within `fall` checks, and the
   connections it still had are cut at once, so their clients reconnect (to the
@@ -29,6 +30,9 @@ from pathlib import Path
 CHECK_INTERVAL_MS = 1000  # a dead node is out of the rotation after fall * inter (2 s)
 CHECK_FALL = 2
 CHECK_RISE = 2
+# A killed node refuses the check's connection at once; a node whose event loop runs
+# late under a login burst must not be taken for dead (and its sessions cut).
+CHECK_TIMEOUT = "5s"
 MAX_CONNECTIONS = 50_000
 CLIENT_TIMEOUT = "1h"  # XMPP streams are long-lived; clients ping (XEP-0199) well within this
 
@@ -66,7 +70,7 @@ defaults
     timeout connect 2s
     timeout client {CLIENT_TIMEOUT}
     timeout server {CLIENT_TIMEOUT}
-    timeout check 2s
+    timeout check {CHECK_TIMEOUT}
     # A connection to a node that died before its checks caught up is retried on the
     # other node instead of failing the client: on every retry (`redispatch 1`), since
     # a retry on the same server first waits a turn-around second, and right after a
@@ -83,7 +87,10 @@ backend nodes
     option tcp-check
     tcp-check connect
     tcp-check send "{stream_header(domain)}"
-    tcp-check expect string <stream:features
+    # A node whose login gate is full answers `resource-constraint` (retry later): it is
+    # alive and serving its sessions. Marking it down would cut all of them at once
+    # (shutdown-sessions), and their reconnections would fill the gate again: a storm.
+    tcp-check expect rstring <stream:features|resource-constraint
     default-server inter {CHECK_INTERVAL_MS}ms fall {CHECK_FALL} rise {CHECK_RISE} on-marked-down shutdown-sessions
 {servers}
 """
