@@ -45,6 +45,8 @@ from presence_ha.loadtest.xmpp_client import NS_SM, ClientConfig, XmppClient, Xm
 
 NS_BACKUP = "urn:presence-ha:backup:0"
 NS_CLIENT = "jabber:client"
+NODE_QUERY_TIMEOUT_S = 5.0
+NODE_QUERY_TRIES = 4
 DEFAULT_SERVICE = NodeAddr("service", "127.0.0.1", 5222)  # `up`'s default service address
 
 
@@ -247,10 +249,18 @@ class StandardAgent:
 
     async def _learn_node(self, client: ResumableClient, at: float | None, how: str) -> None:
         """Ask the session's node which node backs it up; its HA peer serves us."""
-        try:
-            answer = await client.iq("get", f"<backup xmlns='{NS_BACKUP}'/>", 10)
-        except (TimeoutError, XmppError) as exc:
-            self.rec.errors[f"node query: {getattr(exc, 'condition', None) or type(exc).__name__}"[:60]] += 1
+        answer = None
+        for _ in range(NODE_QUERY_TRIES):
+            try:
+                answer = await client.iq("get", f"<backup xmlns='{NS_BACKUP}'/>", NODE_QUERY_TIMEOUT_S)
+                break
+            except TimeoutError:
+                self.rec.counts["node_query_timeouts"] += 1
+            except XmppError as exc:  # the connection ended: the next session asks again
+                self.rec.errors[f"node query: {exc.condition or exc}"[:60]] += 1
+                return
+        if answer is None:
+            self.rec.errors["node query: no answer"] += 1
             return
         backup = answer.find(f"{{{NS_BACKUP}}}backup/{{{NS_BACKUP}}}node")
         serving = self.plan.peer(backup.get("name") if backup is not None else None)
