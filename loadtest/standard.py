@@ -45,6 +45,7 @@ from presence_ha.loadtest.xmpp_client import NS_SM, ClientConfig, XmppClient, Xm
 
 NS_BACKUP = "urn:presence-ha:backup:0"
 NS_CLIENT = "jabber:client"
+LOGIN_SLOTS = 32  # first logins in progress per generator process (SCRAM's PBKDF2 and TLS cost it CPU)
 NODE_QUERY_TIMEOUT_S = 5.0
 NODE_QUERY_TRIES = 4
 DEFAULT_SERVICE = NodeAddr("service", "127.0.0.1", 5222)  # `up`'s default service address
@@ -180,6 +181,14 @@ class Active:
     probe_out: float | None = None
 
 
+_slots: dict[asyncio.AbstractEventLoop, asyncio.Semaphore] = {}
+
+
+def _login_slots() -> asyncio.Semaphore:
+    """This generator's (event loop's) semaphore of first logins in progress."""
+    return _slots.setdefault(asyncio.get_running_loop(), asyncio.Semaphore(LOGIN_SLOTS))
+
+
 class StandardAgent:
     def __init__(self, plan: StandardPlan, spec: UserSpec, rec: StandardRecorder, rng: random.Random) -> None:
         self.plan, self.spec, self.rec, self.rng = plan, spec, rec, rng
@@ -230,7 +239,10 @@ class StandardAgent:
         return None, p.max_attempts
 
     async def start(self) -> bool:
-        client, _attempts = await self._dial(after_loss=False)
+        """The first login (not measured): at most `LOGIN_SLOTS` at once per generator, so
+        a starved generator finishes some handshakes instead of timing all of them out."""
+        async with _login_slots():
+            client, _attempts = await self._dial(after_loss=False)
         if client is None:
             return False
         self._became_active(client, "login")
