@@ -9,10 +9,12 @@ Rules of this module:
   bind a new session (a re-login, counted) and send again the messages the old
   session never had acknowledged. No `<hold/>`, no see-other-host handling: the
   backup protocol is what the dual agent (`loadtest.agent`) measures.
-- Why our lean client and not slixmpp itself: a slixmpp client costs the load
-  generator several times the CPU per stanza and per login that `XmppClient` does
-  (measured in the report of this change), and two generator processes share two
-  cores with both nodes; resumption times would measure the generator.
+- Why our lean client and not slixmpp itself: measured on this machine (50 clients
+  of each, TLS, SCRAM-SHA-256, XEP-0198, 20 messages each to themselves, two runs),
+  slixmpp costs the generator 210-222 ms of CPU per login and 0.37-0.42 ms per message
+  round trip, this client 6.9-7.5 ms and 0.09 ms. A thousand slixmpp clients would
+  need over 3 minutes of CPU to log in, in two generator processes that share two
+  cores with both nodes: resumption times would measure the generator.
 - Same interface as `loadtest.agent.UserAgent`, so `loadtest.driver` runs either:
   `start()`, `run()`, `tick()`, `request_acks()`, `close()`, `ready`, `active.node`,
   `backup` (always None), `fault_node`, `last_trip`, `stopped`; the same events
