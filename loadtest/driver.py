@@ -2,7 +2,9 @@
 
 Rules of this module:
 - `Drivers.start()` forks `workers` processes (both cores of the machine generate
-  load); each runs `UserAgent`s for its share of the users on its own event loop.
+  load); each runs agents for its share of the users on its own event loop: our
+  clients (`agent.UserAgent`, single or dual) or, for a `standard.StandardPlan`,
+  standard XEP-0198 clients (`standard.StandardAgent`); both have one interface.
   Fork happens before the orchestrator starts any thread.
 - Lock-step protocol on one pipe per worker. Orchestrator -> worker: `("go",)` start
   the traffic, `("fault", at, node)` the fault was injected, `("stop",)` stop sending,
@@ -10,6 +12,8 @@ Rules of this module:
   `("ready", dict)` once every user is logged in (dual: with its inactive
   connection), `("done", dict)` with the events and counters.
 - Every wait has a deadline; a worker that dies is reported, never waited for.
+- `("done", dict)` carries the events, counters and errors, and `reconnects`: the
+  standard clients' `resumption` rows (empty for our clients).
 """
 
 from __future__ import annotations
@@ -23,11 +27,15 @@ import resource
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import TypeAlias
 
 import uvloop
 
-from presence_ha.loadtest.agent import Recorder, UserAgent
+from presence_ha.loadtest.agent import UserAgent
 from presence_ha.loadtest.scenario import Plan, UserSpec
+from presence_ha.loadtest.standard import StandardAgent, StandardPlan, StandardRecorder
+
+Agent: TypeAlias = UserAgent | StandardAgent
 
 STATUS_EVERY_S = 0.5
 DRAIN_S = 3.0
@@ -42,7 +50,14 @@ def raise_nofile() -> int:
 
 # ---- worker side ---------------------------------------------------------------------
 
-def _status(agents: list[UserAgent], fault: tuple[float, str] | None, rec: Recorder) -> dict:
+def make_agent(plan: Plan, spec: UserSpec, rec: StandardRecorder, rng: random.Random) -> Agent:
+    """The agent the plan asks for: a standard XEP-0198 client or ours (single/dual)."""
+    if isinstance(plan, StandardPlan):
+        return StandardAgent(plan, spec, rec, rng)
+    return UserAgent(plan, spec, rec, rng)
+
+
+def _status(agents: list[Agent], fault: tuple[float, str] | None, rec: StandardRecorder) -> dict:
     by_node: Counter = Counter(a.active.node for a in agents if a.active is not None)
     status = {"users": len(agents), "logged_in": sum(by_node.values()), "ready": sum(a.ready for a in agents),
               "inactive": sum(a.backup is not None for a in agents), "active_by_node": dict(by_node),
@@ -55,8 +70,8 @@ def _status(agents: list[UserAgent], fault: tuple[float, str] | None, rec: Recor
     return status
 
 
-async def _login_all(agents: list[UserAgent], rate: float) -> None:
-    async def one(agent: UserAgent, at: float) -> None:
+async def _login_all(agents: list[Agent], rate: float) -> None:
+    async def one(agent: Agent, at: float) -> None:
         await asyncio.sleep(max(0.0, at - time.monotonic()))
         await agent.start()
 
@@ -64,7 +79,7 @@ async def _login_all(agents: list[UserAgent], rate: float) -> None:
     await asyncio.gather(*(one(a, start + i / rate) for i, a in enumerate(agents)))
 
 
-async def _wait_ready(agents: list[UserAgent], deadline_s: float) -> None:
+async def _wait_ready(agents: list[Agent], deadline_s: float) -> None:
     deadline = time.monotonic() + deadline_s
     while not all(a.ready for a in agents) and time.monotonic() < deadline:
         await asyncio.sleep(0.1)
@@ -72,8 +87,8 @@ async def _wait_ready(agents: list[UserAgent], deadline_s: float) -> None:
 
 async def _worker_main(plan: Plan, users: list[UserSpec], index: int, conn) -> None:
     loop = asyncio.get_running_loop()
-    rec = Recorder()
-    agents = [UserAgent(plan, u, rec, random.Random(hash((plan.seed, index, u.name)))) for u in users]
+    rec = StandardRecorder()
+    agents = [make_agent(plan, u, rec, random.Random(hash((plan.seed, index, u.name)))) for u in users]
     inbox: asyncio.Queue = asyncio.Queue()
     loop.run_in_executor(None, _pump, conn, loop, inbox)
     state: dict = {"fault": None}
@@ -103,13 +118,13 @@ async def _worker_main(plan: Plan, users: list[UserSpec], index: int, conn) -> N
     await _drain(agents)
     reporter.cancel()
     conn.send(("done", {"events": rec.events, "counts": dict(rec.counts), "errors": dict(rec.errors),
-                        "final": _status(agents, state["fault"], rec)}))
+                        "reconnects": rec.reconnects, "final": _status(agents, state["fault"], rec)}))
     for task in runs:
         task.cancel()
     await asyncio.gather(*(a.close() for a in agents), return_exceptions=True)
 
 
-async def _drain(agents: list[UserAgent]) -> None:
+async def _drain(agents: list[Agent]) -> None:
     """Stop sending; keep reading (in-flight deliveries and acks) for DRAIN_S."""
     for agent in agents:
         agent.stopped = True

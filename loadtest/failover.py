@@ -12,6 +12,11 @@ Rules of this module:
   `--after` s), plus `--settle` s; then the load generators drain and report.
 - The tool stops by itself: every phase has a deadline, every process it started is
   stopped by PID (a SIGSTOPped node gets SIGCONT after the run).
+- `--clients standard`: one run named "standard" of XEP-0198 clients
+  (`loadtest.standard`) that dial only the service address: the local pair gets
+  HAProxy in front (`localpair.start_service`) and relays instead of redirecting; with
+  `--cluster-json` its "service". Its report adds `resumption` (`loadtest.resumption`).
+  The functions for it are the `standard_*` ones below.
 """
 
 from __future__ import annotations
@@ -22,17 +27,18 @@ import logging
 import signal
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from presence_ha.loadtest import faults, localpair, report
+from presence_ha.loadtest import faults, localpair, report, resumption
 from presence_ha.loadtest.driver import Drivers, raise_nofile
 from presence_ha.loadtest.monitor import Monitor
 from presence_ha.loadtest.scenario import Ledger, NodeAddr, Plan, UserSpec, from_tuple, roster_pairs, rosters
+from presence_ha.loadtest.standard import StandardPlan
 
 log = logging.getLogger(__name__)
 console = Console(width=max(Console().width, 160))
@@ -49,8 +55,12 @@ class Target:
     users: list[tuple[str, str, str]]  # (name, password, active node)
     pids: dict[str, int | None]
     procs: list[localpair.NodeProc]
+    service: NodeAddr | None = None  # the cluster's service address (standard clients dial it)
+    helpers: list = field(default_factory=list)  # other processes we started (HAProxy)
 
     def stop(self) -> None:
+        for helper in self.helpers:
+            helper.stop()
         for proc in self.procs:
             proc.stop()
 
@@ -61,17 +71,35 @@ def local_target(opts: dict, mode: str) -> Target:
     url = f"sqlite+aiosqlite:///{base / 'presence-ha.db'}"
     lower, upper = opts["relogin"]
     users = [(f"lt{i}", PASSWORD) for i in range(opts["users"])]
-    asyncio.run(localpair.provision_pair(url, "loadtest.test", users, (lower, upper)))
+    asyncio.run(localpair.provision_pair(url, "loadtest.test", users, (lower, upper), redirect=mode != "standard"))
     procs = localpair.start_pair(url, base)
     target = _read_target(url, dict(users), procs)
     console.print(f"[dim]local HA pair in {base} (logs {base}/n1.log, n2.log)[/dim]")
+    if mode == "standard":
+        standard_service(target, base)
     return target
+
+
+def standard_service(target: Target, base: Path) -> None:
+    """Put the service address (HAProxy, as `up` does) in front of the local pair."""
+    try:
+        service = localpair.start_service(target.domain, target.nodes, base)
+    except RuntimeError as exc:
+        target.stop()
+        raise click.ClickException(str(exc)) from None
+    target.helpers.append(service)
+    host, port = service.address
+    target.service = NodeAddr("service", host, port)
+    console.print(f"[dim]service address {host}:{port} (HAProxy, log {base}/haproxy.log)[/dim]")
 
 
 def json_target(path: str, limit: int) -> Target:
     spec = json.loads(Path(path).read_text())
     passwords = {u["username"]: u["password"] for u in spec["users"]}
-    return _read_target(spec["database_url"], passwords, [], limit)
+    target = _read_target(spec["database_url"], passwords, [], limit)
+    if spec.get("service"):
+        target.service = NodeAddr("service", spec["service"]["host"], int(spec["service"]["port"]))
+    return target
 
 
 def _read_target(url: str, passwords: dict[str, str], procs: list, limit: int | None = None) -> Target:
@@ -92,10 +120,25 @@ def user_specs(target: Target, contacts: int) -> list[UserSpec]:
 
 
 def make_plan(opts: dict, mode: str, target: Target) -> Plan:
+    if mode == "standard":
+        return standard_plan(opts, target)
     return Plan(mode=mode, domain=target.domain, nodes=tuple(target.nodes),
                 probe_interval_s=opts["probe_interval"], chat_interval_s=opts["chat_interval"],
                 presence_interval_s=opts["presence_interval"], liveness_s=opts["liveness"],
                 login_rate=opts["login_rate"] / opts["workers"], source_ips=opts["source_ips"], seed=opts["seed"])
+
+
+def standard_plan(opts: dict, target: Target) -> StandardPlan:
+    """Standard clients: the service address, and who backs up whom (their node query)."""
+    if target.service is None:
+        raise click.UsageError("--clients standard needs a service address: the cluster.json of `presence-ha up` "
+                               "has none (started with --service-port 0, or without haproxy)")
+    peers = asyncio.run(localpair.pair_peers(target.db_url))
+    return StandardPlan(mode="standard", domain=target.domain, nodes=tuple(target.nodes),
+                        probe_interval_s=opts["probe_interval"], chat_interval_s=opts["chat_interval"],
+                        presence_interval_s=opts["presence_interval"], liveness_s=opts["liveness"],
+                        login_rate=opts["login_rate"] / opts["workers"], source_ips=opts["source_ips"],
+                        seed=opts["seed"], service=target.service, peers=tuple(sorted(peers.items())))
 
 
 def _progress() -> Progress:
@@ -194,8 +237,22 @@ def _summarize(drivers: Drivers, monitor: Monitor, mode: str, users: int, inject
         for key, value in result["errors"].items():
             errors[key] = errors.get(key, 0) + value
     fault = {"fault": injected.fault, "node": injected.node, "detail": injected.detail}
-    return report.summarize(ledger, mode=mode, users=users, fault=fault, fault_at=fault_at, start=start,
-                            end=end, monitor=monitor, counts=counts, errors=errors)
+    run = report.summarize(ledger, mode=mode, users=users, fault=fault, fault_at=fault_at, start=start,
+                           end=end, monitor=monitor, counts=counts, errors=errors)
+    if mode == "standard":
+        rows = (resumption.from_row(r) for result in drivers.done.values() for r in result.get("reconnects", ()))
+        run["resumption"] = resumption.figures(rows, fault_at)
+    return run
+
+
+def run_modes(opts: dict) -> tuple[str, ...]:
+    """The runs to make: 'standard' for standard clients, else the --mode(s)."""
+    if opts["clients"] == "standard":
+        source = click.get_current_context().get_parameter_source("mode")
+        if source is not None and source.name != "DEFAULT":
+            raise click.UsageError("--mode is for --clients dual (our clients); standard clients have one mode")
+        return ("standard",)
+    return ("single", "dual") if opts["mode"] == "both" else (opts["mode"],)
 
 
 def _interrupted(_signum: int, _frame: object) -> None:
@@ -212,7 +269,13 @@ def _pair(_ctx, _param, value: str) -> tuple[int, int]:
 
 @click.command("failover")
 @click.option("--users", default=200, show_default=True, help="Simulated users (each a real XMPP client).")
-@click.option("--mode", type=click.Choice(["single", "dual", "both"]), default="both", show_default=True)
+@click.option("--clients", type=click.Choice(["dual", "standard"]), default="dual", show_default=True,
+              help="dual: our clients, each dialling its node, in the --mode(s) below. standard: XEP-0198 "
+                   "clients as slixmpp/aioxmpp run them (one connection to the service address, SCRAM, "
+                   "resumption; on failure log in again and resend what was not acknowledged); one run "
+                   "named 'standard', the report adds resumption times and re-logins.")
+@click.option("--mode", type=click.Choice(["single", "dual", "both"]), default="both", show_default=True,
+              help="With --clients dual: single (re-login on loss), dual (inactive backup connection), both.")
 @click.option("--fault", type=click.Choice(faults.FAULTS), default="kill", show_default=True)
 @click.option("--node", default=None, help="Node to fault (default: the first node).")
 @click.option("--cluster-json", type=click.Path(exists=True, dir_okay=False), help="Target `presence-ha up` nodes.")
@@ -236,7 +299,8 @@ def _pair(_ctx, _param, value: str) -> tuple[int, int]:
 @click.option("--seed", default=1, show_default=True)
 def failover_command(**opts) -> None:
     """Fail a node over under load; measure downtime, takeover time and message loss."""
-    if opts["cluster_json"] and opts["mode"] == "both":
+    modes = run_modes(opts)
+    if opts["cluster_json"] and opts["mode"] == "both" and opts["clients"] == "dual":
         raise click.UsageError("--mode both needs a fresh pair per mode: with --cluster-json run one mode, "
                                "then `presence-ha ha fallback NODE` (or restart the node) before the other")
     db_url = json.loads(Path(opts["cluster_json"]).read_text())["database_url"] if opts["cluster_json"] else "sqlite"
@@ -246,10 +310,12 @@ def failover_command(**opts) -> None:
     raise_nofile()
     signal.signal(signal.SIGTERM, _interrupted)  # `kill PID` tears down like Ctrl-C: nodes and workers stopped
     runs = {}
-    for mode in (("single", "dual") if opts["mode"] == "both" else (opts["mode"],)):
+    for mode in modes:
         console.rule(f"{mode} mode: {opts['users']} users, fault {opts['fault']}")
         runs[mode] = run_mode(opts, mode)
     console.print(report.table(runs))
+    if "standard" in runs:
+        console.print(report.resumption_table(runs))
     if opts["report_dir"]:
         directory = Path(opts["report_dir"])
         path = report.write_json(directory, {"runs": runs, "options": dict(opts.items())})

@@ -9,6 +9,8 @@ Rules of this module:
 - `NodeProc` is one `presence-ha node run` subprocess we started; we stop it by PID
   (SIGCONT first, since a SIGSTOPped process cannot exit; then SIGTERM, then SIGKILL).
 - For nodes we did not start, `pid_listening(port)` finds the process from /proc.
+- `start_service()` puts the cluster's service address in front of the pair as `up`
+  does (Debian's HAProxy, `server.cli.haproxy`): standard clients dial only that.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import insert, select
 
@@ -59,8 +62,11 @@ def free_ports(count: int) -> list[int]:
             sock.close()
 
 
-async def provision_pair(url: str, domain: str, users: list[tuple[str, str]], relogin: tuple[int, int]) -> None:
-    """Schema, cluster, n1+n2 in group g1 (HA on), parameters, users Balanced."""
+async def provision_pair(url: str, domain: str, users: list[tuple[str, str]], relogin: tuple[int, int],
+                         redirect: bool = True) -> None:
+    """Schema, cluster, n1+n2 in group g1 (HA on), parameters, users Balanced. `redirect`
+    False: a node relays a session it does not serve (what `up` does, for standard clients
+    behind a service address) instead of answering see-other-host."""
     await schema.upgrade(url)
 
     async def go(session) -> None:
@@ -69,7 +75,8 @@ async def provision_pair(url: str, domain: str, users: list[tuple[str, str]], re
             ports = dict(zip(nodes.PORT_FIELDS, free_ports(5), strict=True))
             await nodes.add_node(session, name, host="127.0.0.1", ports=ports)
         await groups.add_group(session, "g1", ["n1", "n2"], description="loadtest failover")
-        params = {**FAST_PARAMS, "relogin_lower_s": relogin[0], "relogin_upper_s": relogin[1]}
+        params = {**FAST_PARAMS, "relogin_lower_s": relogin[0], "relogin_upper_s": relogin[1],
+                  "see_other_host_redirect": "true" if redirect else "false"}
         for key, value in params.items():  # lowered in an order that keeps lower <= upper
             await parameters.set_parameter(session, key, value)
         await db_users.bulk_import(session, users)
@@ -90,6 +97,15 @@ async def read_layout(url: str) -> tuple[str, list[NodeAddr], dict[str, str], st
         located = {u.username: u.active_node for u in await db_users.list_users(session) if u.active_node}
         pair = next((g for g in await groups.list_groups(session) if len(g.nodes) == 2 and g.ha_enabled), None)
         return domain, addrs, located, pair.name if pair else None
+
+    return await _in_session(url, go)
+
+
+async def pair_peers(url: str) -> dict[str, str]:
+    """`{node: its HA peer}` for every group of two with HA on (who backs up whom)."""
+    async def go(session) -> dict[str, str]:
+        pairs = [g.nodes for g in await groups.list_groups(session) if len(g.nodes) == 2 and g.ha_enabled]
+        return {a: b for one, two in pairs for a, b in ((one, two), (two, one))}
 
     return await _in_session(url, go)
 
@@ -176,6 +192,51 @@ def start_pair(url: str, data_dir: Path) -> list[NodeProc]:
             proc.stop()
         raise
     return procs
+
+
+@dataclass
+class ServiceProc:
+    """HAProxy in front of a pair we started (and must stop): the cluster's service address."""
+
+    proxy: Any  # server.cli.haproxy.ServiceAddress
+    process: subprocess.Popen
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self.proxy.host, self.proxy.port
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=STOP_DEADLINE_S)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_service(domain: str, node_addrs: list[NodeAddr], data_dir: Path) -> ServiceProc:
+    """HAProxy on a free loopback port in front of `node_addrs`, waited for (deadline)
+    until its health checks see every node UP; its log is `data_dir/haproxy.log`."""
+    from presence_ha.server.cli.haproxy import Backend, ServiceAddress, haproxy_binary  # cli imports loadtest
+
+    binary = haproxy_binary()
+    if binary is None:
+        raise RuntimeError("haproxy is not installed (Debian: apt-get install haproxy; scripts/ensure-debian.sh)")
+    backends = [Backend(n.name, n.host, n.port) for n in node_addrs]
+    proxy = ServiceAddress(binary, data_dir, domain, "127.0.0.1", free_ports(1)[0], backends)
+    problem = proxy.check_config()
+    if problem is not None:
+        raise RuntimeError(f"haproxy refuses {proxy.config_path}: {problem}")
+    with open(data_dir / "haproxy.log", "ab") as log:
+        process = subprocess.Popen(proxy.argv(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    service = ServiceProc(proxy, process)
+    states = proxy.wait_all_up(START_DEADLINE_S)
+    if process.poll() is not None or not states or not all(s.startswith("UP") for s in states.values()):
+        service.stop()
+        raise RuntimeError(f"the service address (haproxy) does not see the nodes UP: {states or 'no answer'}; "
+                           f"see {data_dir}/haproxy.log")
+    return service
 
 
 def pid_listening(port: int) -> int | None:

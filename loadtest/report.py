@@ -7,6 +7,10 @@ Rules of this module:
 - report.json: `{"runs": {MODE: run}}`; each run holds at least users, fault,
   downtime_ms (p50/p90/p99/max), takeover_ms, messages (sent/acked/delivered/lost/
   duplicated), double_served and rss_kb per node (see `scenario` for the definitions).
+- A standard-client run (`--clients standard`) also holds `resumption` (see
+  `loadtest.resumption`: connections lost, resumed, relogins, resumption_ms and
+  relogin_ms p50/p90/p99/max), apart from the message figures; `resumption_table`
+  prints it.
 - matplotlib runs on the Agg backend (files only, no display), imported lazily so the
   CLI starts fast.
 """
@@ -87,6 +91,25 @@ def table(runs: dict[str, dict]) -> Table:
                     "/".join(_fmt(d[k]) for k in ("p50", "p90", "p99", "max")), _fmt(r["takeover_ms"]),
                     str(m["sent"]), str(m["acked"]), str(m["delivered"]), str(m["lost"]), str(m["lost_acked"]),
                     str(m["duplicated"]), str(r["double_served"]), str(r["login_retries"]), rss)
+    return out
+
+
+def resumption_table(runs: dict[str, dict]) -> Table:
+    """The standard clients' reconnections: how many resumed, how many logged in again, how fast."""
+    out = Table(title="Standard clients (XEP-0198) after the fault")
+    columns = ("run", "connections lost", "resumed", "resumption p50/p90/p99/max ms", "relogins",
+               "relogin p50/p99/max ms", "not reconnected", "attempts max")
+    for col in columns:
+        out.add_column(col, justify="left" if col == "run" else "right")
+    for mode, r in runs.items():
+        x = r.get("resumption")
+        if x is None:
+            continue
+        res, rel = x["resumption_ms"], x["relogin_ms"]
+        out.add_row(mode, str(x["connections_lost"]), str(x["resumed"]),
+                    "/".join(_fmt(res[k]) for k in ("p50", "p90", "p99", "max")), str(x["relogins"]),
+                    "/".join(_fmt(rel[k]) for k in ("p50", "p99", "max")), str(x["not_reconnected"]),
+                    _fmt(x["attempts_max"]))
     return out
 
 

@@ -5,7 +5,8 @@ Rules of this module:
   its health checks and `on-marked-down shutdown-sessions` are what a client needs to
   be led away from a dead node, and Debian ships it. TLS passes through untouched:
   clients still negotiate STARTTLS with the node itself.
-- The health check speaks XMPP: it opens a stream and expects `<stream:features`. A
+- The health check speaks XMPP: it opens a stream and expects `<stream:features` (or the
+  login gate's `resource-constraint`: a busy node is alive). A
   node whose client port is closed (Initializing, Idle, Failed Over: SPEC §6) or that
   no longer answers is taken out of the rotation within `fall` checks, and the
   connections it still had are cut at once, so their clients reconnect (to the
@@ -26,9 +27,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-CHECK_INTERVAL_MS = 1000  # a dead node is out of the rotation after fall * inter (2 s)
-CHECK_FALL = 2
+CHECK_INTERVAL_MS = 1000  # a dead (refusing) node is out of the rotation after fall * inter (3 s)
+CHECK_FALL = 3
 CHECK_RISE = 2
+# A killed node refuses the check's connection at once (out after `fall` checks, about
+# 3 s); a node whose event loop runs late under a burst (measured: 4 s late on the
+# survivor of a 1,000-client kill on a loaded machine) must not be taken for dead: its
+# sessions would be cut (shutdown-sessions) and their reconnections load it more. A
+# hung node (SIGSTOP) is out after about fall * (timeout + inter) = 33 s.
+CHECK_TIMEOUT = "10s"
 MAX_CONNECTIONS = 50_000
 CLIENT_TIMEOUT = "1h"  # XMPP streams are long-lived; clients ping (XEP-0199) well within this
 
@@ -66,11 +73,13 @@ defaults
     timeout connect 2s
     timeout client {CLIENT_TIMEOUT}
     timeout server {CLIENT_TIMEOUT}
-    timeout check 2s
+    timeout check {CHECK_TIMEOUT}
     # A connection to a node that died before its checks caught up is retried on the
-    # other node instead of failing the client.
+    # other node instead of failing the client: on every retry (`redispatch 1`), since
+    # a retry on the same server first waits a turn-around second, and right after a
+    # kill leastconn picks the dead node (no connections) for every client dialling again.
     retries 2
-    option redispatch
+    option redispatch 1
 
 frontend xmpp_client
     bind {bind_host}:{bind_port}
@@ -81,7 +90,10 @@ backend nodes
     option tcp-check
     tcp-check connect
     tcp-check send "{stream_header(domain)}"
-    tcp-check expect string <stream:features
+    # A node whose login gate is full answers `resource-constraint` (retry later): it is
+    # alive and serving its sessions. Marking it down would cut all of them at once
+    # (shutdown-sessions), and their reconnections would fill the gate again: a storm.
+    tcp-check expect rstring <stream:features|resource-constraint
     default-server inter {CHECK_INTERVAL_MS}ms fall {CHECK_FALL} rise {CHECK_RISE} on-marked-down shutdown-sessions
 {servers}
 """

@@ -387,7 +387,8 @@ class ClientPort:
 
     def _detach(self, record: Resumable) -> None:
         record.connection = None
-        record.session.send = record.sm.record_outbound  # queued until resumed (XEP-0198 §5)
+        # queued until resumed (XEP-0198 §5); callers pass the serialized form too (`Session.send`)
+        record.session.send = lambda stanza, wire=None: record.sm.record_outbound(stanza)
         record.session.close = lambda: self._spawn(self._expire(record))
         record.expiry = asyncio.get_running_loop().call_later(
             self.limits.sm_resume_timeout_s, lambda: self._spawn(self._expire(record))

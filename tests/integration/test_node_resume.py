@@ -48,6 +48,27 @@ async def test_resume_delivers_what_arrived_while_detached(cluster):
     bob.close()
 
 
+async def test_a_message_to_a_detached_session_waits_for_the_resumption(cluster):
+    """Deliveries pass the serialized stanza too (`Session.send(stanza, wire)`): a detached
+    session queues them like any other (it raised TypeError and lost them)."""
+    alice, resume_id = await alice_with_sm(cluster)
+    bob = await RawClient.connect(cluster.node("n1"))
+    await bob.login("bob", "bob-pw")
+    alice.close()
+    node = cluster.node("n1")
+    await wait_until(lambda: node.metrics()["jsm_sessions_composed"] == 1, 10, "alice detached")
+    await bob.send("<message to='alice@example.test/phone' type='chat' id='m1'><body>while away</body></message>")
+    again = await RawClient.connect(node)
+    await again.starttls()
+    assert await again.auth_plain("alice", "alice-pw") == "success"
+    await again.open_stream()
+    await again.send(f"<resume xmlns='{SM}' previd='{resume_id}' h='0'/>")
+    await again.expect(f"<resumed xmlns='{SM}' h='0' previd='{resume_id}'/>")
+    await again.expect(r"<message [^>]*id='m1'[^>]*>.*?while away")
+    again.close()
+    bob.close()
+
+
 async def test_resume_with_a_wrong_id_fails_and_bind_still_works(cluster):
     node = cluster.node("n1")
     client = await RawClient.connect(node)

@@ -13,9 +13,9 @@ def test_every_node_is_a_checked_server_behind_one_tcp_frontend() -> None:
     assert "bind 127.0.0.1:5222" in text and "mode tcp" in text
     assert "    server n1 127.0.0.1:15222 check\n" in text and "    server n2 127.0.0.1:15232 check\n" in text
     assert "on-marked-down shutdown-sessions" in text  # a dead node's clients are cut, not left hanging
-    assert "option redispatch" in text  # a connect to a node not yet marked down goes to the other
+    assert "option redispatch 1" in text  # a connect to a node not yet marked down goes to the other at once
     assert f'tcp-check send "{stream_header("example.test")}"' in text
-    assert "tcp-check expect string <stream:features" in text
+    assert "tcp-check expect rstring <stream:features|resource-constraint" in text  # busy is not dead
     assert "maxconn 1000" in text and "stats socket /d/haproxy.sock mode 600" in text
 
 
