@@ -5,8 +5,9 @@ front as the service address, logs 20 standard XEP-0198 clients in through it (S
 stream management with resumption), runs probes and chat, kills n1 and waits until
 every affected user has a round trip again. Its report must show what issue 18 asks
 of standard clients: nothing acknowledged lost, the sessions of n1's clients resumed
-on n2 (a client whose session lived on the dead node resumes; one that was only
-relayed through it logs in again and sends again what was not acknowledged), every
+on n2 (a client whose session lived on the dead node resumes there, and so does one
+that was only relayed through it: its stream state was copied to its user's node),
+every
 affected user back, nobody served by two nodes.
 """
 
@@ -45,11 +46,6 @@ def test_every_affected_user_is_back_on_the_survivor(run) -> None:
     assert run["double_served"] == 0, run["double_served_users"]  # SPEC §9
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "server gap (issue 18 item 3), seen in 2 of 3 runs: a client relayed through the killed node (its user "
-    "served by the survivor) cannot resume: its XEP-0198 state lived on the dialled node and is not replicated "
-    "(server.net.c2s keeps it resumable only with a local session), and what the survivor had just sent it "
-    "through the dead node is lost (1 acknowledged message of ~320)"))
 def test_no_acknowledged_message_lost(run) -> None:
     messages = run["messages"]
     assert messages["sent"] > USERS * 10 and messages["acked"] > 0 and messages["delivered"] > 0
