@@ -14,7 +14,8 @@ Rules of this module:
   whitespace keepalives vanish.
 - Pending input is bounded (`ParserLimits`, all `policy-violation`): the stream header
   with all that precedes it (`header_bytes`), its namespace declarations
-  (`header_namespaces`), and any incomplete token after it, i.e. a start or end tag
+  (`header_namespaces`: `xmlns` is counted in the raw input while the header is
+  incomplete, exactly once expat has it), and any incomplete token after it, i.e. a start or end tag
   still open (`tag_bytes`). The tag bound holds before the element counts toward
   `max_element_bytes` (an element is only sized once its start tag is complete).
   Expat rescans an incomplete token on every `Parse()`, so while one is pending, input
@@ -146,6 +147,7 @@ class StreamParser:
         self._max_tag = min(limits.tag_bytes or max_element_bytes, max_element_bytes)
         self._held: bytearray | None = None  # input held back while a token is pending (module rules)
         self._pending = 0  # bytes of the token expat has not completed yet
+        self._raw_declarations = 0  # `xmlns` seen in input while the header is incomplete
         self._events: list[ParseEvent] = []
         self._depth = 0
         self._builder: ET.TreeBuilder | None = None
@@ -190,6 +192,7 @@ class StreamParser:
             if not data.strip(_WHITESPACE):
                 return []  # a keepalive between stanzas
             self._parser = self._primed_expat()
+        header_pending = not self._header_open
         if self._pending and b">" not in data:
             self._hold(data)
         else:
@@ -202,8 +205,21 @@ class StreamParser:
                 self._feed_slice(data[start : start + FEED_SLICE])
             if not self._dead and self._idle_after(data) and len(self._primer or b"") <= PRIMER_RELEASE_BYTES:
                 self._parser = None
+        if header_pending and not self._header_open:
+            self._count_declarations(data)
         events, self._events = self._events, []
         return events
+
+    def _count_declarations(self, data: bytes) -> None:
+        """Input of a header still incomplete: count its `xmlns` as they arrive, so that
+        expat never has to take in a tag of thousands of declarations (it counts exactly
+        once the header is complete: `_on_ns_decl`)."""
+        self._raw_declarations += data.count(b"xmlns")
+        if self._raw_declarations > self.limits.header_namespaces:
+            self._record_fault(self._too_many_declarations())
+
+    def _too_many_declarations(self) -> StreamError:
+        return _policy(f"more than {self.limits.header_namespaces} namespace declarations on the stream header")
 
     def _hold(self, data: bytes) -> None:
         """Keep `data` unparsed: the pending token cannot complete without a `>`."""
@@ -288,8 +304,7 @@ class StreamParser:
     def _on_ns_decl(self, prefix: str | None, uri: str | None) -> None:
         if self._depth == 0:
             if len(self._declared) >= self.limits.header_namespaces:
-                self._fail(_policy(f"more than {self.limits.header_namespaces} namespace declarations"
-                                   " on the stream header"))
+                self._fail(self._too_many_declarations())
             self._declared.append((prefix, uri or ""))
             if prefix is None:
                 self._pending_default_ns = uri or ""
