@@ -86,7 +86,7 @@ class StreamSettings:
     max_header_bytes: int = 4096
     max_header_namespaces: int = 16
     max_tag_bytes_unauthenticated: int = 4096
-    max_tag_bytes: int = 64 * 1024
+    max_tag_bytes: int = 16 * 1024
 
     @functools.cached_property
     def parser_limits(self) -> tuple[ParserLimits, ParserLimits]:

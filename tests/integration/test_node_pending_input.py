@@ -109,7 +109,7 @@ ATTACKS = {
     "header": (None, HEADER_START + " a='", "x" * 512, 4096, "stream header larger than 4096 bytes"),
     "tag-before-auth": ("open", "<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls' a='", "y>" * 256, 4096,
                         "tag larger than 4096 bytes"),
-    "tag-after-auth": ("login", f"<message to='bob@{DOMAIN}' a='", "z" * 1024, 65536, "tag larger than 65536 bytes"),
+    "tag-after-auth": ("login", f"<message to='bob@{DOMAIN}' a='", "z" * 1024, 16384, "tag larger than 16384 bytes"),
     # the first 40 of 80,000 declarations: the node counts them as they arrive
     "namespaces": (None, HEADER_START + "".join(f" xmlns:n{i}='urn:n{i}'" for i in range(40)), "", 0,
                    "more than 16 namespace declarations on the stream header"),

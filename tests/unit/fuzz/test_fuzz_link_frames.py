@@ -30,7 +30,7 @@ def cut(data: bytes, points: list[int]) -> list[bytes]:
     return [data[a:b] for a, b in itertools.pairwise(bounds)]
 
 
-@fuzz(150)
+@fuzz(80)
 @given(bodies=st.lists(st.binary(min_size=1, max_size=80), max_size=5), junk=st.binary(max_size=40),
        points=st.lists(st.integers(0, 1000), max_size=8))
 def test_frame_reader_splits_or_refuses(bodies, junk, points):

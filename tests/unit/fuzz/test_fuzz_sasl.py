@@ -93,7 +93,7 @@ def test_real_scram_with_one_byte_changed(mechanism, position, byte, which):
         assert bytes(final) == original or which == "first"
 
 
-@fuzz(150)
+@fuzz(100)
 @given(text=st.none() | st.text(max_size=40) | st.binary(max_size=30).map(lambda b: base64.b64encode(b).decode()))
 def test_payload_decoding_raises_only_value_error(text):
     try:
@@ -105,7 +105,7 @@ def test_payload_decoding_raises_only_value_error(text):
         assert sasl.decode_payload(sasl.encode_payload(data)) == data
 
 
-@fuzz(150)
+@fuzz(80)
 @given(text=MESSAGE)
 def test_scram_username_raises_only_value_error(text):
     try:
