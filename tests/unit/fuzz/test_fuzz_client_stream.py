@@ -17,6 +17,7 @@ import itertools
 import random
 import xml.etree.ElementTree as ET
 
+import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
@@ -32,6 +33,8 @@ from presence_ha.server.xmpp.parser import (
 from presence_ha.server.xmpp.stream import StreamSettings, XmppStream
 from tests.unit.fuzz.profile import fuzz
 from tests.unit.xmpp.transcript import keys_for
+
+pytestmark = pytest.mark.timeout(600)  # CI's example counts take minutes on a loaded machine
 
 HEADER = (b"<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'"
           b" xmlns:h='urn:header' to='example.test' version='1.0'>")

@@ -14,12 +14,15 @@ import itertools
 import json
 import xml.etree.ElementTree as ET
 
+import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
 from presence_ha.server.cluster import wire
 from presence_ha.server.link import frames
 from tests.unit.fuzz.profile import fuzz
+
+pytestmark = pytest.mark.timeout(600)  # CI's example counts take minutes on a loaded machine
 
 DECODERS = (frames.decode_hello, frames.decode_challenge, frames.decode_auth, frames.decode_data, frames.decode_ack,
             frames.decode_error)

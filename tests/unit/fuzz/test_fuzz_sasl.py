@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 
+import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 from scramp import ScramClient
@@ -17,6 +18,8 @@ from scramp import ScramClient
 from presence_ha.server.xmpp import sasl
 from tests.unit.fuzz.profile import fuzz
 from tests.unit.xmpp.transcript import keys_for
+
+pytestmark = pytest.mark.timeout(600)  # CI's example counts take minutes on a loaded machine
 
 KEYS = {m: keys_for("s3cret", m) for m in sasl.SCRAM_MECHANISMS}
 MECHANISMS = st.sampled_from([*sasl.SCRAM_MECHANISMS, sasl.PLAIN])
