@@ -14,10 +14,10 @@ import os
 from hypothesis import HealthCheck, settings
 
 PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "fuzz-ci")
-# `@fuzz(n)` counts are scaled by CI_FACTOR: at n x 1 the 13 tests took 10.5 s of CPU
-# (2:25 wall at load average 20); x4 makes CI's ~60 s on an otherwise idle machine.
-CI_FACTOR = 4
-LONG_FACTOR = 200  # x50 of CI: ~45 min of CPU
+# `@fuzz(n)` counts are scaled by CI_FACTOR: x1 took 10.5 s of CPU, x4 23.8 s
+# (wall 2:25 and 1:39 at load average 20 and 10); x10 makes ~60 s of CPU for CI.
+CI_FACTOR = 10
+LONG_FACTOR = 500  # x50 of CI: ~50 min of CPU
 _COMMON = {"deadline": None, "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large],
            "print_blob": True}
 
