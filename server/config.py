@@ -92,6 +92,14 @@ class LimitsConfig:
     # retryable resource-constraint. The budget stays well inside auth_timeout_s.
     logins_in_progress_min: int = 1000
     login_budget_s: float = 15.0
+    # Pending input of a client stream (server.xmpp.parser.ParserLimits); beyond each, the
+    # stream ends with policy-violation: the stream header with what precedes it, the
+    # namespace declarations on it, and an incomplete tag (start or end tag still open)
+    # before authentication and after it (either one capped at max_stanza_bytes).
+    max_header_bytes: int = 4096
+    max_header_namespaces: int = 16
+    max_tag_bytes_unauthenticated: int = 4096
+    max_tag_bytes: int = 16 * 1024
 
 
 @dataclass(frozen=True)
@@ -180,6 +188,8 @@ _POSITIVE = {
     "limits.max_write_buffer_bytes", "limits.max_auth_failures", "limits.sm_resume_timeout_s",
     "limits.shutdown_timeout_s", "limits.auth_throttle_window_s", "limits.logins_in_progress_min",
     "limits.login_budget_s", "limits.max_connections_per_address", "limits.max_unauthenticated_per_address",
+    "limits.max_header_bytes", "limits.max_header_namespaces",
+    "limits.max_tag_bytes_unauthenticated", "limits.max_tag_bytes",
     "cluster.grace_s", "cluster.relay_timeout_s", "cluster.relay_open_timeout_s", "cluster.refresh_s",
     "cluster.location_ttl_s", "cluster.activation_wait_s",
     "links.window", "links.heartbeat_interval_s", "links.dead_after_s", "links.handshake_timeout_s",

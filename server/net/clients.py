@@ -194,6 +194,10 @@ class ClientPort:
                 registration_enabled=registration,
                 max_auth_failures=self.limits.max_auth_failures,
                 sm_max_resume_s=self.limits.sm_resume_timeout_s,
+                max_header_bytes=self.limits.max_header_bytes,
+                max_header_namespaces=self.limits.max_header_namespaces,
+                max_tag_bytes_unauthenticated=self.limits.max_tag_bytes_unauthenticated,
+                max_tag_bytes=self.limits.max_tag_bytes,
             )
         return settings
 

@@ -12,6 +12,15 @@ Rules of this module:
   while it arrives (not after it was buffered whole); nesting deeper than `MAX_DEPTH`
   is `policy-violation` too. Non-whitespace text between stanzas is `bad-format`;
   whitespace keepalives vanish.
+- Pending input is bounded (`ParserLimits`, all `policy-violation`): the stream header
+  with all that precedes it (`header_bytes`), its namespace declarations
+  (`header_namespaces`: `xmlns` is counted in the raw input while the header is
+  incomplete, exactly once expat has it), and any incomplete token after it, i.e. a start or end tag
+  still open (`tag_bytes`). The tag bound holds before the element counts toward
+  `max_element_bytes` (an element is only sized once its start tag is complete).
+  Expat rescans an incomplete token on every `Parse()`, so while one is pending, input
+  without a `>` (no tag, hence no event, can complete without one) is held back and
+  parsed at once when a `>` arrives: an endless tag costs linear time, not quadratic.
 - Names come out in Clark notation, `jabber:client` unqualified (see `stanzas`).
 - A stream restart (after STARTTLS or SASL) uses a fresh parser: the stream core makes
   a new `StreamParser`; bytes the old one had not seen yet are dropped by design
@@ -21,6 +30,8 @@ Rules of this module:
   handlers, most of an idle session's Python memory) is dropped. The next input gets a
   fresh one, primed with a synthetic stream header that re-declares the namespaces of
   the peer's header (no event comes out of it). Whitespace alone needs no parser.
+  A header whose declarations make a primer longer than `PRIMER_RELEASE_BYTES` keeps
+  its parser instead, so no stanza's cost depends on the size of the header.
 """
 
 from __future__ import annotations
@@ -38,8 +49,11 @@ from presence_ha.server.xmpp.stanzas import MAX_DEPTH, NS_CLIENT, NS_STREAM
 SEPARATOR = " "  # cannot occur in a namespace name (a URI) or a local name
 FEED_SLICE = 16 * 1024  # the size limit is checked at least every slice
 TEXT_BUFFER = 1024  # bytes of character data expat gathers per callback (default 8 kB)
+PRIMER_RELEASE_BYTES = 512  # a longer primer is not re-parsed per stanza: the parser is kept
 _WHITESPACE = b" \t\r\n"
 _QNAME = re.compile(rb"<([^\s/>]+)")
+_TAG = re.compile(rb"[^'\">]*(?:(?:'[^']*'|\"[^\"]*\")[^'\">]*)*>")  # a tag, up to its closing '>'
+
 
 _RESTRICTED_CODES = {
     expat.errors.codes[expat.errors.XML_ERROR_UNDEFINED_ENTITY],
@@ -82,6 +96,15 @@ class ParseFault:
 ParseEvent = HeaderParsed | ElementParsed | FooterParsed | ParseFault
 
 
+@dataclass(frozen=True)
+class ParserLimits:
+    """Bounds of pending input (see module rules); defaults: before authentication."""
+
+    header_bytes: int = 4096  # the stream header and anything before it
+    header_namespaces: int = 16  # namespace declarations on the stream header
+    tag_bytes: int | None = None  # an incomplete tag or token after the header; None: max_element_bytes
+
+
 def _restricted(what: str) -> StreamError:
     return StreamError(StreamCondition.RESTRICTED_XML, f"{what} not allowed in XMPP (RFC 6120 §11.1)")
 
@@ -113,9 +136,18 @@ def clark(name: str) -> str:
     return f"{{{uri}}}{local}"
 
 
+def _policy(text: str) -> StreamError:
+    return StreamError(StreamCondition.POLICY_VIOLATION, text)
+
+
 class StreamParser:
-    def __init__(self, max_element_bytes: int) -> None:
+    def __init__(self, max_element_bytes: int, limits: ParserLimits | None = None) -> None:
         self.max_element_bytes = max_element_bytes
+        self.limits = limits = limits or ParserLimits()
+        self._max_tag = min(limits.tag_bytes or max_element_bytes, max_element_bytes)
+        self._held: bytearray | None = None  # input held back while a token is pending (module rules)
+        self._pending = 0  # bytes of the token expat has not completed yet
+        self._raw_declarations = 0  # `xmlns` seen in input while the header is incomplete
         self._events: list[ParseEvent] = []
         self._depth = 0
         self._builder: ET.TreeBuilder | None = None
@@ -160,14 +192,54 @@ class StreamParser:
             if not data.strip(_WHITESPACE):
                 return []  # a keepalive between stanzas
             self._parser = self._primed_expat()
-        for start in range(0, len(data), FEED_SLICE):
-            if self._dead:
-                break
-            self._feed_slice(data[start : start + FEED_SLICE])
-        if not self._dead and self._idle_after(data):
-            self._parser = None
+        header_pending = not self._header_open
+        if self._pending and b">" not in data:
+            self._hold(data)
+        else:
+            if self._held is not None:
+                self._held += data
+                data, self._held = bytes(self._held), None
+            for start in range(0, len(data), FEED_SLICE):
+                if self._dead:
+                    break
+                self._feed_slice(data[start : start + FEED_SLICE])
+            if not self._dead and self._idle_after(data) and len(self._primer or b"") <= PRIMER_RELEASE_BYTES:
+                self._parser = None
+        if header_pending and not self._header_open:
+            self._count_declarations(data)
         events, self._events = self._events, []
         return events
+
+    def _count_declarations(self, data: bytes) -> None:
+        """Input of a header still incomplete: count its `xmlns` as they arrive, so that
+        expat never has to take in a tag of thousands of declarations (it counts exactly
+        once the header is complete: `_on_ns_decl`)."""
+        self._raw_declarations += data.count(b"xmlns")
+        if self._raw_declarations > self.limits.header_namespaces:
+            self._record_fault(self._too_many_declarations())
+
+    def _too_many_declarations(self) -> StreamError:
+        return _policy(f"more than {self.limits.header_namespaces} namespace declarations on the stream header")
+
+    def _hold(self, data: bytes) -> None:
+        """Keep `data` unparsed: the pending token cannot complete without a `>`."""
+        if self._dead:
+            return
+        if self._held is None:
+            self._held = bytearray()
+        self._held += data
+        self._pending += len(data)
+        self._check_pending(self._fed + len(self._held))
+
+    def _check_pending(self, fed: int) -> None:
+        """Fault if the header (all of `fed` while it is open) or the pending token is too big."""
+        if not self._header_open:
+            if fed > self.limits.header_bytes:
+                self._record_fault(_policy(f"stream header larger than {self.limits.header_bytes} bytes"))
+        elif self._pending > self._max_tag:
+            self._record_fault(_policy(f"tag larger than {self._max_tag} bytes"))
+        elif self._builder is not None and fed - self._element_start > self.max_element_bytes:
+            self._record_fault(self._too_big())
 
     def _primed_expat(self) -> expat.XMLParserType:
         if self._primer is None:  # the peer's header, as a fresh expat needs it (built once)
@@ -177,7 +249,7 @@ class StreamParser:
             self._primer = b"<" + self._root_qname + declared.encode() + b">"
         parser = self._parser = self._make_expat(self._primer)
         self._depth = 1  # inside the (synthetic) stream header
-        self._fed, self._last_close = len(self._primer), -1
+        self._fed, self._last_close, self._pending = len(self._primer), -1, 0
         return parser
 
     def _idle_after(self, data: bytes) -> bool:
@@ -201,8 +273,9 @@ class StreamParser:
             self._record_fault(self._translate(exc))
             return
         self._fed += len(chunk)
-        if self._builder is not None and self._fed - self._element_start > self.max_element_bytes:
-            self._record_fault(self._too_big())
+        parsed_to = self._parser.CurrentByteIndex  # the start of the token expat holds, if any
+        self._pending = self._fed - parsed_to if 0 <= parsed_to <= self._fed else self._fed
+        self._check_pending(self._fed)
 
     def _translate(self, exc: expat.ExpatError) -> StreamError:
         message = expat.errors.messages.get(exc.code, str(exc))
@@ -213,9 +286,7 @@ class StreamParser:
         return StreamError(StreamCondition.NOT_WELL_FORMED, f"{message} at line {exc.lineno}, column {exc.offset}")
 
     def _too_big(self) -> StreamError:
-        return StreamError(
-            StreamCondition.POLICY_VIOLATION, f"stanza larger than {self.max_element_bytes} bytes"
-        )
+        return _policy(f"stanza larger than {self.max_element_bytes} bytes")
 
     def _record_fault(self, error: StreamError) -> None:
         if not self._dead:
@@ -232,6 +303,8 @@ class StreamParser:
 
     def _on_ns_decl(self, prefix: str | None, uri: str | None) -> None:
         if self._depth == 0:
+            if len(self._declared) >= self.limits.header_namespaces:
+                self._fail(self._too_many_declarations())
             self._declared.append((prefix, uri or ""))
             if prefix is None:
                 self._pending_default_ns = uri or ""
@@ -241,9 +314,13 @@ class StreamParser:
         if self._depth == 1:
             self._header_open = True
             assert self._parser is not None  # expat is calling us
-            written = _QNAME.match(self._parser.GetInputContext() or b"")
+            context = self._parser.GetInputContext() or b""  # from the header's '<' on
+            written = _QNAME.match(context)
             if written is not None:
                 self._root_qname = written.group(1)
+            tag = _TAG.match(context)
+            if tag is not None and self._parser.CurrentByteIndex + tag.end() > self.limits.header_bytes:
+                self._fail(_policy(f"stream header larger than {self.limits.header_bytes} bytes"))
             header_attrs = {clark(k): v for k, v in attrs.items()}
             self._events.append(HeaderParsed(clark(name), header_attrs, self._pending_default_ns))
             return

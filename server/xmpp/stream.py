@@ -14,11 +14,14 @@ Rules of this module:
 - A peer's fault is an output: `<stream:error/>`, `</stream:stream>` and `StreamClosed`.
   If our header was not sent yet, it is sent first (RFC 6120 §4.9.1.1).
 - Every stream restart (after TLS and SASL) uses a fresh parser; stale input is dropped.
+  Its bounds of pending input (`ParserLimits`) are small before authentication and
+  larger after it (`max_tag_bytes`), never beyond `max_stanza_bytes`.
 """
 
 from __future__ import annotations
 
 import enum
+import functools
 import random
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
@@ -44,6 +47,7 @@ from presence_ha.server.xmpp.parser import (
     HeaderParsed,
     ParseEvent,
     ParseFault,
+    ParserLimits,
     StreamParser,
 )
 from presence_ha.server.xmpp.sm import AckTooHigh, StreamManagement
@@ -77,6 +81,20 @@ class StreamSettings:
     max_auth_failures: int = 3  # per stream; RFC 6120 §6.4.5 allows 2 to 5 retries
     sm_max_resume_s: int = 300
     ack_request_every: int = 5  # stanzas sent between two <r/> (XEP-0198 §4)
+    # pending input (server.xmpp.parser.ParserLimits): the header, its namespace
+    # declarations, an incomplete tag before and after authentication
+    max_header_bytes: int = 4096
+    max_header_namespaces: int = 16
+    max_tag_bytes_unauthenticated: int = 4096
+    max_tag_bytes: int = 16 * 1024
+
+    @functools.cached_property
+    def parser_limits(self) -> tuple[ParserLimits, ParserLimits]:
+        """(before, after) authentication; built once, shared by every stream."""
+        return tuple(  # type: ignore[return-value]
+            ParserLimits(self.max_header_bytes, self.max_header_namespaces, tag)
+            for tag in (self.max_tag_bytes_unauthenticated, self.max_tag_bytes)
+        )
 
 
 class XmppStream(neg.Negotiation):
@@ -98,7 +116,7 @@ class XmppStream(neg.Negotiation):
         self._peer_from: str | None = None
         self._events: list[Event] = []
         self._inbox: list[ParseEvent] = []  # a list: an empty deque costs 0.6 kB of every idle session
-        self._parser = StreamParser(settings.max_stanza_bytes)
+        self._parser = self._new_parser()
         neg.Negotiation.__init__(self)
 
     # -- host API -------------------------------------------------------------
@@ -171,7 +189,12 @@ class XmppStream(neg.Negotiation):
         self.waiting = None
         self._header_sent = False
         self._inbox.clear()
-        self._parser = StreamParser(self.settings.max_stanza_bytes)
+        self._parser = self._new_parser()
+
+    def _new_parser(self) -> StreamParser:
+        """A parser with the pending-input limits of the phase (larger once authenticated)."""
+        authenticated = self.phase in (Phase.BIND, Phase.BOUND)
+        return StreamParser(self.settings.max_stanza_bytes, self.settings.parser_limits[authenticated])
 
     def _wait(self, what: Waiting) -> None:
         self.waiting = what
