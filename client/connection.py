@@ -9,7 +9,7 @@ Rules of this module:
   the `redirect` of the failure or of the loss, and the policy decides.
 - The backup protocol (docs/xep-presence-ha-backup.md): `query_backup`, `hold`,
   `activate`, `retire`, and the server's `<activated/>` push (answered, then reported).
-- XEP-0198 without resumption (slixmpp's plugin, an ack requested after every stanza):
+- XEP-0198 without resumption (slixmpp's plugin; an ack requested after every message):
   the connection is ready once stream management is negotiated, and every message it
   sends stays in its `client.delivery.Outbox` until the server acknowledges it.
   `take_unacked()` hands over what is left when the connection is done, for the
@@ -28,6 +28,7 @@ from typing import Any, Literal
 
 import slixmpp
 from slixmpp.exceptions import IqError, IqTimeout
+from slixmpp.plugins.xep_0198.stanza import RequestAck
 from slixmpp.xmlstream.handler import Callback
 from slixmpp.xmlstream.matcher import MatchXPath
 
@@ -108,7 +109,7 @@ class NodeConnection:
         self.xmpp.register_plugin("xep_0199", {"keepalive": True, "interval": 30, "timeout": 10})
         # No resumption: a lost connection is replaced by the backup or a new login, and
         # a resumable session would linger on the server meanwhile.
-        self.xmpp.register_plugin("xep_0198", {"allow_resume": False, "window": 1})
+        self.xmpp.register_plugin("xep_0198", {"allow_resume": False})
         if insecure:
             self.xmpp.ssl_context.check_hostname = False
             self.xmpp.ssl_context.verify_mode = ssl.CERT_NONE
@@ -281,6 +282,10 @@ class NodeConnection:
         if self.sm_enabled:
             self.outbox.sent(msg["id"], OutMessage(to, body, msg["id"]))
         msg.send()
+        if self.sm_enabled:
+            # Ask for the ack behind the message, in the send queue: the plugin's own
+            # request (its `window`) is written before the stanza that triggers it.
+            RequestAck(self.xmpp).send()
         return msg["id"]
 
     def take_unacked(self) -> list[OutMessage]:
