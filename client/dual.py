@@ -13,9 +13,9 @@ Rules of this module:
   acknowledged (XEP-0198, `NodeConnection.take_unacked`) is sent again, with the same
   stanza ids, on the next active connection (the activated backup, or a new login),
   as an XEP-0198 client does after a failed resumption. Received messages go through
-  `client.delivery.RecentIds` (the last 256 ids of each of the last 1,024 senders), so
-  a message that arrives twice reaches the application once. `resent` and
-  `duplicates_dropped` count both.
+  `client.delivery.RecentIds` (the last 512 ids, twice the outbox limit, of each of
+  the last 1,024 senders), so a message that arrives twice reaches the application
+  once. `resent` and `duplicates_dropped` count both.
 - Library API: `DualClient(jid, password, server)`, `await start()`, `send_message`,
   `set_presence`, `roster`, `await stop()`.
 """
