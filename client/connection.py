@@ -9,6 +9,11 @@ Rules of this module:
   the `redirect` of the failure or of the loss, and the policy decides.
 - The backup protocol (docs/xep-presence-ha-backup.md): `query_backup`, `hold`,
   `activate`, `retire`, and the server's `<activated/>` push (answered, then reported).
+- XEP-0198 without resumption (slixmpp's plugin; an ack requested after every message):
+  the connection is ready once stream management is negotiated, and every message it
+  sends stays in its `client.delivery.Outbox` until the server acknowledges it.
+  `take_unacked()` hands over what is left when the connection is done, for the
+  adapter to send again on the next active connection (the dual client's resend).
 """
 
 from __future__ import annotations
@@ -23,9 +28,11 @@ from typing import Any, Literal
 
 import slixmpp
 from slixmpp.exceptions import IqError, IqTimeout
+from slixmpp.plugins.xep_0198.stanza import RequestAck
 from slixmpp.xmlstream.handler import Callback
 from slixmpp.xmlstream.matcher import MatchXPath
 
+from presence_ha.client.delivery import Outbox
 from presence_ha.client.policy import DEFAULT_RELOGIN_S, BackupInfo, Endpoint
 
 log = logging.getLogger(__name__)
@@ -51,12 +58,21 @@ class BackupRefused(Exception):
         self.condition, self.etype, self.app_condition = condition, etype, app_condition
 
 
+@dataclass(frozen=True)
+class OutMessage:
+    """A chat message as sent, kept until acknowledged (sent again with the same id)."""
+
+    to: str
+    body: str
+    stanza_id: str
+
+
 @dataclass
 class ConnectionHooks:
     """What a connection reports; all called on the event loop."""
 
     lost: Callable[[NodeConnection, Endpoint | None, str], None]
-    message: Callable[[NodeConnection, str, str, str], None]  # (conn, from, type, body)
+    message: Callable[[NodeConnection, str, str, str, str], None]  # (conn, from, type, body, stanza id)
     presence: Callable[[NodeConnection, str, bool, str, str], None]  # (conn, from, available, show, status)
     activated: Callable[[NodeConnection, bool], None]  # server push: (conn, presence restored)
 
@@ -83,12 +99,17 @@ class NodeConnection:
         self._error = ""
         self._ready: asyncio.Future[str] | None = None
         self._closing: asyncio.Future[Any] | None = None
+        self._bound = False
+        self.outbox: Outbox[OutMessage] = Outbox()
         self.xmpp = slixmpp.ClientXMPP(jid, password)
         self.xmpp.max_redirects = -1  # we follow see-other-host ourselves (see module rules)
         # One TCP attempt per connection: STARTTLS on the node's client port (RFC 6120 §5).
         self.xmpp.enable_direct_tls, self.xmpp.enable_starttls, self.xmpp.enable_plaintext = False, True, False
         self.xmpp.register_plugin("xep_0030")
         self.xmpp.register_plugin("xep_0199", {"keepalive": True, "interval": 30, "timeout": 10})
+        # No resumption: a lost connection is replaced by the backup or a new login, and
+        # a resumable session would linger on the server meanwhile.
+        self.xmpp.register_plugin("xep_0198", {"allow_resume": False})
         if insecure:
             self.xmpp.ssl_context.check_hostname = False
             self.xmpp.ssl_context.verify_mode = ssl.CERT_NONE
@@ -100,7 +121,10 @@ class NodeConnection:
 
     def _wire(self) -> None:
         x = self.xmpp
-        x.add_event_handler("session_start", lambda _e: self._settle("ok"))
+        x.add_event_handler("session_start", self._on_bound)
+        # after bind slixmpp negotiates stream management, then says the stream is ready
+        x.add_event_handler("stream_negotiated", lambda _e: self._settle("ok") if self._bound else None)
+        x.add_event_handler("stanza_acked", self._on_acked)
         x.add_event_handler("failed_all_auth", lambda _e: self._settle("authentication failed"))
         x.add_event_handler("connection_failed", self._on_connection_failed)
         x.add_event_handler("stream_error", self._on_stream_error)
@@ -111,6 +135,9 @@ class NodeConnection:
         x.add_event_handler("presence_unavailable", lambda p: self._on_presence(p, False))
         x.register_handler(Callback("ha activated", MatchXPath(f"{{{NS_CLIENT}}}iq/{{{NS_BACKUP}}}activated"),
                                     self._on_activated_push))
+
+    def _on_bound(self, _event) -> None:
+        self._bound = True
 
     def _settle(self, outcome: str) -> None:
         if self._ready is not None and not self._ready.done():
@@ -169,7 +196,11 @@ class NodeConnection:
     # -- stanzas in -----------------------------------------------------------------------
     def _on_message(self, msg) -> None:
         if msg["type"] in ("chat", "normal", "headline") and msg["body"]:
-            self.hooks.message(self, str(msg["from"]), msg["type"], msg["body"])
+            self.hooks.message(self, str(msg["from"]), msg["type"], msg["body"], msg["id"] or "")
+
+    def _on_acked(self, stanza) -> None:
+        if isinstance(stanza, slixmpp.Message) and stanza["id"]:
+            self.outbox.acked(stanza["id"])
 
     def _on_presence(self, presence, available: bool) -> None:
         self.hooks.presence(self, str(presence["from"]), available, presence["show"] or "", presence["status"] or "")
@@ -235,8 +266,31 @@ class NodeConnection:
     def send_presence(self, show: str, status: str) -> None:
         self.xmpp.send_presence(pshow=show or None, pstatus=status or None)
 
-    def send_message(self, to: str, body: str) -> None:
-        self.xmpp.send_message(mto=slixmpp.JID(to), mbody=body, mtype="chat")
+    @property
+    def sm_enabled(self) -> bool:
+        """The server counts what we send (XEP-0198 enabled on this stream)."""
+        return bool(self.xmpp.plugin["xep_0198"].enabled_out)
+
+    def send_message(self, to: str, body: str, stanza_id: str | None = None) -> str:
+        """Send a chat message (with `stanza_id`, or a new id); return its id. With stream
+        management on, it stays in `outbox` until the server acknowledges it."""
+        msg = self.xmpp.make_message(mto=slixmpp.JID(to), mbody=body, mtype="chat")
+        if stanza_id:
+            msg["id"] = stanza_id
+        elif not msg["id"]:
+            msg["id"] = self.xmpp.new_id()
+        if self.sm_enabled:
+            self.outbox.sent(msg["id"], OutMessage(to, body, msg["id"]))
+        msg.send()
+        if self.sm_enabled:
+            # Ask for the ack behind the message, in the send queue: the plugin's own
+            # request (its `window`) is written before the stanza that triggers it.
+            RequestAck(self.xmpp).send()
+        return msg["id"]
+
+    def take_unacked(self) -> list[OutMessage]:
+        """The messages the server never acknowledged, oldest first; the outbox is empty after."""
+        return self.outbox.take()
 
 
 

@@ -9,6 +9,13 @@ Rules of this module:
 - The application sees typed events through listeners (`add_listener`): received
   messages, contacts' presence, and every connection event stamped with wall-clock
   ISO time and monotonic milliseconds, so downtime can be measured.
+- Nothing sent is lost with a node: what the active connection's node never
+  acknowledged (XEP-0198, `NodeConnection.take_unacked`) is sent again, with the same
+  stanza ids, on the next active connection (the activated backup, or a new login),
+  as an XEP-0198 client does after a failed resumption. Received messages go through
+  `client.delivery.RecentIds` (the last 512 ids, twice the outbox limit, of each of
+  the last 1,024 senders), so a message that arrives twice reaches the application
+  once. `resent` and `duplicates_dropped` count both.
 - Library API: `DualClient(jid, password, server)`, `await start()`, `send_message`,
   `set_presence`, `roster`, `await stop()`.
 """
@@ -24,7 +31,8 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from presence_ha.client.connection import BackupRefused, ConnectionHooks, LoginFailed, NodeConnection
+from presence_ha.client.connection import BackupRefused, ConnectionHooks, LoginFailed, NodeConnection, OutMessage
+from presence_ha.client.delivery import RecentIds
 from presence_ha.client.policy import (
     Action,
     Activate,
@@ -64,7 +72,7 @@ class LoginError(Exception):
 
 @dataclass(frozen=True)
 class ConnectionEvent:
-    kind: str  # connecting, connected, held, login-failed, lost, activated, backup, decision, stopped
+    kind: str  # connecting, connected, held, login-failed, lost, activated, resent, backup, decision, stopped
     role: Role | None
     endpoint: Endpoint | None
     detail: str
@@ -78,6 +86,7 @@ class MessageReceived:
     body: str
     type: str
     via: Role | None  # the role of the connection it came on
+    stanza_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -114,6 +123,9 @@ class DualClient:
         self._made: list[NodeConnection] = []  # every connection, to wait for at stop
         self.show, self.status = "", ""
         self.roster: dict[str, RosterItem] = {}
+        self._resend: list[OutMessage] = []  # never acknowledged by a lost node, for the next active connection
+        self._recent = RecentIds()
+        self.resent = 0  # messages sent again after a failover
         self._hooks = ConnectionHooks(self._on_lost, self._on_message, self._on_presence, self._on_push)
 
     # -- public API ---------------------------------------------------------------------
@@ -122,6 +134,11 @@ class DualClient:
 
     def connection(self, role: Role) -> NodeConnection | None:
         return self._conns[role]
+
+    @property
+    def duplicates_dropped(self) -> int:
+        """Messages that arrived a second time (a sender's resend) and were not reported again."""
+        return self._recent.dropped
 
     @property
     def active_endpoint(self) -> Endpoint | None:
@@ -147,13 +164,13 @@ class DualClient:
         await asyncio.gather(*(conn.wait_closed() for conn in self._made))
         self._emit_conn("stopped", None, None, "")
 
-    def send_message(self, to: str, body: str) -> bool:
-        """Send a chat message on the active connection; False when there is none."""
+    def send_message(self, to: str, body: str) -> str | None:
+        """Send a chat message on the active connection: its stanza id, or None when there
+        is no active connection (nothing sent)."""
         conn = self._conns[Role.ACTIVE]
         if conn is None or self.policy.state.active is not Link.UP:
-            return False
-        conn.send_message(to, body)
-        return True
+            return None
+        return conn.send_message(to, body)
 
     def set_presence(self, show: str = "", status: str = "") -> None:
         self.show, self.status = show, status
@@ -216,6 +233,17 @@ class DualClient:
             self._first.set_result(None)
         self._spawn(self._load_roster(conn))
         conn.send_presence(self.show, self.status)
+        self._flush_resend(conn)
+
+    def _flush_resend(self, conn: NodeConnection) -> None:
+        """Send again, on the new active connection, what the old one's node never acknowledged."""
+        pending, self._resend = self._resend, []
+        for msg in pending:
+            conn.send_message(msg.to, msg.body, msg.stanza_id)
+        if pending:
+            self.resent += len(pending)
+            self._emit_conn("resent", Role.ACTIVE, conn.endpoint,
+                            f"{len(pending)} message(s) the previous node never acknowledged")
 
     async def _load_roster(self, conn: NodeConnection) -> None:
         try:
@@ -264,11 +292,15 @@ class DualClient:
     def _do_promote(self, _a: Promote) -> None:
         old, new = self._conns[Role.ACTIVE], self._conns[Role.INACTIVE]
         self._conns[Role.ACTIVE], self._conns[Role.INACTIVE] = new, None
+        if old is not None and not old.closed:
+            # Make before break: the old session goes last; what it has not had
+            # acknowledged yet goes again on the new one (a copy is dropped by receivers).
+            self._resend.extend(old.take_unacked())
+            self._spawn(old.retire())
         if new is not None:
             self._emit_conn("activated", Role.ACTIVE, new.endpoint, new.jid)
             self._spawn(self._load_roster(new))
-        if old is not None and not old.closed:
-            self._spawn(old.retire())  # make before break: the old session goes last
+            self._flush_resend(new)
 
     def _do_send_presence(self, _a: SendPresence) -> None:
         conn = self._conns[Role.ACTIVE]
@@ -303,6 +335,8 @@ class DualClient:
         if role is None:
             return
         self._conns[role] = None
+        if role is Role.ACTIVE:
+            self._resend.extend(conn.take_unacked())
         self._emit_conn("lost", role, conn.endpoint, detail + (f"; redirected to {redirect}" if redirect else ""))
         self._feed(ConnectionLost(role, redirect, detail))
 
@@ -310,8 +344,9 @@ class DualClient:
         if self._slot(conn) is Role.INACTIVE:
             self._feed(ActivationDone(restored, by_server=True))
 
-    def _on_message(self, conn: NodeConnection, sender: str, mtype: str, body: str) -> None:
-        self._emit(MessageReceived(sender, body, mtype, self._slot(conn)))
+    def _on_message(self, conn: NodeConnection, sender: str, mtype: str, body: str, stanza_id: str) -> None:
+        if self._recent.first(sender.split("/", 1)[0], stanza_id):
+            self._emit(MessageReceived(sender, body, mtype, self._slot(conn), stanza_id))
 
     def _on_presence(self, conn: NodeConnection, jid: str, available: bool, show: str, status: str) -> None:
         bare = jid.split("/", 1)[0]

@@ -17,10 +17,17 @@ Rules of this module:
   inactive connection becomes the active one; the old one is closed: make before
   break on fallback), `SendPresence` unless the server restored it, and `QueryBackup`
   for the next inactive connection.
-- Without a usable inactive connection (single mode, HA off, none yet) the client
-  re-logs in: at once to the redirect target if the server named one (a planned move,
-  e.g. a fallback), else after a random delay in the same limits to the next known
-  node (home, backup) other than the lost one.
+- Without a usable inactive connection the client logs in again:
+  * dual mode with a peer known (the backup the server named, or a redirect target),
+    e.g. the inactive connection was not open yet or was lost: at once, to the
+    redirect target or else that peer (issue 18: a failover must not strand the
+    client for the re-login delay). A login that fails meanwhile is retried with
+    full-jitter exponential backoff (`failover_retry_s`: base, cap) to the same peer,
+    up to `failover_attempts` times; after that, the re-login delay.
+  * single mode, or no peer known (HA off): SPEC §8, at once to the redirect target
+    if the server named one (a planned move, e.g. a fallback), else after a random
+    delay in the re-login limits to the next known node (home, backup) other than
+    the lost one.
   A redirect while logging in is followed at once (at most `max_login_redirects`).
 """
 
@@ -208,6 +215,8 @@ class PolicyConfig:
     activation_timeout_s: float = 30.0
     max_login_redirects: int = 3
     default_relogin_s: tuple[float, float] = DEFAULT_RELOGIN_S
+    failover_retry_s: tuple[float, float] = (0.2, 5.0)  # backoff base and cap of a failover login
+    failover_attempts: int = 10
 
 
 @dataclass
@@ -222,6 +231,7 @@ class PolicyState:
     failures: int = 0
     relogin_target: Endpoint | None = None
     last_lost: Endpoint | None = None  # the node of the last active connection lost
+    failover_target: Endpoint | None = None  # dual mode: the peer a failover login retries (None: not failing over)
     stopped: bool = False
     known: list[Endpoint] = field(default_factory=list)
 
@@ -274,6 +284,32 @@ class DualPolicy:
         delay = 0.0 if redirect is not None else self.relogin_delay()
         return [StartTimer(Timer.RELOGIN, delay), Report(f"re-login to {s.relogin_target} in {delay:.2f}s")]
 
+    def _peer(self, lost: Endpoint | None) -> Endpoint | None:
+        """The node a dual client fails over to: the backup its node named, else another known node."""
+        info = self._s.info
+        if info is None or info.endpoint is None:
+            return None  # HA off, or not told yet: no peer to fail over to
+        if info.endpoint != lost:
+            return info.endpoint
+        return next((e for e in self._s.known if e != lost), None)
+
+    def _fail_over(self, s: PolicyState, lost: Endpoint | None, redirect: Endpoint | None = None) -> list[Action]:
+        """No usable inactive connection after the active one ended (module rules)."""
+        lost = lost or s.last_lost
+        peer = redirect or self._peer(lost)
+        if not self.config.dual or peer is None:
+            return self._relogin(s, lost, redirect)
+        self._remember(redirect)
+        s.relogin_target = s.failover_target = peer
+        return [StartTimer(Timer.RELOGIN, 0.0), Report(f"no inactive connection: logging in to {peer} at once")]
+
+    def _failover_retry(self, s: PolicyState) -> list[Action]:
+        base, cap = self.config.failover_retry_s
+        delay = self._rng.uniform(base / 2, min(cap, base * 2 ** (s.failures - 1)))
+        s.relogin_target = s.failover_target
+        return [StartTimer(Timer.RELOGIN, delay),
+                Report(f"failover login {s.failures} failed: again to {s.relogin_target} in {delay:.2f}s")]
+
     def _schedule_open(self, s: PolicyState) -> list[Action]:
         if not self.config.dual or s.info is None or s.info.endpoint is None or s.active is not Link.UP:
             return []
@@ -306,7 +342,7 @@ class DualPolicy:
         if e.role is Role.ACTIVE:
             if s.active is not Link.CONNECTING:
                 return []
-            s.active, s.redirects, s.failures = Link.UP, 0, 0
+            s.active, s.redirects, s.failures, s.failover_target = Link.UP, 0, 0, None
             self._remember(s.active_endpoint)
             return [QueryBackup()]
         if s.inactive is not Link.CONNECTING:
@@ -321,7 +357,7 @@ class DualPolicy:
             s.inactive, s.inactive_endpoint = Link.DOWN, None
             if s.active is Link.UP:
                 return self._schedule_open(s)
-            return [] if s.active is Link.CONNECTING else self._relogin(s, None)
+            return [] if s.active is Link.CONNECTING else self._fail_over(s, None)
         if s.active is not Link.CONNECTING:
             return []
         s.active = Link.DOWN
@@ -331,6 +367,9 @@ class DualPolicy:
             s.active, s.active_endpoint = Link.CONNECTING, e.redirect
             return [Connect(Role.ACTIVE, e.redirect), Report(f"login redirected to {e.redirect}")]
         s.failures += 1
+        if s.failover_target is not None and s.failures <= self.config.failover_attempts:
+            return self._failover_retry(s)
+        s.failover_target = None
         return self._relogin(s, s.active_endpoint)
 
     def _on_lost(self, s: PolicyState, e: ConnectionLost) -> list[Action]:
@@ -340,7 +379,7 @@ class DualPolicy:
             activating = s.activating
             actions = self._drop_inactive(s, close=False)
             if activating or s.active is Link.DOWN:
-                return actions + self._relogin(s, None)
+                return actions + self._fail_over(s, None)
             return actions + self._schedule_open(s)
         if s.active is Link.DOWN:
             return []
@@ -352,7 +391,7 @@ class DualPolicy:
             return actions + self._begin_activation(s)
         if usable and s.inactive is Link.CONNECTING:
             return [*actions, Report("active connection lost; waiting for the inactive one")]
-        return actions + self._drop_inactive(s) + self._relogin(s, lost, e.redirect)
+        return actions + self._drop_inactive(s) + self._fail_over(s, lost, e.redirect)
 
     def _on_info(self, s: PolicyState, e: BackupInfoReceived) -> list[Action]:
         s.info = e.info
@@ -385,7 +424,7 @@ class DualPolicy:
             return []
         if e.retry:
             return [StartTimer(Timer.ACTIVATE_RETRY, self.config.activate_retry_s)]
-        return self._drop_inactive(s) + self._relogin(s, None)
+        return self._drop_inactive(s) + self._fail_over(s, None)
 
     def _on_timer(self, s: PolicyState, e: TimerFired) -> list[Action]:
         if e.timer is Timer.OPEN_INACTIVE:
@@ -402,4 +441,4 @@ class DualPolicy:
             return [Activate()] if s.activating and s.inactive is Link.UP else []
         if not s.activating:
             return []
-        return [Report("activation timed out"), *self._drop_inactive(s), *self._relogin(s, None)]
+        return [Report("activation timed out"), *self._drop_inactive(s), *self._fail_over(s, None)]

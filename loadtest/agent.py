@@ -5,7 +5,7 @@ Rules of this module:
   (delays, backoff, what is retryable) come from `loadtest.scenario`.
 - Every measurement is a compact event tuple appended to `Recorder.events`
   (`scenario.from_tuple` reads them): "S" sent, "A" acked (XEP-0198), "R" received,
-  "V" now served by a node.
+  "V" now served by a node, "T" sent again after a failover.
 - single mode: when the active connection is lost, re-login after a random delay
   between the lost node's re-login limits, to the `see-other-host` target if one was
   given, else to the other node; refused logins that say "later" are retried with
@@ -14,6 +14,16 @@ Rules of this module:
   (§3), open the inactive connection after a random delay (§4, `<hold/>` first), and
   on loss activate it (§5, retrying while the answer is `wait`), or take the server's
   `<activated/>` push (§6). Without a usable backup connection: the single-mode path.
+- dual mode without a usable backup connection (not open yet, lost, refused): log in
+  again at once, to the see-other-host target or else the backup node, with the login
+  retry backoff (issue 18; single mode keeps SPEC §8's re-login delay).
+- Nothing sent is lost with a node: each link keeps the messages its node has not
+  acknowledged (`client.delivery.Unacked`, at most `UNACKED_LIMIT`); when the active
+  link ends, they are sent again, same ids, on the next active link (the activated
+  backup, or the new login) before anything new, and counted ("T" events).
+  Receivers drop copies by id (`client.delivery.RecentIds`, the last
+  `2 * UNACKED_LIMIT` ids of each sender): the copy is recorded with `dropped` set,
+  not delivered again.
 - A connection is lost when its reader stops (EOF, stream error) or, for a silent
   (SIGSTOPped) node, when a probe is out for `liveness_s` with nothing received.
 """
@@ -24,9 +34,10 @@ import asyncio
 import random
 import time
 import xml.etree.ElementTree as ET
-from collections import Counter, deque
+from collections import Counter
 from dataclasses import dataclass, field
 
+from presence_ha.client.delivery import RecentIds, Unacked
 from presence_ha.loadtest import scenario
 from presence_ha.loadtest.scenario import NodeAddr, Plan, UserSpec
 from presence_ha.loadtest.xmpp_client import ClientConfig, XmppClient, XmppError, local_tag
@@ -34,6 +45,7 @@ from presence_ha.loadtest.xmpp_client import ClientConfig, XmppClient, XmppError
 NS_BACKUP = "urn:presence-ha:backup:0"
 NS_CLIENT = "jabber:client"
 MAX_LOGIN_ATTEMPTS = 60
+UNACKED_LIMIT = 32  # unacknowledged messages kept per link (an ack is asked for every probe)
 
 
 @dataclass
@@ -52,7 +64,7 @@ class Link:
     client: XmppClient
     node: str
     inactive: bool = False
-    unacked: deque = field(default_factory=deque)  # (outbound seq, msg id)
+    unacked: Unacked[tuple[str, str]] = field(default_factory=lambda: Unacked(UNACKED_LIMIT))  # (msg id, to user)
     last_rx: float = 0.0
     probe_out: float | None = None  # send time of the oldest probe not back yet
 
@@ -76,6 +88,8 @@ class UserAgent:
         self._tasks: set[asyncio.Task] = set()
         self._recovering = False
         self._activation: tuple[str, asyncio.Future] | None = None  # (iq id, answer) of §5
+        self._resend: list[tuple[str, str]] = []  # (msg id, to user) a lost active link never had acked
+        self.seen = RecentIds(per_sender=2 * UNACKED_LIMIT)
 
     # -- connections ---------------------------------------------------------------
     def _config(self, node: NodeAddr) -> ClientConfig:
@@ -133,13 +147,33 @@ class UserAgent:
             self.backup = None
         self.rec.events.append(("V", self.spec.name, link.node, time.monotonic(), how))
         if old is not None and old is not link:
+            self._orphan(old)
             old.client.abort()
         if not restored:
             link.client.send_presence()
+        self._resend_on(link)
         if how != "login":
             self._probe(link)  # a round trip on the new connection at once, not at the next tick
         if self.plan.mode == "dual" and not self.stopped:
             self._spawn(self._arm_backup(link))
+
+    def _orphan(self, link: Link) -> None:
+        """`link` is no longer the active one: what its node never acknowledged goes again."""
+        self._resend += link.unacked.take()
+        if link.unacked.overflow:
+            self.rec.counts["unacked_overflow"] += link.unacked.overflow
+            link.unacked.overflow = 0
+
+    def _resend_on(self, link: Link) -> None:
+        pending, self._resend = self._resend, []
+        now = time.monotonic()
+        for msg_id, to_user in pending:
+            link.client.send_message(f"{to_user}@{self.plan.domain}", msg_id, msg_id)
+            link.unacked.sent(link.client.outbound, (msg_id, to_user))
+            self.rec.events.append(("T", msg_id, now))
+        if pending:
+            self.rec.counts["resent"] += len(pending)
+            link.client.request_ack()
 
     async def start(self) -> bool:
         """First login on the home node (dual: then arm the backup). True if logged in."""
@@ -246,6 +280,7 @@ class UserAgent:
                                               self.backup_node.relogin_upper_s))
         elif link is self.active and not self.stopped:
             self.active = None
+            self._orphan(link)
             self._spawn(self._recover(link))
 
     async def _recover(self, lost: Link) -> None:
@@ -259,10 +294,16 @@ class UserAgent:
             if self.active is not None:  # pushed meanwhile
                 return
             node = self.plan.node(lost.node)
-            await asyncio.sleep(scenario.relogin_delay(self.rng, node.relogin_lower_s, node.relogin_upper_s))
             error = lost.client.close_error
             hint = error if isinstance(error, XmppError) else XmppError("connection lost")
-            link = await self.login_with_retries(self._next_target(node, hint))
+            target = self._next_target(node, hint)
+            if self._fails_over_at_once():
+                self.rec.counts["failover_logins"] += 1
+                if not hint.other_host and self.backup_node is not None and self.backup_node.name != node.name:
+                    target = self.backup_node
+            else:
+                await asyncio.sleep(scenario.relogin_delay(self.rng, node.relogin_lower_s, node.relogin_upper_s))
+            link = await self.login_with_retries(target)
             if link is not None and self.active is None:
                 self.rec.counts["relogins"] += 1
                 self._activate_link(link, "relogin")
@@ -270,6 +311,10 @@ class UserAgent:
                 link.client.abort()
         finally:
             self._recovering = False
+
+    def _fails_over_at_once(self) -> bool:
+        """dual mode with a peer to go to (HA on): no re-login delay (module rules)."""
+        return self.plan.mode == "dual" and not (self.backup_known and self.backup_node is None)
 
     # -- traffic -------------------------------------------------------------------
     def _on_stanza(self, link: Link, elem: ET.Element) -> None:
@@ -285,7 +330,10 @@ class UserAgent:
             return
         if tag == "message" and elem.get("type") != "error":
             msg_id = elem.get("id") or elem.findtext(f"{{{NS_CLIENT}}}body") or ""
-            self.rec.events.append(("R", msg_id, self.spec.name, link.node, now, link.inactive))
+            # a copy (a sender's resend) is recorded, not delivered again; a message on an
+            # inactive session is no delivery (scenario's rules) and leaves no memory
+            copy = not link.inactive and not self.seen.first(elem.get("from", "").split("/", 1)[0], msg_id)
+            self.rec.events.append(("R", msg_id, self.spec.name, link.node, now, link.inactive, copy))
             if msg_id.startswith(self.spec.name + ":"):
                 link.probe_out = None
                 self.last_trip = now
@@ -294,14 +342,15 @@ class UserAgent:
 
     def _on_ack(self, link: Link, h: int) -> None:
         now = time.monotonic()
-        while link.unacked and link.unacked[0][0] <= h:
-            self.rec.events.append(("A", link.unacked.popleft()[1], now))
+        for msg_id, _to in link.unacked.acked(h):
+            self.rec.events.append(("A", msg_id, now))
 
     def _send(self, link: Link, to_user: str) -> None:
         self._seq += 1
         msg_id = f"{self.spec.name}:{self._seq}"
         link.client.send_message(f"{to_user}@{self.plan.domain}", msg_id, msg_id)
-        link.unacked.append((link.client.outbound, msg_id))
+        if link.client.sm_enabled:  # without XEP-0198 nothing tells what the node handled
+            link.unacked.sent(link.client.outbound, (msg_id, to_user))
         self.rec.events.append(("S", msg_id, self.spec.name, to_user, time.monotonic()))
 
     def _probe(self, link: Link) -> None:

@@ -6,7 +6,10 @@ Rules of this module:
   The plots are drawn from that dict only, so report.json alone can redraw them.
 - report.json: `{"runs": {MODE: run}}`; each run holds at least users, fault,
   downtime_ms (p50/p90/p99/max), takeover_ms, messages (sent/acked/delivered/lost/
-  duplicated), double_served and rss_kb per node (see `scenario` for the definitions).
+  lost_acked/duplicated, and the failover resend's resent/resent_messages/
+  delivered_by_resend/duplicates_dropped), double_served and rss_kb per node (see
+  `scenario` for the definitions); lost_sample and lost_acked_sample name up to 20
+  lost messages each.
 - A standard-client run (`--clients standard`) also holds `resumption` (see
   `loadtest.resumption`: connections lost, resumed, relogins, resumption_ms and
   relogin_ms p50/p90/p99/max), apart from the message figures; `resumption_table`
@@ -47,7 +50,8 @@ def summarize(ledger: Ledger, *, mode: str, users: int, fault: dict, fault_at: f
         "not_recovered": sum(1 for d in downtimes if math.isinf(d)),
         "downtime_ms": summary_ms(downtimes), "recovery_ms": summary_ms(recoveries),
         "takeover_ms": _ms(takeover), "messages": ledger.messages(),
-        "lost_acked_sample": _lost_detail(ledger, fault_at),
+        "lost_acked_sample": _lost_detail(ledger, ledger.lost_acked_ids(), fault_at),
+        "lost_sample": _lost_detail(ledger, ledger.lost_ids(), fault_at),
         "double_served": len(double), "double_served_users": double[:20],
         "login_retries": counts.get("login_retries", 0), "retryable_refusals": counts.get("retryable_refusals", 0),
         "counters": counts, "login_errors": errors, "rss_kb": monitor.rss_summary(),
@@ -60,13 +64,14 @@ def summarize(ledger: Ledger, *, mode: str, users: int, fault: dict, fault_at: f
     }
 
 
-def _lost_detail(ledger: Ledger, fault_at: float) -> list[dict]:
-    """Who sent each acked-but-lost message to whom, when, and which nodes served them."""
+def _lost_detail(ledger: Ledger, ids: list[str], fault_at: float) -> list[dict]:
+    """Who sent each lost message to whom, when (acked, resent), and which nodes served them."""
     out = []
-    for msg_id in ledger.lost_acked_ids():
+    for msg_id in ids:
         sent = ledger.sent[msg_id]
         out.append({"id": msg_id, "from": sent.sender, "to": sent.recipient, "sent_t": _rel(sent.at, fault_at),
-                    "acked_t": _rel(ledger.acked[msg_id], fault_at),
+                    "acked_t": _rel(ledger.acked.get(msg_id), fault_at),
+                    "resent_t": [_rel(t, fault_at) for t in ledger.resent.get(msg_id, ())],
                     "from_node": ledger.node_at(sent.sender, sent.at),
                     "to_node": ledger.node_at(sent.recipient, sent.at)})
     return out
@@ -81,7 +86,8 @@ def _fmt(value) -> str:
 def table(runs: dict[str, dict]) -> Table:
     out = Table(title="Failover load test")
     columns = ("mode", "users", "fault", "affected", "downtime p50/p90/p99/max ms", "takeover ms",
-               "sent", "acked", "delivered", "lost", "lost acked", "dup", "double served", "retries", "RSS peak kB")
+               "sent", "acked", "delivered", "lost", "lost acked", "dup", "resent", "dup dropped", "double served",
+               "retries", "RSS peak kB")
     for col in columns:
         out.add_column(col, justify="left" if col in ("mode", "fault") else "right")
     for mode, r in runs.items():
@@ -90,7 +96,8 @@ def table(runs: dict[str, dict]) -> Table:
         out.add_row(mode, str(r["users"]), f"{r['fault']['fault']} {r['fault']['node']}", str(r["affected_users"]),
                     "/".join(_fmt(d[k]) for k in ("p50", "p90", "p99", "max")), _fmt(r["takeover_ms"]),
                     str(m["sent"]), str(m["acked"]), str(m["delivered"]), str(m["lost"]), str(m["lost_acked"]),
-                    str(m["duplicated"]), str(r["double_served"]), str(r["login_retries"]), rss)
+                    str(m["duplicated"]), str(m.get("resent", "-")), str(m.get("duplicates_dropped", "-")),
+                    str(r["double_served"]), str(r["login_retries"]), rss)
     return out
 
 

@@ -4,15 +4,19 @@ Rules of this module:
 - No I/O, no clock, no global randomness: times are numbers the caller measured
   (`time.monotonic()` seconds, one clock for every process of the machine) and
   randomness is an injected `random.Random`.
-- A run is a list of events (`Sent`, `Acked`, `Received`, `Served`) produced by the
-  load generators; `Ledger` turns them into the figures of the report. A message is
+- A run is a list of events (`Sent`, `Acked`, `Received`, `Served`, `Resent`) produced
+  by the load generators; `Ledger` turns them into the figures of the report. A message is
   identified by its id (unique per run); probes are messages a user sends to its own
   bare JID, so their arrival is a round trip through the server.
 - Definitions (the report uses exactly these):
   * sent: written on a connection that was logged in; acked: covered by the server's
     XEP-0198 `<a h=''/>`; delivered: received at least once by an active session;
     lost: sent, never delivered; lost_acked: acked, never delivered (SPEC §9 says 0);
-    duplicated: deliveries beyond the first.
+    duplicated: deliveries to the application beyond the first (a receiver that
+    recognised a copy by its id and dropped it did not deliver it: `duplicates_dropped`);
+    resent: sends again, after a failover, of messages the lost node never
+    acknowledged (`resent_messages` distinct ones); `delivered_by_resend`: messages
+    whose first delivery came from a resend (without it they would be lost).
   * affected users: users whose active node was the faulted node at the fault.
   * downtime of a user: from its last probe round trip completed at or before the
     fault to its first one completed after it (resolution: the probe interval).
@@ -55,6 +59,15 @@ class Received:
     node: str
     at: float
     inactive: bool = False  # arrived on a session the client still held inactive
+    dropped: bool = False  # a copy the receiver recognised by its id and did not deliver again
+
+
+@dataclass(frozen=True)
+class Resent:
+    """The sender sent `msg_id` again after a failover (its node never acknowledged it)."""
+
+    msg_id: str
+    at: float
 
 
 @dataclass(frozen=True)
@@ -67,8 +80,8 @@ class Served:
     how: str = "login"
 
 
-Event = Sent | Acked | Received | Served
-_KINDS = {"S": Sent, "A": Acked, "R": Received, "V": Served}
+Event = Sent | Acked | Received | Served | Resent
+_KINDS = {"S": Sent, "A": Acked, "R": Received, "V": Served, "T": Resent}
 
 
 def from_tuple(row: tuple) -> Event:
@@ -242,6 +255,7 @@ class Ledger:
     acked: dict[str, float] = field(default_factory=dict)
     received: dict[str, list[Received]] = field(default_factory=lambda: defaultdict(list))
     served: dict[str, list[Served]] = field(default_factory=lambda: defaultdict(list))
+    resent: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
 
     def feed(self, events: Iterable[Event]) -> Ledger:
         for event in events:
@@ -253,25 +267,50 @@ class Ledger:
                 self.received[event.msg_id].append(event)
             elif isinstance(event, Served):
                 self.served[event.user].append(event)
+            elif isinstance(event, Resent):
+                self.resent[event.msg_id].append(event.at)
         return self
 
+    @staticmethod
+    def _deliveries(rx: list[Received]) -> list[Received]:
+        """Arrivals handed to the application: on an active session, not dropped as a copy."""
+        return [r for r in rx if not r.inactive and not r.dropped]
+
+    def first_delivery(self, msg_id: str) -> float | None:
+        return min((r.at for r in self._deliveries(self.received.get(msg_id, []))), default=None)
+
+    def delivered_ids(self) -> set[str]:
+        return {m for m, rx in self.received.items() if m in self.sent and self._deliveries(rx)}
+
     def messages(self) -> dict[str, int]:
-        delivered = {m for m, rx in self.received.items() if m in self.sent and any(not r.inactive for r in rx)}
+        delivered = self.delivered_ids()
         acked = {m for m in self.acked if m in self.sent}
+        resent = {m for m in self.resent if m in self.sent}
+        by_resend = {m for m in resent & delivered if (first := self.first_delivery(m)) is not None
+                     and first >= min(self.resent[m])}
         return {
             "sent": len(self.sent),
             "acked": len(acked),
             "delivered": len(delivered),
             "lost": len(self.sent) - len(delivered),
             "lost_acked": len(acked - delivered),
-            "duplicated": sum(max(0, sum(not r.inactive for r in rx) - 1)
+            "duplicated": sum(max(0, len(self._deliveries(rx)) - 1)
                               for m, rx in self.received.items() if m in self.sent),
+            "duplicates_dropped": sum(r.dropped for m, rx in self.received.items() if m in self.sent for r in rx),
+            "resent": sum(len(self.resent[m]) for m in resent),
+            "resent_messages": len(resent),
+            "delivered_by_resend": len(by_resend),
             "unknown_received": sum(1 for m in self.received if m not in self.sent),
         }
 
     def lost_acked_ids(self, limit: int = 20) -> list[str]:
-        delivered = {m for m, rx in self.received.items() if any(not r.inactive for r in rx)}
+        delivered = self.delivered_ids()
         return sorted(m for m in self.acked if m in self.sent and m not in delivered)[:limit]
+
+    def lost_ids(self, limit: int = 20) -> list[str]:
+        """Messages sent and never delivered, acknowledged or not."""
+        delivered = self.delivered_ids()
+        return sorted(m for m in self.sent if m not in delivered)[:limit]
 
     def node_at(self, user: str, at: float) -> str | None:
         """The node serving `user` at `at` according to its client."""
@@ -288,10 +327,10 @@ class Ledger:
     def round_trips(self) -> dict[str, list[float]]:
         """{user: completion times of its probes} (a probe: a message to itself)."""
         out: dict[str, list[float]] = defaultdict(list)
-        for msg_id, rx in self.received.items():
+        for msg_id in self.received:
             sent = self.sent.get(msg_id)
             if sent is not None and sent.sender == sent.recipient:
-                first = min((r.at for r in rx if not r.inactive), default=None)
+                first = self.first_delivery(msg_id)
                 if first is not None:
                     out[sent.sender].append(first)
         return out

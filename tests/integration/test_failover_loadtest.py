@@ -68,6 +68,16 @@ def test_no_acknowledged_message_lost(report, mode: str) -> None:
     assert messages["lost_acked"] == 0, run["lost_acked_sample"]  # SPEC §9
 
 
+def test_dual_mode_loses_nothing_and_delivers_nothing_twice(report) -> None:
+    """Issue 18: what the killed node never acknowledged is sent again on the backup
+    and receivers drop the copies by id: nothing lost, nothing delivered twice."""
+    run = report[0]["runs"]["dual"]
+    messages = run["messages"]
+    assert messages["lost"] == 0, run["lost_sample"]
+    assert messages["duplicated"] == 0
+    assert messages["resent"] >= messages["resent_messages"] >= messages["delivered_by_resend"]
+
+
 @pytest.mark.parametrize("mode", ["single", "dual"])
 def test_nobody_double_served(report, mode: str) -> None:
     run = report[0]["runs"][mode]
