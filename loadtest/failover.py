@@ -31,12 +31,17 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from presence_ha.loadtest import faults, localpair, report
 from presence_ha.loadtest.driver import Drivers, raise_nofile
+from presence_ha.loadtest.lab.faultrun import LAB_FAULTS, LabRun
+from presence_ha.loadtest.lab.faultrun import refusal as lab_refusal
+from presence_ha.loadtest.lab.lab import check_prerequisites
+from presence_ha.loadtest.lab.netns import LabError
 from presence_ha.loadtest.monitor import Monitor
 from presence_ha.loadtest.scenario import Ledger, NodeAddr, Plan, UserSpec, from_tuple, roster_pairs, rosters
 
 log = logging.getLogger(__name__)
 console = Console(width=max(Console().width, 160))
 PASSWORD = "loadtest-pw"
+LAB_ONLY_FAULTS = tuple(f for f in LAB_FAULTS if f not in faults.FAULTS)
 
 
 @dataclass
@@ -49,10 +54,13 @@ class Target:
     users: list[tuple[str, str, str]]  # (name, password, active node)
     pids: dict[str, int | None]
     procs: list[localpair.NodeProc]
+    lab: LabRun | None = None  # --topology lab: the lab this run built (and takes down)
 
     def stop(self) -> None:
         for proc in self.procs:
             proc.stop()
+        if self.lab is not None:
+            self.lab.stop()
 
 
 def local_target(opts: dict, mode: str) -> Target:
@@ -80,6 +88,24 @@ def _read_target(url: str, passwords: dict[str, str], procs: list, limit: int | 
     users = [(u, passwords[u], located[u]) for u in names]
     pids = {p.name: p.pid for p in procs} or {n.name: localpair.pid_listening(n.port) for n in nodes}
     return Target(url, domain, nodes, users, pids, procs)
+
+
+def lab_target(opts: dict, mode: str) -> Target:
+    """--topology lab: a fresh lab of separate hosts for this run (`loadtest.lab.faultrun`)."""
+    run = LabRun.build(opts, mode, say=console.print)
+    try:
+        target = _read_target(run.data["database_url"], run.passwords, [], opts["users"])
+    except BaseException:
+        run.stop()
+        raise
+    target.pids, target.lab = run.pids(), run
+    return target
+
+
+def _make_target(opts: dict, mode: str) -> Target:
+    if opts["topology"] == "lab":
+        return lab_target(opts, mode)
+    return local_target(opts, mode) if not opts["cluster_json"] else json_target(opts["cluster_json"], opts["users"])
 
 
 def user_specs(target: Target, contacts: int) -> list[UserSpec]:
@@ -125,7 +151,10 @@ def _fault_phase(drivers: Drivers, progress: Progress, opts: dict, target: Targe
         progress.update(steady, completed=elapsed, info=f"active by node {dict(drivers.by_node())}")
     progress.update(steady, completed=opts["warmup"])
     _check_healthy(drivers, target, users)
-    injected = faults.inject(opts["fault"], node, target.pids.get(node), target.db_url)
+    if target.lab is not None:
+        injected = target.lab.inject(node)
+    else:
+        injected = faults.inject(opts["fault"], node, target.pids.get(node), target.db_url)
     fault_at = time.monotonic()
     drivers.send("fault", fault_at, node)
     back = progress.add_task(f"recovered after {opts['fault']}", total=users, info="")
@@ -154,11 +183,12 @@ def _check_healthy(drivers: Drivers, target: Target, users: int) -> None:
 
 def run_mode(opts: dict, mode: str) -> dict:
     """One complete run of `mode`; returns its report entry."""
-    target = local_target(opts, mode) if not opts["cluster_json"] else json_target(opts["cluster_json"], opts["users"])
-    injected, monitor, drivers = None, None, None
+    target = _make_target(opts, mode)
+    injected, monitor, drivers, extra = None, None, None, {}
     try:
         node = opts["node"] or target.nodes[0].name
-        reason = faults.refusal(opts["fault"], target.db_url, target.pids.get(node) is not None, False)
+        reason = None if target.lab else faults.refusal(opts["fault"], target.db_url, target.pids.get(node) is not None,
+                                                        False)
         if reason:
             raise click.UsageError(reason)
         drivers = Drivers(make_plan(opts, mode, target), user_specs(target, opts["contacts"]), opts["workers"])
@@ -170,9 +200,13 @@ def run_mode(opts: dict, mode: str) -> dict:
             drivers.send("go")
             start = time.monotonic()
             injected, fault_at = _fault_phase(drivers, progress, opts, target, node)
+            if target.lab is not None:
+                target.lab.after_fault(drivers.poll)
             drivers.send("stop")
             drivers.wait_for("done", 120)
         end = time.monotonic()
+        if target.lab is not None:
+            extra = target.lab.finish()
     finally:
         faults.restore(injected)
         if monitor is not None:
@@ -180,10 +214,12 @@ def run_mode(opts: dict, mode: str) -> dict:
         if drivers is not None:
             drivers.stop()
         target.stop()
-    return _summarize(drivers, monitor, mode, len(target.users), injected, fault_at, start, end)
+    summary = _summarize(drivers, monitor, mode, len(target.users), injected, fault_at, start, end, target.lab)
+    return {**summary, **extra}
 
 
-def _summarize(drivers: Drivers, monitor: Monitor, mode: str, users: int, injected, fault_at, start, end) -> dict:
+def _summarize(drivers: Drivers, monitor: Monitor, mode: str, users: int, injected, fault_at, start, end,
+               lab: LabRun | None = None) -> dict:
     ledger = Ledger()
     counts: dict[str, int] = {}
     errors: dict[str, int] = {}
@@ -194,8 +230,9 @@ def _summarize(drivers: Drivers, monitor: Monitor, mode: str, users: int, inject
         for key, value in result["errors"].items():
             errors[key] = errors.get(key, 0) + value
     fault = {"fault": injected.fault, "node": injected.node, "detail": injected.detail}
-    return report.summarize(ledger, mode=mode, users=users, fault=fault, fault_at=fault_at, start=start,
-                            end=end, monitor=monitor, counts=counts, errors=errors)
+    summary = report.summarize(ledger, mode=mode, users=users, fault=fault, fault_at=fault_at, start=start,
+                               end=end, monitor=monitor, counts=counts, errors=errors)
+    return {**summary, **lab.figures(ledger, fault_at)} if lab is not None else summary
 
 
 def _interrupted(_signum: int, _frame: object) -> None:
@@ -213,7 +250,16 @@ def _pair(_ctx, _param, value: str) -> tuple[int, int]:
 @click.command("failover")
 @click.option("--users", default=200, show_default=True, help="Simulated users (each a real XMPP client).")
 @click.option("--mode", type=click.Choice(["single", "dual", "both"]), default="both", show_default=True)
-@click.option("--fault", type=click.Choice(faults.FAULTS), default="kill", show_default=True)
+@click.option("--fault", type=click.Choice(faults.FAULTS + LAB_ONLY_FAULTS), default="kill", show_default=True,
+              help="host, isolate and wan need --topology lab; partition and db run there too.")
+@click.option("--topology", type=click.Choice(["local", "lab"]), default="local", show_default=True,
+              help="local: two nodes on this host (or --cluster-json); lab: a fresh lab of separate hosts per run "
+                   "(root; `presence-ha lab --help`).")
+@click.option("--lab-id", type=click.IntRange(0, 255), default=0, show_default=True,
+              help="--topology lab: the lab's number (subnet 198.18.ID.0/24).")
+@click.option("--db-primary", type=click.Choice(["fault-host", "other-host", "any"]), default="fault-host",
+              show_default=True, help="--topology lab: put the database primary on the faulted node's host, "
+                                      "on the other node host, or leave it where Patroni started it.")
 @click.option("--node", default=None, help="Node to fault (default: the first node).")
 @click.option("--cluster-json", type=click.Path(exists=True, dir_okay=False), help="Target `presence-ha up` nodes.")
 @click.option("--report", "report_dir", type=click.Path(file_okay=False), help="Write report.json and PNG plots here.")
@@ -236,6 +282,9 @@ def _pair(_ctx, _param, value: str) -> tuple[int, int]:
 @click.option("--seed", default=1, show_default=True)
 def failover_command(**opts) -> None:
     """Fail a node over under load; measure downtime, takeover time and message loss."""
+    if opts["topology"] == "lab":
+        _lab_command(opts)
+        return
     if opts["cluster_json"] and opts["mode"] == "both":
         raise click.UsageError("--mode both needs a fresh pair per mode: with --cluster-json run one mode, "
                                "then `presence-ha ha fallback NODE` (or restart the node) before the other")
@@ -243,6 +292,27 @@ def failover_command(**opts) -> None:
     reason = faults.refusal(opts["fault"], db_url, have_pid=True, proxied_db=False)
     if reason:
         raise click.UsageError(reason)
+    lab_reason = lab_refusal(opts["fault"], "local")
+    if lab_reason:
+        raise click.UsageError(lab_reason)
+    _run_all(opts)
+
+
+def _lab_command(opts: dict) -> None:
+    """--topology lab: checks, then the same runs on a fresh lab per mode."""
+    reason = lab_refusal(opts["fault"], "lab")
+    if reason:
+        raise click.UsageError(reason)
+    if opts["cluster_json"]:
+        raise click.UsageError("--topology lab builds its own lab: leave out --cluster-json")
+    try:
+        check_prerequisites()
+    except LabError as exc:
+        raise click.ClickException(str(exc)) from exc
+    _run_all(opts)
+
+
+def _run_all(opts: dict) -> None:
     raise_nofile()
     signal.signal(signal.SIGTERM, _interrupted)  # `kill PID` tears down like Ctrl-C: nodes and workers stopped
     runs = {}

@@ -243,3 +243,24 @@ async def create_app_database(primary: Host, secrets: Secrets) -> None:
             await conn.execute(f"CREATE DATABASE {APP_DATABASE} OWNER {APP_ROLE}")
     finally:
         await conn.close()
+
+
+def switchover(hosts: list[Host], leader: str, candidate: str, deadline_s: float) -> None:
+    """Patroni's planned switchover from `leader` to `candidate` (REST `POST /switchover`);
+    returns once `candidate` leads with a synchronous standby again."""
+    body = json.dumps({"leader": leader, "candidate": candidate}).encode()
+    host = next(h for h in hosts if h.name == leader)
+    request = urllib.request.Request(f"http://{host.address}:{PATRONI_PORT}/switchover", data=body, method="POST",
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            response.read()
+    except (OSError, urllib.error.URLError) as exc:
+        raise LabError(f"Patroni refused the switchover {leader} -> {candidate}: {exc}") from exc
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        members = cluster_view(hosts)
+        if leader_name(members) == candidate and sync_standby_name(members) == leader:
+            return
+        time.sleep(0.25)
+    raise LabError(f"switchover to {candidate} not done after {deadline_s:.0f}s; Patroni says: {cluster_view(hosts)}")
