@@ -92,7 +92,10 @@ def _read_target(url: str, passwords: dict[str, str], procs: list, limit: int | 
 
 def lab_target(opts: dict, mode: str) -> Target:
     """--topology lab: a fresh lab of separate hosts for this run (`loadtest.lab.faultrun`)."""
-    run = LabRun.build(opts, mode, say=console.print)
+    try:
+        run = LabRun.build(opts, mode, say=console.print)
+    except LabError as exc:
+        raise click.ClickException(str(exc)) from exc
     try:
         target = _read_target(run.data["database_url"], run.passwords, [], opts["users"])
     except BaseException:
@@ -257,6 +260,8 @@ def _pair(_ctx, _param, value: str) -> tuple[int, int]:
                    "(root; `presence-ha lab --help`).")
 @click.option("--lab-id", type=click.IntRange(0, 255), default=0, show_default=True,
               help="--topology lab: the lab's number (subnet 198.18.ID.0/24).")
+@click.option("--lab-dir", type=click.Path(file_okay=False, exists=True),
+              help="--topology lab: use the running lab of `presence-ha lab up --data-dir DIR` (left running).")
 @click.option("--db-primary", type=click.Choice(["fault-host", "other-host", "any"]), default="fault-host",
               show_default=True, help="--topology lab: put the database primary on the faulted node's host, "
                                       "on the other node host, or leave it where Patroni started it.")
@@ -304,7 +309,11 @@ def _lab_command(opts: dict) -> None:
     if reason:
         raise click.UsageError(reason)
     if opts["cluster_json"]:
-        raise click.UsageError("--topology lab builds its own lab: leave out --cluster-json")
+        raise click.UsageError("--topology lab builds its own lab (or uses --lab-dir): leave out --cluster-json")
+    if opts["lab_dir"] and opts["fault"] == "wan":
+        raise click.UsageError("--fault wan builds a fresh lab, the WAN in place from the start: leave out --lab-dir")
+    if opts["lab_dir"] and opts["mode"] == "both":
+        raise click.UsageError("--lab-dir: run one mode per run (the fault changes the lab)")
     try:
         check_prerequisites()
     except LabError as exc:

@@ -15,6 +15,8 @@ Rules of this module:
   * partition: h1 and h2 cut from each other both ways (nftables drops); each still
     reaches the witness and the load generator.
   * isolate: the node's host cut off from everything (the witness, the peer, the clients).
+  * (`--lab-dir D`: use the running lab of `presence-ha lab up --data-dir D` instead,
+    and leave it running; not with `wan`, which must be in place before anything connects.)
   * (`--db-primary`: the database primary is first moved, by a Patroni switchover, to
     the faulted node's host (`fault-host`, the default: a host fault then also costs
     a promotion) or to the other (`other-host`); `any` leaves it where it started.)
@@ -37,6 +39,7 @@ Rules of this module:
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import os
 import shutil
@@ -191,6 +194,7 @@ class LabRun:
     data: dict
     fault: str
     own_dir: bool
+    own_lab: bool = True  # False: --lab-dir, a lab someone else brought up (left running)
     watch: DbWatch | None = None
     log: list[str] = field(default_factory=list)
     heal_s: float = 12.0
@@ -198,6 +202,8 @@ class LabRun:
 
     @classmethod
     def build(cls, opts: dict, mode: str, say=print) -> LabRun:
+        if opts.get("lab_dir"):
+            return cls.existing(opts, say)
         own = not opts["data_dir"]
         base = Path(opts["data_dir"] or tempfile.mkdtemp(prefix="failover-lab-", dir="/var/tmp"))
         base.chmod(0o755)  # the postgres user must reach the host directories below
@@ -221,6 +227,26 @@ class LabRun:
             raise
         say(f"lab {lab.net.lab_id} up in {time.monotonic() - started:.0f}s in {lab.data_dir} "
             f"(database primary {lab.db_leader()}{'; WAN: ' + wan.describe() if wan else ''})")
+        return run
+
+    @classmethod
+    def existing(cls, opts: dict, say=print) -> LabRun:
+        """The lab `presence-ha lab up` (or a test) runs in `--lab-dir`: used, not taken down."""
+        directory = Path(opts["lab_dir"])
+        lab = Lab.load(directory)
+        try:
+            data = json.loads((directory / "cluster.json").read_text())
+        except (OSError, ValueError) as exc:
+            raise LabError(f"no lab in {directory} (run `presence-ha lab up --data-dir {directory}`): {exc}") from exc
+        if lab is None or lab.db_leader() is None:
+            raise LabError(f"the lab in {directory} does not run (no database leader answers)")
+        run = cls(lab, data, opts["fault"], own_dir=False, own_lab=False)
+        fault_host = NODE_HOSTS[opts["node"] or "n1"]
+        other = next(h for h in NODE_HOSTS.values() if h != fault_host)
+        wanted = {"fault-host": fault_host, "other-host": other}.get(opts["db_primary"])
+        if wanted is not None:
+            lab.move_db_primary(wanted)
+        say(f"lab {lab.net.lab_id} in {directory} (database primary {lab.db_leader()})")
         return run
 
     @property
@@ -328,6 +354,8 @@ class LabRun:
     def stop(self) -> None:
         if self.watch is not None:
             self.watch.stop()
+        if not self.own_lab:
+            return
         self.lab.down()
         if self.own_dir and not os.environ.get("PRESENCE_HA_KEEP_LAB"):
             shutil.rmtree(self.lab.data_dir.parent, ignore_errors=True)

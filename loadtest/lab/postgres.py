@@ -95,6 +95,9 @@ def _dcs_parameters() -> dict[str, object]:
         "max_connections": 100, "shared_buffers": "32MB", "wal_level": "replica", "hot_standby": "on",
         "max_wal_senders": 5, "max_replication_slots": 5, "wal_keep_size": "128MB", "wal_log_hints": "on",
         "synchronous_commit": "on", "fsync": "off", "wal_receiver_status_interval": "10s",
+        # A standby cut off silently (a partition) holds every commit until its walsender
+        # gives up and Patroni drops it from synchronous_standby_names: 5 s, not 60.
+        "wal_sender_timeout": "5s", "wal_receiver_timeout": "5s",
         "password_encryption": "scram-sha-256",
     }
 
