@@ -301,7 +301,7 @@ class LabRun:
         if self.watch is not None:
             self.watch.stop()
         if self.fault not in NETWORK_FAULTS:
-            return {"after": {"states": self.lab.live_states()}}
+            return {"after": {"states": self.lab.live_states(), "stored_states": self._stored_states()}}
         return {"after": self.back_to_normal()}
 
     def back_to_normal(self, deadline_s: float = 90.0) -> dict:
@@ -326,6 +326,14 @@ class LabRun:
         out["normal"] = states == dict.fromkeys(NODE_HOSTS, NORMAL)
         out["back_to_normal_s"] = round(time.monotonic() - started, 1)
         return out
+
+    def _stored_states(self) -> dict[str, tuple[str, str] | None]:
+        from presence_ha.loadtest.localpair import ha_states
+
+        try:
+            return asyncio.run(ha_states(self.lab.db_url, list(NODE_HOSTS)))
+        except Exception as exc:  # noqa: BLE001 -- a figure of the report, not a reason to lose the run
+            return {"error": str(exc)}  # type: ignore[dict-item]
 
     def _settled_states(self, deadline_s: float = 30.0) -> dict[str, tuple[str, str] | None]:
         """Live states once two reads 1 s apart agree (transient states pass), or the last read."""

@@ -355,7 +355,10 @@ class Lab:
         from presence_ha.server.cli.run import node_command
 
         argv = netns.ns_argv(self.net.host(host), node_command(*args, "--db", self.db_url))
-        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s, check=False)
+        try:
+            return subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s, check=False)
+        except subprocess.TimeoutExpired as exc:
+            return subprocess.CompletedProcess(argv, 124, "", f"no answer within {timeout_s:.0f}s: {exc}")
 
     def live_states(self) -> dict[str, tuple[str, str] | None]:
         """Each node's SRM (state, reason) as it runs (`ha status` in its host); None: no answer."""
