@@ -3,6 +3,8 @@
 Rules of this module:
 - Orchestration only: the cluster comes from `loadtest.localpair` (a private HA pair
   on SQLite with short timers, or the nodes of `--cluster-json` from `presence-ha up`),
+  or with `--topology lab` from `loadtest.lab.faultrun` (a fresh lab of separate hosts
+  per run, or the running one of `--lab-dir`; its faults, promotion time and way back),
   the load from `loadtest.driver` (forked before any thread starts), the fault from
   `loadtest.faults`, per-node series from `loadtest.monitor`, the figures from
   `loadtest.scenario` and `loadtest.report`.
@@ -204,7 +206,7 @@ def run_mode(opts: dict, mode: str) -> dict:
             start = time.monotonic()
             injected, fault_at = _fault_phase(drivers, progress, opts, target, node)
             if target.lab is not None:
-                target.lab.after_fault(drivers.poll)
+                target.lab.after_fault(drivers.poll, opts["settle"])
             drivers.send("stop")
             drivers.wait_for("done", 120)
         end = time.monotonic()

@@ -168,6 +168,10 @@ class DbWatch:
                 await engine.dispose()
             await asyncio.sleep(0.1)
 
+    def settled(self) -> bool:
+        """The database writes again (on a new primary, or the old one survived), or the watch gave up."""
+        return self._thread is None or not self._thread.is_alive()
+
     def _primary_survives(self) -> bool:
         return self.commit_at is not None
 
@@ -286,8 +290,16 @@ class LabRun:
         self.watch = DbWatch(lab, leader, fault_at).start()
         return Injected(self.fault, node, detail, pid)
 
-    def after_fault(self, poll) -> None:
-        """Heal a network fault while the load runs on, and keep it running `heal_s` s."""
+    def after_fault(self, poll, settle_s: float = 2.0) -> None:
+        """With the load running on: wait until the database writes again (a promotion can
+        outlast the users' recovery), plus `settle_s`; then heal a network fault and keep
+        the load on `heal_s` more."""
+        if self.watch is not None:
+            while not self.watch.settled():
+                poll(0.2)
+            waited = time.monotonic()
+            while time.monotonic() - waited < settle_s:
+                poll(0.2)
         if self.fault not in NETWORK_FAULTS:
             return
         self.lab.heal()
