@@ -347,13 +347,21 @@ class LabRun:
         except Exception as exc:  # noqa: BLE001 -- a figure of the report, not a reason to lose the run
             return {"error": str(exc)}  # type: ignore[dict-item]
 
+    def _states(self) -> dict[str, tuple[str, str] | None]:
+        """Live states; a node whose admin RPC does not answer (busy) by its stored state."""
+        live = self.lab.live_states()
+        if all(s is not None for s in live.values()):
+            return live
+        stored = self._stored_states()
+        return {n: s if s is not None else stored.get(n) for n, s in live.items()}
+
     def _settled_states(self, deadline_s: float = 30.0) -> dict[str, tuple[str, str] | None]:
-        """Live states once two reads 1 s apart agree (transient states pass), or the last read."""
+        """States once two reads 1 s apart agree (transient states pass), or the last read."""
         deadline = time.monotonic() + deadline_s
-        last = self.lab.live_states()
+        last = self._states()
         while time.monotonic() < deadline:
             time.sleep(1.0)
-            now = self.lab.live_states()
+            now = self._states()
             if now == last and all(s is not None for s in now.values()):
                 return now
             last = now
