@@ -53,7 +53,7 @@ from pathlib import Path
 from presence_ha.loadtest.faults import Injected
 from presence_ha.loadtest.lab.lab import NODE_HOSTS, Lab
 from presence_ha.loadtest.lab.netns import LabError
-from presence_ha.loadtest.lab.postgres import leader_name
+from presence_ha.loadtest.lab.postgres import leader_name, wait_replicated
 from presence_ha.loadtest.lab.wanproxy import WanModel
 from presence_ha.loadtest.scenario import Ledger, summary_ms
 
@@ -312,6 +312,11 @@ class LabRun:
         """After the load: the pair's row of SPEC §6 and the admin actions back to Normal."""
         if self.watch is not None:
             self.watch.stop()
+        if self.fault == "db" and not self.own_lab and self.watch is not None and self.watch.leader_before:
+            # A lab that lives on gets its killed database back, as a standby (pg_rewind).
+            self.lab.restart_db(self.watch.leader_before)
+            wait_replicated(self.lab.db_hosts, 90.0)
+            self.log.append(f"database on {self.watch.leader_before} restarted: a synchronous standby again")
         if self.fault not in NETWORK_FAULTS:
             return {"after": {"states": self.lab.live_states(), "stored_states": self._stored_states()}}
         return {"after": self.back_to_normal()}

@@ -302,9 +302,7 @@ class Lab:
 
     def move_db_primary(self, to: str) -> None:
         """Make `to` the database primary (a Patroni switchover, when it is not already)."""
-        leader = self.db_leader()
-        if leader is None:
-            raise LabError("no database leader to switch over from")
+        leader, _standby = postgres.wait_replicated(self.db_hosts, DB_DEADLINE_S)  # Patroni's precondition
         if leader != to:
             postgres.switchover(self.db_hosts, leader, to, DB_DEADLINE_S)
 
