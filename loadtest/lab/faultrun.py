@@ -216,7 +216,10 @@ class LabRun:
         wan = WanModel() if opts["fault"] == "wan" else None
         started = time.monotonic()
         data = lab.up(opts["users"], LAB_BASE_PORT, "loadtest.test",
-                      params={"relogin_lower_s": lower, "relogin_upper_s": upper}, wan=wan)
+                      params={"relogin_lower_s": lower, "relogin_upper_s": upper,
+                              # both nodes start at once; on a busy machine (or across the WAN) one
+                              # may take longer than the lab's 9 s to greet the other (row 18)
+                              "init_heartbeat_timeout_s": 30}, wan=wan)
         # Where the database primary is matters: `--db-primary fault-host` (default) puts it on
         # the faulted node's host (a host fault then also costs a promotion), `other-host` away.
         run = cls(lab, data, opts["fault"], own)
