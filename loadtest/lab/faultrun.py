@@ -214,24 +214,18 @@ class LabRun:
         lab = Lab.create(base / mode, opts["lab_id"])
         lower, upper = opts["relogin"]
         wan = WanModel() if opts["fault"] == "wan" else None
+        fault_host = NODE_HOSTS[opts["node"] or "n1"]
+        other = next(h for h in NODE_HOSTS.values() if h != fault_host)
+        wanted = {"fault-host": fault_host, "other-host": other}.get(opts["db_primary"])
         started = time.monotonic()
         data = lab.up(opts["users"], LAB_BASE_PORT, "loadtest.test",
                       params={"relogin_lower_s": lower, "relogin_upper_s": upper,
                               # both nodes start at once; on a busy machine (or across the WAN) one
                               # may take longer than the lab's 9 s to greet the other (row 18)
-                              "init_heartbeat_timeout_s": 30}, wan=wan)
+                              "init_heartbeat_timeout_s": 30}, wan=wan, db_primary=wanted)
         # Where the database primary is matters: `--db-primary fault-host` (default) puts it on
         # the faulted node's host (a host fault then also costs a promotion), `other-host` away.
         run = cls(lab, data, opts["fault"], own)
-        try:
-            fault_host = NODE_HOSTS[opts["node"] or "n1"]
-            other = next(h for h in NODE_HOSTS.values() if h != fault_host)
-            wanted = {"fault-host": fault_host, "other-host": other}.get(opts["db_primary"])
-            if wanted is not None:
-                lab.move_db_primary(wanted)
-        except BaseException:
-            run.stop()
-            raise
         say(f"lab {lab.net.lab_id} up in {time.monotonic() - started:.0f}s in {lab.data_dir} "
             f"(database primary {lab.db_leader()}{'; WAN: ' + wan.describe() if wan else ''})")
         return run

@@ -120,11 +120,12 @@ class Lab:
     # --- bring up -----------------------------------------------------------------------
 
     def up(self, users: int, base_port: int, domain: str, params: dict | None = None,
-           wan: WanModel | None = None) -> dict:
+           wan: WanModel | None = None, db_primary: str | None = None) -> dict:
         """Build the whole lab (see the module rules); return what cluster.json holds.
 
         `params`: SRM parameters set on top of `LAB_PARAMS` before the nodes start.
         `wan`: put the delaying proxy between h1 and h2 before anything connects.
+        `db_primary`: the host whose PostgreSQL is primary (a switchover before the nodes start).
         """
         check_prerequisites()
         teardown_leftovers(self.data_dir, self.net)
@@ -136,7 +137,10 @@ class Lab:
             self._start_etcd()
             for name in DB_HOSTS:
                 self._start_patroni(name)
-            leader, _standby = postgres.wait_replicated(self.db_hosts, DB_DEADLINE_S)
+            leader, standby = postgres.wait_replicated(self.db_hosts, DB_DEADLINE_S)
+            if db_primary is not None and db_primary != leader:
+                postgres.switchover(self.db_hosts, leader, standby, DB_DEADLINE_S)
+                leader = standby
             asyncio.run(postgres.create_app_database(self.net.host(leader), self.secrets))
             passwords = asyncio.run(provision(self.db_url, domain, self.net, base_port, users, params))
             lab_nodes = asyncio.run(self._read_nodes())
