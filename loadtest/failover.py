@@ -256,7 +256,9 @@ def _pair(_ctx, _param, value: str) -> tuple[int, int]:
 @click.option("--users", default=200, show_default=True, help="Simulated users (each a real XMPP client).")
 @click.option("--mode", type=click.Choice(["single", "dual", "both"]), default="both", show_default=True)
 @click.option("--fault", type=click.Choice(faults.FAULTS + LAB_ONLY_FAULTS), default="kill", show_default=True,
-              help="host, isolate and wan need --topology lab; partition and db run there too.")
+              help="With --topology lab: host (power-off: node + PostgreSQL SIGKILLed), db (the primary "
+                   "dies), partition (h1 and h2 cut, both reach the witness), isolate (the node's host cut from "
+                   "everything), wan (80 ms RTT, 1% loss between the hosts, then kill), kill.")
 @click.option("--topology", type=click.Choice(["local", "lab"]), default="local", show_default=True,
               help="local: two nodes on this host (or --cluster-json); lab: a fresh lab of separate hosts per run "
                    "(root; `presence-ha lab --help`).")
