@@ -24,6 +24,7 @@ from typing import Any, cast
 from sqlalchemy import event
 from sqlalchemy.engine import CursorResult, Result, make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 ENV_DB_URL = "PRESENCE_HA_DB"
@@ -139,6 +140,8 @@ async def translate_errors() -> AsyncIterator[None]:
         raise
     except (OSError, ConnectionError) as exc:
         raise DatabaseUnavailable(str(exc)) from exc
+    except PoolTimeout as exc:  # every connection busy past the pool's timeout: no answer in time
+        raise DatabaseUnavailable(f"no database connection free in time: {exc}") from exc
 
 
 def _server_going_away(exc: DBAPIError) -> bool:

@@ -29,3 +29,11 @@ async def test_shutting_down_or_a_broken_connection_is_unavailable(sqlstate):
 async def test_other_database_errors_stay_what_they_are(sqlstate):
     with pytest.raises(DBAPIError):
         await raise_in_translate(sqlstate)
+
+
+async def test_a_pool_with_no_free_connection_in_time_is_unavailable():
+    from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+    with pytest.raises(DatabaseUnavailable, match="no database connection free in time"):
+        async with translate_errors():
+            raise PoolTimeout("QueuePool limit of size 5 overflow 10 reached")
