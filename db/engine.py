@@ -135,7 +135,7 @@ async def translate_errors() -> AsyncIterator[None]:
     except (OperationalError, InterfaceError) as exc:
         raise DatabaseUnavailable(str(exc.orig or exc)) from exc
     except DBAPIError as exc:
-        if exc.connection_invalidated or _server_going_away(exc):
+        if exc.connection_invalidated or server_going_away(exc):
             raise DatabaseUnavailable(str(exc.orig or exc)) from exc
         raise
     except (OSError, ConnectionError) as exc:
@@ -144,7 +144,7 @@ async def translate_errors() -> AsyncIterator[None]:
         raise DatabaseUnavailable(f"no database connection free in time: {exc}") from exc
 
 
-def _server_going_away(exc: DBAPIError) -> bool:
+def server_going_away(exc: DBAPIError) -> bool:
     """PostgreSQL refuses because it stops or starts (SQLSTATE 57P01-57P03: a planned
     switchover or a promotion), or the connection broke (class 08): unavailable, not a bug."""
     state = str(getattr(exc.orig, "sqlstate", None) or "")
