@@ -160,6 +160,7 @@ class DbWatch:
                         self.commit_at, self.commit_address = now, str(address)
                     if addresses.get(str(address)) != self.leader_before:
                         self.promoted_at = now
+                        self.leader = self.leader or addresses.get(str(address))
                     elif self.leader_before is not None and self._primary_survives():
                         break  # the old primary still writes: no promotion to wait for
             except Exception:  # noqa: BLE001 -- any failure is "not writable yet"; polled again
