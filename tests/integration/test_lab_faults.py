@@ -95,6 +95,7 @@ def test_a_promotion_moves_nobody_and_loses_nothing(shared_lab, tmp_path, mode):
     normal = {"n1": ["Normal", "Normal"], "n2": ["Normal", "Normal"]}
     assert run["after"]["stored_states"] == normal
     assert all(s in (["Normal", "Normal"], None) for s in run["after"]["states"].values())  # None: no answer
+    assert run["double_served"] == 0 and run["not_recovered"] == 0 and run["not_recovered_all_users"] == 0
     lost = run["lost_acked_sample"]
     if lost and all(m["from_node"] != m["to_node"] for m in lost):
         pytest.xfail(f"{CROSS_NODE_LOSS}: {lost}")
