@@ -22,6 +22,9 @@ Rules of this module:
   `partition()`, `isolate(host)`, `heal()`; `restart_db(host)` brings a killed
   database host back as a standby. They act at once and return; the waits
   (`wait_new_leader`, `postgres.wait_replicated`, `postgres.wait_writable`) are separate.
+  `start_wan(model)` puts the delaying proxy (`loadtest.lab.wanproxy`) between h1 and h2;
+  `move_db_primary(host)` is a Patroni switchover; `live_states()` and `presence_ha()` run
+  `presence-ha` inside a node's host, where its admin RPC listens.
 """
 
 from __future__ import annotations
