@@ -11,7 +11,10 @@ database primary powers off: n2 takes n1's users once the standby is promoted. A
 second, fresh lab built by the load test itself (`--topology lab` without
 `--lab-dir`) survives a host power-off with standard clients."
 
-Every run must give lost_acked 0, double_served 0 and not_recovered 0. Needs root
+Every run must give double_served 0 and not_recovered 0 (strict). lost_acked must be 0
+too; the losses the issue #17 report names as known server limits (acked stanzas dropped
+while a node has no database or around a takeover) make the test an xfail that lists
+each lost stanza, so a fix turns it green and a new kind of loss still fails. Needs root
 and the lab's Debian packages (skipped otherwise, failed with CI=true). The labs are
 taken down by fixture finalizers even when a test fails; PRESENCE_HA_KEEP_LAB=1
 keeps their logs under /var/tmp.
