@@ -24,6 +24,7 @@ from typing import Any, cast
 from sqlalchemy import event
 from sqlalchemy.engine import CursorResult, Result, make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 ENV_DB_URL = "PRESENCE_HA_DB"
@@ -134,11 +135,20 @@ async def translate_errors() -> AsyncIterator[None]:
     except (OperationalError, InterfaceError) as exc:
         raise DatabaseUnavailable(str(exc.orig or exc)) from exc
     except DBAPIError as exc:
-        if exc.connection_invalidated:
+        if exc.connection_invalidated or server_going_away(exc):
             raise DatabaseUnavailable(str(exc.orig or exc)) from exc
         raise
     except (OSError, ConnectionError) as exc:
         raise DatabaseUnavailable(str(exc)) from exc
+    except PoolTimeout as exc:  # every connection busy past the pool's timeout: no answer in time
+        raise DatabaseUnavailable(f"no database connection free in time: {exc}") from exc
+
+
+def server_going_away(exc: DBAPIError) -> bool:
+    """PostgreSQL refuses because it stops or starts (SQLSTATE 57P01-57P03: a planned
+    switchover or a promotion), or the connection broke (class 08): unavailable, not a bug."""
+    state = str(getattr(exc.orig, "sqlstate", None) or "")
+    return state.startswith(("08", "57P"))
 
 
 def rowcount(result: Result[Any]) -> int:

@@ -35,9 +35,16 @@ from typing import Any, TypeVar
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from presence_ha.db.engine import DatabaseUnavailable, _sqlite_on_connect, normalize_url, track_writes
+from presence_ha.db.engine import (
+    DatabaseUnavailable,
+    _sqlite_on_connect,
+    normalize_url,
+    server_going_away,
+    track_writes,
+)
 
 T = TypeVar("T")
 Operation = Callable[..., T]
@@ -53,11 +60,13 @@ def _translated() -> Iterator[None]:
     except (OperationalError, InterfaceError) as exc:
         raise DatabaseUnavailable(str(exc.orig or exc)) from exc
     except DBAPIError as exc:
-        if exc.connection_invalidated:
+        if exc.connection_invalidated or server_going_away(exc):
             raise DatabaseUnavailable(str(exc.orig or exc)) from exc
         raise
     except (OSError, ConnectionError) as exc:
         raise DatabaseUnavailable(str(exc)) from exc
+    except PoolTimeout as exc:  # as `engine.translate_errors`
+        raise DatabaseUnavailable(f"no database connection free in time: {exc}") from exc
 
 
 class HotPath:

@@ -3,6 +3,8 @@
 Rules of this module:
 - Orchestration only: the cluster comes from `loadtest.localpair` (a private HA pair
   on SQLite with short timers, or the nodes of `--cluster-json` from `presence-ha up`),
+  or with `--topology lab` from `loadtest.lab.faultrun` (a fresh lab of separate hosts
+  per run, or the running one of `--lab-dir`; its faults, promotion time and way back),
   the load from `loadtest.driver` (forked before any thread starts), the fault from
   `loadtest.faults`, per-node series from `loadtest.monitor`, the figures from
   `loadtest.scenario` and `loadtest.report`.
@@ -36,6 +38,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from presence_ha.loadtest import faults, localpair, report, resumption
 from presence_ha.loadtest.driver import Drivers, raise_nofile
+from presence_ha.loadtest.lab.faultrun import LAB_FAULTS, LabRun
+from presence_ha.loadtest.lab.faultrun import refusal as lab_refusal
+from presence_ha.loadtest.lab.lab import check_prerequisites
+from presence_ha.loadtest.lab.netns import LabError
 from presence_ha.loadtest.monitor import Monitor
 from presence_ha.loadtest.scenario import Ledger, NodeAddr, Plan, UserSpec, from_tuple, roster_pairs, rosters
 from presence_ha.loadtest.standard import StandardPlan
@@ -43,6 +49,7 @@ from presence_ha.loadtest.standard import StandardPlan
 log = logging.getLogger(__name__)
 console = Console(width=max(Console().width, 160))
 PASSWORD = "loadtest-pw"
+LAB_ONLY_FAULTS = tuple(f for f in LAB_FAULTS if f not in faults.FAULTS)
 
 
 @dataclass
@@ -57,12 +64,15 @@ class Target:
     procs: list[localpair.NodeProc]
     service: NodeAddr | None = None  # the cluster's service address (standard clients dial it)
     helpers: list = field(default_factory=list)  # other processes we started (HAProxy)
+    lab: LabRun | None = None  # --topology lab: the lab this run built (and takes down)
 
     def stop(self) -> None:
         for helper in self.helpers:
             helper.stop()
         for proc in self.procs:
             proc.stop()
+        if self.lab is not None:
+            self.lab.stop()
 
 
 def local_target(opts: dict, mode: str) -> Target:
@@ -108,6 +118,27 @@ def _read_target(url: str, passwords: dict[str, str], procs: list, limit: int | 
     users = [(u, passwords[u], located[u]) for u in names]
     pids = {p.name: p.pid for p in procs} or {n.name: localpair.pid_listening(n.port) for n in nodes}
     return Target(url, domain, nodes, users, pids, procs)
+
+
+def lab_target(opts: dict, mode: str) -> Target:
+    """--topology lab: a fresh lab of separate hosts for this run (`loadtest.lab.faultrun`)."""
+    try:
+        run = LabRun.build(opts, mode, say=console.print)
+    except LabError as exc:
+        raise click.ClickException(str(exc)) from exc
+    try:
+        target = _read_target(run.data["database_url"], run.passwords, [], opts["users"])
+    except BaseException:
+        run.stop()
+        raise
+    target.pids, target.lab = run.pids(), run
+    return target
+
+
+def _make_target(opts: dict, mode: str) -> Target:
+    if opts["topology"] == "lab":
+        return lab_target(opts, mode)
+    return local_target(opts, mode) if not opts["cluster_json"] else json_target(opts["cluster_json"], opts["users"])
 
 
 def user_specs(target: Target, contacts: int) -> list[UserSpec]:
@@ -168,7 +199,10 @@ def _fault_phase(drivers: Drivers, progress: Progress, opts: dict, target: Targe
         progress.update(steady, completed=elapsed, info=f"active by node {dict(drivers.by_node())}")
     progress.update(steady, completed=opts["warmup"])
     _check_healthy(drivers, target, users)
-    injected = faults.inject(opts["fault"], node, target.pids.get(node), target.db_url)
+    if target.lab is not None:
+        injected = target.lab.inject(node)
+    else:
+        injected = faults.inject(opts["fault"], node, target.pids.get(node), target.db_url)
     fault_at = time.monotonic()
     drivers.send("fault", fault_at, node)
     back = progress.add_task(f"recovered after {opts['fault']}", total=users, info="")
@@ -197,11 +231,12 @@ def _check_healthy(drivers: Drivers, target: Target, users: int) -> None:
 
 def run_mode(opts: dict, mode: str) -> dict:
     """One complete run of `mode`; returns its report entry."""
-    target = local_target(opts, mode) if not opts["cluster_json"] else json_target(opts["cluster_json"], opts["users"])
-    injected, monitor, drivers = None, None, None
+    target = _make_target(opts, mode)
+    injected, monitor, drivers, extra = None, None, None, {}
     try:
         node = opts["node"] or target.nodes[0].name
-        reason = faults.refusal(opts["fault"], target.db_url, target.pids.get(node) is not None, False)
+        reason = None if target.lab else faults.refusal(opts["fault"], target.db_url, target.pids.get(node) is not None,
+                                                        False)
         if reason:
             raise click.UsageError(reason)
         drivers = Drivers(make_plan(opts, mode, target), user_specs(target, opts["contacts"]), opts["workers"])
@@ -213,9 +248,13 @@ def run_mode(opts: dict, mode: str) -> dict:
             drivers.send("go")
             start = time.monotonic()
             injected, fault_at = _fault_phase(drivers, progress, opts, target, node)
+            if target.lab is not None:
+                target.lab.after_fault(drivers.poll, opts["settle"])
             drivers.send("stop")
             drivers.wait_for("done", 120)
         end = time.monotonic()
+        if target.lab is not None:
+            extra = target.lab.finish()
     finally:
         faults.restore(injected)
         if monitor is not None:
@@ -223,10 +262,12 @@ def run_mode(opts: dict, mode: str) -> dict:
         if drivers is not None:
             drivers.stop()
         target.stop()
-    return _summarize(drivers, monitor, mode, len(target.users), injected, fault_at, start, end)
+    summary = _summarize(drivers, monitor, mode, len(target.users), injected, fault_at, start, end, target.lab)
+    return {**summary, **extra}
 
 
-def _summarize(drivers: Drivers, monitor: Monitor, mode: str, users: int, injected, fault_at, start, end) -> dict:
+def _summarize(drivers: Drivers, monitor: Monitor, mode: str, users: int, injected, fault_at, start, end,
+               lab: LabRun | None = None) -> dict:
     ledger = Ledger()
     counts: dict[str, int] = {}
     errors: dict[str, int] = {}
@@ -242,7 +283,7 @@ def _summarize(drivers: Drivers, monitor: Monitor, mode: str, users: int, inject
     if mode == "standard":
         rows = (resumption.from_row(r) for result in drivers.done.values() for r in result.get("reconnects", ()))
         run["resumption"] = resumption.figures(rows, fault_at)
-    return run
+    return {**run, **lab.figures(ledger, fault_at)} if lab is not None else run
 
 
 def run_modes(opts: dict) -> tuple[str, ...]:
@@ -276,7 +317,20 @@ def _pair(_ctx, _param, value: str) -> tuple[int, int]:
                    "named 'standard', the report adds resumption times and re-logins.")
 @click.option("--mode", type=click.Choice(["single", "dual", "both"]), default="both", show_default=True,
               help="With --clients dual: single (re-login on loss), dual (inactive backup connection), both.")
-@click.option("--fault", type=click.Choice(faults.FAULTS), default="kill", show_default=True)
+@click.option("--fault", type=click.Choice(faults.FAULTS + LAB_ONLY_FAULTS), default="kill", show_default=True,
+              help="With --topology lab: host (power-off: node + PostgreSQL SIGKILLed), db (the primary "
+                   "dies), partition (h1 and h2 cut, both reach the witness), isolate (the node's host cut from "
+                   "everything), wan (80 ms RTT, 1% loss between the hosts, then kill), kill.")
+@click.option("--topology", type=click.Choice(["local", "lab"]), default="local", show_default=True,
+              help="local: two nodes on this host (or --cluster-json); lab: a fresh lab of separate hosts per run "
+                   "(root; `presence-ha lab --help`).")
+@click.option("--lab-id", type=click.IntRange(0, 255), default=0, show_default=True,
+              help="--topology lab: the lab's number (subnet 198.18.ID.0/24).")
+@click.option("--lab-dir", type=click.Path(file_okay=False, exists=True),
+              help="--topology lab: use the running lab of `presence-ha lab up --data-dir DIR` (left running).")
+@click.option("--db-primary", type=click.Choice(["fault-host", "other-host", "any"]), default="fault-host",
+              show_default=True, help="--topology lab: put the database primary on the faulted node's host, "
+                                      "on the other node host, or leave it where Patroni started it.")
 @click.option("--node", default=None, help="Node to fault (default: the first node).")
 @click.option("--cluster-json", type=click.Path(exists=True, dir_okay=False), help="Target `presence-ha up` nodes.")
 @click.option("--report", "report_dir", type=click.Path(file_okay=False), help="Write report.json and PNG plots here.")
@@ -299,6 +353,11 @@ def _pair(_ctx, _param, value: str) -> tuple[int, int]:
 @click.option("--seed", default=1, show_default=True)
 def failover_command(**opts) -> None:
     """Fail a node over under load; measure downtime, takeover time and message loss."""
+    if opts["topology"] == "lab":
+        if opts["clients"] == "standard":
+            raise click.UsageError("--clients standard runs on the local topology (or --cluster-json) only")
+        _lab_command(opts)
+        return
     modes = run_modes(opts)
     if opts["cluster_json"] and opts["mode"] == "both" and opts["clients"] == "dual":
         raise click.UsageError("--mode both needs a fresh pair per mode: with --cluster-json run one mode, "
@@ -307,6 +366,31 @@ def failover_command(**opts) -> None:
     reason = faults.refusal(opts["fault"], db_url, have_pid=True, proxied_db=False)
     if reason:
         raise click.UsageError(reason)
+    lab_reason = lab_refusal(opts["fault"], "local")
+    if lab_reason:
+        raise click.UsageError(lab_reason)
+    _run_all(opts, modes)
+
+
+def _lab_command(opts: dict) -> None:
+    """--topology lab: checks, then the same runs on a fresh lab per mode."""
+    reason = lab_refusal(opts["fault"], "lab")
+    if reason:
+        raise click.UsageError(reason)
+    if opts["cluster_json"]:
+        raise click.UsageError("--topology lab builds its own lab (or uses --lab-dir): leave out --cluster-json")
+    if opts["lab_dir"] and opts["fault"] == "wan":
+        raise click.UsageError("--fault wan builds a fresh lab, the WAN in place from the start: leave out --lab-dir")
+    if opts["lab_dir"] and opts["mode"] == "both":
+        raise click.UsageError("--lab-dir: run one mode per run (the fault changes the lab)")
+    try:
+        check_prerequisites()
+    except LabError as exc:
+        raise click.ClickException(str(exc)) from exc
+    _run_all(opts, run_modes(opts))
+
+
+def _run_all(opts: dict, modes: tuple[str, ...]) -> None:
     raise_nofile()
     signal.signal(signal.SIGTERM, _interrupted)  # `kill PID` tears down like Ctrl-C: nodes and workers stopped
     runs = {}

@@ -22,6 +22,9 @@ Rules of this module:
   `partition()`, `isolate(host)`, `heal()`; `restart_db(host)` brings a killed
   database host back as a standby. They act at once and return; the waits
   (`wait_new_leader`, `postgres.wait_replicated`, `postgres.wait_writable`) are separate.
+  `start_wan(model)` puts the delaying proxy (`loadtest.lab.wanproxy`) between h1 and h2;
+  `move_db_primary(host)` is a Patroni switchover; `live_states()` and `presence_ha()` run
+  `presence-ha` inside a node's host, where its admin RPC listens.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import secrets as random_secrets
 import shutil
 import signal
 import subprocess
+import sys
 import time
 import urllib.request
 from dataclasses import asdict, dataclass, field
@@ -47,6 +51,8 @@ from presence_ha.db.errors import ProvisioningError
 from presence_ha.loadtest.lab import netns, postgres
 from presence_ha.loadtest.lab.netns import Host, LabError, LabNet
 from presence_ha.loadtest.lab.postgres import PatroniTimers, Secrets
+from presence_ha.loadtest.lab.wanproxy import DEFAULT_PORT as WAN_PORT
+from presence_ha.loadtest.lab.wanproxy import WanModel, redirect_rules
 from presence_ha.loadtest.localpair import FAST_PARAMS, NODE_SETS, ha_states
 
 STATE_FILE = "lab.json"
@@ -116,19 +122,30 @@ class Lab:
 
     # --- bring up -----------------------------------------------------------------------
 
-    def up(self, users: int, base_port: int, domain: str) -> dict:
-        """Build the whole lab (see the module rules); return what cluster.json holds."""
+    def up(self, users: int, base_port: int, domain: str, params: dict | None = None,
+           wan: WanModel | None = None, db_primary: str | None = None) -> dict:
+        """Build the whole lab (see the module rules); return what cluster.json holds.
+
+        `params`: SRM parameters set on top of `LAB_PARAMS` before the nodes start.
+        `wan`: put the delaying proxy between h1 and h2 before anything connects.
+        `db_primary`: the host whose PostgreSQL is primary (a switchover before the nodes start).
+        """
         check_prerequisites()
         teardown_leftovers(self.data_dir, self.net)
         self._prepare_dirs()
         try:
             netns.create(self.net)
+            if wan is not None:
+                self.start_wan(wan)
             self._start_etcd()
             for name in DB_HOSTS:
                 self._start_patroni(name)
-            leader, _standby = postgres.wait_replicated(self.db_hosts, DB_DEADLINE_S)
+            leader, standby = postgres.wait_replicated(self.db_hosts, DB_DEADLINE_S)
+            if db_primary is not None and db_primary != leader:
+                postgres.switchover(self.db_hosts, leader, standby, DB_DEADLINE_S)
+                leader = standby
             asyncio.run(postgres.create_app_database(self.net.host(leader), self.secrets))
-            passwords = asyncio.run(provision(self.db_url, domain, self.net, base_port, users))
+            passwords = asyncio.run(provision(self.db_url, domain, self.net, base_port, users, params))
             lab_nodes = asyncio.run(self._read_nodes())
             self._start_nodes(lab_nodes)
             data = self.cluster_json(domain, lab_nodes, passwords)
@@ -290,6 +307,12 @@ class Lab:
         """Start host `name`'s Patroni again after a fault; it rejoins (pg_rewind) as a standby."""
         self._start_patroni(name, fresh=False)
 
+    def move_db_primary(self, to: str) -> None:
+        """Make `to` the database primary (a Patroni switchover, when it is not already)."""
+        leader, _standby = postgres.wait_replicated(self.db_hosts, DB_DEADLINE_S)  # Patroni's precondition
+        if leader != to:
+            postgres.switchover(self.db_hosts, leader, to, DB_DEADLINE_S)
+
     def wait_new_leader(self, old: str, deadline_s: float) -> str:
         return postgres.wait_leader(self.db_hosts, deadline_s, exclude=old)
 
@@ -302,6 +325,59 @@ class Lab:
 
     def heal(self) -> None:
         netns.heal(self.net)
+
+    def start_wan(self, model: WanModel) -> None:
+        """A WAN between h1 and h2 (`loadtest.lab.wanproxy`): a delaying proxy in each node host
+        and the nft rule sending its connections to the other node host through it."""
+        for name, peer in (("h1", "h2"), ("h2", "h1")):
+            host = self.net.host(name)
+            argv = [sys.executable, "-m", "presence_ha.loadtest.lab.wanproxy", "--port", str(WAN_PORT), *model.argv()]
+            proc = self._spawn(host, argv, self.host_dir(name) / "wanproxy.log")
+            connect = f"import socket;socket.create_connection(('127.0.0.1',{WAN_PORT}),timeout=1)"
+            probe = [sys.executable, "-c", connect]
+            deadline = time.monotonic() + 15
+            while netns.sh(*netns.ns_argv(host, probe), check=False).returncode != 0:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise LabError(f"the WAN proxy on {name} did not listen; see {self.host_dir(name)}/wanproxy.log")
+                time.sleep(0.2)
+            netns.apply_rules(host, redirect_rules(self.net.host(peer).address, WAN_PORT))
+
+    # --- the nodes, seen from their hosts ---------------------------------------------------
+
+    def node_pid(self, name: str) -> int | None:
+        """PID of node `name`'s `presence-ha node run` process (in its host), or None."""
+        for pid in netns.pids_in(self.net.host(NODE_HOSTS[name])):
+            try:
+                argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"run" in argv and b"--name" in argv and argv[argv.index(b"--name") + 1:][:1] == [name.encode()]:
+                return pid
+        return None
+
+    def presence_ha(self, host: str, *args: str, timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
+        """`presence-ha ARGS --db URL` run inside `host` (where that host's admin RPC listens)."""
+        from presence_ha.server.cli.run import node_command
+
+        argv = netns.ns_argv(self.net.host(host), node_command(*args, "--db", self.db_url))
+        try:
+            return subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s, check=False)
+        except subprocess.TimeoutExpired as exc:
+            return subprocess.CompletedProcess(argv, 124, "", f"no answer within {timeout_s:.0f}s: {exc}")
+
+    def live_states(self) -> dict[str, tuple[str, str] | None]:
+        """Each node's SRM (state, reason) as it runs (`ha status` in its host); None: no answer."""
+        states: dict[str, tuple[str, str] | None] = {}
+        for name, host in NODE_HOSTS.items():
+            done = self.presence_ha(host, "ha", "status", "--json")
+            states[name] = None
+            if done.returncode != 0:
+                continue
+            for group in json.loads(done.stdout)["groups"]:
+                for node in group["nodes"]:
+                    if node["name"] == name and node["alive"]:
+                        states[name] = (node["state"], node["reason"])
+        return states
 
 
 @contextlib.asynccontextmanager
@@ -356,7 +432,8 @@ def stop_foreground(data_dir: Path) -> None:
         time.sleep(0.1)
 
 
-async def provision(url: str, domain: str, net: LabNet, base_port: int, user_count: int) -> dict[str, str]:
+async def provision(url: str, domain: str, net: LabNet, base_port: int, user_count: int,
+                    params: dict | None = None) -> dict[str, str]:
     """Schema, cluster, n1 on h1 and n2 on h2 in group g1 (HA on), fast SRM timers, demo users."""
     await schema.upgrade(url)
     passwords = {f"user{i}": random_secrets.token_urlsafe(9) for i in range(1, user_count + 1)}
@@ -369,7 +446,7 @@ async def provision(url: str, domain: str, net: LabNet, base_port: int, user_cou
             port = base_port + index * nodes.PORT_STRIDE
             await nodes.add_node(session, name, host=net.host(host).address, base_port=port)
         await groups.add_group(session, "g1", list(NODE_HOSTS), description="presence-ha lab")
-        for key, value in LAB_PARAMS.items():
+        for key, value in {**LAB_PARAMS, **(params or {})}.items():
             await parameters.set_parameter(session, key, value)
         await db_users.bulk_import(session, list(passwords.items()))
         await groups.edit_group(session, "g1", ha_enabled=True)

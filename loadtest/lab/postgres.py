@@ -95,6 +95,9 @@ def _dcs_parameters() -> dict[str, object]:
         "max_connections": 100, "shared_buffers": "32MB", "wal_level": "replica", "hot_standby": "on",
         "max_wal_senders": 5, "max_replication_slots": 5, "wal_keep_size": "128MB", "wal_log_hints": "on",
         "synchronous_commit": "on", "fsync": "off", "wal_receiver_status_interval": "10s",
+        # A standby cut off silently (a partition) holds every commit until its walsender
+        # gives up and Patroni drops it from synchronous_standby_names: 5 s, not 60.
+        "wal_sender_timeout": "5s", "wal_receiver_timeout": "5s",
         "password_encryption": "scram-sha-256",
     }
 
@@ -243,3 +246,24 @@ async def create_app_database(primary: Host, secrets: Secrets) -> None:
             await conn.execute(f"CREATE DATABASE {APP_DATABASE} OWNER {APP_ROLE}")
     finally:
         await conn.close()
+
+
+def switchover(hosts: list[Host], leader: str, candidate: str, deadline_s: float) -> None:
+    """Patroni's planned switchover from `leader` to `candidate` (REST `POST /switchover`);
+    returns once `candidate` leads with a synchronous standby again."""
+    body = json.dumps({"leader": leader, "candidate": candidate}).encode()
+    host = next(h for h in hosts if h.name == leader)
+    request = urllib.request.Request(f"http://{host.address}:{PATRONI_PORT}/switchover", data=body, method="POST",
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            response.read()
+    except (OSError, urllib.error.URLError) as exc:
+        raise LabError(f"Patroni refused the switchover {leader} -> {candidate}: {exc}") from exc
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        members = cluster_view(hosts)
+        if leader_name(members) == candidate and sync_standby_name(members) == leader:
+            return
+        time.sleep(0.25)
+    raise LabError(f"switchover to {candidate} not done after {deadline_s:.0f}s; Patroni says: {cluster_view(hosts)}")

@@ -40,6 +40,7 @@ import logging
 import xml.etree.ElementTree as ET
 from typing import TYPE_CHECKING, Protocol
 
+from presence_ha.db.engine import DatabaseUnavailable
 from presence_ha.server import messaging, presence_service
 from presence_ha.server.cluster import wire
 from presence_ha.server.cluster.links import LinkMesh
@@ -84,7 +85,15 @@ class ClusterRoute:
             return False
         node = self.locations.cached(to.local)
         if node is MISS:
-            node = await self.locations.active_node(to.local)
+            try:
+                node = await self.locations.active_node(to.local)
+            except DatabaseUnavailable:
+                if not ctx.sessions.active(to.bare):
+                    raise
+                # The database is away (a promotion) and the user is served here: deliver here,
+                # do not drop a stanza the sender's stream already acknowledged (issue #17).
+                log.info("location of %s unknown (database unavailable): active here, delivered here", to.bare)
+                return False
         if node == self.node:
             await self._await_activation(ctx, to)
             return False

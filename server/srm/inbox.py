@@ -13,7 +13,8 @@ Rules of this module:
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 from presence_ha.server.srm.actions import Action
 from presence_ha.server.srm.events import Event
@@ -25,6 +26,7 @@ class Item:
     reply: asyncio.Future[list[Action]] | None = None  # set to the actions once they ran
     timer_gen: int | None = None  # a timer's generation when it was started
     machine_gen: int | None = None  # results of an action: only for the machine that asked
+    at: float = field(default_factory=time.monotonic)  # when it was queued
 
 
 class SrmInbox:

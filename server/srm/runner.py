@@ -16,6 +16,10 @@ Rules of this module:
   `ActivateInactiveSessions`.
 - Timers carry a generation: a timer cancelled or restarted after it fired is dropped.
   Results of an action are only for the machine that asked (a restart drops them).
+- A user move that finds no database is tried again for up to `db_outage_grace_s`
+  (a host that dies with the database primary leaves the survivor without one until
+  the standby is promoted); a Database Failure verdict queued before a move committed
+  is dropped as stale (the database answered, and the epoch fenced the move).
 - Database liveness (SPEC §9): `LivenessWatch` renews this node's `alive_at` every
   heartbeat interval and samples the peer's; `liveness` judges the samples. Every
   heartbeat sent carries the watch's report of this node's database checks, and
@@ -36,6 +40,7 @@ import dataclasses
 import functools
 import logging
 import os
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
@@ -66,6 +71,7 @@ from presence_ha.server.srm.actions import (
 )
 from presence_ha.server.srm.collaborators import ClusterNotifier, SrmMetrics, SrmServices
 from presence_ha.server.srm.events import (
+    DbUnavailable,
     Event,
     HeartbeatReceived,
     InternalErrorOccurred,
@@ -90,6 +96,7 @@ from presence_ha.server.xmpp.sasl import SaslCondition
 
 log = logging.getLogger(__name__)
 
+MOVE_RETRY_S = 0.5  # a move that found no database tries again this often (within db_outage_grace_s)
 CLOSE_TIMEOUT_S = 5.0  # how long closing client streams may take
 GOODBYE_TIMEOUT_S = 2.0  # how long a shutting-down node waits for the peer's ack
 
@@ -139,6 +146,7 @@ class SrmRunner:
                                  port.tls)
         self._persist_lock = asyncio.Lock()
         self._unpersisted: str | None = None  # the event whose state the database refused to store
+        self._moved_at = float("-inf")  # when a user move last committed
         self._handover = Handover(node, clients, self._spawn)
 
     # --- lifecycle -----------------------------------------------------------------
@@ -254,6 +262,11 @@ class SrmRunner:
                 continue  # cancelled or restarted after it fired
             elif item.machine_gen is not None and item.machine_gen != self._machine_gen:
                 log.info("srm %s: dropped %s meant for the machine before a restart", self.node, item.event)
+                continue
+            elif isinstance(item.event, DbUnavailable) and self._moved_at > item.at:
+                # A move committed after this verdict: the database answers, and the epoch is
+                # ours (a peer's move would have fenced it). Stopping now would serve no one.
+                log.warning("srm %s: Database Failure dropped: a move committed since", self.node)
                 continue
             else:
                 actions = self._handle(item.event)
@@ -385,20 +398,39 @@ class SrmRunner:
         assert self._setup is not None and self._setup.group is not None
         gen = self._machine_gen
         try:
-            async with self._db() as session:
-                if a.assigned_node is None:
-                    await srm_state.move_users(session, self._setup.group, a.src, a.dst, expected_epoch=a.epoch - 1)
-                else:
-                    await srm_state.restore_users(session, self._setup.group, a.dst, expected_epoch=a.epoch - 1)
+            await self._move_within_outage_grace(a)
         except (FencingConflict, DatabaseUnavailable, SQLAlchemyError) as exc:
             log.warning("srm %s: moving users %s -> %s failed: %s", self.node, a.src, a.dst, exc)
             stored = exc.actual if isinstance(exc, FencingConflict) else None
             self._inbox.put(Item(MoveUsersFailed(a.epoch, str(exc), stored, self._peer.up), machine_gen=gen))
             return
+        self._moved_at = time.monotonic()
         log.info("srm %s: users of %s now active on %s (epoch %d)", self.node, a.src, a.dst, a.epoch)
         self._cluster.users_moved(a.dst == self.node)  # routing must follow the move before anything acts on it
         self._handover.schedule_retire(a.src, self._setup.presence_grace_s)  # takeover or take-back
         self._inbox.put(Item(UsersMoved(a.epoch), machine_gen=gen))
+
+    async def _move_within_outage_grace(self, a: MoveUsers) -> None:
+        """The move's transaction; an unreachable database is tried again for up to
+        `db_outage_grace_s` (issue #17: a host that dies with the database primary on it
+        leaves the survivor without a database until the standby is promoted; failing at
+        once would put the pair in Failed Mode, row 19, for a fault it can ride out)."""
+        assert self._setup is not None and self._setup.group is not None
+        deadline = time.monotonic() + self._setup.db_outage_grace_s
+        while True:
+            try:
+                async with self._db() as session:
+                    if a.assigned_node is None:
+                        await srm_state.move_users(session, self._setup.group, a.src, a.dst,
+                                                   expected_epoch=a.epoch - 1)
+                    else:
+                        await srm_state.restore_users(session, self._setup.group, a.dst, expected_epoch=a.epoch - 1)
+                return
+            except DatabaseUnavailable as exc:
+                if time.monotonic() + MOVE_RETRY_S > deadline:
+                    raise
+                log.warning("srm %s: moving users %s -> %s waits for the database: %s", self.node, a.src, a.dst, exc)
+                await asyncio.sleep(MOVE_RETRY_S)
 
     def _do_start_timer(self, a: StartTimer) -> None:
         self._cancel_timer(a.name)
