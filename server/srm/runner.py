@@ -414,7 +414,10 @@ class SrmRunner:
         """The move's transaction; an unreachable database is tried again for up to
         `db_outage_grace_s` (issue #17: a host that dies with the database primary on it
         leaves the survivor without a database until the standby is promoted; failing at
-        once would put the pair in Failed Mode, row 19, for a fault it can ride out)."""
+        once would put the pair in Failed Mode, row 19, for a fault it can ride out). Only
+        while the peer link is down: with the peer alive (an admin's failover or fallback)
+        a failed move is SPEC rows 19-20 at once, as before, and the peer keeps its
+        heartbeat timer."""
         assert self._setup is not None and self._setup.group is not None
         deadline = time.monotonic() + self._setup.db_outage_grace_s
         while True:
@@ -427,7 +430,7 @@ class SrmRunner:
                         await srm_state.restore_users(session, self._setup.group, a.dst, expected_epoch=a.epoch - 1)
                 return
             except DatabaseUnavailable as exc:
-                if time.monotonic() + MOVE_RETRY_S > deadline:
+                if self._peer.up or time.monotonic() + MOVE_RETRY_S > deadline:
                     raise
                 log.warning("srm %s: moving users %s -> %s waits for the database: %s", self.node, a.src, a.dst, exc)
                 await asyncio.sleep(MOVE_RETRY_S)

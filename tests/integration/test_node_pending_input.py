@@ -124,7 +124,9 @@ async def _attack_once(host: str, port: int, kind: str, n: int) -> None:
     if before == "open":
         await client.open_stream()
     elif before == "login":
-        await client.login("alice", "alice-pw", resource=f"mallory{n}")  # one resource each: no conflict
+        # an account of its own per attacker: logins of one account in flight at once are
+        # throttled (issue #19 item 3), and the witness's account must stay untouched
+        await client.login(f"mallory{n}", "mallory-pw")
     await refused(client, opening, filler, limit, text)
 
 
@@ -204,7 +206,8 @@ async def under_attack(node: NodeProcess, witness: Witness, kind: str) -> int:
 
 @pytest.fixture
 async def node(cluster_factory):  # noqa: F811
-    cluster = cluster_factory(nodes=1, sets=LIMITS)
+    users = [("alice", "alice-pw"), ("bob", "bob-pw")] + [(f"mallory{n}", "mallory-pw") for n in range(ATTACKERS)]
+    cluster = cluster_factory(nodes=1, sets=LIMITS, users=users)
     yield cluster.node("n1")
     log = cluster.node("n1").log()
     print("\n".join(line for line in log.splitlines() if " WARNING " in line or " ERROR " in line)[-3000:])
