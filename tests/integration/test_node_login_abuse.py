@@ -71,6 +71,7 @@ def start_node(cluster_factory, *sets: str):  # noqa: F811
     return cluster_factory(nodes=1, users=USERS, sets=sets).node("n1")
 
 
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # the attack is on the node, not its database
 async def test_idle_connections_from_one_address_lock_nobody_out(cluster_factory):  # noqa: F811
     node = start_node(cluster_factory, "limits.max_unauthenticated_per_address=300",
                       "limits.logins_in_progress_min=100", "limits.login_budget_s=0.1")
@@ -104,6 +105,7 @@ async def _rest(client: RawClient) -> str:
     return client.buffer
 
 
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # the attack is on the node, not its database
 async def test_an_address_over_its_connection_cap_gets_policy_violation(cluster_factory):  # noqa: F811
     node = start_node(cluster_factory, "limits.max_connections_per_address=3",
                       "limits.max_unauthenticated_per_address=3")
@@ -143,6 +145,7 @@ async def _guess(client: RawClient, password: str) -> tuple[str, float]:
         client.close()
 
 
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # the attack is on the node, not its database
 @pytest.mark.timeout(400)
 async def test_parallel_password_guesses_are_checked_one_at_a_time(cluster_factory):  # noqa: F811
     """Default throttle (1 s doubling to 30 s): of 200 guesses sent at once on 200 TLS
@@ -200,6 +203,7 @@ async def test_plain_timing_does_not_tell_which_users_exist(cluster_factory):  #
     assert took < SERVED_WITHIN_S
 
 
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # the attack is on the node, not its database
 async def test_sasl_usernames_cannot_forge_or_flood_log_lines(cluster_factory):  # noqa: F811
     node = start_node(cluster_factory, "limits.auth_throttle_base_s=0", "limits.auth_throttle_max_s=0")
     witness = await witness_of(node)
@@ -226,6 +230,7 @@ async def test_sasl_usernames_cannot_forge_or_flood_log_lines(cluster_factory): 
     assert took < SERVED_WITHIN_S
 
 
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # the attack is on the node, not its database
 async def test_precis_refuses_look_alike_names_and_existing_users_log_in(cluster_factory):  # noqa: F811
     node = start_node(cluster_factory)
     witness = await witness_of(node)

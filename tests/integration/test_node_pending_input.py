@@ -30,6 +30,10 @@ from tests.integration.cluster import (  # noqa: F401
     cluster_factory,
 )
 
+# The attacks are on the node's parser, not on its database: SQLite only (the other
+# integration tests run every database path on PostgreSQL too).
+pytestmark = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+
 ATTACK_S = 4.0  # how long the attackers keep reconnecting
 RSS_GROWTH_MAX_KB = 20 * 1024
 SERVED_WITHIN_S = 1.0
