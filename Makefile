@@ -12,7 +12,7 @@ USERS ?= 10
 NODES ?= 2
 DOMAIN ?= localhost
 
-.PHONY: run test lint install unit integration bench clean
+.PHONY: run test test-extended lint install unit integration bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -42,8 +42,13 @@ lint: $(STAMP)
 ## test: lint, then every test, on SQLite and on the real PostgreSQL
 test: lint
 	./scripts/test-services.sh
-	$(BIN)/python -m pytest -q -p no:cacheprovider -n 3 --dist loadfile -m 'not serial' tests
-	$(BIN)/python -m pytest -q -p no:cacheprovider -m serial tests
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n 3 --dist loadfile -m 'not serial and not extended' tests
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m 'serial and not extended' tests
+
+## test-extended: the longer variants `make test` leaves out (see the `extended` marker)
+test-extended: $(STAMP)
+	./scripts/test-services.sh
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m extended tests
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit

@@ -21,7 +21,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from presence_ha.db.clusters import get_cluster
@@ -142,6 +142,12 @@ async def list_groups(session: AsyncSession) -> list[GroupInfo]:
         if node_name is not None:
             entry[1].append(node_name)
     return [GroupInfo(g.name, g.description, g.ha_enabled, g.epoch, tuple(n)) for g, n in groups.values()]
+
+
+async def epoch_sum(session: AsyncSession) -> int:
+    """The sum of every group's epoch: it changes whenever users move (a cheap poll)."""
+    async with translate_errors():
+        return int((await session.execute(select(func.coalesce(func.sum(RedundancyGroup.epoch), 0)))).scalar_one())
 
 
 async def find_group(session: AsyncSession, name: str) -> GroupInfo | None:

@@ -206,7 +206,7 @@ class Node:
             async with self.session_factory() as session:
                 p = await parameters.effective_parameters(session, name)
                 group = await groups.group_of_node(session, name)
-                peer = await groups.peer_of(session, name)
+            peer = next((n for n in group.nodes if n != name), None) if group else None
             ha = bool(group and group.ha_enabled)
             return ClientProfile(int(p["relogin_lower_s"]), int(p["relogin_upper_s"]), peer if ha else None, ha)
 

@@ -84,3 +84,59 @@ def db_url(request, tmp_path):
     url = _new_postgres_url()
     yield url
     asyncio.run(_pg_drop(url))
+
+
+# --- leftover processes -------------------------------------------------------------
+# A test module that starts processes must end them, even when it fails. In a run
+# without xdist workers (the serial phase of `make test`), each module's new processes
+# of these programs are looked for once the module is done: a survivor is reported and
+# killed, so that it neither skews a later test's timing nor keeps a port. Only processes
+# that inherited this run's marker from the environment count (not another run's nodes).
+_MARK = "PRESENCE_HA_TEST_RUN"
+os.environ.setdefault(_MARK, str(os.getpid()))
+_WATCHED = ("presence-ha", "haproxy", "prosody", "profanity", "go-sendxmpp", "patroni", "etcd", "ejabberd")
+
+
+def _watched_pids() -> dict[int, str]:
+    found: dict[int, str] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/cmdline", "rb") as f:
+                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:
+            continue
+        if not any(w in cmdline for w in _WATCHED) or "pytest" in cmdline:
+            continue
+        try:
+            with open(f"/proc/{entry.name}/environ", "rb") as f:
+                ours = f"{_MARK}={os.environ[_MARK]}".encode() in f.read().split(b"\0")
+        except OSError:
+            continue
+        if ours:
+            found[int(entry.name)] = cmdline
+    return found
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _no_leftover_processes(request):
+    if os.environ.get("PYTEST_XDIST_WORKER") or not os.path.isdir("/proc"):
+        yield
+        return
+    before = _watched_pids()
+    yield
+    import contextlib
+    import signal
+    import time
+    import warnings
+
+    deadline = time.monotonic() + 3.0
+    left = {p: c for p, c in _watched_pids().items() if p not in before}
+    while left and time.monotonic() < deadline:
+        time.sleep(0.2)
+        left = {p: c for p, c in _watched_pids().items() if p not in before}
+    for pid, cmdline in left.items():
+        warnings.warn(f"{request.module.__name__} left process {pid} running: {cmdline[:160]} (killed)", stacklevel=1)
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)

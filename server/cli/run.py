@@ -193,11 +193,15 @@ def stop_processes(processes: list[subprocess.Popen]) -> None:
               help="Number of nodes, in groups of two.")
 @click.option("--restart-delay", "restart_delay_s", type=click.FloatRange(0.1, 3600), default=RESTART_DELAY_S,
               show_default=True, help="Seconds before a node that died is started again (the others keep serving).")
+@click.option("--restart-max-delay", "restart_max_delay_s", type=click.FloatRange(0.1, 3600),
+              default=MAX_RESTART_DELAY_S, show_default=True,
+              help=f"A node that dies within {STABLE_S:g}s of its start waits twice as long as last time, up to "
+                   "this (systemd's RestartMaxDelaySec); set it to --restart-delay for a constant delay.")
 @click.option("--service-port", type=click.IntRange(0, 65535), default=SERVICE_PORT, show_default=True,
               help="The cluster's one client address (HAProxy in front of the nodes); 0: none.")
 @click.option("--service-host", default="127.0.0.1", show_default=True, help="Where the service address listens.")
 def up_command(data_dir: str, db_url: str | None, base_port: int, user_count: int, domain: str, node_count: int,
-               restart_delay_s: float, service_port: int, service_host: str) -> None:
+               restart_delay_s: float, restart_max_delay_s: float, service_port: int, service_host: str) -> None:
     """Provision (if empty) and run a local cluster of N nodes in pairs, until Ctrl-C.
 
     A node that dies is reported and started again after --restart-delay; meanwhile its
@@ -215,7 +219,8 @@ def up_command(data_dir: str, db_url: str | None, base_port: int, user_count: in
         signal.signal(sig, _interrupt)  # works even where a shell started `up` with SIGINT ignored
     proxy = _service_address(directory, domain, service_host, service_port, infos)
     argv = {info.name: _node_argv(directory, url, info.name) for info in infos}
-    supervisor = Supervisor(argv | ({SERVICE: proxy.argv()} if proxy else {}), directory, restart_delay_s)
+    supervisor = Supervisor(argv | ({SERVICE: proxy.argv()} if proxy else {}), directory, restart_delay_s,
+                            max(restart_delay_s, restart_max_delay_s))
     try:
         supervisor.start_all(infos)
         if proxy is not None:
@@ -254,8 +259,10 @@ class Supervisor:
     exits cleanly (status 0: someone stopped it on purpose) is not started again.
     """
 
-    def __init__(self, argv: dict[str, list[str]], directory: Path, restart_delay_s: float) -> None:
+    def __init__(self, argv: dict[str, list[str]], directory: Path, restart_delay_s: float,
+                 max_delay_s: float = MAX_RESTART_DELAY_S) -> None:
         self.argv, self.directory, self.restart_delay_s = argv, directory, restart_delay_s
+        self.max_delay_s = max_delay_s
         self.processes: dict[str, subprocess.Popen] = {}
         self.started_at: dict[str, float] = {}
         self.delay: dict[str, float] = dict.fromkeys(argv, restart_delay_s)
@@ -298,7 +305,7 @@ class Supervisor:
                 click.echo(f"{_title(name)} exited cleanly; not restarting it", err=True)
                 continue
             quick = now - self.started_at[name] < STABLE_S
-            self.delay[name] = min(MAX_RESTART_DELAY_S, self.delay[name] * 2) if quick else self.restart_delay_s
+            self.delay[name] = min(self.max_delay_s, self.delay[name] * 2) if quick else self.restart_delay_s
             self.restart_at[name] = now + self.delay[name]
             click.echo(f"{_title(name)} died ({_exit_text(code)}); the others keep serving; restarting it in "
                        f"{self.delay[name]:g}s (log: {self.directory / (name + '.log')})", err=True)

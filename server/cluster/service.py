@@ -86,7 +86,7 @@ def _location_cache(db: SessionFactory, hot: HotPath, ttl_s: float) -> LocationC
 
     async def fingerprint() -> int:
         async with db() as session:
-            return sum(group.epoch for group in await groups.list_groups(session))
+            return await groups.epoch_sum(session)
 
     return LocationCache(load, fingerprint, time.monotonic, ttl_s, load_all=load_all)
 

@@ -99,7 +99,9 @@ def shared_lab():
 CROSS_NODE_LOSS = "acked cross-node messages dropped while the database is away (location lookup)"
 
 
-@pytest.mark.parametrize("mode", ["single", "dual"])
+# `make test` runs each fault in one client mode (the CI budget); `make test-extended`
+# runs the other mode too.
+@pytest.mark.parametrize("mode", [pytest.param("single", marks=pytest.mark.extended), "dual"])
 def test_a_promotion_moves_nobody_and_loses_nothing(shared_lab, tmp_path, mode):
     run = loadtest(tmp_path, "--lab-dir", str(shared_lab.data_dir), "--mode", mode, "--fault", "db")
     assert run["promotion_ms"] is not None and run["db_leader_after"] != run["db_leader_before"]
@@ -114,7 +116,7 @@ def test_a_promotion_moves_nobody_and_loses_nothing(shared_lab, tmp_path, mode):
     assert_nothing_lost(run)
 
 
-@pytest.mark.parametrize("mode", ["single", "dual"])
+@pytest.mark.parametrize("mode", ["single", pytest.param("dual", marks=pytest.mark.extended)])
 def test_a_partition_serves_nobody_twice_and_the_rows_action_restores_normal(shared_lab, tmp_path, mode):
     run = loadtest(tmp_path, "--lab-dir", str(shared_lab.data_dir), "--mode", mode, "--fault", "partition")
     after = run["after"]

@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from presence_ha.db import assignments, schema, srm_state, users
+from presence_ha.db import assignments, groups, schema, srm_state, users
 from presence_ha.db.clusters import get_cluster
 from presence_ha.db.engine import DatabaseUnavailable, make_engine, make_session_factory
 from presence_ha.db.errors import FailoverInProgress, FencingConflict, InvalidValue, NotFound
@@ -96,8 +96,10 @@ async def test_move_and_restore_users_are_fenced(sessions):
         a1_users = await users.usernames_active_on(session, "a1")
         assert len(a1_users) == 10
         epoch = await srm_state.group_epoch(session, "g1")
+        polled = await groups.epoch_sum(session)  # the nodes' cheap "did users move?" poll
         new_epoch = await srm_state.move_users(session, "g1", "a1", "a2", epoch)
         assert new_epoch == epoch + 1
+        assert await groups.epoch_sum(session) == polled + 1
         assert await users.usernames_active_on(session, "a1") == set()
         assert len(await users.usernames_active_on(session, "a2")) == 20
         assert len(await users.usernames_active_on(session, "b1")) == 10  # other group untouched
