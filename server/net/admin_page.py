@@ -15,12 +15,15 @@ Rules of this module:
   admin to confirm every disruptive action first (`admin_overview.Button.confirm`).
 - Actions on the peer are forwarded to the peer's admin RPC with the admin token;
   recovery goes to every node of the group.
+- A node that cannot reach the database still serves the page: the nodes' live states
+  over its last database read (users, event log), with `"database": {"ok": false}`.
 - Every refusal is one log line with the peer address; an error answer never has a
   stack trace.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import html
 import json
@@ -38,7 +41,14 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from presence_ha.db import groups, nodes, parameters, srm_state
 from presence_ha.db.engine import DatabaseUnavailable
 from presence_ha.db.errors import ProvisioningError
-from presence_ha.server.net.admin_overview import EVENTS_SHOWN, overlay_live, page_json, read_overview, rpc_probe
+from presence_ha.server.net.admin_overview import (
+    EVENTS_SHOWN,
+    GroupRow,
+    overlay_live,
+    page_json,
+    read_overview,
+    rpc_probe,
+)
 from presence_ha.server.net.admin_rpc import (
     DEFAULT_BIND_HOST,
     AdminRpcError,
@@ -234,6 +244,10 @@ class AdminPage:
         return json_response(200 if ok else 409, {"ok": ok, "notes": notes})
 
 
+# (groups and nodes, HA event log, parameters, when): what the page last read from the database
+StoredRead = tuple[list[GroupRow], list[srm_state.HaEventRecord], dict[str, Any], dt.datetime]
+
+
 @dataclass
 class NodeBackend:
     """The `PageBackend` of node `node_name`: the database, its own admin operations,
@@ -244,19 +258,30 @@ class NodeBackend:
     local: NodeOperations
     session_factory: async_sessionmaker[AsyncSession]
     peer_host: str = DEFAULT_BIND_HOST
+    _read: StoredRead | None = field(default=None, init=False)  # the last database read
 
     async def overview(self) -> dict[str, Any]:
+        """The page's JSON; with the database unreachable from this node, the last
+        database read (users, event log) under the nodes' live states, and says so."""
         now = srm_state.utcnow()
-        async with self.session_factory() as session:
-            stored = await read_overview(session, now)
-            events = await srm_state.list_events(session, limit=EVENTS_SHOWN)
-            params = await parameters.effective_parameters(session)
+        database: dict[str, Any] = {"ok": True}
+        try:
+            async with self.session_factory() as session:
+                stored = await read_overview(session, now)
+                events = await srm_state.list_events(session, limit=EVENTS_SHOWN)
+                self._read = (stored, events, await parameters.effective_parameters(session), now)
+        except DatabaseUnavailable as exc:
+            if self._read is None:
+                raise
+            database = {"ok": False, "error": str(exc), "as_of": self._read[3].isoformat()}
+        stored, events, params, _ = self._read
         remote = rpc_probe(self.peer_host, {n.name: n.admin_port for g in stored for n in g.nodes}, self.token)
 
         async def probe(name: str) -> dict[str, Any] | None:
             return await self.local.perform(RpcCall("status")) if name == self.node_name else await remote(name)
 
-        return page_json(await overlay_live(stored, probe), events, params, self.node_name, now)
+        return {**page_json(await overlay_live(stored, probe), events, params, self.node_name, now),
+                "database": database}
 
     async def members(self, group: str) -> list[str]:
         async with self.session_factory() as session:

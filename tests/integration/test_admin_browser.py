@@ -170,10 +170,13 @@ def test_live_page_login_counters_failover_countdown_and_recovery(pair: HaPair, 
         assert token not in browser.page_source and "token" not in browser.current_url
         assert page.counter("n1", "users-served") == "1" and page.counter("n1", "JsmSessionsClient") == "0"
 
-        # alice logs in on n1: the SPEC §8 counters of n1 change without a reload.
+        # alice logs in on n1, then bob on n2: the SPEC §8 counters change without a reload
+        # (n2's come to n1's page from n2's admin RPC).
         clients.login(pair, "n1", "alice")
         page.until(lambda: page.counter("n1", "JsmSessionsClient") == "1", "alice's session on n1")
         assert page.counter("n2", "JsmSessionsClient") == "0"
+        clients.login(pair, "n2", "bob")
+        page.until(lambda: page.counter("n2", "JsmSessionsClient") == "1", "bob's session on n2")
 
         # Failover n1, confirmed: the states change, n2 serves both users, the log shows it.
         page.press("button[data-op='failover'][data-node='n1']")

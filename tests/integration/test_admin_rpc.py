@@ -183,3 +183,28 @@ def test_the_cookie_alone_never_acts(pair: HaPair) -> None:
     status, answer = action(base, {"op": "fallback", "node": "n2"}, Authorization=f"Bearer {token(pair)}")
     assert status == 200, answer
     pair.wait_normal()
+
+
+def test_a_node_without_its_database_still_serves_the_page(pair: HaPair) -> None:
+    """SPEC §6 row 13 on the page: n1 lost the database; its page shows both nodes' live
+    states over its last database read, and says the database is unreachable."""
+    if not is_postgres(pair.db_url):
+        pytest.skip("SQLite is one embedded file shared by both processes: one node cannot lose it alone")
+    base = pair.admin("ha", "web", "n1").strip().split("?")[0]
+    bearer = {"Authorization": f"Bearer {token(pair)}"}
+    assert json.loads(fetch(base + "api/overview", **bearer)[1])["database"] == {"ok": True}
+    pair.cut_database("n1")
+    try:
+        pair.wait_for({"n1": ("Failed Over with Critical Services Not Running", "Database Failure"),
+                       "n2": ("Running in Backup Mode", "Database Failure")})
+        status, body, _ = fetch(base + "api/overview", **bearer)
+        data = json.loads(body)
+        assert status == 200 and data["database"]["ok"] is False and data["database"]["as_of"]
+        n1, n2 = data["groups"][0]["nodes"]
+        assert (n1["alive"], n1["reason"], n2["alive"], n2["state"]) == (
+            True, "Database Failure", True, "Running in Backup Mode")
+    finally:
+        pair.heal_database("n1")
+    pair.wait_for({"n1": ("Failed Over", "Database Failure")})
+    pair.admin("ha", "fallback", "n1")
+    pair.wait_normal()

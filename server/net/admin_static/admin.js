@@ -59,7 +59,7 @@ async function poll() {
     state.data = await response.json();
     state.lastOk = Date.now();
     render(state.data);
-    banner(null);
+    banner(databaseTrouble(state.data.database));
   } catch (error) {
     banner(unreachable(error));
   } finally {
@@ -82,6 +82,12 @@ function unreachable(error) {
     }
   }
   return [`Node ${me}, which serves this page, does not answer (${why}); what you see is stale.`, ...others];
+}
+
+function databaseTrouble(database) {
+  if (!database || database.ok) return null;
+  return [`Node ${document.body.dataset.node} cannot reach the database (${database.error}): states are live, `
+    + `users and the event log are as of ${timeOf(database.as_of)}.`];
 }
 
 function banner(content) {
