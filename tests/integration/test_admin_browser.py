@@ -41,7 +41,7 @@ pytestmark = pytest.mark.timeout(120)
 
 WAIT_S = 20.0
 SCREENSHOT_ENV = "PRESENCE_HA_ADMIN_SCREENSHOT"
-PARAMS = {"critical_service_delay_s": 4}  # long enough to watch it count down, short for CI
+PARAMS = {"critical_service_delay_s": 6}  # long enough to watch it count down, short for CI
 RIBM, RIFM = "Running in Backup Mode", "Running in Failed Mode"
 
 
@@ -111,13 +111,18 @@ class Page:
     """What the admin sees and does, by the page's ids and data attributes."""
 
     def __init__(self, driver, base: str) -> None:
-        from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+        from selenium.common.exceptions import (
+            ElementClickInterceptedException,
+            NoSuchElementException,
+            StaleElementReferenceException,
+        )
         from selenium.webdriver.common.by import By
         from selenium.webdriver.support.ui import WebDriverWait
 
         self.driver, self.base, self.by = driver, base, By
         self.wait = WebDriverWait(driver, WAIT_S, poll_frequency=0.1,
-                                  ignored_exceptions=(NoSuchElementException, StaleElementReferenceException))
+                                  ignored_exceptions=(NoSuchElementException, StaleElementReferenceException,
+                                                      ElementClickInterceptedException))
 
     def css(self, selector: str):
         return self.driver.find_element(self.by.CSS_SELECTOR, selector)
@@ -142,8 +147,13 @@ class Page:
         return self.text(f"#node-{node} .counter[data-name='{name}']")
 
     def press(self, selector: str) -> None:
-        self.until(lambda: self.css(selector).is_enabled(), f"the button {selector}")
-        self.css(selector).click()
+        """Click the button (looked up again if the page redrew it meanwhile)."""
+
+        def clicked() -> bool:
+            self.css(selector).click()
+            return True
+
+        self.until(clicked, f"the button {selector}")
 
     def confirm(self, expected_words: str, *, ok: bool = True) -> None:
         """The confirmation dialog is open and names what will happen; press OK or Cancel."""
@@ -191,10 +201,10 @@ def test_live_page_login_counters_failover_countdown_and_recovery(pair: HaPair, 
 
         # A critical service stopped on the backup: the Critical Service Delay counts down.
         page.press("button[data-op='service.stop'][data-node='n2'][data-service='presence-engine']")
-        page.confirm("Stop Presence Engine on n2? A critical service down for 4 s")
+        page.confirm("Stop Presence Engine on n2? A critical service down for 6 s")
         page.shows("#note", "presence-engine stopped on n2")
         assert "admin page: fallback" not in pair.nodes["n1"].log()  # the cancelled one was never sent
-        page.until(lambda: int(page.text("#node-n2 .countdown .secs")) <= 4, "the countdown on n2")
+        page.until(lambda: int(page.text("#node-n2 .countdown .secs")) <= 6, "the countdown on n2")
         if os.environ.get(SCREENSHOT_ENV):
             browser.save_screenshot(os.environ[SCREENSHOT_ENV])
         page.states({"n1": (RIFM, "Critical Services Down"), "n2": (RIFM, "Critical Services Down")})
