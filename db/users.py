@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
-from sqlalchemy import and_, bindparam, delete, insert, select
+from sqlalchemy import and_, bindparam, delete, func, insert, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
@@ -35,8 +35,8 @@ from presence_ha.server.xmpp.jid import InvalidJid, prep_localpart
 
 __all__ = [
     "ImportReport", "LoginRecord", "ScramCredentials", "UserInfo", "active_node_of", "add_user", "bulk_import",
-    "get_credentials", "list_users", "login_record", "remove_user", "user_location", "usernames_active_on",
-    "validate_username",
+    "get_credentials", "list_users", "login_record", "node_user_counts", "remove_user", "user_location",
+    "usernames_active_on", "validate_username",
 ]
 
 INSERT_BATCH = 1000
@@ -182,6 +182,17 @@ async def list_users(session: AsyncSession, node_name: str | None = None) -> lis
         query = query.where(User.assigned_node_id == select(Node.id).where(Node.name == node_name).scalar_subquery())
     async with translate_errors():
         return [UserInfo(*row) for row in (await session.execute(query)).all()]
+
+
+async def node_user_counts(session: AsyncSession) -> dict[str, tuple[int, int]]:
+    """{node: (users assigned to it, users it serves now)} for every node (the admin page)."""
+    counts: dict[str, list[int]] = {}
+    async with translate_errors():
+        for index, column in enumerate((User.assigned_node_id, User.active_node_id)):
+            query = select(Node.name, func.count()).join(User, column == Node.id).group_by(Node.name)
+            for name, count in (await session.execute(query)).all():
+                counts.setdefault(name, [0, 0])[index] = count
+    return {name: (assigned, served) for name, (assigned, served) in counts.items()}
 
 
 # Login-path queries, built once: a statement object reused memoizes its cache key, so a

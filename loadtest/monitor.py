@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from presence_ha.db import clusters, nodes
 from presence_ha.db.engine import make_engine, make_session_factory
 from presence_ha.loadtest.localpair import rss_kb
-from presence_ha.server.net.admin_page import overlay_live, read_overview, rpc_probe
+from presence_ha.server.net.admin_overview import overlay_live, read_overview, rpc_probe
 from presence_ha.server.net.admin_rpc import admin_token
 
 log = logging.getLogger(__name__)

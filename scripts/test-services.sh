@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Make sure what the tests talk to is there: the local PostgreSQL server, Debian's
 # prosody (the reference server of the benchmark test), haproxy (`up`'s service
-# address), the third-party clients (profanity in tmux, go-sendxmpp) and the lab's
+# address), the third-party clients (profanity in tmux, go-sendxmpp), headless Chromium
+# with chromium-driver (the admin page's browser test) and the lab's
 # packages (lab-packages.sh). Installs or starts them when missing and possible; with
 # CI=true a PostgreSQL that cannot be reached is an error.
 set -u
@@ -24,8 +25,9 @@ fi
 # Debian's prosody is the reference server of the benchmark test (its package may start a
 # system instance; our tests run private instances on free ports); haproxy is `up`'s
 # service address; profanity (driven in tmux) and go-sendxmpp are the third-party clients
-# of tests/integration/test_third_party_clients.py.
+# of tests/integration/test_third_party_clients.py; chromium and its driver run the admin
+# page's browser test (tests/integration/test_admin_browser.py).
 "$(dirname "$0")/ensure-debian.sh" prosody=prosody haproxy=haproxy profanity=profanity \
-  go-sendxmpp=go-sendxmpp tmux=tmux
+  go-sendxmpp=go-sendxmpp tmux=tmux chromium=chromium chromedriver=chromium-driver
 "$(dirname "$0")/lab-packages.sh"  # the lab of separate hosts: etcd, Patroni, nftables
 exit 0

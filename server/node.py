@@ -241,7 +241,8 @@ class Node:
     async def _start_admin(self, info: nodes.NodeInfo, secret: str) -> None:
         """Open the admin port, on loopback only: admins run the CLI on the node's machine."""
         assert self.srm is not None and self.services is not None
-        self.admin_server = build_admin_server(info.name, secret, self.srm, self.services, self.session_factory)
+        self.admin_server = build_admin_server(info.name, secret, self.srm, self.services, self.session_factory,
+                                               self.metrics.session_counters)
         try:
             await self.admin_server.start(ADMIN_BIND_HOST, info.ports.admin_port)
         except OSError as exc:

@@ -332,7 +332,7 @@ class LabRun:
                                        "output": (done.stdout + done.stderr).strip()[-300:]})
             elif action == "recover":
                 for host in sorted(set(NODE_HOSTS.values())):
-                    done = self.lab.presence_ha(host, "ha", "recover", "g1")
+                    done = self.lab.presence_ha(host, "ha", "recover", "g1", "--yes")
                     out["actions"].append({"row": row, "action": f"ha recover g1 (in {host})",
                                            "rc": done.returncode, "output": (done.stdout + done.stderr).strip()[-300:]})
             time.sleep(3.0)

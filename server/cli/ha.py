@@ -14,7 +14,12 @@ Rules of this module:
 - Which SRM receives a request follows the SRM table: only a Normal node accepts
   `AdminRequestedFailover` (it fails itself over) and only an Idle or Failed Over node
   accepts `AdminRequestedFallback` (it takes its users back), so both go to the node
-  named. `ha recover GROUP` restarts the SRM of every node of the group.
+  named. `ha recover GROUP` restarts the SRM of every node of the group, which may
+  disconnect their clients: it says so and asks first (`--yes` skips the question; no
+  answer, as with no terminal, is a refusal).
+- `ha web` prints a link that logs in to a node's admin page. With no node named it
+  links to the first node that answers its admin RPC (1 s), never to a dead one; a
+  named node that does not answer still gets its link, with a warning.
 - A refused or failed request prints one line with the reason and exits non-zero.
 """
 
@@ -30,7 +35,7 @@ import click
 from presence_ha.db import clusters, groups, nodes
 from presence_ha.server.cli.common import db_options
 from presence_ha.server.cli.database import echo_table, on_off, open_session, run
-from presence_ha.server.net.admin_page import GroupRow, overlay_live, overview_json, read_overview, rpc_probe
+from presence_ha.server.net.admin_overview import GroupRow, overlay_live, overview_json, read_overview, rpc_probe
 from presence_ha.server.net.admin_rpc import AdminRpcError, admin_token, call_node
 
 ENV_ADMIN_HOST = "PRESENCE_HA_ADMIN_HOST"
@@ -128,9 +133,12 @@ def ha_fallback(db_url: str, node: str, admin_host: str) -> None:
     _request("fallback", node, db_url, admin_host)
 
 
-async def _recover(db_url: str, host: str, group_name: str) -> dict[str, str]:
+async def _members(db_url: str, group_name: str) -> list[str]:
     async with open_session(db_url) as session:
-        members = list((await groups.get_group(session, group_name)).nodes)
+        return list((await groups.get_group(session, group_name)).nodes)
+
+
+async def _recover(db_url: str, host: str, members: list[str]) -> dict[str, str]:
     token, ports = await _targets(db_url, members)
 
     async def one(node: str) -> str:
@@ -143,13 +151,35 @@ async def _recover(db_url: str, host: str, group_name: str) -> dict[str, str]:
     return dict(zip(members, await asyncio.gather(*(one(n) for n in members)), strict=True))
 
 
+def confirm_or_abort(question: str, yes: bool) -> None:
+    """Ask `question` unless `yes`; no answer (no terminal, end of input) is a refusal."""
+    if yes:
+        return
+    try:
+        answer = click.confirm(question, default=False)
+    except click.Abort:
+        click.echo()  # end the prompt's line
+        raise click.ClickException("not confirmed (no answer): nothing done; add --yes to skip the question") from None
+    if not answer:
+        raise click.ClickException("not confirmed: nothing done")
+
+
 @ha_group.command("recover")
 @click.argument("group")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation (scripts).")
 @admin_host_option
 @db_options
-def ha_recover(db_url: str, group: str, admin_host: str) -> None:
-    """Recovery: restart the SRM on every node of GROUP (SPEC §7)."""
-    outcome = run(_recover(db_url, admin_host, group))
+def ha_recover(db_url: str, group: str, admin_host: str, yes: bool) -> None:
+    """Recovery: restart the SRM on every node of GROUP (SPEC §7).
+
+    Each node goes through Initializing and its clients may be disconnected (they log
+    in again), so it asks first; --yes skips the question.
+    """
+    members = run(_members(db_url, group))
+    names = " and ".join(members)
+    confirm_or_abort(f"Recovery restarts the SRM of {names} (group {group}); their clients may be "
+                     "disconnected and log in again. Go ahead?", yes)
+    outcome = run(_recover(db_url, admin_host, members))
     failed = {node: error for node, error in outcome.items() if error}
     for node in outcome:
         click.echo(f"SRM of {node}: {'restart failed: ' + failed[node] if node in failed else 'restarted'}")
@@ -157,16 +187,27 @@ def ha_recover(db_url: str, group: str, admin_host: str) -> None:
         raise click.ClickException(f"recovery of {group} incomplete: {', '.join(sorted(failed))} not restarted")
 
 
-async def _web_link(db_url: str, host: str, node: str | None) -> str:
+async def _web_link(db_url: str, host: str, node: str | None) -> tuple[str, str]:
+    """(the link, a warning or "") of NODE's admin page, or of the first live node."""
     async with open_session(db_url) as session:
         secret = await clusters.cluster_secret(session)
         listed = await nodes.list_nodes(session)
     if not listed:
         raise click.ClickException("no nodes in this database")
-    info = next((n for n in listed if n.name == node), None) if node else listed[0]
-    if info is None:
+    token = admin_token(secret)
+    ports = {n.name: n.ports.admin_port for n in listed}
+    if node is not None and node not in ports:
         raise click.ClickException(f"node {node!r} does not exist")
-    return f"http://{host}:{info.ports.admin_port}/?token={admin_token(secret)}"
+    probe = rpc_probe(host, ports, token)
+    names = [node] if node else list(ports)
+    answers = await asyncio.gather(*(probe(name) for name in names))
+    live = [name for name, answer in zip(names, answers, strict=True) if answer is not None]
+    if node is None and not live:
+        raise click.ClickException(
+            f"no node answers its admin RPC on {host} ({', '.join(names)}); start one, or name one: ha web NODE")
+    chosen = node or live[0]
+    warning = "" if live else f"warning: node {chosen} does not answer its admin RPC at {host}:{ports[chosen]}"
+    return f"http://{host}:{ports[chosen]}/?token={token}", warning
 
 
 @ha_group.command("web")
@@ -174,8 +215,13 @@ async def _web_link(db_url: str, host: str, node: str | None) -> str:
 @admin_host_option
 @db_options
 def ha_web(db_url: str, node: str | None, admin_host: str) -> None:
-    """Print the admin web page link of NODE (default: the first node), with the token."""
-    click.echo(run(_web_link(db_url, admin_host, node)))
+    """Print the link that logs in to the admin web page of NODE (default: the first
+    node that answers). Open it in a browser on this machine: the page listens on
+    loopback and updates itself every second."""
+    link, warning = run(_web_link(db_url, admin_host, node))
+    if warning:
+        click.echo(warning, err=True)
+    click.echo(link)
 
 
 @click.group("service")

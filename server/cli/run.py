@@ -392,3 +392,5 @@ def _print_welcome(domain: str, infos: list[nodes.NodeInfo], passwords: dict[str
         f"cluster CA {directory / 'tls' / 'ca.crt'}: trust it once); any node serves any user (relayed to its node). "
         "Ctrl-C stops the cluster."
     )
+    click.echo(f"Admin web page (live states, failover, recovery): `presence-ha ha web --data-dir {directory}` "
+               "prints a link that logs you in.")

@@ -5,16 +5,20 @@ Rules of this module:
   `start`, serve, `stop`), one request per connection, `Connection: close`. Bound to
   127.0.0.1 unless the node says otherwise. Heads are capped at `MAX_HEAD_BYTES`,
   bodies at `MAX_BODY_BYTES` (413), the whole request at `READ_TIMEOUT_S`.
-- Authentication: every route but the login form needs the admin token,
-  HMAC-SHA256(cluster secret, "admin-rpc") as hex. The CLI reads the secret from the
-  database and computes the same token. Comparison is constant time. A missing or
-  wrong token is 401 plus one log line with the peer address; nothing else happens.
-- `POST /rpc` takes `{"op": OP, "node": NAME?, "service": NAME?}` with
-  `Authorization: Bearer TOKEN`; OP is one of `OPS`. Answers are JSON objects with
-  `"ok"`; errors are `{"ok": false, "error": "..."}` with 400 (malformed), 401, 404
-  (unknown node/service/route), 409 (refused by the SRM), 413 (too large).
-- The web page (`GET /`, `POST /login`, `POST /action`) is `admin_page.AdminPage`;
-  this module only authenticates and routes to it.
+- Authentication: the admin token is HMAC-SHA256(cluster secret, "admin-rpc") as hex.
+  The CLI reads the secret from the database and computes the same token. Comparison
+  is constant time. A missing or wrong token is 401 plus one log line with the peer
+  address; nothing else happens.
+- `POST /rpc` takes its credential from the `Authorization: Bearer TOKEN` header only
+  (issue #19: never from a cookie or the query, which any page of the same host could
+  make a browser send). It takes `{"op": OP, "node": NAME?, "service": NAME?}`; OP is
+  one of `OPS`. Answers are JSON objects with `"ok"`; errors are
+  `{"ok": false, "error": "..."}` with 400 (malformed), 401, 404 (unknown
+  node/service/route), 409 (refused by the SRM), 413 (too large).
+- `status` answers the SRM status (with the seconds left on its timers), the critical
+  services and the SPEC §8 session counters: everything the admin page shows of a node.
+- Every other route is the web page (`admin_page.AdminPage`), which authenticates its
+  own requests (a signed session cookie plus a CSRF token for actions).
 - A bad request never takes the node down: every failure becomes a response.
 """
 
@@ -25,6 +29,7 @@ import hashlib
 import hmac
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from http.cookies import CookieError, SimpleCookie
@@ -38,14 +43,13 @@ from presence_ha.server.srm.events import AdminRequestedFailover, AdminRequested
 log = logging.getLogger(__name__)
 
 TOKEN_LABEL = b"admin-rpc"
-TOKEN_COOKIE = "presence_ha_admin"
 MAX_HEAD_BYTES = 8 * 1024
 MAX_BODY_BYTES = 16 * 1024
 READ_TIMEOUT_S = 10.0
 DEFAULT_BIND_HOST = "127.0.0.1"
 OPS = ("status", "failover", "fallback", "recover", "service.list", "service.stop", "service.start")
 REASONS = {
-    200: "OK", 303: "See Other", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
+    200: "OK", 303: "See Other", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
     405: "Method Not Allowed", 409: "Conflict", 411: "Length Required", 413: "Payload Too Large",
     500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable",
 }
@@ -222,13 +226,15 @@ ADMIN_REQUESTS: dict[str, type[Event]] = {"failover": AdminRequestedFailover, "f
 class NodeOperations:
     """The JSON operations on one node: its SRM runner and its critical services."""
 
-    def __init__(self, node_name: str, srm: SrmControl, services: CriticalServices) -> None:
-        self.node_name, self.srm, self.services = node_name, srm, services
+    def __init__(self, node_name: str, srm: SrmControl, services: CriticalServices,
+                 sessions: Callable[[], dict[str, int]] = dict) -> None:
+        self.node_name, self.srm, self.services, self.sessions = node_name, srm, services, sessions
 
     async def perform(self, call: RpcCall) -> dict[str, Any]:
         """The answer to `call`; `{"ok": False, "error", "status"}` when refused."""
         if call.op == "status":
-            return {"status": to_json(self.srm.status())}
+            return {"status": to_json(self.srm.status()), "services": to_json(self.services.list()),
+                    "sessions": self.sessions()}
         if call.op in ADMIN_REQUESTS:
             accepted, reason = await self.srm.admin_request(ADMIN_REQUESTS[call.op]())
             log.info("admin RPC: %s of %s %s: %s",
@@ -258,7 +264,7 @@ class NodeOperations:
 
 
 class PageHandler(Protocol):
-    async def handle(self, request: HttpRequest, authenticated: bool) -> HttpResponse: ...
+    async def handle(self, request: HttpRequest) -> HttpResponse: ...
 
 
 @dataclass
@@ -280,10 +286,6 @@ class AdminServer:
             self._server.close()
             await self._server.wait_closed()
             self._server = None
-
-    def authenticated(self, request: HttpRequest) -> bool:
-        given = request.bearer() or request.query.get("token") or request.cookie(TOKEN_COOKIE)
-        return token_matches(self.token, given)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
@@ -311,20 +313,16 @@ class AdminServer:
 
     async def respond(self, request: HttpRequest) -> HttpResponse:
         """The response to one parsed request (every error becomes a response)."""
-        ok = self.authenticated(request)
-        if request.path == "/rpc":
-            if request.method != "POST":
-                return error_response(405, "use POST /rpc")
-            if not ok:
-                log.warning("admin RPC: rejected %s /rpc from %s: missing or wrong token", request.method, request.peer)
-                return error_response(401, "missing or wrong admin token")
-            return await self._rpc(request)
-        if self.page is None:
-            return error_response(404, f"no route {request.path}")
-        if not ok and request.path != "/login" and (
-                request.bearer() or "token" in request.query or request.method == "POST"):
-            log.warning("admin page: rejected %s %s from %s: wrong token", request.method, request.path, request.peer)
-        return await self.page.handle(request, ok)
+        if request.path != "/rpc":
+            return await self.page.handle(request) if self.page is not None else error_response(
+                404, f"no route {request.path}")
+        if request.method != "POST":
+            return error_response(405, "use POST /rpc")
+        if not token_matches(self.token, request.bearer()):
+            log.warning("admin RPC: rejected %s /rpc from %s: missing or wrong token%s", request.method,
+                        request.peer, " (a cookie is no credential here)" if "cookie" in request.headers else "")
+            return error_response(401, "missing or wrong admin token")
+        return await self._rpc(request)
 
     async def _rpc(self, request: HttpRequest) -> HttpResponse:
         try:

@@ -121,6 +121,7 @@ class SrmStatus:
     peer: str | None
     peer_state: NodeState | None
     epoch: int
+    timers_left: dict[str, float] = dataclasses.field(default_factory=dict)  # pending timer: seconds left
 
 
 class SrmRunner:
@@ -192,7 +193,15 @@ class SrmRunner:
         m, s = self._machine, self._setup
         if m is None or s is None:
             raise RuntimeError("the SRM is not started")
-        return SrmStatus(self.node, s.group, m.ha_enabled, m.state, m.reason, m.peer, m.peer_state, m.epoch)
+        return SrmStatus(self.node, s.group, m.ha_enabled, m.state, m.reason, m.peer, m.peer_state, m.epoch,
+                         self._timers_left())
+
+    def _timers_left(self) -> dict[str, float]:
+        """Seconds left on each pending timer but the heartbeat's own (the admin page's
+        countdowns: a critical service down fails the node over when its delay ends)."""
+        now = asyncio.get_running_loop().time()
+        return {name.value: round(handle.when() - now, 1) for name, handle in self._timers.items()
+                if name is not Timer.HEARTBEAT and not handle.cancelled() and handle.when() > now}
 
     async def admin_request(self, event: Event) -> tuple[bool, str]:
         """Feed an admin request; (accepted, why) once its actions have run."""

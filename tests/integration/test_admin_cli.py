@@ -41,8 +41,8 @@ async def write_states(db_url: str, states: dict[str, tuple[str, str]]) -> None:
         await engine.dispose()
 
 
-def invoke(db_url: str, *args: str):
-    return CliRunner().invoke(cli_main, [*args, "--db", db_url])
+def invoke(db_url: str, *args: str, answer: str | None = None):
+    return CliRunner().invoke(cli_main, [*args, "--db", db_url], input=answer)
 
 
 def test_status_json_reads_the_database_with_every_node_down(db_url: str) -> None:
@@ -74,7 +74,8 @@ def test_status_json_reads_the_database_with_every_node_down(db_url: str) -> Non
         (("ha", "fallback", "n2"), "fallback of n2 refused: admin RPC unreachable"),
         (("ha", "failover", "nosuch"), "node 'nosuch' does not exist"),
         (("ha", "recover", "nosuch"), "group 'nosuch' does not exist"),
-        (("ha", "recover", "g1"), "recovery of g1 incomplete: n1, n2 not restarted"),
+        (("ha", "recover", "g1", "--yes"), "recovery of g1 incomplete: n1, n2 not restarted"),
+        (("ha", "web"), "no node answers its admin RPC on 127.0.0.1 (n1, n2, n3); start one, or name one"),
         (("service", "list", "n1"), "service list on n1 refused: admin RPC unreachable"),
         (("service", "stop", "n1", "xcp-router"), "refused: admin RPC unreachable"),
         (("ha", "web", "nosuch"), "node 'nosuch' does not exist"),
@@ -91,6 +92,23 @@ def test_admin_commands_fail_in_one_line_when_nodes_are_down(db_url: str, args: 
 
 def test_web_prints_a_link_with_the_token(db_url: str) -> None:
     provision(db_url)
-    link = cli(db_url, "ha", "web", "n2").strip()
+    result = invoke(db_url, "ha", "web", "n2")
+    assert result.exit_code == 0, result.output
+    link = result.stdout.strip()
     assert link.startswith("http://127.0.0.1:") and "/?token=" in link
     assert len(link.split("token=")[1]) == 64
+    assert result.stderr.startswith("warning: node n2 does not answer its admin RPC at 127.0.0.1:")
+
+
+def test_recover_says_what_it_does_and_asks_first(db_url: str) -> None:
+    provision(db_url)
+    declined = invoke(db_url, "ha", "recover", "g1", answer="n\n")
+    assert declined.exit_code == 1 and "not confirmed: nothing done" in declined.output
+    assert declined.output.startswith("Recovery restarts the SRM of n1 and n2 (group g1); their clients may be "
+                                      "disconnected and log in again. Go ahead? [y/N]")
+    assert "SRM of n1:" not in declined.output  # nothing was sent
+    unanswered = invoke(db_url, "ha", "recover", "g1")  # no terminal, no --yes: the question goes unanswered
+    assert unanswered.exit_code == 1
+    assert unanswered.stderr == "Error: not confirmed (no answer): nothing done; add --yes to skip the question\n"
+    accepted = invoke(db_url, "ha", "recover", "g1", answer="y\n")
+    assert "SRM of n1: restart failed: admin RPC unreachable" in accepted.output  # asked the nodes (both down)

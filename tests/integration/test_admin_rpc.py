@@ -3,7 +3,9 @@
 Scenarios: a request without the token or with a wrong one gets 401 and a log line;
 the admin port listens on loopback only; malformed, oversize or misaddressed requests
 get clear errors and the node carries on; the web page shows each node's state and
-reason and only the buttons the state allows, and its buttons act.
+reason and only the buttons the state allows; it logs in with a session, never the token
+itself, and no request a browser sends by itself (the cookie alone, another origin) can
+act (issue #19 item 6).
 """
 
 from __future__ import annotations
@@ -108,14 +110,15 @@ def test_oversize_and_garbage_requests(pair: HaPair) -> None:
     assert rpc(pair, "n1", b'{"op": "status"}', token(pair))[0] == 200
 
 
-def fetch(url: str, data: dict | None = None) -> tuple[int, str]:
-    body = urllib.parse.urlencode(data).encode() if data is not None else None
+def fetch(url: str, data: bytes | None = None, **headers: str) -> tuple[int, str, dict[str, str]]:
+    """(status, body, headers) of one request; no redirect is followed."""
     opener = urllib.request.build_opener(NoRedirect)
+    request = urllib.request.Request(url, data, {k.replace("_", "-"): v for k, v in headers.items()})
     try:
-        with opener.open(url, body, timeout=10) as response:
-            return response.status, response.read().decode()
+        with opener.open(request, timeout=10) as response:
+            return response.status, response.read().decode(), dict(response.headers)
     except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode() + exc.headers.get("Location", "")
+        return exc.code, exc.read().decode(), dict(exc.headers)
 
 
 class NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -123,29 +126,85 @@ class NoRedirect(urllib.request.HTTPRedirectHandler):
         return None
 
 
-def node_row(page: str, node: str) -> str:
-    return re.search(rf"<tr id='node-{node}'>.*?</tr>", page).group(0)
-
-
-def test_web_page_shows_states_and_only_the_allowed_buttons(pair: HaPair) -> None:
+def test_web_page_login_gives_a_session_not_the_token(pair: HaPair) -> None:
     base = pair.admin("ha", "web", "n1").strip().split("?")[0]
-    assert fetch(base)[0] == 401 and "type='password' name='token'" in fetch(base)[1]  # the login form
+    status, page, _ = fetch(base)
+    assert status == 401 and "type='password' name='token'" in page  # the login form
     assert fetch(base + "?token=wrong")[0] == 401
-    status, page = fetch(base + "?token=" + token(pair))
-    assert status == 200 and "<script" not in page and "src=" not in page and "href=" not in page
-    for node in ("n1", "n2"):
-        row = node_row(page, node)
-        assert "<td class='state'>Normal</td><td class='reason'>Normal</td>" in row
-        assert f"id='failover-{node}'" in row and "fallback" not in row  # Normal: failover only
-    assert "id='recover-g1'" not in page  # not a failed group
-    assert fetch(base + "action", {"token": "wrong", "op": "failover", "node": "n2"})[0] == 401
-    pair.wait_for({"n1": ("Normal", "Normal"), "n2": ("Normal", "Normal")}, deadline_s=2)
-    status, location = fetch(base + "action", {"token": token(pair), "op": "failover", "node": "n2"})
-    assert status == 303 and "failover%20n2" in location  # forwarded by n1 to n2's admin RPC
+    assert "admin page: rejected a login from 127.0.0.1" in pair.nodes["n1"].log()
+    status, page, headers = fetch(base + "?token=" + token(pair))
+    assert status == 200 and token(pair) not in page and token(pair) not in headers["Set-Cookie"]
+    assert "default-src 'self'" in headers["Content-Security-Policy"]
+    assert "src=\"/admin.js\"" in page and "http://" not in page  # served by the node itself
+    cookie = headers["Set-Cookie"].split(";")[0]
+    status, body, _ = fetch(base + "api/overview", Cookie=cookie)
+    data = json.loads(body)
+    assert status == 200 and data["node"] == "n1"
+    (group,) = data["groups"]
+    for node in group["nodes"]:  # each node's live status, through its own admin RPC
+        assert (node["alive"], node["state"], node["reason"]) == (True, "Normal", "Normal")
+        assert [b["op"] for b in node["buttons"]][:1] == ["failover"]
+        assert set(node["sessions"]) >= {"JsmSessionsClient", "JsmSessionsClientInactive"}
+        assert {s["name"] for s in node["services"]} >= {"xcp-router", "presence-engine"}
+        assert node["users"] == {"assigned": 1, "served": 1}
+    assert fetch(base + "api/overview")[0] == 401
+
+
+def action(base: str, body: dict, **headers: str) -> tuple[int, dict]:
+    status, answer, _ = fetch(base + "api/action", json.dumps(body).encode(), Content_Type="application/json",
+                              **headers)
+    return status, json.loads(answer)
+
+
+def test_the_cookie_alone_never_acts(pair: HaPair) -> None:
+    """Issue #19 item 6: no request that a browser would send by itself can act."""
+    base = pair.admin("ha", "web", "n1").strip().split("?")[0]
+    _, page, headers = fetch(base + "?token=" + token(pair))
+    cookie = headers["Set-Cookie"].split(";")[0]
+    csrf = re.search(r'name="csrf" value="([0-9a-f]{64})"', page).group(1)
+    rpc_body = b'{"op": "failover", "node": "n2"}'
+    for extra in ({"Cookie": cookie}, {}):  # /rpc: the bearer header only, never the cookie or the query
+        status, _, _ = fetch(base + "rpc", rpc_body, Content_Type="application/json", **extra)
+        assert status == 401
+    assert fetch(base + "rpc?token=" + token(pair), rpc_body)[0] == 401
+    assert action(base, {"op": "failover", "node": "n2"}, Cookie=cookie)[0] == 403  # no CSRF token
+    foreign = {"Cookie": cookie, "X_CSRF_Token": csrf, "Origin": "http://127.0.0.1:8000"}
+    assert action(base, {"op": "failover", "node": "n2"}, **foreign)[0] == 403
+    pair.wait_for({"n1": ("Normal", "Normal"), "n2": ("Normal", "Normal")}, deadline_s=2)  # nothing happened
+    assert "rejected POST /api/action from 127.0.0.1" in pair.nodes["n1"].log()
+
+    status, answer = action(base, {"op": "failover", "node": "n2"}, Cookie=cookie, X_CSRF_Token=csrf,
+                            Origin=base.rstrip("/"))
+    assert status == 200 and answer["notes"][0].startswith("failover n2: ")  # forwarded by n1 to n2's admin RPC
     pair.wait_for({"n1": ("Running in Backup Mode", "On Admin Request"), "n2": ("Idle", "On Admin Request")})
-    page = fetch(base + "?token=" + token(pair))[1]
-    assert "<td class='state'>Idle</td><td class='reason'>On Admin Request</td>" in node_row(page, "n2")
-    assert "id='fallback-n2'" in node_row(page, "n2") and "<form" not in node_row(page, "n1")
-    status, _ = fetch(base + "action", {"token": token(pair), "op": "fallback", "node": "n2"})
-    assert status == 303
+    _, body, _ = fetch(base + "api/overview", Cookie=cookie)
+    n1, n2 = json.loads(body)["groups"][0]["nodes"]
+    assert [b["op"] for b in n2["buttons"]][:1] == ["fallback"] and "failover" not in [b["op"] for b in n1["buttons"]]
+    status, answer = action(base, {"op": "fallback", "node": "n2"}, Authorization=f"Bearer {token(pair)}")
+    assert status == 200, answer
+    pair.wait_normal()
+
+
+def test_a_node_without_its_database_still_serves_the_page(pair: HaPair) -> None:
+    """SPEC §6 row 13 on the page: n1 lost the database; its page shows both nodes' live
+    states over its last database read, and says the database is unreachable."""
+    if not is_postgres(pair.db_url):
+        pytest.skip("SQLite is one embedded file shared by both processes: one node cannot lose it alone")
+    base = pair.admin("ha", "web", "n1").strip().split("?")[0]
+    bearer = {"Authorization": f"Bearer {token(pair)}"}
+    assert json.loads(fetch(base + "api/overview", **bearer)[1])["database"] == {"ok": True}
+    pair.cut_database("n1")
+    try:
+        pair.wait_for({"n1": ("Failed Over with Critical Services Not Running", "Database Failure"),
+                       "n2": ("Running in Backup Mode", "Database Failure")})
+        status, body, _ = fetch(base + "api/overview", **bearer)
+        data = json.loads(body)
+        assert status == 200 and data["database"]["ok"] is False and data["database"]["as_of"]
+        n1, n2 = data["groups"][0]["nodes"]
+        assert (n1["alive"], n1["reason"], n2["alive"], n2["state"]) == (
+            True, "Database Failure", True, "Running in Backup Mode")
+    finally:
+        pair.heal_database("n1")
+    pair.wait_for({"n1": ("Failed Over", "Database Failure")})
+    pair.admin("ha", "fallback", "n1")
     pair.wait_normal()

@@ -106,7 +106,7 @@ def fallback_to_normal(pair: HaPair, f: str) -> None:
 
 def recover_to_normal(pair: HaPair) -> None:
     pair.normal_moves()
-    pair.admin("ha", "recover", "g1")
+    pair.admin("ha", "recover", "g1", "--yes")
     pair.wait_normal()
 
 

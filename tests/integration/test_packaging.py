@@ -42,6 +42,8 @@ def test_the_wheel_holds_one_top_level_package(wheel: Path) -> None:
         assert f"presence_ha/{folder}/__init__.py" in names
     assert "presence_ha/migrations/alembic.ini" in names
     assert "presence_ha/migrations/versions/0001_initial.py" in names
+    for asset in ("index.html", "admin.js", "admin.css"):  # the admin page's files (server.net.admin_page)
+        assert f"presence_ha/server/net/admin_static/{asset}" in names
 
 
 def test_every_package_folder_is_installed(wheel: Path) -> None:

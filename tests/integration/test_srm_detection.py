@@ -72,6 +72,6 @@ async def test_sigstop_waits_for_the_heartbeat_timeout_then_recovery(ha_pair_fac
     cluster.node("n1").process.send_signal(signal.SIGCONT)
     failed = ("Running in Failed Mode", "Unknown")
     poll_until(lambda: ha_states(cluster.db_url) == {"n1": failed, "n2": failed}, 20, "both nodes failed (row 16)")
-    cluster.cli("ha", "recover", "g1")
+    cluster.cli("ha", "recover", "g1", "--yes")
     poll_until(lambda: set(ha_states(cluster.db_url).values()) == {("Normal", "Normal")}, 30, "Normal/Normal")
     assert active_nodes(cluster.db_url) == {"alice": "n1", "bob": "n2"}

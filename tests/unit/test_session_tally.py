@@ -57,3 +57,12 @@ def test_a_scrape_right_after_a_login_counts_it():
     assert "jsm_sessions_client 3.0" in metrics.render().decode().splitlines()
     registry.add(Session(JID.parse("dave@x/desk"), send=lambda _s: None))
     assert "jsm_sessions_client 4.0" in metrics.render().decode().splitlines()
+
+
+def test_session_counters_by_their_spec_names():
+    metrics = Metrics("n1")
+    metrics.watch_sessions(_registry(), lambda: 5)
+    assert metrics.session_counters() == {
+        "JsmSessionsClient": 3, "JsmSessionsClientInactive": 4, "ActiveJsmSessions": 2, "InactiveJsmSessions": 2,
+        "JsmSessionsComposed": 5,
+    }

@@ -1,108 +1,151 @@
-"""The admin page's pure parts: which buttons each SPEC §6 state offers, and the HTML."""
+"""The admin page's routes: login, the session cookie, CSRF and origin checks, actions.
+
+The page's backend (overview, group members, dispatch to a node) is a recording stand-in
+here; the real one, against real node processes and a real browser, is tested in
+tests/integration/test_admin_rpc.py and test_admin_browser.py.
+"""
 
 from __future__ import annotations
 
-import datetime as dt
+import json
+from http.cookies import SimpleCookie
+from typing import Any
 
 import pytest
 
-from presence_ha.server.net.admin_page import (
-    GroupRow,
-    NodeRow,
-    StoredView,
-    group_buttons,
-    is_alive,
-    node_buttons,
-    overview_json,
-    render_page,
-    table_allows,
-)
-from presence_ha.server.srm.events import AdminRequestedFailover, AdminRequestedFallback
-from presence_ha.server.srm.machine import SrmMachine
-from presence_ha.server.srm.table import NodeState as S
-from presence_ha.server.srm.table import Reason as R
+from presence_ha.server.net.admin_page import AdminPage, render_shell
+from presence_ha.server.net.admin_rpc import AdminRpcError, HttpRequest, HttpResponse, RpcCall
+from presence_ha.server.net.admin_session import SESSION_COOKIE, csrf_token
+
+TOKEN = "t" * 64
+HOST = "127.0.0.1:20075"
 
 
-def group(n1: tuple[str, str], n2: tuple[str, str], ha: bool = True,
-          alive: tuple[bool, bool] = (True, True)) -> GroupRow:
-    return GroupRow("g1", ha, (NodeRow("n1", *n1, alive[0]), NodeRow("n2", *n2, alive[1])))
+class Backend:
+    def __init__(self) -> None:
+        self.calls: list[tuple[RpcCall, str]] = []
+
+    async def overview(self) -> dict[str, Any]:
+        return {"node": "n1", "groups": [], "events": []}
+
+    async def members(self, group: str) -> list[str]:
+        return ["n1", "n2"] if group == "g1" else []
+
+    async def dispatch(self, call: RpcCall, target: str) -> dict[str, Any]:
+        self.calls.append((call, target))
+        if target == "n2" and call.op == "fallback":
+            raise AdminRpcError("not allowed on n2 in state Normal", 409)
+        return {"message": "accepted"}
 
 
-NORMAL = ("Normal", "Normal")
+@pytest.fixture
+def page() -> AdminPage:
+    return AdminPage("n1", TOKEN, Backend(), clock=lambda: 1_800_000_000.0)
 
 
-@pytest.mark.parametrize(
-    ("n1", "n2", "n1_buttons", "n2_buttons"),
-    [
-        (NORMAL, NORMAL, ("failover",), ("failover",)),  # row 1
-        (("Idle", "On Admin Request"), ("Running in Backup Mode", "On Admin Request"), ("fallback",), ()),  # row 3
-        (("Idle", "Initialization"), ("Running in Backup Mode", "Initialization"), ("fallback",), ()),  # row 6
-        (("Failed Over", "Critical Services Down"),
-         ("Running in Backup Mode", "Critical Services Down"), ("fallback",), ()),  # row 11
-        (("Failed Over with Critical Services Not Running", "Critical Services Down"),
-         ("Running in Backup Mode", "Critical Services Down"), (), ()),  # row 12: no fallback while down
-        (("Failing Over", "On Admin Request"), ("Taking Over", "On Admin Request"), (), ()),  # row 2
-        (("Running in Failed Mode", "Unknown"), ("Running in Failed Mode", "Unknown"), (), ()),  # row 21
-    ],
-)
-def test_buttons_follow_the_srm_table(n1, n2, n1_buttons, n2_buttons) -> None:
-    g = group(n1, n2)
-    assert node_buttons(g, g.nodes[0]) == n1_buttons
-    assert node_buttons(g, g.nodes[1]) == n2_buttons
+def request(method: str, path: str, query: dict | None = None, body: bytes = b"", **headers: str) -> HttpRequest:
+    named = {k.replace("_", "-"): v for k, v in headers.items()}
+    return HttpRequest(method, path, query or {}, {"host": HOST, **named}, body, "127.0.0.1:5555")
 
 
-def test_no_failover_button_when_the_peer_cannot_take_the_users() -> None:
-    g = group(NORMAL, NORMAL, alive=(True, False))  # peer unreachable: nobody to fail over to
-    assert node_buttons(g, g.nodes[0]) == ()
-    assert node_buttons(g, g.nodes[1]) == ()  # an unreachable node gets no buttons at all
-    assert node_buttons(group(NORMAL, NORMAL, ha=False), g.nodes[0]) == ()  # HA off: nothing moves
+def header(response: HttpResponse, name: str) -> str:
+    return next((v for k, v in response.headers if k == name), "")
 
 
-def test_recover_button_only_for_a_failed_group() -> None:
-    assert group_buttons(group(NORMAL, NORMAL)) == ()
-    failed = ("Running in Failed Mode", "Unknown")
-    assert group_buttons(group(failed, failed)) == ("recover",)
-    assert group_buttons(group(("Unknown", "Unknown"), ("Unknown", "Unknown"))) == ("recover",)
+def session_of(response: HttpResponse) -> str:
+    return SimpleCookie(header(response, "Set-Cookie"))[SESSION_COOKIE].value
 
 
-@pytest.mark.parametrize("state", list(S))
-def test_table_allows_agrees_with_a_live_machine(state: S) -> None:
-    """The stored-state view decides like `SrmMachine.allows` for each state."""
-    machine = SrmMachine("n1", "n2", state=state, reason=R.NORMAL)
-    view = StoredView("n1", "n2", True, state, R.NORMAL, None)
-    for request in (AdminRequestedFailover(), AdminRequestedFallback()):
-        assert table_allows(view, request) == machine.allows(request)
+async def logged_in(page: AdminPage) -> str:
+    response = await page.handle(request("GET", "/", {"token": TOKEN}))
+    assert response.status == 200
+    return session_of(response)
 
 
-def test_liveness_window() -> None:
-    now = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
-    assert is_alive(now - dt.timedelta(seconds=5), 10, now)
-    assert not is_alive(now - dt.timedelta(seconds=11), 10, now)
-    assert is_alive((now - dt.timedelta(seconds=1)).replace(tzinfo=None), 10, now)  # SQLite: naive UTC
-    assert not is_alive(None, 10, now)
+async def test_login_link_gives_a_session_and_a_page_without_the_token(page: AdminPage) -> None:
+    response = await page.handle(request("GET", "/", {"token": TOKEN}))
+    session = session_of(response)
+    body = response.body.decode()
+    assert TOKEN not in body and TOKEN not in header(response, "Set-Cookie")
+    assert f"value=\"{csrf_token(TOKEN, session)}\"" in body
+    assert "default-src 'self'" in header(response, "Content-Security-Policy")
+    assert header(response, "X-Frame-Options") == "DENY"
+    again = await page.handle(request("GET", "/", cookie=f"{SESSION_COOKIE}={session}"))
+    assert again.status == 200 and header(again, "Set-Cookie") == ""
 
 
-def test_page_shows_states_reasons_and_only_allowed_buttons() -> None:
-    g = group(("Idle", "On Admin Request"), ("Running in Backup Mode", "On Admin Request"))
-    page = render_page([g], "n1", "tok").decode()
-    assert "<td class='state'>Idle</td><td class='reason'>On Admin Request</td>" in page
-    assert "<td class='state'>Running in Backup Mode</td>" in page
-    assert "id='fallback-n1'" in page
-    assert "id='failover-n1'" not in page and "id='failover-n2'" not in page and "id='fallback-n2'" not in page
-    assert "name='token' value='tok'" in page
-    assert "<script" not in page and "http://" not in page and "https://" not in page  # no external assets
+async def test_without_a_valid_credential_the_page_is_the_login_form(page: AdminPage) -> None:
+    for response in (await page.handle(request("GET", "/")),
+                     await page.handle(request("GET", "/", {"token": "wrong"})),
+                     await page.handle(request("GET", "/", cookie=f"{SESSION_COOKIE}={TOKEN}")),  # the old cookie
+                     await page.handle(request("POST", "/login", body=b"token=wrong"))):
+        assert response.status == 401 and b"name='token'" in response.body
+    assert (await page.handle(request("GET", "/api/overview"))).status == 401
 
 
-def test_page_escapes_everything() -> None:
-    page = render_page([group(NORMAL, NORMAL)], "n1<b>", "t'ok", note="<script>alert(1)</script>").decode()
-    assert "<script>" not in page and "&lt;script&gt;" in page and "n1&lt;b&gt;" in page
-    assert "value='t&#x27;ok'" in page
+async def test_login_form_redirects_with_a_session(page: AdminPage) -> None:
+    response = await page.handle(request("POST", "/login", body=f"token={TOKEN}".encode()))
+    assert response.status == 303 and header(response, "Location") == "/"
+    overview = await page.handle(request("GET", "/api/overview", cookie=f"{SESSION_COOKIE}={session_of(response)}"))
+    assert overview.status == 200 and json.loads(overview.body) == {"ok": True, "node": "n1", "groups": [],
+                                                                    "events": []}
 
 
-def test_overview_json_has_the_exact_keys() -> None:
-    assert overview_json([group(NORMAL, ("Idle", "Initialization"), alive=(True, False))]) == {"groups": [{
-        "name": "g1", "ha": True, "nodes": [
-            {"name": "n1", "state": "Normal", "reason": "Normal", "alive": True},
-            {"name": "n2", "state": "Idle", "reason": "Initialization", "alive": False},
-        ],
-    }]}
+def action(body: dict, **headers: str) -> HttpRequest:
+    return request("POST", "/api/action", body=json.dumps(body).encode(), content_type="application/json", **headers)
+
+
+async def test_the_cookie_alone_never_acts(page: AdminPage) -> None:
+    session = await logged_in(page)
+    cookie = f"{SESSION_COOKIE}={session}"
+    csrf = csrf_token(TOKEN, session)
+    failover = {"op": "failover", "node": "n1"}
+    assert (await page.handle(action(failover, cookie=cookie))).status == 403  # no CSRF token
+    assert (await page.handle(action(failover, cookie=cookie, x_csrf_token="0" * 64))).status == 403
+    assert (await page.handle(action(failover, cookie=cookie, x_csrf_token=csrf,
+                                     origin="http://127.0.0.1:8000"))).status == 403  # another origin
+    assert (await page.handle(action(failover, cookie=cookie, x_csrf_token=csrf,
+                                     sec_fetch_site="same-site"))).status == 403
+    assert (await page.handle(action(failover))).status == 401
+    assert page.backend.calls == []
+    done = await page.handle(action(failover, cookie=cookie, x_csrf_token=csrf, origin=f"http://{HOST}",
+                                    sec_fetch_site="same-origin"))
+    assert done.status == 200 and json.loads(done.body) == {"ok": True, "notes": ["failover n1: accepted"]}
+
+
+async def test_actions_reach_their_nodes(page: AdminPage) -> None:
+    bearer = {"authorization": f"Bearer {TOKEN}"}  # a script: no cookie, no CSRF token needed
+    recover = await page.handle(action({"op": "recover", "group": "g1"}, **bearer))
+    assert recover.status == 200 and [(c.op, t) for c, t in page.backend.calls] == [("recover", "n1"),
+                                                                                      ("recover", "n2")]
+    refused = await page.handle(action({"op": "fallback", "node": "n2"}, **bearer))
+    assert refused.status == 409 and json.loads(refused.body)["notes"] == [
+        "fallback n2 refused: not allowed on n2 in state Normal"]
+    stop = await page.handle(action({"op": "service.stop", "node": "n1", "service": "presence-engine"}, **bearer))
+    assert json.loads(stop.body)["notes"] == ["presence-engine stopped on n1"]
+    assert page.backend.calls[-1] == (RpcCall("service.stop", "n1", "presence-engine"), "n1")
+    for bad, status in (({"op": "reboot", "node": "n1"}, 400), ({"op": "failover"}, 400),
+                        ({"op": "recover", "group": "nosuch"}, 404)):
+        assert (await page.handle(action(bad, **bearer))).status == status
+    assert (await page.handle(request("POST", "/api/action", body=b"{oops", **bearer))).status == 400
+
+
+async def test_logout_needs_the_csrf_token_and_clears_the_cookie(page: AdminPage) -> None:
+    session = await logged_in(page)
+    cookie = f"{SESSION_COOKIE}={session}"
+    assert (await page.handle(request("POST", "/logout", cookie=cookie))).status == 403
+    out = await page.handle(request("POST", "/logout", cookie=cookie, x_csrf_token=csrf_token(TOKEN, session)))
+    assert out.status == 200 and "Max-Age=0" in header(out, "Set-Cookie")
+
+
+async def test_assets_and_unknown_routes(page: AdminPage) -> None:
+    script = await page.handle(request("GET", "/admin.js"))
+    assert script.status == 200 and script.content_type.startswith("text/javascript") and b"fetch(" in script.body
+    assert (await page.handle(request("GET", "/admin.css"))).status == 200
+    assert (await page.handle(request("GET", "/nosuch"))).status == 404
+
+
+def test_shell_escapes_the_node_name() -> None:
+    shell = render_shell("n1<i>", "c'sr\"f")
+    assert "n1&lt;i&gt;" in shell and "<i>" not in shell and "c&#x27;sr&quot;f" in shell
+    assert "<script src=\"/admin.js\"" in shell and "http" not in shell  # no other origin
