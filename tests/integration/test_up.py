@@ -171,6 +171,9 @@ def test_a_killed_node_is_restarted_and_the_other_keeps_serving(up: tuple[subpro
     wait_until(lambda: "Connect any XMPP client" in out.read_text(), "up's welcome")
     spec = json.loads((directory / "cluster.json").read_text())
     port = {n["name"]: n["client_port"] for n in spec["nodes"]}
+    wait_until(lambda: "re-login limits: 5-15 s (demo values set by `up`" in out.read_text(), "the demo limits")
+    metrics = {n["name"]: n["metrics_port"] for n in spec["nodes"]}
+    assert f"metrics http://127.0.0.1:{metrics['node1']}/metrics" in out.read_text()
     pids = wait_until(lambda: (c := children(process.pid)) and len(c) == 2 and c, "two node processes")
     assert isinstance(pids, dict)
     wait_states(spec["database_url"], {"node1": "Normal", "node2": "Normal"})
@@ -223,8 +226,10 @@ class Chatty(slixmpp.ClientXMPP):
         self.ssl_context = ssl.create_default_context(cafile=str(cafile))  # verified, for the domain
         self.ready = asyncio.Event()
         self.bodies: list[str] = []
+        self.online: set[str] = set()  # contacts whose available presence came in
         self.add_event_handler("session_start", lambda _e: (self.send_presence(), self.ready.set()))
         self.add_event_handler("message", lambda m: self.bodies.append(str(m["body"])))
+        self.add_event_handler("presence_available", lambda p: self.online.add(p["from"].bare))
 
 
 async def _exchange(users: list[dict[str, str]], ports: list[int], cafile: Path) -> None:
@@ -241,6 +246,11 @@ async def _exchange(users: list[dict[str, str]], ports: list[int], cafile: Path)
             end = time.monotonic() + DEADLINE_S
             while not all(len(c.bodies) >= 1 for c in clients):
                 assert time.monotonic() < end, f"via {port}: {[c.bodies for c in clients]}"
+                await asyncio.sleep(0.05)
+            # the demo users are each other's contacts (subscription both): presence without asking
+            everyone = {u["jid"] for u in users}
+            while not all(everyone - {c.boundjid.bare} <= c.online for c in clients):
+                assert time.monotonic() < end, f"via {port}: {[sorted(c.online) for c in clients]}"
                 await asyncio.sleep(0.05)
         finally:
             for client in clients:
