@@ -202,9 +202,9 @@ async def befriend(session: AsyncSession, domain: str, circles: Sequence[Sequenc
     Returns the number of roster items added; commits."""
     everyone = [name for circle in circles for name in circle]
     ids = await user_ids(session, domain, everyone)
-    existing = set((await session.execute(
+    existing = {(uid, contact) for uid, contact in (await session.execute(
         select(RosterItem.user_id, RosterItem.contact_jid).where(RosterItem.user_id.in_(list(ids.values())))
-    )).tuples())
+    )).all()}
     rows = [
         {"user_id": ids[user], "contact_jid": f"{contact}@{domain}", "subscription": "both",
          "ask_subscribe": False, "approved": False, "groups": json.dumps(["demo"])}
