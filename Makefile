@@ -14,17 +14,22 @@ DOMAIN ?= localhost
 
 .PHONY: run test test-extended lint install unit integration bench clean
 
+# pip shows what it collects and installs (a first run takes a minute or so: not silence).
 $(STAMP): pyproject.toml
+	@echo "== installing presence-ha and its dependencies into $(VENV) (first run, or pyproject.toml changed)"
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[test,loadtest]"
+	$(BIN)/python -m pip install --progress-bar on -e ".[test,loadtest]"
 	touch $(STAMP)
+	@echo "== $(VENV) is ready"
 
 install: $(STAMP)
 
 ## run: a local pair of nodes on the embedded SQLite default, ready for clients
 run: $(STAMP)
+	@echo "== checking for HAProxy (the service address; Debian's package is installed when missing)"
 	@./scripts/ensure-debian.sh haproxy=haproxy
+	@echo "== starting the cluster in $(DATA_DIR)/ (Ctrl-C stops it)"
 	$(BIN)/presence-ha up --data-dir $(DATA_DIR) --service-port $(SERVICE_PORT) --base-port $(BASE_PORT) --users $(USERS) --nodes $(NODES) --domain $(DOMAIN)
 
 ## lint: ruff, then mypy; the settings are in pyproject.toml

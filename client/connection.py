@@ -102,7 +102,11 @@ class NodeConnection:
         self._bound = False
         self.outbox: Outbox[OutMessage] = Outbox()
         self.xmpp = slixmpp.ClientXMPP(jid, password)
-        self.xmpp.max_redirects = -1  # we follow see-other-host ourselves (see module rules)
+        # We follow see-other-host ourselves (see module rules): slixmpp's own stream error
+        # handler would reconnect, or (redirects off) log a planned redirect at ERROR level.
+        self.xmpp.remove_handler("Stream Error")
+        self.xmpp.register_handler(Callback("Stream Error", MatchXPath(f"{{{self.xmpp.stream_ns}}}error"),
+                                            lambda error: self.xmpp.event("stream_error", error)))
         # One TCP attempt per connection: STARTTLS on the node's client port (RFC 6120 §5).
         self.xmpp.enable_direct_tls, self.xmpp.enable_starttls, self.xmpp.enable_plaintext = False, True, False
         self.xmpp.register_plugin("xep_0030")

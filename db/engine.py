@@ -69,6 +69,17 @@ def sqlite_url_for(data_dir: str | os.PathLike[str]) -> str:
     return f"sqlite:///{path}"
 
 
+def missing_sqlite_file(url: str) -> Path | None:
+    """The SQLite file `url` names when it does not exist yet (None: it exists, it is in
+    memory, or `url` is not SQLite). Read-only commands check this first: opening a
+    SQLite file creates it (and its directory), and a read must not leave one behind."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    path = Path(parsed.database)
+    return None if path.exists() else path
+
+
 def _sqlite_on_connect(dbapi_conn, _record) -> None:
     cursor = dbapi_conn.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")

@@ -21,7 +21,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Select, bindparam, delete, select
+from sqlalchemy import Select, bindparam, delete, insert, select
 from sqlalchemy.engine import Connection, Row
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -194,3 +194,24 @@ async def delete_pending(session: AsyncSession, uid: int, contact: str) -> bool:
         )
     )
     return rowcount(result) > 0
+
+
+async def befriend(session: AsyncSession, domain: str, circles: Sequence[Sequence[str]]) -> int:
+    """Make the users of each circle each other's contacts, subscription both (a demo
+    roster: their presence shows at once). One bulk insert; existing rows are kept.
+    Returns the number of roster items added; commits."""
+    everyone = [name for circle in circles for name in circle]
+    ids = await user_ids(session, domain, everyone)
+    existing = {(uid, contact) for uid, contact in (await session.execute(
+        select(RosterItem.user_id, RosterItem.contact_jid).where(RosterItem.user_id.in_(list(ids.values())))
+    )).all()}
+    rows = [
+        {"user_id": ids[user], "contact_jid": f"{contact}@{domain}", "subscription": "both",
+         "ask_subscribe": False, "approved": False, "groups": json.dumps(["demo"])}
+        for circle in circles for user in circle for contact in circle
+        if user != contact and user in ids and contact in ids and (ids[user], f"{contact}@{domain}") not in existing
+    ]
+    if rows:
+        await session.execute(insert(RosterItem), rows)
+    await session.commit()
+    return len(rows)

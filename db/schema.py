@@ -19,7 +19,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection
 
 from presence_ha import migrations
-from presence_ha.db.engine import make_engine, translate_errors
+from presence_ha.db.engine import make_engine, missing_sqlite_file, translate_errors
 
 MIGRATIONS_DIR = Path(migrations.__file__).resolve().parent
 
@@ -64,7 +64,10 @@ async def upgrade(url: str, revision: str = "head") -> str | None:
 
 
 async def current_revision(url: str) -> str | None:
-    """The revision the database at `url` is at (None: never migrated)."""
+    """The revision the database at `url` is at (None: never migrated, or a SQLite file
+    that does not exist, which is left uncreated)."""
+    if missing_sqlite_file(url) is not None:
+        return None
     engine = make_engine(url, pool_size=1)
     try:
         async with translate_errors(), engine.connect() as connection:

@@ -2,8 +2,8 @@
 # Make sure what the tests talk to is there: the local PostgreSQL server, Debian's
 # prosody (the reference server of the benchmark test), haproxy (`up`'s service
 # address), the third-party clients (profanity in tmux, go-sendxmpp), headless Chromium
-# with chromium-driver (the admin page's browser test) and the lab's
-# packages (lab-packages.sh). Installs or starts them when missing and possible; with
+# with chromium-driver (the admin page's browser test), the lab's packages
+# (lab-packages.sh) and promtool (the alerting rules' check). Installs or starts them when missing and possible; with
 # CI=true a PostgreSQL that cannot be reached is an error.
 set -u
 
@@ -30,4 +30,17 @@ fi
 "$(dirname "$0")/ensure-debian.sh" prosody=prosody haproxy=haproxy profanity=profanity \
   go-sendxmpp=go-sendxmpp tmux=tmux chromium=chromium chromedriver=chromium-driver
 "$(dirname "$0")/lab-packages.sh"  # the lab of separate hosts: etcd, Patroni, nftables
+
+# promtool checks deploy/prometheus/alerts.yml (tests/integration/test_ops_kit.py). Debian ships
+# it only inside the `prometheus` package (no smaller one has it); without its recommends (the
+# node exporter) and, as a package's daemon under policy-rc.d, not started.
+if ! command -v promtool >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "test-services: installing prometheus (for promtool)" >&2
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus) \
+      >/dev/null 2>&1 || echo "test-services: could not install prometheus (promtool)" >&2
+  else
+    echo "test-services: promtool missing (apt-get install --no-install-recommends prometheus); its test is skipped" >&2
+  fi
+fi
 exit 0

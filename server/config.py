@@ -17,7 +17,7 @@ Rules of this module:
   parameters), not from here.
 - Sections: `tls`, `limits` (client connections), `cluster` (routing between nodes:
   `grace_s`, `relay_timeout_s`, `relay_open_timeout_s`, `refresh_s`,
-  `location_ttl_s`, `activation_wait_s`), `links` (the node-to-node link mesh:
+  `location_ttl_s`, `activation_wait_s`, `replication_check_s`), `links` (the node-to-node link mesh:
   `window`, `heartbeat_interval_s`, `dead_after_s`, `handshake_timeout_s`,
   `connect_timeout_s`, `backoff_initial_s`, `backoff_max_s`, `ack_delay_s`, and
   `dial`, "n2=host:port,..." to dial a peer elsewhere than its registered address),
@@ -28,6 +28,7 @@ Rules of this module:
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import tomllib
 import types
 import typing
@@ -112,6 +113,7 @@ class ClusterTimers:
     refresh_s: float = 1.0  # move-fingerprint check period
     location_ttl_s: float = 10.0  # a cached user location is read again after this
     activation_wait_s: float = 2.0  # users moved here: longest wait for their activation before re-routing
+    replication_check_s: float = 30.0  # the db_replication_setup gauge is refreshed this often
 
 
 @dataclass(frozen=True)
@@ -191,7 +193,7 @@ _POSITIVE = {
     "limits.max_header_bytes", "limits.max_header_namespaces",
     "limits.max_tag_bytes_unauthenticated", "limits.max_tag_bytes",
     "cluster.grace_s", "cluster.relay_timeout_s", "cluster.relay_open_timeout_s", "cluster.refresh_s",
-    "cluster.location_ttl_s", "cluster.activation_wait_s",
+    "cluster.location_ttl_s", "cluster.activation_wait_s", "cluster.replication_check_s",
     "links.window", "links.heartbeat_interval_s", "links.dead_after_s", "links.handshake_timeout_s",
     "links.connect_timeout_s", "links.backoff_initial_s", "links.backoff_max_s", "links.ack_delay_s",
     "sm_replication.sync_timeout_s", "sm_replication.max_unacked", "sm_replication.takeover_wait_s",
@@ -216,6 +218,8 @@ def _convert(key: str, hint: Any, raw: Any) -> Any:
     if hint in (int, float):
         if isinstance(raw, bool):
             raise ConfigError(key, f"{raw!r} is not a number")
+        if hint is int and isinstance(raw, float) and not raw.is_integer():
+            raise ConfigError(key, f"{raw!r} is not an integer")
         try:
             return hint(raw)
         except (TypeError, ValueError):
@@ -232,7 +236,9 @@ def _build(cls: type, values: Mapping[str, Any], prefix: str) -> Any:
     known = {f.name: f for f in dataclasses.fields(cls)}
     for key in values:
         if key not in known:
-            raise ConfigError(prefix + key, "unknown key")
+            close = difflib.get_close_matches(key, list(known), n=1)
+            hint = f" (did you mean {prefix}{close[0]}?)" if close else f" (known: {', '.join(sorted(known))})"
+            raise ConfigError(prefix + key, "unknown key" + hint)
     kwargs: dict[str, Any] = {}
     for name, f in known.items():
         key, hint = prefix + name, hints[name]

@@ -9,14 +9,20 @@ Rules of this module:
 - Counters bumped per stanza are `LoopCounter`s: a plain int, exported by a collector
   when scraped. prometheus_client's `Counter` takes a lock per increment (0.6 us, and a
   message bumps two); these are only ever bumped on the event loop's thread.
+- The HA gauges (`srm_state{state}`, `srm_ha_enabled`, `critical_service_running` and
+  `critical_service_faulty{service}`) are read from the SRM and the critical services
+  when scraped (`watch_ha`), so they are never stale; `db_replication_setup` is set by
+  the node's periodic replication check (`server.replication_probe`). The Grafana
+  dashboard and the alerting rules in `deploy/` use these names: rename with them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics, generate_latest
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from presence_ha.server.sessions import SessionRegistry, SessionTally
@@ -56,6 +62,43 @@ def _gauge_value(gauge: Gauge) -> float:
     return next(sample.value for metric in gauge.collect() for sample in metric.samples)
 
 
+@dataclass(frozen=True)
+class HaSample:
+    """What the HA gauges show at one scrape: the SRM state (SPEC §6 words), the HA
+    switch, and per applicable critical service (name, running, faulty)."""
+
+    state: str | None  # None: the SRM has not started yet
+    ha_enabled: bool
+    services: tuple[tuple[str, bool, bool], ...]
+
+
+class _HaCollector:
+    """Exports an `HaSample` taken at each scrape (no state kept between scrapes)."""
+
+    def __init__(self, states: Iterable[str], sample: Callable[[], HaSample]) -> None:
+        self._states, self._sample = tuple(states), sample
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        now = self._sample()
+        state = GaugeMetricFamily("srm_state", "SRM node state (SPEC §6): 1 for the current one", labels=["state"])
+        for name in self._states:
+            state.add_metric([name], 1.0 if name == now.state else 0.0)
+        yield state
+        yield GaugeMetricFamily("srm_ha_enabled", "HA switch of this node's group (SPEC §3): 1 on",
+                                value=1.0 if now.ha_enabled else 0.0)
+        running = GaugeMetricFamily("critical_service_running", "Critical service running (SPEC §4): 1 yes",
+                                    labels=["service"])
+        faulty = GaugeMetricFamily(
+            "critical_service_faulty",
+            "Critical service down by failure or an admin's stop while monitored (SPEC §4: triggers a failover)",
+            labels=["service"])
+        for name, is_running, is_faulty in now.services:
+            running.add_metric([name], 1.0 if is_running else 0.0)
+            faulty.add_metric([name], 1.0 if is_faulty else 0.0)
+        yield running
+        yield faulty
+
+
 class Metrics:
     def __init__(self, node_name: str) -> None:
         self.node_name = node_name
@@ -63,6 +106,8 @@ class Metrics:
         self._scrape_tally: SessionTally | None = None  # the one count of the render in progress
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        Gauge("presence_ha_node", "This node's name (always 1; join on `instance` for the node label)", ["node"],
+              registry=r).labels(node_name).set(1)
         self.jsm_sessions_client = Gauge("jsm_sessions_client", "JsmSessionsClient: active client sessions", registry=r)
         self.jsm_sessions_client_inactive = Gauge(
             "jsm_sessions_client_inactive", "JsmSessionsClientInactive: inactive (backup) client sessions", registry=r
@@ -98,6 +143,14 @@ class Metrics:
         self.srm_peer_protocol_errors = Counter(
             "srm_peer_protocol_errors", "Malformed or unknown SRM peer messages received", registry=r
         )
+        self.db_replication_setup = Gauge(
+            "db_replication_setup", "Replication setup value (SPEC §7 dbreplication): 2 healthy, 0 no replication, "
+            "1 no synchronous standby, 3 tables differ, 4 database in recovery; -1 not checked yet", registry=r)
+        self.db_replication_setup.set(-1)
+
+    def watch_ha(self, states: Iterable[str], sample: Callable[[], HaSample]) -> None:
+        """Export the HA gauges from `sample()` at every scrape; `states`: every SRM state."""
+        self.registry.register(_HaCollector(states, sample))
 
     def watch_sessions(self, sessions: SessionRegistry, detached: Callable[[], int]) -> None:
         """Compute the session gauges from `sessions` whenever they are scraped: one pass

@@ -35,12 +35,13 @@ from presence_ha.server.config import NodeConfig
 from presence_ha.server.context import OFFLINE_MESSAGE_LIMIT, FeatureContext
 from presence_ha.server.features import FEATURE_MODULES
 from presence_ha.server.link.secure import LinkTls
-from presence_ha.server.metrics import Metrics
+from presence_ha.server.metrics import HaSample, Metrics
 from presence_ha.server.net.admin_page import build_admin_server
 from presence_ha.server.net.admin_rpc import DEFAULT_BIND_HOST as ADMIN_BIND_HOST
 from presence_ha.server.net.admin_rpc import AdminServer
 from presence_ha.server.net.clients import ClientPort
 from presence_ha.server.net.metrics_http import MetricsServer
+from presence_ha.server.replication_probe import ReplicationProbe
 from presence_ha.server.router import RemoteRoute, Router
 from presence_ha.server.services import (
     ClientProfile,
@@ -56,6 +57,7 @@ from presence_ha.server.srm.events import CriticalServiceStartFailed
 from presence_ha.server.srm.inbox import SrmInbox
 from presence_ha.server.srm.redirect import redirect_error
 from presence_ha.server.srm.runner import SrmPort, SrmRunner
+from presence_ha.server.srm.table import NodeState
 from presence_ha.server.store import Store
 from presence_ha.server.tls import ensure_link_certificate, ensure_node_certificate, link_tls, make_ca, server_context
 from presence_ha.server.xmpp.errors import StreamError
@@ -101,6 +103,8 @@ class Node:
         self.ctx: FeatureContext | None = None
         self.client_port: ClientPort | None = None
         self.metrics_server = MetricsServer(self.metrics)
+        self.replication_probe = ReplicationProbe(self.session_factory, self.metrics.db_replication_setup,
+                                                  config.cluster.replication_check_s)
         self._stop = asyncio.Event()
         self.services: CriticalServices | None = None  # the admin layer drives these two
         self.srm: SrmRunner | None = None
@@ -157,7 +161,21 @@ class Node:
         self._build_srm(info, host, params, secret)
         await self._start_srm(host, info)
         await self._start_admin(info, secret)
+        self.metrics.watch_ha([state.value for state in NodeState], self._ha_sample)
+        self.replication_probe.start()
         log.info("node %s serving %s on %s:%d", info.name, cluster.domain, host, info.ports.client_port)
+
+    def _ha_sample(self) -> HaSample:
+        """The HA gauges' values at a scrape (server.metrics.watch_ha)."""
+        assert self.srm is not None and self.services is not None
+        try:
+            status = self.srm.status()
+            state, ha = status.state.value, status.ha_enabled
+        except RuntimeError:  # the SRM is restarting (ha recover)
+            state, ha = None, False
+        services = tuple((s.name, s.running, self.services.get(s.name).faulty)
+                         for s in self.services.list() if s.applicable)
+        return HaSample(state, ha, services)
 
     def _link_tls(self, name: str, ca: tuple[str, str]) -> LinkTls | None:
         """TLS of the node links (server.tls.link_tls), unless `links.tls` is off."""
@@ -258,6 +276,7 @@ class Node:
 
     async def shutdown(self) -> None:
         log.info("node %s shutting down", self.config.node_name)
+        await self.replication_probe.stop()
         if self.admin_server is not None:
             await self.admin_server.stop()  # no admin request races the shutdown
         if self.srm is not None:

@@ -6,12 +6,15 @@ Rules of this module:
 - A command runs its coroutine with `run(...)`: rule violations (`ProvisioningError`)
   and an unreachable database become one-line `click.ClickException`s, never
   tracebacks.
-- Output is plain aligned text (`echo_table`), stable for scripts and tests.
+- Output is plain aligned text (`echo_table`); every command that lists or shows
+  something also takes `--json` (`json_option`) and prints one JSON object whose keys
+  are documented in its `--help` (`json_help`) and stay stable: scripts use those.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import AsyncIterator, Awaitable, Sequence
 from typing import Any, TypeVar
 
@@ -19,7 +22,7 @@ import click
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from presence_ha.db.engine import make_engine, make_session_factory, translate_errors
+from presence_ha.db.engine import make_engine, make_session_factory, missing_sqlite_file, translate_errors
 from presence_ha.db.errors import ProvisioningError
 from presence_ha.db.schema import head_revision
 from presence_ha.server.cli.common import run_async
@@ -39,7 +42,14 @@ def run(coro: Awaitable[T], *, event_loop: str = "asyncio") -> T:
 
 @contextlib.asynccontextmanager
 async def open_session(db_url: str, *, check_schema: bool = True) -> AsyncIterator[AsyncSession]:
-    """A session on `db_url`; the engine is disposed on exit."""
+    """A session on `db_url`; the engine is disposed on exit. A SQLite file that does not
+    exist is refused before anything is created (no empty `data/` left behind)."""
+    missing = missing_sqlite_file(db_url) if check_schema else None
+    if missing is not None:
+        raise click.ClickException(
+            f"no database at {missing} (schema at nothing): run `presence-ha db upgrade` with the same "
+            "--data-dir/--db first, or point --data-dir/--db at an existing database"
+        )
     engine = make_engine(db_url)
     try:
         if check_schema:
@@ -54,6 +64,18 @@ async def open_session(db_url: str, *, check_schema: bool = True) -> AsyncIterat
             yield session
     finally:
         await engine.dispose()
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object (keys below).")
+
+
+def json_help(shape: str) -> str:
+    """The `--help` paragraph that documents a command's JSON keys (kept verbatim)."""
+    return f"\b\nWith --json: {shape}"
+
+
+def echo_json(data: object) -> None:
+    click.echo(json.dumps(data, sort_keys=False))
 
 
 def on_off(value: bool) -> str:

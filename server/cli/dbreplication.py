@@ -33,13 +33,19 @@ from presence_ha.db.replication import (
     replication_status,
 )
 from presence_ha.server.cli.common import db_options
-from presence_ha.server.cli.database import echo_table, open_session, run
+from presence_ha.server.cli.database import echo_table, json_help, open_session, run
 
 replica_option = click.option(
     "--replica", "replicas", multiple=True, metavar="URL",
     help="A replica database to compare with (repeatable).",
 )
-json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object (keys below).")
+REPORT_JSON = json_help("""{"backend": "sqlite"|"postgresql", "role", "setup_value": 0-4, "meaning", "healthy": bool,
+  "summary", "fault": TEXT or null, "tables_compared",
+  "standbys": [{"name", "client_addr", "state", "sync_state", "sent_lsn", "write_lsn", "flush_lsn",
+                "replay_lsn", "lag_bytes", "write_lag_s", "flush_lag_s", "replay_lag_s"}],
+  "mismatches": [{"table", "replica", "primary_rows", "replica_rows"}],
+  "nodes": [{"node", "setup_value", "last_seen": ISO 8601 or null}]}""")
 
 MEANING = {NO_REPLICATION: "no replication", NOT_SYNCHRONOUS: "no synchronous standby", HEALTHY: "healthy",
            MISMATCH: "tables differ", IN_RECOVERY: "database in recovery"}
@@ -101,7 +107,7 @@ def _finish(report: ReplicationReport, as_json: bool) -> None:
         raise click.exceptions.Exit(1)
 
 
-@dbreplication_group.command("status")
+@dbreplication_group.command("status", epilog=REPORT_JSON)
 @replica_option
 @json_option
 @db_options
@@ -119,7 +125,7 @@ def status(db_url: str, replicas: tuple[str, ...], as_json: bool) -> None:
     _finish(report, as_json)
 
 
-@dbreplication_group.command("runtimestate")
+@dbreplication_group.command("runtimestate", epilog=REPORT_JSON)
 @replica_option
 @json_option
 @db_options

@@ -21,6 +21,10 @@ Rules of this module:
   links to the first node that answers its admin RPC (1 s), never to a dead one; a
   named node that does not answer still gets its link, with a warning.
 - A refused or failed request prints one line with the reason and exits non-zero.
+- A refusal by the SRM (HTTP 409) is printed as the node words it, in the admin's terms
+  ("fallback is not possible while n1 is Normal: ...").
+- `ha status --json` and `service list --json` print one object whose keys are in
+  their `--help`.
 """
 
 from __future__ import annotations
@@ -34,13 +38,18 @@ import click
 
 from presence_ha.db import clusters, groups, nodes
 from presence_ha.server.cli.common import db_options
-from presence_ha.server.cli.database import echo_table, on_off, open_session, run
+from presence_ha.server.cli.database import echo_json, echo_table, json_help, on_off, open_session, run
 from presence_ha.server.net.admin_overview import GroupRow, overlay_live, overview_json, read_overview, rpc_probe
 from presence_ha.server.net.admin_rpc import AdminRpcError, admin_token, call_node
 
 ENV_ADMIN_HOST = "PRESENCE_HA_ADMIN_HOST"
 DEFAULT_ADMIN_HOST = "127.0.0.1"
 RPC_TIMEOUT_S = 20.0
+REFUSED = 409  # the SRM table refuses the request in the node's state (server.net.admin_rpc)
+HA_STATUS_JSON = """{"groups": [{"name", "ha": bool, "nodes": [{"name", "state", "reason", "alive": bool}]}]}
+  (state and reason: the SPEC §6 words)"""
+SERVICE_JSON = """{"node", "services": [{"name", "display_name", "running": bool, "applicable": bool,
+  "monitored": bool, "cause"}]}   (cause: why it is down, "" while running)"""
 
 
 def admin_host_option(func):
@@ -68,7 +77,9 @@ def call_or_fail(db_url: str, host: str, node: str, payload: dict[str, Any], wha
     try:
         return run(_call(db_url, host, node, payload))
     except AdminRpcError as exc:
-        raise click.ClickException(f"{what} refused: {exc}") from exc
+        if exc.status == REFUSED:  # the node's own words: what is not possible, and why
+            raise click.ClickException(str(exc)) from exc
+        raise click.ClickException(f"{what} failed: {exc} (is node {node} running?)") from exc
 
 
 @click.group("ha")
@@ -86,8 +97,8 @@ async def _overview(db_url: str, host: str, offline: bool) -> list[GroupRow]:
     return await overlay_live(overview, rpc_probe(host, ports, admin_token(secret)))
 
 
-@ha_group.command("status")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@ha_group.command("status", epilog=json_help(HA_STATUS_JSON))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (keys below).")
 @click.option("--offline", is_flag=True, help="Database only: do not ask the nodes (alive = recent database liveness).")
 @admin_host_option
 @db_options
@@ -229,16 +240,16 @@ def service_group() -> None:
     """A node's critical services (SPEC §4): list, stop, start."""
 
 
-@service_group.command("list")
+@service_group.command("list", epilog=json_help(SERVICE_JSON))
 @click.argument("node")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (keys below).")
 @admin_host_option
 @db_options
 def service_list(db_url: str, node: str, admin_host: str, as_json: bool) -> None:
     """List NODE's critical services and whether each runs."""
     services = call_or_fail(db_url, admin_host, node, {"op": "service.list"}, f"service list on {node}")["services"]
     if as_json:
-        click.echo(json.dumps(services))
+        echo_json({"node": node, "services": services})
         return
     rows = [
         (s["name"], s["display_name"], "running" if s["running"] else "stopped",

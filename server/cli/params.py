@@ -16,7 +16,7 @@ import click
 from presence_ha.db import assignments, parameters
 from presence_ha.db.errors import FailoverInProgress
 from presence_ha.server.cli.common import db_options
-from presence_ha.server.cli.database import echo_table, open_session, run
+from presence_ha.server.cli.database import echo_json, echo_table, json_help, json_option, open_session, run
 
 MODE_KEY = "user_assignment_mode"
 
@@ -26,23 +26,34 @@ def param_group() -> None:
     """Show and set service (SRM) and enterprise parameters."""
 
 
-@param_group.command("show")
+PARAM_JSON = """{"parameters": [{"name", "kind": "service"|"enterprise", "scope": "cluster"|"node",
+  "value", "default", "source": "default"|"cluster"|"node", "description"}]}
+  (value and default: JSON numbers, booleans or text, as the parameter's type)"""
+
+
+@param_group.command("show", epilog=json_help(PARAM_JSON))
 @click.option("--node", "node_name", help="Effective values for this node (per-node parameters).")
 @click.option("--enterprise", "kind", flag_value="enterprise", help="Only enterprise parameters.")
 @click.option("--service", "kind", flag_value="service", help="Only service (SRM) parameters.")
+@json_option
 @db_options
-def param_show(db_url: str, node_name: str | None, kind: str | None) -> None:
+def param_show(db_url: str, node_name: str | None, kind: str | None, as_json: bool) -> None:
     """List parameters: name, kind, scope, value, default, source, description."""
 
     async def go() -> list[parameters.ParameterValue]:
         async with open_session(db_url) as session:
             return await parameters.show_parameters(session, node_name)
 
+    listed = [p for p in run(go()) if kind is None or p.kind.value == kind]
+    if as_json:
+        echo_json({"parameters": [{"name": p.name, "kind": p.kind.value, "scope": p.scope.value, "value": p.value,
+                                   "default": p.default, "source": p.source, "description": p.help}
+                                  for p in listed]})
+        return
     rows = [
         (p.name, p.kind.value, p.scope.value, parameters.REGISTRY[p.name].render(p.value),
          parameters.REGISTRY[p.name].render(p.default), p.source, p.help)
-        for p in run(go())
-        if kind is None or p.kind.value == kind
+        for p in listed
     ]
     echo_table(("parameter", "kind", "scope", "value", "default", "source", "description"), rows)
 
@@ -54,7 +65,8 @@ async def _after_mode_change(session) -> str:
         return f"; users not rebalanced: {exc}"
 
 
-@param_group.command("set")
+# A VALUE may be negative: `-5` is a value to validate, not an unknown option.
+@param_group.command("set", context_settings={"ignore_unknown_options": True})
 @click.argument("key")
 @click.argument("value")
 @click.option("--node", "node_name", help="Set for this node only (per-node parameters).")

@@ -19,7 +19,7 @@ import click
 from presence_ha.db import assignments, clusters, groups, nodes, parameters, schema, srm_state
 from presence_ha.db.errors import FailoverInProgress
 from presence_ha.server.cli.common import db_options
-from presence_ha.server.cli.database import echo_table, on_off, open_session, run
+from presence_ha.server.cli.database import echo_json, echo_table, json_help, json_option, on_off, open_session, run
 from presence_ha.server.tls import make_ca
 
 PORT_OPTIONS = (
@@ -45,11 +45,15 @@ def db_upgrade(db_url: str, revision: str) -> None:
     click.echo(f"database schema at revision {reached}")
 
 
-@db_group.command("revision")
+@db_group.command("revision", epilog=json_help('{"current": REVISION or null, "head": REVISION, "at_head": bool}'))
+@json_option
 @db_options
-def db_revision(db_url: str) -> None:
+def db_revision(db_url: str, as_json: bool) -> None:
     """Show the database's schema revision and the head revision of this software."""
     current = run(schema.current_revision(db_url))
+    if as_json:
+        echo_json({"current": current, "head": schema.head_revision(), "at_head": current == schema.head_revision()})
+        return
     click.echo(f"current: {current or 'none (empty database)'}\nhead:    {schema.head_revision()}")
 
 
@@ -97,9 +101,14 @@ def cluster_ca(db_url: str, out: str | None) -> None:
         click.echo(f"cluster CA certificate written to {out}")
 
 
-@cluster_group.command("show")
+CLUSTER_JSON = """{"name", "domain", "user_assignment_mode", "groups": COUNT, "assigned_users": COUNT,
+ "nodes": [{"name", "group", "position", "users"}]}"""
+
+
+@cluster_group.command("show", epilog=json_help(CLUSTER_JSON))
+@json_option
 @db_options
-def cluster_show(db_url: str) -> None:
+def cluster_show(db_url: str, as_json: bool) -> None:
     """Show the cluster, its groups and nodes and the user count per node."""
 
     async def go() -> None:
@@ -109,6 +118,14 @@ def cluster_show(db_url: str) -> None:
             loads = await assignments.node_loads(session)
             all_nodes = await nodes.list_nodes(session)
             all_groups = await groups.list_groups(session)
+        if as_json:
+            echo_json({
+                "name": info.name, "domain": info.domain, "user_assignment_mode": mode.value,
+                "groups": len(all_groups), "assigned_users": sum(loads.values()),
+                "nodes": [{"name": n.name, "group": n.group, "position": n.group_position,
+                           "users": loads.get(n.name, 0)} for n in all_nodes],
+            })
+            return
         click.echo(f"cluster: {info.name}\ndomain:  {info.domain}\nuser assignment mode: {mode.value}")
         click.echo(f"groups: {len(all_groups)}  nodes: {len(all_nodes)}  assigned users: {sum(loads.values())}")
         echo_table(
@@ -159,26 +176,44 @@ def node_add(db_url: str, name: str, host: str, base_port: int | None, software_
     )
 
 
-@node_group.command("list")
+NODE_JSON = """{"nodes": [{"name", "group", "position", "host", "version",
+  "ports": {"client", "srm", "admin", "link", "metrics"},
+  "state", "reason"}]}   (state and reason: the stored SPEC §6 words, null if never started)"""
+
+
+def _node_json(n: nodes.NodeInfo, state: srm_state.HaState | None) -> dict[str, object]:
+    p = n.ports
+    return {
+        "name": n.name, "group": n.group, "position": n.group_position, "host": n.host,
+        "version": n.software_version,
+        "ports": {"client": p.client_port, "srm": p.srm_port, "admin": p.admin_port, "link": p.link_port,
+                  "metrics": p.metrics_port},
+        "state": state.state if state else None, "reason": state.reason if state else None,
+    }
+
+
+@node_group.command("list", epilog=json_help(NODE_JSON))
+@json_option
 @db_options
-def node_list(db_url: str) -> None:
+def node_list(db_url: str, as_json: bool) -> None:
     """List nodes with group, addresses, version and stored HA state."""
 
-    async def go() -> None:
+    async def go() -> list[tuple[nodes.NodeInfo, srm_state.HaState | None]]:
         async with open_session(db_url) as session:
-            rows = []
-            for n in await nodes.list_nodes(session):
-                state = await srm_state.read_state(session, n.name)
-                p = n.ports
-                rows.append((
-                    n.name, n.group, n.group_position, n.host, p.client_port, p.srm_port, p.admin_port,
-                    p.link_port, p.metrics_port, n.software_version,
-                    f"{state.state} / {state.reason}" if state else "never started",
-                ))
-        echo_table(("node", "group", "pos", "host", "client", "srm", "admin", "link", "metrics", "version",
-                    "HA state"), rows)
+            return [(n, await srm_state.read_state(session, n.name)) for n in await nodes.list_nodes(session)]
 
-    run(go())
+    listed = run(go())
+    if as_json:
+        echo_json({"nodes": [_node_json(n, state) for n, state in listed]})
+        return
+    rows = [
+        (n.name, n.group, n.group_position, n.host, n.ports.client_port, n.ports.srm_port, n.ports.admin_port,
+         n.ports.link_port, n.ports.metrics_port, n.software_version,
+         f"{state.state} / {state.reason}" if state else "never started")
+        for n, state in listed
+    ]
+    echo_table(("node", "group", "pos", "host", "client", "srm", "admin", "link", "metrics", "version",
+                "HA state"), rows)
 
 
 @click.group("group")
@@ -236,14 +271,21 @@ def group_edit(db_url: str, name: str, description: str | None, ha: str | None) 
     click.echo(f"group {info.name!r}: HA {on_off(info.ha_enabled)}, description {info.description!r}")
 
 
-@group_group.command("list")
+@group_group.command("list", epilog=json_help('{"groups": [{"name", "nodes": [NODE, ...], "ha": bool, "epoch", '
+                                              '"description"}]}   (nodes: primary first)'))
+@json_option
 @db_options
-def group_list(db_url: str) -> None:
+def group_list(db_url: str, as_json: bool) -> None:
     """List groups with their nodes, HA switch and fencing epoch."""
 
     async def go() -> list[groups.GroupInfo]:
         async with open_session(db_url) as session:
             return await groups.list_groups(session)
 
-    rows = [(g.name, " ".join(g.nodes), on_off(g.ha_enabled), g.epoch, g.description) for g in run(go())]
+    listed = run(go())
+    if as_json:
+        echo_json({"groups": [{"name": g.name, "nodes": list(g.nodes), "ha": g.ha_enabled, "epoch": g.epoch,
+                               "description": g.description} for g in listed]})
+        return
+    rows = [(g.name, " ".join(g.nodes), on_off(g.ha_enabled), g.epoch, g.description) for g in listed]
     echo_table(("group", "nodes", "HA", "epoch", "description"), rows)

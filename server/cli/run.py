@@ -8,13 +8,18 @@ Rules of this module:
   until SIGTERM/SIGINT. It prints `node NAME ready` once it accepts clients.
 - `up` provisions an empty database (embedded SQLite by default) with `--nodes N`
   nodes in groups of two (HA on for each pair; an odd last node is a group of one),
-  users Balanced over them, and N demo users; a client may dial any node (its session
-  is relayed to the user's node, `server.cluster`). It starts each node as a real
-  `presence-ha node run`
-  subprocess, waits (with a deadline) until every client port accepts, writes
-  `DIR/cluster.json`, and supervises them: a node that dies is reported and started
-  again after `--restart-delay` (systemd's `Restart=on-failure`), the others keep
-  serving. Ctrl-C stops the nodes with SIGTERM (then SIGKILL).
+  users Balanced over them, and N demo users, each the contact of the others of its
+  circle of ten (subscription both: presence shows at once), with demo re-login limits
+  (`DEMO_RELOGIN_S`, said on the terminal; the SPEC §5 defaults stay for clusters
+  provisioned by hand); a client may dial any node (its session is relayed to the
+  user's node, `server.cluster`). It starts each node as a real `presence-ha node run`
+  subprocess and prints its banner only once every node said `node NAME ready` (all
+  its ports listen) and the service address is HAProxy's own. A node (or HAProxy) that
+  exits before that stops `up` within `START_DEADLINE_S`, non-zero, with the node's
+  own error. Then it writes `DIR/cluster.json` and supervises them: a node that dies
+  is reported and started again after `--restart-delay` (systemd's
+  `Restart=on-failure`), the others keep serving. Ctrl-C stops the nodes with SIGTERM
+  (then SIGKILL).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import json
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -31,7 +37,7 @@ from pathlib import Path
 
 import click
 
-from presence_ha.db import clusters, groups, nodes, schema, users
+from presence_ha.db import clusters, groups, nodes, parameters, roster, schema, users
 from presence_ha.db.engine import sqlite_url_for
 from presence_ha.server.cli.common import db_options
 from presence_ha.server.cli.database import open_session, run
@@ -49,6 +55,8 @@ STABLE_S = 30.0  # a node that dies sooner after its start waits twice as long n
 MAX_RESTART_DELAY_S = 60.0  # ...up to this
 SERVICE_PORT = 5222  # the cluster's service address (HAProxy); the nodes listen from --base-port
 SERVICE = "haproxy"  # its name among the supervised processes
+DEMO_RELOGIN_S = (5, 15)  # `up`'s clients come back within seconds (SPEC §5 default: 120-537 s)
+DEMO_CIRCLE = 10  # demo users are contacts of the others of their circle (user1-10, user11-20, ...)
 
 
 def node_command(*args: str) -> list[str]:
@@ -139,6 +147,12 @@ async def provision_demo(db_url: str, domain: str, base_port: int, node_names: l
                 await groups.edit_group(session, f"group{number}", ha_enabled=True)
         passwords = {f"user{i}": secrets.token_urlsafe(9) for i in range(1, user_count + 1)}
         await users.bulk_import(session, list(passwords.items()))
+        names = list(passwords)
+        circles = [names[i : i + DEMO_CIRCLE] for i in range(0, len(names), DEMO_CIRCLE)]
+        for start in range(0, len(circles), 100):  # bounded IN lists
+            await roster.befriend(session, domain, circles[start : start + 100])
+        await parameters.set_parameter(session, "relogin_lower_s", str(DEMO_RELOGIN_S[0]))  # lower first:
+        await parameters.set_parameter(session, "relogin_upper_s", str(DEMO_RELOGIN_S[1]))  # lower <= upper
     return passwords
 
 
@@ -147,15 +161,16 @@ def pairs(names: list[str]) -> list[list[str]]:
     return [names[i : i + 2] for i in range(0, len(names), 2)]
 
 
-async def cluster_layout(db_url: str) -> tuple[str, list[nodes.NodeInfo]]:
+async def cluster_layout(db_url: str) -> tuple[str, list[nodes.NodeInfo], tuple[int, int]]:
+    """The domain, the nodes and the cluster's re-login limits (lower, upper seconds)."""
     async with open_session(db_url) as session:
-        return (await clusters.get_cluster(session)).domain, await nodes.list_nodes(session)
+        params = await parameters.effective_parameters(session)
+        relogin = (int(params["relogin_lower_s"]), int(params["relogin_upper_s"]))
+        return (await clusters.get_cluster(session)).domain, await nodes.list_nodes(session), relogin
 
 
 def wait_for_port(host: str, port: int, process: subprocess.Popen, deadline: float) -> None:
     """Poll until `host:port` accepts a TCP connection; fail if the process exits first."""
-    import socket
-
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise click.ClickException(f"the process exited with {process.returncode} before accepting connections")
@@ -212,7 +227,7 @@ def up_command(data_dir: str, db_url: str | None, base_port: int, user_count: in
     url = db_url or sqlite_url_for(directory)
     names = [f"node{i}" for i in range(1, node_count + 1)]
     passwords = run(provision_demo(url, domain, base_port, names, user_count))
-    domain, infos = run(cluster_layout(url))
+    domain, infos, relogin = run(cluster_layout(url))
     old = _read_previous_users(directory / "cluster.json")
     passwords = passwords or old
     for sig in (signal.SIGINT, signal.SIGTERM):  # `kill` stops the nodes as Ctrl-C does, and Ctrl-C
@@ -222,23 +237,38 @@ def up_command(data_dir: str, db_url: str | None, base_port: int, user_count: in
     supervisor = Supervisor(argv | ({SERVICE: proxy.argv()} if proxy else {}), directory, restart_delay_s,
                             max(restart_delay_s, restart_max_delay_s))
     try:
+        click.echo(f"starting {len(infos)} node(s) (logs: {directory}/NODE.log)...")
         supervisor.start_all(infos)
         if proxy is not None:
-            supervisor.wait_ready(SERVICE, proxy.host, proxy.port)
+            supervisor.start_service(proxy)
             states = proxy.wait_all_up(START_DEADLINE_S)  # the service address leads somewhere
+            if supervisor.processes[SERVICE].poll() is not None:
+                raise supervisor.start_error(SERVICE, "exited")
             if not all(s.startswith("UP") for s in states.values()):
                 click.echo(f"warning: the service address sees the nodes as {states or 'unknown'}", err=True)
         service = (proxy.host, proxy.port) if proxy is not None else None
         _write_cluster_json(directory / "cluster.json", domain, url, infos, passwords, service)
         _print_welcome(domain, infos, passwords, directory, service)
+        _say_relogin(relogin)
         supervisor.watch()
         click.echo("every node exited cleanly; stopping", err=True)
     except KeyboardInterrupt:
         click.echo("\nstopping nodes...")
+    except click.ClickException:
+        click.echo("a process could not start: stopping the others", err=True)
+        raise
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C must not orphan a node
             signal.signal(sig, signal.SIG_IGN)
         supervisor.stop_all()
+
+
+def _say_relogin(relogin: tuple[int, int]) -> None:
+    if relogin == DEMO_RELOGIN_S:
+        click.echo(f"re-login limits: {relogin[0]}-{relogin[1]} s (demo values set by `up`; a real cluster keeps the "
+                   "SPEC defaults 120-537 s: `presence-ha param reset relogin_lower_s`, then relogin_upper_s)")
+    else:
+        click.echo(f"re-login limits: {relogin[0]}-{relogin[1]} s (`presence-ha param show` lists them)")
 
 
 def _interrupt(_signum: int, _frame: object) -> None:
@@ -267,27 +297,65 @@ class Supervisor:
         self.started_at: dict[str, float] = {}
         self.delay: dict[str, float] = dict.fromkeys(argv, restart_delay_s)
         self.restart_at: dict[str, float] = {}  # dead nodes and when they start again
+        self.log_offset: dict[str, int] = {}  # where each process's output of this start begins
+
+    def log_path(self, name: str) -> Path:
+        return self.directory / f"{name}.log"
 
     def spawn(self, name: str) -> subprocess.Popen:
-        with open(self.directory / f"{name}.log", "ab") as log:  # the child keeps its own descriptor
+        with open(self.log_path(name), "ab") as log:  # the child keeps its own descriptor
+            self.log_offset[name] = log.tell()
             process = subprocess.Popen(self.argv[name], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self.processes[name], self.started_at[name] = process, time.monotonic()
         return process
 
-    def start_all(self, infos: list[nodes.NodeInfo]) -> None:
-        """Start every process and wait (with a deadline) until each node accepts clients."""
-        for name in self.argv:
-            self.spawn(name)
-        deadline = time.monotonic() + START_DEADLINE_S
-        for info in infos:
-            wait_for_port(info.host, info.ports.client_port, self.processes[info.name], deadline)
+    def output(self, name: str) -> str:
+        """What `name` wrote since its last start."""
+        with open(self.log_path(name), "rb") as log:
+            log.seek(self.log_offset.get(name, 0))
+            return log.read().decode("utf-8", errors="replace")
 
-    def wait_ready(self, name: str, host: str, port: int) -> None:
+    def start_error(self, name: str, what: str) -> click.ClickException:
+        """`name` could not start: its own error (click's `Error: ...` line of `node run`),
+        else its last lines, and where its whole log is."""
+        lines = [line.strip() for line in self.output(name).splitlines() if line.strip()]
+        errors = [line.removeprefix("Error: ") for line in lines if line.startswith(("Error:", "[ALERT]"))]
+        cause = " / ".join(errors[-2:] or lines[-3:]) or "no output"
+        return click.ClickException(f"{_title(name)} {what}: {cause} (log: {self.log_path(name)})")
+
+    def start_all(self, infos: list[nodes.NodeInfo]) -> None:
+        """Start every node, and return once each said `node NAME ready` (every port of
+        it listens); a node that exits first, or is not ready in time, is an error."""
+        for info in infos:
+            self.spawn(info.name)
+        waiting = {info.name for info in infos}
+        deadline = time.monotonic() + START_DEADLINE_S
+        while waiting:
+            for name in sorted(waiting):
+                code = self.processes[name].poll()
+                if code is not None:
+                    raise self.start_error(name, f"could not start ({_exit_text(code)})")
+                if f"node {name} ready" in self.output(name):
+                    waiting.discard(name)
+            if waiting and time.monotonic() > deadline:
+                raise self.start_error(sorted(waiting)[0], f"is not ready after {START_DEADLINE_S:g}s")
+            time.sleep(0.1)
+
+    def start_service(self, proxy: ServiceAddress) -> None:
+        """Start HAProxy on the service address, once it is free, and wait until it is
+        HAProxy that answers there (its stats socket, and its process still alive)."""
         try:
-            wait_for_port(host, port, self.processes[name], time.monotonic() + START_DEADLINE_S)
+            with socket.create_server((proxy.host, proxy.port)):
+                pass
+        except OSError as exc:
+            raise click.ClickException(
+                f"the service address {proxy.host}:{proxy.port} is taken ({exc.strerror or exc}): stop what "
+                "listens there, or give --service-port another port (0: no service address)") from exc
+        process = self.spawn(SERVICE)
+        try:
+            wait_for_port(proxy.host, proxy.port, process, time.monotonic() + START_DEADLINE_S)
         except click.ClickException as exc:
-            tail = (self.directory / f"{name}.log").read_text(errors="replace").strip().splitlines()[-3:]
-            raise click.ClickException(f"{name} on {host}:{port}: {exc.message}: {' / '.join(tail)}") from exc
+            raise self.start_error(SERVICE, f"on {proxy.host}:{proxy.port}: {exc.message}") from exc
 
     def watch(self, poll_s: float = 0.5) -> None:
         """Until every node has exited cleanly (or KeyboardInterrupt): restart the dead."""
@@ -381,11 +449,14 @@ def _print_welcome(domain: str, infos: list[nodes.NodeInfo], passwords: dict[str
     if service is not None:
         click.echo(f"service address: {service[0]}:{service[1]} (HAProxy; dial this one: it leads to a live node)")
     for info in infos:
-        click.echo(f"node {info.name}: client {info.host}:{info.ports.client_port}, metrics :{info.ports.metrics_port}")
+        click.echo(f"node {info.name}: client {info.host}:{info.ports.client_port}, "
+                   f"metrics http://{info.host}:{info.ports.metrics_port}/metrics")
     for username, password in sorted(passwords.items())[:5]:
         click.echo(f"  {username}@{domain}  password {password}")
     if len(passwords) > 5:
         click.echo(f"  ... {len(passwords) - 5} more in {directory / 'cluster.json'}")
+    if passwords:
+        click.echo(f"  (each demo user has the others of its circle of {DEMO_CIRCLE} as contacts, subscription both)")
     first = service or (infos[0].host, infos[0].ports.client_port)
     click.echo(
         f"Connect any XMPP client to {first[0]}:{first[1]} (STARTTLS; every node's certificate is signed by the "

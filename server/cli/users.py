@@ -17,7 +17,7 @@ import click
 
 from presence_ha.db import assignments, users
 from presence_ha.server.cli.common import db_options
-from presence_ha.server.cli.database import echo_table, open_session, run
+from presence_ha.server.cli.database import echo_json, echo_table, json_help, json_option, open_session, run
 
 
 @click.group("user")
@@ -66,17 +66,24 @@ def user_remove(db_url: str, username: str) -> None:
     click.echo(f"user {username!r} removed")
 
 
-@user_group.command("list")
+@user_group.command("list", epilog=json_help('{"users": [{"username", "assigned", "active"}]}   '
+                                             '(assigned: home node, active: serving node; null when none)'))
 @click.option("--node", "node_name", help="Only users assigned to this node.")
+@json_option
 @db_options
-def user_list(db_url: str, node_name: str | None) -> None:
+def user_list(db_url: str, node_name: str | None, as_json: bool) -> None:
     """List users with their assigned (home) and active (serving) node."""
 
     async def go() -> list[users.UserInfo]:
         async with open_session(db_url) as session:
             return await users.list_users(session, node_name)
 
-    rows = [(u.username, u.assigned_node, u.active_node) for u in run(go())]
+    listed = run(go())
+    if as_json:
+        echo_json({"users": [{"username": u.username, "assigned": u.assigned_node, "active": u.active_node}
+                             for u in listed]})
+        return
+    rows = [(u.username, u.assigned_node, u.active_node) for u in listed]
     echo_table(("user", "assigned", "active"), rows)
     click.echo(f"{len(rows)} user(s)")
 

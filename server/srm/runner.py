@@ -71,6 +71,8 @@ from presence_ha.server.srm.actions import (
 )
 from presence_ha.server.srm.collaborators import ClusterNotifier, SrmMetrics, SrmServices
 from presence_ha.server.srm.events import (
+    AdminRequestedFailover,
+    AdminRequestedFallback,
     DbUnavailable,
     Event,
     HeartbeatReceived,
@@ -122,6 +124,19 @@ class SrmStatus:
     peer_state: NodeState | None
     epoch: int
     timers_left: dict[str, float] = dataclasses.field(default_factory=dict)  # pending timer: seconds left
+
+
+# An admin request the SRM table refuses, in the admin's words (SPEC §7): what, and when it is possible.
+ADMIN_WORDS: dict[type[Event], tuple[str, str]] = {
+    AdminRequestedFailover: ("failover", "only a Normal node hands its users to its peer"),
+    AdminRequestedFallback: ("fallback", "only an Idle or Failed Over node takes its users back"),
+}
+
+
+def refusal_text(event: Event, node: str, state: NodeState) -> str:
+    """ "fallback is not possible while n1 is Normal: only an Idle or Failed Over ..." """
+    what, when = ADMIN_WORDS.get(type(event), (type(event).__name__, "the SRM table has no such transition"))
+    return f"{what} is not possible while {node} is {state.value}: {when} (`ha status` shows the states)"
 
 
 class SrmRunner:
@@ -210,7 +225,7 @@ class SrmRunner:
         m = self._machine
         assert m is not None
         if refused:
-            return False, f"{type(event).__name__} is not allowed on {self.node} in state {refused[0].state.value}"
+            return False, refusal_text(event, self.node, refused[0].state)
         return True, f"{self.node}: {m.state.value} / {m.reason.value}"
 
     def redirect_target(self) -> RedirectTarget | None:

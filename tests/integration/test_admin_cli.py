@@ -70,14 +70,14 @@ def test_status_json_reads_the_database_with_every_node_down(db_url: str) -> Non
 @pytest.mark.parametrize(
     ("args", "words"),
     [
-        (("ha", "failover", "n1"), "failover of n1 refused: admin RPC unreachable at 127.0.0.1:"),
-        (("ha", "fallback", "n2"), "fallback of n2 refused: admin RPC unreachable"),
+        (("ha", "failover", "n1"), "failover of n1 failed: admin RPC unreachable at 127.0.0.1:"),
+        (("ha", "fallback", "n2"), "fallback of n2 failed: admin RPC unreachable"),
         (("ha", "failover", "nosuch"), "node 'nosuch' does not exist"),
         (("ha", "recover", "nosuch"), "group 'nosuch' does not exist"),
         (("ha", "recover", "g1", "--yes"), "recovery of g1 incomplete: n1, n2 not restarted"),
         (("ha", "web"), "no node answers its admin RPC on 127.0.0.1 (n1, n2, n3); start one, or name one"),
-        (("service", "list", "n1"), "service list on n1 refused: admin RPC unreachable"),
-        (("service", "stop", "n1", "xcp-router"), "refused: admin RPC unreachable"),
+        (("service", "list", "n1"), "service list on n1 failed: admin RPC unreachable"),
+        (("service", "stop", "n1", "xcp-router"), "failed: admin RPC unreachable"),
         (("ha", "web", "nosuch"), "node 'nosuch' does not exist"),
     ],
 )

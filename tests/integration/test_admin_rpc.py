@@ -89,7 +89,7 @@ def test_admin_port_listens_on_loopback_only(pair: HaPair) -> None:
         (b'{"op": "status", "node": "n2"}', 404, "unknown node 'n2': this is node 'n1'"),
         (b'{"op": "service.stop", "service": "nosuch"}', 404, "unknown service 'nosuch'"),
         (b'{"op": "service.stop", "service": "sip-proxy"}', 409, "not applicable"),
-        (b'{"op": "fallback"}', 409, "not allowed on n1 in state Normal"),
+        (b'{"op": "fallback"}', 409, "fallback is not possible while n1 is Normal"),
     ],
 )
 def test_bad_input_gets_a_clear_error_and_the_node_carries_on(pair: HaPair, body: bytes, status: int,

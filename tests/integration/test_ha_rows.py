@@ -149,7 +149,7 @@ def test_row_02_manual_failover_in_progress(pair: HaPair, f: str) -> None:
 @pytest.mark.parametrize("f", ["n1", "n2"])
 def test_row_03_manual_failover_done(pair: HaPair, f: str) -> None:
     failover_done(pair, f)
-    assert "not allowed" in refused(pair, "ha", "failover", f)  # not offered from Idle
+    assert "failover is not possible while" in refused(pair, "ha", "failover", f)  # not offered from Idle
     fallback_to_normal(pair, f)
 
 
@@ -244,7 +244,8 @@ def test_row_11_services_back_after_reboot(pair: HaPair) -> None:
 
 def test_row_12_critical_service_down(pair: HaPair) -> None:
     services_down(pair, "n1")
-    assert "not allowed" in refused(pair, "ha", "fallback", "n1")  # not while the service is down
+    # not while the service is down
+    assert "fallback is not possible while n1 is" in refused(pair, "ha", "fallback", "n1")
     pair.admin("service", "start", "n1", SERVICE)
     pair.wait_for({"n1": (FAILED_OVER, CSD), "n2": (RIBM, CSD)})  # row 11, admin started it
     fallback_to_normal(pair, "n1")

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import ssl
@@ -173,6 +174,9 @@ def test_a_killed_node_is_restarted_and_the_other_keeps_serving(up: tuple[subpro
     wait_until(lambda: "Connect any XMPP client" in out.read_text(), "up's welcome")
     spec = json.loads((directory / "cluster.json").read_text())
     port = {n["name"]: n["client_port"] for n in spec["nodes"]}
+    wait_until(lambda: "re-login limits: 5-15 s (demo values set by `up`" in out.read_text(), "the demo limits")
+    metrics = {n["name"]: n["metrics_port"] for n in spec["nodes"]}
+    assert f"metrics http://127.0.0.1:{metrics['node1']}/metrics" in out.read_text()
     pids = wait_until(lambda: (c := children(process.pid)) and len(c) == 2 and c, "two node processes")
     assert isinstance(pids, dict)
     wait_states(spec["database_url"], {"node1": "Normal", "node2": "Normal"})
@@ -182,7 +186,8 @@ def test_a_killed_node_is_restarted_and_the_other_keeps_serving(up: tuple[subpro
     time.sleep(1.0)
 
     service = spec["service"]["port"]
-    assert out.read_text().startswith(f"service address: 127.0.0.1:{service}")
+    banner = out.read_text().split("service address: ", 1)[1]  # after the start-up progress
+    assert banner.startswith(f"127.0.0.1:{service}")
     wait_until(lambda: haproxy_status(directory) == {"node1": "UP", "node2": "UP"}, "both nodes UP in HAProxy")
     assert features(service)
     ca = directory / "tls" / "ca.crt"  # one CA for the cluster: both nodes and the service address verify
@@ -224,8 +229,10 @@ class Chatty(slixmpp.ClientXMPP):
         self.ssl_context = ssl.create_default_context(cafile=str(cafile))  # verified, for the domain
         self.ready = asyncio.Event()
         self.bodies: list[str] = []
+        self.online: set[str] = set()  # contacts whose available presence came in
         self.add_event_handler("session_start", lambda _e: (self.send_presence(), self.ready.set()))
         self.add_event_handler("message", lambda m: self.bodies.append(str(m["body"])))
+        self.add_event_handler("presence_available", lambda p: self.online.add(p["from"].bare))
 
 
 async def _exchange(users: list[dict[str, str]], ports: list[int], cafile: Path) -> None:
@@ -243,6 +250,11 @@ async def _exchange(users: list[dict[str, str]], ports: list[int], cafile: Path)
             while not all(len(c.bodies) >= 1 for c in clients):
                 assert time.monotonic() < end, f"via {port}: {[c.bodies for c in clients]}"
                 await asyncio.sleep(0.05)
+            # the demo users are each other's contacts (subscription both): presence without asking
+            everyone = {u["jid"] for u in users}
+            while not all(everyone - {c.boundjid.bare} <= c.online for c in clients):
+                assert time.monotonic() < end, f"via {port}: {[sorted(c.online) for c in clients]}"
+                await asyncio.sleep(0.05)
         finally:
             for client in clients:
                 client.disconnect()
@@ -259,3 +271,59 @@ def test_standard_clients_of_both_nodes_dial_any_address(up: tuple[subprocess.Po
     logs = (directory / "node1.log").read_text() + (directory / "node2.log").read_text()
     assert "see-other-host" not in logs
     assert "without <hold/>: relayed to node1" in logs and "without <hold/>: relayed to node2" in logs
+
+
+def running_in(directory: Path) -> list[int]:
+    """Pids of live processes whose command line names `directory`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            argv = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if entry.name.isdigit() and str(directory).encode() in argv and alive(int(entry.name)):
+            found.append(int(entry.name))
+    return found
+
+
+def up_with_a_taken_port(directory: Path, taken_offset: int) -> tuple[subprocess.CompletedProcess[str], float]:
+    """`up` on free ports except one (base + `taken_offset`), which another socket holds."""
+    base = free_block()
+    holder = socket.create_server(("127.0.0.1", base + taken_offset))  # listens: connections to it succeed
+    started = time.monotonic()
+    try:
+        process = subprocess.Popen(
+            node_argv("up", "--data-dir", str(directory), "--base-port", str(base), "--users", "2",
+                      "--service-port", str(base + 19)),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        try:
+            out, err = process.communicate(timeout=45)
+        finally:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+        return subprocess.CompletedProcess(process.args, process.returncode, out, err), time.monotonic() - started
+    finally:
+        holder.close()
+
+
+@pytest.mark.parametrize(("offset", "cause"), [
+    (10, "node node2 could not start (exit status 1): cannot start xcp-router on 127.0.0.1"),  # node2's client port
+    (2, "node node1 could not start (exit status 1): cannot listen on 127.0.0.1:"),  # node1's admin port
+])
+def test_up_with_a_busy_node_port_exits_non_zero_with_the_nodes_error(tmp_path: Path, offset: int, cause: str) -> None:
+    result, seconds = up_with_a_taken_port(tmp_path, offset)
+    assert result.returncode != 0 and seconds < 30, (seconds, result.stdout, result.stderr)
+    assert cause in result.stderr and "address already in use" in result.stderr, result.stderr
+    assert "Connect any XMPP client" not in result.stdout  # no banner for a cluster that is not there
+    assert not (tmp_path / "cluster.json").exists()
+    assert not running_in(tmp_path)  # the node that did start was stopped
+
+
+def test_up_with_a_busy_service_port_says_so(tmp_path: Path) -> None:
+    if shutil.which("haproxy") is None and not Path("/usr/sbin/haproxy").exists():
+        pytest.skip("no haproxy: up runs without a service address")
+    result, seconds = up_with_a_taken_port(tmp_path, 19)
+    assert result.returncode != 0 and seconds < 30, (seconds, result.stdout, result.stderr)
+    assert "the service address 127.0.0.1:" in result.stderr and "is taken" in result.stderr, result.stderr
+    assert "Connect any XMPP client" not in result.stdout
