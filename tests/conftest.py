@@ -97,7 +97,10 @@ os.environ.setdefault(_MARK, str(os.getpid()))
 _WATCHED = ("presence-ha", "haproxy", "prosody", "profanity", "go-sendxmpp", "patroni", "etcd", "ejabberd")
 
 
-def _watched_pids() -> dict[int, str]:
+def _watched_pids(mark: str | None = None) -> dict[int, str]:
+    """Running processes of the watched programs started under this run's marker (or,
+    with `mark`, under that marker value)."""
+    want = f"{_MARK}={mark if mark is not None else os.environ[_MARK]}".encode()
     found: dict[int, str] = {}
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
@@ -111,7 +114,7 @@ def _watched_pids() -> dict[int, str]:
             continue
         try:
             with open(f"/proc/{entry.name}/environ", "rb") as f:
-                ours = f"{_MARK}={os.environ[_MARK]}".encode() in f.read().split(b"\0")
+                ours = want in f.read().split(b"\0")
         except OSError:
             continue
         if ours:
@@ -140,3 +143,37 @@ def _no_leftover_processes(request):
         warnings.warn(f"{request.module.__name__} left process {pid} running: {cmdline[:160]} (killed)", stacklevel=1)
         with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGKILL)
+
+
+def _orphans_of_earlier_runs() -> dict[int, str]:
+    """Watched processes whose test run (the pytest process named by their marker) is over."""
+    found: dict[int, str] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/environ", "rb") as f:
+                marks = [v for v in f.read().split(b"\0") if v.startswith(f"{_MARK}=".encode())]
+        except OSError:
+            continue
+        if not marks:
+            continue
+        run = marks[0].split(b"=", 1)[1].decode()
+        if run.isdigit() and not os.path.exists(f"/proc/{run}"):
+            found.update(_watched_pids(run))
+    return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_orphans_of_earlier_runs() -> None:
+    """An earlier pytest run (the parallel phase of `make test`) that left processes behind:
+    reported and killed before this run measures anything."""
+    if not os.environ.get("PYTEST_XDIST_WORKER") and os.path.isdir("/proc"):
+        import contextlib
+        import signal
+        import warnings
+
+        for pid, cmdline in _orphans_of_earlier_runs().items():
+            warnings.warn(f"an earlier test run left process {pid} running: {cmdline[:160]} (killed)", stacklevel=1)
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
