@@ -163,6 +163,7 @@ class SrmRunner:
         self._persist_lock = asyncio.Lock()
         self._unpersisted: str | None = None  # the event whose state the database refused to store
         self._moved_at = float("-inf")  # when a user move last committed
+        self._rebuilt_at = float("-inf")  # when the SRM last (re)started (`_stale_report`)
         self._handover = Handover(node, clients, self._spawn)
 
     # --- lifecycle -----------------------------------------------------------------
@@ -292,12 +293,29 @@ class SrmRunner:
                 # ours (a peer's move would have fenced it). Stopping now would serve no one.
                 log.warning("srm %s: Database Failure dropped: a move committed since", self.node)
                 continue
+            elif isinstance(item.event, HeartbeatReceived) and self._stale_report(item.event):
+                log.info("srm %s: held a report of the peer's SRM from before its own restart (Unknown, HA %s): "
+                         "a recovery restarts it too", self.node, "on" if item.event.peer_ha_enabled else "off")
+                continue
             else:
                 actions = self._handle(item.event)
             for action in actions:
                 await self._execute(action)
             if item.reply is not None and not item.reply.done():
                 item.reply.set_result(actions)  # after the actions: the admin sees their effect
+
+    def _stale_report(self, event: HeartbeatReceived) -> bool:
+        """A recovery (`ha recover`) restarts both SRMs, one after the other: the SRM
+        restarted first may still hear the peer's SRM of before, Unknown with the old HA
+        switch (row 24), and would take it for a mismatch that the peer's own restart is
+        about to clear. Such a report is held for two heartbeat intervals after a restart;
+        a mismatch that outlasts them is row 24 again."""
+        m, setup = self._machine, self._setup
+        if m is None or setup is None or m.state is not NodeState.INITIALIZING:
+            return False
+        if event.peer_state is not NodeState.UNKNOWN or event.peer_ha_enabled == m.ha_enabled:
+            return False
+        return time.monotonic() - self._rebuilt_at < 2 * setup.timers.heartbeat_interval_s
 
     def _handle(self, event: Event) -> list[Action]:
         m = self._machine
@@ -330,6 +348,7 @@ class SrmRunner:
             assert self._setup is not None
             setup = self._setup
         self._install(setup)
+        self._rebuilt_at = time.monotonic()
         self._watch.machine_rebuilt()  # see liveness: the new machine assumes a healthy database
         log.info("srm %s: restarted from %s", self.node, setup.stored.state if setup.stored else "nothing")
         return self._handle(SrmStarted(setup.epoch))
