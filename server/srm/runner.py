@@ -165,6 +165,10 @@ class SrmRunner:
         self._moved_at = float("-inf")  # when a user move last committed
         self._handover = Handover(node, clients, self._spawn)
 
+    def set_secret(self, secret: bytes) -> None:
+        """The peer link authenticates new connections with `secret` (a rotated cluster secret)."""
+        self._peer.set_secret(secret)
+
     # --- lifecycle -----------------------------------------------------------------
 
     async def start(self) -> None:
