@@ -64,9 +64,8 @@ def admin_host_option(func):
 
 async def _targets(db_url: str, key_path: Path, names: list[str]) -> tuple[str, dict[str, int]]:
     """(admin token, {node: admin port}) read from the database."""
-    key = ClusterKey.load(key_path)
-    async with open_session(db_url) as session:
-        secret = await cluster_secret(session, key)
+    async with open_session(db_url) as session:  # first: a missing database is the first thing to say
+        secret = await cluster_secret(session, ClusterKey.load(key_path))
         ports = {name: (await nodes.get_node(session, name)).ports.admin_port for name in names}
     return admin_token(secret), ports
 
@@ -205,9 +204,8 @@ def ha_recover(db_url: str, key_path: Path, group: str, admin_host: str, yes: bo
 
 async def _web_link(db_url: str, key_path: Path, host: str, node: str | None) -> tuple[str, str]:
     """(the link, a warning or "") of NODE's admin page, or of the first live node."""
-    key = ClusterKey.load(key_path)
-    async with open_session(db_url) as session:
-        secret = await cluster_secret(session, key)
+    async with open_session(db_url) as session:  # first: a missing database is the first thing to say
+        secret = await cluster_secret(session, ClusterKey.load(key_path))
         listed = await nodes.list_nodes(session)
     if not listed:
         raise click.ClickException("no nodes in this database")

@@ -141,8 +141,8 @@ def cluster_rotate_secret(db_url: str, key_path: Path, admin_host: str, wait_s: 
 
 
 async def _rotate(db_url: str, key_path: Path) -> tuple[list[nodes.NodeInfo], str]:
-    key = ClusterKey.load(key_path)
     async with open_session(db_url) as session:
+        key = ClusterKey.load(key_path)
         await cluster_key.rotate_secret(session, key)
         return await nodes.list_nodes(session), await cluster_key.cluster_secret(session, key)
 
