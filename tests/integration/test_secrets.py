@@ -10,7 +10,8 @@ Scenarios:
   old admin token is refused. On a cluster whose key is elsewhere, `up` refuses in one
   line and makes no key of its own.
 - An HA pair with alice on n1 and bob on n2 (SQLite): `cluster rotate-secret` while
-  they chat: each node answers the new admin token and refuses the old one; the node
+  they chat: each node answers the new admin token and refuses the old one (a web page
+  session logged in with it too); the node
   links stay up (no new handshake), the SRMs stay Normal / Normal, both clients stay
   connected and keep exchanging messages across the nodes; a new link handshake
   with the old secret is refused and one with the new secret accepted.
@@ -25,6 +26,8 @@ import random
 import sqlite3
 import ssl
 import stat
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -72,6 +75,32 @@ async def admin_answer(port: int, node: str, token: str) -> int:
             raise AssertionError(f"{node} did not answer: {exc}") from None
         return exc.status
     return 200
+
+
+def page_session(port: int, token: str) -> str:
+    """The session cookie the admin page gives for the link `ha web` prints."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/?token={token}", timeout=10) as response:
+        return response.headers["Set-Cookie"].split(";", 1)[0]
+
+
+def overview_with(port: int, cookie: str) -> int:
+    """The HTTP status of the page's data for a browser holding `cookie`."""
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/api/overview", headers={"Cookie": cookie})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def peer_seen_live(port: int, token: str, peer: str) -> bool:
+    """Whether the page of the node at `port` got `peer`'s live state (its admin RPC, with its token)."""
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/api/overview",
+                                     headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        page = json.loads(response.read())
+    shown = next(n for g in page["groups"] for n in g["nodes"] if n["name"] == peer)
+    return shown["sessions"] is not None
 
 
 # --- `up`: modes, nothing in clear, the default key place, rotation -----------------------
@@ -199,6 +228,8 @@ async def test_rotation_under_a_running_pair_keeps_links_and_clients(pair, tmp_p
     old_secret = cluster_secret(pair.db_url)
     old, ups = admin_token(old_secret), _link_ups(pair)
     assert ups >= 2  # the mesh and the SRM links, each way
+    browser = await asyncio.to_thread(page_session, ports["n1"], old)  # an admin logged in to the web page
+    assert await asyncio.to_thread(overview_with, ports["n1"], browser) == 200
 
     said = await asyncio.to_thread(pair.cli, "cluster", "rotate-secret")
     assert "node n1: uses the new secret" in said and "node n2: uses the new secret" in said, said
@@ -206,6 +237,8 @@ async def test_rotation_under_a_running_pair_keeps_links_and_clients(pair, tmp_p
     assert new_secret != old_secret
     assert {n: await admin_answer(p, n, old) for n, p in ports.items()} == {"n1": 401, "n2": 401}
     assert {n: await admin_answer(p, n, admin_token(new_secret)) for n, p in ports.items()} == {"n1": 200, "n2": 200}
+    assert await asyncio.to_thread(overview_with, ports["n1"], browser) == 401  # that session is void
+    assert await asyncio.to_thread(peer_seen_live, ports["n1"], admin_token(new_secret), "n2")  # n1 asks n2 anew
 
     bob.send_message(mto=f"alice@{DOMAIN}/chat", mbody="after, from n2", mtype="chat")
     alice.send_message(mto=f"bob@{DOMAIN}/chat", mbody="after, from n1", mtype="chat")
