@@ -4,7 +4,9 @@ Rules of this module:
 - Accepts the URLs users type (`sqlite:///path`, `postgresql://...`) and picks the
   async driver (aiosqlite, asyncpg) itself.
 - SQLite runs in WAL mode with a busy timeout and foreign keys on, so two node
-  processes can share one file.
+  processes can share one file. Its directory is made 0700 if missing, and
+  `make_sqlite_private` makes the file and its -wal/-shm 0600 (it holds the sealed
+  cluster secret, users' salted keys, presence and offline messages).
 - Connection failures surface as `DatabaseUnavailable` (STYLE §6), raised by the
   data-access functions through `translate_errors`.
 - `WRITES.at` is when a write statement (INSERT, UPDATE, DELETE) last completed on any
@@ -23,7 +25,7 @@ from typing import Any, cast
 
 from sqlalchemy import event
 from sqlalchemy.engine import CursorResult, Result, make_url
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import ArgumentError, DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
@@ -80,6 +82,37 @@ def missing_sqlite_file(url: str) -> Path | None:
     return None if path.exists() else path
 
 
+def sqlite_path(url: str) -> Path | None:
+    """The file of an SQLite URL (None: another backend, or an in-memory database)."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return None
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database)
+
+
+SQLITE_FILE_SUFFIXES = ("", "-wal", "-shm", "-journal", ".migrate.lock")
+
+
+def make_sqlite_private(url: str) -> list[Path]:
+    """Make the SQLite file of `url` and its -wal/-shm/-journal/.migrate.lock files 0600 (an
+    older version left them 0644; SQLite gives a new -wal/-shm the database file's
+    mode). The files changed; nothing for another backend."""
+    database = sqlite_path(url)
+    changed = []
+    for suffix in SQLITE_FILE_SUFFIXES if database is not None else ():
+        path = Path(f"{database}{suffix}")
+        try:
+            if path.stat().st_mode & 0o077:
+                path.chmod(0o600)
+                changed.append(path)
+        except FileNotFoundError:
+            continue
+    return changed
+
+
 def _sqlite_on_connect(dbapi_conn, _record) -> None:
     cursor = dbapi_conn.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
@@ -87,6 +120,9 @@ def _sqlite_on_connect(dbapi_conn, _record) -> None:
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute(f"PRAGMA cache_size=-{SQLITE_CACHE_KB}")
+    # Zero what an UPDATE or DELETE frees inside a page it writes anyway (no extra I/O):
+    # a value sealed in place of a clear one, a delivered offline message, leave no copy.
+    cursor.execute("PRAGMA secure_delete=FAST")
     cursor.close()
 
 
@@ -116,7 +152,7 @@ def make_engine(url: str, *, pool_size: int | None = None, echo: bool = False) -
     if full.startswith("sqlite"):
         path = make_url(full).database
         if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            Path(path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         sized = {} if path in (None, "", ":memory:") else {
             "pool_size": pool_size or SQLITE_POOL_SIZE, "max_overflow": SQLITE_MAX_OVERFLOW}
         engine = create_async_engine(full, echo=echo, **sized)

@@ -5,7 +5,9 @@ Rules of this module:
 - One `MetaData` with a naming convention, so Alembic names constraints the same way
   on SQLite and PostgreSQL.
 - Secrets are never stored in the clear: users have SCRAM salted keys only
-  (RFC 5802: salt, iteration count, StoredKey, ServerKey per hash).
+  (RFC 5802: salt, iteration count, StoredKey, ServerKey per hash); the cluster secret
+  and the CA's private key are sealed with the cluster key, a file outside the
+  database (`server.cluster_key`).
 - Closed value sets (subscription, HA state) are stored as their display strings and
   validated by the code that writes them.
 """
@@ -56,12 +58,13 @@ class Cluster(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(128), unique=True)
     domain: Mapped[str] = mapped_column(String(255))
-    # Shared secret of the node-to-node and SRM links and the admin RPC token seed.
-    # Stored here because every node reads the same database (SPEC §1).
+    # Shared secret of the node-to-node and SRM links and the admin RPC token seed,
+    # sealed with the cluster key ("sealed1:...", server.cluster_key). Stored here because
+    # every node reads the same database (SPEC §1).
     secret: Mapped[str] = mapped_column(String(128))
-    # The cluster's CA (PEM), which signs every node's client certificate (server.tls):
-    # kept here for the same reason as the secret. NULL until the first node or
-    # `cluster init` makes it.
+    # The cluster's CA, which signs every node's certificates (server.tls): the
+    # certificate PEM, and the private key PEM sealed like the secret. NULL until the
+    # first node or `cluster init` makes it.
     ca_cert: Mapped[str | None] = mapped_column(Text, nullable=True)
     ca_key: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[dt.datetime] = _now()

@@ -58,16 +58,18 @@ SERVERS = ("ours", "prosody")
 async def _provision(url: str, domain: str, users: list[tuple[str, str]], ports: dict[str, int],
                      groups: list[list[str]]) -> None:
     """Schema, cluster, one node in a one-node group (HA off), users, mutual rosters."""
-    from presence_ha.db import clusters, nodes, roster, schema
     from presence_ha.db import groups as db_groups
+    from presence_ha.db import nodes, roster, schema
     from presence_ha.db import users as db_users
     from presence_ha.db.engine import make_engine, make_session_factory
+    from presence_ha.server.cluster_key import ClusterKey, create_cluster, key_path
 
     await schema.upgrade(url)
+    key = ClusterKey.load_or_create(key_path(None, None, url))  # beside the SQLite file: the node's data dir
     engine = make_engine(url)
     try:
         async with make_session_factory(engine)() as session:
-            await clusters.create_cluster(session, "bench", domain)
+            await create_cluster(session, "bench", domain, key)
             await nodes.add_node(session, NODE_NAME, host="127.0.0.1", ports=ports)
             await db_groups.add_group(session, "bench", [NODE_NAME])
             await db_users.bulk_import(session, users, iterations=SCRAM_ITERATIONS)

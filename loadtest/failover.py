@@ -65,6 +65,7 @@ class Target:
     service: NodeAddr | None = None  # the cluster's service address (standard clients dial it)
     helpers: list = field(default_factory=list)  # other processes we started (HAProxy)
     lab: LabRun | None = None  # --topology lab: the lab this run built (and takes down)
+    cluster_key: Path | None = None  # from cluster.json; None: the default for db_url (server.cluster_key)
 
     def stop(self) -> None:
         for helper in self.helpers:
@@ -107,6 +108,7 @@ def json_target(path: str, limit: int) -> Target:
     spec = json.loads(Path(path).read_text())
     passwords = {u["username"]: u["password"] for u in spec["users"]}
     target = _read_target(spec["database_url"], passwords, [], limit)
+    target.cluster_key = Path(spec["cluster_key"]) if spec.get("cluster_key") else None
     if spec.get("service"):
         target.service = NodeAddr("service", spec["service"]["host"], int(spec["service"]["port"]))
     return target
@@ -132,6 +134,7 @@ def lab_target(opts: dict, mode: str) -> Target:
         run.stop()
         raise
     target.pids, target.lab = run.pids(), run
+    target.cluster_key = Path(run.data["cluster_key"]) if run.data.get("cluster_key") else None
     return target
 
 
@@ -241,7 +244,7 @@ def run_mode(opts: dict, mode: str) -> dict:
             raise click.UsageError(reason)
         drivers = Drivers(make_plan(opts, mode, target), user_specs(target, opts["contacts"]), opts["workers"])
         drivers.start()  # fork before the monitor thread exists
-        monitor = Monitor(target.db_url, target.pids).start()
+        monitor = Monitor(target.db_url, target.pids, cluster_key=target.cluster_key).start()
         with _progress() as progress:
             _login_phase(drivers, progress, len(target.users), opts["login_deadline"])
             progress.console.print(f"logged in: {drivers.total('logged_in')}, ready: {drivers.total('ready')}")

@@ -17,9 +17,9 @@ import os
 import signal
 from dataclasses import dataclass
 
-from presence_ha.db import clusters
 from presence_ha.db import nodes as db_nodes
 from presence_ha.db.engine import make_engine, make_session_factory
+from presence_ha.server.cluster_key import ClusterKey, ClusterKeyError, cluster_secret, key_path
 from presence_ha.server.net.admin_rpc import AdminRpcError, admin_token, call_node
 
 FAULTS = ("kill", "term", "stop", "service", "db", "partition", "manual")
@@ -62,7 +62,10 @@ async def _admin(db_url: str, host: str, node: str, payload: dict) -> dict:
     engine = make_engine(db_url)
     try:
         async with make_session_factory(engine)() as session:
-            token = admin_token(await clusters.cluster_secret(session))
+            try:  # the cluster key beside an SQLite file, or $PRESENCE_HA_CLUSTER_KEY
+                token = admin_token(await cluster_secret(session, ClusterKey.load(key_path(None, None, db_url))))
+            except ClusterKeyError as exc:
+                raise AdminRpcError(str(exc)) from None
             port = (await db_nodes.get_node(session, node)).ports.admin_port
     finally:
         await engine.dispose()

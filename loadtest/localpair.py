@@ -33,6 +33,8 @@ from presence_ha.db.engine import make_engine, make_session_factory
 from presence_ha.db.models import RosterItem, User
 from presence_ha.loadtest import scenario
 from presence_ha.loadtest.scenario import NodeAddr
+from presence_ha.server.cluster_key import ClusterKey, key_path
+from presence_ha.server.cluster_key import create_cluster as create_sealed_cluster
 
 FAST_PARAMS = {"heartbeat_interval_s": 1, "heartbeat_timeout_s": 2, "init_heartbeat_timeout_s": 3,
                "critical_service_delay_s": 1, "see_other_host_redirect": "true"}
@@ -68,9 +70,10 @@ async def provision_pair(url: str, domain: str, users: list[tuple[str, str]], re
     False: a node relays a session it does not serve (what `up` does, for standard clients
     behind a service address) instead of answering see-other-host."""
     await schema.upgrade(url)
+    cluster_key = ClusterKey.load_or_create(key_path(None, None, url))  # beside the SQLite file: the nodes' data dir
 
     async def go(session) -> None:
-        await clusters.create_cluster(session, "loadtest", domain)
+        await create_sealed_cluster(session, "loadtest", domain, cluster_key)
         for name in ("n1", "n2"):
             ports = dict(zip(nodes.PORT_FIELDS, free_ports(5), strict=True))
             await nodes.add_node(session, name, host="127.0.0.1", ports=ports)

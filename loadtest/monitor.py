@@ -19,10 +19,12 @@ import threading
 import time
 import urllib.request
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from presence_ha.db import clusters, nodes
+from presence_ha.db import nodes
 from presence_ha.db.engine import make_engine, make_session_factory
 from presence_ha.loadtest.localpair import rss_kb
+from presence_ha.server.cluster_key import ClusterKey, ClusterKeyError, cluster_secret, key_path
 from presence_ha.server.net.admin_overview import overlay_live, read_overview, rpc_probe
 from presence_ha.server.net.admin_rpc import admin_token
 
@@ -46,6 +48,7 @@ class Monitor:
     pids: dict[str, int | None]
     interval_s: float = 0.5
     admin_host: str = "127.0.0.1"
+    cluster_key: Path | None = None  # None: server.cluster_key.key_path's default for db_url
     samples: list[dict] = field(default_factory=list)
     states: list[dict] = field(default_factory=list)  # SRM state changes
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -66,7 +69,7 @@ class Monitor:
         factory = make_session_factory(engine)
         try:
             async with factory() as session:
-                token = admin_token(await clusters.cluster_secret(session))
+                token = await self._token(session)
                 infos = await nodes.list_nodes(session)
             metrics = {n.name: f"http://{n.host}:{n.ports.metrics_port}/metrics" for n in infos}
             probe = rpc_probe(self.admin_host, {n.name: n.ports.admin_port for n in infos}, token, 0.5)
@@ -76,6 +79,15 @@ class Monitor:
                 await asyncio.sleep(max(0.05, self.interval_s - (time.monotonic() - started)))
         finally:
             await engine.dispose()
+
+    async def _token(self, session) -> str:
+        """The admin token; without the cluster key, none (the nodes' states then come from the database)."""
+        try:
+            key = ClusterKey.load(self.cluster_key or key_path(None, None, self.db_url))
+            return admin_token(await cluster_secret(session, key))
+        except ClusterKeyError as exc:
+            log.warning("monitor: no admin token, SRM states from the database only: %s", exc)
+            return ""
 
     async def _poll_metrics(self, urls: dict[str, str]) -> None:
         async def one(name: str, url: str) -> None:

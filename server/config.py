@@ -3,6 +3,7 @@
 Rules of this module:
 - Precedence (hypercorn's): dataclass defaults, then one TOML file, then environment
   variables (`PRESENCE_HA_DB`, `PRESENCE_HA_NODE`, `PRESENCE_HA_DATA_DIR`,
+  `PRESENCE_HA_CLUSTER_KEY` -> `cluster_key` (default `<data_dir>/cluster.key`),
   `PRESENCE_HA_LINK_DIAL` -> `links.dial`, `PRESENCE_HA_LINK_TLS` -> `links.tls`,
   `PRESENCE_HA_SM_REPLICATION` ->
   `sm_replication.enabled`, `PRESENCE_HA_SM_<FIELD>` -> `sm_replication.<field>`, an
@@ -38,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from presence_ha.db.engine import ENV_DB_URL, sqlite_url_for
+from presence_ha.server.cluster_key import ENV_CLUSTER_KEY, KEY_FILE
 
 ENV_NODE = "PRESENCE_HA_NODE"
 ENV_DATA_DIR = "PRESENCE_HA_DATA_DIR"
@@ -168,6 +170,7 @@ class NodeConfig:
     node_name: str
     db_url: str
     data_dir: str = DEFAULT_DATA_DIR
+    cluster_key: str = ""  # the cluster key file (server.cluster_key); "": <data_dir>/cluster.key
     listen_host: str | None = None  # override the node's host from the database (e.g. 0.0.0.0)
     # uvloop: 5-8% less CPU per login, stanza and broadcast than asyncio's own loop
     # (bench-compare, same run); "asyncio" for debugging with asyncio's own tools.
@@ -181,6 +184,10 @@ class NodeConfig:
     @property
     def data_path(self) -> Path:
         return Path(self.data_dir)
+
+    @property
+    def cluster_key_path(self) -> Path:
+        return Path(self.cluster_key) if self.cluster_key else self.data_path / KEY_FILE
 
 
 EVENT_LOOPS = ("uvloop", "asyncio")
@@ -303,6 +310,7 @@ def _env_overrides(env: Mapping[str, str]) -> list[tuple[str, str]]:
     """(dotted key, text) for the environment variables that set config keys."""
     found: list[tuple[str, str]] = []
     for var, key in ((ENV_DB_URL, "db_url"), (ENV_NODE, "node_name"), (ENV_DATA_DIR, "data_dir"),
+                     (ENV_CLUSTER_KEY, "cluster_key"),
                      (ENV_LINK_DIAL, "links.dial"), (ENV_LINK_TLS, "links.tls")):
         if env.get(var):
             found.append((key, env[var]))

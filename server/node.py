@@ -9,8 +9,14 @@ Rules of this module:
   `shutdown()`: every session gets `SessionClosed(graceful=True)` (its contacts get
   unavailable presence) while the other connections still work, then every stream
   ends with `system-shutdown` and `</stream:stream>`, within `shutdown_timeout_s`.
-- Failing to start (database unreachable, unknown node, port taken) raises
-  `NodeStartError` with one line saying why.
+- Failing to start (database unreachable, unknown node, port taken, no cluster key
+  or the wrong one) raises `NodeStartError` with one line saying why.
+- Secrets: the cluster secret and the CA key are opened with the cluster key file
+  (`server.cluster_key`, `config.cluster_key_path`). Every `SECRET_REFRESH_S` the node
+  reads the stored secret; once it changed (`cluster rotate-secret`) the admin port
+  takes the new token (the old one is refused) and new node links authenticate with
+  it, while links up and clients stay connected. An SQLite database file and its
+  -wal/-shm are made 0600 at start.
 """
 
 from __future__ import annotations
@@ -26,17 +32,19 @@ from pathlib import Path
 from typing import Any
 
 from presence_ha.db import clusters, groups, nodes, parameters, users
-from presence_ha.db.engine import DatabaseUnavailable, make_engine, make_session_factory
+from presence_ha.db.engine import DatabaseUnavailable, make_engine, make_session_factory, make_sqlite_private
 from presence_ha.db.errors import ProvisioningError
 from presence_ha.db.hotpath import HotPath
 from presence_ha.server.auth import Accounts
 from presence_ha.server.cluster import ClusterLinks, ClusterService, load_peers
+from presence_ha.server.cluster_key import SECRET, ClusterKey, ClusterKeyError
+from presence_ha.server.cluster_key import cluster_ca as open_cluster_ca
 from presence_ha.server.config import NodeConfig
 from presence_ha.server.context import OFFLINE_MESSAGE_LIMIT, FeatureContext
 from presence_ha.server.features import FEATURE_MODULES
 from presence_ha.server.link.secure import LinkTls
 from presence_ha.server.metrics import HaSample, Metrics
-from presence_ha.server.net.admin_page import build_admin_server
+from presence_ha.server.net.admin_page import build_admin_server, rekey
 from presence_ha.server.net.admin_rpc import DEFAULT_BIND_HOST as ADMIN_BIND_HOST
 from presence_ha.server.net.admin_rpc import AdminServer
 from presence_ha.server.net.clients import ClientPort
@@ -59,12 +67,13 @@ from presence_ha.server.srm.redirect import redirect_error
 from presence_ha.server.srm.runner import SrmPort, SrmRunner
 from presence_ha.server.srm.table import NodeState
 from presence_ha.server.store import Store
-from presence_ha.server.tls import ensure_link_certificate, ensure_node_certificate, link_tls, make_ca, server_context
+from presence_ha.server.tls import ensure_link_certificate, ensure_node_certificate, link_tls, server_context
 from presence_ha.server.xmpp.errors import StreamError
 from presence_ha.server.xmpp.negotiation import SaslFailure
 
 log = logging.getLogger(__name__)
 SRM_POOL_SIZE = 2
+SECRET_REFRESH_S = 2.0  # how soon a rotated cluster secret is taken up
 
 
 class NodeStartError(RuntimeError):
@@ -113,16 +122,22 @@ class Node:
         self.link_tls: LinkTls | None = None  # TLS of the node links (None: links.tls off)
         # Gates the client port and the relay host consult, critical services the SRM runs.
         self.presence_engine, self.auth_service = Switch(), Switch()
+        self.key: ClusterKey | None = None  # opens the stored cluster secret (server.cluster_key)
+        self._stored_secret = ""  # the sealed secret in use, as the database holds it
+        self._secret_watch: asyncio.Task[None] | None = None
 
     async def _load(self) -> tuple[clusters.ClusterInfo, nodes.NodeInfo, dict[str, Any], str, tuple[str, str]]:
+        make_sqlite_private(self.config.db_url)
         try:
+            key = self.key = ClusterKey.load(self.config.cluster_key_path)
             async with self.session_factory() as session:
                 cluster = await clusters.get_cluster(session)
                 info = await nodes.get_node(session, self.config.node_name)
                 params = await parameters.effective_parameters(session, self.config.node_name)
-                secret = await clusters.cluster_secret(session)
-                ca = await clusters.cluster_ca(session, make_ca)
-        except (DatabaseUnavailable, ProvisioningError) as exc:
+                self._stored_secret = await clusters.stored_secret(session)
+                secret = key.open(self._stored_secret, SECRET)
+                ca = await open_cluster_ca(session, key)
+        except (DatabaseUnavailable, ProvisioningError, ClusterKeyError) as exc:
             raise NodeStartError(f"cannot start node {self.config.node_name}: {exc}") from exc
         return cluster, info, params, secret, ca
 
@@ -163,6 +178,7 @@ class Node:
         await self._start_admin(info, secret)
         self.metrics.watch_ha([state.value for state in NodeState], self._ha_sample)
         self.replication_probe.start()
+        self._secret_watch = asyncio.create_task(self._watch_secret(), name="secret-watch")
         log.info("node %s serving %s on %s:%d", info.name, cluster.domain, host, info.ports.client_port)
 
     def _ha_sample(self) -> HaSample:
@@ -267,6 +283,39 @@ class Node:
             raise NodeStartError(
                 f"cannot listen on {ADMIN_BIND_HOST}:{info.ports.admin_port} (admin RPC): {exc}") from exc
 
+    # --- a rotated cluster secret (`presence-ha cluster rotate-secret`) ---------------
+
+    async def _watch_secret(self) -> None:
+        while True:
+            await asyncio.sleep(SECRET_REFRESH_S)
+            try:
+                async with self.session_factory() as session:
+                    stored = await clusters.stored_secret(session)
+            except (DatabaseUnavailable, ProvisioningError) as exc:
+                log.debug("node %s: cluster secret not checked: %s", self.config.node_name, exc)
+                continue
+            if stored != self._stored_secret:
+                self._take_secret(stored)
+
+    def _take_secret(self, stored: str) -> None:
+        """Use the secret `stored` from now on: admin token, new node links (SRM and mesh)."""
+        assert self.key is not None  # loaded by start()
+        self._stored_secret = stored  # a key that does not open it is reported once
+        try:
+            secret = self.key.open(stored, SECRET)
+        except ClusterKeyError as exc:
+            log.error("node %s: the cluster secret was rotated but cannot be used (%s); the node keeps the old "
+                      "one until it is restarted with the right key", self.config.node_name, exc)
+            return
+        if self.admin_server is not None:
+            rekey(self.admin_server, secret)
+        if self.cluster is not None:
+            self.cluster.mesh.set_secret(secret.encode())
+        if self.srm is not None:
+            self.srm.set_secret(secret.encode())
+        log.warning("node %s: cluster secret rotated: new admin token; new node links use the new secret "
+                    "(links up and clients stay connected)", self.config.node_name)
+
     def request_stop(self) -> None:
         self._stop.set()
 
@@ -276,6 +325,8 @@ class Node:
 
     async def shutdown(self) -> None:
         log.info("node %s shutting down", self.config.node_name)
+        if self._secret_watch is not None:
+            self._secret_watch.cancel()
         await self.replication_probe.stop()
         if self.admin_server is not None:
             await self.admin_server.stop()  # no admin request races the shutdown

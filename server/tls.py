@@ -6,14 +6,17 @@ Rules of this module:
 - Otherwise every node of a cluster presents a certificate of one cluster CA, so a
   client trusts one certificate (`presence-ha cluster ca`) whichever node it reaches,
   before and after a failover. The CA (EC P-256, ten years) is made once per cluster
-  and kept in the availability database beside the cluster secret (`db.clusters`),
+  and kept in the availability database beside the cluster secret (`db.clusters`,
+  its private key sealed with the cluster key),
   because that database is all the nodes of a cluster share, on one host or many.
 - A node issues its own certificate from that CA (one year) for the domain (what
   XMPP clients verify, RFC 6120 §13.7.2.1), `localhost`, its host and the service
   address, and keeps it in `<data_dir>/tls/<node>.crt|.key` with the CA beside it as
   `ca.crt`. It issues a new one when the CA changed, a name is missing, or less than
   thirty days remain. Files are written atomically (temp + rename) and keys are mode
-  0600, so two nodes sharing a data dir never see half a file.
+  0600 in a 0700 `tls/` directory, so two nodes sharing a data dir never see half a
+  file and nobody else reads a key. The CA's private key is kept sealed in the
+  database (`server.cluster_key`); in clear it lives only in the node's memory.
 - TLS 1.2 is the minimum (RFC 7590 §3.1). No session tickets: XMPP clients keep one
   long connection, so a ticket is rarely used, and minting two per handshake (OpenSSL's
   TLS 1.3 default) was login CPU and bytes; Prosody's default is `no_ticket` too.
@@ -131,8 +134,7 @@ def _still_good(cert_path: Path, ca_cert_pem: str, names: list[str]) -> bool:
 def ensure_node_certificate(data_dir: Path, node_name: str, domain: str, hosts: list[str],
                             ca: tuple[str, str]) -> tuple[Path, Path]:
     """The node's certificate from the cluster CA (issued if missing or stale), and its key."""
-    tls_dir = data_dir / "tls"
-    tls_dir.mkdir(parents=True, exist_ok=True)
+    tls_dir = _private_dir(data_dir / "tls")
     ca_cert_pem, ca_key_pem = ca
     cert_path, key_path = tls_dir / f"{node_name}.crt", tls_dir / f"{node_name}.key"
     names = list(dict.fromkeys([domain, "localhost", *hosts]))
@@ -146,8 +148,7 @@ def ensure_node_certificate(data_dir: Path, node_name: str, domain: str, hosts: 
 
 def ensure_link_certificate(data_dir: Path, node_name: str, ca: tuple[str, str]) -> tuple[Path, Path]:
     """The node's link certificate from the cluster CA (issued if missing or stale), and its key."""
-    tls_dir = data_dir / "tls"
-    tls_dir.mkdir(parents=True, exist_ok=True)
+    tls_dir = _private_dir(data_dir / "tls")
     ca_cert_pem, ca_key_pem = ca
     cert_path, key_path = tls_dir / f"{node_name}.link.crt", tls_dir / f"{node_name}.link.key"
     if not (key_path.exists() and _still_good(cert_path, ca_cert_pem, [node_name, NODE_URI + node_name])):
@@ -170,6 +171,14 @@ def link_tls(cert_path: str | Path, key_path: str | Path, ca_cert_pem: str) -> L
         context.options |= ssl.OP_NO_TICKET
     server.num_tickets = 0
     return LinkTls(server, client)
+
+
+def _private_dir(path: Path) -> Path:
+    """`path` made if missing, and 0700 (an older version made it 0755)."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if path.stat().st_mode & 0o077:
+        path.chmod(0o700)
+    return path
 
 
 def _write_atomic(path: Path, data: bytes, mode: int) -> None:

@@ -12,7 +12,13 @@ Rules of this module:
   `lab` section.
 - Directories: `DIR/<host>/` per host (node TLS files and log; `db/` with Patroni's
   config, log and the PostgreSQL data dir, owned by `postgres`); `DIR/w/etcd`. A new
-  `up` wipes them; `down` leaves them for reading.
+  `up` wipes them; `down` leaves them for reading. `DIR` (when `up` makes it) and the
+  host directories are 0711, whatever the umask: the `postgres` user must pass through
+  them to its `db/`, and may list none of them. Every file in them is 0600 (umask 077).
+- Secrets: the cluster secret and CA key are sealed with `DIR/cluster.key` (0600,
+  `server.cluster_key`), copied into each node host's directory, where its node reads
+  it (`--cluster-key DIR/<host>/cluster.key`) and where `presence_ha()` points the
+  commands it runs there.
 - `Lab.down` kills every process of the lab's namespaces (SIGKILL: a lab is thrown
   away, its data is rebuilt by the next `up`) and deletes namespaces and bridge.
 - A foreground `lab up` records its PID in `DIR/lab-up.pid`; `down` (and the next
@@ -44,7 +50,7 @@ import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from presence_ha.db import clusters, groups, nodes, parameters, schema
+from presence_ha.db import groups, nodes, parameters, schema
 from presence_ha.db import users as db_users
 from presence_ha.db.engine import DatabaseUnavailable, make_engine, make_session_factory
 from presence_ha.db.errors import ProvisioningError
@@ -54,6 +60,8 @@ from presence_ha.loadtest.lab.postgres import PatroniTimers, Secrets
 from presence_ha.loadtest.lab.wanproxy import DEFAULT_PORT as WAN_PORT
 from presence_ha.loadtest.lab.wanproxy import WanModel, redirect_rules
 from presence_ha.loadtest.localpair import FAST_PARAMS, NODE_SETS, ha_states
+from presence_ha.server.cluster_key import ENV_CLUSTER_KEY, KEY_FILE, ClusterKey
+from presence_ha.server.cluster_key import create_cluster as create_sealed_cluster
 
 STATE_FILE = "lab.json"
 FOREGROUND_FILE = "lab-up.pid"
@@ -145,7 +153,9 @@ class Lab:
                 postgres.switchover(self.db_hosts, leader, standby, DB_DEADLINE_S)
                 leader = standby
             asyncio.run(postgres.create_app_database(self.net.host(leader), self.secrets))
-            passwords = asyncio.run(provision(self.db_url, domain, self.net, base_port, users, params))
+            key = ClusterKey.load_or_create(self.data_dir / KEY_FILE)
+            passwords = asyncio.run(provision(self.db_url, domain, self.net, base_port, users, params, key))
+            self._copy_key_to_hosts()
             lab_nodes = asyncio.run(self._read_nodes())
             self._start_nodes(lab_nodes)
             data = self.cluster_json(domain, lab_nodes, passwords)
@@ -156,16 +166,19 @@ class Lab:
             self.down()
             raise
         path = self.data_dir / "cluster.json"
-        path.write_text(json.dumps(data, indent=2) + "\n")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         path.chmod(0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(json.dumps(data, indent=2) + "\n")
         return data
 
     def _prepare_dirs(self) -> None:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        passable_dirs(self.data_dir)
         (self.data_dir / FOREGROUND_FILE).unlink(missing_ok=True)  # a killed run's
         for host in self.net.host_names:
             shutil.rmtree(self.host_dir(host), ignore_errors=True)
             self.host_dir(host).mkdir()
+            self.host_dir(host).chmod(0o711)
         postgres_user = pwd.getpwnam("postgres")
         for name in DB_HOSTS:
             self.db_dir(name).mkdir(mode=0o700)
@@ -176,11 +189,21 @@ class Lab:
                            "searchable by others): choose a data dir under a world-searchable path, e.g. /var/tmp")
         state = {"lab_id": self.net.lab_id, "secrets": asdict(self.secrets), "timers": asdict(self.timers)}
         state_path = self.data_dir / STATE_FILE
-        state_path.write_text(json.dumps(state, indent=2) + "\n")
+        fd = os.open(state_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         state_path.chmod(0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(json.dumps(state, indent=2) + "\n")
+
+    def _copy_key_to_hosts(self) -> None:
+        """The cluster key in each node host's directory (what an admin copies to each host)."""
+        key = (self.data_dir / KEY_FILE).read_bytes()
+        for host in NODE_HOSTS.values():
+            fd = os.open(self.host_dir(host) / KEY_FILE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as out:
+                out.write(key)
 
     def _spawn(self, host: Host, argv: list[str], log: Path) -> subprocess.Popen:
-        with open(log, "ab") as out:
+        with os.fdopen(os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab") as out:
             proc = subprocess.Popen(netns.ns_argv(host, argv), stdout=out, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL, start_new_session=True)
         self.procs.append(proc)
@@ -228,8 +251,9 @@ class Lab:
 
         started = []
         for node in lab_nodes:
+            host_dir = self.host_dir(node.host.name)  # the flag wins over a $PRESENCE_HA_CLUSTER_KEY around
             argv = node_command("-v", "node", "run", "--name", node.name, "--db", self.db_url,
-                                "--data-dir", str(self.host_dir(node.host.name)))
+                                "--data-dir", str(host_dir), "--cluster-key", str(host_dir / KEY_FILE))
             for item in NODE_SETS:
                 argv += ["--set", item]
             started.append(self._spawn(node.host, argv, self.host_dir(node.host.name) / f"{node.name}.log"))
@@ -245,6 +269,7 @@ class Lab:
         return {
             "domain": domain,
             "database_url": self.db_url,
+            "cluster_key": str(self.data_dir / KEY_FILE),
             "nodes": [
                 {"name": n.name, "host": n.host.address, "client_port": n.client_port, "metrics_port": n.metrics_port,
                  "lab_host": n.host.name, "netns": n.host.netns}
@@ -360,8 +385,9 @@ class Lab:
         from presence_ha.server.cli.run import node_command
 
         argv = netns.ns_argv(self.net.host(host), node_command(*args, "--db", self.db_url))
+        env = {**os.environ, ENV_CLUSTER_KEY: str(self.host_dir(host) / KEY_FILE)}  # that host's copy
         try:
-            return subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s, check=False)
+            return subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s, check=False, env=env)
         except subprocess.TimeoutExpired as exc:
             return subprocess.CompletedProcess(argv, 124, "", f"no answer within {timeout_s:.0f}s: {exc}")
 
@@ -432,14 +458,23 @@ def stop_foreground(data_dir: Path) -> None:
         time.sleep(0.1)
 
 
+def passable_dirs(path: Path) -> None:
+    """`path` and its missing parents made 0711 (what exists already is left as it is)."""
+    missing = [p for p in (path, *path.parents) if not p.exists()]
+    for directory in reversed(missing):
+        directory.mkdir(exist_ok=True)
+        directory.chmod(0o711)
+
+
 async def provision(url: str, domain: str, net: LabNet, base_port: int, user_count: int,
-                    params: dict | None = None) -> dict[str, str]:
-    """Schema, cluster, n1 on h1 and n2 on h2 in group g1 (HA on), fast SRM timers, demo users."""
+                    params: dict | None, cluster_key: ClusterKey) -> dict[str, str]:
+    """Schema, cluster (sealed with `cluster_key`), n1 on h1 and n2 on h2 in group g1 (HA on),
+    fast SRM timers, demo users."""
     await schema.upgrade(url)
     passwords = {f"user{i}": random_secrets.token_urlsafe(9) for i in range(1, user_count + 1)}
 
     async with open_session(url) as session:
-        await clusters.create_cluster(session, "lab", domain)
+        await create_sealed_cluster(session, "lab", domain, cluster_key)
         for index, (name, host) in enumerate(NODE_HOSTS.items()):
             # Distinct blocks although the hosts differ: the admin RPC listens on each host's
             # loopback, so `ha` commands run inside h1 must not find n1 at n2's port.

@@ -1,13 +1,17 @@
 """The `presence-ha` command: one group, with sub-commands contributed by each area.
 
 Each area module exposes click commands/groups; this module only assembles them, so
-`presence-ha --help` lists everything.
+`presence-ha --help` lists everything. Every command runs with umask 077: whatever
+presence-ha creates (SQLite files, logs, keys, cluster.json, data directories) is
+readable by its owner only; what is meant to be shared (a CA certificate) is given
+its mode explicitly.
 """
 
 from __future__ import annotations
 
 import importlib
 import logging
+import os
 
 import click
 
@@ -60,5 +64,6 @@ def main(verbose: int) -> None:
     Provision a cluster (cluster, node, group, user, param), run nodes (node run, up),
     operate high availability (ha, service, dbreplication) and measure it (loadtest).
     """
+    os.umask(0o077)
     level = {0: logging.WARNING, 1: logging.INFO}.get(verbose, logging.DEBUG)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -2,7 +2,10 @@
 
 Rules: every command finds the database through `--db URL`, the `PRESENCE_HA_DB`
 environment variable, or `--data-dir DIR` (the embedded SQLite file), in that order.
-A command fails with one clear line and a non-zero exit, never a traceback.
+A command that needs the cluster secret (`db_key_options`) also finds the cluster key:
+`--cluster-key PATH`, `$PRESENCE_HA_CLUSTER_KEY`, or `cluster.key` in the data
+directory (`server.cluster_key.key_path`). A command fails with one clear line and a
+non-zero exit, never a traceback.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import Any, TypeVar
 import click
 
 from presence_ha.db.engine import ENV_DB_URL, DatabaseUnavailable, sqlite_url_for
+from presence_ha.server.cluster_key import ENV_CLUSTER_KEY, KEY_FILE, key_path
 
 DEFAULT_DATA_DIR = "data"
 T = TypeVar("T")
@@ -42,6 +46,26 @@ def db_options(func: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(func)
     def wrapper(*args: Any, db: str | None, data_dir: str | None, **kwargs: Any) -> Any:
         return func(*args, db_url=resolve_db_url(db, data_dir), **kwargs)
+
+    return wrapper
+
+
+def db_key_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """`db_options` plus `--cluster-key`: pass the resolved `db_url` and `key_path`."""
+
+    @click.option("--db", "db", metavar="URL", help=f"Database URL (else ${ENV_DB_URL}, else --data-dir).")
+    @click.option(
+        "--data-dir",
+        type=click.Path(file_okay=False),
+        help=f"Data directory holding the embedded SQLite database and {KEY_FILE} (default: ./{DEFAULT_DATA_DIR}).",
+    )
+    @click.option("--cluster-key", "cluster_key", type=click.Path(dir_okay=False), metavar="PATH",
+                  help=f"The cluster key file (else ${ENV_CLUSTER_KEY}, else {KEY_FILE} in the data directory, "
+                  "or beside an SQLite --db file).")
+    @functools.wraps(func)
+    def wrapper(*args: Any, db: str | None, data_dir: str | None, cluster_key: str | None, **kwargs: Any) -> Any:
+        db_url = resolve_db_url(db, data_dir)
+        return func(*args, db_url=db_url, key_path=key_path(cluster_key, data_dir, db_url), **kwargs)
 
     return wrapper
 

@@ -3,9 +3,9 @@
 Rules of this module:
 - A command opens the database with `open_session(db_url)`, which refuses, with the
   remedy, a database whose schema is not at the head revision (`db upgrade`).
-- A command runs its coroutine with `run(...)`: rule violations (`ProvisioningError`)
-  and an unreachable database become one-line `click.ClickException`s, never
-  tracebacks.
+- A command runs its coroutine with `run(...)`: rule violations (`ProvisioningError`),
+  a missing or wrong cluster key (`ClusterKeyError`) and an unreachable database
+  become one-line `click.ClickException`s, never tracebacks.
 - Output is plain aligned text (`echo_table`); every command that lists or shows
   something also takes `--json` (`json_option`) and prints one JSON object whose keys
   are documented in its `--help` (`json_help`) and stay stable: scripts use those.
@@ -26,6 +26,7 @@ from presence_ha.db.engine import make_engine, make_session_factory, missing_sql
 from presence_ha.db.errors import ProvisioningError
 from presence_ha.db.schema import head_revision
 from presence_ha.server.cli.common import run_async
+from presence_ha.server.cluster_key import ClusterKeyError
 
 T = TypeVar("T")
 
@@ -34,7 +35,7 @@ def run(coro: Awaitable[T], *, event_loop: str = "asyncio") -> T:
     """Run a command's coroutine; rule violations become a one-line error, exit 1."""
     try:
         return run_async(coro, event_loop=event_loop)
-    except ProvisioningError as exc:
+    except (ProvisioningError, ClusterKeyError) as exc:
         raise click.ClickException(str(exc)) from exc
     except ValueError as exc:  # an unsupported --db URL, from db.engine.normalize_url
         raise click.ClickException(str(exc)) from exc

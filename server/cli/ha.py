@@ -8,9 +8,10 @@ Rules of this module:
   with the SPEC §6 words.
 - Every other command talks to a node's admin RPC (`server.net.admin_rpc`): the node's
   admin port comes from the database, the token is computed from the cluster secret
-  there. The admin RPC listens on loopback by default, so the commands connect to
-  `--admin-host` (default 127.0.0.1, or $PRESENCE_HA_ADMIN_HOST); each request names
-  its node, and a node refuses a request meant for another one.
+  there, opened with the cluster key (`--cluster-key`, `server.cluster_key`). The
+  admin RPC listens on loopback by default, so the commands connect to `--admin-host`
+  (default 127.0.0.1, or $PRESENCE_HA_ADMIN_HOST); each request names its node, and a
+  node refuses a request meant for another one.
 - Which SRM receives a request follows the SRM table: only a Normal node accepts
   `AdminRequestedFailover` (it fails itself over) and only an Idle or Failed Over node
   accepts `AdminRequestedFallback` (it takes its users back), so both go to the node
@@ -32,13 +33,15 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+from pathlib import Path
 from typing import Any
 
 import click
 
-from presence_ha.db import clusters, groups, nodes
-from presence_ha.server.cli.common import db_options
+from presence_ha.db import groups, nodes
+from presence_ha.server.cli.common import db_key_options
 from presence_ha.server.cli.database import echo_json, echo_table, json_help, on_off, open_session, run
+from presence_ha.server.cluster_key import ClusterKey, cluster_secret
 from presence_ha.server.net.admin_overview import GroupRow, overlay_live, overview_json, read_overview, rpc_probe
 from presence_ha.server.net.admin_rpc import AdminRpcError, admin_token, call_node
 
@@ -59,23 +62,24 @@ def admin_host_option(func):
     )(func)
 
 
-async def _targets(db_url: str, names: list[str]) -> tuple[str, dict[str, int]]:
+async def _targets(db_url: str, key_path: Path, names: list[str]) -> tuple[str, dict[str, int]]:
     """(admin token, {node: admin port}) read from the database."""
-    async with open_session(db_url) as session:
-        secret = await clusters.cluster_secret(session)
+    async with open_session(db_url) as session:  # first: a missing database is the first thing to say
+        secret = await cluster_secret(session, ClusterKey.load(key_path))
         ports = {name: (await nodes.get_node(session, name)).ports.admin_port for name in names}
     return admin_token(secret), ports
 
 
-async def _call(db_url: str, host: str, node: str, payload: dict[str, Any]) -> dict[str, Any]:
-    token, ports = await _targets(db_url, [node])
+async def _call(db_url: str, key_path: Path, host: str, node: str, payload: dict[str, Any]) -> dict[str, Any]:
+    token, ports = await _targets(db_url, key_path, [node])
     return await call_node(host, ports[node], token, {**payload, "node": node}, RPC_TIMEOUT_S)
 
 
-def call_or_fail(db_url: str, host: str, node: str, payload: dict[str, Any], what: str) -> dict[str, Any]:
+def call_or_fail(db_url: str, key_path: Path, host: str, node: str, payload: dict[str, Any],
+                 what: str) -> dict[str, Any]:
     """One admin RPC call; a refusal or an unreachable node is a one-line error, exit 1."""
     try:
-        return run(_call(db_url, host, node, payload))
+        return run(_call(db_url, key_path, host, node, payload))
     except AdminRpcError as exc:
         if exc.status == REFUSED:  # the node's own words: what is not possible, and why
             raise click.ClickException(str(exc)) from exc
@@ -87,12 +91,12 @@ def ha_group() -> None:
     """High availability: status, manual failover/fallback, recovery, web page."""
 
 
-async def _overview(db_url: str, host: str, offline: bool) -> list[GroupRow]:
+async def _overview(db_url: str, key_path: Path, host: str, offline: bool) -> list[GroupRow]:
     async with open_session(db_url) as session:
         overview = await read_overview(session)
         if offline:
             return overview
-        secret = await clusters.cluster_secret(session)
+        secret = await cluster_secret(session, ClusterKey.load(key_path))
         ports = {n.name: n.ports.admin_port for n in await nodes.list_nodes(session)}
     return await overlay_live(overview, rpc_probe(host, ports, admin_token(secret)))
 
@@ -101,8 +105,8 @@ async def _overview(db_url: str, host: str, offline: bool) -> list[GroupRow]:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (keys below).")
 @click.option("--offline", is_flag=True, help="Database only: do not ask the nodes (alive = recent database liveness).")
 @admin_host_option
-@db_options
-def ha_status(db_url: str, as_json: bool, offline: bool, admin_host: str) -> None:
+@db_key_options
+def ha_status(db_url: str, key_path: Path, as_json: bool, offline: bool, admin_host: str) -> None:
     """Every group: HA on/off, each node's state and reason.
 
     The states come from the database, so this works with every node down; a node
@@ -110,7 +114,7 @@ def ha_status(db_url: str, as_json: bool, offline: bool, admin_host: str) -> Non
     one (a node that lost the database cannot store it). `alive` says whether it
     answered (with --offline: whether its database liveness is recent).
     """
-    overview = run(_overview(db_url, admin_host, offline))
+    overview = run(_overview(db_url, key_path, admin_host, offline))
     if as_json:
         click.echo(json.dumps(overview_json(overview)))
         return
@@ -121,27 +125,27 @@ def ha_status(db_url: str, as_json: bool, offline: bool, admin_host: str) -> Non
     echo_table(("GROUP", "HA", "NODE", "STATE", "REASON", ""), rows)
 
 
-def _request(op: str, node: str, db_url: str, admin_host: str) -> None:
-    answer = call_or_fail(db_url, admin_host, node, {"op": op}, f"{op} of {node}")
+def _request(op: str, node: str, db_url: str, key_path: Path, admin_host: str) -> None:
+    answer = call_or_fail(db_url, key_path, admin_host, node, {"op": op}, f"{op} of {node}")
     click.echo(f"{op} of {node} accepted: {answer.get('message', 'done')}")
 
 
 @ha_group.command("failover")
 @click.argument("node")
 @admin_host_option
-@db_options
-def ha_failover(db_url: str, node: str, admin_host: str) -> None:
+@db_key_options
+def ha_failover(db_url: str, key_path: Path, node: str, admin_host: str) -> None:
     """Manual failover of NODE: its users move to its peer (only from Normal)."""
-    _request("failover", node, db_url, admin_host)
+    _request("failover", node, db_url, key_path, admin_host)
 
 
 @ha_group.command("fallback")
 @click.argument("node")
 @admin_host_option
-@db_options
-def ha_fallback(db_url: str, node: str, admin_host: str) -> None:
+@db_key_options
+def ha_fallback(db_url: str, key_path: Path, node: str, admin_host: str) -> None:
     """Manual fallback to NODE: its users come home (only from Idle / Failed Over)."""
-    _request("fallback", node, db_url, admin_host)
+    _request("fallback", node, db_url, key_path, admin_host)
 
 
 async def _members(db_url: str, group_name: str) -> list[str]:
@@ -149,8 +153,8 @@ async def _members(db_url: str, group_name: str) -> list[str]:
         return list((await groups.get_group(session, group_name)).nodes)
 
 
-async def _recover(db_url: str, host: str, members: list[str]) -> dict[str, str]:
-    token, ports = await _targets(db_url, members)
+async def _recover(db_url: str, key_path: Path, host: str, members: list[str]) -> dict[str, str]:
+    token, ports = await _targets(db_url, key_path, members)
 
     async def one(node: str) -> str:
         try:
@@ -179,8 +183,8 @@ def confirm_or_abort(question: str, yes: bool) -> None:
 @click.argument("group")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation (scripts).")
 @admin_host_option
-@db_options
-def ha_recover(db_url: str, group: str, admin_host: str, yes: bool) -> None:
+@db_key_options
+def ha_recover(db_url: str, key_path: Path, group: str, admin_host: str, yes: bool) -> None:
     """Recovery: restart the SRM on every node of GROUP (SPEC §7).
 
     Each node goes through Initializing and its clients may be disconnected (they log
@@ -190,7 +194,7 @@ def ha_recover(db_url: str, group: str, admin_host: str, yes: bool) -> None:
     names = " and ".join(members)
     confirm_or_abort(f"Recovery restarts the SRM of {names} (group {group}); their clients may be "
                      "disconnected and log in again. Go ahead?", yes)
-    outcome = run(_recover(db_url, admin_host, members))
+    outcome = run(_recover(db_url, key_path, admin_host, members))
     failed = {node: error for node, error in outcome.items() if error}
     for node in outcome:
         click.echo(f"SRM of {node}: {'restart failed: ' + failed[node] if node in failed else 'restarted'}")
@@ -198,10 +202,10 @@ def ha_recover(db_url: str, group: str, admin_host: str, yes: bool) -> None:
         raise click.ClickException(f"recovery of {group} incomplete: {', '.join(sorted(failed))} not restarted")
 
 
-async def _web_link(db_url: str, host: str, node: str | None) -> tuple[str, str]:
+async def _web_link(db_url: str, key_path: Path, host: str, node: str | None) -> tuple[str, str]:
     """(the link, a warning or "") of NODE's admin page, or of the first live node."""
-    async with open_session(db_url) as session:
-        secret = await clusters.cluster_secret(session)
+    async with open_session(db_url) as session:  # first: a missing database is the first thing to say
+        secret = await cluster_secret(session, ClusterKey.load(key_path))
         listed = await nodes.list_nodes(session)
     if not listed:
         raise click.ClickException("no nodes in this database")
@@ -224,12 +228,12 @@ async def _web_link(db_url: str, host: str, node: str | None) -> tuple[str, str]
 @ha_group.command("web")
 @click.argument("node", required=False)
 @admin_host_option
-@db_options
-def ha_web(db_url: str, node: str | None, admin_host: str) -> None:
+@db_key_options
+def ha_web(db_url: str, key_path: Path, node: str | None, admin_host: str) -> None:
     """Print the link that logs in to the admin web page of NODE (default: the first
     node that answers). Open it in a browser on this machine: the page listens on
     loopback and updates itself every second."""
-    link, warning = run(_web_link(db_url, admin_host, node))
+    link, warning = run(_web_link(db_url, key_path, admin_host, node))
     if warning:
         click.echo(warning, err=True)
     click.echo(link)
@@ -244,10 +248,11 @@ def service_group() -> None:
 @click.argument("node")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (keys below).")
 @admin_host_option
-@db_options
-def service_list(db_url: str, node: str, admin_host: str, as_json: bool) -> None:
+@db_key_options
+def service_list(db_url: str, key_path: Path, node: str, admin_host: str, as_json: bool) -> None:
     """List NODE's critical services and whether each runs."""
-    services = call_or_fail(db_url, admin_host, node, {"op": "service.list"}, f"service list on {node}")["services"]
+    services = call_or_fail(db_url, key_path, admin_host, node, {"op": "service.list"},
+                            f"service list on {node}")["services"]
     if as_json:
         echo_json({"node": node, "services": services})
         return
@@ -263,10 +268,11 @@ def service_list(db_url: str, node: str, admin_host: str, as_json: bool) -> None
 @click.argument("node")
 @click.argument("service")
 @admin_host_option
-@db_options
-def service_stop(db_url: str, node: str, service: str, admin_host: str) -> None:
+@db_key_options
+def service_stop(db_url: str, key_path: Path, node: str, service: str, admin_host: str) -> None:
     """Stop SERVICE on NODE (a critical service down triggers a failover, SPEC §4)."""
-    call_or_fail(db_url, admin_host, node, {"op": "service.stop", "service": service}, f"stop {service} on {node}")
+    call_or_fail(db_url, key_path, admin_host, node, {"op": "service.stop", "service": service},
+                 f"stop {service} on {node}")
     click.echo(f"{service} stopped on {node}")
 
 
@@ -274,8 +280,9 @@ def service_stop(db_url: str, node: str, service: str, admin_host: str) -> None:
 @click.argument("node")
 @click.argument("service")
 @admin_host_option
-@db_options
-def service_start(db_url: str, node: str, service: str, admin_host: str) -> None:
+@db_key_options
+def service_start(db_url: str, key_path: Path, node: str, service: str, admin_host: str) -> None:
     """Start SERVICE on NODE."""
-    call_or_fail(db_url, admin_host, node, {"op": "service.start", "service": service}, f"start {service} on {node}")
+    call_or_fail(db_url, key_path, admin_host, node, {"op": "service.start", "service": service},
+                 f"start {service} on {node}")
     click.echo(f"{service} started on {node}")

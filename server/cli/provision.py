@@ -8,19 +8,33 @@ Rules of this module:
   SPEC §2) unless a node is failed over; then it says so and leaves users alone.
 - `group edit --ha on` stores the switch after checking the pair and the database
   replication; whether the critical services run is checked at runtime by the SRM.
+- Secrets (`server.cluster_key`): `cluster init` seals the new cluster's secret and CA
+  key with the cluster key, creating the key file (0600) unless one is there;
+  `db upgrade` seals what an older version stored in clear (creating the key file if
+  needed) and makes an SQLite file 0600; `cluster rotate-secret` replaces the secret,
+  then waits until each node it can reach answers the new admin token.
 """
 
 from __future__ import annotations
 
+import asyncio
+import os
+import time
 from pathlib import Path
 
 import click
 
 from presence_ha.db import assignments, clusters, groups, nodes, parameters, schema, srm_state
+from presence_ha.db.engine import make_sqlite_private
 from presence_ha.db.errors import FailoverInProgress
-from presence_ha.server.cli.common import db_options
+from presence_ha.server import cluster_key
+from presence_ha.server.cli.common import db_key_options, db_options
 from presence_ha.server.cli.database import echo_json, echo_table, json_help, json_option, on_off, open_session, run
-from presence_ha.server.tls import make_ca
+from presence_ha.server.cluster_key import ClusterKey
+from presence_ha.server.net.admin_rpc import AdminRpcError, admin_token, call_node
+
+ENV_ADMIN_HOST = "PRESENCE_HA_ADMIN_HOST"  # as `ha` (server.cli.ha)
+ROTATE_WAIT_S = 10.0  # nodes read the stored secret every 2 s (server.node.SECRET_REFRESH_S)
 
 PORT_OPTIONS = (
     ("--client-port", "client_port", "XMPP client-to-server port"),
@@ -38,11 +52,30 @@ def db_group() -> None:
 
 @db_group.command("upgrade")
 @click.option("--revision", default="head", show_default=True, help="Target Alembic revision.")
-@db_options
-def db_upgrade(db_url: str, revision: str) -> None:
-    """Bring the database to the latest schema (safe to run from two nodes at once)."""
+@db_key_options
+def db_upgrade(db_url: str, key_path: Path, revision: str) -> None:
+    """Bring the database to the latest schema (safe to run from two nodes at once).
+
+    A cluster secret or CA key an older version stored in clear is sealed with the
+    cluster key (the key file is created, 0600, if there is none); an SQLite file and
+    its -wal/-shm are made 0600."""
     reached = run(schema.upgrade(db_url, revision))
+    for path in make_sqlite_private(db_url):
+        click.echo(f"{path} made private (0600)")
     click.echo(f"database schema at revision {reached}")
+    if reached == schema.head_revision():
+        sealed, key = run(_seal_stored(db_url, key_path))
+        if sealed:
+            click.echo(f"{' and '.join(sealed)} sealed with the cluster key {key}: copy it (0600) to every "
+                       "node's host; the database alone no longer reveals them")
+
+
+async def _seal_stored(db_url: str, key_path: Path) -> tuple[list[str], Path]:
+    """What an older version stored in clear, sealed (the key needed only then)."""
+    async with open_session(db_url) as session:
+        if await clusters.find_cluster(session) is None or not await cluster_key.has_clear_values(session):
+            return [], key_path
+        return await cluster_key.seal_with(session, key_path), key_path
 
 
 @db_group.command("revision", epilog=json_help('{"current": REVISION or null, "head": REVISION, "at_head": bool}'))
@@ -65,25 +98,81 @@ def cluster_group() -> None:
 @cluster_group.command("init")
 @click.option("--name", required=True, help="Cluster name, 1-128 of A-Z a-z 0-9 _ . -")
 @click.option("--domain", required=True, help="XMPP domain served by every node (e.g. example.com).")
-@db_options
-def cluster_init(db_url: str, name: str, domain: str) -> None:
-    """Create the cluster with a fresh random shared secret; refuses if one exists."""
+@db_key_options
+def cluster_init(db_url: str, key_path: Path, name: str, domain: str) -> None:
+    """Create the cluster with a fresh random shared secret and CA; refuses if one exists.
 
-    async def go() -> clusters.ClusterInfo:
+    The secret and the CA's private key are stored sealed with the cluster key, a file
+    (mode 0600) created unless one is there: every node and every admin command needs
+    it, so copy it to each node's host (see --cluster-key)."""
+
+    async def go() -> tuple[clusters.ClusterInfo, ClusterKey]:
         async with open_session(db_url) as session:
-            info = await clusters.create_cluster(session, name, domain)
-            await clusters.cluster_ca(session, make_ca)
-            return info
+            await clusters.refuse_second_cluster(session)  # before a key file is made for nothing
+            key = ClusterKey.load_or_create(key_path)
+            return await cluster_key.create_cluster(session, name, domain, key), key
 
-    info = run(go())
+    info, key = run(go())
     click.echo(f"cluster {info.name!r} created for domain {info.domain}, with its own CA "
                "(`presence-ha cluster ca` prints the certificate clients should trust)")
+    click.echo(f"its secret and CA key are sealed with the cluster key {key.path} (mode 0600): every node "
+               "and admin command needs that file; copy it to each node's host")
+
+
+@cluster_group.command("rotate-secret")
+@click.option("--admin-host", default=lambda: os.environ.get(ENV_ADMIN_HOST, "127.0.0.1"), show_default="127.0.0.1",
+              help=f"Where the nodes' admin RPC listens, to confirm they switched (else ${ENV_ADMIN_HOST}).")
+@click.option("--wait", "wait_s", type=click.FloatRange(0, 600), default=ROTATE_WAIT_S, show_default=True,
+              help="Seconds to wait for each reachable node to answer the new admin token.")
+@db_key_options
+def cluster_rotate_secret(db_url: str, key_path: Path, admin_host: str, wait_s: float) -> None:
+    """Replace the cluster secret: a new admin token and new node-link credentials.
+
+    Running nodes read the new secret from the database within 2 s: from then on they
+    refuse the old admin token and authenticate new node links with the new secret,
+    while links up and connected clients stay as they are (no restart). A node that is
+    down takes it up at its next start. Then this command checks each node it can
+    reach at --admin-host (a node on another host switches by itself)."""
+    infos, secret = run(_rotate(db_url, key_path))
+    click.echo(f"cluster secret rotated (sealed with {key_path}); the old admin token is no longer valid")
+    outcome = run(_confirm(admin_host, infos, admin_token(secret), wait_s))
+    for name, note in outcome.items():
+        click.echo(f"node {name}: {note}")
+
+
+async def _rotate(db_url: str, key_path: Path) -> tuple[list[nodes.NodeInfo], str]:
+    async with open_session(db_url) as session:
+        key = ClusterKey.load(key_path)
+        await cluster_key.rotate_secret(session, key)
+        return await nodes.list_nodes(session), await cluster_key.cluster_secret(session, key)
+
+
+async def _confirm(host: str, infos: list[nodes.NodeInfo], token: str, wait_s: float) -> dict[str, str]:
+    """{node: whether it answers the new token}, polling each until `wait_s` is over."""
+
+    async def one(info: nodes.NodeInfo) -> str:
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                await call_node(host, info.ports.admin_port, token, {"op": "status", "node": info.name}, 2.0)
+                return "uses the new secret"
+            except AdminRpcError as exc:
+                if exc.status is None:  # nobody answers there
+                    return (f"not reachable at {host}:{info.ports.admin_port} (down, or on another host): it "
+                            "takes the new secret up by itself within 2 s, or at its next start")
+                if exc.status != 401:  # past authentication: the token is accepted
+                    return f"uses the new secret (and answered: {exc})"
+                if time.monotonic() > deadline:
+                    return f"still refuses the new admin token after {wait_s:g}s ({exc}): is its cluster key right?"
+            await asyncio.sleep(0.2)
+
+    return dict(zip([i.name for i in infos], await asyncio.gather(*(one(i) for i in infos)), strict=True))
 
 
 @cluster_group.command("ca")
 @click.option("--out", type=click.Path(dir_okay=False, writable=True), help="Write it to this file instead.")
-@db_options
-def cluster_ca(db_url: str, out: str | None) -> None:
+@db_key_options
+def cluster_ca(db_url: str, key_path: Path, out: str | None) -> None:
     """Print the cluster CA's certificate (PEM): trust it in clients, and every node is trusted.
 
     Nodes configured with `tls.cert_path`/`tls.key_path` (an ACME or enterprise
@@ -91,13 +180,17 @@ def cluster_ca(db_url: str, out: str | None) -> None:
 
     async def go() -> str:
         async with open_session(db_url) as session:
-            return (await clusters.cluster_ca(session, make_ca))[0]
+            # the key is needed only to make a CA (`cluster init` made one): not to print it
+            cert, _sealed_key = await clusters.cluster_ca(
+                session, lambda domain: cluster_key.sealed_ca(domain, ClusterKey.load(key_path)))
+            return cert
 
     pem = run(go())
     if out is None:
         click.echo(pem, nl=False)
     else:
         Path(out).write_text(pem)
+        Path(out).chmod(0o644)  # a certificate, meant to be handed out
         click.echo(f"cluster CA certificate written to {out}")
 
 

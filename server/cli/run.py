@@ -20,6 +20,10 @@ Rules of this module:
   is reported and started again after `--restart-delay` (systemd's
   `Restart=on-failure`), the others keep serving. Ctrl-C stops the nodes with SIGTERM
   (then SIGKILL).
+- Secrets at rest: `up` keeps its data directory 0700 and its files 0600 (the SQLite
+  file and its -wal/-shm, node logs, cluster.json with the demo passwords, TLS keys):
+  files made before are tightened too. The cluster secret and CA key are sealed with
+  `DIR/cluster.key` (`--cluster-key`; made on first use), which the nodes are given.
 """
 
 from __future__ import annotations
@@ -38,7 +42,8 @@ from pathlib import Path
 import click
 
 from presence_ha.db import clusters, groups, nodes, parameters, roster, schema, users
-from presence_ha.db.engine import sqlite_url_for
+from presence_ha.db.engine import make_sqlite_private, sqlite_url_for
+from presence_ha.server import cluster_key
 from presence_ha.server.cli.common import db_options
 from presence_ha.server.cli.database import open_session, run
 from presence_ha.server.cli.haproxy import Backend, ServiceAddress, haproxy_binary
@@ -46,7 +51,6 @@ from presence_ha.server.cli.provision import node_group
 from presence_ha.server.config import ConfigError, LimitsConfig, load_config
 from presence_ha.server.net.limits import AuthThrottle
 from presence_ha.server.node import NodeStartError, run_node
-from presence_ha.server.tls import make_ca
 
 START_DEADLINE_S = 30.0
 STOP_DEADLINE_S = 15.0
@@ -91,13 +95,18 @@ Client-port limits (the `limits` section; --set limits.KEY=VALUE):
 @click.option("--name", "node_name", help="Node name (else $PRESENCE_HA_NODE or the config file).")
 @click.option("--db", "db_url", metavar="URL", help="Database URL (else $PRESENCE_HA_DB, config, --data-dir).")
 @click.option("--data-dir", type=click.Path(file_okay=False), help="Data directory (SQLite file, TLS files).")
+@click.option("--cluster-key", "cluster_key_file", type=click.Path(dir_okay=False), metavar="PATH",
+              help=f"The cluster key (else ${cluster_key.ENV_CLUSTER_KEY}, else DATA_DIR/{cluster_key.KEY_FILE}).")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False, exists=True), help="TOML config file.")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="Override a config key, e.g. limits.auth_timeout_s=5.")
-def node_run(node_name: str | None, db_url: str | None, data_dir: str | None, config_file: str | None,
-             sets: tuple[str, ...]) -> None:
-    """Run node NAME: serve XMPP clients until SIGTERM/SIGINT, then shut down gracefully."""
-    flags = {"node_name": node_name, "db_url": db_url, "data_dir": data_dir}
+def node_run(node_name: str | None, db_url: str | None, data_dir: str | None, cluster_key_file: str | None,
+             config_file: str | None, sets: tuple[str, ...]) -> None:
+    """Run node NAME: serve XMPP clients until SIGTERM/SIGINT, then shut down gracefully.
+
+    The node opens the cluster secret and CA key in the database with the cluster key
+    file, which must be the one the cluster was created with (`cluster init`, `up`)."""
+    flags = {"node_name": node_name, "db_url": db_url, "data_dir": data_dir, "cluster_key": cluster_key_file}
     try:
         config = load_config(config_file, os.environ, flags, sets)
     except ConfigError as exc:
@@ -131,14 +140,16 @@ def node_metrics(db_url: str, name: str) -> None:
 
 
 async def provision_demo(db_url: str, domain: str, base_port: int, node_names: list[str],
-                         user_count: int) -> dict[str, str]:
-    """Create the schema, cluster, nodes, groups of two (HA on for pairs) and demo users."""
+                         user_count: int, key_path: Path) -> tuple[dict[str, str], list[str]]:
+    """Create the schema, cluster, nodes, groups of two (HA on for pairs) and demo users:
+    (their passwords, []). An existing cluster is left as it is, but what an older version
+    stored in clear is sealed: ({}, what was sealed)."""
     await schema.upgrade(db_url)
+    make_sqlite_private(db_url)
     async with open_session(db_url) as session:
         if await clusters.find_cluster(session) is not None:
-            return {}
-        await clusters.create_cluster(session, "demo", domain)
-        await clusters.cluster_ca(session, make_ca)
+            return {}, await cluster_key.seal_with(session, key_path)
+        await cluster_key.create_cluster(session, "demo", domain, cluster_key.ClusterKey.load_or_create(key_path))
         for index, name in enumerate(node_names):
             await nodes.add_node(session, name, base_port=base_port + index * nodes.PORT_STRIDE)
         for number, members in enumerate(pairs(node_names), start=1):
@@ -153,7 +164,7 @@ async def provision_demo(db_url: str, domain: str, base_port: int, node_names: l
             await roster.befriend(session, domain, circles[start : start + 100])
         await parameters.set_parameter(session, "relogin_lower_s", str(DEMO_RELOGIN_S[0]))  # lower first:
         await parameters.set_parameter(session, "relogin_upper_s", str(DEMO_RELOGIN_S[1]))  # lower <= upper
-    return passwords
+    return passwords, []
 
 
 def pairs(names: list[str]) -> list[list[str]]:
@@ -200,6 +211,9 @@ def stop_processes(processes: list[subprocess.Popen]) -> None:
 @click.option("--data-dir", required=True, type=click.Path(file_okay=False),
               help="Where the database, TLS files and logs go.")
 @click.option("--db", "db_url", metavar="URL", help="Use this database instead of DIR's SQLite file.")
+@click.option("--cluster-key", "cluster_key_file", type=click.Path(dir_okay=False), metavar="PATH",
+              help=f"The cluster key (else ${cluster_key.ENV_CLUSTER_KEY}, else DIR/{cluster_key.KEY_FILE}; "
+              "made if missing).")
 @click.option("--base-port", type=int, default=nodes.DEFAULT_BASE_PORT, show_default=True,
               help="First node's client port.")
 @click.option("--users", "user_count", type=click.IntRange(0, 100_000), default=10, show_default=True)
@@ -215,25 +229,29 @@ def stop_processes(processes: list[subprocess.Popen]) -> None:
 @click.option("--service-port", type=click.IntRange(0, 65535), default=SERVICE_PORT, show_default=True,
               help="The cluster's one client address (HAProxy in front of the nodes); 0: none.")
 @click.option("--service-host", default="127.0.0.1", show_default=True, help="Where the service address listens.")
-def up_command(data_dir: str, db_url: str | None, base_port: int, user_count: int, domain: str, node_count: int,
-               restart_delay_s: float, restart_max_delay_s: float, service_port: int, service_host: str) -> None:
+def up_command(data_dir: str, db_url: str | None, cluster_key_file: str | None, base_port: int, user_count: int,
+               domain: str, node_count: int, restart_delay_s: float, restart_max_delay_s: float, service_port: int,
+               service_host: str) -> None:
     """Provision (if empty) and run a local cluster of N nodes in pairs, until Ctrl-C.
 
     A node that dies is reported and started again after --restart-delay; meanwhile its
     peer serves its users (failover), and it comes back Failed Over until an admin's
     `ha fallback` (SPEC §6 rows 17-18). Ctrl-C stops every node."""
-    directory = Path(data_dir).resolve()
-    directory.mkdir(parents=True, exist_ok=True)
+    directory = private_directory(Path(data_dir).resolve())
     url = db_url or sqlite_url_for(directory)
+    key = cluster_key.key_path(cluster_key_file, directory).resolve()
     names = [f"node{i}" for i in range(1, node_count + 1)]
-    passwords = run(provision_demo(url, domain, base_port, names, user_count))
+    passwords, sealed = run(provision_demo(url, domain, base_port, names, user_count, key))
+    if sealed:
+        click.echo(f"{' and '.join(sealed)} (stored in clear by an older version) sealed with the cluster key {key}",
+                   err=True)
     domain, infos, relogin = run(cluster_layout(url))
     old = _read_previous_users(directory / "cluster.json")
     passwords = passwords or old
     for sig in (signal.SIGINT, signal.SIGTERM):  # `kill` stops the nodes as Ctrl-C does, and Ctrl-C
         signal.signal(sig, _interrupt)  # works even where a shell started `up` with SIGINT ignored
     proxy = _service_address(directory, domain, service_host, service_port, infos)
-    argv = {info.name: _node_argv(directory, url, info.name) for info in infos}
+    argv = {info.name: _node_argv(directory, url, key, info.name) for info in infos}
     supervisor = Supervisor(argv | ({SERVICE: proxy.argv()} if proxy else {}), directory, restart_delay_s,
                             max(restart_delay_s, restart_max_delay_s))
     try:
@@ -247,7 +265,7 @@ def up_command(data_dir: str, db_url: str | None, base_port: int, user_count: in
             if not all(s.startswith("UP") for s in states.values()):
                 click.echo(f"warning: the service address sees the nodes as {states or 'unknown'}", err=True)
         service = (proxy.host, proxy.port) if proxy is not None else None
-        _write_cluster_json(directory / "cluster.json", domain, url, infos, passwords, service)
+        _write_cluster_json(directory / "cluster.json", domain, url, infos, passwords, service, key)
         _print_welcome(domain, infos, passwords, directory, service)
         _say_relogin(relogin)
         supervisor.watch()
@@ -275,8 +293,24 @@ def _interrupt(_signum: int, _frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def _node_argv(directory: Path, url: str, name: str) -> list[str]:
-    return node_command("-v", "node", "run", "--name", name, "--db", url, "--data-dir", str(directory))
+def _node_argv(directory: Path, url: str, key: Path, name: str) -> list[str]:
+    return node_command("-v", "node", "run", "--name", name, "--db", url, "--data-dir", str(directory),
+                        "--cluster-key", str(key))
+
+
+def private_directory(directory: Path) -> Path:
+    """`up`'s data directory, made (or kept) 0700 with its log files 0600. An existing
+    directory is changed only if this user owns it and it is not a shared sticky one
+    (/tmp): there it is used as it is."""
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = directory.stat()
+    if info.st_uid == os.geteuid() and not info.st_mode & 0o1000 and info.st_mode & 0o077:
+        directory.chmod(0o700)
+        click.echo(f"{directory} made private (0700): it holds the database, keys and demo passwords", err=True)
+    for path in directory.glob("*.log"):
+        if path.stat().st_mode & 0o077:
+            path.chmod(0o600)
+    return directory
 
 
 class Supervisor:
@@ -303,7 +337,8 @@ class Supervisor:
         return self.directory / f"{name}.log"
 
     def spawn(self, name: str) -> subprocess.Popen:
-        with open(self.log_path(name), "ab") as log:  # the child keeps its own descriptor
+        fd = os.open(self.log_path(name), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        with os.fdopen(fd, "ab") as log:  # the child keeps its own descriptor
             self.log_offset[name] = log.tell()
             process = subprocess.Popen(self.argv[name], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self.processes[name], self.started_at[name] = process, time.monotonic()
@@ -429,19 +464,22 @@ def _read_previous_users(path: Path) -> dict[str, str]:
 
 
 def _write_cluster_json(path: Path, domain: str, url: str, infos: list[nodes.NodeInfo], passwords: dict[str, str],
-                        service: tuple[str, int] | None = None) -> None:
+                        service: tuple[str, int] | None = None, key: Path | None = None) -> None:
     data = {
         "domain": domain,
         "service": {"host": service[0], "port": service[1]} if service else None,
         "database_url": url,
+        "cluster_key": str(key) if key else None,
         "nodes": [
             {"name": n.name, "host": n.host, "client_port": n.ports.client_port, "metrics_port": n.ports.metrics_port}
             for n in infos
         ],
         "users": [{"username": u, "jid": f"{u}@{domain}", "password": p} for u, p in sorted(passwords.items())],
     }
-    path.write_text(json.dumps(data, indent=2) + "\n")
-    path.chmod(0o600)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    path.chmod(0o600)  # written before with another mode
+    with os.fdopen(fd, "w") as fh:
+        fh.write(json.dumps(data, indent=2) + "\n")
 
 
 def _print_welcome(domain: str, infos: list[nodes.NodeInfo], passwords: dict[str, str], directory: Path,

@@ -22,6 +22,7 @@ Rules of this module:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import random
@@ -93,6 +94,13 @@ class LinkMesh:
             client.start()
         log.info("cluster links of %s: listening on %s:%d (%s), dialing %s", self.config.local_name, host, port,
                  "TLS 1.3, cluster CA" if self._tls else "no TLS", ", ".join(sorted(self.channels)) or "nobody")
+
+    def set_secret(self, secret: bytes) -> None:
+        """New links authenticate with `secret` (a rotated cluster secret); links up stay up."""
+        self.config = dataclasses.replace(self.config, secret=secret)
+        for endpoint in (self._server, *self._clients):
+            if endpoint is not None:
+                endpoint.set_secret(secret)
 
     @property
     def heartbeat_interval_s(self) -> float:

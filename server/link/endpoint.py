@@ -45,6 +45,7 @@ Rules of this module:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import re
 import ssl
@@ -193,6 +194,11 @@ class Endpoint:
 
     def _in_flight(self, peer: str) -> int:
         return self._links.in_flight(peer)
+
+    def set_secret(self, secret: bytes) -> None:
+        """Authenticate connections made from now on with `secret` (a rotated cluster
+        secret); established connections keep their keys and stay up."""
+        self._links.config = dataclasses.replace(self._links.config, secret=secret)
 
     async def _send(self, peer: str, kind: Kind, payload: bytes) -> None:
         while not self._closed and self._links.in_flight(peer) >= self._opt.window:

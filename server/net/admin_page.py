@@ -19,6 +19,9 @@ Rules of this module:
   over its last database read (users, event log), with `"database": {"ok": false}`.
 - Every refusal is one log line with the peer address; an error answer never has a
   stack trace.
+- `rekey(server, secret)` switches the node's admin port to the token of a rotated
+  cluster secret: the old token is refused from then on, and every session logged in
+  with it is void (its MAC was keyed with the old token).
 """
 
 from __future__ import annotations
@@ -315,3 +318,14 @@ def build_admin_server(
     local = NodeOperations(node_name, srm, services, sessions)
     backend = NodeBackend(node_name, token, local, session_factory, peer_host)
     return AdminServer(token, local, AdminPage(node_name, token, backend))
+
+
+def rekey(server: AdminServer, secret: str) -> None:
+    """Accept only the admin token of `secret` from now on (a rotated cluster secret)."""
+    token = admin_token(secret)
+    server.token = token
+    page = server.page
+    if isinstance(page, AdminPage):
+        page.token = token
+        if isinstance(page.backend, NodeBackend):
+            page.backend.token = token

@@ -73,6 +73,13 @@ class PeerChannel:
                 on_up=self._on_up, on_down=self._on_down, options=link_options(timers), tls=self._tls)
             self._client.start()
 
+    def set_secret(self, secret: bytes) -> None:
+        """New connections to and from the peer authenticate with `secret`; the one up stays."""
+        self._secret = secret
+        for endpoint in (self._server, self._client):
+            if endpoint is not None:
+                endpoint.set_secret(secret)
+
     @property
     def up(self) -> bool:
         """The link to the peer's SRM is established now (the peer process is alive)."""

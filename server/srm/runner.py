@@ -166,6 +166,10 @@ class SrmRunner:
         self._rebuilt_at = float("-inf")  # when the SRM last (re)started (`_stale_report`)
         self._handover = Handover(node, clients, self._spawn)
 
+    def set_secret(self, secret: bytes) -> None:
+        """The peer link authenticates new connections with `secret` (a rotated cluster secret)."""
+        self._peer.set_secret(secret)
+
     # --- lifecycle -----------------------------------------------------------------
 
     async def start(self) -> None:

@@ -420,6 +420,29 @@ def db_call(db_url: str, fn: Callable[[Any], Awaitable[T]]) -> T:
         return pool.submit(asyncio.run, go()).result()
 
 
+def cluster_key_of(db_url: str):
+    """This test's cluster key ($PRESENCE_HA_CLUSTER_KEY, tests/integration/conftest.py)."""
+    from presence_ha.server.cluster_key import ClusterKey, key_path
+
+    return ClusterKey.load(key_path(None, None, db_url))
+
+
+def cluster_secret(db_url: str) -> str:
+    """The cluster secret in clear, opened with this test's cluster key."""
+    from presence_ha.server import cluster_key
+
+    key = cluster_key_of(db_url)
+    return db_call(db_url, lambda session: cluster_key.cluster_secret(session, key))
+
+
+def cluster_ca(db_url: str) -> tuple[str, str]:
+    """The cluster CA (certificate PEM, key PEM in clear), opened with this test's cluster key."""
+    from presence_ha.server import cluster_key
+
+    key = cluster_key_of(db_url)
+    return db_call(db_url, lambda session: cluster_key.cluster_ca(session, key))
+
+
 def ha_states(db_url: str, names: tuple[str, ...] = ("n1", "n2")) -> dict[str, tuple[str, str] | None]:
     """{node: (state, reason)} as the SRMs persisted them."""
     from presence_ha.db import srm_state

@@ -31,11 +31,10 @@ from pathlib import Path
 
 import pytest
 
-from presence_ha.db.clusters import cluster_secret
 from presence_ha.server.net.admin_rpc import admin_token
 from tests.conftest import IN_CI
-from tests.integration.cluster import RawClient
-from tests.integration.test_admin_pair import HaPair, db_read, start_pair
+from tests.integration.cluster import RawClient, cluster_secret
+from tests.integration.test_admin_pair import HaPair, start_pair
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -167,7 +166,7 @@ class Page:
 
 
 def test_live_page_login_counters_failover_countdown_and_recovery(pair: HaPair, browser) -> None:
-    token = admin_token(db_read(pair.db_url, cluster_secret))
+    token = admin_token(cluster_secret(pair.db_url))
     base = f"http://127.0.0.1:{pair.ports['n1'][2]}/"
     page = Page(browser, base)
     clients = ClientThread()

@@ -35,7 +35,7 @@ from sqlalchemy.engine import make_url
 
 from presence_ha.db import srm_state, users
 from presence_ha.db.engine import make_engine, make_session_factory
-from tests.integration.cluster import DOMAIN, NodeProcess, cli, free_ports, poll_until
+from tests.integration.cluster import DOMAIN, NodeProcess, cli, cluster_secret, free_ports, poll_until
 from tests.integration.faultproxy import FaultProxy
 
 NAMES = ("n1", "n2")
@@ -247,7 +247,7 @@ class HaPair:
         """Restart only node `name`'s SRM (the Recovery operation on one node)."""
         from presence_ha.server.net.admin_rpc import admin_token, call_node  # the same client as the CLI
 
-        secret = db_read(self.db_url, _cluster_secret)
+        secret = cluster_secret(self.db_url)
         asyncio.run(call_node("127.0.0.1", self.ports[name][2], admin_token(secret), {"op": "recover", "node": name}))
 
     def cut_database(self, name: str) -> None:
@@ -292,12 +292,6 @@ class HaPair:
         else:
             run_sql(self.db_url,
                     f"CREATE TRIGGER {MOVE_TRIGGER} BEFORE UPDATE OF active_node_id ON users BEGIN {body} END")
-
-
-async def _cluster_secret(session) -> str:
-    from presence_ha.db.clusters import cluster_secret
-
-    return await cluster_secret(session)
 
 
 def start_pair(db_url: str, tmp_path: Path, params: dict[str, object] | None = None) -> HaPair:

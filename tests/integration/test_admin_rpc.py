@@ -20,10 +20,10 @@ import urllib.request
 
 import pytest
 
-from presence_ha.db.clusters import cluster_secret
 from presence_ha.server.net.admin_rpc import MAX_BODY_BYTES, admin_token
 from tests.conftest import _new_postgres_url, _pg_drop
-from tests.integration.test_admin_pair import HaPair, db_read, is_postgres, start_pair
+from tests.integration.cluster import cluster_secret
+from tests.integration.test_admin_pair import HaPair, is_postgres, start_pair
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -40,7 +40,7 @@ def pair(request, tmp_path_factory):
 
 
 def token(pair: HaPair) -> str:
-    return admin_token(db_read(pair.db_url, cluster_secret))
+    return admin_token(cluster_secret(pair.db_url))
 
 
 def raw(pair: HaPair, node: str, data: bytes) -> tuple[int, bytes]:

@@ -22,11 +22,10 @@ from pathlib import Path
 
 import pytest
 
-from presence_ha.db import clusters
 from presence_ha.server.link import Kind, LinkClient, LinkConfig, LinkOptions, LinkRejected
-from presence_ha.server.tls import ensure_link_certificate, link_tls, make_ca
+from presence_ha.server.tls import ensure_link_certificate, link_tls
 
-from .cluster import DOMAIN, FAST_LIMITS, Cluster, NodeProcess, cli, db_call, free_ports, wait_until
+from .cluster import DOMAIN, FAST_LIMITS, Cluster, NodeProcess, cli, cluster_ca, free_ports, wait_until
 from .faultproxy import FaultProxy
 
 slixmpp = pytest.importorskip("slixmpp")
@@ -300,7 +299,7 @@ async def test_unauthenticated_peers_are_rejected(grid, tmp_path):
     refusals) the link's own handshake still refuses a wrong secret and a node name that
     is not a peer."""
     port = grid.link_ports["n1"]
-    ca = db_call(grid.db_url, lambda session: clusters.cluster_ca(session, make_ca))
+    ca = cluster_ca(grid.db_url)
     options = LinkOptions(heartbeat_interval_s=0.2, dead_after_s=3, handshake_timeout_s=3, connect_timeout_s=3,
                           backoff_initial_s=0.5, backoff_max_s=1)
     downs: dict[str, list] = {"secret": [], "name": []}

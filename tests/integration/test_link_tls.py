@@ -19,11 +19,12 @@ from pathlib import Path
 
 import pytest
 
-from presence_ha.db import clusters, nodes
+from presence_ha.db import nodes
 from presence_ha.server.tls import issue, make_ca
 
 from .cluster import (  # noqa: F401 (fixtures)
     FAST_LIMITS,
+    cluster_ca,
     cluster_factory,
     db_call,
     ha_pair_factory,
@@ -36,7 +37,7 @@ LOG_DEADLINE_S = 15.0
 
 
 def _ca(db_url: str) -> tuple[str, str]:
-    return db_call(db_url, lambda session: clusters.cluster_ca(session, make_ca))
+    return cluster_ca(db_url)
 
 
 def _ports(db_url: str, name: str) -> tuple[int, int]:

@@ -102,7 +102,8 @@ def test_cluster_json_adds_lab_hosts_to_the_up_format(tmp_path):
     lab = Lab(tmp_path, LabNet(0), SECRETS)
     nodes = [LabNode("n1", lab.net.host("h1"), 15222, 15226), LabNode("n2", lab.net.host("h2"), 15232, 15236)]
     data = lab.cluster_json("lab.test", nodes, {"user1": "pw1"})
-    assert set(data) == {"domain", "database_url", "nodes", "users", "lab"}
+    assert set(data) == {"domain", "database_url", "cluster_key", "nodes", "users", "lab"}
+    assert data["cluster_key"] == str(tmp_path / "cluster.key")
     assert data["nodes"][1] == {"name": "n2", "host": "198.18.0.2", "client_port": 15232, "metrics_port": 15236,
                                 "lab_host": "h2", "netns": "phalab0-h2"}
     assert data["users"] == [{"username": "user1", "jid": "user1@lab.test", "password": "pw1"}]
