@@ -219,12 +219,13 @@ async def active_nodes_and_epoch(url: str) -> tuple[dict[str, str | None], int]:
 
 def live_states(the_lab: Lab, url: str) -> dict[str, tuple[str, str]]:
     """Each node's SRM state as it runs, not as stored: `ha status` inside the node's
-    host, where its admin RPC listens (on the host's loopback)."""
-    script = str(Path(sys.executable).with_name("presence-ha"))
+    host, where its admin RPC listens (on the host's loopback), with that host's copy of
+    the cluster key."""
+    assert url == the_lab.db_url
     states = {}
     for name, host in NODE_HOSTS.items():
-        argv = netns.ns_argv(the_lab.net.host(host), [script, "ha", "status", "--json", "--db", url])
-        result = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=True)
+        result = the_lab.presence_ha(host, "ha", "status", "--json")
+        assert result.returncode == 0, result.stderr
         (group,) = json.loads(result.stdout)["groups"]
         (node,) = [n for n in group["nodes"] if n["name"] == name]
         assert node["alive"], f"{name}'s admin RPC did not answer inside {host}"
