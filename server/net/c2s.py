@@ -446,6 +446,10 @@ class Connection:
             error = StanzaError(Condition.INTERNAL_SERVER_ERROR, "database unavailable")
         self.stream.registration_done(error)
 
+    async def _on_bind_requested(self, event: ev.BindRequested) -> None:
+        # A relayed session is counted where it is served (`RelayHost` refuses it there).
+        self.stream.bind_done(None if self.relay_node is not None else await self.port.bind_refusal(event.jid))
+
     async def _on_resource_bound(self, event: ev.ResourceBound) -> None:
         self._leave_gate(completed=True)
         if self.relay_node is not None:
@@ -625,6 +629,7 @@ _HANDLERS: dict[type[ev.Event], Callable[[Connection, Any], Awaitable[None]]] = 
     ev.PasswordVerified: Connection._on_password_verified,
     ev.AuthFailed: Connection._on_auth_failed,
     ev.RegistrationRequested: Connection._on_registration_requested,
+    ev.BindRequested: Connection._on_bind_requested,
     ev.ResourceBound: Connection._on_resource_bound,
     ev.ResumeRequested: Connection._on_resume_requested,
     ev.SessionResumed: Connection._on_session_resumed,
