@@ -9,8 +9,8 @@ Rules of this module:
   `CONDITIONS`, which cites the RFC the answer follows:
   - roster items (`roster_max_items`): `not-allowed` (RFC 6121 §2.3.3 lets the server
     refuse a roster set it will not perform; the client may not add more), to a roster
-    set, or as a presence error to an outbound subscription stanza that would add an
-    item (subscribe, pre-approval);
+    set, or as a presence error to a subscription stanza that would add an item
+    (subscribe, approval of a request, pre-approval);
   - an item's name and groups over `roster_item_max_bytes`: `not-acceptable` (§2.3.3:
     a name or group over a server-configured limit);
   - unanswered inbound subscription requests (`max_pending_subscriptions`):

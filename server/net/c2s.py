@@ -13,8 +13,10 @@ Rules of this module:
   it gets `resource-constraint` in answer to its stream header, before TLS
   (`ClientPort.admit`).
 - A value the peer chose is logged through `untrusted` (escaped, truncated).
-- After bind the connection registers a `Session` through the `ClientPort`, feeds
-  stanzas to `router.dispatch` in arrival order (RFC 6120 §10.1), and on the way out
+- A bind waits for the port's answer (`ClientPort.bind_refusal`: the account's
+  resource quota, `server.quotas`); after bind the connection registers a `Session`
+  through the `ClientPort`, feeds stanzas to `router.dispatch` in arrival order
+  (RFC 6120 §10.1), and on the way out
   either detaches the session for XEP-0198 resumption (connection lost with
   resumption on) or ends it (`SessionClosed`, graceful when the stream was closed
   cleanly).

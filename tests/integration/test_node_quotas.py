@@ -285,3 +285,35 @@ async def test_sessions_of_one_account_are_bounded(cluster_factory):  # noqa: F8
           f"{outcomes.count('resource-constraint')} refused; normal client served in {took:.3f}s; RSS +{growth:.1f} MB")
     assert took < SERVED_WITHIN_S, f"normal login + message took {took:.2f}s"
     assert growth < RSS_GROWTH_MB, f"RSS grew {growth:.1f} MB"
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_a_relayed_session_counts_where_it_is_served(db_url, tmp_path):
+    """alice is served by n2 (another group); two sessions there fill her quota of 2, so
+    a third one relayed through n1 is refused by n2: n1 ends its stream (`reset`, with
+    the quota's text: the link protocol carries a reason, not a condition)."""
+    from tests.integration.cluster import Cluster, NodeProcess
+    from tests.integration.test_cluster_im import password, provision_groups
+
+    placement = {"alice": "n2", "bob": "n1"}
+    ports = provision_groups(db_url, tmp_path, placement, {"g1": ("n1",), "g2": ("n2",)})
+    sets = (*FAST_LIMITS, "quotas.max_sessions_per_user=2")
+    procs = {name: NodeProcess(name, p[0], p[4], tmp_path, db_url, sets) for name, p in ports.items()}
+    cluster = Cluster(db_url, DOMAIN, tmp_path, procs, {u: password(u) for u in placement})
+    clients: list[RawClient] = []
+    try:
+        for proc in procs.values():
+            proc.start()
+        for i in range(2):
+            clients.append(await connect_from(procs["n2"], ATTACKER))
+            await clients[-1].login("alice", password("alice"), resource=f"direct{i}")
+        relayed = await connect_from(procs["n1"], ATTACKER)
+        clients.append(relayed)
+        await relayed.login("alice", password("alice"), resource="relayed")
+        assert await relayed.stream_error() == "reset"
+        await relayed.closed()
+        assert "limit of 2 connected resources" in relayed.buffer
+    finally:
+        for client in clients:
+            client.close()
+        cluster.stop()
