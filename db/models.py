@@ -21,6 +21,7 @@ from sqlalchemy import (
     Boolean,
     DateTime,
     ForeignKey,
+    Index,
     Integer,
     LargeBinary,
     MetaData,
@@ -193,10 +194,14 @@ class OfflineMessage(Base):
     """A message stored for a user with no available resource (RFC 6121 §8.5.2)."""
 
     __tablename__ = "offline_messages"
+    # The quota check of each stored message counts and sums a user's rows from this
+    # index alone (db.offline), without reading the stored stanzas.
+    __table_args__ = (Index("ix_offline_messages_user_id_bytes", "user_id", "bytes"),)
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
-    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
     stanza: Mapped[str] = mapped_column(Text)
+    bytes: Mapped[int] = mapped_column(Integer, server_default="0")  # UTF-8 size of `stanza` (quota)
     created_at: Mapped[dt.datetime] = _now()
 
 

@@ -6,7 +6,8 @@ Rules of this module:
   microseconds (a takeover stores and takes messages in bursts).
 - Messages keep their arrival order (the autoincrement id); `take_by_name` returns and
   deletes them in one statement, so a message is handed out once, whichever node asks.
-- The per-user cap is part of the storing statement (`store_by_name`).
+- The per-user caps (messages and bytes, `quotas.offline_*`) are part of the storing
+  statement (`store_by_name`); each row keeps its size in `bytes` for them.
 """
 
 from __future__ import annotations
@@ -21,24 +22,33 @@ _COUNT = select(func.count()).select_from(OfflineMessage).where(OfflineMessage.u
 
 
 def _store_statement():
-    """One message stored for the user named :name of :domain's cluster, unless it has
-    :limit stored already: a single statement, so SQLite's write lock is held for
-    microseconds, not across round trips (offline storage bursts during a takeover)."""
+    """One message stored for the user named :name of :domain's cluster, unless that
+    would take it over :limit messages or :max_bytes stored bytes: a single statement,
+    so SQLite's write lock is held for microseconds, not across round trips (offline
+    storage bursts during a takeover). The count and the sum read the (user_id, bytes)
+    index only, never the stored stanzas."""
     cluster = select(Cluster.id).where(Cluster.domain == bindparam("domain")).scalar_subquery()
-    stored = select(func.count()).select_from(OfflineMessage).where(OfflineMessage.user_id == User.id)
-    rows = select(User.id, bindparam("stanza", type_=Text)).where(
+    mine = OfflineMessage.user_id == User.id
+    stored = select(func.count()).select_from(OfflineMessage).where(mine).scalar_subquery()
+    stored_bytes = select(func.coalesce(func.sum(OfflineMessage.bytes), 0)).where(mine).scalar_subquery()
+    size = bindparam("size", type_=Integer)
+    rows = select(User.id, bindparam("stanza", type_=Text), size).where(
         User.cluster_id == cluster, User.username == bindparam("name"),
-        stored.scalar_subquery() < bindparam("limit", type_=Integer))
-    return insert(OfflineMessage).from_select(["user_id", "stanza"], rows)
+        stored < bindparam("limit", type_=Integer),
+        stored_bytes + size <= bindparam("max_bytes", type_=Integer))
+    return insert(OfflineMessage).from_select(["user_id", "stanza", "bytes"], rows)
 
 
 _STORE = _store_statement()
 
 
-def store_by_name(conn: Connection, domain: str, username: str, stanza: str, limit: int) -> bool | None:
+def store_by_name(conn: Connection, domain: str, username: str, stanza: str, limit: int,
+                  max_bytes: int) -> bool | None:
     """Hot path (`db.hotpath`): keep `stanza` for `username`; False if it has `limit`
-    stored already, None if there is no such account."""
-    params = {"domain": domain, "name": username, "stanza": stanza, "limit": limit}
+    stored already or `stanza` would take its stored bytes over `max_bytes`, None if
+    there is no such account."""
+    params = {"domain": domain, "name": username, "stanza": stanza, "size": len(stanza.encode()),
+              "limit": limit, "max_bytes": max_bytes}
     if conn.execute(_STORE, params).rowcount:
         return True
     return False if user_id_of(conn, domain, username) is not None else None

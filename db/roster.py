@@ -21,7 +21,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Select, bindparam, delete, insert, select
+from sqlalchemy import Select, bindparam, delete, func, insert, select
 from sqlalchemy.engine import Connection, Row
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -147,6 +147,22 @@ async def put_item(session: AsyncSession, uid: int, row: RosterRow) -> None:
     item.approved = row.approved
     item.groups = json.dumps(list(row.groups))
     await session.flush()
+
+
+_ITEM_COUNT = select(func.count()).select_from(RosterItem).where(RosterItem.user_id == bindparam("uid"))
+_PENDING_COUNT = (select(func.count()).select_from(PendingSubscription)
+                  .where(PendingSubscription.user_id == bindparam("uid")))
+
+
+async def count_items(session: AsyncSession, uid: int) -> int:
+    """How many roster items `uid` has (the quota check of a new item: read from the
+    (user_id, contact_jid) unique index, only when an item is about to be added)."""
+    return (await session.execute(_ITEM_COUNT, {"uid": uid})).scalar_one()
+
+
+async def count_pending(session: AsyncSession, uid: int) -> int:
+    """How many inbound requests of `uid` wait for an answer (quota check, as above)."""
+    return (await session.execute(_PENDING_COUNT, {"uid": uid})).scalar_one()
 
 
 async def delete_item(session: AsyncSession, uid: int, contact: str) -> bool:

@@ -23,7 +23,10 @@ Rules of this module:
   `connect_timeout_s`, `backoff_initial_s`, `backoff_max_s`, `ack_delay_s`, and
   `dial`, "n2=host:port,..." to dial a peer elsewhere than its registered address),
   `sm_replication` (XEP-0198 state copied to the backup node: `enabled`,
-  `sync_timeout_s`, `max_unacked`, `takeover_wait_s`, `sweep_s`, `backup_refresh_s`).
+  `sync_timeout_s`, `max_unacked`, `takeover_wait_s`, `sweep_s`, `backup_refresh_s`),
+  `quotas` (what one account may store or hold: `roster_max_items`,
+  `roster_item_max_bytes`, `max_pending_subscriptions`, `offline_max_messages`,
+  `offline_max_bytes`, `max_sessions_per_user`; enforced by `server.quotas`' users).
 """
 
 from __future__ import annotations
@@ -153,6 +156,24 @@ class SmReplicationConfig:
     backup_refresh_s: float = 5.0  # how often the backup node is read from the database
 
 
+@dataclass(frozen=True)
+class QuotasConfig:
+    """What one account may store or hold (server.quotas; README "Quotas").
+
+    The defaults are generous for people and tight for a script: ejabberd's
+    mod_offline keeps 100 messages per user by default (access_max_user_messages),
+    Prosody and ejabberd leave rosters and resources unbounded unless configured
+    (ejabberd's max_user_sessions, Prosody's mod_limits).
+    """
+
+    roster_max_items: int = 2000  # a new item beyond: not-allowed (roster set) / presence error
+    roster_item_max_bytes: int = 4096  # UTF-8 bytes of name + groups; beyond: not-acceptable
+    max_pending_subscriptions: int = 250  # unanswered inbound requests kept; beyond: resource-constraint
+    offline_max_messages: int = 200  # stored per user; beyond: service-unavailable (XEP-0160 §3)
+    offline_max_bytes: int = 1024 * 1024  # stored bytes per user; beyond: service-unavailable
+    max_sessions_per_user: int = 10  # resources of one account on a node; beyond: resource-constraint at bind
+
+
 def parse_dial(text: str) -> dict[str, tuple[str, int]]:
     """`{node: (host, port)}` from "n2=host:port, n3=[::1]:5" (ConfigError `links.dial`)."""
     result: dict[str, tuple[str, int]] = {}
@@ -180,6 +201,7 @@ class NodeConfig:
     cluster: ClusterTimers = field(default_factory=ClusterTimers)
     links: LinksConfig = field(default_factory=LinksConfig)
     sm_replication: SmReplicationConfig = field(default_factory=SmReplicationConfig)
+    quotas: QuotasConfig = field(default_factory=QuotasConfig)
 
     @property
     def data_path(self) -> Path:
@@ -205,6 +227,8 @@ _POSITIVE = {
     "links.connect_timeout_s", "links.backoff_initial_s", "links.backoff_max_s", "links.ack_delay_s",
     "sm_replication.sync_timeout_s", "sm_replication.max_unacked", "sm_replication.takeover_wait_s",
     "sm_replication.sweep_s", "sm_replication.backup_refresh_s",
+    "quotas.roster_max_items", "quotas.roster_item_max_bytes", "quotas.max_pending_subscriptions",
+    "quotas.offline_max_messages", "quotas.offline_max_bytes", "quotas.max_sessions_per_user",
 }
 
 

@@ -20,13 +20,12 @@ from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from presence_ha.db.roster import RosterRow
+    from presence_ha.server.config import QuotasConfig
     from presence_ha.server.router import Router
     from presence_ha.server.sessions import Session, SessionRegistry
     from presence_ha.server.store import BackupProfile, StoredPresence, SubscriptionState, SubscriptionUpdate
     from presence_ha.server.xmpp.jid import JID
     from presence_ha.server.xmpp.stanzas import Subscription
-
-OFFLINE_MESSAGE_LIMIT = 200  # stored messages per user (RFC 6121 §8.5.2.2), unless settings say otherwise
 
 
 class FeatureStore(Protocol):
@@ -49,7 +48,7 @@ class FeatureStore(Protocol):
     async def pending_requests(self, user: JID) -> list[ET.Element]: ...
 
     # offline messages (RFC 6121 §8.5.2.2)
-    async def store_offline(self, user: JID, stanza: ET.Element, limit: int) -> bool: ...
+    async def store_offline(self, user: JID, stanza: ET.Element) -> bool: ...
     async def pop_offline(self, user: JID) -> list[ET.Element]: ...
 
     # shared presence records
@@ -81,7 +80,7 @@ class FeatureSettings(Protocol):
     """The settings features read (the node's `NodeSettings`)."""
 
     @property
-    def offline_message_limit(self) -> int: ...
+    def quotas(self) -> QuotasConfig: ...  # per-account limits (the store enforces the stored ones)
 
 
 @dataclass

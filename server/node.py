@@ -39,8 +39,8 @@ from presence_ha.server.auth import Accounts
 from presence_ha.server.cluster import ClusterLinks, ClusterService, load_peers
 from presence_ha.server.cluster_key import SECRET, ClusterKey, ClusterKeyError
 from presence_ha.server.cluster_key import cluster_ca as open_cluster_ca
-from presence_ha.server.config import NodeConfig
-from presence_ha.server.context import OFFLINE_MESSAGE_LIMIT, FeatureContext
+from presence_ha.server.config import NodeConfig, QuotasConfig
+from presence_ha.server.context import FeatureContext
 from presence_ha.server.features import FEATURE_MODULES
 from presence_ha.server.link.secure import LinkTls
 from presence_ha.server.metrics import HaSample, Metrics
@@ -88,7 +88,10 @@ class NodeSettings:
     parameters: dict[str, Any]
     host: str
     client_port: int
-    offline_message_limit: int = OFFLINE_MESSAGE_LIMIT
+
+    @property
+    def quotas(self) -> QuotasConfig:
+        return self.config.quotas
 
 
 def build_router(modules: list[str] = FEATURE_MODULES, remote: RemoteRoute | None = None) -> Router:
@@ -157,7 +160,7 @@ class Node:
         links = ClusterLinks(info.name, secret.encode(), (host, info.ports.link_port), peers, self.config,
                              self.session_factory, self.hot, self.link_tls)
         router = build_router(remote=links.route)
-        store = Store(self.session_factory, self.hot, cluster.domain, info.name)
+        store = Store(self.session_factory, self.hot, cluster.domain, info.name, quotas=self.config.quotas)
         self.ctx = FeatureContext(cluster.domain, info.name, router, self.sessions, store, self.metrics, settings)
         accounts = Accounts(self.session_factory, info.name, self.hot)
         replicas, hosted = links.replication(self.ctx), links.hosted_sessions(self.ctx)

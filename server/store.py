@@ -15,6 +15,13 @@ Rules of this module:
 - Subscription changes are read-modify-write under a row lock in one transaction: the
   caller passes a pure `change(old) -> new` (the RFC 6121 Appendix A table) and gets
   both states back, so concurrent nodes never lose an update.
+- Quotas (`server.quotas`, limits from `config.QuotasConfig`) are checked in the
+  transaction that would go over them: a new roster item (roster set, or a
+  subscription change that needs a row) against `roster_max_items`, an item's name
+  and groups against `roster_item_max_bytes`, a new pending inbound request against
+  `max_pending_subscriptions`, an offline message against the message and byte caps.
+  Over a limit nothing is written and `QuotaExceeded` is raised (offline: False).
+  Counting costs one indexed count, and only for writes that add something.
 - Stored stanzas are serialized with `server.xmpp.stanzas.serialize` (no `ns0:`
   prefixes) and parsed back with the same Clark-notation conventions.
 - Hot-path reads of the presence feature (`contacts`, `subscription_of`) come from a
@@ -39,7 +46,9 @@ from presence_ha.db import groups, nodes, offline, parameters, presence, roster,
 from presence_ha.db.engine import translate_errors
 from presence_ha.db.hotpath import HotPath
 from presence_ha.db.roster import RosterRow
+from presence_ha.server.config import QuotasConfig
 from presence_ha.server.presence_writes import GroupCommit
+from presence_ha.server.quotas import MAX_STORED_REQUEST_BYTES, Quota, QuotaExceeded, check_item
 from presence_ha.server.roster_cache import Roster, RosterCache
 from presence_ha.server.xmpp.jid import JID
 from presence_ha.server.xmpp.stanzas import Subscription, serialize
@@ -93,15 +102,18 @@ def _needs_row(state: SubscriptionState) -> bool:
     return state.subscription is not Subscription.NONE or state.pending_out or state.approved
 
 
+_REQUEST_KEYS = ("from", "to", "type", "id")  # what a subscription request kept without its payload keeps
+DEFAULT_QUOTAS = QuotasConfig()
 ROSTER_CACHE_TTL_S = 30.0  # bounds staleness after another node wrote a roster (roster_cache)
 
 
 class Store:
     def __init__(
         self, sessions: async_sessionmaker[AsyncSession], hot: HotPath, domain: str, node_name: str | None = None,
-        roster_cache_ttl_s: float = ROSTER_CACHE_TTL_S,
+        roster_cache_ttl_s: float = ROSTER_CACHE_TTL_S, quotas: QuotasConfig = DEFAULT_QUOTAS,
     ) -> None:
         self._sessions = sessions
+        self.quotas = quotas
         self._hot = hot  # the per-broadcast writes (db.hotpath)
         self.domain = domain
         self.node_name = node_name  # recorded on presence rows this node writes
@@ -148,14 +160,25 @@ class Store:
             return await roster.get_item(s, await self._uid(s, user), str(contact.bare))
 
     async def set_roster_item(self, user: JID, contact: JID, name: str | None, groups: Iterable[str]) -> RosterRow:
-        """Create or update the item's name and groups; its subscription is kept."""
+        """Create or update the item's name and groups; its subscription is kept.
+        Raises `QuotaExceeded` for an item too big or one item too many."""
+        groups = tuple(groups)
+        check_item(name, groups, self.quotas.roster_item_max_bytes)
         async with self._tx() as s:
             uid = await self._uid(s, user)
-            old = await roster.get_item(s, uid, str(contact.bare), lock=True) or RosterRow(str(contact.bare))
-            row = dataclasses.replace(old, name=name, groups=tuple(groups))
+            old = await roster.get_item(s, uid, str(contact.bare), lock=True)
+            if old is None:
+                await self._check_roster_room(s, uid)
+            row = dataclasses.replace(old or RosterRow(str(contact.bare)), name=name, groups=groups)
             await roster.put_item(s, uid, row)
         self._forget_roster(user)
         return row
+
+    async def _check_roster_room(self, s: AsyncSession, uid: int) -> None:
+        """Room for one more roster item of `uid`, or `QuotaExceeded`."""
+        limit = self.quotas.roster_max_items
+        if await roster.count_items(s, uid) >= limit:
+            raise QuotaExceeded(Quota.ROSTER_ITEMS, limit)
 
     async def remove_roster_item(self, user: JID, contact: JID) -> SubscriptionState | None:
         """Delete the item and any pending request from the contact (RFC 6121 §2.5).
@@ -240,7 +263,9 @@ class Store:
         """Apply `change` to the user's state for `contact` atomically.
 
         `request` is the inbound subscription request kept while `pending_in` is set
-        (RFC 6121 §3.1.3: redelivered at each login until answered).
+        (RFC 6121 §3.1.3: redelivered at each login until answered). Raises
+        `QuotaExceeded` (nothing changes) when the change needs a new roster item or a
+        new pending request and the user has no room for it.
         """
         peer = str(contact.bare)
         async with self._tx() as s:
@@ -251,11 +276,12 @@ class Store:
             old = SubscriptionState(Subscription.parse(base.subscription), base.ask, pending, base.approved)
             new = change(old)
             if new.pending_in and not old.pending_in:
-                stanza = request if request is not None else ET.Element("presence", {"from": peer, "type": "subscribe"})
-                await roster.put_pending(s, uid, peer, serialize(stanza))
+                await self._put_pending(s, uid, peer, request)
             elif old.pending_in and not new.pending_in:
                 await roster.delete_pending(s, uid, peer)
             if new != old and (row is not None or _needs_row(new)):
+                if row is None:
+                    await self._check_roster_room(s, uid)
                 row = dataclasses.replace(
                     base, subscription=new.subscription.value, ask=new.pending_out, approved=new.approved)
                 await roster.put_item(s, uid, row)
@@ -263,13 +289,26 @@ class Store:
             self._forget_roster(user)
         return SubscriptionUpdate(old, new, row)
 
+    async def _put_pending(self, s: AsyncSession, uid: int, peer: str, request: ET.Element | None) -> None:
+        limit = self.quotas.max_pending_subscriptions
+        if await roster.count_pending(s, uid) >= limit:
+            raise QuotaExceeded(Quota.PENDING_SUBSCRIPTIONS, limit)
+        stanza = request if request is not None else ET.Element("presence", {"from": peer, "type": "subscribe"})
+        text = serialize(stanza)
+        if len(text.encode()) > MAX_STORED_REQUEST_BYTES:  # kept as the bare request (server.quotas)
+            text = serialize(ET.Element("presence", {k: v for k, v in stanza.attrib.items() if k in _REQUEST_KEYS}))
+        await roster.put_pending(s, uid, peer, text)
+
     async def pending_requests(self, user: JID) -> list[ET.Element]:
         return [ET.fromstring(text) for text in await self._read(roster.pending_of, user)]
 
     # -- offline messages (RFC 6121 §8.5.2.2) --------------------------------
-    async def store_offline(self, user: JID, stanza: ET.Element, limit: int) -> bool:
-        """Keep `stanza` for `user`; False (nothing stored) when `limit` are stored."""
-        return await self._read(offline.store_by_name, user, serialize(stanza), limit)
+    async def store_offline(self, user: JID, stanza: ET.Element) -> bool:
+        """Keep `stanza` for `user`; False (nothing stored) when that would take the user
+        over `quotas.offline_max_messages` or `quotas.offline_max_bytes`."""
+        q = self.quotas
+        return await self._read(offline.store_by_name, user, serialize(stanza), q.offline_max_messages,
+                                q.offline_max_bytes)
 
     async def pop_offline(self, user: JID) -> list[ET.Element]:
         return [ET.fromstring(text) for text in await self._read(offline.take_by_name, user)]

@@ -48,7 +48,7 @@ from presence_ha.server.cli.common import db_options
 from presence_ha.server.cli.database import open_session, run
 from presence_ha.server.cli.haproxy import Backend, ServiceAddress, haproxy_binary
 from presence_ha.server.cli.provision import node_group
-from presence_ha.server.config import ConfigError, LimitsConfig, load_config
+from presence_ha.server.config import ConfigError, LimitsConfig, QuotasConfig, load_config
 from presence_ha.server.net.limits import AuthThrottle
 from presence_ha.server.node import NodeStartError, run_node
 
@@ -71,7 +71,7 @@ def node_command(*args: str) -> list[str]:
     return [sys.executable, "-c", "from presence_ha.server.cli import main; main()", *args]
 
 
-_L = LimitsConfig()
+_L, _Q = LimitsConfig(), QuotasConfig()
 LIMITS_EPILOG = f"""\b
 Client-port limits (the `limits` section; --set limits.KEY=VALUE):
   Login throttle, per account and per source address, applied BEFORE the
@@ -88,6 +88,15 @@ Client-port limits (the `limits` section; --set limits.KEY=VALUE):
   refused at once. The login gate (logins_in_progress_min, login_budget_s) is
   fair: when full, an address holding less than the heaviest one still gets in
   and the heaviest gives back its oldest negotiating connection.
+
+\b
+Per-account quotas (the `quotas` section; --set quotas.KEY=VALUE):
+  roster_max_items={_Q.roster_max_items} (a new item beyond: not-allowed),
+  roster_item_max_bytes={_Q.roster_item_max_bytes} (name + groups beyond: not-acceptable),
+  max_pending_subscriptions={_Q.max_pending_subscriptions} (unanswered requests; beyond: resource-constraint),
+  offline_max_messages={_Q.offline_max_messages} and offline_max_bytes={_Q.offline_max_bytes} (beyond:
+  service-unavailable), max_sessions_per_user={_Q.max_sessions_per_user} (resources of one account on
+  this node; one more bind: resource-constraint).
 """
 
 

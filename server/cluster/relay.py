@@ -59,6 +59,7 @@ class HostedBinder(Protocol):
     """Registers a session whose client is connected to another node (`ClientPort`)."""
 
     async def bind_relayed(self, session: Session) -> None: ...
+    async def bind_refusal(self, jid: JID) -> StanzaError | None: ...
 
 
 class ClientConnection(Protocol):
@@ -333,6 +334,9 @@ class RelayHost:
         node = await self.locations.read_fresh(jid.local or "")
         if node != self.ctx.node_name:
             return f"{jid.bare} is served by {node}, not {self.ctx.node_name}"
+        over = await self.binder.bind_refusal(jid)  # the account's resources here (server.quotas)
+        if over is not None:
+            return over.text or over.condition.tag
         verdict = await self.admission(jid.local or "") if self.admission is not None else None
         return str(verdict) if verdict is not None else None
 

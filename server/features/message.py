@@ -8,8 +8,9 @@ Rules of this module:
 - Unknown accounts: service-unavailable (§8.5.1), unless the message is an error
   (errors are never answered). An unknown `type` counts as normal (§5.2.2).
 - Offline storage (§8.5.2.2, XEP-0203): chat and normal with a body are stored, at
-  most `offline_message_limit` per user (`ctx.settings`); beyond that the sender gets
-  service-unavailable saying the store is full. Messages without a body (chat
+  most `quotas.offline_max_messages` messages and `quotas.offline_max_bytes` bytes
+  per user (the store checks both); beyond that the sender gets service-unavailable
+  saying the store is full (XEP-0160 §3). Messages without a body (chat
   states) or with a <no-store/> hint are not stored.
 - Stored messages carry a XEP-0203 <delay/> stamped when stored, and go to the first
   session of non-negative priority that sends initial presence (`SessionAvailable`).
@@ -53,7 +54,7 @@ def _stamped(ctx: FeatureContext, stanza: ET.Element) -> ET.Element:
 async def _store_offline(ctx: FeatureContext, user: JID, stanza: ET.Element) -> None:
     if stanza.find("body") is None or stanza.find(NO_STORE) is not None:
         return
-    if not await ctx.store.store_offline(user, _stamped(ctx, stanza), ctx.settings.offline_message_limit):
+    if not await ctx.store.store_offline(user, _stamped(ctx, stanza)):
         raise StanzaError(Condition.SERVICE_UNAVAILABLE, f"offline message storage of {user} is full")
     # The user may have become available while the message was being stored, after its
     # initial presence took the stored messages: hand them over now, or they would

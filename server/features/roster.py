@@ -9,6 +9,9 @@ Rules of this module:
   and within `MAX_TEXT` characters like the name (not-acceptable) (§2.3.3). A
   `subscription` other than "remove" and any `ask` are ignored: subscription state
   changes only through presence stanzas (§2.1.2.5).
+- Quotas (`server.quotas`): an item whose name and groups exceed
+  `quotas.roster_item_max_bytes` is `not-acceptable`; a new item beyond
+  `quotas.roster_max_items` is `not-allowed` (updating an item is always possible).
 - Only the user's own roster is reachable: a roster IQ addressed to another account is
   `forbidden` (§2.1.5).
 - Removing an item cancels the subscriptions both ways (§2.5.2): "unsubscribe" if the
@@ -23,6 +26,7 @@ import uuid
 import xml.etree.ElementTree as ET
 from typing import TYPE_CHECKING
 
+from presence_ha.server.quotas import QuotaExceeded
 from presence_ha.server.router import RosterItemChanged, Router
 from presence_ha.server.sessions import Session
 from presence_ha.server.xmpp.errors import Condition, StanzaError
@@ -125,7 +129,10 @@ async def roster_set(ctx: FeatureContext, session: Session, iq: ET.Element) -> N
         await _remove(ctx, session, contact)
         return
     name, groups = _name_and_groups(item)
-    await ctx.store.set_roster_item(session.bare, contact, name, groups)
+    try:
+        await ctx.store.set_roster_item(session.bare, contact, name, groups)
+    except QuotaExceeded as exc:
+        raise exc.stanza_error() from None
     await ctx.notify(RosterItemChanged(session.bare, contact))
     return
 

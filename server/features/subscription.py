@@ -11,8 +11,14 @@ Rules of this module:
   the contact's bare JID (§3.1.2).
 - Presence sent on the user's behalf when a subscription is granted or revoked comes
   from the shared presence records, so it is right even if the user is on another node.
-- Requests to accounts that do not exist are answered "unsubscribed" (§3.1.3). A
-  subscription to one's own JID is implicit and ignored.
+- Requests to accounts that do not exist are answered "unsubscribed" (§3.1.3). For an
+  account of our domain that does not exist the user's side keeps no state either: the
+  request (or pre-approval) writes nothing, and the requesting resource gets the
+  "unsubscribed" at once, so a script cannot fill the database with items for made-up
+  JIDs. A subscription to one's own JID is implicit and ignored.
+- Quotas (`server.quotas`): a change that needs a new roster item when the roster is
+  full, or a new pending request when too many wait, changes nothing and bounces
+  with the quota's error (`not-allowed`, `resource-constraint`) to the stanza's sender.
 - Unanswered inbound requests are stored and delivered again each time the user sends
   initial presence (`SessionAvailable`) until answered (§3.1.3).
 """
@@ -24,6 +30,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from presence_ha.server.features.subscription_rules import Decision, Effect, Kind, State, Way, decide
+from presence_ha.server.quotas import QuotaExceeded
 from presence_ha.server.router import Direction, RosterItemChanged, Router, SessionAvailable, StanzaKind
 from presence_ha.server.sessions import Session
 from presence_ha.server.xmpp.errors import Condition, StanzaError
@@ -35,6 +42,7 @@ if TYPE_CHECKING:
     from presence_ha.server.store import SubscriptionState
 
 SUBSCRIPTION_TYPES = tuple(kind.value for kind in Kind)  # route keys: `type` attribute values
+_ADDING = (Kind.SUBSCRIBE, Kind.SUBSCRIBED)  # outbound kinds that may add state (a request, a pre-approval)
 
 
 async def _transition(
@@ -52,7 +60,10 @@ async def _transition(
             approved=decision.approved,
         )
 
-    await ctx.store.update_subscription(user, contact, change, request)
+    try:
+        await ctx.store.update_subscription(user, contact, change, request)
+    except QuotaExceeded as exc:
+        raise exc.stanza_error() from None
     return decisions[-1]
 
 
@@ -81,6 +92,10 @@ async def outbound(ctx: FeatureContext, session: Session, stanza: ET.Element) ->
     if contact == user:
         return
     kind = Kind(stanza.get("type"))
+    if kind in _ADDING and contact.domain == ctx.domain and not await ctx.store.user_exists(contact):
+        if kind is Kind.SUBSCRIBE:  # answered on the missing contact's behalf (§3.1.3)
+            session.send(presence(PresenceType.UNSUBSCRIBED, contact, user))
+        return
     decision = await _transition(ctx, user, contact, Way.OUTBOUND, kind)
     if Effect.PUSH in decision.effects:
         await ctx.notify(RosterItemChanged(user, contact))

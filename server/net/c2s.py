@@ -13,8 +13,10 @@ Rules of this module:
   it gets `resource-constraint` in answer to its stream header, before TLS
   (`ClientPort.admit`).
 - A value the peer chose is logged through `untrusted` (escaped, truncated).
-- After bind the connection registers a `Session` through the `ClientPort`, feeds
-  stanzas to `router.dispatch` in arrival order (RFC 6120 §10.1), and on the way out
+- A bind waits for the port's answer (`ClientPort.bind_refusal`: the account's
+  resource quota, `server.quotas`); after bind the connection registers a `Session`
+  through the `ClientPort`, feeds stanzas to `router.dispatch` in arrival order
+  (RFC 6120 §10.1), and on the way out
   either detaches the session for XEP-0198 resumption (connection lost with
   resumption on) or ends it (`SessionClosed`, graceful when the stream was closed
   cleanly).
@@ -446,6 +448,10 @@ class Connection:
             error = StanzaError(Condition.INTERNAL_SERVER_ERROR, "database unavailable")
         self.stream.registration_done(error)
 
+    async def _on_bind_requested(self, event: ev.BindRequested) -> None:
+        # A relayed session is counted where it is served (`RelayHost` refuses it there).
+        self.stream.bind_done(None if self.relay_node is not None else await self.port.bind_refusal(event.jid))
+
     async def _on_resource_bound(self, event: ev.ResourceBound) -> None:
         self._leave_gate(completed=True)
         if self.relay_node is not None:
@@ -625,6 +631,7 @@ _HANDLERS: dict[type[ev.Event], Callable[[Connection, Any], Awaitable[None]]] = 
     ev.PasswordVerified: Connection._on_password_verified,
     ev.AuthFailed: Connection._on_auth_failed,
     ev.RegistrationRequested: Connection._on_registration_requested,
+    ev.BindRequested: Connection._on_bind_requested,
     ev.ResourceBound: Connection._on_resource_bound,
     ev.ResumeRequested: Connection._on_resume_requested,
     ev.SessionResumed: Connection._on_session_resumed,

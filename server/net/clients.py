@@ -57,9 +57,10 @@ from presence_ha.server.net.c2s import Connection
 from presence_ha.server.net.collaborators import Hosted, Relay, Replicas
 from presence_ha.server.net.limits import AddressBook, AuthThrottle, LoginGate
 from presence_ha.server.net.transport import ClientTransport
+from presence_ha.server.quotas import Bind, Quota, QuotaExceeded, bind_verdict
 from presence_ha.server.router import SessionClosed
 from presence_ha.server.sessions import Session, SessionKind
-from presence_ha.server.xmpp.errors import StreamCondition, StreamError
+from presence_ha.server.xmpp.errors import StanzaError, StreamCondition, StreamError
 from presence_ha.server.xmpp.jid import JID
 from presence_ha.server.xmpp.sm import StreamManagement
 from presence_ha.server.xmpp.stream import StreamSettings
@@ -286,6 +287,24 @@ class ClientPort:
             log.debug("heap trimmed after a login burst in %.1f ms", (self.now() - started) * 1000)
 
     # -- sessions -------------------------------------------------------------------
+    async def bind_refusal(self, jid: JID) -> StanzaError | None:
+        """The answer to a client binding `jid` here (`server.quotas.bind_verdict`): None,
+        or `resource-constraint` when the account holds `quotas.max_sessions_per_user`
+        other resources on this node (RFC 6120 §7.6.2.1). At the limit, one of its
+        sessions awaiting XEP-0198 resumption is ended instead (its unacknowledged
+        messages are routed again). The detached sessions are looked up only then."""
+        held = self.ctx.sessions.resources(jid.bare)
+        limit = self.config.quotas.max_sessions_per_user
+        detached = [r for r in self._resumable.values() if r.connection is None and r.session in held] \
+            if len(held) >= limit else []
+        verdict = bind_verdict([s.jid.resource or "" for s in held], jid.resource or "", limit, len(detached))
+        if verdict is Bind.REFUSE:
+            return QuotaExceeded(Quota.SESSIONS, limit).stanza_error()
+        if verdict is Bind.END_DETACHED:
+            log.info("%s: a detached session gives its place to a new resource (quota %d)", jid.bare, limit)
+            await self.end_session(detached[0].session, graceful=False, sm=detached[0].sm)
+        return None
+
     async def bind(self, session: Session, connection: Connection) -> None:
         old = self.ctx.sessions.add(session)
         self._owner[session] = connection

@@ -74,6 +74,14 @@ class RegistrationRequested:
 
 
 @dataclass(frozen=True)
+class BindRequested:
+    """The client asks to bind `jid` (RFC 6120 §7); answer with `bind_done(error | None)`
+    (an error such as resource-constraint refuses it, and the stream may try again)."""
+
+    jid: JID
+
+
+@dataclass(frozen=True)
 class ResourceBound:
     """The stream is now a session of `jid` (RFC 6120 §7)."""
 
@@ -136,6 +144,7 @@ Event = (
     | PasswordVerified
     | AuthFailed
     | RegistrationRequested
+    | BindRequested
     | ResourceBound
     | ResumeRequested
     | SessionResumed

@@ -10,6 +10,9 @@ Rules of this module:
 - SASL failures are RFC 6120 §6.5 conditions; after `max_auth_failures` failures the
   stream ends with `policy-violation` (§6.4.5: a bounded number of retries).
 - A server-generated resource is random hex from the injected `random.Random`.
+- Binding asks the host first (`BindRequested`, input queued meanwhile): the host may
+  refuse it with a stanza error (the account's resource quota, `server.quotas`), and
+  the client may then bind again; `bind_done(None)` makes the stream a session.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from presence_ha.server.xmpp import sasl
 from presence_ha.server.xmpp.errors import Condition, StanzaError, StreamCondition, StreamError, error_reply
 from presence_ha.server.xmpp.events import (
     AuthFailed,
+    BindRequested,
     CredentialsRequested,
     DerivationRequested,
     Event,
@@ -70,6 +74,7 @@ class Waiting(enum.Enum):
     LOGIN = "login"
     RESUME = "resume"
     REGISTRATION = "registration"
+    BIND = "bind"  # the host checks the account's sessions before the resource is bound
 
 
 @dataclass(frozen=True)
@@ -117,6 +122,7 @@ class Negotiation:
         self._verified: sasl.Verified | None = None
         self.auth_failures = 0
         self._registration_iq: ET.Element | None = None
+        self._bind_request: tuple[ET.Element, JID] | None = None  # (bind IQ, full JID) while the host decides
 
     # provided by XmppStream
     def _emit(self, event: Event) -> None: ...
@@ -312,12 +318,28 @@ class Negotiation:
             self._send(iq_error(iq, StanzaError(Condition.BAD_REQUEST, str(exc))))
             return
         assert self.jid is not None
-        self.jid = self.jid.with_resource(resource)
+        full = self.jid.with_resource(resource)
+        self._bind_request = (iq, full)
+        self._wait(Waiting.BIND)
+        self._emit(BindRequested(full))
+
+    def bind_done(self, error: StanzaError | None) -> None:
+        """Answer to `BindRequested`: None binds the resource, an error refuses it."""
+        if self.phase is Phase.CLOSED:
+            return  # the stream ended while the host decided
+        assert self.waiting is Waiting.BIND and self._bind_request is not None
+        (iq, full), self._bind_request = self._bind_request, None
+        if error is not None:
+            self._send(iq_error(iq, error))
+            self._resume_input()
+            return
+        self.jid = full
         self.phase = Phase.BOUND
-        self._emit(ResourceBound(self.jid))
+        self._emit(ResourceBound(full))
         answer = ET.Element(f"{{{NS_BIND}}}bind")
-        answer.append(element(f"{{{NS_BIND}}}jid", text=str(self.jid)))
+        answer.append(element(f"{{{NS_BIND}}}jid", text=str(full)))
         self._send(iq_result(iq, answer))
+        self._resume_input()
 
 
 AUTH_ROUTES = {

@@ -133,15 +133,31 @@ async def test_postgres_unreachable_is_database_unavailable():
 
 
 async def test_offline_store_respects_the_cap_and_take_hands_out_once(hot):
-    store = lambda i: hot.run(offline.store_by_name, DOMAIN, "u1", f"<message><body>{i}</body></message>", 2)  # noqa: E731
+    store = lambda i: hot.run(  # noqa: E731
+        offline.store_by_name, DOMAIN, "u1", f"<message><body>{i}</body></message>", 2, 10**6)
     assert await store(0) is True and await store(1) is True
     assert await store(2) is False  # the cap: nothing stored
-    assert await hot.run(offline.store_by_name, DOMAIN, "ghost", "<message/>", 2) is None
+    assert await hot.run(offline.store_by_name, DOMAIN, "ghost", "<message/>", 2, 10**6) is None
     first, second = await asyncio.gather(*(hot.run(offline.take_by_name, DOMAIN, "u1") for _ in range(2)))
     taken = first + second
     assert taken == ["<message><body>0</body></message>", "<message><body>1</body></message>"]  # once, in order
     assert await hot.run(offline.take_by_name, DOMAIN, "u1") == []
     assert await hot.run(offline.take_by_name, DOMAIN, "ghost") is None
+
+
+async def test_offline_store_respects_the_byte_quota_in_utf8_bytes(hot):
+    """The quota counts UTF-8 bytes (from the rows' `bytes`, not the stanzas): two
+    messages of 2 x 300 + 32 bytes fit in 1,300, a third does not, and taking them
+    makes room again."""
+    message = f"<message><body>{'é' * 300}</body></message>"
+    size = len(message.encode())
+    assert size == 632
+    store = lambda: hot.run(offline.store_by_name, DOMAIN, "u2", message, 100, 1300)  # noqa: E731
+    assert await store() is True and await store() is True
+    assert await store() is False
+    assert await hot.run(offline.store_by_name, DOMAIN, "u2", "<message/>", 100, 1300) is True  # 10 bytes fit
+    assert len(await hot.run(offline.take_by_name, DOMAIN, "u2")) == 3
+    assert await store() is True
 
 
 async def test_reads_by_username_name_unknown_accounts_none(hot):

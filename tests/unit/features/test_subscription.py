@@ -149,14 +149,15 @@ async def test_preapproval_grants_the_later_request(world):
     alice.expect("<presence from='bob@example.test/pc' to='alice@example.test'/>")
 
 
-async def test_request_to_unknown_account_is_answered_unsubscribed(world):
+async def test_request_to_unknown_account_is_answered_unsubscribed_and_stores_nothing(world):
+    """§3.1.3, and issue #19 item 7: no roster row or pending state for a made-up JID."""
     alice = await world.online("alice@example.test/home")
-    await alice.send("<presence type='subscribe' to='nobody@example.test'/>")
-    alice.expect("<iq type='set' id='*' to='alice@example.test/home'><query xmlns='jabber:iq:roster'>"
-                 "<item jid='nobody@example.test' subscription='none' ask='subscribe'/></query></iq>")
-    alice.expect("<iq type='set' id='*' to='alice@example.test/home'><query xmlns='jabber:iq:roster'>"
-                 "<item jid='nobody@example.test' subscription='none'/></query></iq>")
-    alice.expect("<presence type='unsubscribed' from='nobody@example.test' to='alice@example.test'/>")
+    for i in range(3):
+        await alice.send(f"<presence type='subscribe' to='nobody{i}@example.test'/>")
+        alice.expect(f"<presence type='unsubscribed' from='nobody{i}@example.test' to='alice@example.test'/>")
+    await alice.send("<presence type='subscribed' to='nobody0@example.test'/>")  # a pre-approval: nothing either
+    alice.silent()
+    assert await world.store.roster(ALICE) == []
 
 
 async def test_subscription_stanza_without_to_is_bad_request(world):

@@ -21,6 +21,7 @@ from sqlalchemy import insert
 from presence_ha.db.engine import make_engine, make_session_factory
 from presence_ha.db.hotpath import HotPath
 from presence_ha.db.models import Cluster, Node, User, metadata
+from presence_ha.server.config import QuotasConfig
 from presence_ha.server.context import FeatureContext
 from presence_ha.server.features import carbons, message, presence, roster, subscription
 from presence_ha.server.router import Router, SessionBound, SessionClosed
@@ -143,7 +144,8 @@ class World:
         return client
 
 
-async def make_world(db_path, *, offline_limit: int = 3) -> World:
+async def make_world(db_path, *, offline_limit: int = 3, quotas: QuotasConfig | None = None) -> World:
+    quotas = quotas or QuotasConfig(offline_max_messages=offline_limit)
     engine = make_engine(f"sqlite:///{db_path}")
     async with engine.begin() as conn:
         await conn.run_sync(metadata.create_all)
@@ -160,8 +162,8 @@ async def make_world(db_path, *, offline_limit: int = 3) -> World:
         module.register(router)
     ctx = FeatureContext(
         domain=DOMAIN, node_name="n1", router=router, sessions=SessionRegistry(),
-        store=Store(make_session_factory(engine), hot, DOMAIN, node_name="n1"),
+        store=Store(make_session_factory(engine), hot, DOMAIN, node_name="n1", quotas=quotas),
         metrics=SimpleNamespace(handler_errors=Counter()),
-        settings=SimpleNamespace(offline_message_limit=offline_limit),
+        settings=SimpleNamespace(quotas=quotas),
     )
     return World(ctx, engine, hot)

@@ -22,6 +22,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from presence_ha.server.xmpp import events as ev
+from presence_ha.server.xmpp.errors import Condition, StanzaError
 from presence_ha.server.xmpp.parser import (
     ElementParsed,
     FooterParsed,
@@ -185,6 +186,8 @@ def answer(stream: XmppStream, event: ev.Event, rng: random.Random) -> None:
         stream.accept_login()
     elif isinstance(event, ev.ResumeRequested):
         stream.resume_refused()
+    elif isinstance(event, ev.BindRequested):  # refused now and then (the resource quota)
+        stream.bind_done(rng.choice([None, StanzaError(Condition.RESOURCE_CONSTRAINT)]))
 
 
 @fuzz(60)

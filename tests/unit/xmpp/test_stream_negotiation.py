@@ -6,7 +6,8 @@ import pytest
 
 from presence_ha.server.xmpp import events as ev
 from presence_ha.server.xmpp import sasl
-from presence_ha.server.xmpp.errors import StreamCondition, StreamError
+from presence_ha.server.xmpp.errors import Condition, StanzaError, StreamCondition, StreamError
+from presence_ha.server.xmpp.jid import JID
 from presence_ha.server.xmpp.negotiation import SaslFailure
 from presence_ha.server.xmpp.sasl import SaslCondition
 from presence_ha.server.xmpp.stream import Phase, Timer
@@ -87,7 +88,11 @@ def test_scram_success_then_restart_then_bind(mechanism):
     assert "<bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/>" in out
     assert "<sm xmlns='urn:xmpp:sm:3'/>" in out and "<csi xmlns='urn:xmpp:csi:0'/>" in out
     t.recv("<iq type='set' id='b1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></iq>")
+    (asked,) = t.facts()
+    assert isinstance(asked, ev.BindRequested) and t.sent() == ""  # the host decides first
+    t.call("bind_done", None)
     (bound,) = t.facts()
+    assert bound == ev.ResourceBound(asked.jid)
     assert bound.jid.local == "alice" and bound.jid.domain == DOMAIN and len(bound.jid.resource) == 16
     assert t.sent() == (
         f"<iq type='result' id='b1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><jid>{bound.jid}</jid></bind></iq>"
@@ -278,3 +283,27 @@ def test_a_shed_login_gets_our_header_then_resource_constraint_before_tls():
     assert t.stream.phase is Phase.CLOSED
     (closed,) = t.facts()
     assert isinstance(closed, ev.StreamClosed) and closed.error.condition is StreamCondition.RESOURCE_CONSTRAINT
+
+
+def test_a_bind_the_host_refuses_gets_the_error_and_may_be_retried():
+    """RFC 6120 §7.6.2.1: over the account's resource quota, resource-constraint; the
+    stream stays in the bind phase, input sent meanwhile waits for the answer."""
+    t = Transcript()
+    t.open()
+    t.scram_login("alice", "s3cret", keys_for("s3cret"))
+    t.call("accept_login")
+    t.recv(HEADER)
+    t.sent()
+    t.facts()
+    t.recv("<iq type='set' id='b1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>r1</resource></bind></iq>"
+           "<iq type='set' id='b2'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>r2</resource></bind></iq>")
+    assert t.facts() == [ev.BindRequested(JID.parse(f"alice@{DOMAIN}/r1"))]
+    t.call("bind_done", StanzaError(Condition.RESOURCE_CONSTRAINT, "at most 10"))
+    assert t.sent() == ("<iq type='error' id='b1'><error type='wait'>"
+                        "<resource-constraint xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/>"
+                        "<text xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'>at most 10</text></error></iq>")
+    assert t.stream.phase is Phase.BIND and t.stream.jid == JID.parse(f"alice@{DOMAIN}")
+    assert t.facts() == [ev.BindRequested(JID.parse(f"alice@{DOMAIN}/r2"))]  # the queued second try
+    t.call("bind_done", None)
+    assert t.facts() == [ev.ResourceBound(JID.parse(f"alice@{DOMAIN}/r2"))]
+    assert "<jid>alice@example.test/r2</jid>" in t.sent() and t.stream.phase is Phase.BOUND

@@ -142,4 +142,6 @@ def test_resume_of_an_unknown_session_fails_and_bind_still_works():
     t.call("resume_refused")
     assert t.sent() == f"<failed xmlns='{SM}'><item-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></failed>"
     t.recv("<iq type='set' id='b'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></iq>")
+    assert isinstance(t.facts()[-1], ev.BindRequested)
+    t.call("bind_done", None)
     assert isinstance(t.facts()[-1], ev.ResourceBound)

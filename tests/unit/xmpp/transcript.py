@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from scramp import ScramClient, ScramMechanism
 
 from presence_ha.server.xmpp import events as ev
+from presence_ha.server.xmpp.jid import JID
 from presence_ha.server.xmpp.stream import StreamSettings, XmppStream
 
 DOMAIN = "example.test"
@@ -100,5 +101,7 @@ class Transcript:
         self.recv(HEADER)
         self.recv("<iq type='set' id='bind1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>"
                   f"<resource>{resource}</resource></bind></iq>")
+        assert self.facts() == [ev.BindRequested(JID.parse(f"alice@{DOMAIN}/{resource}"))]
+        self.call("bind_done", None)
         self.sent()
         self.facts()
