@@ -112,17 +112,21 @@ def ha_status(db_url: str, key_path: Path, as_json: bool, offline: bool, admin_h
     The states come from the database, so this works with every node down; a node
     that answers its admin RPC (within 1 s) overrides its stored state with its live
     one (a node that lost the database cannot store it). `alive` says whether it
-    answered (with --offline: whether its database liveness is recent).
+    answered (with --offline: whether its database liveness is recent); the table shows
+    a node that did not as DOWN, with its last stored state in brackets.
     """
     overview = run(_overview(db_url, key_path, admin_host, offline))
     if as_json:
         click.echo(json.dumps(overview_json(overview)))
         return
+    # A node that does not answer is shown DOWN, never with its stale state as if it ran;
+    # what the database last holds for it follows in brackets.
     rows = [
-        (g.name, on_off(g.ha_enabled), n.name, n.state, n.reason, "" if n.alive else "unreachable")
+        (g.name, on_off(g.ha_enabled), n.name, n.state if n.alive else "DOWN",
+         n.reason if n.alive else f"(last stored: {n.state} / {n.reason})")
         for g in overview for n in g.nodes
     ]
-    echo_table(("GROUP", "HA", "NODE", "STATE", "REASON", ""), rows)
+    echo_table(("GROUP", "HA", "NODE", "STATE", "REASON"), rows)
 
 
 def _request(op: str, node: str, db_url: str, key_path: Path, admin_host: str) -> None:

@@ -64,7 +64,7 @@ def test_status_json_reads_the_database_with_every_node_down(db_url: str) -> Non
     table = cli(db_url, "ha", "status", "--offline")
     lines = [line.split() for line in table.splitlines()]
     assert lines[1] == ["g1", "on", "n1", "Idle", "On", "Admin", "Request"]
-    assert lines[3] == ["solo", "off", "n3", "Initializing", "Initialization", "unreachable"]  # never started
+    assert lines[3] == ["solo", "off", "n3", "DOWN", "(last", "stored:", "Initializing", "/", "Initialization)"]
 
 
 @pytest.mark.parametrize(
