@@ -16,8 +16,8 @@ from pathlib import Path
 import click
 
 from presence_ha.db import nodes
-from presence_ha.loadtest.lab import netns, postgres
-from presence_ha.loadtest.lab.lab import Lab, LabError, record_foreground, teardown_leftovers
+from presence_ha.loadtest.lab import netns, postgres, vip
+from presence_ha.loadtest.lab.lab import RELAY_PARAMS, Lab, LabError, record_foreground, teardown_leftovers
 from presence_ha.loadtest.lab.netns import LabNet
 
 data_dir_option = click.option(
@@ -31,9 +31,11 @@ def lab_group() -> None:
     """A lab of separate hosts on this machine (root; Linux network namespaces).
 
     Hosts h1 and h2 each run a node and a PostgreSQL 15 (Patroni, synchronous streaming
-    replication); the witness w runs etcd, Patroni's quorum. Addresses are from
-    198.18.0.0/15; this machine reaches the hosts over the bridge.
-    Needs the Debian packages iproute2, nftables, etcd-server, patroni, postgresql-15.
+    replication), and HAProxy with keepalived: the service address 198.18.ID.100:5222 is
+    a virtual IP that moves to the other host when its holder dies. The witness w runs
+    etcd, Patroni's quorum. Addresses are from 198.18.0.0/15; this machine reaches the
+    hosts over the bridge. Needs the Debian packages iproute2, nftables, etcd-server,
+    patroni, postgresql-15, haproxy and keepalived.
     """
 
 
@@ -53,7 +55,7 @@ def lab_up(data_dir: Path, user_count: int, base_port: int, domain: str, lab_id:
     started = time.monotonic()
     signal.signal(signal.SIGTERM, _interrupt)
     try:
-        data = lab.up(user_count, base_port, domain)
+        data = lab.up(user_count, base_port, domain, params=RELAY_PARAMS)
     except LabError as exc:
         raise click.ClickException(str(exc)) from exc
     _print_summary(lab, data, time.monotonic() - started)
@@ -78,6 +80,9 @@ def _interrupt(_signum: int, _frame: object) -> None:
 
 def _print_summary(lab: Lab, data: dict, seconds: float) -> None:
     leader = lab.db_leader()
+    service = data["service"]
+    click.echo(f"service address: {service['host']}:{service['port']} (keepalived VIP, now on "
+               f"{lab.service_holder() or '?'}; HAProxy on h1 and h2 leads to a live node)")
     click.echo(f"lab {lab.net.lab_id} up in {seconds:.0f}s on {lab.net.subnet} (this machine: {lab.net.root_address})")
     for host in lab.net.hosts:
         role = {"w": "etcd (witness)"}.get(host.name, "PostgreSQL " + ("primary" if host.name == leader else "standby"))
@@ -86,6 +91,7 @@ def _print_summary(lab: Lab, data: dict, seconds: float) -> None:
                    + "".join(f", node {n}" for n in served))
     for node in data["nodes"]:
         click.echo(f"node {node['name']}: client {node['host']}:{node['client_port']}")
+    click.echo(f"cluster CA (trust it in clients): {data['ca_cert']}")
     click.echo(f"database: {lab.db_url}")
     for user in data["users"][:3]:
         click.echo(f"  {user['jid']}  password {user['password']}")
@@ -123,6 +129,9 @@ def lab_status(data_dir: Path, cpu_seconds: float | None) -> None:
         raise click.ClickException(f"no lab recorded in {data_dir}")
     for member in postgres.cluster_view(lab.db_hosts) or [{"name": "-", "role": "no Patroni answers"}]:
         click.echo(f"{member.get('name')}: {member.get('role')} {member.get('state', '')} lag {member.get('lag', '-')}")
+    holder = lab.service_holder()
+    click.echo(f"service address {lab.net.vip}:{vip.SERVICE_PORT}: "
+               + (f"held by {holder}" if holder else "held by no single host"))
     for host in lab.net.hosts:
         click.echo(f"{host.name} ({host.netns}): {len(netns.pids_in(host))} processes")
     if cpu_seconds:

@@ -7,9 +7,11 @@ Rules of this module:
   leader and a synchronous standby), the nodes' role and database, the schema and
   cluster (through the same `db/` functions as `presence-ha up`: one group of n1 on
   h1 and n2 on h2 with HA on, demo users), then the two `presence-ha node run`
-  processes (waits until both serve and their SRMs are Normal / Normal). It writes
-  `DIR/cluster.json` as `up` does, plus each node's lab host and namespace and a
-  `lab` section.
+  processes (waits until both serve and their SRMs are Normal / Normal), then the
+  service address (`loadtest.lab.vip`): HAProxy and keepalived in h1 and in h2 (waits
+  until both HAProxies see both nodes UP and one host holds the virtual IP). It writes
+  `DIR/cluster.json` as `up` does (`service` is VIP:5222), plus each node's lab host
+  and namespace, the cluster CA's certificate (`ca_cert`) and a `lab` section.
 - Directories: `DIR/<host>/` per host (node TLS files and log; `db/` with Patroni's
   config, log and the PostgreSQL data dir, owned by `postgres`); `DIR/w/etcd`. A new
   `up` wipes them; `down` leaves them for reading. `DIR` (when `up` makes it) and the
@@ -23,8 +25,12 @@ Rules of this module:
   away, its data is rebuilt by the next `up`) and deletes namespaces and bridge.
 - A foreground `lab up` records its PID in `DIR/lab-up.pid`; `down` (and the next
   `up`) SIGTERMs it only if that process's argv still says `lab up`.
-- SRM parameters: the load test's fast timers with a 3 s heartbeat (`LAB_PARAMS`).
-- Faults for tests and the load test: `power_off(host)`, `kill_db_primary()`,
+- SRM parameters: the load test's fast timers with a 3 s heartbeat (`LAB_PARAMS`);
+  `lab up` adds `RELAY_PARAMS` (relay, not see-other-host, behind the service address).
+- Faults for tests and the load test: `power_off(host)` (every process of the host
+  stopped, then killed: none sees its siblings die, as when the power goes; the host
+  keeps its own address, whose ports then refuse, but not the VIP, which its dead
+  keepalived can no longer drop), `kill_db_primary()`,
   `partition()`, `isolate(host)`, `heal()`; `restart_db(host)` brings a killed
   database host back as a standby. They act at once and return; the waits
   (`wait_new_leader`, `postgres.wait_replicated`, `postgres.wait_writable`) are separate.
@@ -54,7 +60,7 @@ from presence_ha.db import groups, nodes, parameters, schema
 from presence_ha.db import users as db_users
 from presence_ha.db.engine import DatabaseUnavailable, make_engine, make_session_factory
 from presence_ha.db.errors import ProvisioningError
-from presence_ha.loadtest.lab import netns, postgres
+from presence_ha.loadtest.lab import netns, postgres, vip
 from presence_ha.loadtest.lab.netns import Host, LabError, LabNet
 from presence_ha.loadtest.lab.postgres import PatroniTimers, Secrets
 from presence_ha.loadtest.lab.wanproxy import DEFAULT_PORT as WAN_PORT
@@ -67,16 +73,25 @@ STATE_FILE = "lab.json"
 FOREGROUND_FILE = "lab-up.pid"
 NODE_HOSTS = {"n1": "h1", "n2": "h2"}
 DB_HOSTS = ("h1", "h2")
+SERVICE_HOSTS = tuple(NODE_HOSTS.values())  # each runs HAProxy and keepalived (loadtest.lab.vip)
 REQUIRED_TOOLS = (
     ("ip", "iproute2"), ("nft", "nftables"), ("etcd", "etcd-server"), ("patroni", "patroni"),
-    ("runuser", "util-linux"), (str(postgres.PG_BIN / "initdb"), "postgresql-15"),
+    ("runuser", "util-linux"), (str(postgres.PG_BIN / "initdb"), "postgresql-15"), ("haproxy", "haproxy"),
+    ("keepalived", "keepalived"), ("sysctl", "procps"), ("bash", "bash"),
 )
 # The load test's fast SRM timers, with a 3 s heartbeat: a dead peer is still seen at
 # once (its ports refuse), and an idle lab stays under 5% of one core.
 LAB_PARAMS = {**FAST_PARAMS, "heartbeat_interval_s": 3, "heartbeat_timeout_s": 6, "init_heartbeat_timeout_s": 9}
+# `lab up` (and any client behind the service address) wants a node to relay a session it
+# does not serve, as under `presence-ha up`: a client dials one address, and slixmpp, given
+# a host, follows a see-other-host back to that same address. The load test's dual clients
+# dial their own node and follow redirects: LAB_PARAMS keeps redirects on for them.
+RELAY_PARAMS = {"see_other_host_redirect": "false"}
 ETCD_DEADLINE_S = 20.0
 DB_DEADLINE_S = 90.0
 NODE_DEADLINE_S = 60.0
+POWER_OFF_S = 5.0  # SIGKILLed processes are gone within this
+SERVICE_DEADLINE_S = 30.0  # HAProxy's checks rise (2 s), keepalived's first master (about 3.5 s)
 
 
 @dataclass(frozen=True)
@@ -158,6 +173,7 @@ class Lab:
             self._copy_key_to_hosts()
             lab_nodes = asyncio.run(self._read_nodes())
             self._start_nodes(lab_nodes)
+            self._start_service_address(domain, lab_nodes)
             data = self.cluster_json(domain, lab_nodes, passwords)
         except (ProvisioningError, DatabaseUnavailable, OSError) as exc:
             self.down()
@@ -264,10 +280,47 @@ class Lab:
                 raise LabError(f"nodes {names} did not reach Normal / Normal; see {self.data_dir}/h*/n*.log")
             time.sleep(0.3)
 
+    def _start_service_address(self, domain: str, lab_nodes: list[LabNode]) -> None:
+        """HAProxy (both nodes as checked servers) in each node host; once every HAProxy
+        sees every node UP, keepalived on h1 and, once h1 holds the VIP, on h2 (so the
+        VIP starts on h1: with `nopreempt`, whoever is master first stays master)."""
+        from presence_ha.server.cli.haproxy import Backend, ServiceAddress  # server.cli imports us
+
+        backends = [Backend(n.name, n.host.address, n.client_port) for n in lab_nodes]
+        proxies = []
+        for name in SERVICE_HOSTS:
+            host, directory = self.net.host(name), self.host_dir(name)
+            vip.allow_nonlocal_bind(host)
+            proxy = ServiceAddress(netns.program("haproxy"), directory, domain, self.net.vip, vip.SERVICE_PORT,
+                                   backends, also_bind=(host.address,), monitor=vip.monitor_address())
+            problem = proxy.check_config()
+            if problem is not None:
+                raise LabError(f"haproxy refuses {proxy.config_path}: {problem}")
+            proxies.append((name, self._spawn(host, proxy.argv(), directory / "haproxy.log"), proxy))
+        for name, process, proxy in proxies:
+            states = proxy.wait_all_up(SERVICE_DEADLINE_S)
+            if process.poll() is not None or not states or not all(s.startswith("UP") for s in states.values()):
+                raise LabError(f"HAProxy on {name} sees the nodes as {states or 'unknown'}; "
+                               f"see {self.host_dir(name)}/haproxy.log")
+        for name, peer in zip(SERVICE_HOSTS, reversed(SERVICE_HOSTS), strict=True):
+            host, directory = self.net.host(name), self.host_dir(name)
+            vip.write_files(self.net, host, self.net.host(peer), directory)
+            self._spawn(host, vip.keepalived_argv(netns.program("keepalived"), directory), directory / "keepalived.log")
+            if name == SERVICE_HOSTS[0]:
+                vip.wait_holder(self.net, SERVICE_HOSTS, SERVICE_DEADLINE_S)
+
+    def service_holder(self) -> str | None:
+        """The node host that holds the service address's VIP now, or None."""
+        found = vip.holders(self.net, SERVICE_HOSTS)
+        return found[0] if len(found) == 1 else None
+
     def cluster_json(self, domain: str, lab_nodes: list[LabNode], passwords: dict[str, str]) -> dict:
-        """`presence-ha up`'s cluster.json, plus the lab host of each node and a `lab` section."""
+        """`presence-ha up`'s cluster.json (`service`: the VIP), plus the lab host of each
+        node, the cluster CA's certificate and a `lab` section."""
         return {
             "domain": domain,
+            "service": {"host": self.net.vip, "port": vip.SERVICE_PORT},
+            "ca_cert": str(self.host_dir(SERVICE_HOSTS[0]) / "tls" / "ca.crt"),
             "database_url": self.db_url,
             "cluster_key": str(self.data_dir / KEY_FILE),
             "nodes": [
@@ -282,6 +335,7 @@ class Lab:
                 "hosts": {h.name: {"address": h.address, "netns": h.netns} for h in self.net.hosts},
                 "etcd": f"http://{self.net.host('w').address}:{postgres.ETCD_CLIENT_PORT}",
                 "patroni": {n: f"http://{self.net.host(n).address}:{postgres.PATRONI_PORT}" for n in DB_HOSTS},
+                "haproxy": {n: f"{self.net.host(n).address}:{vip.SERVICE_PORT}" for n in SERVICE_HOSTS},
             },
         }
 
@@ -313,8 +367,23 @@ class Lab:
     # --- faults ---------------------------------------------------------------------------
 
     def power_off(self, name: str) -> None:
-        """Host `name` loses power: SIGKILL every process in its namespace (node and database)."""
-        netns.kill_pids(netns.pids_in(self.net.host(name)), signal.SIGKILL)
+        """Host `name` loses power: every process in its namespace (node, database, HAProxy,
+        keepalived) is stopped, then killed, so none reacts to another's death (keepalived's
+        VRRP process would leave cleanly when its parent dies, handing the VIP over at
+        once). Once they are gone (their sockets closed, as the host's ports now refuse),
+        the VIP goes too, which no keepalived removed."""
+        host = self.net.host(name)
+        pids = netns.pids_in(host)
+        netns.kill_pids(pids, signal.SIGSTOP)
+        netns.kill_pids(pids, signal.SIGKILL)
+        deadline = time.monotonic() + POWER_OFF_S
+        while (left := netns.pids_in(host)) and time.monotonic() < deadline:
+            netns.kill_pids(left, signal.SIGKILL)  # any forked before the stop reached its parent
+            for proc in self.procs:
+                proc.poll()  # reap ours
+            time.sleep(0.02)
+        if name in SERVICE_HOSTS:
+            vip.drop_vip(self.net, name)
 
     def db_leader(self) -> str | None:
         return postgres.leader_name(postgres.cluster_view(self.db_hosts))

@@ -6,8 +6,9 @@ Rules of this module:
   a `kill -9`: namespaces `phalab<ID>-<host>`, the bridge `phalab<ID>`, and one veth
   pair per host (`phalab<ID>-<host>` on the bridge, `eth0` inside the namespace).
 - Addresses come only from the benchmarking range 198.18.0.0/15 (RFC 2544): the lab
-  uses 198.18.<ID>.0/24, host number N gets .N and the root namespace .254 (so tests
-  and users reach the hosts from outside). The namespaces have no default route: they
+  uses 198.18.<ID>.0/24, host number N gets .N, the root namespace .254 (so tests
+  and users reach the hosts from outside) and the service address's virtual IP .100
+  (held by one node host at a time: `loadtest.lab.vip`). The namespaces have no default route: they
   reach each other, the root namespace on the bridge, and their own loopback only.
 - Every process of the lab runs inside one of its namespaces (`ns_argv`), so "every
   process of host H" is the set of processes in H's namespace (`pids_in`), found from
@@ -32,6 +33,7 @@ from pathlib import Path
 
 LAB_RANGE = ipaddress.IPv4Network("198.18.0.0/15")
 ROOT_HOST_NUMBER = 254
+VIP_HOST_NUMBER = 100
 NFT_TABLE = "phalab"
 NS_DIR = "/run/netns"
 
@@ -81,6 +83,10 @@ class LabNet:
         return str(self.subnet[ROOT_HOST_NUMBER])
 
     @property
+    def vip(self) -> str:
+        return str(self.subnet[VIP_HOST_NUMBER])
+
+    @property
     def hosts(self) -> tuple[Host, ...]:
         return tuple(
             Host(name, number, f"{self.prefix}-{name}", str(self.subnet[number]), f"{self.prefix}-{name}")
@@ -99,9 +105,21 @@ def require_root() -> None:
         raise LabError("the lab needs root (network namespaces, veth pairs, a bridge, nftables): run it as root")
 
 
+def find_program(command: str) -> str | None:
+    """`command` on PATH, or in the sbin directories (not on every root shell's PATH)."""
+    return shutil.which(command) or shutil.which(command, path="/usr/sbin:/sbin")
+
+
+def program(command: str) -> str:
+    found = find_program(command)
+    if found is None:
+        raise LabError(f"`{command}` is not installed")
+    return found
+
+
 def missing_tools(tools: Iterable[tuple[str, str]]) -> list[str]:
-    """The Debian packages to install for the (command, package) pairs not on PATH."""
-    return sorted({package for command, package in tools if shutil.which(command) is None})
+    """The Debian packages to install for the (command, package) pairs not found."""
+    return sorted({package for command, package in tools if find_program(command) is None})
 
 
 def sh(*argv: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:

@@ -15,6 +15,11 @@ Rules of this module:
   user's serving node (server.cluster.relay).
 - `config_text` is pure (tested as text); `ServiceAddress` runs `haproxy -db` as a
   child process of `up`, which supervises it like a node.
+- The lab runs one HAProxy in each node host behind a keepalived virtual address
+  (`loadtest.lab.vip`): it also listens on the host's own address (`also_bind`; the
+  virtual one needs `net.ipv4.ip_nonlocal_bind`, being elsewhere most of the time) and
+  answers keepalived's check on a `monitor` address: HTTP 200 while it sees a node UP,
+  503 when it sees none, nothing at all when it is dead.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ CHECK_RISE = 2
 CHECK_TIMEOUT = "10s"
 MAX_CONNECTIONS = 50_000
 CLIENT_TIMEOUT = "1h"  # XMPP streams are long-lived; clients ping (XEP-0199) well within this
+MONITOR_URI = "/alive"
 
 
 @dataclass(frozen=True)
@@ -57,11 +63,26 @@ def max_connections(fd_limit: int) -> int:
     return max(100, min(MAX_CONNECTIONS, (fd_limit - 100) // 2))
 
 
+def monitor_section(address: str) -> str:
+    """An HTTP frontend on `address` for a health checker (keepalived's): GET /alive is
+    200 while a node is UP behind this HAProxy, 503 when none is."""
+    return f"""
+frontend monitor
+    mode http
+    bind {address}
+    timeout client 5s
+    monitor-uri {MONITOR_URI}
+    monitor fail if {{ nbsrv(nodes) lt 1 }}
+"""
+
+
 def config_text(domain: str, bind_host: str, bind_port: int, backends: list[Backend], directory: Path,
-                maxconn: int) -> str:
-    """haproxy.cfg for one cluster: one TCP frontend, the nodes as checked servers."""
+                maxconn: int, also_bind: tuple[str, ...] = (), monitor: str | None = None) -> str:
+    """haproxy.cfg for one cluster: one TCP frontend (on `bind_host` and the `also_bind`
+    hosts, port `bind_port`), the nodes as checked servers, and optionally a `monitor`."""
     servers = "\n".join(f"    server {b.name} {b.host}:{b.port} check" for b in backends)
-    return f"""# Written by `presence-ha up`: the cluster's service address ({bind_host}:{bind_port}).
+    binds = "\n".join(f"    bind {host}:{bind_port}" for host in (bind_host, *also_bind))
+    return f"""# Written by presence-ha: the cluster's service address ({bind_host}:{bind_port}).
 global
     maxconn {maxconn}
     pidfile {directory / 'haproxy.pid'}
@@ -82,7 +103,7 @@ defaults
     option redispatch 1
 
 frontend xmpp_client
-    bind {bind_host}:{bind_port}
+{binds}
     default_backend nodes
 
 backend nodes
@@ -96,7 +117,7 @@ backend nodes
     tcp-check expect rstring <stream:features|resource-constraint
     default-server inter {CHECK_INTERVAL_MS}ms fall {CHECK_FALL} rise {CHECK_RISE} on-marked-down shutdown-sessions
 {servers}
-"""
+""" + (monitor_section(monitor) if monitor else "")
 
 
 def haproxy_binary() -> str | None:
@@ -120,12 +141,13 @@ class ServiceAddress:
     """HAProxy for `up`: `argv()` to start it (the supervisor owns the process)."""
 
     def __init__(self, binary: str, directory: Path, domain: str, host: str, port: int,
-                 backends: list[Backend]) -> None:
+                 backends: list[Backend], also_bind: tuple[str, ...] = (), monitor: str | None = None) -> None:
         self.binary, self.host, self.port = binary, host, port
         self.stats_socket = directory / "haproxy.sock"
         self.config_path = directory / "haproxy.cfg"
         limit = resource.getrlimit(resource.RLIMIT_NOFILE)[1]  # haproxy raises its soft limit up to this
-        self.config_path.write_text(config_text(domain, host, port, backends, directory, max_connections(limit)))
+        text = config_text(domain, host, port, backends, directory, max_connections(limit), also_bind, monitor)
+        self.config_path.write_text(text)
         self.config_path.chmod(0o600)
 
     def check_config(self) -> str | None:

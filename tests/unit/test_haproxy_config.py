@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from presence_ha.server.cli.haproxy import Backend, config_text, max_connections, stream_header
+from presence_ha.server.cli.haproxy import MONITOR_URI, Backend, config_text, max_connections, stream_header
 
 
 def test_every_node_is_a_checked_server_behind_one_tcp_frontend() -> None:
@@ -28,3 +28,14 @@ def test_connections_fit_the_descriptor_limit() -> None:
     assert max_connections(20_000) == 9_950
     assert max_connections(1_048_576) == 50_000
     assert max_connections(150) == 100
+
+
+def test_the_lab_binds_the_vip_and_the_host_and_answers_a_monitor() -> None:
+    backends = [Backend("n1", "198.18.0.1", 15222), Backend("n2", "198.18.0.2", 15232)]
+    text = config_text("example.test", "198.18.0.100", 5222, backends, Path("/d"), 1000,
+                       also_bind=("198.18.0.1",), monitor="127.0.0.1:8404")
+    assert "    bind 198.18.0.100:5222\n    bind 198.18.0.1:5222\n" in text
+    monitor = text[text.index("frontend monitor"):]
+    assert "mode http" in monitor and "bind 127.0.0.1:8404" in monitor and f"monitor-uri {MONITOR_URI}" in monitor
+    assert "monitor fail if { nbsrv(nodes) lt 1 }" in monitor  # 503 when this HAProxy sees no node UP
+    assert "frontend monitor" not in config_text("example.test", "127.0.0.1", 5222, backends, Path("/d"), 1000)

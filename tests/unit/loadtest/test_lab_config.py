@@ -25,7 +25,7 @@ def test_every_address_is_in_the_benchmarking_range_and_names_fit_interfaces():
         net = LabNet(lab_id)
         addresses = [net.root_address] + [h.address for h in net.hosts]
         assert all(ipaddress.ip_address(a) in LAB_RANGE for a in addresses)
-        assert len(set(addresses)) == 4
+        assert len(set(addresses)) == 4 and net.vip not in addresses and ipaddress.ip_address(net.vip) in net.subnet
         assert all(len(name) <= 15 for name in [net.bridge] + [h.veth for h in net.hosts])  # IFNAMSIZ - 1
     net = LabNet(3)
     assert [(h.name, h.address, h.netns) for h in net.hosts] == [
@@ -93,7 +93,8 @@ def test_leader_and_sync_standby_from_patronis_member_list():
 
 def test_missing_programs_are_named_by_their_debian_packages():
     assert netns.missing_tools([("no-such-program-xyz", "pkg-a"), ("sh", "pkg-b")]) == ["pkg-a"]
-    assert {package for _cmd, package in REQUIRED_TOOLS} >= {"etcd-server", "patroni", "nftables", "postgresql-15"}
+    assert {package for _cmd, package in REQUIRED_TOOLS} >= {"etcd-server", "patroni", "nftables", "postgresql-15",
+                                                              "haproxy", "keepalived"}
 
 
 def test_cluster_json_adds_lab_hosts_to_the_up_format(tmp_path):
@@ -102,7 +103,10 @@ def test_cluster_json_adds_lab_hosts_to_the_up_format(tmp_path):
     lab = Lab(tmp_path, LabNet(0), SECRETS)
     nodes = [LabNode("n1", lab.net.host("h1"), 15222, 15226), LabNode("n2", lab.net.host("h2"), 15232, 15236)]
     data = lab.cluster_json("lab.test", nodes, {"user1": "pw1"})
-    assert set(data) == {"domain", "database_url", "cluster_key", "nodes", "users", "lab"}
+    assert set(data) == {"domain", "service", "ca_cert", "database_url", "cluster_key", "nodes", "users", "lab"}
+    assert data["service"] == {"host": "198.18.0.100", "port": 5222}  # the keepalived VIP, as `up`'s HAProxy
+    assert data["ca_cert"] == str(tmp_path / "h1" / "tls" / "ca.crt")
+    assert data["lab"]["haproxy"] == {"h1": "198.18.0.1:5222", "h2": "198.18.0.2:5222"}
     assert data["cluster_key"] == str(tmp_path / "cluster.key")
     assert data["nodes"][1] == {"name": "n2", "host": "198.18.0.2", "client_port": 15232, "metrics_port": 15236,
                                 "lab_host": "h2", "netns": "phalab0-h2"}
@@ -125,5 +129,5 @@ def test_lab_help_names_the_packages():
 
     result = CliRunner().invoke(main, ["lab", "--help"])
     assert result.exit_code == 0
-    assert "etcd-server" in result.output and "patroni" in result.output
+    assert "etcd-server" in result.output and "patroni" in result.output and "keepalived" in result.output
     assert {"up", "down", "status"} <= set(result.output.split())
