@@ -267,7 +267,8 @@ class LabRun:
         fault_at = time.monotonic()
         if self.fault == "host":
             lab.power_off(host)
-            detail = f"{host} powered off (SIGKILL of node {node}, Patroni and PostgreSQL; {where})"
+            detail = (f"{host} powered off (SIGKILL of node {node}, Patroni, PostgreSQL, HAProxy and keepalived; "
+                      f"{where})")
         elif self.fault == "db":
             killed = lab.kill_db_primary()
             node = next(n for n, h in NODE_HOSTS.items() if h == killed)

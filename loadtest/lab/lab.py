@@ -369,9 +369,10 @@ class Lab:
     def power_off(self, name: str) -> None:
         """Host `name` loses power: every process in its namespace (node, database, HAProxy,
         keepalived) is stopped, then killed, so none reacts to another's death (keepalived's
-        VRRP process would leave cleanly when its parent dies, handing the VIP over at
-        once). Once they are gone (their sockets closed, as the host's ports now refuse),
-        the VIP goes too, which no keepalived removed."""
+        VRRP process, told of its parent's death, would send a priority-0 advert and hand
+        the VIP over at once: a clean stop, not a power loss). Once they are gone (their
+        sockets closed, as the host's ports now refuse), the VIP goes too, which no
+        keepalived removed."""
         host = self.net.host(name)
         pids = netns.pids_in(host)
         netns.kill_pids(pids, signal.SIGSTOP)
@@ -379,9 +380,7 @@ class Lab:
         deadline = time.monotonic() + POWER_OFF_S
         while (left := netns.pids_in(host)) and time.monotonic() < deadline:
             netns.kill_pids(left, signal.SIGKILL)  # any forked before the stop reached its parent
-            for proc in self.procs:
-                proc.poll()  # reap ours
-            time.sleep(0.02)
+            time.sleep(0.02)  # (a zombie has left its namespace: `pids_in` no longer lists it)
         if name in SERVICE_HOSTS:
             vip.drop_vip(self.net, name)
 
