@@ -30,6 +30,7 @@ from presence_ha.db.engine import DatabaseUnavailable, make_engine, make_session
 from presence_ha.db.errors import ProvisioningError
 from presence_ha.db.hotpath import HotPath
 from presence_ha.server.auth import Accounts
+from presence_ha.server.blocking import BlockingGuard
 from presence_ha.server.cluster import ClusterLinks, ClusterService, load_peers
 from presence_ha.server.config import NodeConfig
 from presence_ha.server.context import OFFLINE_MESSAGE_LIMIT, FeatureContext
@@ -83,7 +84,7 @@ class NodeSettings:
 
 
 def build_router(modules: list[str] = FEATURE_MODULES, remote: RemoteRoute | None = None) -> Router:
-    router = Router(remote)
+    router = Router(remote, BlockingGuard())
     for name in modules:
         importlib.import_module(name).register(router)
     return router

@@ -143,7 +143,7 @@ class World:
         return client
 
 
-async def make_world(db_path, *, offline_limit: int = 3) -> World:
+async def make_world(db_path, *, offline_limit: int = 3, modules=MODULES, guard=None) -> World:
     engine = make_engine(f"sqlite:///{db_path}")
     async with engine.begin() as conn:
         await conn.run_sync(metadata.create_all)
@@ -155,8 +155,8 @@ async def make_world(db_path, *, offline_limit: int = 3) -> World:
         ))
         await conn.execute(insert(User), [{"cluster_id": cluster, "username": name} for name in USERS])
     hot = HotPath(f"sqlite:///{db_path}")
-    router = Router()
-    for module in MODULES:
+    router = Router(None, guard)
+    for module in modules:
         module.register(router)
     ctx = FeatureContext(
         domain=DOMAIN, node_name="n1", router=router, sessions=SessionRegistry(),
