@@ -16,7 +16,10 @@ Rules of this module:
 - `BlockingGuard` applies the rule for the router with the block lists the store
   caches with the rosters (`server.store.Store.blocked`): no query per stanza.
   `inbound_now` answers without awaiting when the recipient's list is cached (the
-  routed fast path), else None: the caller takes the router's way.
+  routed fast path), else None: the caller takes the router's way. Presence
+  broadcasts (available, unavailable, error) for an account with no session here
+  reach nobody anyway: they pass without the list (no roster read for an offline
+  contact); subscription stanzas and probes are always checked.
 """
 
 from __future__ import annotations
@@ -85,6 +88,13 @@ def error_of(verdict: Verdict) -> StanzaError | None:
     return None
 
 
+_BROADCAST_TYPES = (None, "unavailable", "error")  # presence that goes only to sessions
+
+
+def _reaches_nobody(ctx: FeatureContext, stanza: ET.Element, to: JID) -> bool:
+    return stanza.tag == "presence" and stanza.get("type") in _BROADCAST_TYPES and not ctx.sessions.resources(to.bare)
+
+
 def _sender(stanza: ET.Element) -> JID | None:
     text = stanza.get("from")
     try:
@@ -98,11 +108,13 @@ class BlockingGuard:
 
     async def inbound(self, ctx: FeatureContext, stanza: ET.Element, to: JID) -> Verdict:
         sender = _sender(stanza)
-        if sender is None or sender.bare == to.bare:
+        if sender is None or sender.bare == to.bare or _reaches_nobody(ctx, stanza, to):
             return Verdict.PASS
         return inbound(await ctx.store.blocked(to.bare), sender, stanza)
 
     def inbound_now(self, ctx: FeatureContext, stanza: ET.Element, to: JID) -> Verdict | None:
+        if _reaches_nobody(ctx, stanza, to):
+            return Verdict.PASS
         items = ctx.store.blocked_now(to.bare)
         if items is None:
             return None

@@ -21,8 +21,9 @@ from presence_ha.server.features import (
     vcard,
 )
 from presence_ha.server.xmpp import caps
+from presence_ha.server.xmpp.jid import JID
 from tests.unit.features.helpers import befriend
-from tests.unit.features.transcript import make_world
+from tests.unit.features.transcript import make_world, parse
 
 NS_ERR = "urn:ietf:params:xml:ns:xmpp-stanzas"
 B = "xmlns='urn:xmpp:blocking'"
@@ -206,3 +207,31 @@ async def test_roster_versions(world):
     alice.expect("<iq type='result' id='g3' to='alice@example.test/home'/>")
     await alice.send(f"<iq type='get' id='g4'><query {q} ver='{first}'/></iq>")
     assert alice.outbox.pop()[0].get("ver") == push
+
+
+async def test_a_blocked_contacts_subscription_request_is_not_kept_for_later(world):
+    alice = await world.online("alice@example.test/home")
+    await alice.send(f"<iq type='set' id='b'><block {B}><item jid='carol@example.test'/></block></iq>")
+    alice.outbox.clear()
+    await alice.close()
+    carol = await world.online("carol@example.test/c")
+    await carol.send("<presence type='subscribe' to='alice@example.test'/>")
+    carol.expect("<iq type='set' id='*' to='carol@example.test/c'><query xmlns='jabber:iq:roster'>"
+                 "<item jid='alice@example.test' subscription='none' ask='subscribe'/></query></iq>")
+    carol.silent()  # alice's server drops it without an answer (§3.4)
+    alice = await world.online("alice@example.test/home2", roster=False)
+    assert await world.store.pending_requests(alice.jid) == []
+
+
+async def test_the_routed_fast_path_asks_the_cached_list_only(world):
+    alice = await world.online("alice@example.test/home")
+    await alice.send(f"<iq type='set' id='b'><block {B}><item jid='bob@example.test'/></block></iq>")
+    router, ctx, alice_jid = world.router, world.ctx, alice.jid.bare
+    chat = parse("<message type='chat' from='bob@example.test/pc' to='alice@example.test'><body>x</body></message>")
+    assert not router.admits_now(ctx, chat, alice_jid)  # the block invalidated the list: not known yet
+    await world.store.blocked(alice_jid)  # what the router's way does, once
+    assert not router.admits_now(ctx, chat, alice_jid)  # known and blocked
+    chat.set("from", "carol@example.test/c")
+    assert router.admits_now(ctx, chat, alice_jid)
+    offline = parse("<presence from='bob@example.test/pc' to='dave@example.test'/>")
+    assert router.admits_now(ctx, offline, JID.parse("dave@example.test"))  # reaches nobody: no list needed
