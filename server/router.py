@@ -139,9 +139,13 @@ class RemoteRoute(Protocol):
 class StanzaGuard(Protocol):
     """The blocking check (`server.blocking.BlockingGuard`)."""
 
+    def inbound_now(self, ctx: FeatureContext, stanza: ET.Element, to: JID) -> Verdict | None:
+        """The verdict on `stanza` for the local account `to` if known at once; None: await `inbound`."""
+
     async def inbound(self, ctx: FeatureContext, stanza: ET.Element, to: JID) -> Verdict: ...
 
-    def inbound_now(self, ctx: FeatureContext, stanza: ET.Element, to: JID) -> Verdict | None: ...
+    def outbound_now(self, ctx: FeatureContext, session: Session, stanza: ET.Element, to: JID) -> Verdict | None:
+        """The verdict on `stanza` `session` sends to `to` if known at once; None: await `outbound`."""
 
     async def outbound(self, ctx: FeatureContext, session: Session, stanza: ET.Element, to: JID) -> Verdict: ...
 
@@ -251,7 +255,9 @@ class Router:
             await self._handle_local_iq(ctx, session, stanza)
             return
         if self._guard is not None and to is not None:
-            verdict = await self._guard.outbound(ctx, session, stanza, to)
+            verdict = self._guard.outbound_now(ctx, session, stanza, to)
+            if verdict is None:
+                verdict = await self._guard.outbound(ctx, session, stanza, to)
             if verdict is not Verdict.PASS:
                 await self._stop(ctx, session, stanza, verdict)
                 return
@@ -283,7 +289,9 @@ class Router:
         if route_remote and self._remote is not None and await self._routed_away(ctx, self._remote, stanza, to, sender):
             return
         if self._guard is not None and to.local is not None:
-            verdict = await self._guard.inbound(ctx, stanza, to)
+            verdict = self._guard.inbound_now(ctx, stanza, to)
+            if verdict is None:
+                verdict = await self._guard.inbound(ctx, stanza, to)
             if verdict is not Verdict.PASS:
                 await self._stop(ctx, sender, stanza, verdict)
                 return

@@ -6,7 +6,10 @@ Rules of this module:
   the same one. Which stanzas it stops is `server.blocking`'s rule, applied by the
   router; the store caches the list with the roster (no query per stanza).
 - Only the user's own block list is reachable: an IQ to another account is answered
-  on its behalf by nobody (service-unavailable, the router's default).
+  on its behalf by nobody (service-unavailable, the router's default). It is changed
+  from an active session only (`not-allowed` on a backup connection, SPEC §8): the
+  active sessions keep the list (`server.blocking`), and they are all on the node
+  serving the user.
 - `<blocklist/>` get returns the items and subscribes the session to pushes (§3.2).
   `<block/>` needs at least one item (bad-request, §3.3); `<unblock/>` without items
   empties the list (§3.6). A malformed JID is `jid-malformed`. Each change is pushed to
@@ -25,10 +28,10 @@ import uuid
 import xml.etree.ElementTree as ET
 from typing import TYPE_CHECKING
 
-from presence_ha.server.blocking import NS_BLOCKING, is_blocked
+from presence_ha.server.blocking import NS_BLOCKING, block_list, forget_block_list, is_blocked
 from presence_ha.server.presence_service import I_SEE, SEE_ME
 from presence_ha.server.router import Router
-from presence_ha.server.sessions import Session
+from presence_ha.server.sessions import Session, SessionKind
 from presence_ha.server.xmpp.errors import Condition, StanzaError
 from presence_ha.server.xmpp.jid import JID, InvalidJid
 from presence_ha.server.xmpp.stanzas import IqType, PresenceType, presence, readdressed
@@ -60,6 +63,12 @@ def _check_own(session: Session, iq: ET.Element) -> None:
         raise StanzaError(Condition.FORBIDDEN, "only your own block list can be read or changed")
 
 
+def _check_change(session: Session, iq: ET.Element) -> None:
+    _check_own(session, iq)
+    if session.kind is SessionKind.INACTIVE:
+        raise StanzaError(Condition.NOT_ALLOWED, "change the block list on your active connection")
+
+
 def _element(tag: str, jids: list[str]) -> ET.Element:
     query = ET.Element(tag)
     for jid in jids:
@@ -82,22 +91,24 @@ async def blocklist(ctx: FeatureContext, session: Session, iq: ET.Element) -> ET
 
 
 async def block(ctx: FeatureContext, session: Session, iq: ET.Element) -> None:
-    _check_own(session, iq)
+    _check_change(session, iq)
     jids = _items(iq[0])
     if not jids:
         raise StanzaError(Condition.BAD_REQUEST, "a block carries at least one item")
     if len(set(await ctx.store.block_list(session.bare)) | set(jids)) > MAX_ITEMS:
         raise StanzaError(Condition.NOT_ACCEPTABLE, f"a block list holds at most {MAX_ITEMS} items")
     added = await ctx.store.block(session.bare, jids)
+    forget_block_list(ctx, session.bare)
     _push(ctx, session.bare, BLOCK, jids)
     if added:
         await _hide_from(ctx, session.bare, frozenset(added))
 
 
 async def unblock(ctx: FeatureContext, session: Session, iq: ET.Element) -> None:
-    _check_own(session, iq)
+    _check_change(session, iq)
     jids = _items(iq[0])
     removed = await ctx.store.unblock(session.bare, jids or None)
+    forget_block_list(ctx, session.bare)
     _push(ctx, session.bare, UNBLOCK, jids)
     if removed:
         await _show_to(ctx, session.bare, frozenset(removed))
@@ -113,7 +124,7 @@ async def _hide_from(ctx: FeatureContext, user: JID, added: frozenset[str]) -> N
 
 async def _show_to(ctx: FeatureContext, user: JID, removed: frozenset[str]) -> None:
     """The unblocked contacts see the user's presence again, and it sees theirs."""
-    still = await ctx.store.blocked(user)
+    still = await block_list(ctx, user)
     available = ctx.sessions.available(user)
     for contact in await ctx.store.contacts(user, SEE_ME):
         if is_blocked(removed, contact) and not is_blocked(still, contact):

@@ -21,9 +21,10 @@ Rules of this module:
   or when the session ends (`SessionClosed`).
 - Delivery to an account (§8.5) is `presence_service.deliver_now` (the same rule
   serves presence a peer node routed here).
-- Blocked contacts (XEP-0191 §3.3) are left out of broadcasts; the block list comes
-  with the cached roster (no query). Each resource that goes unavailable is announced
-  as `ResourceUnavailable` (last activity, XEP-0012, records it).
+- Blocked contacts (XEP-0191 §3.3) are left out of broadcasts; the block list is the
+  session's (`server.blocking.block_list`: read with the roster, no query of its
+  own). Each resource that goes unavailable is announced as `ResourceUnavailable`
+  (last activity, XEP-0012, records it).
 - <priority/> must be an integer in -128..127 (RFC 6121 §4.7.2.3), else bad-request.
 - Sessions changing nodes (takeover, activation, resumption) are the presence
   service's (`server.presence_service`), not this module's.
@@ -34,7 +35,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from typing import TYPE_CHECKING
 
-from presence_ha.server.blocking import is_blocked
+from presence_ha.server.blocking import block_list, is_blocked
 from presence_ha.server.presence_service import INBOUND_TYPES, SEE_ME, announce_available, deliver_now
 from presence_ha.server.router import Direction, ResourceUnavailable, Router, SessionClosed, StanzaKind
 from presence_ha.server.sessions import Session, SessionKind
@@ -66,7 +67,7 @@ async def _to_contacts(
 ) -> None:
     """`stanza` to the subscribers, to `extra` targets and to the user's other resources."""
     contacts = await ctx.store.contacts(session.bare, SEE_ME)
-    blocked = await ctx.store.blocked(session.bare)  # cached with the contacts
+    blocked = await block_list(ctx, session.bare)  # the session's, or read with the contacts
     targets = [str(jid) for jid in contacts if not (blocked and is_blocked(blocked, jid))]
     for target in targets + sorted(extra - set(targets)):
         await ctx.deliver(readdressed(stanza, target))

@@ -20,6 +20,7 @@ from presence_ha.server.features import (
     subscription,
     vcard,
 )
+from presence_ha.server.sessions import SessionKind
 from presence_ha.server.xmpp import caps
 from presence_ha.server.xmpp.jid import JID
 from tests.unit.features.helpers import befriend
@@ -228,10 +229,29 @@ async def test_the_routed_fast_path_asks_the_cached_list_only(world):
     await alice.send(f"<iq type='set' id='b'><block {B}><item jid='bob@example.test'/></block></iq>")
     router, ctx, alice_jid = world.router, world.ctx, alice.jid.bare
     chat = parse("<message type='chat' from='bob@example.test/pc' to='alice@example.test'><body>x</body></message>")
-    assert not router.admits_now(ctx, chat, alice_jid)  # the block invalidated the list: not known yet
-    await world.store.blocked(alice_jid)  # what the router's way does, once
+    assert not router.admits_now(ctx, chat, alice_jid)  # blocked (or not known yet): the router's way
+    await world.router.deliver(ctx, chat, route_remote=False)  # which reads the list once
+    assert alice.session.blocked == frozenset({"bob@example.test"})
     assert not router.admits_now(ctx, chat, alice_jid)  # known and blocked
     chat.set("from", "carol@example.test/c")
     assert router.admits_now(ctx, chat, alice_jid)
     offline = parse("<presence from='bob@example.test/pc' to='dave@example.test'/>")
     assert router.admits_now(ctx, offline, JID.parse("dave@example.test"))  # reaches nobody: no list needed
+
+
+async def test_a_backup_connection_cannot_change_the_block_list(world):
+    backup = await world.connect("alice@example.test/backup", kind=SessionKind.INACTIVE)
+    await backup.send(f"<iq type='set' id='b'><block {B}><item jid='bob@example.test'/></block></iq>")
+    assert backup.outbox.pop().find(f"error/{{{NS_ERR}}}not-allowed") is not None
+    assert await world.store.block_list(backup.jid) == []
+
+
+async def test_sessions_keep_the_list_until_it_changes(world):
+    alice = await world.online("alice@example.test/home")
+    bob = await world.online("bob@example.test/pc")
+    await alice.send("<message type='chat' to='bob@example.test'><body>1</body></message>")
+    assert alice.session.blocked == frozenset() and bob.session.blocked == frozenset()  # read once, kept
+    await alice.send(f"<iq type='set' id='b'><block {B}><item jid='bob@example.test'/></block></iq>")
+    assert alice.session.blocked is None  # cleared by the change
+    await bob.send("<message type='chat' to='alice@example.test'><body>2</body></message>")
+    assert alice.session.blocked == frozenset({"bob@example.test"})
