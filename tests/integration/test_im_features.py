@@ -15,6 +15,9 @@ users, alternately on n1 and n2, so every check crosses the node link:
 - "hugo (n2) sets an avatar: gina (n1) gets his vCard and its hash in his presence";
 - "ivan logs out with a status: judy, his contact, reads how long ago; kate, a
   stranger, is refused";
+- "olga (aioxmpp, n2) blocks pete (n1) with aioxmpp's BlockingClient and sets her
+  vCard photo with its VCardService: pete's message and vCard query are refused;
+  she unblocks him and he reads her photo";
 - last, "n1 is SIGKILLed: leo logs in on n2 and finds his vCard and block list, and
   the block still holds".
 
@@ -40,9 +43,10 @@ slixmpp = pytest.importorskip("slixmpp")
 DEADLINE_S = 20.0
 PLACEMENT = {
     "alice": "n1", "carol": "n1", "gina": "n1", "judy": "n1", "kate": "n1", "leo": "n1",
-    "bob": "n2", "dave": "n2", "hugo": "n2", "ivan": "n2", "mia": "n2", "nina": "n2",
+    "bob": "n2", "dave": "n2", "hugo": "n2", "ivan": "n2", "mia": "n2", "nina": "n2", "olga": "n2", "pete": "n1",
 }
-CIRCLES = [["alice", "bob", "carol", "dave"], ["gina", "hugo"], ["ivan", "judy"], ["leo", "mia", "nina"]]
+CIRCLES = [["alice", "bob", "carol", "dave"], ["gina", "hugo"], ["ivan", "judy"], ["leo", "mia", "nina"],
+           ["olga", "pete"]]
 PLUGINS = ("xep_0030", "xep_0115", "xep_0054", "xep_0153", "xep_0191", "xep_0012", "xep_0202")
 AVATAR = bytes(range(256)) * 4  # any bytes: the hash is over what was stored
 
@@ -243,6 +247,39 @@ async def test_last_activity_of_a_contact_who_logged_out(pair):
     finally:
         await slix_disconnect(judy)
         await slix_disconnect(kate)
+
+
+async def test_aioxmpp_blocking_and_vcard_services(pair):
+    aioxmpp = pytest.importorskip("aioxmpp")
+    from aioxmpp.connector import STARTTLSConnector
+
+    n2 = pair.node("n2")
+    olga = aioxmpp.PresenceManagedClient(
+        aioxmpp.JID.fromstr(f"{jid('olga')}/aio"), aioxmpp.make_security_layer("olga-pw", no_verify=True),
+        override_peer=[(n2.host, n2.client_port, STARTTLSConnector())])
+    olga.presence = aioxmpp.PresenceState(True)
+    blocking, vcards = olga.summon(aioxmpp.BlockingClient), olga.summon(aioxmpp.vcard.VCardService)
+    pete = await online(pair, "pete")
+    try:
+        async with olga.connected():
+            assert blocking.blocklist == frozenset()  # fetched at stream start: the server said it blocks
+            await blocking.block_jids([aioxmpp.JID.fromstr(jid("pete"))])
+            assert blocking.blocklist == {aioxmpp.JID.fromstr(jid("pete"))}
+            card = await vcards.get_vcard()
+            card.set_photo_data("image/png", AVATAR)
+            await vcards.set_vcard(card)
+            pete.send_message(mto=jid("olga"), mbody="anyone?", mtype="chat")
+            await wait_until(lambda: pete.seen.errors, DEADLINE_S, "pete's message refused")
+            with pytest.raises(slixmpp.exceptions.IqError) as refused:  # his IQs too (XEP-0191 §3.4)
+                await pete.plugin["xep_0054"].get_vcard(slixmpp.JID(jid("olga")))
+            assert refused.value.iq["error"]["condition"] == "service-unavailable"
+            await blocking.unblock_jids([aioxmpp.JID.fromstr(jid("pete"))])
+            assert blocking.blocklist == frozenset()
+            got = (await pete.plugin["xep_0054"].get_vcard(slixmpp.JID(jid("olga"))))["vcard_temp"]
+            assert got["PHOTO"]["BINVAL"] == AVATAR and got["PHOTO"]["TYPE"] == "image/png"
+            assert (await vcards.get_vcard(aioxmpp.JID.fromstr(jid("olga")))).get_photo_data() == AVATAR
+    finally:
+        await slix_disconnect(pete)
 
 
 async def test_vcard_and_block_list_survive_a_sigkill_failover(pair):
