@@ -255,3 +255,18 @@ async def test_sessions_keep_the_list_until_it_changes(world):
     assert alice.session.blocked is None  # cleared by the change
     await bob.send("<message type='chat' to='alice@example.test'><body>2</body></message>")
     assert alice.session.blocked == frozenset({"bob@example.test"})
+
+
+async def test_a_vcard_over_the_size_limit_is_refused(world):
+    alice = await world.connect("alice@example.test/home")
+    big = "x" * (vcard.MAX_VCARD_BYTES + 1)
+    await alice.send(f"<iq type='set' id='s'><vCard {V}><NOTE>{big}</NOTE></vCard></iq>")
+    assert alice.outbox.pop().find(f"error/{{{NS_ERR}}}not-acceptable") is not None
+    assert await world.store.vcard(alice.jid) is None
+
+
+async def test_entity_time_of_the_server(world):
+    alice = await world.connect("alice@example.test/home")
+    await alice.send("<iq type='get' id='t' to='example.test'><time xmlns='urn:xmpp:time'/></iq>")
+    alice.expect("<iq type='result' id='t' to='alice@example.test/home' from='example.test'>"
+                 "<time xmlns='urn:xmpp:time'><tzo>+00:00</tzo><utc>*</utc></time></iq>")
