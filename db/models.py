@@ -254,3 +254,34 @@ class HaEvent(Base):
     to_state: Mapped[str] = mapped_column(String(64))
     reason: Mapped[str] = mapped_column(String(64))
     event: Mapped[str] = mapped_column(String(255))
+
+
+class BlockedJid(Base):
+    """One entry of a user's block list (XEP-0191): a JID, bare JID or domain."""
+
+    __tablename__ = "blocked_jids"
+    __table_args__ = (UniqueConstraint("user_id", "jid"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    jid: Mapped[str] = mapped_column(String(3071))
+
+
+class VCard(Base):
+    """A user's vCard (XEP-0054), as the serialized <vCard/> the user set."""
+
+    __tablename__ = "vcards"
+
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
+    vcard: Mapped[str] = mapped_column(Text)
+    updated_at: Mapped[dt.datetime] = _now()
+
+
+class LastActivity(Base):
+    """When a user's last available resource went unavailable, and its status (XEP-0012)."""
+
+    __tablename__ = "last_activity"
+
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
+    logout_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    status: Mapped[str] = mapped_column(Text, default="")

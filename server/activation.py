@@ -63,6 +63,7 @@ def turn_active(session: Session, record: StoredPresence | None) -> bool:
     """ACTIVE now, and available with its last presence if there is a record (so that
     stanzas for the user reach it at once). True if its presence is restored."""
     session.kind = SessionKind.ACTIVE
+    session.blocked = None  # a list kept while it was active before may be stale now (server.blocking)
     if not session.available and record is not None:
         presence_service.resume_available(session, record.priority, _stored_stanza(record, session))
     return session.available

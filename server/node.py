@@ -36,6 +36,7 @@ from presence_ha.db.engine import DatabaseUnavailable, make_engine, make_session
 from presence_ha.db.errors import ProvisioningError
 from presence_ha.db.hotpath import HotPath
 from presence_ha.server.auth import Accounts
+from presence_ha.server.blocking import BlockingGuard
 from presence_ha.server.cluster import ClusterLinks, ClusterService, load_peers
 from presence_ha.server.cluster_key import SECRET, ClusterKey, ClusterKeyError
 from presence_ha.server.cluster_key import cluster_ca as open_cluster_ca
@@ -95,7 +96,7 @@ class NodeSettings:
 
 
 def build_router(modules: list[str] = FEATURE_MODULES, remote: RemoteRoute | None = None) -> Router:
-    router = Router(remote)
+    router = Router(remote, BlockingGuard())
     for name in modules:
         importlib.import_module(name).register(router)
     return router

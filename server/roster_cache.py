@@ -15,6 +15,10 @@ Rules of this module:
   the links were down) are not seen here: an entry lives at most `ttl_s`, which bounds
   that staleness. In normal operation every write for a user is made by the node
   serving it (stanzas for a user are routed there), so the cache is exact.
+- An entry also carries the user's block list (XEP-0191, `Roster.blocked`): it is
+  read with the subscriptions in one statement (`db.blocklist`), so the blocking
+  checks of every stanza cost no query, and a block-list write invalidates the entry
+  like a roster write. Its staleness across nodes is the roster's (above).
 - The clock is injected, so tests need no wall clock.
 """
 
@@ -26,7 +30,17 @@ from collections.abc import Callable
 from presence_ha.server.xmpp.jid import JID
 from presence_ha.server.xmpp.stanzas import Subscription
 
-Roster = dict[str, tuple[JID, Subscription]]  # contact text -> (contact JID, subscription)
+
+class Roster(dict[str, tuple[JID, Subscription]]):
+    """contact text -> (contact JID, subscription), in roster order; `blocked`: the
+    user's block list (XEP-0191 items as text)."""
+
+    __slots__ = ("blocked",)
+
+    def __init__(self, items: dict[str, tuple[JID, Subscription]], blocked: frozenset[str] = frozenset()) -> None:
+        super().__init__(items)
+        self.blocked = blocked
+
 SWEEP_EVERY = 1024  # loads between sweeps of expired entries (keeps memory bounded)
 
 

@@ -13,6 +13,16 @@ Rules of this module:
   raising `StanzaError`; any other exception becomes `internal-server-error`, a log line
   with the stanza id and a counter. The session and every other user carry on.
 - Features see the server only through `FeatureContext`.
+- An account's bare JID answers some IQs on the account's behalf (XEP-0030 disco,
+  vCard, last activity): `account_iq` routes, keyed like `iq` routes, run for IQ
+  get/set addressed to a bare account JID, the user's own (before the server's
+  table) or another's (on the node serving it). `account_identities` and
+  `account_features` are what disco#info on a bare account JID lists; features
+  register into them as they do into `disco_features`.
+- Blocking (XEP-0191) is the `guard` given at construction (`StanzaGuard`, provided
+  by `server.blocking`; None: nothing is blocked): a client's stanza to an address
+  passes `guard.outbound` before it goes anywhere, a stanza for a local account
+  `guard.inbound` before any handler; the router executes the verdict.
 - Accounts served by another node of the cluster: `deliver` first offers the stanza
   to the `remote` route given at construction (`RemoteRoute`, provided by
   `server.cluster`; None: a node alone); if it takes the stanza, delivery here is over.
@@ -29,6 +39,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+from presence_ha.server.blocking import Verdict, error_of
 from presence_ha.server.sessions import Session
 from presence_ha.server.xmpp.errors import Condition, StanzaError, error_reply
 from presence_ha.server.xmpp.jid import JID, InvalidJid
@@ -92,6 +103,14 @@ class SessionAvailable:
 
 
 @dataclass(frozen=True)
+class ResourceUnavailable:
+    """An available resource sent unavailable presence or ended (RFC 6121 §4.5)."""
+
+    session: Session
+    stanza: ET.Element
+
+
+@dataclass(frozen=True)
 class RosterItemChanged:
     """The roster item of `contact` in `user`'s roster changed or went (RFC 6121 §2.1.6)."""
 
@@ -100,6 +119,8 @@ class RosterItemChanged:
 
 
 IqHandler = Callable[["FeatureContext", Session, ET.Element], Awaitable[ET.Element | None]]
+# (ctx, the account addressed, the IQ with its `from`) -> result payload
+AccountIqHandler = Callable[["FeatureContext", JID, ET.Element], Awaitable[ET.Element | None]]
 StanzaHandler = Callable[["FeatureContext", Session | None, ET.Element], Awaitable[None]]
 Observer = Callable[["FeatureContext", Any], Awaitable[None]]
 F = TypeVar("F", bound=Callable[..., Any])
@@ -115,6 +136,20 @@ class RemoteRoute(Protocol):
         ...
 
 
+class StanzaGuard(Protocol):
+    """The blocking check (`server.blocking.BlockingGuard`)."""
+
+    def inbound_now(self, ctx: FeatureContext, stanza: ET.Element, to: JID) -> Verdict | None:
+        """The verdict on `stanza` for the local account `to` if known at once; None: await `inbound`."""
+
+    async def inbound(self, ctx: FeatureContext, stanza: ET.Element, to: JID) -> Verdict: ...
+
+    def outbound_now(self, ctx: FeatureContext, session: Session, stanza: ET.Element, to: JID) -> Verdict | None:
+        """The verdict on `stanza` `session` sends to `to` if known at once; None: await `outbound`."""
+
+    async def outbound(self, ctx: FeatureContext, session: Session, stanza: ET.Element, to: JID) -> Verdict: ...
+
+
 def stanza_kind(elem: ET.Element) -> StanzaKind | None:
     try:
         return StanzaKind(elem.tag)
@@ -123,9 +158,13 @@ def stanza_kind(elem: ET.Element) -> StanzaKind | None:
 
 
 class Router:
-    def __init__(self, remote: RemoteRoute | None = None) -> None:
+    def __init__(self, remote: RemoteRoute | None = None, guard: StanzaGuard | None = None) -> None:
         self._remote = remote
+        self._guard = guard
         self._iq: dict[tuple[IqType, str], IqHandler] = {}
+        self._account_iq: dict[tuple[IqType, str], AccountIqHandler] = {}
+        self.account_identities: set[tuple[str, str]] = set()  # (category, type) of a bare account JID
+        self.account_features: set[str] = set()
         self._stanza: dict[tuple[StanzaKind, Direction, str | None], StanzaHandler] = {}
         self._observers: dict[type, list[Observer]] = {}
         self.disco_features: set[str] = set()
@@ -142,6 +181,18 @@ class Router:
             if key in self._iq:
                 raise DuplicateRoute(f"IQ route {type.value} {payload_tag} registered twice")
             self._iq[key] = func
+            return func
+
+        return register
+
+    def account_iq(self, type: IqType, payload_tag: str) -> Callable[[F], F]:
+        """Answer IQs of `type` with `payload_tag` addressed to an account's bare JID."""
+
+        def register(func: F) -> F:
+            key = (type, payload_tag)
+            if key in self._account_iq:
+                raise DuplicateRoute(f"account IQ route {type.value} {payload_tag} registered twice")
+            self._account_iq[key] = func
             return func
 
         return register
@@ -197,9 +248,19 @@ class Router:
         except InvalidJid as exc:
             await self._answer_error(ctx, session, stanza, StanzaError(Condition.JID_MALFORMED, str(exc)))
             return
+        if kind is StanzaKind.IQ and to == session.bare and (account := self._account_route(stanza)) is not None:
+            await self._run(ctx, session, stanza, self._answer_account_iq(ctx, session.bare, stanza, account, session))
+            return
         if kind is StanzaKind.IQ and (to is None or (to.is_domain and to.domain == ctx.domain) or to == session.bare):
             await self._handle_local_iq(ctx, session, stanza)
             return
+        if self._guard is not None and to is not None:
+            verdict = self._guard.outbound_now(ctx, session, stanza, to)
+            if verdict is None:
+                verdict = await self._guard.outbound(ctx, session, stanza, to)
+            if verdict is not Verdict.PASS:
+                await self._stop(ctx, session, stanza, verdict)
+                return
         handler = self._stanza_handler(kind, Direction.OUT, stanza)
         if handler is None:
             await self.deliver(ctx, stanza, sender=session)
@@ -227,11 +288,51 @@ class Router:
             return
         if route_remote and self._remote is not None and await self._routed_away(ctx, self._remote, stanza, to, sender):
             return
+        if self._guard is not None and to.local is not None:
+            verdict = self._guard.inbound_now(ctx, stanza, to)
+            if verdict is None:
+                verdict = await self._guard.inbound(ctx, stanza, to)
+            if verdict is not Verdict.PASS:
+                await self._stop(ctx, sender, stanza, verdict)
+                return
         handler = self._stanza_handler(kind, Direction.IN, stanza) if kind else None
         if handler is None:
             await self._deliver_default(ctx, stanza, to, sender)
             return
         await self._run(ctx, sender, stanza, handler(ctx, sender, stanza))
+
+    def admits_now(self, ctx: FeatureContext, stanza: ET.Element, to: JID) -> bool:
+        """True if the guard lets `stanza` reach the local account `to`, known without
+        awaiting (the routed fast path); False: stopped, or not known yet: `deliver` it."""
+        return self._guard is None or self._guard.inbound_now(ctx, stanza, to) is Verdict.PASS
+
+    async def _stop(self, ctx: FeatureContext, session: Session | None, stanza: ET.Element, verdict: Verdict) -> None:
+        error = error_of(verdict)
+        if error is not None:
+            await self._answer_error(ctx, session, stanza, error)
+
+    def _account_route(self, stanza: ET.Element) -> AccountIqHandler | None:
+        if len(stanza) != 1:
+            return None
+        try:
+            return self._account_iq.get((IqType(stanza.get("type")), stanza[0].tag))
+        except ValueError:
+            return None
+
+    async def _answer_account_iq(self, ctx: FeatureContext, account: JID, stanza: ET.Element,
+                                 handler: AccountIqHandler, session: Session | None) -> None:
+        """Run an account route; its result goes to the local session that asked, or is
+        delivered to the asker (on any node)."""
+        payload = await handler(ctx, account, stanza)
+        result = ET.Element("iq", {"type": "result", "from": str(account), "to": stanza.get("from", "")})
+        if stanza.get("id") is not None:
+            result.set("id", stanza.get("id", ""))
+        if payload is not None:
+            result.append(payload)
+        if session is not None and stanza.get("from") == str(session.jid):
+            session.send(result)
+        else:
+            await self.deliver(ctx, result)
 
     async def _routed_away(self, ctx: FeatureContext, remote: RemoteRoute, stanza: ET.Element, to: JID,
                            sender: Session | None) -> bool:
@@ -246,6 +347,10 @@ class Router:
         target = ctx.sessions.get(to) if not to.is_bare else None
         if target is not None:
             target.send(stanza)
+            return
+        account = self._account_route(stanza) if to.is_bare and stanza_kind(stanza) is StanzaKind.IQ else None
+        if account is not None and stanza.get("from"):
+            await self._run(ctx, sender, stanza, self._answer_account_iq(ctx, to, stanza, account, sender))
             return
         if stanza.get("type") in ("get", "set"):
             await self._answer_error(ctx, sender, stanza, StanzaError(Condition.SERVICE_UNAVAILABLE))

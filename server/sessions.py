@@ -41,6 +41,9 @@ class Session:
     priority: int = 0
     presence: ET.Element | None = None  # last broadcast available presence
     interested: bool = False  # requested the roster (RFC 6121 §2.1.6)
+    roster_versioning: bool = False  # its roster get carried `ver` (RFC 6121 §2.6): pushes carry it too
+    blocklist_interested: bool = False  # requested the block list (XEP-0191 §3.3: gets its pushes)
+    blocked: frozenset[str] | None = None  # the user's block list, kept for the session's life (server.blocking)
     carbons: bool = False  # XEP-0280 enabled
     client_active: bool = True  # XEP-0352 state
     directed_to: set[str] = field(default_factory=set)  # directed presence targets (full JIDs)

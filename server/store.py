@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import datetime as dt
 import sys
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -42,7 +43,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from presence_ha.db import groups, nodes, offline, parameters, presence, roster, users
+from presence_ha.db import blocklist, groups, last_activity, nodes, offline, parameters, presence, roster, users, vcards
 from presence_ha.db.engine import translate_errors
 from presence_ha.db.hotpath import HotPath
 from presence_ha.db.roster import RosterRow
@@ -221,8 +222,9 @@ class Store:
         pending = self._roster_loads[key] = asyncio.get_running_loop().create_future()
         ticket, loaded = self._rosters.begin_load(), None
         try:
-            rows = await self._read(roster.subscriptions_of, user)
-            loaded = {sys.intern(text): (self._shared_jid(text), Subscription.parse(sub)) for text, sub in rows}
+            rows, blocked = await self._read(blocklist.roster_and_blocks_of, user)
+            loaded = Roster({sys.intern(text): (self._shared_jid(text), Subscription.parse(sub)) for text, sub in rows},
+                            frozenset(blocked))
         except BaseException as exc:
             pending.set_exception(exc)
             pending.exception()  # retrieved: nobody else may be waiting
@@ -248,6 +250,55 @@ class Store:
         if jid is None:
             jid = self._jids[text] = JID.parse(text)
         return jid
+
+    # -- block lists (XEP-0191), cached with the roster ---------------------------
+    async def blocked(self, user: JID) -> frozenset[str]:
+        """The user's block list (cached with its roster); empty for no such account."""
+        try:
+            return (await self._cached_roster(user)).blocked
+        except UnknownUser:
+            return frozenset()
+
+    def blocked_now(self, user: JID) -> frozenset[str] | None:
+        """The user's block list if it is cached now, else None (ask `blocked`)."""
+        cached = self._rosters.get(str(user.bare))
+        return cached.blocked if isinstance(cached, Roster) else None
+
+    async def block_list(self, user: JID) -> list[str]:
+        """The block list as stored, in the order the items were added."""
+        async with self._tx() as s:
+            return await blocklist.list_blocked(s, await self._uid(s, user))
+
+    async def block(self, user: JID, jids: Iterable[str]) -> list[str]:
+        """Add `jids`; returns those that were not blocked before."""
+        async with self._tx() as s:
+            added = await blocklist.block(s, await self._uid(s, user), list(jids))
+        self._forget_roster(user)
+        return added
+
+    async def unblock(self, user: JID, jids: Iterable[str] | None) -> list[str]:
+        """Remove `jids` (None: all); returns those that were blocked."""
+        async with self._tx() as s:
+            gone = await blocklist.unblock(s, await self._uid(s, user), None if jids is None else list(jids))
+        self._forget_roster(user)
+        return gone
+
+    # -- vCards (XEP-0054, XEP-0153) and last activity (XEP-0012) ----------------
+    async def vcard(self, user: JID) -> ET.Element | None:
+        async with self._tx() as s:
+            text = await vcards.get(s, await self._uid(s, user))
+        return ET.fromstring(text) if text is not None else None
+
+    async def set_vcard(self, user: JID, vcard: ET.Element) -> None:
+        async with self._tx() as s:
+            await vcards.put(s, await self._uid(s, user), serialize(vcard))
+
+    async def record_logout(self, user: JID, at: dt.datetime, status: str) -> None:
+        await self._read(last_activity.record_by_name, user, at, status)
+
+    async def last_logout(self, user: JID) -> tuple[dt.datetime, str] | None:
+        async with self._tx() as s:
+            return await last_activity.get(s, await self._uid(s, user))
 
     # -- subscriptions (RFC 6121 §3) -----------------------------------------
     async def subscription(self, user: JID, contact: JID) -> SubscriptionState:

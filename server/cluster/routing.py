@@ -166,6 +166,8 @@ def deliver_routed_now(ctx: FeatureContext, stanza: ET.Element, payload: bytes) 
         return False
     if to.domain != ctx.domain or to.local is None:
         return False
+    if not ctx.router.admits_now(ctx, stanza, to):
+        return False  # blocked (XEP-0191), or the recipient's block list is not cached: the router's way
     body = wire.routed_body(payload)
     if body.find(b"xmlns", 0, body.find(b">")) >= 0:  # `serialize` never declares one there: an
         return False  # xmlns='' would take the stanza out of jabber:client in the client's stream

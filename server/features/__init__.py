@@ -24,4 +24,8 @@ FEATURE_MODULES: list[str] = [
     "presence_ha.server.features.carbons",  # XEP-0280
     "presence_ha.server.features.inactive_session",  # SPEC §8 inactive sessions, activation
     "presence_ha.server.features.ha_backup_info",  # SPEC §8 backup node for clients
+    "presence_ha.server.features.blocking",  # XEP-0191
+    "presence_ha.server.features.vcard",  # XEP-0054, XEP-0153
+    "presence_ha.server.features.last_activity",  # XEP-0012
+    "presence_ha.server.features.entity_time",  # XEP-0202
 ]

@@ -103,3 +103,4 @@ def register(router: Router) -> None:
     router.stanza(StanzaKind.MESSAGE, Direction.OUT)(outbound)
     router.stanza(StanzaKind.MESSAGE, Direction.IN)(inbound)
     router.observe(SessionAvailable)(flush_offline)
+    router.disco_features.add("msgoffline")  # XEP-0160 §5: offline messages are stored

@@ -21,6 +21,10 @@ Rules of this module:
   or when the session ends (`SessionClosed`).
 - Delivery to an account (§8.5) is `presence_service.deliver_now` (the same rule
   serves presence a peer node routed here).
+- Blocked contacts (XEP-0191 §3.3) are left out of broadcasts; the block list is the
+  session's (`server.blocking.block_list`: read with the roster, no query of its
+  own). Each resource that goes unavailable is announced as `ResourceUnavailable`
+  (last activity, XEP-0012, records it).
 - <priority/> must be an integer in -128..127 (RFC 6121 §4.7.2.3), else bad-request.
 - Sessions changing nodes (takeover, activation, resumption) are the presence
   service's (`server.presence_service`), not this module's.
@@ -31,8 +35,9 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from typing import TYPE_CHECKING
 
+from presence_ha.server.blocking import block_list, is_blocked
 from presence_ha.server.presence_service import INBOUND_TYPES, SEE_ME, announce_available, deliver_now
-from presence_ha.server.router import Direction, Router, SessionClosed, StanzaKind
+from presence_ha.server.router import Direction, ResourceUnavailable, Router, SessionClosed, StanzaKind
 from presence_ha.server.sessions import Session, SessionKind
 from presence_ha.server.xmpp.errors import Condition, StanzaError
 from presence_ha.server.xmpp.jid import JID
@@ -61,7 +66,9 @@ async def _to_contacts(
     ctx: FeatureContext, session: Session, stanza: ET.Element, extra: frozenset[str] | set[str] = frozenset()
 ) -> None:
     """`stanza` to the subscribers, to `extra` targets and to the user's other resources."""
-    targets = [str(jid) for jid in await ctx.store.contacts(session.bare, SEE_ME)]
+    contacts = await ctx.store.contacts(session.bare, SEE_ME)
+    blocked = await block_list(ctx, session.bare)  # the session's, or read with the contacts
+    targets = [str(jid) for jid in contacts if not (blocked and is_blocked(blocked, jid))]
     for target in targets + sorted(extra - set(targets)):
         await ctx.deliver(readdressed(stanza, target))
     available = PresenceType.of(stanza) is PresenceType.AVAILABLE
@@ -88,6 +95,7 @@ async def _unavailable(ctx: FeatureContext, session: Session, stanza: ET.Element
     if was_available:
         await ctx.store.delete_presence(session.jid)
         await _to_contacts(ctx, session, stanza, targets)
+        await ctx.notify(ResourceUnavailable(session, stanza))
         return
     for target in sorted(targets):
         await ctx.deliver(readdressed(stanza, target))

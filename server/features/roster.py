@@ -17,11 +17,18 @@ Rules of this module:
 - Removing an item cancels the subscriptions both ways (§2.5.2): "unsubscribe" if the
   user had or asked for one, "unsubscribed" (after unavailable presence) if the
   contact had or asked for one. The contact's side runs through normal delivery.
-- Roster versioning (§2.6) is not offered.
+- Roster versioning (§2.6, XEP-0237): the version is a hash of the roster as
+  stored (`roster_version`), so it is the same on every node and after a failover,
+  with nothing more to store. A get whose `ver` equals it is answered with an empty
+  result (§2.6.3); any other get that carries `ver` gets the whole roster with the
+  current version. Pushes to a session that asked with `ver` carry the version after
+  the change (only then is the whole roster read for a push).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import uuid
 import xml.etree.ElementTree as ET
 from typing import TYPE_CHECKING
@@ -58,6 +65,12 @@ def item_element(contact: str, row: RosterRow | None) -> ET.Element:
     for name in row.groups:
         ET.SubElement(item, GROUP).text = name
     return item
+
+
+def roster_version(rows: list[RosterRow]) -> str:
+    """A digest of every item as stored: equal for equal rosters, on any node."""
+    canonical = sorted((r.contact, r.name or "", r.subscription, r.ask, r.approved, sorted(r.groups)) for r in rows)
+    return hashlib.sha1(json.dumps(canonical).encode()).hexdigest()
 
 
 def _check_own(session: Session, iq: ET.Element) -> None:
@@ -112,12 +125,20 @@ async def _remove(ctx: FeatureContext, session: Session, contact: JID) -> None:
         await ctx.deliver(presence(PresenceType.UNSUBSCRIBED, session.bare, contact))
 
 
-async def roster_get(ctx: FeatureContext, session: Session, iq: ET.Element) -> ET.Element:
+async def roster_get(ctx: FeatureContext, session: Session, iq: ET.Element) -> ET.Element | None:
     _check_own(session, iq)
-    query = ET.Element(QUERY)
-    for row in await ctx.store.roster(session.bare):
-        query.append(item_element(row.contact, row))
+    rows = await ctx.store.roster(session.bare)
     session.interested = True
+    asked = iq[0].get("ver")
+    query = ET.Element(QUERY)
+    if asked is not None:
+        session.roster_versioning = True
+        version = roster_version(rows)
+        if asked == version:
+            return None  # §2.6.3: unchanged; the client keeps its copy
+        query.set("ver", version)
+    for row in rows:
+        query.append(item_element(row.contact, row))
     return query
 
 
@@ -139,12 +160,20 @@ async def roster_set(ctx: FeatureContext, session: Session, iq: ET.Element) -> N
 
 async def push_item(ctx: FeatureContext, event: RosterItemChanged) -> None:
     """Send the item as stored now to each interested resource (§2.1.6)."""
-    row = await ctx.store.roster_item(event.user, event.contact)
-    for session in ctx.sessions.active(event.user):
-        if not session.interested:
-            continue
+    targets = [session for session in ctx.sessions.active(event.user) if session.interested]
+    if not targets:
+        return
+    version = None
+    if any(session.roster_versioning for session in targets):
+        rows = await ctx.store.roster(event.user)
+        row = next((r for r in rows if r.contact == str(event.contact.bare)), None)
+        version = roster_version(rows)
+    else:
+        row = await ctx.store.roster_item(event.user, event.contact)
+    for session in targets:
         push = ET.Element("iq", {"type": "set", "id": f"push-{uuid.uuid4().hex[:12]}", "to": str(session.jid)})
-        ET.SubElement(push, QUERY).append(item_element(str(event.contact), row))
+        attrs = {"ver": version} if version is not None and session.roster_versioning else {}
+        ET.SubElement(push, QUERY, attrs).append(item_element(str(event.contact), row))
         session.send(push)
 
 

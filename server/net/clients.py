@@ -60,6 +60,7 @@ from presence_ha.server.net.transport import ClientTransport
 from presence_ha.server.quotas import Bind, Quota, QuotaExceeded, bind_verdict
 from presence_ha.server.router import SessionClosed
 from presence_ha.server.sessions import Session, SessionKind
+from presence_ha.server.xmpp import caps
 from presence_ha.server.xmpp.errors import StanzaError, StreamCondition, StreamError
 from presence_ha.server.xmpp.jid import JID
 from presence_ha.server.xmpp.sm import StreamManagement
@@ -199,6 +200,7 @@ class ClientPort:
                 max_header_namespaces=self.limits.max_header_namespaces,
                 max_tag_bytes_unauthenticated=self.limits.max_tag_bytes_unauthenticated,
                 max_tag_bytes=self.limits.max_tag_bytes,
+                caps_ver=caps.ver([caps.SERVER_IDENTITY], self.ctx.router.disco_features),
             )
         return settings
 

@@ -6,7 +6,8 @@ Rules of this module:
 - Advertise exactly what is implemented (RFC 6120 §4.3.2): STARTTLS (required unless
   configured off), then SCRAM-SHA-256, SCRAM-SHA-1 and, over TLS only, PLAIN (plus
   XEP-0077 registration when the cluster enables it), then bind, the optional RFC 3921
-  session, XEP-0198 and XEP-0352.
+  session, XEP-0198 and XEP-0352, RFC 6121 roster versioning and the server's
+  XEP-0115 capabilities (`server.xmpp.caps`).
 - SASL failures are RFC 6120 §6.5 conditions; after `max_auth_failures` failures the
   stream ends with `policy-violation` (§6.4.5: a bounded number of retries).
 - A server-generated resource is random hex from the injected `random.Random`.
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from presence_ha.server.xmpp import sasl
+from presence_ha.server.xmpp.caps import caps_element
 from presence_ha.server.xmpp.errors import Condition, StanzaError, StreamCondition, StreamError, error_reply
 from presence_ha.server.xmpp.events import (
     AuthFailed,
@@ -55,6 +57,8 @@ from presence_ha.server.xmpp.stanzas import (
 
 if TYPE_CHECKING:
     from presence_ha.server.xmpp.stream import StreamSettings
+
+NS_ROSTERVER = "urn:xmpp:features:rosterver"
 
 
 class Phase(enum.Enum):
@@ -156,6 +160,9 @@ class Negotiation:
             ET.SubElement(session, f"{{{NS_SESSION}}}optional")
             ET.SubElement(features, f"{{{NS_SM}}}sm")
             ET.SubElement(features, f"{{{NS_CSI}}}csi")
+            ET.SubElement(features, f"{{{NS_ROSTERVER}}}ver")  # RFC 6121 §2.6.1
+            if self.settings.caps_ver is not None:
+                features.append(caps_element(self.settings.caps_ver))  # XEP-0115 §6.3
         return features
 
     # -- SASL (RFC 6120 §6) -------------------------------------------------------

@@ -87,6 +87,7 @@ class StreamSettings:
     max_header_namespaces: int = 16
     max_tag_bytes_unauthenticated: int = 4096
     max_tag_bytes: int = 16 * 1024
+    caps_ver: str | None = None  # XEP-0115 verification string of the server (None: no <c/> offered)
 
     @functools.cached_property
     def parser_limits(self) -> tuple[ParserLimits, ParserLimits]:

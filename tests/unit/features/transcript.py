@@ -144,7 +144,8 @@ class World:
         return client
 
 
-async def make_world(db_path, *, offline_limit: int = 3, quotas: QuotasConfig | None = None) -> World:
+async def make_world(db_path, *, offline_limit: int = 3, quotas: QuotasConfig | None = None, modules=MODULES,
+                     guard=None) -> World:
     quotas = quotas or QuotasConfig(offline_max_messages=offline_limit)
     engine = make_engine(f"sqlite:///{db_path}")
     async with engine.begin() as conn:
@@ -157,8 +158,8 @@ async def make_world(db_path, *, offline_limit: int = 3, quotas: QuotasConfig | 
         ))
         await conn.execute(insert(User), [{"cluster_id": cluster, "username": name} for name in USERS])
     hot = HotPath(f"sqlite:///{db_path}")
-    router = Router()
-    for module in MODULES:
+    router = Router(None, guard)
+    for module in modules:
         module.register(router)
     ctx = FeatureContext(
         domain=DOMAIN, node_name="n1", router=router, sessions=SessionRegistry(),
