@@ -6,17 +6,26 @@ Scenario: one node (SQLite) with `tls.direct_port` set; every client trusts the 
   -PLUS offered it falls back to SCRAM without binding (its Python has no tls-exporter).
 - Our SCRAM client (`loadtest.scram`) over pyOpenSSL, whose exporter comes from its own
   OpenSSL build (not the node's ctypes call): SCRAM-SHA-256-PLUS with tls-exporter logs
-  in over direct TLS and over STARTTLS; -SHA-1-PLUS too; wrong channel-binding data is
-  `not-authorized`; the gs2 flag `y` is `not-authorized` where -PLUS was offered.
+  in over direct TLS and over STARTTLS; -SHA-1-PLUS too; over TLS 1.2 -PLUS binds with
+  tls-unique; wrong channel-binding data is `not-authorized`; the gs2 flag `y` is
+  `not-authorized` where -PLUS was offered.
+- GNU SASL's `gsasl` (Debian package gsasl, libgsasl 2.2), an independent SCRAM-PLUS
+  implementation, computes the SCRAM messages from the tls-exporter data of the
+  connection (its stdin/stdout mode: the test relays its messages over the connection)
+  and logs in with SCRAM-SHA-256-PLUS; it checks the server's signature and exits 0.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import os
 import re
+import select
+import shutil
 import socket
 import ssl
+import subprocess
 import time
 import xml.etree.ElementTree as ET
 
@@ -51,7 +60,8 @@ def node(sqlite_url, tmp_path):
 class Raw:
     """A blocking XMPP client over pyOpenSSL: direct TLS or STARTTLS, then SASL by hand."""
 
-    def __init__(self, port: int, cafile: str, *, direct: bool) -> None:
+    def __init__(self, port: int, cafile: str, *, direct: bool, max_version: int = SSL.TLS1_3_VERSION) -> None:
+        self.max_version = max_version
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=DEADLINE_S)
         self.sock.settimeout(None)  # pyOpenSSL wants a blocking socket (the test has a timeout)
         self.buffer = b""
@@ -71,12 +81,17 @@ class Raw:
         context.load_verify_locations(self.cafile)
         context.set_verify(SSL.VERIFY_PEER)
         context.set_alpn_protos([b"xmpp-client"])
+        context.set_max_proto_version(self.max_version)
         tls = SSL.Connection(context, self.sock)
         tls.set_tlsext_host_name(DOMAIN.encode())
         tls.set_connect_state()
         tls.do_handshake()
         assert tls.get_alpn_proto_negotiated() == b"xmpp-client"  # XEP-0368 §3
         self.tls, self.buffer = tls, b""
+
+    def tls_unique(self) -> bytes:
+        assert self.tls is not None
+        return self.tls.get_finished()  # RFC 5929 §3.1: the first Finished, the client's
 
     def exporter(self) -> bytes:
         assert self.tls is not None
@@ -141,6 +156,86 @@ def test_scram_plus_with_tls_exporter(node):
             assert answer.startswith(b"<success"), answer
         finally:
             client.close()
+
+
+def test_tls12_binds_with_tls_unique(node):
+    cluster, _n1, direct = node
+    client = Raw(direct, str(cluster.data_dir / "tls" / "ca.crt"), direct=True, max_version=SSL.TLS1_2_VERSION)
+    try:
+        assert b"<channel-binding type='tls-unique'/>" in client.features
+        answer = client.sasl(exchange("SCRAM-SHA-256-PLUS", cb_type="tls-unique", cb_data=client.tls_unique()))
+        assert answer.startswith(b"<success"), answer
+    finally:
+        client.close()
+
+
+class Gsasl:
+    """GNU SASL's command-line client in its stdin/stdout mode (`--quiet`): it asks for
+    the base64 channel-binding data, then prints each message and reads each answer."""
+
+    def __init__(self, mechanism: str, username: str, password: str) -> None:
+        # stdbuf: its stdio would hold a prompt back in a pipe until it exits
+        self.process = subprocess.Popen(
+            ["stdbuf", "-oL", "gsasl", "--quiet", "--client", "-m", mechanism, "-a", username, "-p", password],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0)
+        self.buffer = b""
+
+    def tell(self, data: bytes) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write(base64.b64encode(data) + b"\n")
+
+    def message(self) -> bytes:
+        """The next message it prints (the last base64 word of a line)."""
+        assert self.process.stdout is not None
+        deadline = time.monotonic() + DEADLINE_S
+        while True:
+            line, newline, rest = self.buffer.partition(b"\n")
+            if newline:
+                self.buffer = rest
+                if match := re.search(rb"(?:^|\s)([A-Za-z0-9+/]{8,}={0,2})$", line):
+                    return base64.b64decode(match.group(1))
+                continue
+            ready, _, _ = select.select([self.process.stdout], [], [], max(0.0, deadline - time.monotonic()))
+            assert ready, f"gsasl printed nothing more after {self.buffer!r}"
+            chunk = os.read(self.process.stdout.fileno(), 4096)
+            assert chunk, f"gsasl ended: {self.process.stderr.read() if self.process.stderr else ''}"
+            self.buffer += chunk
+
+    def close(self) -> int:
+        if self.process.stdin is not None:
+            self.process.stdin.close()
+        try:
+            return self.process.wait(timeout=DEADLINE_S)
+        finally:
+            if self.process.poll() is None:
+                self.process.kill()
+                self.process.wait()
+
+
+@pytest.mark.skipif(shutil.which("gsasl") is None or shutil.which("stdbuf") is None, reason="GNU SASL's gsasl is not installed (apt-get install gsasl)")
+def test_gnu_sasl_logs_in_with_scram_sha_256_plus_over_tls_exporter(node):
+    cluster, _n1, direct = node
+    client = Raw(direct, str(cluster.data_dir / "tls" / "ca.crt"), direct=True)
+    gsasl = Gsasl("SCRAM-SHA-256-PLUS", "alice", "alice-pw")
+    try:
+        gsasl.tell(client.exporter())
+        first = gsasl.message()
+        assert first.startswith(b"p=tls-exporter,,n=alice,r="), first  # gsasl's own gs2 header
+        client.send(f"<auth xmlns='{NS_SASL}' mechanism='SCRAM-SHA-256-PLUS'>"
+                    f"{base64.b64encode(first).decode()}</auth>".encode())
+        challenge = client.expect(rb"<challenge[^>]*>([^<]*)</challenge>").group(1)
+        gsasl.tell(base64.b64decode(challenge))
+        final = gsasl.message()
+        client.send(f"<response xmlns='{NS_SASL}'>{base64.b64encode(final).decode()}</response>".encode())
+        answer = client.expect(rb"<(success|failure)\b[^>]*?(/>|>.*?</\1>)").group(0)
+        assert answer.startswith(b"<success"), answer
+        gsasl.tell(base64.b64decode(ET.fromstring(answer).text or ""))  # it checks the server's signature...
+        gsasl.tell(b"")  # ...and then wants an empty line: then it is done (a bad signature: exit 1)
+        code = gsasl.close()
+        assert code == 0, (code, gsasl.buffer, gsasl.process.stderr.read() if gsasl.process.stderr else b"")
+    finally:
+        client.close()
+        gsasl.close()
 
 
 def test_wrong_binding_data_and_downgrade_are_refused(node):
