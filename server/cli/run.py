@@ -88,6 +88,12 @@ Client-port limits (the `limits` section; --set limits.KEY=VALUE):
   refused at once. The login gate (logins_in_progress_min, login_budget_s) is
   fair: when full, an address holding less than the heaviest one still gets in
   and the heaviest gives back its oldest negotiating connection.
+
+\b
+TLS (the `tls` section): --set tls.direct_port=PORT also listens for XEP-0368
+  direct TLS (ALPN xmpp-client, no STARTTLS) on PORT (off by default; `up` uses
+  the client port + 5). SCRAM-*-PLUS (tls-exporter on TLS 1.3, tls-unique on
+  TLS 1.2) is offered on every TLS connection.
 """
 
 

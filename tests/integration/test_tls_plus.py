@@ -212,7 +212,8 @@ class Gsasl:
                 self.process.wait()
 
 
-@pytest.mark.skipif(shutil.which("gsasl") is None or shutil.which("stdbuf") is None, reason="GNU SASL's gsasl is not installed (apt-get install gsasl)")
+@pytest.mark.skipif(shutil.which("gsasl") is None or shutil.which("stdbuf") is None,
+                    reason="GNU SASL's gsasl is not installed (apt-get install gsasl)")
 def test_gnu_sasl_logs_in_with_scram_sha_256_plus_over_tls_exporter(node):
     cluster, _n1, direct = node
     client = Raw(direct, str(cluster.data_dir / "tls" / "ca.crt"), direct=True)
