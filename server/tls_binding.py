@@ -12,9 +12,11 @@ Rules of this module:
   function is taken from the very library `_ssl` is linked against (dlsym through the
   `_ssl` extension), and the `SSL*` is read from the `_ssl._SSLSocket` object, whose C
   layout (`PyObject_HEAD; PyObject *Socket; SSL *ssl; ...`) is the same in CPython
-  3.8-3.14. Before the first use a self-check compares what OpenSSL reports for that
-  pointer (`SSL_is_server`, `SSL_get_version`) with what the `ssl` module reports; if
-  the check fails, tls-exporter is simply not offered (SCRAM without -PLUS still works).
+  3.8-3.14 (extensions such as sslkeylog read it the same way). Only on those CPython
+  versions (`KNOWN_LAYOUT`: a newer one is checked, then allowed here) and, before the
+  first use, after a self-check that OpenSSL's view of that pointer (`SSL_is_server`,
+  `SSL_get_version`) is the `ssl` module's; otherwise tls-exporter is not offered (SCRAM
+  without -PLUS still works).
   Why not pyOpenSSL: it would replace the whole client TLS stack (`server.net.transport`
   runs `ssl.MemoryBIO`s) and its cffi calls on every read and write, for 32 bytes per login.
 - tls-unique (RFC 5929 §3.1): from the `ssl` module, on TLS 1.2 only (RFC 9266 §3: it is
@@ -36,6 +38,7 @@ TLS_UNIQUE = "tls-unique"
 EXPORTER_LABEL = b"EXPORTER-Channel-Binding"
 EXPORTER_LENGTH = 32
 
+KNOWN_LAYOUT = ((3, 8), (3, 15))  # CPython versions [from, to) whose _SSLSocket starts as above
 _SSL_POINTER_OFFSET = object.__basicsize__ + ctypes.sizeof(ctypes.c_void_p)  # after PyObject_HEAD, Socket
 
 
@@ -80,7 +83,8 @@ class _Exporter:
 
 
 def _load_exporter() -> _Exporter | None:
-    if sys.implementation.name != "cpython":
+    if sys.implementation.name != "cpython" or not KNOWN_LAYOUT[0] <= sys.version_info[:2] < KNOWN_LAYOUT[1]:
+        log.warning("tls-exporter channel binding unavailable on this Python (%s)", sys.version.split()[0])
         return None
     try:
         return _Exporter()
