@@ -482,7 +482,8 @@ def _write_cluster_json(path: Path, domain: str, url: str, infos: list[nodes.Nod
         "database_url": url,
         "cluster_key": str(key) if key else None,
         "nodes": [
-            {"name": n.name, "host": n.host, "client_port": n.ports.client_port, "metrics_port": n.ports.metrics_port}
+            {"name": n.name, "host": n.host, "client_port": n.ports.client_port, "metrics_port": n.ports.metrics_port,
+             "direct_tls_port": direct_tls_port(n)}
             for n in infos
         ],
         "users": [{"username": u, "jid": f"{u}@{domain}", "password": p} for u, p in sorted(passwords.items())],
