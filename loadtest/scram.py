@@ -11,7 +11,10 @@ Rules of this module:
   (each on its own CPU, most with a cache) spends. `SaltedPasswords` keeps one per
   (password, salt, iterations); the messages are RFC 5802 §3's formulas, checked in the
   unit tests against scramp's server.
-- No channel binding (gs2 header `n,,`), as the lean client negotiates none.
+- No channel binding by default (gs2 header `n,,`), as the lean client negotiates
+  none; with `cb_type` and `cb_data` it runs SCRAM-*-PLUS (RFC 5802 §6, RFC 9266:
+  gs2 header `p=<cb_type>,,`, `c=` carrying the header and the data); `gs2_flag`
+  sends another flag (`y`) to test the server's downgrade rule.
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ import hashlib
 import hmac
 from dataclasses import dataclass, field
 
-HASHES = {"SCRAM-SHA-1": "sha1", "SCRAM-SHA-256": "sha256"}
+HASHES = {"SCRAM-SHA-1": "sha1", "SCRAM-SHA-256": "sha256",
+          "SCRAM-SHA-1-PLUS": "sha1", "SCRAM-SHA-256-PLUS": "sha256"}
 GS2_HEADER = "n,,"
 
 
@@ -64,12 +68,20 @@ class ScramExchange:
     password: str
     nonce: str
     salted: SaltedPasswords
+    cb_type: str | None = None  # channel binding (-PLUS): its type...
+    cb_data: bytes = b""  # ...and its data (RFC 9266: the TLS exporter's 32 bytes)
+    gs2_flag: str | None = None  # the gs2 flag when not n/p=cb_type (tests: "y")
     _bare: str = ""
     _server_signature: bytes = b""
 
     def first(self) -> str:
         self._bare = f"n={_saslname(self.username)},r={self.nonce}"
-        return GS2_HEADER + self._bare
+        return self.gs2_header() + self._bare
+
+    def gs2_header(self) -> str:
+        if self.gs2_flag is not None:
+            return f"{self.gs2_flag},,"
+        return f"p={self.cb_type},," if self.cb_type else GS2_HEADER
 
     def final(self, server_first: str) -> str:
         attrs = _attributes(server_first)
@@ -77,7 +89,8 @@ class ScramExchange:
             raise ScramError(f"bad server-first-message {server_first!r}")
         hash_name = HASHES[self.mechanism]
         salted = self.salted.get(hash_name, self.password, base64.b64decode(attrs["s"]), int(attrs["i"]))
-        without_proof = f"c={base64.b64encode(GS2_HEADER.encode()).decode()},r={attrs['r']}"
+        cbind_input = self.gs2_header().encode() + (self.cb_data if self.cb_type else b"")
+        without_proof = f"c={base64.b64encode(cbind_input).decode()},r={attrs['r']}"
         auth_message = f"{self._bare},{server_first},{without_proof}".encode()
         client_key = hmac.digest(salted, b"Client Key", hash_name)
         signature = hmac.digest(hashlib.new(hash_name, client_key).digest(), auth_message, hash_name)

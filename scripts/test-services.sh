@@ -26,9 +26,10 @@ fi
 # system instance; our tests run private instances on free ports); haproxy is `up`'s
 # service address; profanity (driven in tmux) and go-sendxmpp are the third-party clients
 # of tests/integration/test_third_party_clients.py; chromium and its driver run the admin
-# page's browser test (tests/integration/test_admin_browser.py).
+# page's browser test (tests/integration/test_admin_browser.py); GNU SASL's gsasl is the
+# independent SCRAM-SHA-256-PLUS (tls-exporter) client of tests/integration/test_tls_plus.py.
 "$(dirname "$0")/ensure-debian.sh" prosody=prosody haproxy=haproxy profanity=profanity \
-  go-sendxmpp=go-sendxmpp tmux=tmux chromium=chromium chromedriver=chromium-driver
+  go-sendxmpp=go-sendxmpp tmux=tmux chromium=chromium chromedriver=chromium-driver gsasl=gsasl
 "$(dirname "$0")/lab-packages.sh"  # the lab of separate hosts: etcd, Patroni, nftables
 
 # promtool checks deploy/prometheus/alerts.yml (tests/integration/test_ops_kit.py). Debian ships

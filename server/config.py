@@ -51,6 +51,7 @@ ENV_LINK_TLS = "PRESENCE_HA_LINK_TLS"
 ENV_SM_SWITCH = "PRESENCE_HA_SM_REPLICATION"
 ENV_SM_PREFIX = "PRESENCE_HA_SM_"
 DEFAULT_DATA_DIR = "data"
+DIRECT_TLS_OFFSET = 5  # client, srm, admin, link, metrics are +0..+4 of a block of 10 (db.nodes)
 
 
 class ConfigError(ValueError):
@@ -65,6 +66,10 @@ class TlsConfig:
     cert_path: str | None = None  # PEM certificate chain; None: self-signed in data_dir
     key_path: str | None = None
     required: bool = True  # RFC 6120 §5.3.1: STARTTLS mandatory before SASL
+    # XEP-0368 direct TLS (TLS from the first byte, ALPN "xmpp-client") on a port of its
+    # own; None or 0: off. Not one of the database's node ports (db.nodes): `up` sets it
+    # to the client port + DIRECT_TLS_OFFSET, a port of the node's block left free.
+    direct_port: int | None = None
 
 
 @dataclass(frozen=True)
@@ -319,6 +324,8 @@ def validate(config: NodeConfig) -> NodeConfig:
         raise ConfigError("limits.max_unauthenticated_per_address", "must be <= limits.max_connections_per_address")
     if limits.rate_burst_bytes < limits.max_stanza_bytes:
         raise ConfigError("limits.rate_burst_bytes", "must be >= limits.max_stanza_bytes")
+    if config.tls.direct_port is not None and not 0 <= config.tls.direct_port <= 65535:
+        raise ConfigError("tls.direct_port", "must be a TCP port (1-65535), or 0 for off")
     if (config.tls.cert_path is None) != (config.tls.key_path is None):
         raise ConfigError("tls.key_path", "give both tls.cert_path and tls.key_path, or neither")
     links = config.links

@@ -189,8 +189,14 @@ def _write_atomic(path: Path, data: bytes, mode: int) -> None:
     os.replace(tmp, path)
 
 
+ALPN_XMPP_CLIENT = "xmpp-client"  # XEP-0368 §3
+
+
 def server_context(cert_path: str | Path, key_path: str | Path) -> ssl.SSLContext:
+    """The client connections' TLS, for STARTTLS and XEP-0368 direct TLS alike (ALPN
+    "xmpp-client" is selected when a client offers it; a client offering none is served)."""
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.set_alpn_protocols([ALPN_XMPP_CLIENT])
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(str(cert_path), str(key_path))
     context.options |= ssl.OP_NO_TICKET

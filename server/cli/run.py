@@ -48,7 +48,7 @@ from presence_ha.server.cli.common import db_options
 from presence_ha.server.cli.database import open_session, run
 from presence_ha.server.cli.haproxy import Backend, ServiceAddress, haproxy_binary
 from presence_ha.server.cli.provision import node_group
-from presence_ha.server.config import ConfigError, LimitsConfig, QuotasConfig, load_config
+from presence_ha.server.config import DIRECT_TLS_OFFSET, ConfigError, LimitsConfig, QuotasConfig, load_config
 from presence_ha.server.net.limits import AuthThrottle
 from presence_ha.server.node import NodeStartError, run_node
 
@@ -97,6 +97,12 @@ Per-account quotas (the `quotas` section; --set quotas.KEY=VALUE):
   offline_max_messages={_Q.offline_max_messages} and offline_max_bytes={_Q.offline_max_bytes} (beyond:
   service-unavailable), max_sessions_per_user={_Q.max_sessions_per_user} (resources of one account on
   this node; one more bind: resource-constraint).
+
+\b
+TLS (the `tls` section): --set tls.direct_port=PORT also listens for XEP-0368
+  direct TLS (ALPN xmpp-client, no STARTTLS) on PORT (off by default; `up` uses
+  the client port + 5). SCRAM-*-PLUS (tls-exporter on TLS 1.3, tls-unique on
+  TLS 1.2) is offered on every TLS connection.
 """
 
 
@@ -260,7 +266,7 @@ def up_command(data_dir: str, db_url: str | None, cluster_key_file: str | None, 
     for sig in (signal.SIGINT, signal.SIGTERM):  # `kill` stops the nodes as Ctrl-C does, and Ctrl-C
         signal.signal(sig, _interrupt)  # works even where a shell started `up` with SIGINT ignored
     proxy = _service_address(directory, domain, service_host, service_port, infos)
-    argv = {info.name: _node_argv(directory, url, key, info.name) for info in infos}
+    argv = {info.name: _node_argv(directory, url, key, info) for info in infos}
     supervisor = Supervisor(argv | ({SERVICE: proxy.argv()} if proxy else {}), directory, restart_delay_s,
                             max(restart_delay_s, restart_max_delay_s))
     try:
@@ -302,9 +308,14 @@ def _interrupt(_signum: int, _frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def _node_argv(directory: Path, url: str, key: Path, name: str) -> list[str]:
-    return node_command("-v", "node", "run", "--name", name, "--db", url, "--data-dir", str(directory),
-                        "--cluster-key", str(key))
+def _node_argv(directory: Path, url: str, key: Path, info: nodes.NodeInfo) -> list[str]:
+    """A node of `up`, with XEP-0368 direct TLS on its block's free port (client + 5)."""
+    return node_command("-v", "node", "run", "--name", info.name, "--db", url, "--data-dir", str(directory),
+                        "--cluster-key", str(key), "--set", f"tls.direct_port={direct_tls_port(info)}")
+
+
+def direct_tls_port(info: nodes.NodeInfo) -> int:
+    return info.ports.client_port + DIRECT_TLS_OFFSET
 
 
 def private_directory(directory: Path) -> Path:
@@ -480,7 +491,8 @@ def _write_cluster_json(path: Path, domain: str, url: str, infos: list[nodes.Nod
         "database_url": url,
         "cluster_key": str(key) if key else None,
         "nodes": [
-            {"name": n.name, "host": n.host, "client_port": n.ports.client_port, "metrics_port": n.ports.metrics_port}
+            {"name": n.name, "host": n.host, "client_port": n.ports.client_port, "metrics_port": n.ports.metrics_port,
+             "direct_tls_port": direct_tls_port(n)}
             for n in infos
         ],
         "users": [{"username": u, "jid": f"{u}@{domain}", "password": p} for u, p in sorted(passwords.items())],
@@ -496,8 +508,8 @@ def _print_welcome(domain: str, infos: list[nodes.NodeInfo], passwords: dict[str
     if service is not None:
         click.echo(f"service address: {service[0]}:{service[1]} (HAProxy; dial this one: it leads to a live node)")
     for info in infos:
-        click.echo(f"node {info.name}: client {info.host}:{info.ports.client_port}, "
-                   f"metrics http://{info.host}:{info.ports.metrics_port}/metrics")
+        click.echo(f"node {info.name}: client {info.host}:{info.ports.client_port} "
+                   f"(direct TLS {direct_tls_port(info)}), metrics http://{info.host}:{info.ports.metrics_port}/metrics")
     for username, password in sorted(passwords.items())[:5]:
         click.echo(f"  {username}@{domain}  password {password}")
     if len(passwords) > 5:

@@ -65,6 +65,7 @@ from presence_ha.server.net.limits import TokenBucket
 from presence_ha.server.net.transport import READ_SIZE, ClientTransport
 from presence_ha.server.router import SessionBound
 from presence_ha.server.sessions import Session, SessionKind
+from presence_ha.server.tls_binding import TlsBinding
 from presence_ha.server.xmpp import events as ev
 from presence_ha.server.xmpp.backup import is_hold_request
 from presence_ha.server.xmpp.errors import Condition, StanzaError, StreamCondition, StreamError, error_reply
@@ -131,7 +132,9 @@ class Connection:
         self.port = port
         self.transport = transport
         self.ip = transport.peername
-        self.stream = XmppStream(settings, port.rng, port.secret)
+        tls = transport.ssl_object  # set already: a direct TLS (XEP-0368) connection
+        self.stream = XmppStream(settings, port.rng, port.secret, tls_active=tls is not None,
+                                 binding=TlsBinding(tls) if tls is not None else None)
         self.session: Session | None = None
         self.closing = False  # the stream is over (StreamClosed seen)
         self.graceful = False  # ...and it ended cleanly
@@ -315,7 +318,8 @@ class Connection:
             self.transport.abort()
             self.closing = True
             return
-        self.stream.tls_established()
+        tls = self.transport.ssl_object
+        self.stream.tls_established(TlsBinding(tls) if tls is not None else None)
 
     def _take_queued_input(self) -> bytes:
         """Remove the input bytes queued now (jobs stay queued, in order)."""

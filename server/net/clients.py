@@ -29,6 +29,10 @@ Rules of this module:
   gate, which may make an address holding more than its share give back a place: its
   oldest negotiating connection ends with `resource-constraint` (`_negotiating` keeps
   them per address, oldest first).
+- Two listeners, one port core: the client port (STARTTLS) and, unless configured off,
+  the XEP-0368 direct TLS port (`tls.direct_port`), where TLS starts with the first
+  byte (`ClientTransport.begin_tls`) and the stream begins with TLS on and STARTTLS
+  not offered. Both stop and start together (the router service).
 """
 
 from __future__ import annotations
@@ -120,7 +124,7 @@ class ClientPort:
         self._owner: dict[Session, Connection] = {}
         self._resumable: dict[str, Resumable] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._server: asyncio.Server | None = None
+        self._servers: list[asyncio.Server] = []  # the client port, then the direct TLS port
         self._stream_settings: dict[bool, StreamSettings] = {}
         self._registration, self._registration_until = False, float("-inf")
         self._registration_lock = asyncio.Lock()
@@ -150,11 +154,21 @@ class ClientPort:
     async def start(self, host: str, port: int) -> None:
         await self._settings()  # the first connection finds its settings ready
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            lambda: ClientTransport(self._connected), host, port, reuse_address=True, backlog=1024)
+        servers = [await loop.create_server(
+            lambda: ClientTransport(self._connected), host, port, reuse_address=True, backlog=1024)]
+        direct = self.config.tls.direct_port or None
+        if direct is not None:
+            try:
+                servers.append(await loop.create_server(
+                    lambda: ClientTransport(self._connected_direct), host, direct, reuse_address=True, backlog=1024))
+            except OSError:
+                servers[0].close()
+                raise
+        self._servers = servers
         if self._lag_watch is None:
             self._lag_watch = loop.create_task(self._watch_lag())
-        log.info("client port listening on %s:%d", host, port)
+        log.info("client port listening on %s:%d%s", host, port,
+                 f", direct TLS (XEP-0368) on {direct}" if direct is not None else "")
 
     async def _watch_lag(self) -> None:
         """How late the event loop runs, every `LAG_PERIOD_S`: for the login gate (a loop
@@ -212,6 +226,11 @@ class ClientPort:
         connection = Connection(self, transport, self._settings_for(self._registration))
         self.connections.add(connection)
         return connection
+
+    def _connected_direct(self, transport: ClientTransport) -> Connection:
+        """A client connected to the direct TLS port: TLS first, then its connection."""
+        transport.begin_tls(self.ssl_context)
+        return self._connected(transport)
 
     # -- admission: per-address caps and the login gate (server.net.limits) ---------------
     def admit(self, connection: Connection) -> tuple[StreamError | None, bool]:
@@ -444,8 +463,8 @@ class ClientPort:
 
     # -- shutdown ---------------------------------------------------------------------
     async def shutdown(self, timeout_s: float) -> None:
-        if self._server is not None:
-            self._server.close()
+        for server in self._servers:
+            server.close()
         self._stop_lag_watch()
         for session, connection in list(self._owner.items()):
             connection.notified_close = True
@@ -463,8 +482,8 @@ class ClientPort:
             await asyncio.sleep(0.05)
         for connection in list(self.connections):
             connection.abort()
-        if self._server is not None:
-            await self._server.wait_closed()
+        for server in self._servers:
+            await server.wait_closed()
         self.derivations.shutdown(wait=False)
 
     # -- SRM and critical services (server.services, server.srm.runner) ---------------
@@ -473,16 +492,16 @@ class ClientPort:
 
     @property
     def listening(self) -> bool:
-        return self._server is not None and self._server.is_serving()
+        return bool(self._servers) and all(server.is_serving() for server in self._servers)
 
     async def stop_listening(self, error: StreamError | None, timeout_s: float, *, handover: bool = False) -> None:
         """Close the listener, then every connection (bound or not) with `error`. With
         `handover` (the SRM fails this node over) the users move on to the peer with
         their presence: the sessions are demoted first, so their end announces no
         unavailable (the peer restores or retires the shared records, SPEC §8)."""
-        if self._server is not None:
-            self._server.close()
-            self._server = None
+        for server in self._servers:
+            server.close()
+        self._servers = []
         self._stop_lag_watch()
         await self.close_sessions(lambda _session: True, lambda _username: error, timeout_s, handover=handover)
         for connection in list(self.connections):

@@ -15,7 +15,9 @@ Rules of this module:
   early)` switches to TLS: `early` is ciphertext the receiver had queued as plaintext
   (a ClientHello that arrived while it was still handling <starttls/>). It returns
   when the handshake is done and raises `ssl.SSLError`, `ConnectionError` or
-  `TimeoutError` when it fails.
+  `TimeoutError` when it fails. `begin_tls(context)` is the same from the first byte
+  (XEP-0368 direct TLS): nothing awaits it; a failed handshake aborts the connection.
+  `ssl_object` is the TLS connection (channel bindings), None before TLS.
 - Writes never block: `write` encrypts (once TLS is on) and queues; `drain()` waits
   while the transport's buffer is above its high-water mark (flow control);
   `write_buffer_size()` is what is queued for the peer.
@@ -137,6 +139,22 @@ class ClientTransport(asyncio.BufferedProtocol):
         self._wake_drain()
 
     # -- TLS -------------------------------------------------------------------------------
+    @property
+    def ssl_object(self) -> ssl.SSLObject | None:
+        return self._ssl
+
+    def begin_tls(self, context: ssl.SSLContext) -> None:
+        """TLS from the first byte (called from `accept`, before any data)."""
+        self._incoming, self._outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self._ssl = context.wrap_bio(self._incoming, self._outgoing, server_side=True)
+        handshake = self._handshake = asyncio.get_running_loop().create_future()
+        handshake.add_done_callback(self._direct_handshake_done)
+
+    def _direct_handshake_done(self, handshake: asyncio.Future[None]) -> None:
+        self._handshake = None
+        if not handshake.cancelled() and (exc := handshake.exception()) is not None:
+            log.info("TLS handshake with %s failed: %s", self.peername, exc)
+
     async def start_tls(self, context: ssl.SSLContext, timeout_s: float, early: bytes = b"") -> None:
         self._end_turn()  # what was written before (<proceed/>) goes out in the clear
         self._incoming, self._outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()

@@ -8,6 +8,9 @@ Rules of this module:
   XEP-0077 registration when the cluster enables it), then bind, the optional RFC 3921
   session, XEP-0198 and XEP-0352, RFC 6121 roster versioning and the server's
   XEP-0115 capabilities (`server.xmpp.caps`).
+- Channel binding: over TLS whose `binding` (given by the host with the TLS) offers
+  types, SCRAM-SHA-256-PLUS and SCRAM-SHA-1-PLUS come first and the types are listed
+  with XEP-0440 (`sasl_channel_binding`); the exchange gets the binding (`sasl` rules).
 - SASL failures are RFC 6120 §6.5 conditions; after `max_auth_failures` failures the
   stream ends with `policy-violation` (§6.4.5: a bounded number of retries).
 - A server-generated resource is random hex from the injected `random.Random`.
@@ -45,6 +48,7 @@ from presence_ha.server.xmpp.stanzas import (
     NS_REGISTER,
     NS_REGISTER_FEATURE,
     NS_SASL,
+    NS_SASL_CB,
     NS_SESSION,
     NS_SM,
     NS_STREAM,
@@ -98,6 +102,14 @@ def sasl_failure(condition: sasl.SaslCondition, text: str | None = None) -> ET.E
     return failure
 
 
+def sasl_channel_binding(types: tuple[str, ...]) -> ET.Element:
+    """XEP-0440: the channel-binding types the server supports on this connection."""
+    listing = ET.Element(f"{{{NS_SASL_CB}}}sasl-channel-binding")
+    for cb_type in types:
+        ET.SubElement(listing, f"{{{NS_SASL_CB}}}channel-binding", {"type": cb_type})
+    return listing
+
+
 def sm_failed(condition: str) -> ET.Element:
     failed = ET.Element(f"{{{NS_SM}}}failed")
     ET.SubElement(failed, f"{{urn:ietf:params:xml:ns:xmpp-stanzas}}{condition}")
@@ -120,6 +132,7 @@ class Negotiation:
     phase: Phase
     waiting: Waiting | None
     jid: JID | None
+    binding: sasl.ChannelBinding | None  # the TLS channel bindings, once TLS is on
 
     def __init__(self) -> None:
         self._exchange: sasl.SaslExchange | None = None
@@ -139,7 +152,13 @@ class Negotiation:
     # -- features ---------------------------------------------------------------
     def mechanisms(self) -> list[str]:
         offered = list(sasl.SCRAM_MECHANISMS)
-        return [*offered, sasl.PLAIN] if self.tls_active else offered
+        if not self.tls_active:
+            return offered
+        plus = list(sasl.SCRAM_PLUS_MECHANISMS) if self._binding_types() else []
+        return [*plus, *offered, sasl.PLAIN]
+
+    def _binding_types(self) -> tuple[str, ...]:
+        return self.binding.types() if self.tls_active and self.binding is not None else ()
 
     def _features(self) -> ET.Element:
         features = ET.Element(f"{{{NS_STREAM}}}features")
@@ -152,6 +171,8 @@ class Negotiation:
             mechanisms = ET.SubElement(features, f"{{{NS_SASL}}}mechanisms")
             for name in self.mechanisms():
                 mechanisms.append(element(f"{{{NS_SASL}}}mechanism", text=name))
+            if types := self._binding_types():
+                features.append(sasl_channel_binding(types))
             if self.settings.registration_enabled and self.tls_active:
                 ET.SubElement(features, f"{{{NS_REGISTER_FEATURE}}}register")
         elif self.phase is Phase.BIND:
@@ -177,7 +198,9 @@ class Negotiation:
             self._fail_auth(None, mechanism, condition, None)
             return
         nonce = f"{self.rng.getrandbits(192):048x}"
-        self._exchange = sasl.SaslExchange(mechanism, domain=self.settings.domain, nonce=nonce, secret=self.secret)
+        binding = self.binding if self._binding_types() else None  # -PLUS was offered
+        self._exchange = sasl.SaslExchange(mechanism, domain=self.settings.domain, nonce=nonce, secret=self.secret,
+                                           binding=binding)
         try:
             payload = sasl.decode_payload(elem.text)
         except ValueError:

@@ -20,6 +20,14 @@ Rules of this module:
   cannot exist: it fails like an unknown user.
 - Failures use the RFC 6120 §6.5 conditions: garbage base64 -> `incorrect-encoding`,
   unparsable payloads -> `malformed-request`, wrong password -> `not-authorized`.
+- Channel binding (RFC 5802 §6, RFC 9266): SCRAM-SHA-256-PLUS and SCRAM-SHA-1-PLUS run
+  when the host gives the exchange the connection's `ChannelBinding` (it offered -PLUS).
+  They use the stored keys of their base mechanism (no other keys, no other query). The
+  gs2 header decides before the keys are fetched: -PLUS needs `p=<type>` of a type the
+  connection offers; a base mechanism refuses `p=`, and refuses `y` when -PLUS was
+  offered (RFC 5802 §6: a client that thinks the server cannot bind was downgraded).
+  Those refusals, and channel-binding data that do not match (`c=`), are `not-authorized`.
+  -PLUS messages are computed here (`_PlusServer`): scramp refuses tls-exporter.
 """
 
 from __future__ import annotations
@@ -30,8 +38,9 @@ import contextlib
 import enum
 import hashlib
 import hmac
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from scramp import ScramException, ScramMechanism
 from scramp.utils import ServerError, saslprep
@@ -39,6 +48,8 @@ from scramp.utils import ServerError, saslprep
 from presence_ha.server.xmpp.jid import OPAQUE, InvalidJid, prep_localpart
 
 SCRAM_MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-1")
+PLUS_SUFFIX = "-PLUS"
+SCRAM_PLUS_MECHANISMS = tuple(m + PLUS_SUFFIX for m in SCRAM_MECHANISMS)
 PLAIN = "PLAIN"
 PLAIN_KEYS_MECHANISM = "SCRAM-SHA-256"  # PLAIN is verified against these keys
 _HASHES = {"SCRAM-SHA-256": hashlib.sha256, "SCRAM-SHA-1": hashlib.sha1}
@@ -80,6 +91,13 @@ class StoredKeys(Protocol):
     def stored_key(self) -> bytes: ...
     @property
     def server_key(self) -> bytes: ...
+
+
+class ChannelBinding(Protocol):
+    """The TLS channel bindings of the connection (server.tls_binding.TlsBinding)."""
+
+    def types(self) -> tuple[str, ...]: ...
+    def data(self, cb_type: str) -> bytes | None: ...
 
 
 class _ScramServer(Protocol):
@@ -165,6 +183,51 @@ def _saslname(value: str) -> str:
     return "".join(out)
 
 
+def base_mechanism(mechanism: str) -> str:
+    """The mechanism whose stored keys `mechanism` uses (SCRAM-SHA-256-PLUS -> SCRAM-SHA-256)."""
+    return mechanism.removesuffix(PLUS_SUFFIX)
+
+
+@dataclass(frozen=True)
+class Gs2Header:
+    """RFC 5802 §7 gs2-header: `flag` is "n", "y" or "p" (then `cb_type` is set); `raw` as sent."""
+
+    flag: str
+    cb_type: str | None
+    raw: str
+
+
+def gs2_header(client_first: str) -> Gs2Header:
+    """The gs2 header of a SCRAM client-first message; ValueError if malformed."""
+    flag, sep1, rest = client_first.partition(",")
+    authzid, sep2, _bare = rest.partition(",")
+    if not (sep1 and sep2):
+        raise ValueError("malformed gs2 header")
+    raw = f"{flag},{authzid},"
+    if flag in ("n", "y"):
+        return Gs2Header(flag, None, raw)
+    cb_type = flag[2:] if flag.startswith("p=") else ""
+    if not cb_type or not all(c.isascii() and (c.isalnum() or c in ".-") for c in cb_type):
+        raise ValueError("gs2 flag must be n, y or p=<channel binding type>")
+    return Gs2Header("p", cb_type, raw)
+
+
+def binding_refusal(mechanism: str, header: Gs2Header, offered: tuple[str, ...]) -> str | None:
+    """Why the gs2 header is refused for `mechanism` when the -PLUS mechanisms were
+    offered with channel-binding types `offered` (empty: not offered); None if fine."""
+    if mechanism.endswith(PLUS_SUFFIX):
+        if header.flag != "p":
+            return f"{mechanism} requires channel binding (gs2 flag p=)"
+        if header.cb_type not in offered:
+            return f"channel binding type {header.cb_type} is not offered (offered: {', '.join(offered)})"
+        return None
+    if header.flag == "p":
+        return f"channel binding requires {mechanism}{PLUS_SUFFIX}"
+    if header.flag == "y" and offered:
+        return "gs2 flag y, but channel binding was offered (downgrade?)"
+    return None
+
+
 def scram_username(client_first: str) -> tuple[str, str | None]:
     """`(username, authzid)` of a SCRAM client-first message; ValueError if malformed."""
     parts = client_first.split(",")
@@ -225,10 +288,16 @@ def plain_matches(password: str, keys: StoredKeys) -> bool:
 class SaslExchange:
     """One `<auth/>` attempt with one mechanism."""
 
-    def __init__(self, mechanism: str, *, domain: str, nonce: str, secret: bytes) -> None:
-        if mechanism not in SCRAM_MECHANISMS and mechanism != PLAIN:
+    def __init__(self, mechanism: str, *, domain: str, nonce: str, secret: bytes,
+                 binding: ChannelBinding | None = None) -> None:
+        """`binding`: the connection's channel bindings when -PLUS was offered, else None."""
+        if mechanism not in SCRAM_MECHANISMS and mechanism != PLAIN and not (
+                mechanism in SCRAM_PLUS_MECHANISMS and binding is not None):
             raise ValueError(f"unsupported mechanism {mechanism}")
         self.mechanism = mechanism
+        self._binding = binding
+        self._offered = binding.types() if binding is not None else ()
+        self._cbind_input = b""  # -PLUS: gs2 header + channel-binding data, what c= must carry
         self._domain = domain
         self._nonce = nonce
         self._secret = secret
@@ -260,16 +329,31 @@ class SaslExchange:
                 authzid, username = self._parse_plain(text)
             else:
                 username, authzid = scram_username(text)
+                header = gs2_header(text)
         except (UnicodeDecodeError, ValueError) as exc:
             return Failed(SaslCondition.MALFORMED_REQUEST, str(exc))
+        if self.mechanism != PLAIN and (refusal := self._bind(header)) is not None:
+            self._stage = _Stage.DONE
+            return Failed(SaslCondition.NOT_AUTHORIZED, refusal, username)
         # PRECIS refuses it: no such user; kept unprepared (folding it could name one: U+017F)
         with contextlib.suppress(InvalidJid):
             username = prep_localpart(username)
         if authzid and authzid not in (username, f"{username}@{self._domain}"):
             return Failed(SaslCondition.INVALID_AUTHZID, "authzid must be your own JID", username)
         self._username, self._payload, self._stage = username, data, _Stage.AWAIT_KEYS
-        keys_of = PLAIN_KEYS_MECHANISM if self.mechanism == PLAIN else self.mechanism
+        keys_of = PLAIN_KEYS_MECHANISM if self.mechanism == PLAIN else base_mechanism(self.mechanism)
         return NeedCredentials(username, keys_of)
+
+    def _bind(self, header: Gs2Header) -> str | None:
+        """Check the gs2 header against what was offered; -PLUS: keep the cbind input."""
+        refusal = binding_refusal(self.mechanism, header, self._offered)
+        if refusal is None and header.cb_type is not None:
+            assert self._binding is not None
+            data = self._binding.data(header.cb_type)
+            if not data:
+                return f"no {header.cb_type} channel binding data on this connection"
+            self._cbind_input = header.raw.encode("utf-8") + data
+        return refusal
 
     @staticmethod
     def _parse_plain(text: str) -> tuple[str, str]:
@@ -291,7 +375,8 @@ class SaslExchange:
                 keys = dummy_keys(self._secret, self._username, PLAIN_KEYS_MECHANISM)
             self._keys, self._stage = keys, _Stage.AWAIT_DERIVATION
             return NeedDerivation(prepared, keys.salt, keys.iterations)
-        use = keys if keys is not None else dummy_keys(self._secret, self._username, self.mechanism)
+        base = base_mechanism(self.mechanism)
+        use = keys if keys is not None else dummy_keys(self._secret, self._username, base)
         return self._scram_first(use)
 
     def derived(self, salted: bytes) -> Step:
@@ -306,7 +391,11 @@ class SaslExchange:
         def auth_fn(_username: str) -> tuple[bytes, bytes, bytes, int]:
             return keys.salt, keys.stored_key, keys.server_key, keys.iterations
 
-        server: _ScramServer = ScramMechanism(self.mechanism).make_server(auth_fn, s_nonce=self._nonce)
+        server: _ScramServer
+        if self.mechanism in SCRAM_PLUS_MECHANISMS:
+            server = _PlusServer(_HASHES[base_mechanism(self.mechanism)], keys, self._nonce, self._cbind_input)
+        else:
+            server = ScramMechanism(self.mechanism).make_server(auth_fn, s_nonce=self._nonce)
         self._server = server
         try:
             server.set_client_first(self._payload.decode("utf-8"))
@@ -326,9 +415,72 @@ class SaslExchange:
         except UnicodeDecodeError:
             return Failed(SaslCondition.MALFORMED_REQUEST, "not UTF-8", self._username)
         except ScramException as exc:
+            if exc.server_error is ServerError.CHANNEL_BINDINGS_DONT_MATCH:
+                return Failed(SaslCondition.NOT_AUTHORIZED, "channel binding data do not match", self._username)
             if exc.server_error is ServerError.INVALID_PROOF or not self._known_user:
                 return Failed(SaslCondition.NOT_AUTHORIZED, None, self._username)
             return Failed(SaslCondition.MALFORMED_REQUEST, str(exc), self._username)
         if not self._known_user:
             return Failed(SaslCondition.NOT_AUTHORIZED, None, self._username)
         return Verified(self._username, server_final.encode("utf-8"))
+
+
+class _PlusServer:
+    """The server side of SCRAM-*-PLUS (RFC 5802 §3, §5.1, §7) on stored keys, with the
+    `c=` attribute checked against `cbind_input` (gs2 header + channel-binding data).
+    Faults raise `ScramException` with scramp's `ServerError`s, as scramp's server does."""
+
+    def __init__(self, hash_factory: Callable[..., Any], keys: StoredKeys, s_nonce: str, cbind_input: bytes) -> None:
+        self._hash, self._keys, self._s_nonce, self._cbind_input = hash_factory, keys, s_nonce, cbind_input
+        self._bare = self._server_first = self._nonce = ""
+        self._signature = b""
+
+    @staticmethod
+    def _attributes(message: str, *required: str) -> dict[str, str]:
+        attrs: dict[str, str] = {}
+        for part in message.split(","):
+            key, sep, value = part.partition("=")
+            if not sep or len(key) != 1 or key in attrs:
+                raise ScramException(f"malformed attribute {part!r}", ServerError.OTHER_ERROR)
+            attrs[key] = value
+        if "m" in attrs or any(name not in attrs for name in required):
+            raise ScramException(f"expected attributes {', '.join(required)}", ServerError.OTHER_ERROR)
+        return attrs
+
+    def set_client_first(self, client_first: str) -> None:
+        self._bare = client_first.split(",", 2)[2]
+        c_nonce = self._attributes(self._bare, "n", "r")["r"]
+        if not c_nonce or not all(c.isprintable() and c != "," for c in c_nonce):
+            raise ScramException("bad client nonce", ServerError.OTHER_ERROR)
+        self._nonce = c_nonce + self._s_nonce
+
+    def get_server_first(self) -> str:
+        salt = base64.b64encode(self._keys.salt).decode("ascii")
+        self._server_first = f"r={self._nonce},s={salt},i={self._keys.iterations}"
+        return self._server_first
+
+    def set_client_final(self, client_final: str) -> None:
+        without_proof, sep, proof_b64 = client_final.rpartition(",p=")
+        attrs = self._attributes(without_proof, "c", "r") if sep else {}
+        try:
+            cbind = base64.b64decode(attrs.get("c", ""), validate=True)
+            proof = base64.b64decode(proof_b64, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise ScramException("bad base64", ServerError.INVALID_ENCODING) from exc
+        if not sep:
+            raise ScramException("missing proof", ServerError.OTHER_ERROR)
+        if not hmac.compare_digest(cbind, self._cbind_input):
+            raise ScramException("channel bindings do not match", ServerError.CHANNEL_BINDINGS_DONT_MATCH)
+        if attrs["r"] != self._nonce:
+            raise ScramException("nonce does not match", ServerError.OTHER_ERROR)
+        auth_message = f"{self._bare},{self._server_first},{without_proof}".encode()
+        signature = hmac.new(self._keys.stored_key, auth_message, self._hash).digest()
+        if len(proof) != len(signature):
+            raise ScramException("bad proof length", ServerError.INVALID_PROOF)
+        client_key = bytes(a ^ b for a, b in zip(proof, signature, strict=True))
+        if not hmac.compare_digest(self._hash(client_key).digest(), self._keys.stored_key):
+            raise ScramException("invalid proof", ServerError.INVALID_PROOF)
+        self._signature = hmac.new(self._keys.server_key, auth_message, self._hash).digest()
+
+    def get_server_final(self) -> str:
+        return "v=" + base64.b64encode(self._signature).decode("ascii")

@@ -50,6 +50,7 @@ from presence_ha.server.xmpp.parser import (
     ParserLimits,
     StreamParser,
 )
+from presence_ha.server.xmpp.sasl import ChannelBinding
 from presence_ha.server.xmpp.sm import AckTooHigh, StreamManagement
 from presence_ha.server.xmpp.stanzas import (
     NS_BIND,
@@ -101,11 +102,14 @@ class StreamSettings:
 class XmppStream(neg.Negotiation):
     """One client connection's stream (readable state: `phase`, `jid`, `sm`...)."""
 
-    def __init__(self, settings: StreamSettings, rng: random.Random, secret: bytes, tls_active: bool = False) -> None:
+    def __init__(self, settings: StreamSettings, rng: random.Random, secret: bytes, tls_active: bool = False,
+                 binding: ChannelBinding | None = None) -> None:
+        """`tls_active`: the connection began with TLS (XEP-0368), `binding` its channel bindings."""
         self.settings = settings
         self.rng = rng
         self.secret = secret
         self.tls_active = tls_active
+        self.binding = binding
         self.phase = Phase.TLS if settings.tls_required and not tls_active else Phase.AUTH
         self.waiting: Waiting | None = None
         self.jid: JID | None = None  # bare after SASL, full after bind
@@ -155,10 +159,12 @@ class XmppStream(neg.Negotiation):
         sheds load: the login gate is full)."""
         self._refusal = error
 
-    def tls_established(self) -> None:
-        """The adapter finished the TLS handshake: the client restarts the stream."""
+    def tls_established(self, binding: ChannelBinding | None = None) -> None:
+        """The adapter finished the TLS handshake (its channel bindings: `binding`): the
+        client restarts the stream."""
         assert self.waiting is Waiting.TLS
         self.tls_active = True
+        self.binding = binding
         self.phase = Phase.AUTH
         self._restart()
 

@@ -108,3 +108,10 @@ def test_per_address_caps_are_positive_and_consistent():
                                                      "limits.max_unauthenticated_per_address=50"])
     with pytest.raises(ConfigError, match="max_connections_per_address: must be positive"):
         load_config(flags={"node_name": "n1"}, sets=["limits.max_connections_per_address=0"])
+
+
+def test_direct_tls_port_is_off_unless_given():
+    assert load_config(None, {}, {"node_name": "n1"}).tls.direct_port is None
+    assert load_config(None, {}, {"node_name": "n1"}, ["tls.direct_port=5223"]).tls.direct_port == 5223
+    with pytest.raises(ConfigError, match=r"tls\.direct_port"):
+        load_config(None, {}, {"node_name": "n1"}, ["tls.direct_port=70000"])

@@ -3,7 +3,8 @@
 Properties: whatever the client sends (random bytes, or SCRAM messages built from
 mutated parts: GS2 headers, saslnames with `=` escapes, nonces, channel bindings,
 proofs), every call returns a `Step` and never raises; nothing but the right password
-is ever `Verified`; base64 decoding raises only ValueError.
+is ever `Verified`, and with SCRAM-*-PLUS nothing but the right channel-binding data
+too; base64 decoding raises only ValueError.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 from scramp import ScramClient
 
+from presence_ha.loadtest.scram import SaltedPasswords, ScramError, ScramExchange
 from presence_ha.server.xmpp import sasl
 from tests.unit.fuzz.profile import fuzz
 from tests.unit.xmpp.transcript import keys_for
@@ -25,8 +27,8 @@ KEYS = {m: keys_for("s3cret", m) for m in sasl.SCRAM_MECHANISMS}
 MECHANISMS = st.sampled_from([*sasl.SCRAM_MECHANISMS, sasl.PLAIN])
 STEPS = (sasl.Challenge, sasl.NeedCredentials, sasl.NeedDerivation, sasl.Verified, sasl.Failed)
 
-ATOMS = ["n", "y", "p=tls-unique", "p=", "a=alice", "a=", "n=alice", "n=al=2Cice", "n=al=3Dice", "n=al=xx",
-         "n=", "r=abc", "r=", "c=biws", "c=", "p=AAAA", "p=", "m=ext", "x=1", "", "=", "==", ",", "\x00",
+ATOMS = ["n", "y", "p=tls-unique", "p=tls-exporter", "p=", "a=alice", "a=", "n=alice", "n=al=2Cice", "n=al=3Dice",
+         "n=al=xx", "n=", "r=abc", "r=", "c=biws", "c=", "p=AAAA", "p=", "m=ext", "x=1", "", "=", "==", ",", "\x00",
          "alice", "s3cret", "é", "\udcff"]
 PART = st.sampled_from(ATOMS) | st.text(max_size=12)
 MESSAGE = st.lists(PART, max_size=8).map(",".join)
@@ -36,8 +38,23 @@ def encoded(text: str) -> bytes:
     return text.encode("utf-8", "surrogatepass")
 
 
-def run(mechanism: str, first: bytes | None, known: bool, final: bytes | None, salted: bytes) -> list[object]:
-    exchange = sasl.SaslExchange(mechanism, domain="example.test", nonce="servernonce", secret=b"secret")
+CB = b"\x5a" * 32
+
+
+class Binding:
+    """A TLS 1.3 connection's channel bindings (server.tls_binding.TlsBinding)."""
+
+    def types(self) -> tuple[str, ...]:
+        return ("tls-exporter",)
+
+    def data(self, cb_type: str) -> bytes | None:
+        return CB if cb_type == "tls-exporter" else None
+
+
+def run(mechanism: str, first: bytes | None, known: bool, final: bytes | None, salted: bytes,
+        binding: Binding | None = None) -> list[object]:
+    exchange = sasl.SaslExchange(mechanism, domain="example.test", nonce="servernonce", secret=b"secret",
+                                 binding=binding)
     steps = [exchange.start(first)]
     if isinstance(steps[-1], sasl.Challenge) and first is None:
         steps.append(exchange.respond(first))
@@ -116,3 +133,46 @@ def test_scram_username_raises_only_value_error(text):
     except ValueError:
         return
     assert isinstance(username, str) and (authzid is None or isinstance(authzid, str))
+
+
+@fuzz(30)
+@given(mechanism=st.sampled_from([*sasl.SCRAM_PLUS_MECHANISMS, *sasl.SCRAM_MECHANISMS]),
+       first=st.none() | st.binary(max_size=60) | MESSAGE.map(encoded), known=st.booleans(),
+       final=st.none() | st.binary(max_size=60) | MESSAGE.map(encoded))
+@example(mechanism="SCRAM-SHA-256-PLUS", first=b"p=tls-exporter,,n=alice,r=abc", known=True,
+         final=b"c=cD10bHMtZXhwb3J0ZXIsLA==,r=abcservernonce,p=AAAA")
+def test_plus_any_messages_get_an_answer_and_never_verify(mechanism, first, known, final):
+    steps = run(mechanism, first, known, final, b"", Binding())
+    assert not any(isinstance(s, sasl.Verified) for s in steps)
+
+
+@fuzz(40)
+@given(mechanism=st.sampled_from(sasl.SCRAM_PLUS_MECHANISMS), position=st.integers(0, 400), byte=st.integers(0, 255),
+       which=st.sampled_from(["first", "final"]))
+def test_real_scram_plus_with_one_byte_changed(mechanism, position, byte, which):
+    """A real -PLUS exchange (loadtest.scram with tls-exporter data), one byte of one
+    message changed: `Verified` only if the change left the message as it was."""
+    client = ScramExchange(mechanism, "alice", "s3cret", "clientnonce", SaltedPasswords(), cb_type="tls-exporter",
+                           cb_data=CB)
+    exchange = sasl.SaslExchange(mechanism, domain="example.test", nonce="servernonce", secret=b"secret",
+                                 binding=Binding())
+    first = bytearray(client.first().encode())
+    if which == "first":
+        first[position % len(first)] = byte
+    step = exchange.start(bytes(first))
+    if isinstance(step, sasl.NeedCredentials):
+        step = exchange.credentials(KEYS[step.mechanism])
+    if not isinstance(step, sasl.Challenge):
+        assert isinstance(step, sasl.Failed)
+        return
+    try:
+        final = bytearray(client.final(step.data.decode()).encode())
+    except ScramError:  # the client refuses what a mangled first message led to (another nonce)
+        return
+    original = bytes(final)
+    if which == "final":
+        final[position % len(final)] = byte
+    step = exchange.respond(bytes(final))
+    assert isinstance(step, (sasl.Verified, sasl.Failed))
+    if isinstance(step, sasl.Verified):
+        assert bytes(final) == original and (which == "final" or bytes(first) == client.first().encode())
