@@ -12,6 +12,16 @@ Rules of this module:
 - Unrouted IQ get/set gets `service-unavailable` (RFC 6120 §8.4). A handler fails by
   raising `StanzaError`; any other exception becomes `internal-server-error`, a log line
   with the stanza id and a counter. The session and every other user carry on.
+- IQs get/set addressed to the bare JID of an account of our domain (the sender's own
+  or another's) are answered by the server on behalf of the account (RFC 6120
+  §10.5.3.2): they go to the IQ table on the sender's node, as the data they read is shared (PEP, vCard,
+  disco of the account). Handlers read the account from the IQ's `to`.
+- The server's own IQ requests to a client (disco#info of a caps hash) await their
+  answer through `expect_answer(id, jid)`; an answer whose `from` is not the asked
+  JID is not taken for it.
+- `account_identities` and `account_features` are what disco#info on an account's
+  bare JID lists (XEP-0030 §3.1; XEP-0163 §6: the pubsub/pep identity), filled by the
+  features as `disco_features` is for the server.
 - Features see the server only through `FeatureContext`.
 - Accounts served by another node of the cluster: `deliver` first offers the stanza
   to the `remote` route given at construction (`RemoteRoute`, provided by
@@ -22,6 +32,7 @@ Rules of this module:
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import logging
 import xml.etree.ElementTree as ET
@@ -99,6 +110,16 @@ class RosterItemChanged:
     contact: JID
 
 
+@dataclass(frozen=True)
+class PresenceBroadcast:
+    """A local session broadcast available presence (initial or update): `previous` is
+    the presence it had before (None: this one is initial). Caps tracking (XEP-0115)
+    and PEP's last-item delivery (XEP-0163 §4.3.2) watch it."""
+
+    session: Session
+    previous: ET.Element | None
+
+
 IqHandler = Callable[["FeatureContext", Session, ET.Element], Awaitable[ET.Element | None]]
 StanzaHandler = Callable[["FeatureContext", Session | None, ET.Element], Awaitable[None]]
 Observer = Callable[["FeatureContext", Any], Awaitable[None]]
@@ -129,6 +150,9 @@ class Router:
         self._stanza: dict[tuple[StanzaKind, Direction, str | None], StanzaHandler] = {}
         self._observers: dict[type, list[Observer]] = {}
         self.disco_features: set[str] = set()
+        self.account_identities: set[tuple[str, str]] = set()  # (category, type) on an account's bare JID
+        self.account_features: set[str] = set()
+        self._answers: dict[str, tuple[str, asyncio.Future[ET.Element]]] = {}
 
     # -- registration -------------------------------------------------------
     def iq(self, type: IqType, payload_tag: str) -> Callable[[F], F]:
@@ -176,6 +200,22 @@ class Router:
     def has_iq_route(self, type: IqType, payload_tag: str) -> bool:
         return (type, payload_tag) in self._iq
 
+    def expect_answer(self, iq_id: str, jid: JID) -> asyncio.Future[ET.Element]:
+        """A future for the result or error IQ `jid` sends for the server's IQ `iq_id`;
+        the caller sends the IQ, bounds the wait and calls `forget_answer` when done."""
+        future: asyncio.Future[ET.Element] = asyncio.get_running_loop().create_future()
+        self._answers[iq_id] = (str(jid), future)
+        return future
+
+    def forget_answer(self, iq_id: str) -> None:
+        self._answers.pop(iq_id, None)
+
+    def _answered(self, stanza: ET.Element) -> None:
+        waiting = self._answers.get(stanza.get("id") or "")
+        if waiting is not None and waiting[0] == stanza.get("from") and not waiting[1].done():
+            self._answers.pop(stanza.get("id") or "", None)
+            waiting[1].set_result(stanza)
+
     # -- dispatch -----------------------------------------------------------
     async def notify(self, ctx: FeatureContext, event: object) -> None:
         for observer in self._observers.get(type(event), ()):
@@ -197,7 +237,7 @@ class Router:
         except InvalidJid as exc:
             await self._answer_error(ctx, session, stanza, StanzaError(Condition.JID_MALFORMED, str(exc)))
             return
-        if kind is StanzaKind.IQ and (to is None or (to.is_domain and to.domain == ctx.domain) or to == session.bare):
+        if kind is StanzaKind.IQ and (to is None or (to.domain == ctx.domain and to.resource is None)):
             await self._handle_local_iq(ctx, session, stanza)
             return
         handler = self._stanza_handler(kind, Direction.OUT, stanza)
@@ -257,7 +297,8 @@ class Router:
             await self._answer_error(ctx, session, stanza, StanzaError(Condition.BAD_REQUEST, "invalid IQ type"))
             return
         if iq_type in (IqType.RESULT, IqType.ERROR):
-            return  # answers to server-sent IQs (e.g. ping); nothing awaits them here
+            self._answered(stanza)  # answers to server-sent IQs (ping, caps disco)
+            return
         payload = stanza[0] if len(stanza) == 1 else None
         handler = self._iq.get((iq_type, payload.tag)) if payload is not None else None
         if handler is None:

@@ -24,4 +24,6 @@ FEATURE_MODULES: list[str] = [
     "presence_ha.server.features.carbons",  # XEP-0280
     "presence_ha.server.features.inactive_session",  # SPEC §8 inactive sessions, activation
     "presence_ha.server.features.ha_backup_info",  # SPEC §8 backup node for clients
+    "presence_ha.server.features.pep",  # XEP-0163 PEP (XEP-0060 subset, XEP-0222/0223), XEP-0115 caps
+    "presence_ha.server.features.mam",  # XEP-0313 archive, XEP-0359 stanza ids
 ]

@@ -95,11 +95,13 @@ class StanzaError(Exception):
         condition: Condition,
         text: str | None = None,
         type: ErrorType | None = None,
+        app_condition: str | None = None,
     ) -> None:
         super().__init__(f"{condition.tag}: {text}" if text else condition.tag)
         self.condition = condition
         self.text = text
         self.type = type or condition.default_type
+        self.app_condition = app_condition  # Clark tag of an application condition (RFC 6120 §8.3.3)
 
     def to_element(self) -> ET.Element:
         error = ET.Element("error", {"type": self.type.value})
@@ -107,6 +109,8 @@ class StanzaError(Exception):
         if self.text:
             text = ET.SubElement(error, f"{{{NS_STANZAS}}}text")
             text.text = self.text
+        if self.app_condition:
+            ET.SubElement(error, self.app_condition)
         return error
 
 

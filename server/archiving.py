@@ -1,0 +1,84 @@
+"""Archiving of one-to-one messages as they are sent (XEP-0313 §5, XEP-0359).
+
+Rules of this module:
+- The sender's node archives both sides of a message a local client sends: an
+  outgoing row in the sender's archive and an incoming row in the recipient's (when
+  the recipient is an account of ours), each as the owner's preferences say
+  (`mam_forms.should_archive`). The database is shared, so no node needs to archive
+  twice and a message for a user on another node, or offline, is archived all the same.
+- The recipient's row id is put into the message as <stanza-id by='recipient'/>
+  before it is delivered, so every device, now or from the archive later, sees the
+  same id. <stanza-id/> elements a client put in, claiming to be by an account of
+  ours or the domain, are removed first (XEP-0359 §5: they could be forged).
+- `prepare` decides and stamps; the caller delivers, then awaits `write`, so the rows
+  are committed before the stream acknowledges the message (its <a/> answers after the
+  stanza is handled), and the write is group-committed with other senders'.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import uuid
+import xml.etree.ElementTree as ET
+from typing import TYPE_CHECKING
+
+from presence_ha.db.archive import ArchiveRow
+from presence_ha.server.mam_forms import NS_SID, archivable, should_archive
+from presence_ha.server.xmpp.jid import JID, InvalidJid
+from presence_ha.server.xmpp.stanzas import serialize
+
+if TYPE_CHECKING:
+    from presence_ha.server.context import FeatureContext
+    from presence_ha.server.sessions import Session
+
+STANZA_ID = f"{{{NS_SID}}}stanza-id"
+Planned = list[tuple[JID, ArchiveRow]]
+
+
+async def _wants(ctx: FeatureContext, owner: JID, peer: JID) -> bool:
+    prefs = await ctx.store.archive.prefs(owner)
+    if prefs is None:
+        return False
+    on_roster = prefs.default == "roster" and await ctx.store.subscription_of(owner, peer) is not None
+    return should_archive(prefs, str(peer), on_roster)
+
+
+def _strip_forged(ctx: FeatureContext, stanza: ET.Element) -> None:
+    for claimed in stanza.findall(STANZA_ID):
+        by = claimed.get("by", "")
+        if by == ctx.domain or by.endswith(f"@{ctx.domain}"):
+            stanza.remove(claimed)
+
+
+async def prepare(ctx: FeatureContext, session: Session, stanza: ET.Element) -> Planned:
+    """The archive rows of a message `session` sends (its `to` set); stamps the
+    recipient's <stanza-id/> on `stanza`. Empty: nothing to archive."""
+    if not archivable(stanza):
+        return []
+    try:
+        to = JID.parse(stanza.get("to", "")).bare
+    except InvalidJid:
+        return []
+    if stanza.find(STANZA_ID) is not None:
+        _strip_forged(ctx, stanza)
+    sender, stamp = session.bare, dt.datetime.now(dt.UTC)
+    incoming = (to.domain == ctx.domain and to.local is not None and to != sender and await _wants(ctx, to, sender))
+    if incoming:
+        recipient_id = uuid.uuid4().hex
+        ET.SubElement(stanza, STANZA_ID, {"by": str(to), "id": recipient_id})
+    text = serialize(stanza)
+    planned: Planned = []
+    if await _wants(ctx, sender, to):
+        planned.append((sender, ArchiveRow(uuid.uuid4().hex, str(to), True, stamp, text)))
+    if incoming:
+        planned.append((to, ArchiveRow(recipient_id, str(sender), False, stamp, text)))
+    return planned
+
+
+async def write(ctx: FeatureContext, planned: Planned) -> None:
+    """Commit the rows (group commit with other senders)."""
+    if len(planned) == 1:
+        await ctx.store.archive.append(*planned[0])
+        return
+    await asyncio.gather(*(ctx.store.archive.append(owner, row) for owner, row in planned))
