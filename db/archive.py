@@ -18,7 +18,7 @@ import json
 from dataclasses import dataclass
 
 from sqlalchemy import Boolean, DateTime, String, Text, bindparam, delete, func, insert, select
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Row
 
 from presence_ha.db.models import ArchivedMessage, ArchivePrefs, Cluster, User
 from presence_ha.db.roster import user_id_of
@@ -58,6 +58,7 @@ class ArchivePage:
     rows: list[ArchiveRow]
     complete: bool  # this page reaches the end of the result set in its direction
     count: int  # every row that matches the filters
+    first_index: int = 0  # how many matching rows come before the page's first (XEP-0059 §2.4)
 
 
 def _append_statement():
@@ -85,7 +86,11 @@ def append_rows(conn: Connection, domain: str, rows: list[tuple[str, ArchiveRow]
     ])
 
 
-def _row(m: ArchivedMessage) -> ArchiveRow:
+_COLUMNS = (ArchivedMessage.id, ArchivedMessage.stanza_id, ArchivedMessage.peer, ArchivedMessage.outgoing,
+            ArchivedMessage.stamp, ArchivedMessage.stanza)
+
+
+def _row(m: Row) -> ArchiveRow:
     stamp = m.stamp if m.stamp.tzinfo else m.stamp.replace(tzinfo=dt.UTC)
     return ArchiveRow(m.stanza_id, m.peer, m.outgoing, stamp, m.stanza)
 
@@ -103,7 +108,7 @@ def _anchor(conn: Connection, uid: int, stanza_id: str) -> int:
 
 
 def _filtered(uid: int, query: ArchiveQuery):
-    stmt = select(ArchivedMessage).where(ArchivedMessage.user_id == uid)
+    stmt = select(*_COLUMNS).where(ArchivedMessage.user_id == uid)
     if query.with_jid is not None:
         stmt = stmt.where(ArchivedMessage.peer == query.with_jid)
     if query.start is not None:
@@ -128,12 +133,16 @@ def page_of(conn: Connection, domain: str, username: str, query: ArchiveQuery) -
     if query.before is not None:
         stmt = stmt.where(ArchivedMessage.id < _anchor(conn, uid, query.before))
     order = ArchivedMessage.id.desc() if backwards else ArchivedMessage.id.asc()
-    found = list(conn.execute(stmt.order_by(order).limit(query.max + 1)).scalars())
+    found = list(conn.execute(stmt.order_by(order).limit(query.max + 1)))
     complete = len(found) <= query.max
     found = found[:query.max]
     if backwards:
         found.reverse()
-    return ArchivePage([_row(m) for m in found], complete, count)
+    index = 0
+    if found:
+        earlier = base.where(ArchivedMessage.id < found[0].id).subquery()
+        index = conn.execute(select(func.count()).select_from(earlier)).scalar_one()
+    return ArchivePage([_row(m) for m in found], complete, count, index)
 
 
 def prefs_of(conn: Connection, domain: str, username: str) -> PrefsRow | None:
@@ -141,7 +150,8 @@ def prefs_of(conn: Connection, domain: str, username: str) -> PrefsRow | None:
     uid = user_id_of(conn, domain, username)
     if uid is None:
         return None
-    row = conn.execute(select(ArchivePrefs).where(ArchivePrefs.user_id == uid)).scalar_one_or_none()
+    row = conn.execute(select(ArchivePrefs.default, ArchivePrefs.always, ArchivePrefs.never)
+                       .where(ArchivePrefs.user_id == uid)).first()
     if row is None:
         return PrefsRow("always", (), ())
     return PrefsRow(row.default, tuple(json.loads(row.always)), tuple(json.loads(row.never)))

@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from sqlalchemy import delete, insert, select
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Row
 from sqlalchemy.exc import IntegrityError
 
 from presence_ha.db.models import Cluster, EntityCaps, PepItem, PepNode, User
@@ -41,8 +41,11 @@ class Item:
     payload: str
 
 
-def _node_row(conn: Connection, uid: int, node: str) -> PepNode | None:
-    return conn.execute(select(PepNode).where(PepNode.user_id == uid, PepNode.node == node)).scalar_one_or_none()
+_NODE_COLUMNS = (PepNode.id, PepNode.access_model, PepNode.max_items, PepNode.send_last)
+
+
+def _node_row(conn: Connection, uid: int, node: str) -> Row | None:
+    return conn.execute(select(*_NODE_COLUMNS).where(PepNode.user_id == uid, PepNode.node == node)).first()
 
 
 def config_of(conn: Connection, domain: str, username: str, node: str) -> NodeConfig | None:
@@ -108,7 +111,7 @@ def nodes_of(conn: Connection, domain: str, username: str) -> list[tuple[str, No
     uid = user_id_of(conn, domain, username)
     if uid is None:
         return None
-    rows = conn.execute(select(PepNode).where(PepNode.user_id == uid).order_by(PepNode.node)).scalars()
+    rows = conn.execute(select(PepNode.node, *_NODE_COLUMNS[1:]).where(PepNode.user_id == uid).order_by(PepNode.node))
     return [(r.node, NodeConfig(r.access_model, r.max_items, r.send_last)) for r in rows]
 
 

@@ -130,7 +130,7 @@ def fin(page: ArchivePage) -> ET.Element:
     done = ET.Element(f"{{{NS_MAM}}}fin", {"complete": "true" if page.complete else "false"})
     rsm = ET.SubElement(done, f"{{{NS_RSM}}}set")
     if page.rows:
-        ET.SubElement(rsm, f"{{{NS_RSM}}}first").text = page.rows[0].stanza_id
+        ET.SubElement(rsm, f"{{{NS_RSM}}}first", {"index": str(page.first_index)}).text = page.rows[0].stanza_id
         ET.SubElement(rsm, f"{{{NS_RSM}}}last").text = page.rows[-1].stanza_id
     ET.SubElement(rsm, f"{{{NS_RSM}}}count").text = str(page.count)
     return done
