@@ -10,9 +10,11 @@ Rules of this module:
   before it is delivered, so every device, now or from the archive later, sees the
   same id. <stanza-id/> elements a client put in, claiming to be by an account of
   ours or the domain, are removed first (XEP-0359 §5: they could be forged).
-- `prepare` decides and stamps; the caller delivers, then awaits `write`, so the rows
-  are committed before the stream acknowledges the message (its <a/> answers after the
-  stanza is handled), and the write is group-committed with other senders'.
+- `prepare` decides and stamps; the caller awaits `write`, then delivers, so the rows
+  are committed before anyone sees the message (a reply is archived after what it
+  answers, whichever node archives each) and before the stream acknowledges it (its
+  <a/> answers after the stanza is handled). Writes are group-committed with other
+  senders'.
 """
 
 from __future__ import annotations

@@ -16,7 +16,9 @@ Rules of this module:
   session of non-negative priority that sends initial presence (`SessionAvailable`).
 - Each message a client sends is announced as `MessageSent` (carbons use it).
 - A message a client sends is archived (`server.archiving`, XEP-0313) for both
-  parties before this handler returns, so before the stream acknowledges it.
+  parties before it is delivered (the archive's order is then the order in which
+  anyone could have seen the messages: a reply never comes before what it answers)
+  and so before the stream acknowledges it.
 """
 
 from __future__ import annotations
@@ -90,9 +92,9 @@ async def outbound(ctx: FeatureContext, session: Session, stanza: ET.Element) ->
     if not stanza.get("to"):
         stanza.set("to", str(session.bare))
     planned = await archiving.prepare(ctx, session, stanza)
-    await ctx.deliver(stanza, sender=session)
-    if planned:
+    if planned:  # committed before delivery: a reply is never archived before what it answers
         await archiving.write(ctx, planned)
+    await ctx.deliver(stanza, sender=session)
     await ctx.notify(MessageSent(session, stanza))
 
 
