@@ -104,9 +104,9 @@ async def test_avatar_and_device_list_across_the_pair(ha_pair_factory, db_url): 
         got = await carol.plugin["xep_0060"].get_items(cluster.jid("alice"), DEVICELIST, timeout=10)
         payload = got["pubsub"]["items"]["item"]["payload"]
         assert payload.find(f"{{{NS_AXOLOTL}}}device").get("id") == "4242"
+        whitelist = open_access()
+        whitelist.field["pubsub#access_model"]["value"] = "whitelist"
         with pytest.raises(IqError) as conflict:  # XEP-0223: publish-options are preconditions
-            whitelist = open_access()
-            whitelist.field["pubsub#access_model"]["value"] = "whitelist"
             await alice.plugin["xep_0060"].publish(None, DEVICELIST, id="current", payload=devices, options=whitelist,
                                             timeout=10)
         assert conflict.value.condition == "conflict"

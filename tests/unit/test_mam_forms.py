@@ -27,8 +27,8 @@ def query(fields: dict[str, str] | None = None, rsm: str = "") -> ET.Element:
     if fields is not None:
         form = f"<x xmlns='{DATA}' type='submit'>" + "".join(
             f"<field var='{k}'><value>{v}</value></field>" for k, v in {"FORM_TYPE": MAM, **fields}.items()) + "</x>"
-    return ET.fromstring(f"<query xmlns='{MAM}'>{form}{f'<set xmlns={chr(39)}{RSM}{chr(39)}>{rsm}</set>' if rsm else ''}"
-                         "</query>")
+    paging = f"<set xmlns='{RSM}'>{rsm}</set>" if rsm else ""
+    return ET.fromstring(f"<query xmlns='{MAM}'>{form}{paging}</query>")
 
 
 def test_a_bare_query_is_the_first_page():

@@ -87,7 +87,7 @@ async def test_pep_items_replace_trim_and_preconditions(hot):
     assert await hot.run(_publish, "urn:x", {"max_items": 2}, "a") == pep.NodeConfig("presence", 2, True)
     for item in ("b", "c", "b"):  # re-publishing b makes it the newest
         await hot.run(_publish, "urn:x", {}, item)
-    config, items = await hot.run(pep.items_of, DOMAIN, "u0", "urn:x", [], None)
+    _config, items = await hot.run(pep.items_of, DOMAIN, "u0", "urn:x", [], None)
     assert [i.item_id for i in items] == ["b", "c"]  # newest first, trimmed to 2
     with pytest.raises(pep.PreconditionNotMet):
         await hot.run(_publish, "urn:x", {"access_model": "open"}, "d")
