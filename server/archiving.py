@@ -28,13 +28,14 @@ from typing import TYPE_CHECKING
 from presence_ha.db.archive import ArchiveRow
 from presence_ha.server.mam_forms import NS_SID, archivable, should_archive
 from presence_ha.server.xmpp.jid import JID, InvalidJid
-from presence_ha.server.xmpp.stanzas import serialize
+from presence_ha.server.xmpp.stanzas import Subscription, serialize
 
 if TYPE_CHECKING:
     from presence_ha.server.context import FeatureContext
     from presence_ha.server.sessions import Session
 
 STANZA_ID = f"{{{NS_SID}}}stanza-id"
+ALL_SUBSCRIPTIONS = tuple(Subscription)  # on the roster, whatever the subscription
 Planned = list[tuple[JID, ArchiveRow]]
 
 
@@ -42,7 +43,7 @@ async def _wants(ctx: FeatureContext, owner: JID, peer: JID) -> bool:
     prefs = ctx.store.archive.cached_prefs(owner) or await ctx.store.archive.prefs(owner)
     if prefs is None:
         return False
-    on_roster = prefs.default == "roster" and await ctx.store.subscription_of(owner, peer) is not None
+    on_roster = prefs.default == "roster" and peer in await ctx.store.contacts(owner, ALL_SUBSCRIPTIONS)
     return should_archive(prefs, str(peer), on_roster)
 
 

@@ -15,7 +15,8 @@ Rules of this module:
 - IQs get/set addressed to the bare JID of an account of our domain (the sender's own
   or another's) are answered by the server on behalf of the account (RFC 6120
   §10.5.3.2): they go to the IQ table on the sender's node, as the data they read is shared (PEP, vCard,
-  disco of the account). Handlers read the account from the IQ's `to`.
+  disco of the account). Handlers read the account from the IQ's `to`; an IQ to a
+  bare JID that is no account gets service-unavailable (§10.5.3.1).
 - The server's own IQ requests to a client (disco#info of a caps hash) await their
   answer through `expect_answer(id, jid)`; an answer whose `from` is not the asked
   JID is not taken for it.
@@ -238,6 +239,9 @@ class Router:
             await self._answer_error(ctx, session, stanza, StanzaError(Condition.JID_MALFORMED, str(exc)))
             return
         if kind is StanzaKind.IQ and (to is None or (to.domain == ctx.domain and to.resource is None)):
+            if to is not None and to.local is not None and to != session.bare and not await self._account(ctx, to):
+                await self._answer_error(ctx, session, stanza, StanzaError(Condition.SERVICE_UNAVAILABLE))
+                return  # RFC 6120 §10.5.3.1: no such user
             await self._handle_local_iq(ctx, session, stanza)
             return
         handler = self._stanza_handler(kind, Direction.OUT, stanza)
@@ -245,6 +249,10 @@ class Router:
             await self.deliver(ctx, stanza, sender=session)
             return
         await self._run(ctx, session, stanza, handler(ctx, session, stanza))
+
+    @staticmethod
+    async def _account(ctx: FeatureContext, bare: JID) -> bool:
+        return bool(ctx.sessions.resources(bare)) or await ctx.store.user_exists(bare)
 
     async def deliver(
         self, ctx: FeatureContext, stanza: ET.Element, sender: Session | None = None, *, route_remote: bool = True
