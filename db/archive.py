@@ -3,25 +3,21 @@
 Rules of this module:
 - Hot-path functions (`db.hotpath`): each takes a Connection, then the domain and
   usernames; reads are one statement where they can be.
-- `append_rows` writes a batch of independent rows as one multi-row INSERT, with user
-  ids the node caches (a message costs a few microseconds of database work, not a
-  lookup per row); a username that is no account writes nothing. A cached id of a
-  removed user fails the INSERT: the batch is then written row by row by name.
+- `append_rows` writes a batch of independent rows in one executemany of an
+  INSERT ... SELECT that finds the account by name; a username that is no account
+  writes nothing. Rows are independent, so PostgreSQL's autocommit hot path is right.
 - Order is the autoincrement id: paging (XEP-0059) runs on ids, the `stanza_id`s
   (XEP-0359) are only looked up to find where a page starts.
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import json
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 from sqlalchemy import Boolean, DateTime, String, Text, bindparam, delete, func, insert, select
 from sqlalchemy.engine import Connection, Row
-from sqlalchemy.exc import IntegrityError
 
 from presence_ha.db.models import ArchivedMessage, ArchivePrefs, Cluster, User
 from presence_ha.db.roster import user_id_of
@@ -75,46 +71,17 @@ def _append_statement():
         ["user_id", "stanza_id", "peer", "outgoing", "stamp", "stanza"], rows)
 
 
-_APPEND_BY_NAME = _append_statement()
-_APPEND = insert(ArchivedMessage)
+_APPEND = _append_statement()
 
 
-def user_ids(conn: Connection, domain: str, usernames: Iterable[str]) -> dict[str, int]:
-    cluster = select(Cluster.id).where(Cluster.domain == domain).scalar_subquery()
-    found = conn.execute(select(User.username, User.id).where(User.cluster_id == cluster,
-                                                              User.username.in_(list(usernames))))
-    return {name: uid for name, uid in found}  # noqa: C416 - Rows, not pairs, to the type checker
-
-
-def append_rows(conn: Connection, domain: str, rows: list[tuple[str, ArchiveRow]],
-                known: dict[str, int]) -> dict[str, int] | None:
-    """Hot path: archive each `(username, row)`; `known`: user ids the caller has
-    cached. Returns the ids it had to look up (to cache), or None if a cached id was
-    stale (a user was removed): then every row was written by name, unknown ones
-    skipped, and the caller forgets its cache."""
-    missing = {name for name, _ in rows if name not in known}
-    found = user_ids(conn, domain, missing) if missing else {}
-    values = []
-    for name, r in rows:
-        uid = known.get(name) or found.get(name)
-        if uid is not None:
-            values.append({"user_id": uid, "stanza_id": r.stanza_id, "peer": r.peer, "outgoing": r.outgoing,
-                           "stamp": r.stamp, "stanza": r.stanza})
-    if not values:
-        return found
-    try:
-        conn.execute(_APPEND, values)  # one multi-row INSERT: all or nothing, also in autocommit
-    except IntegrityError:
-        _append_by_name(conn, domain, rows)
-        return None
-    return found
-
-
-def _append_by_name(conn: Connection, domain: str, rows: list[tuple[str, ArchiveRow]]) -> None:
-    for name, r in rows:
-        with contextlib.suppress(IntegrityError):  # already written (a retry): keep the first
-            conn.execute(_APPEND_BY_NAME, {"domain": domain, "name": name, "stanza_id": r.stanza_id, "peer": r.peer,
-                                           "outgoing": r.outgoing, "stamp": r.stamp, "stanza": r.stanza})
+def append_rows(conn: Connection, domain: str, rows: list[tuple[str, ArchiveRow]]) -> None:
+    """Hot path: archive each `(username, row)`, in one executemany; a username that is
+    no account writes nothing. The account is looked up by name in the statement, not
+    from a cache of ids: an id cached across a user's removal could name another
+    account later (SQLite reuses the highest rowid), and archive someone's message there."""
+    if rows:
+        conn.execute(_APPEND, [{"domain": domain, "name": name, "stanza_id": r.stanza_id, "peer": r.peer,
+                                "outgoing": r.outgoing, "stamp": r.stamp, "stanza": r.stanza} for name, r in rows])
 
 
 _COLUMNS = (ArchivedMessage.id, ArchivedMessage.stanza_id, ArchivedMessage.peer, ArchivedMessage.outgoing,

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 
 from presence_ha.db import archive
 from presence_ha.db.archive import ArchivePage, ArchiveQuery, ArchiveRow, PrefsRow, UnknownAnchor
@@ -33,18 +32,11 @@ LINGER_S = 0.002  # how long a batch waits for more rows (adds at most this to a
 MAX_BATCH = 256  # rows that are flushed at once, without lingering
 
 
-@dataclass(frozen=True)
-class Pending:
-    username: str
-    row: ArchiveRow
-
-
 class ArchiveStore:
     def __init__(self, hot: HotPath, domain: str, prefs_ttl_s: float = PREFS_TTL_S) -> None:
         self._hot, self.domain, self._ttl = hot, domain, prefs_ttl_s
         self._prefs: dict[str, tuple[float, PrefsRow]] = {}
         self._writes = _Batcher(self._flush)
-        self._uids: dict[str, int] = {}  # username -> users.id (ids never change; a removal is detected)
 
     def _name(self, user: JID) -> str | None:
         return user.local if user.local is not None and user.domain == self.domain else None
@@ -56,14 +48,7 @@ class ArchiveStore:
             await self._writes.write(named)
 
     async def _flush(self, rows: list[tuple[str, ArchiveRow]]) -> None:
-        known = {name: uid for name, _ in rows if (uid := self._uids.get(name)) is not None}
-        found = await self._hot.run(archive.append_rows, self.domain, rows, known)
-        if found is None:
-            self._uids.clear()
-        else:
-            if len(self._uids) > 200_000:
-                self._uids.clear()
-            self._uids.update(found)
+        await self._hot.run(archive.append_rows, self.domain, rows)
 
     async def page(self, user: JID, query: ArchiveQuery) -> ArchivePage | None:
         """One page (`db.archive.page_of`); raises `UnknownAnchor`."""

@@ -10,6 +10,8 @@ mutual contacts, carol is a stranger):
   reads it; publishing it again with another access model is a precondition conflict.
 - disco#info on alice's bare JID shows the pubsub/pep identity.
 - bob's second device comes online later and gets alice's last metadata item unasked.
+- dave, a contact of alice on n2 using aioxmpp, reads her avatar through aioxmpp's
+  AvatarService and her device list through its PubSubClient.
 """
 
 from __future__ import annotations
@@ -33,8 +35,8 @@ from tests.integration.cluster import (  # noqa: F401
     wait_until,
 )
 
-USERS = (("alice", "alice-pw"), ("bob", "bob-pw"), ("carol", "carol-pw"))
-PLACEMENT = {"alice": "n1", "bob": "n2", "carol": "n2"}
+USERS = (("alice", "alice-pw"), ("bob", "bob-pw"), ("carol", "carol-pw"), ("dave", "dave-pw"))
+PLACEMENT = {"alice": "n1", "bob": "n2", "carol": "n2", "dave": "n2"}
 PEP_PLUGINS = ("xep_0030", "xep_0060", "xep_0115", "xep_0163", "xep_0084")
 DEVICELIST = "eu.siacs.conversations.axolotl.devicelist"
 NS_AXOLOTL = "eu.siacs.conversations.axolotl"
@@ -67,10 +69,33 @@ def open_access() -> Form:
     return form
 
 
+async def read_with_aioxmpp(cluster, alice_jid: str, picture: bytes) -> None:
+    """dave (aioxmpp, on n2): alice's avatar and device list through aioxmpp's own services."""
+    import aioxmpp
+    import aioxmpp.avatar
+    import aioxmpp.pubsub
+    from aioxmpp.connector import STARTTLSConnector
+
+    node = cluster.node("n2")
+    client = aioxmpp.PresenceManagedClient(
+        aioxmpp.JID.fromstr(f"dave@{DOMAIN}/aio"), aioxmpp.make_security_layer("dave-pw", no_verify=True),
+        override_peer=[(node.host, node.client_port, STARTTLSConnector())])
+    avatars = client.summon(aioxmpp.avatar.AvatarService)
+    pubsub = client.summon(aioxmpp.pubsub.PubSubClient)
+    async with client.connected():
+        alice = aioxmpp.JID.fromstr(alice_jid)
+        descriptors = await asyncio.wait_for(avatars.get_avatar_metadata(alice), 10)
+        assert [d.mime_type for d in descriptors] == ["image/png"]
+        assert await asyncio.wait_for(descriptors[0].get_image_bytes(), 10) == picture
+        found = await asyncio.wait_for(pubsub.get_items(alice, DEVICELIST), 10)
+        (item,) = found.payload.items
+        assert item.id_ == "current"
+
+
 @pytest.mark.timeout(120)
 async def test_avatar_and_device_list_across_the_pair(ha_pair_factory, db_url):  # noqa: F811
     cluster = ha_pair_factory(users=USERS, placement=PLACEMENT)
-    db_call(db_url, lambda s: roster.befriend(s, DOMAIN, [["alice", "bob"]]))
+    db_call(db_url, lambda s: roster.befriend(s, DOMAIN, [["alice", "bob"], ["alice", "dave"]]))
     clients = []
     try:
         bob, bob_events = await online(cluster, "bob", "n2", "phone")
@@ -121,6 +146,8 @@ async def test_avatar_and_device_list_across_the_pair(ha_pair_factory, db_url): 
         clients.append(tablet)
         event = await asyncio.wait_for(tablet_events.get(), 10)
         assert event["pubsub_event"]["items"]["item"]["id"] == avatar_id
+
+        await read_with_aioxmpp(cluster, alice_jid=cluster.jid("alice"), picture=picture)
     finally:
         for client in clients:
             await slix_disconnect(client)
