@@ -6,8 +6,8 @@ it survives failover, fallback and user moves and reads the same on every node. 
 global (a verified hash names one feature set); MAM (XEP-0313) keeps one archive row
 per user and message with its XEP-0359 stanza id, and the archiving preferences.
 
-Revision ID: 0003
-Revises: 0002
+Revision ID: 0004
+Revises: 0003
 Create Date: 2026-12-07
 """
 
@@ -18,8 +18,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0003"
-down_revision: str | Sequence[str] | None = "0002"
+revision: str = "0004"
+down_revision: str | Sequence[str] | None = "0003"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
