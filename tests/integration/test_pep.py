@@ -77,7 +77,7 @@ async def read_with_aioxmpp(cluster, alice_jid: str, picture: bytes) -> None:
     from aioxmpp.connector import STARTTLSConnector
 
     node = cluster.node("n2")
-    client = aioxmpp.PresenceManagedClient(
+    client = aioxmpp.Client(
         aioxmpp.JID.fromstr(f"dave@{DOMAIN}/aio"), aioxmpp.make_security_layer("dave-pw", no_verify=True),
         override_peer=[(node.host, node.client_port, STARTTLSConnector())])
     avatars = client.summon(aioxmpp.avatar.AvatarService)
