@@ -10,6 +10,8 @@ Rules of this module:
   before it is delivered, so every device, now or from the archive later, sees the
   same id. <stanza-id/> elements a client put in, claiming to be by an account of
   ours or the domain, are removed first (XEP-0359 §5: they could be forged).
+- A database that is away never stops a message: it is delivered unarchived, without
+  a <stanza-id/> (`write`).
 - `prepare` decides and stamps; the caller awaits `write`, then delivers, so the rows
   are committed before anyone sees the message (a reply is archived after what it
   answers, whichever node archives each) and before the stream acknowledges it (its
@@ -21,11 +23,13 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
+import logging
 import secrets
 import xml.etree.ElementTree as ET
 from typing import TYPE_CHECKING
 
 from presence_ha.db.archive import ArchiveRow
+from presence_ha.db.engine import DatabaseUnavailable
 from presence_ha.server.mam_forms import NS_SID, archivable, should_archive
 from presence_ha.server.xmpp.jid import JID, InvalidJid
 from presence_ha.server.xmpp.stanzas import Subscription, serialize
@@ -33,6 +37,8 @@ from presence_ha.server.xmpp.stanzas import Subscription, serialize
 if TYPE_CHECKING:
     from presence_ha.server.context import FeatureContext
     from presence_ha.server.sessions import Session
+
+log = logging.getLogger(__name__)
 
 STANZA_ID = f"{{{NS_SID}}}stanza-id"
 ALL_SUBSCRIPTIONS = tuple(Subscription)  # on the roster, whatever the subscription
@@ -66,22 +72,36 @@ async def prepare(ctx: FeatureContext, session: Session, stanza: ET.Element) -> 
     if stanza.find(STANZA_ID) is not None:
         _strip_forged(ctx, stanza)
     sender, stamp = session.bare, dt.datetime.now(dt.UTC)
-    incoming = (to.domain == ctx.domain and to.local is not None and to != sender and await _wants(ctx, to, sender))
+    try:
+        incoming = (to.domain == ctx.domain and to.local is not None and to != sender
+                    and await _wants(ctx, to, sender))
+        outgoing = await _wants(ctx, sender, to)
+    except DatabaseUnavailable as exc:
+        log.warning("message from %s not archived: preferences unreadable: %s", sender, exc)
+        return []
     if incoming:
         recipient_id = _ids.new()
         ET.SubElement(stanza, STANZA_ID, {"by": str(to), "id": recipient_id})
     text = serialize(stanza)
     planned: Planned = []
-    if await _wants(ctx, sender, to):
+    if outgoing:
         planned.append((sender, ArchiveRow(_ids.new(), str(to), True, stamp, text)))
     if incoming:
         planned.append((to, ArchiveRow(recipient_id, str(sender), False, stamp, text)))
     return planned
 
 
-async def write(ctx: FeatureContext, planned: Planned) -> None:
-    """Commit the rows (group commit with other senders)."""
-    await ctx.store.archive.append(planned)
+async def write(ctx: FeatureContext, stanza: ET.Element, planned: Planned) -> None:
+    """Commit the rows (group commit with other senders). A database that is away (a
+    PostgreSQL promotion) costs the archive the message, not the message its delivery
+    (SPEC §10: a database failover is not a node failover): it goes without the
+    <stanza-id/>, which would name no archived message."""
+    try:
+        await ctx.store.archive.append(planned)
+    except DatabaseUnavailable as exc:
+        log.warning("message from %s delivered but not archived: %s", stanza.get("from"), exc)
+        for claimed in stanza.findall(STANZA_ID):
+            stanza.remove(claimed)
 
 
 class _Ids:

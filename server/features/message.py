@@ -93,7 +93,7 @@ async def outbound(ctx: FeatureContext, session: Session, stanza: ET.Element) ->
         stanza.set("to", str(session.bare))
     planned = await archiving.prepare(ctx, session, stanza)
     if planned:  # committed before delivery: a reply is never archived before what it answers
-        await archiving.write(ctx, planned)
+        await archiving.write(ctx, stanza, planned)
     await ctx.deliver(stanza, sender=session)
     await ctx.notify(MessageSent(session, stanza))
 

@@ -69,3 +69,19 @@ async def test_refusals(world):
     assert answer.find(f"error/{{{NS_ERR}}}bad-request") is not None
     await alice.send(f"<iq type='set' id='p'><prefs xmlns='{MAM}' default='sometimes'/></iq>")
     assert alice.outbox.pop().find(f"error/{{{NS_ERR}}}bad-request") is not None
+
+
+async def test_a_database_away_costs_the_archive_not_the_message(world, monkeypatch):
+    from presence_ha.db.engine import DatabaseUnavailable
+
+    alice = await world.online("alice@example.test/home")
+    bob = await world.online("bob@example.test/pc")
+
+    async def away(rows):
+        raise DatabaseUnavailable("promotion in progress")
+
+    monkeypatch.setattr(world.store.archive, "append", away)
+    await alice.send("<message to='bob@example.test' type='chat'><body>still here</body></message>")
+    (got,) = bob.outbox
+    assert got.findtext("body") == "still here"
+    assert got.find(f"{{{SID}}}stanza-id") is None  # it would name no archived message
