@@ -285,3 +285,70 @@ class LastActivity(Base):
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
     logout_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
     status: Mapped[str] = mapped_column(Text, default="")
+
+
+# --- PEP (XEP-0163) and the message archive (XEP-0313) ----------------------------------
+# Kept in the availability database like every feature's data, so they survive failover,
+# fallback and user moves and read the same on every node of the cluster.
+
+
+class PepNode(Base):
+    """One PEP node of an account (XEP-0163) and the configuration it was made with."""
+
+    __tablename__ = "pep_nodes"
+    __table_args__ = (UniqueConstraint("user_id", "node"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    node: Mapped[str] = mapped_column(String(1023))
+    access_model: Mapped[str] = mapped_column(String(16), default="presence")  # presence|open|whitelist
+    max_items: Mapped[int] = mapped_column(Integer, default=1)
+    send_last: Mapped[bool] = mapped_column(Boolean, default=True)  # send_last_published_item
+
+
+class PepItem(Base):
+    """A published item of a PEP node; the newest has the highest id."""
+
+    __tablename__ = "pep_items"
+    __table_args__ = (UniqueConstraint("node_id", "item_id"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    node_id: Mapped[int] = mapped_column(ForeignKey("pep_nodes.id", ondelete="CASCADE"), index=True)
+    item_id: Mapped[str] = mapped_column(String(1023))
+    payload: Mapped[str] = mapped_column(Text)
+    published_at: Mapped[dt.datetime] = _now()
+
+
+class EntityCaps(Base):
+    """The features behind a verified XEP-0115 hash: global, as a hash names one feature set."""
+
+    __tablename__ = "entity_caps"
+
+    ver: Mapped[str] = mapped_column(String(255), primary_key=True)  # "<hash>:<ver>"
+    features: Mapped[str] = mapped_column(Text)  # newline-separated
+
+
+class ArchivedMessage(Base):
+    """One message of a user's archive (XEP-0313); `stanza_id` is its XEP-0359 id."""
+
+    __tablename__ = "archived_messages"
+    __table_args__ = (UniqueConstraint("user_id", "stanza_id"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    stanza_id: Mapped[str] = mapped_column(String(64))
+    peer: Mapped[str] = mapped_column(String(3071))  # the other party's bare JID
+    outgoing: Mapped[bool] = mapped_column(Boolean)
+    stamp: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    stanza: Mapped[str] = mapped_column(Text)
+
+
+class ArchivePrefs(Base):
+    """A user's archiving preferences (XEP-0313 §6); no row: the default, always."""
+
+    __tablename__ = "archive_prefs"
+
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
+    default: Mapped[str] = mapped_column(String(8), default="always")  # always|never|roster
+    always: Mapped[str] = mapped_column(Text, default="[]")  # JSON list of bare JIDs
+    never: Mapped[str] = mapped_column(Text, default="[]")

@@ -21,7 +21,9 @@ from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from presence_ha.db.roster import RosterRow
+    from presence_ha.server.archive_store import ArchiveStore
     from presence_ha.server.config import QuotasConfig
+    from presence_ha.server.pep_store import PepStore
     from presence_ha.server.router import Router
     from presence_ha.server.sessions import Session, SessionRegistry
     from presence_ha.server.store import BackupProfile, StoredPresence, SubscriptionState, SubscriptionUpdate
@@ -34,6 +36,12 @@ class FeatureStore(Protocol):
     one transaction and may raise `DatabaseUnavailable`."""
 
     async def user_exists(self, user: JID) -> bool: ...
+
+    # PEP (XEP-0163) and the message archive (XEP-0313): their own facades
+    @property
+    def pep(self) -> PepStore: ...
+    @property
+    def archive(self) -> ArchiveStore: ...
 
     # rosters and subscriptions (RFC 6121 §2, §3)
     async def roster(self, user: JID) -> list[RosterRow]: ...

@@ -12,13 +12,21 @@ Rules of this module:
 - Unrouted IQ get/set gets `service-unavailable` (RFC 6120 §8.4). A handler fails by
   raising `StanzaError`; any other exception becomes `internal-server-error`, a log line
   with the stanza id and a counter. The session and every other user carry on.
+- IQs get/set to an account's bare JID: an `account_iq` route (below) answers them if
+  there is one; any other, to another account of our domain, is answered by the server
+  for the account from the shared data, in the IQ table on the sender's node (RFC 6120
+  §10.5.3.2: PEP); handlers read the account from the IQ's `to`; a bare JID that is no
+  account gets service-unavailable (§10.5.3.1).
+- The server's own IQ requests to a client (disco#info of a caps hash) await their
+  answer through `expect_answer(id, jid)`; an answer whose `from` is not the asked
+  JID is not taken for it.
 - Features see the server only through `FeatureContext`.
 - An account's bare JID answers some IQs on the account's behalf (XEP-0030 disco,
   vCard, last activity): `account_iq` routes, keyed like `iq` routes, run for IQ
   get/set addressed to a bare account JID, the user's own (before the server's
   table) or another's (on the node serving it). `account_identities` and
-  `account_features` are what disco#info on a bare account JID lists; features
-  register into them as they do into `disco_features`.
+  `account_features` are what disco#info on a bare account JID lists (XEP-0030 §3.1;
+  XEP-0163 §6: pubsub/pep); features register into them as they do into `disco_features`.
 - Blocking (XEP-0191) is the `guard` given at construction (`StanzaGuard`, provided
   by `server.blocking`; None: nothing is blocked): a client's stanza to an address
   passes `guard.outbound` before it goes anywhere, a stanza for a local account
@@ -32,6 +40,7 @@ Rules of this module:
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import logging
 import xml.etree.ElementTree as ET
@@ -118,6 +127,16 @@ class RosterItemChanged:
     contact: JID
 
 
+@dataclass(frozen=True)
+class PresenceBroadcast:
+    """A local session broadcast available presence (initial or update): `previous` is
+    the presence it had before (None: this one is initial). Caps tracking (XEP-0115)
+    and PEP's last-item delivery (XEP-0163 §4.3.2) watch it."""
+
+    session: Session
+    previous: ET.Element | None
+
+
 IqHandler = Callable[["FeatureContext", Session, ET.Element], Awaitable[ET.Element | None]]
 # (ctx, the account addressed, the IQ with its `from`) -> result payload
 AccountIqHandler = Callable[["FeatureContext", JID, ET.Element], Awaitable[ET.Element | None]]
@@ -168,6 +187,7 @@ class Router:
         self._stanza: dict[tuple[StanzaKind, Direction, str | None], StanzaHandler] = {}
         self._observers: dict[type, list[Observer]] = {}
         self.disco_features: set[str] = set()
+        self._answers: dict[str, tuple[str, asyncio.Future[ET.Element]]] = {}
 
     # -- registration -------------------------------------------------------
     def iq(self, type: IqType, payload_tag: str) -> Callable[[F], F]:
@@ -227,6 +247,22 @@ class Router:
     def has_iq_route(self, type: IqType, payload_tag: str) -> bool:
         return (type, payload_tag) in self._iq
 
+    def expect_answer(self, iq_id: str, jid: JID) -> asyncio.Future[ET.Element]:
+        """A future for the result or error IQ `jid` sends for the server's IQ `iq_id`;
+        the caller sends the IQ, bounds the wait and calls `forget_answer` when done."""
+        future: asyncio.Future[ET.Element] = asyncio.get_running_loop().create_future()
+        self._answers[iq_id] = (str(jid), future)
+        return future
+
+    def forget_answer(self, iq_id: str) -> None:
+        self._answers.pop(iq_id, None)
+
+    def _answered(self, stanza: ET.Element) -> None:
+        waiting = self._answers.get(stanza.get("id") or "")
+        if waiting is not None and waiting[0] == stanza.get("from") and not waiting[1].done():
+            self._answers.pop(stanza.get("id") or "", None)
+            waiting[1].set_result(stanza)
+
     # -- dispatch -----------------------------------------------------------
     async def notify(self, ctx: FeatureContext, event: object) -> None:
         for observer in self._observers.get(type(event), ()):
@@ -254,6 +290,8 @@ class Router:
         if kind is StanzaKind.IQ and (to is None or (to.is_domain and to.domain == ctx.domain) or to == session.bare):
             await self._handle_local_iq(ctx, session, stanza)
             return
+            await self._handle_local_iq(ctx, session, stanza)
+            return
         if self._guard is not None and to is not None:
             verdict = self._guard.outbound_now(ctx, session, stanza, to)
             if verdict is None:
@@ -261,11 +299,25 @@ class Router:
             if verdict is not Verdict.PASS:
                 await self._stop(ctx, session, stanza, verdict)
                 return
+        if (kind is StanzaKind.IQ and to is not None and to.local is not None and to.resource is None
+                and to.domain == ctx.domain and stanza.get("type") in ("get", "set")
+                and self._account_route(stanza) is None):
+            # Another account's bare JID, with no account route (PEP): answered here for the
+            # account from the shared data (RFC 6120 §10.5.3.2); no such account: §10.5.3.1.
+            if not await self._account(ctx, to):
+                await self._answer_error(ctx, session, stanza, StanzaError(Condition.SERVICE_UNAVAILABLE))
+                return
+            await self._handle_local_iq(ctx, session, stanza)
+            return
         handler = self._stanza_handler(kind, Direction.OUT, stanza)
         if handler is None:
             await self.deliver(ctx, stanza, sender=session)
             return
         await self._run(ctx, session, stanza, handler(ctx, session, stanza))
+
+    @staticmethod
+    async def _account(ctx: FeatureContext, bare: JID) -> bool:
+        return bool(ctx.sessions.resources(bare)) or await ctx.store.user_exists(bare)
 
     async def deliver(
         self, ctx: FeatureContext, stanza: ET.Element, sender: Session | None = None, *, route_remote: bool = True
@@ -362,7 +414,8 @@ class Router:
             await self._answer_error(ctx, session, stanza, StanzaError(Condition.BAD_REQUEST, "invalid IQ type"))
             return
         if iq_type in (IqType.RESULT, IqType.ERROR):
-            return  # answers to server-sent IQs (e.g. ping); nothing awaits them here
+            self._answered(stanza)  # answers to server-sent IQs (ping, caps disco)
+            return
         payload = stanza[0] if len(stanza) == 1 else None
         handler = self._iq.get((iq_type, payload.tag)) if payload is not None else None
         if handler is None:

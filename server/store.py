@@ -47,7 +47,9 @@ from presence_ha.db import blocklist, groups, last_activity, nodes, offline, par
 from presence_ha.db.engine import translate_errors
 from presence_ha.db.hotpath import HotPath
 from presence_ha.db.roster import RosterRow
+from presence_ha.server.archive_store import ArchiveStore
 from presence_ha.server.config import QuotasConfig
+from presence_ha.server.pep_store import PepStore
 from presence_ha.server.presence_writes import GroupCommit
 from presence_ha.server.quotas import MAX_STORED_REQUEST_BYTES, Quota, QuotaExceeded, check_item
 from presence_ha.server.roster_cache import Roster, RosterCache
@@ -122,6 +124,8 @@ class Store:
         self._roster_loads: dict[str, asyncio.Future[Roster]] = {}  # reads in flight, shared
         self._jids: dict[str, JID] = {}  # contact text -> JID, shared by cached rosters (bounded by the accounts)
         self._presence_writes = GroupCommit(self._write_presences)
+        self.pep = PepStore(sessions, hot, domain)  # XEP-0163 nodes and items, XEP-0115 caps
+        self.archive = ArchiveStore(hot, domain)  # XEP-0313 message archive
 
     @contextlib.asynccontextmanager
     async def _tx(self) -> AsyncIterator[AsyncSession]:

@@ -28,4 +28,6 @@ FEATURE_MODULES: list[str] = [
     "presence_ha.server.features.vcard",  # XEP-0054, XEP-0153
     "presence_ha.server.features.last_activity",  # XEP-0012
     "presence_ha.server.features.entity_time",  # XEP-0202
+    "presence_ha.server.features.pep",  # XEP-0163 PEP (XEP-0060 subset, XEP-0222/0223), XEP-0115 caps
+    "presence_ha.server.features.mam",  # XEP-0313 archive, XEP-0359 stanza ids
 ]

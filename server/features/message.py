@@ -15,6 +15,10 @@ Rules of this module:
 - Stored messages carry a XEP-0203 <delay/> stamped when stored, and go to the first
   session of non-negative priority that sends initial presence (`SessionAvailable`).
 - Each message a client sends is announced as `MessageSent` (carbons use it).
+- A message a client sends is archived (`server.archiving`, XEP-0313) for both
+  parties before it is delivered (the archive's order is then the order in which
+  anyone could have seen the messages: a reply never comes before what it answers)
+  and so before the stream acknowledges it.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import datetime as dt
 import xml.etree.ElementTree as ET
 from typing import TYPE_CHECKING
 
+from presence_ha.server import archiving
 from presence_ha.server.messaging import Outcome, route_message
 from presence_ha.server.router import Direction, MessageDelivered, MessageSent, Router, SessionAvailable, StanzaKind
 from presence_ha.server.sessions import Session
@@ -86,6 +91,9 @@ async def outbound(ctx: FeatureContext, session: Session, stanza: ET.Element) ->
     """A message sent by a local client; without 'to' it goes to the user's own JID."""
     if not stanza.get("to"):
         stanza.set("to", str(session.bare))
+    planned = await archiving.prepare(ctx, session, stanza)
+    if planned:  # committed before delivery: a reply is never archived before what it answers
+        await archiving.write(ctx, stanza, planned)
     await ctx.deliver(stanza, sender=session)
     await ctx.notify(MessageSent(session, stanza))
 

@@ -37,7 +37,14 @@ from typing import TYPE_CHECKING
 
 from presence_ha.server.blocking import block_list, is_blocked
 from presence_ha.server.presence_service import INBOUND_TYPES, SEE_ME, announce_available, deliver_now
-from presence_ha.server.router import Direction, ResourceUnavailable, Router, SessionClosed, StanzaKind
+from presence_ha.server.router import (
+    Direction,
+    PresenceBroadcast,
+    ResourceUnavailable,
+    Router,
+    SessionClosed,
+    StanzaKind,
+)
 from presence_ha.server.sessions import Session, SessionKind
 from presence_ha.server.xmpp.errors import Condition, StanzaError
 from presence_ha.server.xmpp.jid import JID
@@ -80,11 +87,13 @@ async def _to_contacts(
 async def _available(ctx: FeatureContext, session: Session, stanza: ET.Element) -> None:
     priority = _priority(stanza)
     initial = not session.available
+    previous = session.presence
     await ctx.store.put_presence(session.jid, priority, stanza)
     session.available, session.priority, session.presence = True, priority, stanza
     await _to_contacts(ctx, session, stanza)
     if initial:
         await announce_available(ctx, session)
+    await ctx.notify(PresenceBroadcast(session, None if initial else previous))
 
 
 async def _unavailable(ctx: FeatureContext, session: Session, stanza: ET.Element) -> None:

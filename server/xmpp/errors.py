@@ -96,12 +96,14 @@ class StanzaError(Exception):
         text: str | None = None,
         type: ErrorType | None = None,
         app: ET.Element | None = None,
+        app_condition: str | None = None,
     ) -> None:
         super().__init__(f"{condition.tag}: {text}" if text else condition.tag)
         self.condition = condition
         self.text = text
         self.type = type or condition.default_type
         self.app = app  # an application-specific condition (RFC 6120 §8.3.2), e.g. XEP-0191's <blocked/>
+        self.app_condition = app_condition  # Clark tag of an application condition (RFC 6120 §8.3.3)
 
     def to_element(self) -> ET.Element:
         error = ET.Element("error", {"type": self.type.value})
@@ -111,6 +113,8 @@ class StanzaError(Exception):
             text.text = self.text
         if self.app is not None:
             error.append(self.app)
+        if self.app_condition:
+            ET.SubElement(error, self.app_condition)
         return error
 
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 CARBONS = "urn:xmpp:carbons:2"
 FWD = "urn:xmpp:forward:0"
 
+# every chat message to bob carries the id of his archive's copy (XEP-0313, XEP-0359)
+BOB_SID = "<stanza-id xmlns='urn:xmpp:sid:0' by='bob@example.test' id='*'/>"
+
 
 async def enable(client) -> None:
     await client.send(f"<iq type='set' id='c'><enable xmlns='{CARBONS}'/></iq>")
@@ -27,7 +30,7 @@ async def test_received_and_sent_copies(world):
         await enable(c)
     await alice.send("<message to='bob@example.test' type='chat' id='m'><body>hi</body></message>")
     original = ("<message xmlns='jabber:client' to='bob@example.test' type='chat' id='m' "
-                "from='alice@example.test/home'><body>hi</body></message>")
+                f"from='alice@example.test/home'><body>hi</body>{BOB_SID}</message>")
     bob_pc.expect(original)
     bob_phone.expect(f"<message from='bob@example.test' to='bob@example.test/phone' type='chat'>"
                      f"<received xmlns='{CARBONS}'><forwarded xmlns='{FWD}'>{original}</forwarded></received>"
@@ -60,5 +63,6 @@ async def test_private_no_copy_headline_and_disable(world):
     bob_phone.silent()
     alice_phone.expect(f"<message from='alice@example.test' to='alice@example.test/phone' type='chat'>"
                        f"<sent xmlns='{CARBONS}'><forwarded xmlns='{FWD}'><message xmlns='jabber:client' "
-                       "to='bob@example.test' type='chat' from='alice@example.test/home'><body>d</body></message>"
+                       "to='bob@example.test' type='chat' from='alice@example.test/home'>"
+                       f"<body>d</body>{BOB_SID}</message>"
                        "</forwarded></sent></message>")

@@ -87,7 +87,7 @@ async def test_block_pushes_hides_presence_and_stops_stanzas_both_ways(world):
     phone.expect("<presence from='bob@example.test/pc' to='alice@example.test/phone'/>")
     await bob.send("<message id='m3' type='chat' to='alice@example.test/home'><body>again</body></message>")
     home.expect("<message id='m3' type='chat' to='alice@example.test/home' from='bob@example.test/pc'>"
-                "<body>again</body></message>")
+                "<body>again</body><stanza-id xmlns='urn:xmpp:sid:0' by='alice@example.test' id='*'/></message>")
 
 
 @pytest.mark.parametrize(("payload", "condition"), [
@@ -127,7 +127,9 @@ async def test_vcards_are_set_by_their_owner_and_read_by_anyone(world):
     await alice.send(f"<iq type='get' id='g2'><vCard {V}/></iq>")
     alice.expect(f"<iq type='result' id='g2' to='alice@example.test/home'>{card}</iq>")
     await bob.send(f"<iq type='set' id='s2' to='alice@example.test'><vCard {V}><FN>Mallory</FN></vCard></iq>")
-    bob.expect(error("iq", "s2", "bob@example.test/pc", "service-unavailable", "cancel", "alice@example.test"))
+    # answered for alice's account by the server (RFC 6120 §10.5.3.2): only she sets it
+    bob.expect(error("iq", "s2", "bob@example.test/pc", "forbidden", "auth", "alice@example.test",
+                     f"<text xmlns='{NS_ERR}'>only your own vCard can be set</text>"))
     await alice.send(f"<iq type='set' id='s3'><vCard {V}><PHOTO><BINVAL>not base64!</BINVAL></PHOTO></vCard></iq>")
     assert alice.outbox.pop().find(f"error/{{{NS_ERR}}}bad-request") is not None
     await bob.send(f"<iq type='get' id='g3' to='nobody@example.test'><vCard {V}/></iq>")

@@ -14,6 +14,9 @@ def err(condition: str, to: str, type_: str = "cancel", text: bool = False, **at
     return (f"<message type='error' to='{to}'{extra}><error type='{type_}'><{condition} xmlns='{NS_ERR}'/>"
             f"{body}</error></message>")
 
+# every chat message to bob carries the id of his archive's copy (XEP-0313, XEP-0359)
+BOB_SID = "<stanza-id xmlns='urn:xmpp:sid:0' by='bob@example.test' id='*'/>"
+
 
 async def test_bare_jid_goes_to_highest_non_negative_priority(world):
     alice = await world.online("alice@example.test/home")
@@ -25,7 +28,7 @@ async def test_bare_jid_goes_to_highest_non_negative_priority(world):
     await alice.send("<message to='bob@example.test' type='chat' id='m1'><body>hi</body></message>")
     for c in (high1, high2):
         c.expect("<message to='bob@example.test' type='chat' id='m1' from='alice@example.test/home'>"
-                 "<body>hi</body></message>")
+                 f"<body>hi</body>{BOB_SID}</message>")
     low.silent()
     await alice.send("<message to='bob@example.test' type='headline'><body>news</body></message>")
     for c in (low, high1, high2):
@@ -33,7 +36,7 @@ async def test_bare_jid_goes_to_highest_non_negative_priority(world):
                  "<body>news</body></message>")
     await alice.send("<message to='bob@example.test/low' type='chat'><body>you</body></message>")
     low.expect("<message to='bob@example.test/low' type='chat' from='alice@example.test/home'>"
-               "<body>you</body></message>")
+               f"<body>you</body>{BOB_SID}</message>")
     high1.silent()
 
 
@@ -42,7 +45,7 @@ async def test_full_jid_without_resource(world):
     bob = await world.online("bob@example.test/pc")
     await alice.send("<message to='bob@example.test/gone' type='chat'><body>a</body></message>")
     bob.expect("<message to='bob@example.test/gone' type='chat' from='alice@example.test/home'>"
-               "<body>a</body></message>")
+               f"<body>a</body>{BOB_SID}</message>")
     await alice.send("<message to='bob@example.test/gone' type='headline'><body>b</body></message>")
     await alice.send("<message to='bob@example.test/gone' type='groupchat' id='g'><body>c</body></message>")
     bob.silent()
@@ -81,7 +84,7 @@ async def test_offline_storage_delay_cap_and_delivery(world):
     bob.expect("<presence from='bob@example.test/neg' to='bob@example.test/pc'><priority>-1</priority></presence>")
     for i in range(3):
         got = bob.expect(f"<message to='bob@example.test' type='chat' id='o{i}' from='alice@example.test/home'>"
-                         f"<body>m{i}</body><delay xmlns='urn:xmpp:delay' from='example.test' stamp='*'>"
+                         f"<body>m{i}</body>{BOB_SID}<delay xmlns='urn:xmpp:delay' from='example.test' stamp='*'>"
                          "Offline Storage</delay></message>")
         assert got.find("{urn:xmpp:delay}delay").get("stamp").endswith("Z")
     bob.silent()

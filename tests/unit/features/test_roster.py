@@ -110,7 +110,8 @@ async def test_foreign_roster_is_forbidden(world):
         await roster.roster_get(world.ctx, alice.session,
                                 parse(f"<iq type='get' to='bob@example.test'><query {Q}/></iq>"))
     assert exc.value.condition is Condition.FORBIDDEN
-    # through the router, another account's roster is not even reachable
+    # through the router too: the server answers for bob's bare JID (RFC 6120 §10.5.3.2)
     await alice.send(f"<iq type='get' id='f' to='bob@example.test'><query {Q}/></iq>")
-    alice.expect(f"<iq type='error' id='f' to='alice@example.test/home' from='bob@example.test'><error type='cancel'>"
-                 f"<service-unavailable xmlns='{NS_ERR}'/></error></iq>")
+    alice.expect(f"<iq type='error' id='f' to='alice@example.test/home' from='bob@example.test'><error type='auth'>"
+                 f"<forbidden xmlns='{NS_ERR}'/>"
+                 f"<text xmlns='{NS_ERR}'>only your own roster can be read or changed</text></error></iq>")

@@ -23,7 +23,7 @@ from presence_ha.db.hotpath import HotPath
 from presence_ha.db.models import Cluster, Node, User, metadata
 from presence_ha.server.config import QuotasConfig
 from presence_ha.server.context import FeatureContext
-from presence_ha.server.features import carbons, message, presence, roster, subscription
+from presence_ha.server.features import carbons, disco, mam, message, pep, presence, roster, subscription
 from presence_ha.server.router import Router, SessionBound, SessionClosed
 from presence_ha.server.sessions import Session, SessionKind, SessionRegistry
 from presence_ha.server.store import Store
@@ -32,7 +32,7 @@ from presence_ha.server.xmpp.stanzas import serialize
 
 DOMAIN = "example.test"
 USERS = ("alice", "bob", "carol", "dave")
-MODULES = (roster, subscription, presence, message, carbons)
+MODULES = (roster, subscription, presence, message, carbons, disco, pep, mam)
 
 
 class Counter:
