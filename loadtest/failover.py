@@ -253,6 +253,7 @@ def run_mode(opts: dict, mode: str) -> dict:
             injected, fault_at = _fault_phase(drivers, progress, opts, target, node)
             if target.lab is not None:
                 target.lab.after_fault(drivers.poll, opts["settle"])
+            traffic_end = time.monotonic()
             drivers.send("stop")
             drivers.wait_for("done", 120)
         end = time.monotonic()
@@ -265,12 +266,13 @@ def run_mode(opts: dict, mode: str) -> dict:
         if drivers is not None:
             drivers.stop()
         target.stop()
-    summary = _summarize(drivers, monitor, mode, len(target.users), injected, fault_at, start, end, target.lab)
+    summary = _summarize(drivers, monitor, mode, len(target.users), injected, fault_at, start, end, target.lab,
+                         traffic_end)
     return {**summary, **extra}
 
 
 def _summarize(drivers: Drivers, monitor: Monitor, mode: str, users: int, injected, fault_at, start, end,
-               lab: LabRun | None = None) -> dict:
+               lab: LabRun | None = None, traffic_end: float | None = None) -> dict:
     ledger = Ledger()
     counts: dict[str, int] = {}
     errors: dict[str, int] = {}
@@ -282,7 +284,7 @@ def _summarize(drivers: Drivers, monitor: Monitor, mode: str, users: int, inject
             errors[key] = errors.get(key, 0) + value
     fault = {"fault": injected.fault, "node": injected.node, "detail": injected.detail}
     run = report.summarize(ledger, mode=mode, users=users, fault=fault, fault_at=fault_at, start=start,
-                           end=end, monitor=monitor, counts=counts, errors=errors)
+                           end=end, monitor=monitor, counts=counts, errors=errors, traffic_end=traffic_end)
     if mode == "standard":
         rows = (resumption.from_row(r) for result in drivers.done.values() for r in result.get("reconnects", ()))
         run["resumption"] = resumption.figures(rows, fault_at)
@@ -394,13 +396,16 @@ def _lab_command(opts: dict) -> None:
 
 
 def _run_all(opts: dict, modes: tuple[str, ...]) -> None:
+    if opts["report_dir"] and (missing := report.plotting_missing()):
+        raise click.UsageError(missing)  # before the run, not after it
     raise_nofile()
     signal.signal(signal.SIGTERM, _interrupted)  # `kill PID` tears down like Ctrl-C: nodes and workers stopped
     runs = {}
     for mode in modes:
         console.rule(f"{mode} mode: {opts['users']} users, fault {opts['fault']}")
         runs[mode] = run_mode(opts, mode)
-    console.print(report.table(runs))
+    for summary in report.tables(runs):
+        console.print(summary)
     if "standard" in runs:
         console.print(report.resumption_table(runs))
     if opts["report_dir"]:

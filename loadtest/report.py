@@ -15,7 +15,11 @@ Rules of this module:
   relogin_ms p50/p90/p99/max), apart from the message figures; `resumption_table`
   prints it.
 - matplotlib runs on the Agg backend (files only, no display), imported lazily so the
-  CLI starts fast.
+  CLI starts fast; `plotting_missing()` is checked before a run, and report.json is
+  written before any plot. One downtime CDF compares the modes (p50 and p99 marked);
+  legends sit beside the plots, never over a line; the message-rate plot marks when
+  the traffic ends. The console summary has a row per figure and a column per mode: it
+  stays narrow, and its cells fold, never cut.
 """
 
 from __future__ import annotations
@@ -38,8 +42,9 @@ def _rel(value: float | None, origin: float) -> float | None:
 
 
 def summarize(ledger: Ledger, *, mode: str, users: int, fault: dict, fault_at: float, start: float,
-              end: float, monitor, counts: dict, errors: dict) -> dict:
-    """One mode's run as a JSON-ready dict."""
+              end: float, monitor, counts: dict, errors: dict, traffic_end: float | None = None) -> dict:
+    """One mode's run as a JSON-ready dict; `traffic_end`: when the clients stopped sending
+    (the rates fall to zero after it: the end of the run, not an outage)."""
     affected = ledger.affected(fault["node"], fault_at)
     downtimes, recoveries = ledger.downtimes(affected, fault_at)
     takeover = ledger.takeover(affected, fault["node"], fault_at)
@@ -60,6 +65,7 @@ def summarize(ledger: Ledger, *, mode: str, users: int, fault: dict, fault_at: f
             "downtime_s": [None if math.isinf(d) else round(d, 4) for d in downtimes],
             "sessions": [{**s, "t": _rel(s["t"], fault_at)} for s in monitor.samples],
             "rates": {**rates, "t": [_rel(t, fault_at) for t in rates["t"]]},
+            "traffic_end_s": _rel(traffic_end, fault_at) if traffic_end is not None else None,
         },
     }
 
@@ -83,22 +89,33 @@ def _fmt(value) -> str:
     return f"{value:,.0f}" if isinstance(value, float) else str(value)
 
 
-def table(runs: dict[str, dict]) -> Table:
+def _rows(r: dict) -> list[tuple[str, str]]:
+    d, m = r["downtime_ms"], r["messages"]
+    return [
+        ("users", str(r["users"])), ("fault", f"{r['fault']['fault']} {r['fault']['node']}"),
+        ("affected users", str(r["affected_users"])),
+        ("downtime ms p50/p90/p99/max", "/".join(_fmt(d[k]) for k in ("p50", "p90", "p99", "max"))),
+        ("takeover ms", _fmt(r["takeover_ms"])),
+        ("messages sent", str(m["sent"])), ("acked", str(m["acked"])), ("delivered", str(m["delivered"])),
+        ("lost", str(m["lost"])), ("lost acked", str(m["lost_acked"])), ("duplicated", str(m["duplicated"])),
+        ("resent", str(m.get("resent", "-"))), ("duplicates dropped", str(m.get("duplicates_dropped", "-"))),
+        ("double served", str(r["double_served"])), ("login retries", str(r["login_retries"])),
+        *((f"RSS peak kB {n}", _fmt(v["peak_kb"])) for n, v in r["rss_kb"].items()),
+    ]
+
+
+def tables(runs: dict[str, dict]) -> list[Table]:
+    """The summary: one row per figure and one column per mode, so it stays narrow (three
+    columns for two modes) and its cells fold rather than being cut off."""
     out = Table(title="Failover load test")
-    columns = ("mode", "users", "fault", "affected", "downtime p50/p90/p99/max ms", "takeover ms",
-               "sent", "acked", "delivered", "lost", "lost acked", "dup", "resent", "dup dropped", "double served",
-               "retries", "RSS peak kB")
-    for col in columns:
-        out.add_column(col, justify="left" if col in ("mode", "fault") else "right")
-    for mode, r in runs.items():
-        d, m = r["downtime_ms"], r["messages"]
-        rss = ", ".join(f"{n}:{_fmt(v['peak_kb'])}" for n, v in r["rss_kb"].items())
-        out.add_row(mode, str(r["users"]), f"{r['fault']['fault']} {r['fault']['node']}", str(r["affected_users"]),
-                    "/".join(_fmt(d[k]) for k in ("p50", "p90", "p99", "max")), _fmt(r["takeover_ms"]),
-                    str(m["sent"]), str(m["acked"]), str(m["delivered"]), str(m["lost"]), str(m["lost_acked"]),
-                    str(m["duplicated"]), str(m.get("resent", "-")), str(m.get("duplicates_dropped", "-")),
-                    str(r["double_served"]), str(r["login_retries"]), rss)
-    return out
+    out.add_column("figure", justify="left", overflow="fold")
+    for mode in runs:
+        out.add_column(mode, justify="right", overflow="fold")
+    rows = {mode: dict(_rows(r)) for mode, r in runs.items()}
+    names = list(dict.fromkeys(name for mode_rows in rows.values() for name in mode_rows))
+    for name in names:
+        out.add_row(name, *(rows[mode].get(name, "-") for mode in runs))
+    return [out]
 
 
 def resumption_table(runs: dict[str, dict]) -> Table:
@@ -127,6 +144,16 @@ def write_json(directory: Path, report: dict) -> Path:
     return path
 
 
+def plotting_missing() -> str | None:
+    """Why the plots cannot be drawn here (None: they can); checked before a run starts."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError as exc:
+        return (f"the plots need matplotlib ({exc}): pip install 'presence-ha[loadtest]' "
+                "(or leave out --report)")
+    return None
+
+
 def _pyplot():
     import matplotlib
 
@@ -136,17 +163,32 @@ def _pyplot():
     return plt
 
 
-def plot_downtime_cdf(directory: Path, mode: str, run: dict) -> Path:
+def plot_downtime_cdf(directory: Path, runs: dict[str, dict]) -> Path:
+    """One CDF of the affected users' downtime for every mode of the run, p50 and p99 of
+    each marked (dotted and dashed lines in its colour, their values in the legend)."""
     plt = _pyplot()
-    values = [math.inf if v is None else v * 1000 for v in run["series"]["downtime_s"]]
-    xs, ys = cdf(values)
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    ax.step(xs, ys, where="post", label=f"{mode} ({len(values)} affected users)")
+    fig, ax = plt.subplots(figsize=(8, 4.8))
+    faults = set()
+    for mode, run in runs.items():
+        values = [math.inf if v is None else v * 1000 for v in run["series"]["downtime_s"]]
+        xs, ys = cdf(values)
+        line, = ax.step(xs, ys, where="post", linewidth=2, label=f"{mode} ({len(values)} affected users)")
+        d = run["downtime_ms"]
+        for key, style in (("p50", ":"), ("p99", "--")):
+            if d.get(key) is not None and math.isfinite(d[key]):
+                ax.axvline(d[key], color=line.get_color(), linestyle=style, linewidth=1,
+                           label=f"{mode} {key} {d[key]:,.0f} ms")
+        faults.add(f"{run['fault']['fault']} {run['fault']['node']}")
     ax.set(xlabel="downtime (ms)", ylabel="fraction of affected users", ylim=(0, 1.02),
-           title=f"Downtime CDF, {mode} mode, fault {run['fault']['fault']} {run['fault']['node']}")
+           title=f"Downtime CDF, fault {', '.join(sorted(faults))}")
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right")
-    return _save(fig, plt, directory / f"downtime_cdf_{mode}.png")
+    _legend_outside(ax)
+    return _save(fig, plt, directory / "downtime_cdf.png")
+
+
+def _legend_outside(ax) -> None:
+    """The legend right of the plot: it never covers a line."""
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0, fontsize="small")
 
 
 def plot_sessions(directory: Path, mode: str, run: dict) -> Path:
@@ -165,11 +207,10 @@ def plot_sessions(directory: Path, mode: str, run: dict) -> Path:
         if ts and end - ts[-1] > 2.0:  # the node stopped answering (killed): its sessions are gone
             ax.plot([ts[-1], ts[-1], end], [points[-1]["jsm_sessions_client"], 0, 0], linestyle=":",
                     color=line.get_color(), label=f"{node} not answering")
-    ax.axvline(0, color="red", linewidth=1)
-    ax.text(0, ax.get_ylim()[1] * 0.95, f" {run['fault']['fault']} {run['fault']['node']}", color="red")
+    ax.axvline(0, color="red", linewidth=1, label=f"fault: {run['fault']['fault']} {run['fault']['node']}")
     ax.set(xlabel="seconds from the fault", ylabel="client sessions", title=f"Sessions per node, {mode} mode")
     ax.grid(alpha=0.3)
-    ax.legend(loc="best")
+    _legend_outside(ax)
     return _save(fig, plt, directory / f"sessions_{mode}.png")
 
 
@@ -179,10 +220,14 @@ def plot_rates(directory: Path, mode: str, run: dict) -> Path:
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for key in ("sent", "acked", "delivered"):
         ax.plot(rates["t"], rates[key], label=key)
-    ax.axvline(0, color="red", linewidth=1, label="fault")
+    ax.axvline(0, color="red", linewidth=1, label=f"fault: {run['fault']['fault']} {run['fault']['node']}")
+    end = run["series"].get("traffic_end_s")
+    if end is not None:  # the clients stop sending here: the fall to zero after it is no outage
+        ax.axvline(end, color="grey", linestyle="--", linewidth=1, label="traffic ends")
+        ax.axvspan(end, max([end, *rates["t"]]) + 1, color="grey", alpha=0.12)
     ax.set(xlabel="seconds from the fault", ylabel="messages / s", title=f"Message rate, {mode} mode")
     ax.grid(alpha=0.3)
-    ax.legend(loc="best")
+    _legend_outside(ax)
     return _save(fig, plt, directory / f"message_rate_{mode}.png")
 
 
@@ -195,8 +240,7 @@ def _save(fig, plt, path: Path) -> Path:
 
 def write_plots(directory: Path, runs: dict[str, dict]) -> list[Path]:
     directory.mkdir(parents=True, exist_ok=True)
-    paths = []
+    paths = [plot_downtime_cdf(directory, runs)]
     for mode, run in runs.items():
-        paths += [plot_downtime_cdf(directory, mode, run), plot_sessions(directory, mode, run),
-                  plot_rates(directory, mode, run)]
+        paths += [plot_sessions(directory, mode, run), plot_rates(directory, mode, run)]
     return paths
