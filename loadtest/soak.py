@@ -46,7 +46,7 @@ from presence_ha.loadtest import faults, localpair, report, soakcheck
 from presence_ha.loadtest.driver import Drivers, raise_nofile
 from presence_ha.loadtest.failover import Target, local_target, make_plan, user_specs
 from presence_ha.loadtest.monitor import Monitor
-from presence_ha.loadtest.scenario import from_tuple, summary_ms
+from presence_ha.loadtest.scenario import Ledger, from_tuple, summary_ms
 from presence_ha.server.net.admin_rpc import AdminRpcError
 
 console = Console(width=max(Console().width, 140))
@@ -351,10 +351,12 @@ def _report(soak: Soak, opts: dict, end: float) -> dict:
 
 def _lost_detail(soak: Soak) -> list[dict]:
     """Who sent each lost acknowledged message to whom, when, via which nodes (unsettled ones)."""
-    ids = [m for m in soak.ledger.lost_acked_ids() if m in soak.ledger.sent]
-    rows = report.lost_detail(soak.ledger, ids, soak.start)
+    ledger = soak.ledger
+    ids = [m for m in ledger.lost_acked_ids() if m in ledger.sent or m in ledger.settled_sent]
+    view = Ledger(sent={**ledger.settled_sent, **ledger.sent}, acked=ledger.acked, served=ledger.served)
+    rows = report.lost_detail(view, ids, soak.start)  # settled ones: no ack time or resends kept
     for row in rows:  # how the recipient moved around the send: which node served it, how
-        sent = soak.ledger.sent[row["id"]].at
+        sent = view.sent[row["id"]].at
         row["to_served"] = [[round(v.at - soak.start, 3), v.node, v.how] for v in soak.ledger.served.get(row["to"], ())
                             if sent - 5 <= v.at <= sent + 10]
     return rows

@@ -39,7 +39,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from presence_ha.loadtest.scenario import Acked, Bounced, Event, Ledger, Received, Resent, Served, went_back
+from presence_ha.loadtest.scenario import Acked, Bounced, Event, Ledger, Received, Resent, Sent, Served, went_back
 
 HEALTHY = ("Normal", "Normal")
 FALLBACK_FROM = ("Idle", "Failed Over", "Failed Over with Critical Services Not Running")
@@ -115,6 +115,7 @@ class SoakLedger(Ledger):
     # settled, not delivered: id -> True acked (a lost_acked), False not acked, None bounced
     settled_open: dict[str, bool | None] = field(default_factory=dict)
     late_inactive: set[str] = field(default_factory=set)  # users with a late delivery on an inactive session
+    settled_sent: dict[str, Sent] = field(default_factory=dict)  # the first 100 settled acked losses (report)
 
     def _is_settled(self, msg_id: str) -> bool:
         parsed = _seq(msg_id)
@@ -165,6 +166,8 @@ class SoakLedger(Ledger):
         delivered = part.delivered_ids()
         self.settled_open.update({m: None if m in part.bounced else m in part.acked
                                   for m in part.sent if m not in delivered})
+        for msg_id in part.lost_acked_ids(limit=max(0, 100 - len(self.settled_sent))):
+            self.settled_sent[msg_id] = part.sent[msg_id]
         for msg_id in old:
             parsed = _seq(msg_id)
             if parsed is not None:
