@@ -308,7 +308,11 @@ def _loop(soak: Soak) -> None:
         if not soak.healthy(opts["recovery_bound"]):
             return
         soak.checkpoint()
-        cycle = soak.fault(draw)
+        try:
+            cycle = soak.fault(draw)
+        except (AdminRpcError, OSError) as exc:  # the node refused the fault: end with what we have
+            soak.problems.append(f"could not inject {draw.kind} on {draw.node}: {exc}")
+            return
         soak.account(soak.drivers.flush())
         _say(soak, cycle)
         if any(c.restore_problem for c in soak.cycles):
