@@ -5,7 +5,8 @@ Rules of this module:
   (delays, backoff, what is retryable) come from `loadtest.scenario`.
 - Every measurement is a compact event tuple appended to `Recorder.events`
   (`scenario.from_tuple` reads them): "S" sent, "A" acked (XEP-0198), "R" received,
-  "V" now served by a node, "T" sent again after a failover.
+  "V" now served by a node, "T" sent again after a failover, "B" bounced (the server
+  answered one of our messages with an error).
 - single mode: when the active connection is lost, re-login after a random delay
   between the lost node's re-login limits, to the `see-other-host` target if one was
   given, else to the other node; refused logins that say "later" are retried with
@@ -25,7 +26,11 @@ Rules of this module:
   `2 * UNACKED_LIMIT` ids of each sender): the copy is recorded with `dropped` set,
   not delivered again.
 - A connection is lost when its reader stops (EOF, stream error) or, for a silent
-  (SIGSTOPped) node, when a probe is out for `liveness_s` with nothing received.
+  (SIGSTOPped) node, when a probe is out for `liveness_s` with nothing received. An
+  active link found closed at a tick (it closed while it was still being logged in or
+  activated, so its end was no loss then) is lost too: without that the user would
+  stay on a dead link for good (found by the chaos soak: a fallback right after a
+  failover).
 """
 
 from __future__ import annotations
@@ -337,6 +342,8 @@ class UserAgent:
             if msg_id.startswith(self.spec.name + ":"):
                 link.probe_out = None
                 self.last_trip = now
+        elif tag == "message" and (elem.get("id") or "").startswith(self.spec.name + ":"):
+            self.rec.events.append(("B", elem.get("id"), now))  # one of ours, refused with an error
         elif tag == "presence":
             self.rec.counts["presence_rx_inactive" if link.inactive else "presence_rx"] += 1
 
@@ -362,7 +369,12 @@ class UserAgent:
     def tick(self, now: float, chat_p: float, presence_p: float) -> None:
         """One probe interval: liveness, probe (with an ack request), maybe chat and presence."""
         link = self.active
-        if link is None or not link.client.connected:
+        if link is None:
+            return
+        if not link.client.connected:  # it closed before it became the active one: that loss went unseen
+            if not self._recovering:
+                self.rec.counts["closed_when_activated"] += 1
+                self._on_closed(link, "closed before it became active")
             return
         if link.probe_out is not None and now - max(link.probe_out, link.last_rx) > self.plan.liveness_s:
             self.rec.counts["liveness_timeouts"] += 1

@@ -185,8 +185,10 @@ def bench_prosody(prosody_log: str, **opts) -> None:
 
 
 from presence_ha.loadtest.failover import failover_command  # noqa: E402 - registered after `main` exists
+from presence_ha.loadtest.soak import soak_command  # noqa: E402 - registered after `main` exists
 
 main.add_command(failover_command)
+main.add_command(soak_command)
 
 if __name__ == "__main__":
     main()

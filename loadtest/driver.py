@@ -7,10 +7,13 @@ Rules of this module:
   standard XEP-0198 clients (`standard.StandardAgent`); both have one interface.
   Fork happens before the orchestrator starts any thread.
 - Lock-step protocol on one pipe per worker. Orchestrator -> worker: `("go",)` start
-  the traffic, `("fault", at, node)` the fault was injected, `("stop",)` stop sending,
-  drain, report. Worker -> orchestrator: `("status", dict)` every `STATUS_EVERY_S`,
-  `("ready", dict)` once every user is logged in (dual: with its inactive
-  connection), `("done", dict)` with the events and counters.
+  the traffic, `("fault", at, node)` a fault was injected (again for every fault of a
+  soak: each agent's `fault_node` is taken anew), `("flush",)` hand over the events so
+  far, `("stop",)` stop sending, drain, report. Worker -> orchestrator: `("status",
+  dict)` every `STATUS_EVERY_S`, `("ready", dict)` once every user is logged in (dual:
+  with its inactive connection), `("events", dict)` the events since the last flush
+  (then forgotten, so a long run's memory stays bounded), `("done", dict)` with the
+  events not flushed yet and the counters.
 - Every wait has a deadline; a worker that dies is reported, never waited for.
 - `("done", dict)` carries the events, counters and errors, and `reconnects`: the
   standard clients' `resumption` rows (empty for our clients).
@@ -62,12 +65,19 @@ def _status(agents: list[Agent], fault: tuple[float, str] | None, rec: StandardR
     status = {"users": len(agents), "logged_in": sum(by_node.values()), "ready": sum(a.ready for a in agents),
               "inactive": sum(a.backup is not None for a in agents), "active_by_node": dict(by_node),
               "retries": rec.counts["login_retries"], "sent": sum(1 for e in rec.events[-5000:] if e[0] == "S"),
-              "errors": dict(rec.errors.most_common(8))}
+              "errors": dict(rec.errors.most_common(8)), "not_ready": [_describe(a) for a in agents if not a.ready][:5]}
     if fault is not None:
         affected = [a for a in agents if a.fault_node == fault[1]]
         status["affected"] = len(affected)
         status["recovered"] = sum(a.last_trip > fault[0] for a in affected)
     return status
+
+
+def _describe(agent: Agent) -> dict:
+    """Where a user that is not ready stands (shown when a soak finds the pair unhealthy)."""
+    return {"user": agent.spec.name, "active": agent.active.node if agent.active is not None else None,
+            "backup": agent.backup.node if agent.backup is not None else None,
+            "recovering": getattr(agent, "_recovering", None), "last_trip": round(agent.last_trip, 2)}
 
 
 async def _login_all(agents: list[Agent], rate: float) -> None:
@@ -115,6 +125,9 @@ async def _worker_main(plan: Plan, users: list[UserSpec], index: int, conn) -> N
             state["fault"] = (message[1], message[2])
             for agent in agents:
                 agent.fault_node = agent.active.node if agent.active is not None else None
+        elif message[0] == "flush":
+            events, rec.events = rec.events, []  # agents append to rec.events: a fresh list from now on
+            conn.send(("events", {"events": events}))
     await _drain(agents)
     reporter.cancel()
     conn.send(("done", {"events": rec.events, "counts": dict(rec.counts), "errors": dict(rec.errors),
@@ -172,6 +185,7 @@ class Drivers:
     status: dict[int, dict] = field(default_factory=dict)
     ready: dict[int, dict] = field(default_factory=dict)
     done: dict[int, dict] = field(default_factory=dict)
+    batches: dict[int, dict] = field(default_factory=dict)  # the answers to the last ("flush",)
 
     def start(self) -> None:
         ctx = multiprocessing.get_context("fork")
@@ -192,7 +206,8 @@ class Drivers:
                     kind, data = pipe.recv()
                 except EOFError:
                     break
-                {"status": self.status, "ready": self.ready, "done": self.done}[kind][index] = data
+                {"status": self.status, "ready": self.ready, "done": self.done,
+                 "events": self.batches}[kind][index] = data
                 if kind == "ready":
                     self.status[index] = data
             if index not in self.done and not proc.is_alive():
@@ -218,8 +233,15 @@ class Drivers:
         for pipe in self.pipes:
             pipe.send(message)
 
+    def flush(self, deadline_s: float = 60.0) -> list[tuple]:
+        """Every worker's events since the last flush (each worker then forgets them)."""
+        self.batches = {}
+        self.send("flush")
+        self.wait_for("batches", deadline_s)
+        return [row for batch in self.batches.values() for row in batch["events"]]
+
     def wait_for(self, what: str, deadline_s: float, on_tick=None) -> None:
-        """Poll until every worker sent `what` ('ready' or 'done'), with a deadline."""
+        """Poll until every worker sent `what` ('ready', 'done' or 'batches'), with a deadline."""
         deadline = time.monotonic() + deadline_s
         while len(getattr(self, what)) < len(self.procs):
             if time.monotonic() > deadline:

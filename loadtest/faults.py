@@ -43,6 +43,7 @@ class Injected:
     node: str
     detail: str
     pid: int | None = None
+    service: str | None = None  # the critical service a `service` fault stopped
 
 
 def refusal(fault: str, db_url: str, have_pid: bool, proxied_db: bool) -> str | None:
@@ -78,13 +79,14 @@ def admin_call(db_url: str, node: str, payload: dict, host: str = "127.0.0.1") -
 
 
 def _stop_service(db_url: str, node: str) -> str:
+    """Stop one running critical service of `node`; its name."""
     services = admin_call(db_url, node, {"op": "service.list"})["services"]
     running = {s["name"] for s in services if s["running"] and s["applicable"] and s["monitored"]}
     name = next((s for s in PREFERRED_SERVICES if s in running), None) or next(iter(sorted(running)), None)
     if name is None:
         raise AdminRpcError(f"no running critical service on {node}")
     admin_call(db_url, node, {"op": "service.stop", "service": name})
-    return f"critical service {name} stopped on {node} (admin RPC)"
+    return name
 
 
 def inject(fault: str, node: str, pid: int | None, db_url: str, cut_db=None) -> Injected:
@@ -95,7 +97,8 @@ def inject(fault: str, node: str, pid: int | None, db_url: str, cut_db=None) -> 
         os.kill(pid, SIGNALS[fault])
         return Injected(fault, node, f"{SIGNALS[fault].name} sent to {node} (pid {pid})", pid)
     if fault == "service":
-        return Injected(fault, node, _stop_service(db_url, node), pid)
+        name = _stop_service(db_url, node)
+        return Injected(fault, node, f"critical service {name} stopped on {node} (admin RPC)", pid, name)
     if fault == "manual":
         admin_call(db_url, node, {"op": "failover"})
         return Injected(fault, node, f"manual failover of {node} (admin RPC, as `ha failover {node}`)", pid)

@@ -55,8 +55,8 @@ def summarize(ledger: Ledger, *, mode: str, users: int, fault: dict, fault_at: f
         "not_recovered": sum(1 for d in downtimes if math.isinf(d)),
         "downtime_ms": summary_ms(downtimes), "recovery_ms": summary_ms(recoveries),
         "takeover_ms": _ms(takeover), "messages": ledger.messages(),
-        "lost_acked_sample": _lost_detail(ledger, ledger.lost_acked_ids(), fault_at),
-        "lost_sample": _lost_detail(ledger, ledger.lost_ids(), fault_at),
+        "lost_acked_sample": lost_detail(ledger, ledger.lost_acked_ids(), fault_at),
+        "lost_sample": lost_detail(ledger, ledger.lost_ids(), fault_at),
         "double_served": len(double), "double_served_users": double[:20],
         "login_retries": counts.get("login_retries", 0), "retryable_refusals": counts.get("retryable_refusals", 0),
         "counters": counts, "login_errors": errors, "rss_kb": monitor.rss_summary(),
@@ -70,7 +70,7 @@ def summarize(ledger: Ledger, *, mode: str, users: int, fault: dict, fault_at: f
     }
 
 
-def _lost_detail(ledger: Ledger, ids: list[str], fault_at: float) -> list[dict]:
+def lost_detail(ledger: Ledger, ids: list[str], fault_at: float) -> list[dict]:
     """Who sent each lost message to whom, when (acked, resent), and which nodes served them."""
     out = []
     for msg_id in ids:

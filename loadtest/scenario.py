@@ -4,14 +4,16 @@ Rules of this module:
 - No I/O, no clock, no global randomness: times are numbers the caller measured
   (`time.monotonic()` seconds, one clock for every process of the machine) and
   randomness is an injected `random.Random`.
-- A run is a list of events (`Sent`, `Acked`, `Received`, `Served`, `Resent`) produced
+- A run is a list of events (`Sent`, `Acked`, `Received`, `Served`, `Resent`, `Bounced`) produced
   by the load generators; `Ledger` turns them into the figures of the report. A message is
   identified by its id (unique per run); probes are messages a user sends to its own
   bare JID, so their arrival is a round trip through the server.
 - Definitions (the report uses exactly these):
   * sent: written on a connection that was logged in; acked: covered by the server's
     XEP-0198 `<a h=''/>`; delivered: received at least once by an active session;
-    lost: sent, never delivered; lost_acked: acked, never delivered (SPEC §9 says 0);
+    lost: sent, never delivered; bounced: lost, but the server answered it with an error
+    (the sender was told: a node whose presence engine is stopped refuses IM, SPEC §4);
+    lost_acked: acked, never delivered, not bounced (a silent loss; SPEC §9 says 0);
     duplicated: deliveries to the application beyond the first (a receiver that
     recognised a copy by its id and dropped it did not deliver it: `duplicates_dropped`);
     resent: sends again, after a failover, of messages the lost node never
@@ -71,6 +73,14 @@ class Resent:
 
 
 @dataclass(frozen=True)
+class Bounced:
+    """The server answered the sender's `msg_id` with an error stanza."""
+
+    msg_id: str
+    at: float
+
+
+@dataclass(frozen=True)
 class Served:
     """`user` became active on `node` at `at` (`how`: login, activated, served-here)."""
 
@@ -80,8 +90,8 @@ class Served:
     how: str = "login"
 
 
-Event = Sent | Acked | Received | Served | Resent
-_KINDS = {"S": Sent, "A": Acked, "R": Received, "V": Served, "T": Resent}
+Event = Sent | Acked | Received | Served | Resent | Bounced
+_KINDS = {"S": Sent, "A": Acked, "R": Received, "V": Served, "T": Resent, "B": Bounced}
 
 
 def from_tuple(row: tuple) -> Event:
@@ -256,6 +266,7 @@ class Ledger:
     received: dict[str, list[Received]] = field(default_factory=lambda: defaultdict(list))
     served: dict[str, list[Served]] = field(default_factory=lambda: defaultdict(list))
     resent: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    bounced: dict[str, float] = field(default_factory=dict)
 
     def feed(self, events: Iterable[Event]) -> Ledger:
         for event in events:
@@ -269,6 +280,8 @@ class Ledger:
                 self.served[event.user].append(event)
             elif isinstance(event, Resent):
                 self.resent[event.msg_id].append(event.at)
+            elif isinstance(event, Bounced):
+                self.bounced.setdefault(event.msg_id, event.at)
         return self
 
     @staticmethod
@@ -285,6 +298,7 @@ class Ledger:
     def messages(self) -> dict[str, int]:
         delivered = self.delivered_ids()
         acked = {m for m in self.acked if m in self.sent}
+        bounced = {m for m in self.bounced if m in self.sent} - delivered
         resent = {m for m in self.resent if m in self.sent}
         by_resend = {m for m in resent & delivered if (first := self.first_delivery(m)) is not None
                      and first >= min(self.resent[m])}
@@ -293,7 +307,8 @@ class Ledger:
             "acked": len(acked),
             "delivered": len(delivered),
             "lost": len(self.sent) - len(delivered),
-            "lost_acked": len(acked - delivered),
+            "lost_acked": len(acked - delivered - bounced),
+            "bounced": len(bounced),
             "duplicated": sum(max(0, len(self._deliveries(rx)) - 1)
                               for m, rx in self.received.items() if m in self.sent),
             "duplicates_dropped": sum(r.dropped for m, rx in self.received.items() if m in self.sent for r in rx),
@@ -305,7 +320,7 @@ class Ledger:
 
     def lost_acked_ids(self, limit: int = 20) -> list[str]:
         delivered = self.delivered_ids()
-        return sorted(m for m in self.acked if m in self.sent and m not in delivered)[:limit]
+        return sorted(m for m in self.acked if m in self.sent and m not in delivered and m not in self.bounced)[:limit]
 
     def lost_ids(self, limit: int = 20) -> list[str]:
         """Messages sent and never delivered, acknowledged or not."""

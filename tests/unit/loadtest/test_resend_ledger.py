@@ -26,7 +26,7 @@ def test_resend_figures() -> None:
         Received("a:4", "c", "n2", 5.1),
     ])
     assert ledger.messages() == {
-        "sent": 4, "acked": 1, "delivered": 3, "lost": 1, "lost_acked": 0, "duplicated": 1,
+        "sent": 4, "acked": 1, "delivered": 3, "lost": 1, "lost_acked": 0, "bounced": 0, "duplicated": 1,
         "duplicates_dropped": 1, "resent": 5, "resent_messages": 4, "delivered_by_resend": 1,
         "unknown_received": 0,
     }

@@ -38,7 +38,7 @@ def test_ledger_counts_sent_acked_delivered_lost_and_duplicates() -> None:
         Sent("a:5", "a", "b", 5.0), Acked("a:5", 5.1), Received("a:5", "b", "n2", 5.2, inactive=True),
         Received("zzz", "b", "n2", 6.0),
     ])
-    assert ledger.messages() == {"sent": 5, "acked": 3, "delivered": 2, "lost": 3, "lost_acked": 2,
+    assert ledger.messages() == {"sent": 5, "acked": 3, "delivered": 2, "lost": 3, "lost_acked": 2, "bounced": 0,
                                  "duplicated": 1, "duplicates_dropped": 0, "resent": 0, "resent_messages": 0,
                                  "delivered_by_resend": 0, "unknown_received": 1}
     assert ledger.lost_acked_ids() == ["a:2", "a:5"]  # a delivery to an inactive session does not count
