@@ -27,6 +27,7 @@ import gc
 import importlib
 import logging
 import signal
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -234,8 +235,14 @@ class Node:
             return redirect_error(name, self.srm.redirect_target() if self.srm else None, cause)
 
         async def enforce_assignment() -> int:
+            started = time.monotonic()
             async with self.session_factory() as session:
                 mine = await users.usernames_active_on(session, name)
+            if self.srm is not None and self.srm.moved_at >= started:
+                # Users moved while this read ran (a fallback taking them back): it may predate
+                # the move and would end the sessions just activated here. The next round reads
+                # the new assignment.
+                return 0
             error = farewell(StopCause.SRM)
             chosen = lambda s: s.kind is SessionKind.ACTIVE and s.jid.local not in mine  # noqa: E731
             return await port.close_sessions(chosen, lambda _u: error, close_s)

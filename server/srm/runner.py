@@ -209,6 +209,11 @@ class SrmRunner:
 
     # --- API for the admin layer, the client port and the services ----------------------
 
+    @property
+    def moved_at(self) -> float:
+        """`time.monotonic()` when this SRM last committed a user move (-inf: never)."""
+        return self._moved_at
+
     def status(self) -> SrmStatus:
         m, s = self._machine, self._setup
         if m is None or s is None:
