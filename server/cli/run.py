@@ -155,7 +155,7 @@ def node_metrics(db_url: str, name: str) -> None:
 
 
 async def provision_demo(db_url: str, domain: str, base_port: int, node_names: list[str],
-                         user_count: int, key_path: Path) -> tuple[dict[str, str], list[str]]:
+                         user_count: int, key_path: Path, contacts: bool = True) -> tuple[dict[str, str], list[str]]:
     """Create the schema, cluster, nodes, groups of two (HA on for pairs) and demo users:
     (their passwords, []). An existing cluster is left as it is, but what an older version
     stored in clear is sealed: ({}, what was sealed)."""
@@ -174,7 +174,7 @@ async def provision_demo(db_url: str, domain: str, base_port: int, node_names: l
         passwords = {f"user{i}": secrets.token_urlsafe(9) for i in range(1, user_count + 1)}
         await users.bulk_import(session, list(passwords.items()))
         names = list(passwords)
-        circles = [names[i : i + DEMO_CIRCLE] for i in range(0, len(names), DEMO_CIRCLE)]
+        circles = [names[i : i + DEMO_CIRCLE] for i in range(0, len(names), DEMO_CIRCLE)] if contacts else []
         for start in range(0, len(circles), 100):  # bounded IN lists
             await roster.befriend(session, domain, circles[start : start + 100])
         await parameters.set_parameter(session, "relogin_lower_s", str(DEMO_RELOGIN_S[0]))  # lower first:
@@ -244,9 +244,12 @@ def stop_processes(processes: list[subprocess.Popen]) -> None:
 @click.option("--service-port", type=click.IntRange(0, 65535), default=SERVICE_PORT, show_default=True,
               help="The cluster's one client address (HAProxy in front of the nodes); 0: none.")
 @click.option("--service-host", default="127.0.0.1", show_default=True, help="Where the service address listens.")
+@click.option("--demo-contacts/--no-demo-contacts", default=True, show_default=True,
+              help=f"Make each demo user a contact (subscription both) of the others of its circle of {DEMO_CIRCLE} "
+                   "when provisioning; --no-demo-contacts: empty rosters.")
 def up_command(data_dir: str, db_url: str | None, cluster_key_file: str | None, base_port: int, user_count: int,
                domain: str, node_count: int, restart_delay_s: float, restart_max_delay_s: float, service_port: int,
-               service_host: str) -> None:
+               service_host: str, demo_contacts: bool) -> None:
     """Provision (if empty) and run a local cluster of N nodes in pairs, until Ctrl-C.
 
     A node that dies is reported and started again after --restart-delay; meanwhile its
@@ -256,7 +259,7 @@ def up_command(data_dir: str, db_url: str | None, cluster_key_file: str | None, 
     url = db_url or sqlite_url_for(directory)
     key = cluster_key.key_path(cluster_key_file, directory).resolve()
     names = [f"node{i}" for i in range(1, node_count + 1)]
-    passwords, sealed = run(provision_demo(url, domain, base_port, names, user_count, key))
+    passwords, sealed = run(provision_demo(url, domain, base_port, names, user_count, key, demo_contacts))
     if sealed:
         click.echo(f"{' and '.join(sealed)} (stored in clear by an older version) sealed with the cluster key {key}",
                    err=True)
@@ -281,7 +284,7 @@ def up_command(data_dir: str, db_url: str | None, cluster_key_file: str | None, 
                 click.echo(f"warning: the service address sees the nodes as {states or 'unknown'}", err=True)
         service = (proxy.host, proxy.port) if proxy is not None else None
         _write_cluster_json(directory / "cluster.json", domain, url, infos, passwords, service, key)
-        _print_welcome(domain, infos, passwords, directory, service)
+        _print_welcome(domain, infos, passwords, directory, service, demo_contacts)
         _say_relogin(relogin)
         supervisor.watch()
         click.echo("every node exited cleanly; stopping", err=True)
@@ -504,7 +507,7 @@ def _write_cluster_json(path: Path, domain: str, url: str, infos: list[nodes.Nod
 
 
 def _print_welcome(domain: str, infos: list[nodes.NodeInfo], passwords: dict[str, str], directory: Path,
-                   service: tuple[str, int] | None) -> None:
+                   service: tuple[str, int] | None, contacts: bool = True) -> None:
     if service is not None:
         click.echo(f"service address: {service[0]}:{service[1]} (HAProxy; dial this one: it leads to a live node)")
     for info in infos:
@@ -514,7 +517,7 @@ def _print_welcome(domain: str, infos: list[nodes.NodeInfo], passwords: dict[str
         click.echo(f"  {username}@{domain}  password {password}")
     if len(passwords) > 5:
         click.echo(f"  ... {len(passwords) - 5} more in {directory / 'cluster.json'}")
-    if passwords:
+    if passwords and contacts:
         click.echo(f"  (each demo user has the others of its circle of {DEMO_CIRCLE} as contacts, subscription both)")
     first = service or (infos[0].host, infos[0].ports.client_port)
     click.echo(

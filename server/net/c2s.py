@@ -82,13 +82,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 CLOSE_FLUSH_S = 5.0  # how long the closing bytes may take to leave
-LINGER_S = 1.0  # after a stream error about the peer's input, input is dropped this long before the close
-LINGER_CONDITIONS = frozenset({
-    StreamCondition.POLICY_VIOLATION, StreamCondition.NOT_WELL_FORMED, StreamCondition.INVALID_XML,
-    StreamCondition.RESTRICTED_XML, StreamCondition.BAD_FORMAT, StreamCondition.BAD_NAMESPACE_PREFIX,
-    StreamCondition.INVALID_NAMESPACE, StreamCondition.UNSUPPORTED_ENCODING, StreamCondition.UNSUPPORTED_STANZA_TYPE,
-    StreamCondition.IMPROPER_ADDRESSING, StreamCondition.INVALID_FROM, StreamCondition.NOT_AUTHORIZED,
-})
 
 
 class _Lost:
@@ -622,15 +615,6 @@ class Connection:
             await asyncio.wait_for(self.transport.drain(), timeout=CLOSE_FLUSH_S)
         except (TimeoutError, ConnectionError, ssl.SSLError, OSError):
             self.transport.abort()  # a peer that does not read its last bytes
-        if (event.error is not None and not event.by_peer and event.error.condition in LINGER_CONDITIONS
-                and not self.transport.is_closing()):
-            # Lingering close: a peer still sending when its stream error leaves (a flood,
-            # an oversized stanza) would get a TCP reset from a close now, and a reset can
-            # discard the error before the peer reads it. What it sends meanwhile is dropped
-            # (`closing`); it usually closes first, having read the error. Only for errors
-            # about its input: a redirect or a shutdown closes at once (failover time).
-            asyncio.get_running_loop().call_later(LINGER_S, self._close_transport)
-            return
         self._close_transport()
 
     def _close_transport(self) -> None:

@@ -151,7 +151,8 @@ def _back_to_normal(cluster: Cluster) -> None:
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     directory = tmp_path_factory.mktemp("up")
-    with running_up(directory, RESTART_DELAY_S, users=USERS) as (process, out):
+    # Empty demo rosters: the tests subscribe users to each other themselves.
+    with running_up(directory, RESTART_DELAY_S, users=USERS, extra=("--no-demo-contacts",)) as (process, out):
         assert process.poll() is None, out.read_text()
         spec = json.loads((directory / "cluster.json").read_text())
         wait_states(spec["database_url"], NORMAL)

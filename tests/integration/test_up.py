@@ -86,8 +86,8 @@ def alive(pid: int) -> bool:
 
 
 @contextlib.contextmanager
-def running_up(directory: Path, restart_delay_s: float, users: int = 4,
-               restart_max_delay_s: float | None = None) -> Iterator[tuple[subprocess.Popen, Path]]:
+def running_up(directory: Path, restart_delay_s: float, users: int = 4, restart_max_delay_s: float | None = None,
+               extra: tuple[str, ...] = ()) -> Iterator[tuple[subprocess.Popen, Path]]:
     """`presence-ha up` on free ports with its output in `directory/up.out`, once it
     welcomes clients; at the end Ctrl-C, then SIGKILL for any node process left behind."""
     out = directory / "up.out"
@@ -97,7 +97,7 @@ def running_up(directory: Path, restart_delay_s: float, users: int = 4,
             node_argv("up", "--data-dir", str(directory), "--base-port", str(base), "--users", str(users),
                       "--restart-delay", str(restart_delay_s),
                       "--restart-max-delay", str(restart_max_delay_s or restart_delay_s),
-                      "--service-port", str(base + 19)),
+                      "--service-port", str(base + 19), *extra),
             stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
     seen: set[int] = set()
     try:
