@@ -410,7 +410,10 @@ class SaslExchange:
         self._stage = _Stage.DONE
         assert self._server is not None and self._username is not None
         try:
-            self._server.set_client_final(data.decode("utf-8"))
+            text = data.decode("utf-8")
+            if (bad := non_canonical_base64(text)) is not None:
+                return Failed(SaslCondition.MALFORMED_REQUEST, f"{bad}= is not canonical base64", self._username)
+            self._server.set_client_final(text)
             server_final = self._server.get_server_final()
         except UnicodeDecodeError:
             return Failed(SaslCondition.MALFORMED_REQUEST, "not UTF-8", self._username)
@@ -423,6 +426,23 @@ class SaslExchange:
         if not self._known_user:
             return Failed(SaslCondition.NOT_AUTHORIZED, None, self._username)
         return Verified(self._username, server_final.encode("utf-8"))
+
+
+def non_canonical_base64(client_final: str) -> str | None:
+    """The name of a base64 attribute of a client-final message (`c`, `p`) that is not in
+    canonical form (RFC 4648 §3.5: padding bits set, or no padding), else None: such a
+    proof decodes to the right bytes though its text differs from what the client
+    computed, and a decoder that takes it accepts a message that was changed."""
+    for part in client_final.split(","):
+        key, sep, value = part.partition("=")
+        if sep and key in ("c", "p"):
+            try:
+                decoded = base64.b64decode(value, validate=True)
+            except (binascii.Error, ValueError):
+                return key
+            if base64.b64encode(decoded).decode("ascii") != value:
+                return key
+    return None
 
 
 class _PlusServer:

@@ -73,8 +73,12 @@ async def test_survivor_takes_over_after_the_peer_committed_a_move_and_died(pg_p
 
     pair.wait_for({"n2": (RIBM, PEER_DOWN)})
     poll_until(lambda: set(pair.active_nodes().values()) == {"n2"}, 10, "every user on n2")
-    assert group_epoch(pair) == before + 2  # the lost compare-and-set, retried once on the epoch found
-    assert "fencing conflict" in pair.nodes["n2"].log()
+    assert group_epoch(pair) == before + 2  # n2's move, on the epoch n1's move left
+    # Usually n2 still holds the old epoch: its compare-and-set loses, and is retried once
+    # on the epoch found. A heartbeat n1 sent between its commit and the kill can tell n2
+    # the new epoch first (it waits in n2's socket through the SIGSTOP): no conflict then.
+    retried = "fencing conflict" in pair.nodes["n2"].log()
+    print(f"\nn2's takeover: {'lost the compare-and-set, retried' if retried else 'knew the new epoch already'}")
 
     pair.start("n1")
     pair.wait_for({"n1": ("Failed Over", "Initialization"), "n2": (RIBM, PEER_DOWN)})

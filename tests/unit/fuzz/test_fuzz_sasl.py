@@ -176,3 +176,24 @@ def test_real_scram_plus_with_one_byte_changed(mechanism, position, byte, which)
     assert isinstance(step, (sasl.Verified, sasl.Failed))
     if isinstance(step, sasl.Verified):
         assert bytes(final) == original and (which == "final" or bytes(first) == client.first().encode())
+
+
+def test_a_proof_with_its_padding_bits_changed_is_refused():
+    """Found by `test_real_scram_with_one_byte_changed`: the last base64 digit before '='
+    carries two padding bits; 'w' and 'x' decode to the same proof. The changed message
+    must fail, though what it decodes to is right (RFC 4648 §3.5)."""
+    client = ScramClient(["SCRAM-SHA-1"], "alice", "s3cret", c_nonce="clientnonce")
+    exchange = sasl.SaslExchange("SCRAM-SHA-1", domain="example.test", nonce="servernonce", secret=b"secret")
+    step = exchange.start(client.get_client_first().encode())
+    if isinstance(step, sasl.NeedCredentials):
+        step = exchange.credentials(KEYS["SCRAM-SHA-1"])
+    assert isinstance(step, sasl.Challenge)
+    client.set_server_first(step.data.decode())
+    final = client.get_client_final()
+    digits = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    assert final.endswith("=") and not final.endswith("==")
+    last = final[-2]
+    twin = digits[digits.index(last) ^ 1]  # the same 4 data bits, a padding bit set
+    step = exchange.respond((final[:-2] + twin + "=").encode())
+    assert isinstance(step, sasl.Failed) and "canonical" in (step.text or "")
+    assert sasl.non_canonical_base64(final) is None
