@@ -47,7 +47,7 @@ lint: $(STAMP)
 ## test: lint, then every test, on SQLite and on the real PostgreSQL
 test: lint
 	./scripts/test-services.sh
-	$(BIN)/python -m pytest -q -p no:cacheprovider -n 3 --dist loadfile -m 'not serial and not extended' --durations=25 tests
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile -m 'not serial and not extended' --durations=25 tests
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m 'serial and not extended' --durations=25 tests
 
 ## test-extended: the longer variants `make test` leaves out (see the `extended` marker)
