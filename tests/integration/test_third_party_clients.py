@@ -152,7 +152,8 @@ def _back_to_normal(cluster: Cluster) -> None:
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     directory = tmp_path_factory.mktemp("up")
     # Empty demo rosters: the tests subscribe users to each other themselves.
-    with running_up(directory, RESTART_DELAY_S, users=USERS, extra=("--no-demo-contacts",)) as (process, out):
+    with running_up(directory, RESTART_DELAY_S, users=USERS, restart_max_delay_s=RESTART_DELAY_S,
+                    extra=("--no-demo-contacts",)) as (process, out):
         assert process.poll() is None, out.read_text()
         spec = json.loads((directory / "cluster.json").read_text())
         wait_states(spec["database_url"], NORMAL)

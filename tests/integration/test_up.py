@@ -96,7 +96,7 @@ def running_up(directory: Path, restart_delay_s: float, users: int = 4, restart_
         process = subprocess.Popen(
             node_argv("up", "--data-dir", str(directory), "--base-port", str(base), "--users", str(users),
                       "--restart-delay", str(restart_delay_s),
-                      "--restart-max-delay", str(restart_max_delay_s or restart_delay_s),
+                      *(("--restart-max-delay", str(restart_max_delay_s)) if restart_max_delay_s else ()),
                       "--service-port", str(base + 19), *extra),
             stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
     seen: set[int] = set()
